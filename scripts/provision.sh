@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Provision a Debian 12 host for initless: Docker engine (experimental), runc, CRIU 4.2.1 built from
+# Debian's source tarball, Redis, and the locally built Debian base image. Idempotent: every step
+# checks first and does nothing when its result is already there.
+#
+# Usage: sudo scripts/provision.sh [--no-base-image]
+# Environment (all optional):
+#   INITLESS_STATE_DIR      where initless keeps its data          (default /var/lib/initless)
+#   INITLESS_LOG_DIR        logs of the daemons started here        (default /var/log/initless)
+#   INITLESS_BASE_IMAGE     tag of the local Debian base image      (default initless/debian:bookworm)
+#   INITLESS_REDIS_PORT     port of the Redis started here          (default 6379)
+#   INITLESS_SKIP_APT_UPDATE=1  never run apt-get update (offline re-runs)
+set -Eeuo pipefail
+
+STATE_DIR=${INITLESS_STATE_DIR:-/var/lib/initless}
+LOG_DIR=${INITLESS_LOG_DIR:-/var/log/initless}
+BASE_IMAGE=${INITLESS_BASE_IMAGE:-initless/debian:bookworm}
+REDIS_PORT=${INITLESS_REDIS_PORT:-6379}
+BUILD_BASE_IMAGE=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-base-image) BUILD_BASE_IMAGE=0 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "provision: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+# CRIU: Debian bookworm's 3.17 fails on current kernels, 4.1 cannot dump TCP sockets on >= 6.16.
+# 4.2.1's upstream tarball is served by Debian's archive for sid; pin it by checksum.
+CRIU_VERSION=4.2.1
+CRIU_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
+CRIU_PREFIX=/usr/local/lib/initless/criu-$CRIU_VERSION
+# /usr/local/sbin precedes /usr/sbin in root's PATH, so runc (which looks criu up in PATH) finds it.
+CRIU_BIN=/usr/local/sbin/criu
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+APT_PACKAGES=(
+  docker.io runc containerd redis-server debootstrap iproute2 iptables ca-certificates curl xz-utils
+  nginx-light docker-compose
+  # CRIU build dependencies
+  build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
+  python3-protobuf libnl-3-dev libnet1-dev libcap-dev libgnutls28-dev uuid-dev libbsd-dev
+  libnftables-dev libaio-dev
+)
+
+step_name=""
+step_start=0
+now_ms() { date +%s%3N; }
+step() {
+  step_name=$1
+  step_start=$(now_ms)
+  printf '==> %s\n' "$step_name"
+}
+done_step() {
+  printf '    ok (%s ms)%s\n' "$(($(now_ms) - step_start))" "${1:+ — $1}"
+}
+fail() {
+  printf '\nprovision: FAILED at step "%s"\n  what: %s\n  fix:  %s\n' "$step_name" "$1" "$2" >&2
+  exit 1
+}
+trap 'fail "command failed (line $LINENO): $BASH_COMMAND" "read the output above; re-running this script is safe"' ERR
+
+[ "$(id -u)" = 0 ] || { step "check user"; fail "must run as root" "run: sudo $0"; }
+if ! grep -q 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+  echo "provision: warning: written for Debian 12 (bookworm); this is $(. /etc/os-release; echo "$PRETTY_NAME")" >&2
+fi
+mkdir -p "$STATE_DIR" "$LOG_DIR"
+chmod 0700 "$STATE_DIR"
+
+# ---------------------------------------------------------------------------------------------
+step "apt packages"
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  [[ $p == \#* ]] && continue
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then missing+=("$p"); fi
+done
+if ((${#missing[@]})); then
+  echo "    installing: ${missing[*]}"
+  if [ "${INITLESS_SKIP_APT_UPDATE:-0}" != 1 ]; then
+    apt-get update -qq || echo "    warning: apt-get update reported errors; trying to install anyway"
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$LOG_DIR/apt.log" 2>&1 ||
+    fail "apt-get install ${missing[*]} failed (log: $LOG_DIR/apt.log)" \
+      "check that Debian's archive is reachable (apt-get update), then re-run"
+  done_step "installed ${#missing[@]}"
+else
+  done_step "all ${#APT_PACKAGES[@]} present"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "CRIU $CRIU_VERSION"
+criu_ok() { [ -x "$CRIU_BIN" ] && "$CRIU_BIN" --version 2>/dev/null | grep -q "Version: $CRIU_VERSION"; }
+if criu_ok; then
+  done_step "already installed at $CRIU_BIN"
+else
+  src_dir=$STATE_DIR/src
+  mkdir -p "$src_dir"
+  tarball=$src_dir/criu_$CRIU_VERSION.orig.tar.xz
+  if [ ! -f "$tarball" ] || ! echo "$CRIU_SHA256  $tarball" | sha256sum -c --quiet - 2>/dev/null; then
+    rm -f "$tarball"
+    # A private apt configuration with a deb-src entry for sid: the system's sources stay untouched.
+    apt_dir=$STATE_DIR/apt-sid-src
+    mkdir -p "$apt_dir/lists/partial"
+    echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main' \
+      >"$apt_dir/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
+      -o "Dir::State::Lists=$apt_dir/lists" -o "APT::Get::List-Cleanup=0")
+    apt-get "${apt_opts[@]}" update -qq >"$LOG_DIR/criu-src.log" 2>&1 || true
+    # The .debian.tar.xz part may 404 (so the command fails): judge by the tarball, not the exit code.
+    (cd "$src_dir" && apt-get "${apt_opts[@]}" source --download-only "criu/sid" >>"$LOG_DIR/criu-src.log" 2>&1) || true
+  fi
+  [ -f "$tarball" ] || fail "Debian's archive did not serve criu_$CRIU_VERSION.orig.tar.xz for sid (log: $LOG_DIR/criu-src.log)" \
+    "sid may have moved past CRIU $CRIU_VERSION: place the tarball (sha256 $CRIU_SHA256) at $tarball and re-run"
+  echo "$CRIU_SHA256  $tarball" | sha256sum -c --quiet - ||
+    fail "criu_$CRIU_VERSION.orig.tar.xz does not match the pinned sha256 $CRIU_SHA256" \
+      "the tarball changed upstream; verify it and update CRIU_SHA256 in $0, or place the known-good tarball at $tarball"
+  build_dir=$src_dir/criu-$CRIU_VERSION
+  rm -rf "$build_dir"
+  tar -C "$src_dir" -xf "$tarball"
+  # RUNDIR=/dev/shm keeps CRIU's kernel-feature cache on a tmpfs: /run is not one here, and without
+  # the cache every CRIU call re-probes the kernel (~25 ms more per restore, platform.md).
+  make -C "$build_dir" -j"$(nproc)" criu RUNDIR=/dev/shm >"$LOG_DIR/criu-build.log" 2>&1 ||
+    fail "building CRIU failed (log: $LOG_DIR/criu-build.log)" "install the build dependencies listed in $0 and re-run"
+  mkdir -p "$CRIU_PREFIX"
+  install -m 0755 "$build_dir/criu/criu" "$CRIU_PREFIX/criu"
+  ln -sf "$CRIU_PREFIX/criu" "$CRIU_BIN"
+  rm -rf "$build_dir"
+  criu_ok || fail "$CRIU_BIN does not report version $CRIU_VERSION" "see $LOG_DIR/criu-build.log"
+  done_step "built and installed at $CRIU_BIN"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "Docker daemon configuration"
+mkdir -p /etc/docker
+# Merge "experimental": true into an existing daemon.json instead of replacing it.
+changed=$(node -e '
+  const fs = require("node:fs");
+  const file = "/etc/docker/daemon.json";
+  let cfg = {};
+  if (fs.existsSync(file)) {
+    const text = fs.readFileSync(file, "utf8").trim();
+    try { cfg = text ? JSON.parse(text) : {}; } catch (e) { console.error("invalid JSON in " + file + ": " + e.message); process.exit(3); }
+  }
+  if (cfg.experimental === true) { console.log("no"); process.exit(0); }
+  cfg.experimental = true;
+  fs.writeFileSync(file, JSON.stringify(cfg, null, 2) + "\n");
+  console.log("yes");
+') || fail "/etc/docker/daemon.json is not valid JSON" "fix or remove /etc/docker/daemon.json and re-run"
+done_step "$([ "$changed" = yes ] && echo 'experimental enabled' || echo 'experimental already on')"
+
+has_systemd() { [ -d /run/systemd/system ]; }
+wait_for() { # wait_for SECONDS CMD...
+  local deadline=$(($(date +%s) + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+step "Docker engine"
+if docker info >/dev/null 2>&1 && [ "$changed" != yes ]; then
+  done_step "running"
+else
+  if docker info >/dev/null 2>&1; then
+    # Running, but without the new configuration: restart it so experimental takes effect.
+    if has_systemd; then systemctl restart docker; else
+      pkill -x dockerd || true
+      wait_for 30 bash -c '! pgrep -x dockerd' || fail "dockerd did not stop" "stop dockerd by hand and re-run"
+    fi
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    if has_systemd; then systemctl start docker; else
+      pgrep -x containerd >/dev/null || true
+      setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+    fi
+  fi
+  wait_for 60 docker info || fail "the Docker engine did not answer within 60 s (log: $LOG_DIR/dockerd.log)" \
+    "read $LOG_DIR/dockerd.log; a stale /var/run/docker.pid can be removed once no dockerd runs"
+  done_step "started"
+fi
+[ "$(docker info --format '{{.ExperimentalBuild}}' 2>/dev/null)" = true ] ||
+  fail "the Docker engine is not in experimental mode" "restart dockerd so it reads /etc/docker/daemon.json"
+
+# ---------------------------------------------------------------------------------------------
+step "Redis"
+if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+  done_step "answering on port $REDIS_PORT"
+else
+  if has_systemd && [ "$REDIS_PORT" = 6379 ]; then systemctl start redis-server; else
+    mkdir -p "$STATE_DIR/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
+      --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$REDIS_PORT.pid" \
+      --appendonly yes --save ''
+  fi
+  wait_for 20 bash -c "redis-cli -p $REDIS_PORT ping | grep -q PONG" ||
+    fail "Redis did not answer on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)" "read $LOG_DIR/redis.log"
+  done_step "started on port $REDIS_PORT"
+fi
+
+# ---------------------------------------------------------------------------------------------
+if [ "$BUILD_BASE_IMAGE" = 1 ]; then
+  step "base image $BASE_IMAGE"
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    done_step "present"
+  else
+    # No container registry here: debootstrap a minimal Debian and import it as an image.
+    root=$(mktemp -d "$STATE_DIR/debootstrap.XXXXXX")
+    trap 'rm -rf "$root"' EXIT
+    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$LOG_DIR/debootstrap.log" 2>&1 ||
+      fail "debootstrap failed (log: $LOG_DIR/debootstrap.log)" "check that deb.debian.org is reachable, then re-run"
+    # Keep images small: no apt caches, no docs. Same settings Debian's official images use.
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    printf 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' \
+      >"$root/etc/apt/sources.list"
+    tar -C "$root" -c . | docker import -c 'CMD ["bash"]' -c 'ENV LANG=C.UTF-8' - "$BASE_IMAGE" >/dev/null
+    rm -rf "$root"
+    trap - EXIT
+    done_step "built"
+  fi
+fi
+
+echo "provision: done"

@@ -1,0 +1,114 @@
+/**
+ * Contracts between the gateway and the executor: queue names, job payloads and results, the
+ * Redis key layout and pub/sub events. Both sides import these; nothing here does I/O.
+ */
+
+/** BullMQ queue the gateway enqueues restores on and the executors consume. */
+export const RESTORE_QUEUE = 'initless-restore'
+
+/** How an instance is started. `docker` is Docker's checkpoint API, kept as a benchmark reference. */
+export const RUNTIME_KINDS = ['lazy', 'eager', 'boot', 'docker'] as const
+export type RuntimeKind = (typeof RUNTIME_KINDS)[number]
+
+export type RestoreReason = 'demand' | 'prewarm' | 'min-instances' | 'bench'
+
+/** Payload of a restore job. The job id is the instance id the gateway reserved. */
+export interface RestoreJobData {
+  readonly fn: string
+  /** Instance id reserved in the registry before enqueueing (state `starting`). */
+  readonly instanceId: string
+  /** Correlates gateway request logs with executor logs. */
+  readonly traceId: string
+  /** Epoch ms when the gateway enqueued the job: the queue-wait phase starts here. */
+  readonly enqueuedAt: number
+  readonly reason: RestoreReason
+  /** Forces a runtime instead of the function's restore policy (benchmarks, admin). */
+  readonly runtime?: RuntimeKind
+  /** Skip the pre-started pool (benchmarks measure both). */
+  readonly noPool?: boolean
+}
+
+/** Durations of each phase of a cold start, in milliseconds. */
+export interface ColdStartPhases {
+  /** Enqueue -> a worker picked the job up. */
+  readonly queueMs: number
+  /** Network namespace, rootfs, cgroup and work dir ready (0 when taken from the pool). */
+  readonly sandboxMs: number
+  /** runc restore (or container start) returned. */
+  readonly restoreMs: number
+  /** Restore returned -> the readiness probe answered. */
+  readonly readyMs: number
+}
+
+export interface InstanceAddress {
+  readonly host: string
+  readonly port: number
+}
+
+/** Result of a restore job: where the new instance answers, and what its start cost. */
+export interface RestoreJobResult {
+  readonly instanceId: string
+  readonly fn: string
+  readonly address: InstanceAddress
+  readonly hostId: string
+  readonly runtime: RuntimeKind
+  readonly pooled: boolean
+  readonly phases: ColdStartPhases
+  /** Snapshot size in bytes (0 for boot). */
+  readonly snapshotBytes: number
+}
+
+export const INSTANCE_STATES = ['starting', 'ready', 'draining'] as const
+export type InstanceState = (typeof INSTANCE_STATES)[number]
+
+/** One instance as the registry holds it. */
+export interface InstanceRecord {
+  readonly id: string
+  readonly fn: string
+  readonly state: InstanceState
+  /** Executor host that owns the instance. */
+  readonly hostId: string
+  /** Set once the instance is ready. */
+  readonly address?: InstanceAddress
+  readonly runtime?: RuntimeKind
+  /** Epoch ms. */
+  readonly createdAt: number
+  readonly readyAt?: number
+  readonly phases?: ColdStartPhases
+}
+
+/** Events published on {@link EVENTS_CHANNEL} whenever the registry changes. */
+export type RegistryEvent =
+  | { readonly type: 'instance'; readonly fn: string; readonly id: string; readonly state: InstanceState | 'gone' }
+  | { readonly type: 'function'; readonly fn: string; readonly action: 'scale-to-zero' | 'rebake' }
+
+export const KEY_PREFIX = 'initless'
+export const EVENTS_CHANNEL = `${KEY_PREFIX}:events`
+
+/** Redis key layout. One place, so a key never drifts between producer and consumer. */
+export const keys = {
+  /** HASH instanceId -> JSON InstanceRecord, per function. */
+  instances: (fn: string) => `${KEY_PREFIX}:instances:${fn}`,
+  /** HASH instanceId -> epoch ms of the last request routed to it. */
+  lastUse: (fn: string) => `${KEY_PREFIX}:lastuse:${fn}`,
+  /** HASH instanceId -> requests in flight, summed over gateways. */
+  inflight: (fn: string) => `${KEY_PREFIX}:inflight:${fn}`,
+  /** SET of function names that have (or had) instances: lets the reaper find every hash. */
+  functions: () => `${KEY_PREFIX}:functions`,
+  /** HASH hostId -> JSON ExecutorHeartbeat. */
+  executors: () => `${KEY_PREFIX}:executors`,
+  /** HASH fn -> JSON FunctionStatus published by executors (image, snapshot). */
+  functionStatus: () => `${KEY_PREFIX}:function-status`,
+  /** STRING: set while a re-bake of fn is requested. */
+  rebake: (fn: string) => `${KEY_PREFIX}:rebake:${fn}`,
+} as const
+
+export interface ExecutorHeartbeat {
+  readonly hostId: string
+  /** Epoch ms of the last beat; an executor silent for 3 intervals is considered gone. */
+  readonly at: number
+  readonly pid: number
+  readonly functions: readonly string[]
+}
+
+export const HEARTBEAT_INTERVAL_MS = 1000

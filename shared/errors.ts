@@ -1,0 +1,80 @@
+/**
+ * The error catalogue. Every error initless raises on purpose carries a stable `code`
+ * (`ERR_<AREA>_<THING>`); callers match on `err.code`, never on `instanceof` or message text.
+ * `status` is the HTTP status the gateway answers with; `retryable` tells the restore queue whether
+ * a failed job may be tried again (false becomes BullMQ's UnrecoverableError).
+ */
+export interface ErrorSpec {
+  readonly status: number
+  readonly title: string
+  readonly retryable: boolean
+}
+
+export const ERRORS = {
+  // Configuration and manifests
+  ERR_CONFIG_INVALID: { status: 500, title: 'Invalid configuration', retryable: false },
+  ERR_MANIFEST_INVALID: { status: 500, title: 'Invalid function manifest', retryable: false },
+  ERR_MANIFEST_NOT_FOUND: { status: 404, title: 'Function manifest not found', retryable: false },
+  // Functions and images
+  ERR_FUNCTION_NOT_FOUND: { status: 404, title: 'Function not found', retryable: false },
+  ERR_FUNCTION_NAME_INVALID: { status: 404, title: 'Invalid function name', retryable: false },
+  ERR_IMAGE_BUILD_FAILED: { status: 500, title: 'Image build failed', retryable: false },
+  ERR_IMAGE_NOT_FOUND: { status: 500, title: 'Function image not built', retryable: false },
+  // Snapshots
+  ERR_SNAPSHOT_NOT_FOUND: { status: 503, title: 'No valid snapshot', retryable: false },
+  ERR_SNAPSHOT_STALE: { status: 503, title: 'Snapshot is stale', retryable: false },
+  ERR_SNAPSHOT_CORRUPT: { status: 503, title: 'Snapshot is corrupt', retryable: false },
+  ERR_BAKE_NOT_READY: { status: 500, title: 'Function never became ready', retryable: false },
+  ERR_BAKE_WARMUP_FAILED: { status: 500, title: 'Function failed during warm-up', retryable: false },
+  ERR_BAKE_CHECKPOINT_FAILED: { status: 500, title: 'Checkpoint failed', retryable: false },
+  // Instances and sandboxes
+  ERR_SANDBOX_SETUP_FAILED: { status: 503, title: 'Sandbox setup failed', retryable: true },
+  ERR_RESTORE_FAILED: { status: 502, title: 'Restore failed', retryable: true },
+  ERR_INSTANCE_NOT_READY: { status: 502, title: 'Instance did not become ready', retryable: true },
+  ERR_INSTANCE_DIED: { status: 502, title: 'Instance died', retryable: true },
+  // Commands the executor runs (runc, criu, ip, mount)
+  ERR_COMMAND_FAILED: { status: 500, title: 'Command failed', retryable: true },
+  ERR_COMMAND_TIMEOUT: { status: 500, title: 'Command timed out', retryable: true },
+  // Gateway
+  ERR_GATEWAY_BODY_TOO_LARGE: { status: 413, title: 'Request body too large', retryable: false },
+  ERR_GATEWAY_NO_CAPACITY: { status: 503, title: 'No capacity', retryable: true },
+  ERR_GATEWAY_TIMEOUT: { status: 504, title: 'Timed out waiting for an instance', retryable: true },
+  ERR_GATEWAY_UPSTREAM_FAILED: { status: 502, title: 'Upstream failed', retryable: true },
+  ERR_GATEWAY_UNAUTHORIZED: { status: 401, title: 'Unauthorized', retryable: false },
+  ERR_GATEWAY_NOT_FOUND: { status: 404, title: 'Not found', retryable: false },
+  ERR_GATEWAY_BAD_REQUEST: { status: 400, title: 'Bad request', retryable: false },
+  // Internal
+  ERR_SHUTDOWN_TIMEOUT: { status: 500, title: 'Shutdown deadline passed', retryable: false },
+  ERR_INTERNAL: { status: 500, title: 'Internal error', retryable: false },
+} as const satisfies Record<string, ErrorSpec>
+
+export type ErrorCode = keyof typeof ERRORS
+
+export class InitlessError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+  readonly retryable: boolean
+  /** Extra fields for logs and problem+json bodies (never secrets). */
+  readonly details: Readonly<Record<string, unknown>>
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'InitlessError'
+    this.code = code
+    this.status = ERRORS[code].status
+    this.retryable = ERRORS[code].retryable
+    this.details = Object.freeze({ ...options?.details })
+  }
+}
+
+/** Narrow an unknown thrown value to one of ours, by code. */
+export function isInitlessError(err: unknown, code?: ErrorCode): err is InitlessError {
+  if (typeof err !== 'object' || err === null) return false
+  const c = (err as { code?: unknown }).code
+  if (typeof c !== 'string' || !(c in ERRORS)) return false
+  return code === undefined || c === code
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
