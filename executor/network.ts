@@ -1,0 +1,177 @@
+/**
+ * Per-instance network namespaces on a host-local bridge.
+ *
+ * Address plan: one Linux bridge per host (default `initless0`) holds the first address of the
+ * subnet (default 10.213.0.1/16). Every instance gets its own named network namespace
+ * (`/var/run/netns/initless-<id>`) with a veth pair: `eth0` inside, `ilv<id>` on the bridge, one
+ * address from the subnet and a default route via the bridge. The gateway on the same host reaches
+ * instances directly over the bridge; the subnet is never routed off the host. Two restores must
+ * never share a namespace: both would bind the port and one would silently shadow the other.
+ */
+import type { CommandRunner } from './exec.ts'
+
+export interface NetworkSettings {
+  /** Bridge device name (at most 15 characters). */
+  readonly bridge: string
+  /** IPv4 subnet in CIDR form; the bridge takes the first host address. */
+  readonly subnet: string
+}
+
+export interface NamespaceHandle {
+  readonly name: string
+  /** Path runc joins (`linux.namespaces[].path`). */
+  readonly path: string
+  readonly ip: string
+}
+
+/** The port the sandbox code uses; `createNetworkManager` is the real one. */
+export interface NetworkManager {
+  ensureBridge(): Promise<void>
+  create(name: string, ip: string): Promise<NamespaceHandle>
+  destroy(name: string): Promise<void>
+  /** Namespaces whose name starts with `prefix` (reconciliation). */
+  list(prefix: string): Promise<string[]>
+}
+
+export const NETNS_DIR = '/var/run/netns'
+
+interface Cidr {
+  readonly base: number
+  readonly bits: number
+}
+
+export function parseCidr(cidr: string): Cidr {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr)
+  const octets = m ? m.slice(1, 5).map(Number) : []
+  const bits = m ? Number(m[5]) : NaN
+  if (!m || octets.some((o) => o > 255) || bits < 8 || bits > 30) {
+    throw new Error(`invalid subnet '${cidr}': expected an IPv4 CIDR between /8 and /30`)
+  }
+  const ip = octets.reduce((acc, o) => acc * 256 + o, 0)
+  return { base: ip - (ip % 2 ** (32 - bits)), bits }
+}
+
+export function formatIp(n: number): string {
+  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.')
+}
+
+export function gatewayIp(subnet: string): string {
+  return formatIp(parseCidr(subnet).base + 1)
+}
+
+/**
+ * Hands out host addresses of a subnet: .1 is the bridge, the broadcast address is never used.
+ * Allocation is host-local and in memory; reconciliation re-marks the addresses of namespaces that
+ * survived an executor restart.
+ */
+export class IpAllocator {
+  readonly #cidr: Cidr
+  readonly #used = new Set<number>()
+  #next = 2
+
+  constructor(subnet: string) {
+    this.#cidr = parseCidr(subnet)
+  }
+
+  get size(): number {
+    return 2 ** (32 - this.#cidr.bits) - 3
+  }
+
+  allocate(): string {
+    const span = 2 ** (32 - this.#cidr.bits)
+    for (let tries = 0; tries < span; tries++) {
+      const offset = this.#next
+      this.#next = this.#next + 1 >= span - 1 ? 2 : this.#next + 1
+      if (!this.#used.has(offset)) {
+        this.#used.add(offset)
+        return formatIp(this.#cidr.base + offset)
+      }
+    }
+    throw new Error(`no free address left in ${formatIp(this.#cidr.base)}/${this.#cidr.bits}`)
+  }
+
+  /** Mark an address taken (reconciliation). Addresses outside the subnet are ignored. */
+  claim(ip: string): void {
+    const offset = this.#offset(ip)
+    if (offset !== undefined) this.#used.add(offset)
+  }
+
+  release(ip: string): void {
+    const offset = this.#offset(ip)
+    if (offset !== undefined) this.#used.delete(offset)
+  }
+
+  #offset(ip: string): number | undefined {
+    const n = ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0)
+    const offset = n - this.#cidr.base
+    return offset >= 2 && offset < 2 ** (32 - this.#cidr.bits) - 1 ? offset : undefined
+  }
+}
+
+/** veth names are limited to 15 characters; derive a stable one from the namespace name. */
+export function vethName(nsName: string): string {
+  let h = 2166136261
+  for (const ch of nsName) h = Math.imul(h ^ ch.charCodeAt(0), 16777619) >>> 0
+  return `ilv${h.toString(16).padStart(8, '0')}`
+}
+
+/** The real network manager, driving iproute2. Each create costs two `ip -batch` calls. */
+export function createNetworkManager(deps: { run: CommandRunner; settings: NetworkSettings }): NetworkManager {
+  const { run, settings } = deps
+  const { bits } = parseCidr(settings.subnet)
+  const gw = gatewayIp(settings.subnet)
+
+  return {
+    async ensureBridge() {
+      const shown = await run('ip', ['-o', 'addr', 'show', 'dev', settings.bridge], { okCodes: [0, 1] })
+      if (shown.code !== 0) {
+        await run('ip', ['link', 'add', settings.bridge, 'type', 'bridge'], { okCodes: [0, 2] })
+      }
+      if (!shown.stdout.includes(` ${gw}/${bits} `)) {
+        await run('ip', ['addr', 'replace', `${gw}/${bits}`, 'dev', settings.bridge])
+      }
+      await run('ip', ['link', 'set', settings.bridge, 'up'])
+    },
+
+    async create(name, ip) {
+      const veth = vethName(name)
+      // Host side: the namespace, and a veth pair whose inner end is created inside it already.
+      await run('ip', ['-batch', '-'], {
+        input: [
+          `netns add ${name}`,
+          `link add ${veth} type veth peer name eth0 netns ${name}`,
+          `link set ${veth} master ${settings.bridge}`,
+          `link set ${veth} up`,
+        ].join('\n'),
+      })
+      try {
+        await run('ip', ['-n', name, '-batch', '-'], {
+          input: [
+            'link set lo up',
+            `addr add ${ip}/${bits} dev eth0`,
+            'link set eth0 up',
+            `route add default via ${gw}`,
+          ].join('\n'),
+        })
+      } catch (err) {
+        await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })
+        throw err
+      }
+      return { name, path: `${NETNS_DIR}/${name}`, ip }
+    },
+
+    async destroy(name) {
+      // Deleting the namespace takes its veth pair with it once no process holds the namespace.
+      await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })
+      await run('ip', ['link', 'del', vethName(name)], { okCodes: [0, 1, 2, 255] })
+    },
+
+    async list(prefix) {
+      const out = await run('ip', ['netns', 'list'])
+      return out.stdout
+        .split('\n')
+        .map((line) => line.split(' ')[0] ?? '')
+        .filter((n) => n.startsWith(prefix))
+    },
+  }
+}

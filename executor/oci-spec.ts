@@ -1,0 +1,136 @@
+/**
+ * OCI runtime config (config.json) for a function's container under runc: the image's process
+ * settings, a network namespace joined by path, cgroup limits from the manifest, Docker's default
+ * capability set, no host mounts and no new privileges.
+ */
+
+export interface OciSpecInput {
+  readonly hostname: string
+  /** Absolute path of the (overlay) rootfs. */
+  readonly rootfs: string
+  readonly args: readonly string[]
+  readonly env: readonly string[]
+  readonly cwd: string
+  readonly uid: number
+  readonly gid: number
+  /** Network namespace to join (`/var/run/netns/<name>`). */
+  readonly netnsPath: string
+  /** cgroupfs path relative to each hierarchy's root, e.g. `/initless/<id>`. */
+  readonly cgroupsPath: string
+  readonly memoryBytes: number
+  readonly cpus: number
+  readonly pids: number
+  /**
+   * CRIU configuration file runc hands to CRIU (`org.criu.config`). Set it only in the bundle a
+   * restore uses: runc also passes it to dump, and `lazy-pages` there would break checkpoints.
+   */
+  readonly criuConfig?: string
+}
+
+/** Docker's default capabilities: what container images expect to have as root. */
+export const DEFAULT_CAPABILITIES = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FSETID',
+  'CAP_FOWNER',
+  'CAP_MKNOD',
+  'CAP_NET_RAW',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETFCAP',
+  'CAP_SETPCAP',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_SYS_CHROOT',
+  'CAP_KILL',
+  'CAP_AUDIT_WRITE',
+] as const
+
+const CPU_PERIOD_US = 100_000
+
+export function buildOciSpec(input: OciSpecInput): Record<string, unknown> {
+  const caps = [...DEFAULT_CAPABILITIES]
+  return {
+    ociVersion: '1.0.2-dev',
+    process: {
+      terminal: false,
+      user: { uid: input.uid, gid: input.gid },
+      args: [...input.args],
+      env: [...input.env],
+      cwd: input.cwd,
+      capabilities: { bounding: caps, effective: caps, permitted: caps },
+      // No rlimits: the process inherits the executor's, as Docker containers inherit dockerd's. Raising
+      // a hard limit here fails (runc sets it after dropping CAP_SYS_RESOURCE).
+      noNewPrivileges: true,
+    },
+    root: { path: input.rootfs, readonly: false },
+    hostname: input.hostname,
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc' },
+      {
+        destination: '/dev',
+        type: 'tmpfs',
+        source: 'tmpfs',
+        options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+      },
+      {
+        destination: '/dev/pts',
+        type: 'devpts',
+        source: 'devpts',
+        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+      },
+      {
+        destination: '/dev/shm',
+        type: 'tmpfs',
+        source: 'shm',
+        options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
+      },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      {
+        destination: '/sys/fs/cgroup',
+        type: 'cgroup',
+        source: 'cgroup',
+        options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'],
+      },
+    ],
+    annotations: input.criuConfig ? { 'org.criu.config': input.criuConfig } : {},
+    linux: {
+      cgroupsPath: input.cgroupsPath,
+      resources: {
+        devices: [{ allow: false, access: 'rwm' }],
+        memory: { limit: input.memoryBytes, swap: input.memoryBytes },
+        cpu: { quota: Math.round(input.cpus * CPU_PERIOD_US), period: CPU_PERIOD_US },
+        pids: { limit: input.pids },
+      },
+      namespaces: [
+        { type: 'pid' },
+        { type: 'network', path: input.netnsPath },
+        { type: 'ipc' },
+        { type: 'uts' },
+        { type: 'mount' },
+      ],
+      maskedPaths: [
+        '/proc/acpi',
+        '/proc/asound',
+        '/proc/kcore',
+        '/proc/keys',
+        '/proc/latency_stats',
+        '/proc/timer_list',
+        '/proc/timer_stats',
+        '/proc/sched_debug',
+        '/sys/firmware',
+        '/proc/scsi',
+      ],
+      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+    },
+  }
+}
+
+/** Parse a Docker image `User` ("", "0", "1000:1000"). Names need /etc/passwd: only numeric ids here. */
+export function parseImageUser(user: string | undefined): { uid: number; gid: number } {
+  if (!user) return { uid: 0, gid: 0 }
+  const m = /^(\d+)(?::(\d+))?$/.exec(user)
+  if (!m) throw new Error(`image user '${user}' is not numeric (uid[:gid]); set USER to a numeric id`)
+  const uid = Number(m[1])
+  return { uid, gid: m[2] === undefined ? uid : Number(m[2]) }
+}

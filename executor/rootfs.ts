@@ -1,0 +1,81 @@
+/**
+ * Root filesystems: each image's files are unpacked once into a read-only cache directory; every
+ * sandbox mounts a copy-on-write overlay over it (plus, for restores, the snapshot's own layer:
+ * the files the function wrote before its checkpoint, which a restored process expects to find).
+ */
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { CommandRunner } from './exec.ts'
+
+export interface Mounter {
+  /** Mount an overlay at `target`; `lowers` are listed top-most first. */
+  mountOverlay(opts: { lowers: readonly string[]; upper: string; work: string; target: string }): Promise<void>
+  unmount(target: string): Promise<void>
+  /** Mount points at or below `prefix` (reconciliation), deepest first. */
+  list(prefix: string): Promise<string[]>
+}
+
+export function createMounter(deps: { run: CommandRunner }): Mounter {
+  return {
+    async mountOverlay({ lowers, upper, work, target }) {
+      await Promise.all([mkdir(upper, { recursive: true }), mkdir(work, { recursive: true }), mkdir(target, { recursive: true })])
+      const options = `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work},index=off`
+      await deps.run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { timeoutMs: 30_000 })
+    },
+
+    async unmount(target) {
+      // Not mounted (exit 32) is fine: cleanup is idempotent. Lazy detach if something still holds it.
+      const res = await deps.run('umount', [target], { okCodes: [0, 32] })
+      if (res.code === 32 && !/not mounted|no mount point|not found/i.test(res.stderr)) {
+        await deps.run('umount', ['-l', target], { okCodes: [0, 32] })
+      }
+    },
+
+    async list(prefix) {
+      const mounts = await readFile('/proc/self/mountinfo', 'utf8')
+      const points = mounts
+        .split('\n')
+        .map((line) => line.split(' ')[4] ?? '')
+        .map((p) => p.replace(/\\040/g, ' '))
+        .filter((p) => p === prefix || p.startsWith(`${prefix}/`))
+      return [...new Set(points)].sort((a, b) => b.length - a.length)
+    },
+  }
+}
+
+/** Where an image's unpacked files live, keyed by the image id (content address). */
+export function imageRootfsDir(stateDir: string, imageId: string): string {
+  return join(stateDir, 'images', imageId.replace(/^sha256:/, ''), 'rootfs')
+}
+
+/**
+ * Unpack an image's filesystem once. `exportTo` streams the image's files as a tar into the given
+ * directory (dockerode adapter). A half-written unpack never counts: it is written beside the final
+ * directory and renamed into place only when complete.
+ */
+export async function ensureImageRootfs(
+  stateDir: string,
+  imageId: string,
+  exportTo: (imageId: string, dir: string) => Promise<void>,
+): Promise<string> {
+  const dir = imageRootfsDir(stateDir, imageId)
+  const marker = join(dir, '..', 'complete')
+  if (await stat(marker).then(() => true, () => false)) return dir
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`
+  await rm(tmp, { recursive: true, force: true })
+  await mkdir(tmp, { recursive: true, mode: 0o755 })
+  try {
+    await exportTo(imageId, tmp)
+    // Files the runtime and CRIU need even in a minimal image.
+    await mkdir(join(tmp, 'etc'), { recursive: true })
+    await writeFile(join(tmp, 'etc', 'hosts'), '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n')
+    await writeFile(join(tmp, 'etc', 'resolv.conf'), '')
+    await rm(dir, { recursive: true, force: true })
+    await rename(tmp, dir)
+    await writeFile(marker, new Date().toISOString())
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true })
+    throw err
+  }
+  return dir
+}

@@ -1,0 +1,161 @@
+/**
+ * Sandboxes: everything an instance needs before its process exists — a network namespace with its
+ * own address, a copy-on-write rootfs, a cgroup path, a runc bundle and a CRIU work dir. Preparing
+ * one is the part of a cold start the pre-started pool takes off the request path.
+ *
+ * Layout of one sandbox (all under <state>/instances/<id>, mode 0700):
+ *   bundle/config.json   runc bundle; bundle/rootfs is the overlay mount point
+ *   upper/ work/         overlay upper and work dirs
+ *   criu/                CRIU work dir (restore.log, lazy-pages.socket)
+ *   output.log           the function's stdout and stderr
+ *   sandbox.json         what reconciliation needs after an executor crash
+ */
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
+import { buildOciSpec } from './oci-spec.ts'
+import type { Mounter } from './rootfs.ts'
+import type { Runc } from './runc.ts'
+
+export const NETNS_PREFIX = 'initless-'
+
+export interface ProcessSpec {
+  readonly args: readonly string[]
+  readonly env: readonly string[]
+  readonly cwd: string
+  readonly uid: number
+  readonly gid: number
+}
+
+export interface SandboxRequest {
+  readonly id: string
+  readonly fn: string
+  /** Overlay lower dirs, top-most first (snapshot layer, then the image's rootfs). */
+  readonly lowers: readonly string[]
+  readonly process: ProcessSpec
+  readonly memoryBytes: number
+  readonly cpus: number
+  readonly pids: number
+  /** Restores point runc at a CRIU config file; bakes and boots must not (runc passes it to dump). */
+  readonly forRestore: boolean
+}
+
+export interface Sandbox {
+  readonly id: string
+  readonly fn: string
+  readonly dir: string
+  readonly bundle: string
+  readonly rootfs: string
+  readonly criuWorkDir: string
+  readonly criuConfig: string
+  readonly logFile: string
+  readonly pidFile: string
+  readonly netns: NamespaceHandle
+  readonly lowers: readonly string[]
+}
+
+export interface SandboxManager {
+  prepare(req: SandboxRequest): Promise<Sandbox>
+  /**
+   * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
+   * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
+   */
+  destroy(sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns'>, opts?: { keepUpperAt?: string }): Promise<void>
+}
+
+export function instancesDir(stateDir: string): string {
+  return join(stateDir, 'instances')
+}
+
+export function netnsName(id: string): string {
+  return `${NETNS_PREFIX}${id}`
+}
+
+export function createSandboxManager(deps: {
+  stateDir: string
+  network: NetworkManager
+  ips: IpAllocator
+  mounter: Mounter
+  runc: Runc
+}): SandboxManager {
+  const { network, ips, mounter, runc } = deps
+
+  return {
+    async prepare(req) {
+      const dir = join(instancesDir(deps.stateDir), req.id)
+      const bundle = join(dir, 'bundle')
+      const rootfs = join(bundle, 'rootfs')
+      const criuWorkDir = join(dir, 'criu')
+      const ip = ips.allocate()
+      const nsName = netnsName(req.id)
+      let netns: NamespaceHandle | undefined
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o700 })
+        await mkdir(criuWorkDir, { recursive: true })
+        // Namespace and rootfs are independent: set them up side by side.
+        const [ns] = await Promise.all([
+          network.create(nsName, ip),
+          mounter.mountOverlay({ lowers: req.lowers, upper: join(dir, 'upper'), work: join(dir, 'work'), target: rootfs }),
+        ])
+        netns = ns
+        const criuConfig = join(dir, 'criu.conf')
+        const spec = buildOciSpec({
+          hostname: req.fn,
+          rootfs,
+          args: req.process.args,
+          env: req.process.env,
+          cwd: req.process.cwd,
+          uid: req.process.uid,
+          gid: req.process.gid,
+          netnsPath: ns.path,
+          cgroupsPath: `/initless/${req.id}`,
+          memoryBytes: req.memoryBytes,
+          cpus: req.cpus,
+          pids: req.pids,
+          ...(req.forRestore ? { criuConfig } : {}),
+        })
+        const sandbox: Sandbox = {
+          id: req.id,
+          fn: req.fn,
+          dir,
+          bundle,
+          rootfs,
+          criuWorkDir,
+          criuConfig,
+          logFile: join(dir, 'output.log'),
+          pidFile: join(dir, 'pid'),
+          netns: ns,
+          lowers: req.lowers,
+        }
+        await Promise.all([
+          writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
+          writeFile(join(dir, 'sandbox.json'), JSON.stringify(sandbox)),
+        ])
+        return sandbox
+      } catch (err) {
+        await this.destroy({ id: req.id, dir, rootfs, netns: netns ?? { name: nsName, path: '', ip } })
+        throw err
+      }
+    },
+
+    async destroy(sb, opts) {
+      const errors: unknown[] = []
+      const attempt = async (step: () => Promise<unknown>) => {
+        try {
+          await step()
+        } catch (err) {
+          errors.push(err)
+        }
+      }
+      // Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
+      await attempt(() => runc.delete(sb.id))
+      await attempt(() => mounter.unmount(sb.rootfs))
+      await attempt(() => network.destroy(sb.netns.name))
+      const keep = opts?.keepUpperAt
+      if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
+      await attempt(() => rm(sb.dir, { recursive: true, force: true }))
+      ips.release(sb.netns.ip)
+      if (errors.length) throw new AggregateError(errors, `destroying sandbox ${sb.id} left ${errors.length} problem(s)`)
+    },
+  }
+}
