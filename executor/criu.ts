@@ -45,7 +45,11 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
     async version() {
       const out = await deps.run(bin, ['--version'], { timeoutMs: 10_000 })
       const v = parseCriuVersion(out.stdout)
-      if (!v) throw new InitlessError('ERR_COMMAND_FAILED', `cannot read the CRIU version from: ${out.stdout.trim()}`)
+      if (!v)
+        throw new InitlessError(
+          'ERR_COMMAND_FAILED',
+          `cannot read the CRIU version from: ${out.stdout.trim()}`,
+        )
       return v
     },
 
@@ -77,15 +81,29 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
       void exited.then(() => (gone = true))
       // The socket appears within a few ms; poll tightly, this is on the cold-start path.
       for (;;) {
-        if (await access(socket).then(() => true, () => false)) break
-        if (gone) throw new InitlessError('ERR_RESTORE_FAILED', `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`)
+        if (
+          await access(socket).then(
+            () => true,
+            () => false,
+          )
+        )
+          break
+        if (gone)
+          throw new InitlessError(
+            'ERR_RESTORE_FAILED',
+            `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`,
+          )
         if (Date.now() > deadline) {
           child.kill('SIGKILL')
-          throw new InitlessError('ERR_RESTORE_FAILED', `criu lazy-pages did not listen within ${timeoutMs} ms`)
+          throw new InitlessError(
+            'ERR_RESTORE_FAILED',
+            `criu lazy-pages did not listen within ${timeoutMs} ms`,
+          )
         }
         await new Promise((r) => setTimeout(r, 1))
       }
-      if (child.pid === undefined) throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
+      if (child.pid === undefined)
+        throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
       return { pid: child.pid, exited }
     },
   }

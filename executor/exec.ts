@@ -72,9 +72,13 @@ export const runCommand: CommandRunner = (cmd, args, options = {}) => {
       const exit = code ?? (signal ? 128 : 1)
       if (timedOut) {
         reject(
-          new InitlessError('ERR_COMMAND_TIMEOUT', `${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms`, {
-            details: { cmd, args, stderr: tail(stderr) },
-          }),
+          new InitlessError(
+            'ERR_COMMAND_TIMEOUT',
+            `${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms`,
+            {
+              details: { cmd, args, stderr: tail(stderr) },
+            },
+          ),
         )
       } else if (!(options.okCodes ?? [0]).includes(exit)) {
         const out = tail(stderr || stdout)

@@ -116,7 +116,10 @@ export function vethName(nsName: string): string {
 }
 
 /** The real network manager, driving iproute2. Each create costs two `ip -batch` calls. */
-export function createNetworkManager(deps: { run: CommandRunner; settings: NetworkSettings }): NetworkManager {
+export function createNetworkManager(deps: {
+  run: CommandRunner
+  settings: NetworkSettings
+}): NetworkManager {
   const { run, settings } = deps
   const { bits } = parseCidr(settings.subnet)
   const gw = gatewayIp(settings.subnet)

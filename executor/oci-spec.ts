@@ -84,7 +84,12 @@ export function buildOciSpec(input: OciSpecInput): Record<string, unknown> {
         source: 'shm',
         options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
       },
-      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      {
+        destination: '/dev/mqueue',
+        type: 'mqueue',
+        source: 'mqueue',
+        options: ['nosuid', 'noexec', 'nodev'],
+      },
       { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
       {
         destination: '/sys/fs/cgroup',

@@ -37,7 +37,9 @@ export function httpOnce(
           if (size < 1 << 20) chunks.push(c)
           size += c.length
         })
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }))
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
+        )
         res.on('error', reject)
       },
     )
@@ -80,7 +82,10 @@ export async function waitReady(host: string, port: number, opts: ReadinessOptio
       last = err instanceof Error ? err.message : String(err)
     }
     if (opts.isAlive && !opts.isAlive()) {
-      throw new InitlessError('ERR_INSTANCE_DIED', `the process exited before it was ready (last probe: ${last})`)
+      throw new InitlessError(
+        'ERR_INSTANCE_DIED',
+        `the process exited before it was ready (last probe: ${last})`,
+      )
     }
     if (performance.now() >= deadline) {
       throw new InitlessError(

@@ -9,7 +9,12 @@ import type { CommandRunner } from './exec.ts'
 
 export interface Mounter {
   /** Mount an overlay at `target`; `lowers` are listed top-most first. */
-  mountOverlay(opts: { lowers: readonly string[]; upper: string; work: string; target: string }): Promise<void>
+  mountOverlay(opts: {
+    lowers: readonly string[]
+    upper: string
+    work: string
+    target: string
+  }): Promise<void>
   unmount(target: string): Promise<void>
   /** Mount points at or below `prefix` (reconciliation), deepest first. */
   list(prefix: string): Promise<string[]>
@@ -18,7 +23,11 @@ export interface Mounter {
 export function createMounter(deps: { run: CommandRunner }): Mounter {
   return {
     async mountOverlay({ lowers, upper, work, target }) {
-      await Promise.all([mkdir(upper, { recursive: true }), mkdir(work, { recursive: true }), mkdir(target, { recursive: true })])
+      await Promise.all([
+        mkdir(upper, { recursive: true }),
+        mkdir(work, { recursive: true }),
+        mkdir(target, { recursive: true }),
+      ])
       const options = `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work},index=off`
       await deps.run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { timeoutMs: 30_000 })
     },
@@ -60,7 +69,13 @@ export async function ensureImageRootfs(
 ): Promise<string> {
   const dir = imageRootfsDir(stateDir, imageId)
   const marker = join(dir, '..', 'complete')
-  if (await stat(marker).then(() => true, () => false)) return dir
+  if (
+    await stat(marker).then(
+      () => true,
+      () => false,
+    )
+  )
+    return dir
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`
   await rm(tmp, { recursive: true, force: true })
   await mkdir(tmp, { recursive: true, mode: 0o755 })
@@ -68,7 +83,10 @@ export async function ensureImageRootfs(
     await exportTo(imageId, tmp)
     // Files the runtime and CRIU need even in a minimal image.
     await mkdir(join(tmp, 'etc'), { recursive: true })
-    await writeFile(join(tmp, 'etc', 'hosts'), '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n')
+    await writeFile(
+      join(tmp, 'etc', 'hosts'),
+      '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n',
+    )
     await writeFile(join(tmp, 'etc', 'resolv.conf'), '')
     await rm(dir, { recursive: true, force: true })
     await rename(tmp, dir)

@@ -10,7 +10,8 @@ import { tail, type CommandRunner } from './exec.ts'
 
 export interface ContainerState {
   readonly id: string
-  readonly status: 'created' | 'running' | 'paused' | 'stopped' | string
+  /** created, running, paused or stopped. */
+  readonly status: string
   readonly pid: number
   readonly bundle: string
 }
@@ -74,7 +75,22 @@ export function createRunc(deps: { run: CommandRunner; root: string; bin?: strin
       await deps
         .run(
           'bash',
-          ['-c', script, 'runc-run', opts.outputFile, bin, ...base, ...logArgs(opts.bundle), 'run', '-d', '--bundle', opts.bundle, '--pid-file', opts.pidFile, id],
+          [
+            '-c',
+            script,
+            'runc-run',
+            opts.outputFile,
+            bin,
+            ...base,
+            ...logArgs(opts.bundle),
+            'run',
+            '-d',
+            '--bundle',
+            opts.bundle,
+            '--pid-file',
+            opts.pidFile,
+            id,
+          ],
           { timeoutMs: 30_000 },
         )
         .catch((err: unknown) => explain(err, opts.bundle))
@@ -82,9 +98,22 @@ export function createRunc(deps: { run: CommandRunner; root: string; bin?: strin
 
     async checkpoint(id, opts) {
       await deps
-        .run(bin, [...base, ...logArgs(opts.workPath), 'checkpoint', '--image-path', opts.imagePath, '--work-path', opts.workPath, id], {
-          timeoutMs: 300_000,
-        })
+        .run(
+          bin,
+          [
+            ...base,
+            ...logArgs(opts.workPath),
+            'checkpoint',
+            '--image-path',
+            opts.imagePath,
+            '--work-path',
+            opts.workPath,
+            id,
+          ],
+          {
+            timeoutMs: 300_000,
+          },
+        )
         .catch((err: unknown) => explain(err, opts.workPath, 'dump.log'))
     },
 

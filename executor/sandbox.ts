@@ -60,7 +60,10 @@ export interface SandboxManager {
    * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
    */
-  destroy(sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns'>, opts?: { keepUpperAt?: string }): Promise<void>
+  destroy(
+    sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns'>,
+    opts?: { keepUpperAt?: string },
+  ): Promise<void>
 }
 
 export function instancesDir(stateDir: string): string {
@@ -95,7 +98,12 @@ export function createSandboxManager(deps: {
         // Namespace and rootfs are independent: set them up side by side.
         const [ns] = await Promise.all([
           network.create(nsName, ip),
-          mounter.mountOverlay({ lowers: req.lowers, upper: join(dir, 'upper'), work: join(dir, 'work'), target: rootfs }),
+          mounter.mountOverlay({
+            lowers: req.lowers,
+            upper: join(dir, 'upper'),
+            work: join(dir, 'work'),
+            target: rootfs,
+          }),
         ])
         netns = ns
         const criuConfig = join(dir, 'criu.conf')
@@ -155,7 +163,8 @@ export function createSandboxManager(deps: {
       if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
       await attempt(() => rm(sb.dir, { recursive: true, force: true }))
       ips.release(sb.netns.ip)
-      if (errors.length) throw new AggregateError(errors, `destroying sandbox ${sb.id} left ${errors.length} problem(s)`)
+      if (errors.length)
+        throw new AggregateError(errors, `destroying sandbox ${sb.id} left ${errors.length} problem(s)`)
     },
   }
 }

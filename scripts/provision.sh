@@ -69,6 +69,12 @@ fi
 mkdir -p "$STATE_DIR" "$LOG_DIR"
 chmod 0700 "$STATE_DIR"
 
+step "Node.js"
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+[ "$node_major" -ge 20 ] || fail "Node.js >= 20 is required (found: $(node --version 2>/dev/null || echo none))" \
+  "install Node.js 20 or newer (Debian 12's nodejs package is 18: use NodeSource or the machine image's Node)"
+done_step "$(node --version)"
+
 # ---------------------------------------------------------------------------------------------
 step "apt packages"
 missing=()

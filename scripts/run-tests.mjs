@@ -7,7 +7,11 @@ import { readdirSync } from 'node:fs'
 import { join, relative } from 'node:path'
 
 const root = new URL('..', import.meta.url).pathname
-const mode = process.argv.includes('--unit') ? 'unit' : process.argv.includes('--integration') ? 'integration' : 'all'
+const mode = process.argv.includes('--unit')
+  ? 'unit'
+  : process.argv.includes('--integration')
+    ? 'integration'
+    : 'all'
 const only = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 
 /** @param {string} dir @returns {string[]} */
@@ -19,7 +23,9 @@ function walk(dir) {
   })
 }
 
-const all = walk(root).map((p) => relative(root, p)).sort()
+const all = walk(root)
+  .map((p) => relative(root, p))
+  .sort()
 const unit = all.filter((p) => !p.startsWith('test/'))
 const integration = all.filter((p) => p.startsWith('test/'))
 let files = mode === 'unit' ? unit : mode === 'integration' ? integration : [...unit, ...integration]
@@ -30,7 +36,15 @@ if (!files.length) {
 }
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files],
+  [
+    '--import',
+    'tsx',
+    '--test',
+    '--test-concurrency=1',
+    '--test-timeout=900000',
+    '--test-reporter=spec',
+    ...files,
+  ],
   { cwd: root, stdio: 'inherit' },
 )
 process.exit(result.status ?? 1)

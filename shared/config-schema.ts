@@ -13,7 +13,10 @@ export const envDuration = (def: string) =>
     .transform((v, ctx) => {
       const ms = parseDurationMs(v)
       if (ms === undefined) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a duration like 500ms, 30s or 5m, got '${v}'` })
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          message: `expected a duration like 500ms, 30s or 5m, got '${v}'`,
+        })
         return z.NEVER
       }
       return ms
@@ -26,7 +29,10 @@ export const envBytes = (def: string) =>
     .transform((v, ctx) => {
       const n = parseBytes(v)
       if (n === undefined) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a size like 512Mi or 2Gi, got '${v}'` })
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          message: `expected a size like 512Mi or 2Gi, got '${v}'`,
+        })
         return z.NEVER
       }
       return n

@@ -16,7 +16,9 @@ export const REDACT_PATHS = [
  * The one root logger of a process. Only composition roots (main.ts, the CLI) call this; modules
  * receive a logger in their deps and take `child({ module })`.
  */
-export function createLogger(options: { level?: string; name?: string; destination?: DestinationStream } = {}): Logger {
+export function createLogger(
+  options: { level?: string; name?: string; destination?: DestinationStream } = {},
+): Logger {
   const opts: LoggerOptions = {
     level: options.level ?? 'info',
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },

@@ -14,29 +14,28 @@ export const MANIFEST_FILE = 'function.yaml'
 export const FUNCTION_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
 
 const duration = (what: string) =>
-  z
-    .union([z.string(), z.number()])
-    .transform((v, ctx) => {
-      const ms = parseDurationMs(v)
-      if (ms === undefined) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a ${what} like 500ms, 30s or 5m` })
-        return z.NEVER
-      }
-      return ms
-    })
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const ms = parseDurationMs(v)
+    if (ms === undefined) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a ${what} like 500ms, 30s or 5m` })
+      return z.NEVER
+    }
+    return ms
+  })
 
 const bytes = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const n = parseBytes(v)
   if (n === undefined || n < 4 * 1024 * 1024) {
-    ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'expected a size of at least 4Mi, like 256Mi or 2Gi' })
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: 'expected a size of at least 4Mi, like 256Mi or 2Gi',
+    })
     return z.NEVER
   }
   return n
 })
 
-const httpPath = z
-  .string()
-  .regex(/^\/[^\s]*$/, 'expected a path starting with / and without spaces')
+const httpPath = z.string().regex(/^\/[^\s]*$/, 'expected a path starting with / and without spaces')
 
 export const RESTORE_POLICIES = ['auto', 'lazy', 'eager', 'boot'] as const
 export type RestorePolicy = (typeof RESTORE_POLICIES)[number]
@@ -55,7 +54,9 @@ const warmupStep = z
 
 export const manifestSchema = z
   .object({
-    name: z.string().regex(FUNCTION_NAME_RE, 'expected a DNS label: lowercase letters, digits and -, at most 63'),
+    name: z
+      .string()
+      .regex(FUNCTION_NAME_RE, 'expected a DNS label: lowercase letters, digits and -, at most 63'),
     description: z.string().max(500).optional(),
     port: z.number().int().min(1).max(65535),
     command: z.array(z.string().min(1)).min(1).optional(),
@@ -146,7 +147,10 @@ function describe(issue: z.ZodIssue): ManifestProblem {
     case z.ZodIssueCode.invalid_type:
       return {
         field,
-        message: issue.received === 'undefined' ? `is required (${issue.expected})` : `expected ${issue.expected}, got ${issue.received}`,
+        message:
+          issue.received === 'undefined'
+            ? `is required (${issue.expected})`
+            : `expected ${issue.expected}, got ${issue.received}`,
       }
     default:
       return { field, message: issue.message }

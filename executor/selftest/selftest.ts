@@ -41,7 +41,13 @@ async function prepareProbeRootfs(deps: SelfTestDeps): Promise<string> {
   const source = await readFile(SOURCE)
   const hash = createHash('sha256').update(source).digest('hex').slice(0, 16)
   const rootfs = join(deps.workDir, `probe-rootfs-${hash}`)
-  if (await stat(join(rootfs, 'probe-server')).then(() => true, () => false)) return rootfs
+  if (
+    await stat(join(rootfs, 'probe-server')).then(
+      () => true,
+      () => false,
+    )
+  )
+    return rootfs
   const tmp = `${rootfs}.tmp-${process.pid}`
   await rm(tmp, { recursive: true, force: true })
   for (const d of ['proc', 'dev', 'sys', 'etc', 'tmp']) await mkdir(join(tmp, d), { recursive: true })
@@ -73,11 +79,24 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
     }
   }
 
-  const processSpec = { args: ['/probe-server'], env: ['PROBE_MB=16', `PROBE_PORT=${port}`], cwd: '/', uid: 0, gid: 0 }
+  const processSpec = {
+    args: ['/probe-server'],
+    env: ['PROBE_MB=16', `PROBE_PORT=${port}`],
+    cwd: '/',
+    uid: 0,
+    gid: 0,
+  }
   const limits = { memoryBytes: 256 * 1024 * 1024, cpus: 1, pids: 64 }
 
   async function restoreAndProbe(mode: 'eager' | 'lazy', lowers: string[]): Promise<void> {
-    const sb = await deps.sandboxes.prepare({ id: `selftest-${mode}-${tag}`, fn: 'selftest', lowers, process: processSpec, ...limits, forRestore: true })
+    const sb = await deps.sandboxes.prepare({
+      id: `selftest-${mode}-${tag}`,
+      fn: 'selftest',
+      lowers,
+      process: processSpec,
+      ...limits,
+      forRestore: true,
+    })
     live.push(sb)
     await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy: mode === 'lazy' })
     const daemon = mode === 'lazy' ? await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir) : undefined
@@ -94,13 +113,20 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
       await out.close()
     }
     const pid = await readPidFile(sb.pidFile)
-    await waitReady(sb.netns.ip, port, { path: '/', expect: 'initless-probe ok', timeoutMs: 10_000, intervalMs: 2, isAlive: () => isProcessAlive(pid) })
+    await waitReady(sb.netns.ip, port, {
+      path: '/',
+      expect: 'initless-probe ok',
+      timeoutMs: 10_000,
+      intervalMs: 2,
+      isAlive: () => isProcessAlive(pid),
+    })
     const res = await httpOnce(sb.netns.ip, port, '/')
     // The checkpoint was taken after one request, readiness made the second: this is the third.
     if (!res.body.includes('requests=3')) throw new Error(`restored state is wrong: ${res.body.trim()}`)
     if (mode === 'lazy') {
       const log = await readFile(join(sb.criuWorkDir, 'restore.log'), 'utf8').catch(() => '')
-      if (!/Lazy restore skips \d+ pages/.test(log)) throw new Error('restore.log shows no lazy restore (no "Lazy restore skips N pages")')
+      if (!/Lazy restore skips \d+ pages/.test(log))
+        throw new Error('restore.log shows no lazy restore (no "Lazy restore skips N pages")')
       await Promise.race([daemon?.exited, new Promise((r) => setTimeout(r, 10_000))])
     }
   }
@@ -111,11 +137,24 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
       return { value: dir, detail: dir }
     })
     const bake = await step('runc run in its own network namespace', async () => {
-      const sb = await deps.sandboxes.prepare({ id: `selftest-bake-${tag}`, fn: 'selftest', lowers: [rootfs], process: processSpec, ...limits, forRestore: false })
+      const sb = await deps.sandboxes.prepare({
+        id: `selftest-bake-${tag}`,
+        fn: 'selftest',
+        lowers: [rootfs],
+        process: processSpec,
+        ...limits,
+        forRestore: false,
+      })
       live.push(sb)
       await deps.runc.run(sb.id, { bundle: sb.bundle, pidFile: sb.pidFile, outputFile: sb.logFile })
       const pid = await readPidFile(sb.pidFile)
-      await waitReady(sb.netns.ip, port, { path: '/', expect: 'initless-probe ok', timeoutMs: 10_000, intervalMs: 5, isAlive: () => isProcessAlive(pid) })
+      await waitReady(sb.netns.ip, port, {
+        path: '/',
+        expect: 'initless-probe ok',
+        timeoutMs: 10_000,
+        intervalMs: 5,
+        isAlive: () => isProcessAlive(pid),
+      })
       return { value: sb, detail: `answered at ${sb.netns.ip}:${port}` }
     })
     await step('checkpoint with CRIU', async () => {
@@ -138,7 +177,8 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
   } catch {
     // Recorded in steps; cleanup below runs either way.
   } finally {
-    if (!process.env.SELFTEST_KEEP) for (const sb of live) await deps.sandboxes.destroy(sb).catch(() => undefined)
+    if (!process.env.SELFTEST_KEEP)
+      for (const sb of live) await deps.sandboxes.destroy(sb).catch(() => undefined)
     await rm(snapshotDir, { recursive: true, force: true })
   }
   return steps

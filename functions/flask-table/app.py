@@ -20,7 +20,8 @@ log = logging.getLogger("flask-table")
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 _started = time.monotonic()
-TABLE = {i: i for i in range(TABLE_SIZE)}
+# Keys and values are distinct int objects, as in a real table whose values are not its keys.
+TABLE = dict(zip(range(TABLE_SIZE), range(TABLE_SIZE)))
 BUILD_SECONDS = time.monotonic() - _started
 log.info("built a %d-entry table in %.2f s (pid %d)", len(TABLE), BUILD_SECONDS, os.getpid())
 

@@ -8,14 +8,18 @@ const HOST = process.env.HOST || '0.0.0.0'
 
 function sendJson(res, status, obj) {
   const body = JSON.stringify(obj) + '\n'
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+  })
   res.end(body)
 }
 
 const server = http.createServer((req, res) => {
   const path = (req.url || '/').split('?')[0]
   if (path === '/healthz') {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { error: 'method not allowed' })
+    if (req.method !== 'GET' && req.method !== 'HEAD')
+      return sendJson(res, 405, { error: 'method not allowed' })
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'content-length': 3 })
     return res.end('ok\n')
   }
@@ -31,14 +35,17 @@ const server = http.createServer((req, res) => {
   }
   // Drain any request body so keep-alive connections stay usable.
   req.resume()
-  if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { error: 'method not allowed' })
+  if (req.method !== 'GET' && req.method !== 'HEAD')
+    return sendJson(res, 405, { error: 'method not allowed' })
   const query = (req.url || '').includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : undefined
   sendJson(res, 200, { message: 'hello from node', method: req.method, path, query })
 })
 
 server.keepAliveTimeout = 65_000 // longer than a typical proxy's idle timeout
 server.headersTimeout = 66_000
-server.listen(PORT, HOST, () => console.log(`hello-node listening on ${HOST}:${PORT} (node ${process.version}, pid ${process.pid})`))
+server.listen(PORT, HOST, () =>
+  console.log(`hello-node listening on ${HOST}:${PORT} (node ${process.version}, pid ${process.pid})`),
+)
 
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => {

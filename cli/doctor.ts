@@ -1,0 +1,240 @@
+/**
+ * `initless doctor`: checks every component initless stands on and says how to fix what is wrong.
+ * All I/O comes in through deps, so tests can point it at a stopped engine, a stopped Redis or an
+ * old CRIU and read the report.
+ */
+import { statfs, readFile } from 'node:fs/promises'
+import { compareVersions, parseCriuVersion } from '../executor/criu.ts'
+import type { EngineInfo } from '../executor/docker.ts'
+import type { CommandRunner } from '../executor/exec.ts'
+import type { SelfTestStep } from '../executor/selftest/selftest.ts'
+import { errorMessage } from '../shared/errors.ts'
+import { formatBytes } from '../shared/units.ts'
+
+export interface CheckResult {
+  readonly name: string
+  readonly ok: boolean
+  readonly detail: string
+  /** What to do about a failure. */
+  readonly fix?: string
+  readonly ms: number
+}
+
+export interface DoctorDeps {
+  readonly run: CommandRunner
+  readonly nodeVersion: string
+  readonly criuBin: string
+  readonly runcBin: string
+  readonly stateDir: string
+  readonly minFreeDisk: number
+  readonly dockerInfo: () => Promise<EngineInfo>
+  readonly redisVersion: () => Promise<string>
+  readonly redisUrl: string
+  /** The end-to-end restore probe; omitted with --quick. */
+  readonly selfTest?: () => Promise<SelfTestStep[]>
+}
+
+const PROVISION = 'run `bash scripts/provision.sh` as root (idempotent)'
+export const MIN_CRIU = '4.2.0'
+export const MIN_REDIS = '6.2.0'
+export const MIN_NODE = '20.10.0'
+
+type Check = { name: string; fix: string; run: () => Promise<string> }
+
+export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
+  let info: Promise<EngineInfo> | undefined
+  const dockerInfo = () => (info ??= deps.dockerInfo())
+  const checks: Check[] = [
+    {
+      name: 'node',
+      fix: `install Node.js >= ${MIN_NODE}`,
+      run: async () => {
+        const v = deps.nodeVersion.replace(/^v/, '')
+        if (compareVersions(v, MIN_NODE) < 0) throw new Error(`Node.js ${v} is older than ${MIN_NODE}`)
+        return `Node.js ${v}`
+      },
+    },
+    {
+      name: 'docker engine',
+      fix: `start the Docker engine: ${PROVISION} (it starts dockerd with experimental mode)`,
+      run: async () => {
+        const info = await dockerInfo().catch((err: unknown) => {
+          throw new Error(`the Docker engine does not answer: ${errorMessage(err)}`)
+        })
+        return `Docker ${info.serverVersion} (API ${info.apiVersion}, cgroup driver ${info.cgroupDriver})`
+      },
+    },
+    {
+      name: 'docker experimental',
+      fix: `set "experimental": true in /etc/docker/daemon.json and restart dockerd: ${PROVISION}`,
+      run: async () => {
+        const info = await dockerInfo().catch(() => {
+          throw new Error('cannot tell: the Docker engine does not answer')
+        })
+        if (!info.experimental)
+          throw new Error('the Docker engine is not in experimental mode (needed for its checkpoint API)')
+        return 'experimental features on'
+      },
+    },
+    {
+      name: 'runc',
+      fix: `install runc >= 1.1: ${PROVISION}`,
+      run: async () => {
+        const out = await deps.run(deps.runcBin, ['--version'], { timeoutMs: 10_000 })
+        const v = /runc version (\d+\.\d+\.\d+)/.exec(out.stdout)?.[1]
+        if (!v) throw new Error(`cannot read the runc version from: ${out.stdout.trim()}`)
+        if (compareVersions(v, '1.1.0') < 0) throw new Error(`runc ${v} is older than 1.1`)
+        return `runc ${v}`
+      },
+    },
+    {
+      name: 'criu version',
+      fix: `CRIU >= ${MIN_CRIU} must come first in PATH (Debian's 3.17 fails on current kernels): ${PROVISION} builds 4.2.1 into /usr/local/sbin`,
+      run: async () => {
+        const out = await deps.run(deps.criuBin, ['--version'], { timeoutMs: 10_000 })
+        const v = parseCriuVersion(out.stdout)
+        if (!v) throw new Error(`cannot read the CRIU version from: ${out.stdout.trim()}`)
+        if (compareVersions(v, MIN_CRIU) < 0)
+          throw new Error(`CRIU ${v} (${deps.criuBin}) is older than ${MIN_CRIU}`)
+        return `CRIU ${v}`
+      },
+    },
+    {
+      name: 'criu check',
+      fix: `CRIU's own kernel check failed: use CRIU ${MIN_CRIU} or newer (${PROVISION}) and a kernel with CHECKPOINT_RESTORE`,
+      run: async () => {
+        const out = await deps.run(deps.criuBin, ['check'], { timeoutMs: 60_000, okCodes: [0, 1] })
+        const text = `${out.stdout}\n${out.stderr}`
+        if (out.code !== 0 || !/Looks good/.test(text)) {
+          throw new Error(
+            `criu check: ${
+              text
+                .trim()
+                .split('\n')
+                .filter((l) => /Error|error/.test(l))
+                .slice(0, 3)
+                .join(' | ') || `exit ${out.code}`
+            }`,
+          )
+        }
+        return 'Looks good'
+      },
+    },
+    {
+      name: 'lazy pages',
+      fix: 'lazy restores need userfaultfd with non-cooperative events (kernel CONFIG_USERFAULTFD); without it use restore policy eager',
+      run: async () => {
+        const out = await deps.run(deps.criuBin, ['check', '--feature', 'uffd-noncoop'], {
+          timeoutMs: 30_000,
+          okCodes: [0, 1],
+        })
+        if (out.code !== 0)
+          throw new Error(
+            `userfaultfd non-cooperative mode is not supported: ${(out.stdout + out.stderr).trim()}`,
+          )
+        return 'uffd-noncoop supported'
+      },
+    },
+    {
+      name: 'redis',
+      fix: `start Redis >= ${MIN_REDIS} at ${deps.redisUrl} (${PROVISION}) or set INITLESS_REDIS_URL`,
+      run: async () => {
+        const v = await deps.redisVersion().catch((err: unknown) => {
+          throw new Error(`Redis at ${deps.redisUrl} does not answer: ${errorMessage(err)}`)
+        })
+        if (compareVersions(v, MIN_REDIS) < 0)
+          throw new Error(`Redis ${v} is older than ${MIN_REDIS} (BullMQ needs it)`)
+        return `Redis ${v}`
+      },
+    },
+    {
+      name: 'kernel features',
+      fix: 'initless needs overlayfs, network namespaces, veth and the cgroup v1 memory/cpu/pids controllers (or cgroup v2)',
+      run: async () => {
+        const fs = await readFile('/proc/filesystems', 'utf8')
+        const missing: string[] = []
+        if (!/\toverlay\n/.test(fs)) missing.push('overlayfs')
+        const cgroups = await readFile('/proc/self/cgroup', 'utf8')
+        if (!/memory/.test(cgroups) && !/^0::/m.test(cgroups)) missing.push('memory cgroup')
+        const release = (await readFile('/proc/sys/kernel/osrelease', 'utf8')).trim()
+        if (missing.length) throw new Error(`missing: ${missing.join(', ')}`)
+        return `kernel ${release}, overlayfs, cgroups`
+      },
+    },
+    {
+      name: 'disk',
+      fix: `free disk space under ${deps.stateDir} (snapshots hold whole process memories) or set INITLESS_STATE_DIR`,
+      run: async () => {
+        const s = await statfs(deps.stateDir).catch(() => statfs('/'))
+        const free = s.bavail * s.bsize
+        if (free < deps.minFreeDisk)
+          throw new Error(
+            `${formatBytes(free)} free under ${deps.stateDir}, below ${formatBytes(deps.minFreeDisk)}`,
+          )
+        return `${formatBytes(free)} free under ${deps.stateDir}`
+      },
+    },
+  ]
+
+  const results: CheckResult[] = []
+  for (const check of checks) {
+    const started = performance.now()
+    try {
+      const detail = await check.run()
+      results.push({ name: check.name, ok: true, detail, ms: performance.now() - started })
+    } catch (err) {
+      results.push({
+        name: check.name,
+        ok: false,
+        detail: errorMessage(err),
+        fix: check.fix,
+        ms: performance.now() - started,
+      })
+    }
+  }
+
+  if (deps.selfTest) {
+    const prerequisites = ['runc', 'criu version', 'criu check']
+    const blocked = results.filter((r) => prerequisites.includes(r.name) && !r.ok).map((r) => r.name)
+    if (blocked.length) {
+      results.push({
+        name: 'restore probe',
+        ok: false,
+        detail: `skipped: ${blocked.join(', ')} failed`,
+        fix: 'fix the checks above first',
+        ms: 0,
+      })
+    } else {
+      const started = performance.now()
+      const steps = await deps.selfTest()
+      const failed = steps.find((s) => !s.ok)
+      results.push({
+        name: 'restore probe',
+        ok: !failed && steps.length > 0,
+        detail: failed
+          ? `${failed.name}: ${failed.detail}`
+          : steps.map((s) => `${s.name} ${Math.round(s.ms)} ms`).join('; '),
+        ...(failed
+          ? { fix: 'read the CRIU/runc log lines above; running as root with full capabilities is required' }
+          : {}),
+        ms: performance.now() - started,
+      })
+    }
+  }
+  return results
+}
+
+export function formatDoctorReport(results: readonly CheckResult[]): string {
+  const lines = results.map((r) => {
+    const head = `${r.ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
+    if (r.ok) return head
+    const rest = r.detail
+      .split('\n')
+      .slice(1, 8)
+      .map((l) => `       ${l}`)
+    return [head, ...rest, `       fix: ${r.fix ?? 'see above'}`].join('\n')
+  })
+  const failed = results.filter((r) => !r.ok).length
+  lines.push(failed ? `\n${failed} check(s) failed` : '\nall checks passed')
+  return lines.join('\n')
+}

@@ -1,0 +1,87 @@
+/**
+ * The `initless` CLI: composition root for command-line use. Exit codes: 0 success, 1 a check or
+ * command failed, 2 bad usage or configuration.
+ */
+import { Command, CommanderError } from 'commander'
+import { loadExecutorConfig } from '../executor/config.ts'
+import { createHost } from '../executor/host.ts'
+import { errorMessage, isInitlessError } from '../shared/errors.ts'
+import { createRedis, redisVersion } from '../shared/redis.ts'
+import { formatDoctorReport, runDoctor } from './doctor.ts'
+
+export const EXIT_OK = 0
+export const EXIT_FAILED = 1
+export const EXIT_USAGE = 2
+
+const program = new Command()
+  .name('initless')
+  .description('Serverless functions restored from CRIU snapshots instead of booted')
+  .option('--json', 'print machine-readable JSON instead of text')
+  .option('-q, --quiet', 'print only errors')
+  .exitOverride()
+
+program
+  .command('doctor')
+  .description('check Docker, runc, CRIU, Redis and the kernel, then run a real checkpoint/restore probe')
+  .option('--quick', 'skip the end-to-end restore probe')
+  .action(async (opts: { quick?: boolean }) => {
+    const config = loadExecutorConfig(process.env)
+    const host = createHost(config)
+    const redis = createRedis(config.INITLESS_REDIS_URL, { lazy: true, name: 'initless-doctor' })
+    // One connection attempt, no retry loop: the doctor reports, it does not wait for Redis.
+    redis.options.retryStrategy = () => null
+    let redisError: unknown
+    redis.on('error', (err) => (redisError = err))
+    try {
+      const results = await runDoctor({
+        run: host.run,
+        nodeVersion: process.version,
+        criuBin: config.INITLESS_CRIU,
+        runcBin: config.INITLESS_RUNC,
+        stateDir: config.INITLESS_STATE_DIR,
+        minFreeDisk: config.INITLESS_MIN_FREE_DISK,
+        redisUrl: config.INITLESS_REDIS_URL,
+        dockerInfo: () => host.docker.info(),
+        redisVersion: async () => {
+          await redis.connect().catch((err: unknown) => {
+            throw redisError ?? err
+          })
+          return redisVersion(redis)
+        },
+        ...(opts.quick ? {} : { selfTest: () => host.selfTest() }),
+      })
+      print(results, formatDoctorReport(results))
+      if (results.some((r) => !r.ok)) process.exitCode = EXIT_FAILED
+    } finally {
+      redis.disconnect()
+    }
+  })
+
+function globalOpts(): { json?: boolean; quiet?: boolean } {
+  return program.opts<{ json?: boolean; quiet?: boolean }>()
+}
+
+/** Print a command's result: JSON with --json, nothing with --quiet, else the text. */
+export function print(data: unknown, text: string): void {
+  const g = globalOpts()
+  if (g.json) console.log(JSON.stringify(data, null, 2))
+  else if (!g.quiet) console.log(text)
+}
+
+try {
+  await program.parseAsync(process.argv)
+} catch (err) {
+  if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode === 0 ? EXIT_OK : EXIT_USAGE
+  } else {
+    const g = globalOpts()
+    if (g.json)
+      console.log(
+        JSON.stringify({
+          error: { code: isInitlessError(err) ? err.code : 'ERR_INTERNAL', message: errorMessage(err) },
+        }),
+      )
+    else console.error(`initless: ${errorMessage(err)}`)
+    process.exitCode = isInitlessError(err, 'ERR_CONFIG_INVALID') ? EXIT_USAGE : EXIT_FAILED
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * Executor configuration (also used by the CLI's doctor, build and bake). Every key, its default and
+ * unit is listed in the README's configuration table.
+ */
+import { hostname } from 'node:os'
+import { z } from 'zod'
+import { commonEnvSchema, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
+
+export const executorEnvSchema = commonEnvSchema.extend({
+  /** Identity of this host in the registry; defaults to the machine's hostname. */
+  INITLESS_HOST_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{1,64}$/, 'expected letters, digits, . _ -')
+    .optional(),
+  INITLESS_DOCKER_HOST: z.string().default('unix:///var/run/docker.sock'),
+  INITLESS_RUNC: z.string().default('runc'),
+  INITLESS_CRIU: z.string().default('criu'),
+  INITLESS_RUNC_ROOT: z.string().regex(/^\//, 'expected an absolute path').default('/run/initless/runc'),
+  INITLESS_BRIDGE: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a device name of at most 15 characters')
+    .default('initless0'),
+  INITLESS_SUBNET: z
+    .string()
+    .regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/, 'expected an IPv4 CIDR')
+    .default('10.213.0.0/16'),
+  INITLESS_BASE_IMAGE: z.string().default('initless/debian:bookworm'),
+  /** `auto` restores lazily from this snapshot size up, eagerly below (bench/ measured the crossover). */
+  INITLESS_LAZY_THRESHOLD: envBytes('256Mi'),
+  /** Restores one executor runs at once. */
+  INITLESS_RESTORE_CONCURRENCY: envInt(4, 1, 64),
+  /** How often dead and idle instances are looked for. */
+  INITLESS_REAP_INTERVAL: envDuration('1s'),
+  /** The doctor fails below this much free disk in the state dir. */
+  INITLESS_MIN_FREE_DISK: envBytes('5Gi'),
+  /** Shutdown deadline: in-flight restores past it are handed back to the queue. */
+  INITLESS_SHUTDOWN_TIMEOUT: envDuration('20s'),
+})
+
+export type ExecutorEnv = z.infer<typeof executorEnvSchema>
+
+export interface ExecutorConfig extends ExecutorEnv {
+  readonly hostId: string
+}
+
+export function loadExecutorConfig(env: Record<string, string | undefined>): Readonly<ExecutorConfig> {
+  const parsed = parseEnv(executorEnvSchema, env)
+  return Object.freeze({ ...parsed, hostId: parsed.INITLESS_HOST_ID ?? hostname() })
+}

@@ -1,0 +1,115 @@
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { test } from 'node:test'
+import { promisify } from 'node:util'
+import { loadExecutorConfig } from '../executor/config.ts'
+import { requireServices } from './support/integration.ts'
+
+const exec = promisify(execFile)
+const CLI = join(import.meta.dirname, '..', 'bin', 'initless.mjs')
+const config = loadExecutorConfig(process.env)
+
+interface Check {
+  name: string
+  ok: boolean
+  detail: string
+  fix?: string
+}
+
+async function doctor(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; checks: Check[] }> {
+  try {
+    const { stdout } = await exec(process.execPath, [CLI, '--json', 'doctor', ...args], {
+      env: { ...process.env, ...env },
+      timeout: 180_000,
+    })
+    return { code: 0, checks: JSON.parse(stdout) as Check[] }
+  } catch (err) {
+    const e = err as { code: number; stdout: string }
+    return { code: e.code, checks: JSON.parse(e.stdout) as Check[] }
+  }
+}
+
+/** Debian bookworm's own CRIU 3.17, unpacked (not installed) from the archive. */
+async function debianCriu317(): Promise<string> {
+  const dir = join(config.INITLESS_STATE_DIR, 'test-cache', 'criu-3.17')
+  const bin = join(dir, 'usr', 'sbin', 'criu')
+  if (existsSync(bin)) return bin
+  await mkdir(dir, { recursive: true })
+  await exec('apt-get', ['download', 'criu=3.17.1*'], { cwd: dir, timeout: 120_000 }).catch(() =>
+    exec('apt-get', ['download', 'criu'], { cwd: dir, timeout: 120_000 }),
+  )
+  const deb = (await readdir(dir)).find((f) => f.endsWith('.deb'))
+  assert.ok(deb, 'apt-get download criu produced no .deb')
+  await exec('dpkg', ['-x', join(dir, deb), dir])
+  return bin
+}
+
+test('doctor: a healthy host passes every check, the restore probe included', async (t) => {
+  if (!requireServices(t)) return
+  const { code, checks } = await doctor([])
+  assert.deepEqual(
+    checks.filter((c) => !c.ok),
+    [],
+  )
+  assert.equal(code, 0)
+  const names = checks.map((c) => c.name)
+  for (const n of [
+    'node',
+    'docker engine',
+    'docker experimental',
+    'runc',
+    'criu version',
+    'criu check',
+    'lazy pages',
+    'redis',
+    'kernel features',
+    'disk',
+    'restore probe',
+  ]) {
+    assert.ok(names.includes(n), `doctor reports ${n}`)
+  }
+  assert.match(checks.find((c) => c.name === 'restore probe')!.detail, /lazy restore answers/)
+})
+
+test('doctor: a stopped Docker engine, a stopped Redis and an old CRIU are each named with a fix', async (t) => {
+  if (!requireServices(t)) return
+  const oldCriu = await debianCriu317()
+  const { code, checks } = await doctor(['--quick'], {
+    // Nothing listens on either address: exactly what a stopped dockerd and a stopped Redis look like.
+    INITLESS_DOCKER_HOST: 'unix:///run/initless-test-no-docker.sock',
+    INITLESS_REDIS_URL: 'redis://127.0.0.1:1',
+    INITLESS_CRIU: oldCriu,
+  })
+  assert.equal(code, 1)
+  const byName = new Map(checks.map((c) => [c.name, c]))
+  const docker = byName.get('docker engine')!
+  assert.equal(docker.ok, false)
+  assert.match(docker.detail, /does not answer/)
+  assert.match(docker.fix!, /provision\.sh/)
+  const redis = byName.get('redis')!
+  assert.equal(redis.ok, false)
+  assert.match(redis.detail, /ECONNREFUSED/)
+  assert.match(redis.fix!, /Redis >= 6\.2/)
+  const criu = byName.get('criu version')!
+  assert.equal(criu.ok, false)
+  assert.match(criu.detail, /CRIU 3\.17\.1 .* older than 4\.2/)
+  assert.match(criu.fix!, /4\.2\.1/)
+  assert.equal(byName.get('criu check')!.ok, false, "3.17's own check fails on this kernel")
+  // What is healthy stays healthy.
+  assert.equal(byName.get('runc')!.ok, true)
+  assert.equal(byName.get('node')!.ok, true)
+})
+
+test('doctor: invalid configuration exits 2 and names the key', async () => {
+  const err = (await exec(process.execPath, [CLI, 'doctor', '--quick'], {
+    env: { ...process.env, INITLESS_SUBNET: 'not-a-cidr' },
+  }).catch((e: unknown) => e)) as { code: number; stderr: string }
+  assert.equal(err.code, 2)
+  assert.match(err.stderr, /INITLESS_SUBNET/)
+})

@@ -1,0 +1,61 @@
+/**
+ * What initless may leave on a host: runc containers under its root, network namespaces, mounts
+ * under the state dir and CRIU lazy-pages daemons. Tests compare before/after.
+ */
+import { execFileSync } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
+
+export interface HostResources {
+  readonly containers: string[]
+  readonly namespaces: string[]
+  readonly mounts: string[]
+  readonly lazyDaemons: string[]
+}
+
+export function hostResources(opts: {
+  runcRoot: string
+  stateDir: string
+  nsPrefix?: string
+}): HostResources {
+  const prefix = opts.nsPrefix ?? 'initless-'
+  let containers: string[] = []
+  try {
+    const out = execFileSync('runc', ['--root', opts.runcRoot, 'list', '--format', 'json'], {
+      encoding: 'utf8',
+    })
+    containers = ((JSON.parse(out || 'null') as { id: string }[] | null) ?? []).map((c) => c.id)
+  } catch {
+    containers = []
+  }
+  const namespaces = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => l.split(' ')[0] ?? '')
+    .filter((n) => n.startsWith(prefix))
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => p.startsWith(`${opts.stateDir}/`))
+  const lazyDaemons: string[] = []
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+      if (argv.includes('lazy-pages') && argv.some((a) => a.startsWith(opts.stateDir))) lazyDaemons.push(pid)
+    } catch {
+      // gone
+    }
+  }
+  return { containers: containers.sort(), namespaces: namespaces.sort(), mounts: mounts.sort(), lazyDaemons }
+}
+
+/** Resources present now that were not in `before`. */
+export function leakedSince(before: HostResources, now: HostResources): HostResources {
+  const diff = (a: string[], b: string[]) => b.filter((x) => !a.includes(x))
+  return {
+    containers: diff(before.containers, now.containers),
+    namespaces: diff(before.namespaces, now.namespaces),
+    mounts: diff(before.mounts, now.mounts),
+    lazyDaemons: diff(before.lazyDaemons, now.lazyDaemons),
+  }
+}
+
+export const NO_LEAKS: HostResources = { containers: [], namespaces: [], mounts: [], lazyDaemons: [] }
