@@ -3,7 +3,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'functions/**', 'bench/results/**', 'coverage/**'] },
+  { ignores: ['node_modules/**', 'functions/**', 'bench/results/**', 'coverage/**', '.initless/**', 'test/fixtures/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -8,6 +8,9 @@ import { createHost } from '../executor/host.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
+import { registerFunctionCommands } from './functions-commands.ts'
+import { registerServeCommands } from './serve-commands.ts'
+import { createLogger } from '../shared/logger.ts'
 
 export const EXIT_OK = 0
 export const EXIT_FAILED = 1
@@ -26,7 +29,7 @@ program
   .option('--quick', 'skip the end-to-end restore probe')
   .action(async (opts: { quick?: boolean }) => {
     const config = loadExecutorConfig(process.env)
-    const host = createHost(config)
+    const host = createHost(config, createLogger({ level: 'warn', name: 'initless-cli' }))
     const redis = createRedis(config.INITLESS_REDIS_URL, { lazy: true, name: 'initless-doctor' })
     // One connection attempt, no retry loop: the doctor reports, it does not wait for Redis.
     redis.options.retryStrategy = () => null
@@ -56,6 +59,16 @@ program
       redis.disconnect()
     }
   })
+
+const io = {
+  print,
+  progress: (line: string) => {
+    const g = globalOpts()
+    if (!g.json && !g.quiet) console.error(line)
+  },
+}
+registerFunctionCommands(program, io)
+registerServeCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean }>()

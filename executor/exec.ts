@@ -15,6 +15,11 @@ export interface RunOptions {
   readonly okCodes?: readonly number[]
   /** Where the child's stdout/stderr go; default: captured. Pass a file descriptor to detach output. */
   readonly stdio?: SpawnOptions['stdio']
+  /**
+   * Run the command in its own process group and kill the whole group on timeout: `runc restore`
+   * runs CRIU as a child that would otherwise outlive a killed runc.
+   */
+  readonly killGroup?: boolean
 }
 
 export interface RunResult {
@@ -43,6 +48,7 @@ export const runCommand: CommandRunner = (cmd, args, options = {}) => {
       cwd: options.cwd,
       env: options.env ?? process.env,
       stdio: options.stdio ?? [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      detached: options.killGroup ?? false,
     })
     let stdout = ''
     let stderr = ''
@@ -55,7 +61,13 @@ export const runCommand: CommandRunner = (cmd, args, options = {}) => {
     let timedOut = false
     const timer = setTimeout(() => {
       timedOut = true
-      child.kill('SIGKILL')
+      if (options.killGroup && child.pid !== undefined) {
+        try {
+          process.kill(-child.pid, 'SIGKILL')
+        } catch {
+          child.kill('SIGKILL')
+        }
+      } else child.kill('SIGKILL')
     }, timeoutMs)
     child.on('error', (err) => {
       clearTimeout(timer)

@@ -8,6 +8,8 @@
  * instances directly over the bridge; the subnet is never routed off the host. Two restores must
  * never share a namespace: both would bind the port and one would silently shadow the other.
  */
+import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 import type { CommandRunner } from './exec.ts'
 
 export interface NetworkSettings {
@@ -61,16 +63,32 @@ export function gatewayIp(subnet: string): string {
 
 /**
  * Hands out host addresses of a subnet: .1 is the bridge, the broadcast address is never used.
- * Allocation is host-local and in memory; reconciliation re-marks the addresses of namespaces that
- * survived an executor restart.
+ * With a `leaseDir`, every address is also leased host-wide by creating `<leaseDir>/<ip>`
+ * exclusively, so several processes sharing the bridge (an executor, `initless bake`, tests) never
+ * hand out the same address; releasing deletes the lease.
  */
 export class IpAllocator {
   readonly #cidr: Cidr
   readonly #used = new Set<number>()
+  readonly #leaseDir: string | undefined
   #next = 2
 
-  constructor(subnet: string) {
+  constructor(subnet: string, leaseDir?: string) {
     this.#cidr = parseCidr(subnet)
+    this.#leaseDir = leaseDir
+    if (leaseDir) mkdirSync(leaseDir, { recursive: true, mode: 0o700 })
+  }
+
+  /** Take the host-wide lease of an address; false when another process holds it. */
+  #lease(ip: string): boolean {
+    if (!this.#leaseDir) return true
+    try {
+      closeSync(openSync(join(this.#leaseDir, ip), 'wx', 0o600))
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
+      throw err
+    }
   }
 
   get size(): number {
@@ -82,7 +100,7 @@ export class IpAllocator {
     for (let tries = 0; tries < span; tries++) {
       const offset = this.#next
       this.#next = this.#next + 1 >= span - 1 ? 2 : this.#next + 1
-      if (!this.#used.has(offset)) {
+      if (!this.#used.has(offset) && this.#lease(formatIp(this.#cidr.base + offset))) {
         this.#used.add(offset)
         return formatIp(this.#cidr.base + offset)
       }
@@ -98,7 +116,9 @@ export class IpAllocator {
 
   release(ip: string): void {
     const offset = this.#offset(ip)
-    if (offset !== undefined) this.#used.delete(offset)
+    if (offset === undefined) return
+    this.#used.delete(offset)
+    if (this.#leaseDir) rmSync(join(this.#leaseDir, ip), { force: true })
   }
 
   #offset(ip: string): number | undefined {

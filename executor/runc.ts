@@ -29,6 +29,8 @@ export interface RestoreOptions {
   readonly workPath: string
   readonly stdio: StdioFds
   readonly pidFile: string
+  /** A restore still running after this is killed with its CRIU (default 30 s). */
+  readonly timeoutMs?: number
 }
 
 export interface Runc {
@@ -136,7 +138,11 @@ export function createRunc(deps: { run: CommandRunner; root: string; bin?: strin
             opts.pidFile,
             id,
           ],
-          { stdio: [opts.stdio.stdin, opts.stdio.stdout, opts.stdio.stderr], timeoutMs: 120_000 },
+          {
+            stdio: [opts.stdio.stdin, opts.stdio.stdout, opts.stdio.stderr],
+            timeoutMs: opts.timeoutMs ?? 30_000,
+            killGroup: true,
+          },
         )
         .catch((err: unknown) => explain(err, opts.workPath, 'restore.log'))
     },

@@ -12,6 +12,7 @@
  */
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { destroyCgroup } from './cgroups.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
 import { buildOciSpec } from './oci-spec.ts'
 import type { Mounter } from './rootfs.ts'
@@ -70,6 +71,10 @@ export function instancesDir(stateDir: string): string {
   return join(stateDir, 'instances')
 }
 
+export function cgroupPath(id: string): string {
+  return `/initless/${id}`
+}
+
 export function netnsName(id: string): string {
   return `${NETNS_PREFIX}${id}`
 }
@@ -82,9 +87,16 @@ export function createSandboxManager(deps: {
   runc: Runc
 }): SandboxManager {
   const { network, ips, mounter, runc } = deps
+  let bridge: Promise<void> | undefined
+  const ensureBridge = () =>
+    (bridge ??= network.ensureBridge().catch((err: unknown) => {
+      bridge = undefined
+      throw err
+    }))
 
   return {
     async prepare(req) {
+      await ensureBridge()
       const dir = join(instancesDir(deps.stateDir), req.id)
       const bundle = join(dir, 'bundle')
       const rootfs = join(bundle, 'rootfs')
@@ -116,7 +128,7 @@ export function createSandboxManager(deps: {
           uid: req.process.uid,
           gid: req.process.gid,
           netnsPath: ns.path,
-          cgroupsPath: `/initless/${req.id}`,
+          cgroupsPath: cgroupPath(req.id),
           memoryBytes: req.memoryBytes,
           cpus: req.cpus,
           pids: req.pids,
@@ -157,7 +169,12 @@ export function createSandboxManager(deps: {
       }
       // Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
       await attempt(() => runc.delete(sb.id))
+      await attempt(() => destroyCgroup(cgroupPath(sb.id)))
       await attempt(() => mounter.unmount(sb.rootfs))
+      // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
+      await attempt(async () => {
+        for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
+      })
       await attempt(() => network.destroy(sb.netns.name))
       const keep = opts?.keepUpperAt
       if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))

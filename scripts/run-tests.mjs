@@ -42,6 +42,7 @@ const result = spawnSync(
     '--test',
     '--test-concurrency=1',
     '--test-timeout=900000',
+    '--test-force-exit',
     '--test-reporter=spec',
     ...files,
   ],

@@ -55,6 +55,16 @@ export const commonEnvSchema = z.object({
   INITLESS_STATE_DIR: z.string().regex(/^\//, 'expected an absolute path').default('/var/lib/initless'),
   INITLESS_FUNCTIONS_DIR: z.string().default('functions'),
   INITLESS_LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
+  /** BullMQ queue the gateways enqueue restores on; gateways and executors must agree. */
+  INITLESS_QUEUE_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'expected letters, digits, _ and -')
+    .default('initless-restore'),
+  /** Prefix of every registry key and of the events channel (several installations on one Redis). */
+  INITLESS_KEY_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_:-]{1,64}$/, 'expected letters, digits, _ : and -')
+    .default('initless'),
 })
 
 /**

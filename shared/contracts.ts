@@ -79,7 +79,12 @@ export interface InstanceRecord {
 
 /** Events published on {@link EVENTS_CHANNEL} whenever the registry changes. */
 export type RegistryEvent =
-  | { readonly type: 'instance'; readonly fn: string; readonly id: string; readonly state: InstanceState | 'gone' }
+  | {
+      readonly type: 'instance'
+      readonly fn: string
+      readonly id: string
+      readonly state: InstanceState | 'gone'
+    }
   | { readonly type: 'function'; readonly fn: string; readonly action: 'scale-to-zero' | 'rebake' }
 
 export const KEY_PREFIX = 'initless'

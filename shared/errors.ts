@@ -43,6 +43,8 @@ export const ERRORS = {
   ERR_GATEWAY_UNAUTHORIZED: { status: 401, title: 'Unauthorized', retryable: false },
   ERR_GATEWAY_NOT_FOUND: { status: 404, title: 'Not found', retryable: false },
   ERR_GATEWAY_BAD_REQUEST: { status: 400, title: 'Bad request', retryable: false },
+  // 499 (nginx's "client closed request"): logged and counted, never seen by the gone client.
+  ERR_GATEWAY_CLIENT_CLOSED: { status: 499, title: 'Client closed request', retryable: false },
   // Internal
   ERR_SHUTDOWN_TIMEOUT: { status: 500, title: 'Shutdown deadline passed', retryable: false },
   ERR_INTERNAL: { status: 500, title: 'Internal error', retryable: false },
@@ -57,7 +59,11 @@ export class InitlessError extends Error {
   /** Extra fields for logs and problem+json bodies (never secrets). */
   readonly details: Readonly<Record<string, unknown>>
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown; details?: Record<string, unknown> },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause })
     this.name = 'InitlessError'
     this.code = code

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { createHost } from '../executor/host.ts'
+import { createSilentLogger } from '../shared/logger.ts'
 import { hostResources, leakedSince, NO_LEAKS } from './support/leaks.ts'
 import { requireServices } from './support/integration.ts'
 
@@ -9,7 +10,7 @@ const config = loadExecutorConfig(process.env)
 
 test('runc + CRIU: run in a network namespace, checkpoint, eager and lazy restore answer over HTTP', async (t) => {
   if (!requireServices(t)) return
-  const host = createHost(config)
+  const host = createHost(config, createSilentLogger())
   const opts = { runcRoot: config.INITLESS_RUNC_ROOT, stateDir: config.INITLESS_STATE_DIR }
   const before = hostResources(opts)
   const steps = await host.selfTest()

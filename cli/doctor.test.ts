@@ -1,0 +1,410 @@
+import assert from 'node:assert/strict'
+import { tmpdir } from 'node:os'
+import { describe, test } from 'node:test'
+import type { EngineInfo } from '../executor/docker.ts'
+import type { CommandRunner, RunResult } from '../executor/exec.ts'
+import type { SelfTestStep } from '../executor/selftest/selftest.ts'
+import { InitlessError } from '../shared/errors.ts'
+import { formatDoctorReport, runDoctor, type CheckResult, type DoctorDeps } from './doctor.ts'
+
+const CRIU = '/usr/local/sbin/criu'
+const RUNC = '/usr/bin/runc'
+const REDIS_URL = 'redis://127.0.0.1:6379'
+
+type Answer = Partial<RunResult> | Error
+
+/** What a healthy host's runc and CRIU print. */
+const HEALTHY: Record<string, Answer> = {
+  [`${RUNC} --version`]: { stdout: 'runc version 1.1.12\ncommit: v1.1.12-0-g51d5e946\nspec: 1.0.2-dev\n' },
+  [`${CRIU} --version`]: { stdout: 'Version: 4.2.1\nGitID: v4.2.1\n' },
+  [`${CRIU} check`]: { stdout: 'Looks good.\n' },
+  [`${CRIU} check --feature uffd-noncoop`]: { stdout: 'uffd-noncoop is supported\n' },
+}
+
+const ENGINE: EngineInfo = {
+  serverVersion: '27.5.1',
+  apiVersion: '1.47',
+  experimental: true,
+  cgroupDriver: 'cgroupfs',
+}
+
+const GOOD_STEPS: SelfTestStep[] = [
+  { name: 'checkpoint', ok: true, ms: 120.4, detail: '' },
+  { name: 'eager restore', ok: true, ms: 80.6, detail: '' },
+  { name: 'lazy restore', ok: true, ms: 40, detail: '' },
+]
+
+interface Harness {
+  deps: DoctorDeps
+  commands: string[]
+  counts: { dockerInfo: number; redisVersion: number; selfTest: number }
+}
+
+function harness(
+  over: {
+    answers?: Record<string, Answer>
+    dockerInfo?: () => Promise<EngineInfo>
+    redisVersion?: () => Promise<string>
+    selfTest?: (() => Promise<SelfTestStep[]>) | null
+    nodeVersion?: string
+    minFreeDisk?: number
+  } = {},
+): Harness {
+  const answers = { ...HEALTHY, ...over.answers }
+  const commands: string[] = []
+  const counts = { dockerInfo: 0, redisVersion: 0, selfTest: 0 }
+  const run: CommandRunner = async (cmd, args, options) => {
+    const line = [cmd, ...args].join(' ')
+    commands.push(line)
+    const a = answers[line]
+    if (a === undefined) throw new Error(`unexpected command: ${line}`)
+    if (a instanceof Error) throw a
+    const result = { code: 0, stdout: '', stderr: '', ms: 1, ...a }
+    // Behave like the real runner: exit codes outside okCodes reject.
+    if (!(options?.okCodes ?? [0]).includes(result.code)) {
+      throw new InitlessError('ERR_COMMAND_FAILED', `${line}: exit ${result.code}`)
+    }
+    return result
+  }
+  const selfTest = over.selfTest === null ? undefined : (over.selfTest ?? (async () => GOOD_STEPS))
+  const deps: DoctorDeps = {
+    run,
+    nodeVersion: over.nodeVersion ?? 'v20.19.0',
+    criuBin: CRIU,
+    runcBin: RUNC,
+    stateDir: tmpdir(),
+    minFreeDisk: over.minFreeDisk ?? 0,
+    dockerInfo: () => {
+      counts.dockerInfo++
+      return (over.dockerInfo ?? (async () => ENGINE))()
+    },
+    redisVersion: () => {
+      counts.redisVersion++
+      return (over.redisVersion ?? (async () => '7.0.15'))()
+    },
+    redisUrl: REDIS_URL,
+    ...(selfTest
+      ? {
+          selfTest: () => {
+            counts.selfTest++
+            return selfTest()
+          },
+        }
+      : {}),
+  }
+  return { deps, commands, counts }
+}
+
+function byName(results: readonly CheckResult[], name: string): CheckResult {
+  const r = results.find((c) => c.name === name)
+  assert.ok(r, `no check named '${name}' in ${results.map((c) => c.name).join(', ')}`)
+  return r
+}
+
+/** Checks that read the host's own /proc and disk rather than deps. */
+const HOST_CHECKS = ['kernel features', 'disk']
+
+describe('runDoctor', () => {
+  test('a healthy host: every check passes, the restore probe runs once', async () => {
+    const h = harness()
+    const results = await runDoctor(h.deps)
+    assert.deepEqual(
+      results.map((r) => r.name),
+      [
+        'node',
+        'docker engine',
+        'docker experimental',
+        'runc',
+        'criu version',
+        'criu check',
+        'lazy pages',
+        'redis',
+        'kernel features',
+        'disk',
+        'restore probe',
+      ],
+    )
+    const details = Object.fromEntries(
+      results.filter((r) => !HOST_CHECKS.includes(r.name)).map((r) => [r.name, [r.ok, r.detail, r.fix]]),
+    )
+    assert.deepEqual(details, {
+      node: [true, 'Node.js 20.19.0', undefined],
+      'docker engine': [true, 'Docker 27.5.1 (API 1.47, cgroup driver cgroupfs)', undefined],
+      'docker experimental': [true, 'experimental features on', undefined],
+      runc: [true, 'runc 1.1.12', undefined],
+      'criu version': [true, 'CRIU 4.2.1', undefined],
+      'criu check': [true, 'Looks good', undefined],
+      'lazy pages': [true, 'uffd-noncoop supported', undefined],
+      redis: [true, 'Redis 7.0.15', undefined],
+      'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
+    })
+    // The disk check passes with no minimum; kernel features depend on the host running the test.
+    assert.equal(byName(results, 'disk').ok, true)
+    assert.match(byName(results, 'disk').detail, / free under /)
+    const kernel = byName(results, 'kernel features')
+    assert.match(kernel.detail, kernel.ok ? /^kernel \S+, overlayfs, cgroups$/ : /^missing: /)
+    assert.deepEqual(h.commands, [
+      `${RUNC} --version`,
+      `${CRIU} --version`,
+      `${CRIU} check`,
+      `${CRIU} check --feature uffd-noncoop`,
+    ])
+    // The engine is asked once for both Docker checks.
+    assert.deepEqual(h.counts, { dockerInfo: 1, redisVersion: 1, selfTest: 1 })
+    for (const r of results) assert.ok(r.ms >= 0)
+  })
+
+  test('an old Node.js fails', async () => {
+    const results = await runDoctor(harness({ nodeVersion: 'v18.19.0', selfTest: null }).deps)
+    const node = byName(results, 'node')
+    assert.equal(node.ok, false)
+    assert.equal(node.detail, 'Node.js 18.19.0 is older than 20.10.0')
+    assert.equal(node.fix, 'install Node.js >= 20.10.0')
+  })
+
+  test('Redis 6.0 is too old', async () => {
+    const results = await runDoctor(harness({ redisVersion: async () => '6.0.16' }).deps)
+    const redis = byName(results, 'redis')
+    assert.equal(redis.ok, false)
+    assert.equal(redis.detail, 'Redis 6.0.16 is older than 6.2.0 (BullMQ needs it)')
+    assert.match(
+      redis.fix!,
+      /^start Redis >= 6\.2\.0 at redis:\/\/127\.0\.0\.1:6379 .*provision\.sh.*INITLESS_REDIS_URL/,
+    )
+    // Redis is not a prerequisite of the restore probe.
+    assert.equal(byName(results, 'restore probe').ok, true)
+  })
+
+  test('Redis down says it does not answer', async () => {
+    const results = await runDoctor(
+      harness({
+        redisVersion: async () => {
+          throw new Error('connect ECONNREFUSED 127.0.0.1:6379')
+        },
+      }).deps,
+    )
+    assert.equal(
+      byName(results, 'redis').detail,
+      'Redis at redis://127.0.0.1:6379 does not answer: connect ECONNREFUSED 127.0.0.1:6379',
+    )
+  })
+
+  test('Docker not in experimental mode', async () => {
+    const results = await runDoctor(
+      harness({ dockerInfo: async () => ({ ...ENGINE, experimental: false }) }).deps,
+    )
+    assert.equal(byName(results, 'docker engine').ok, true)
+    const exp = byName(results, 'docker experimental')
+    assert.equal(exp.ok, false)
+    assert.equal(exp.detail, 'the Docker engine is not in experimental mode (needed for its checkpoint API)')
+    assert.match(exp.fix!, /"experimental": true in \/etc\/docker\/daemon\.json.*provision\.sh/)
+  })
+
+  test('Docker down: both Docker checks fail, the engine check says it does not answer', async () => {
+    const h = harness({
+      dockerInfo: async () => {
+        throw new Error('connect ENOENT /var/run/docker.sock')
+      },
+    })
+    const results = await runDoctor(h.deps)
+    const engine = byName(results, 'docker engine')
+    const exp = byName(results, 'docker experimental')
+    assert.deepEqual(
+      [engine.ok, engine.detail],
+      [false, 'the Docker engine does not answer: connect ENOENT /var/run/docker.sock'],
+    )
+    assert.match(engine.fix!, /^start the Docker engine: .*provision\.sh/)
+    assert.deepEqual([exp.ok, exp.detail], [false, 'cannot tell: the Docker engine does not answer'])
+    assert.equal(h.counts.dockerInfo, 1)
+  })
+
+  test('CRIU 3.17: criu version fails with a fix naming provision.sh; the probe is skipped', async () => {
+    const h = harness({
+      answers: {
+        [`${CRIU} --version`]: { stdout: 'Version: 3.17.1\n' },
+        [`${CRIU} check`]: {
+          code: 1,
+          stderr: 'Error (criu/cr-check.c:1221): Kernel is missing some features\nsomething else\n',
+        },
+      },
+    })
+    const results = await runDoctor(h.deps)
+    const version = byName(results, 'criu version')
+    assert.equal(version.ok, false)
+    assert.equal(version.detail, `CRIU 3.17.1 (${CRIU}) is older than 4.2.0`)
+    assert.match(version.fix!, /bash scripts\/provision\.sh/)
+    assert.match(version.fix!, /CRIU >= 4\.2\.0 must come first in PATH/)
+    const check = byName(results, 'criu check')
+    assert.equal(check.ok, false)
+    assert.equal(check.detail, 'criu check: Error (criu/cr-check.c:1221): Kernel is missing some features')
+    const probe = byName(results, 'restore probe')
+    assert.deepEqual(
+      { ok: probe.ok, detail: probe.detail, fix: probe.fix, ms: probe.ms },
+      {
+        ok: false,
+        detail: 'skipped: criu version, criu check failed',
+        fix: 'fix the checks above first',
+        ms: 0,
+      },
+    )
+    assert.equal(h.counts.selfTest, 0)
+  })
+
+  const prerequisites: Array<[string, Record<string, Answer>, string, RegExp]> = [
+    [
+      'runc missing',
+      { [`${RUNC} --version`]: new Error(`${RUNC}: spawn ${RUNC} ENOENT`) },
+      'runc',
+      /^\/usr\/bin\/runc: spawn \/usr\/bin\/runc ENOENT$/,
+    ],
+    [
+      'runc too old',
+      { [`${RUNC} --version`]: { stdout: 'runc version 1.0.3\n' } },
+      'runc',
+      /^runc 1\.0\.3 is older than 1\.1$/,
+    ],
+    [
+      'runc version unreadable',
+      { [`${RUNC} --version`]: { stdout: 'something else\n' } },
+      'runc',
+      /^cannot read the runc version from: something else$/,
+    ],
+    [
+      'criu version unreadable',
+      { [`${CRIU} --version`]: { stdout: 'criu, probably\n' } },
+      'criu version',
+      /^cannot read the CRIU version from: criu, probably$/,
+    ],
+    [
+      'criu check exits 0 without "Looks good"',
+      { [`${CRIU} check`]: { stdout: 'Warn: something\n' } },
+      'criu check',
+      /^criu check: exit 0$/,
+    ],
+    [
+      'criu check exits 1',
+      { [`${CRIU} check`]: { code: 1, stdout: '', stderr: 'Error: no CHECKPOINT_RESTORE\n' } },
+      'criu check',
+      /^criu check: Error: no CHECKPOINT_RESTORE$/,
+    ],
+  ]
+  for (const [name, answers, check, detail] of prerequisites) {
+    test(`${name}: '${check}' fails and the restore probe is skipped, not run`, async () => {
+      const h = harness({ answers })
+      const results = await runDoctor(h.deps)
+      const r = byName(results, check)
+      assert.equal(r.ok, false)
+      assert.match(r.detail, detail)
+      assert.ok(r.fix)
+      assert.deepEqual(
+        results.filter((c) => !c.ok && !HOST_CHECKS.includes(c.name)).map((c) => c.name),
+        [check, 'restore probe'],
+      )
+      assert.equal(byName(results, 'restore probe').detail, `skipped: ${check} failed`)
+      assert.equal(h.counts.selfTest, 0)
+    })
+  }
+
+  test('lazy pages unsupported fails with its fix, but the restore probe still runs', async () => {
+    const h = harness({
+      answers: {
+        [`${CRIU} check --feature uffd-noncoop`]: { code: 1, stderr: 'uffd-noncoop is not supported\n' },
+      },
+    })
+    const results = await runDoctor(h.deps)
+    const lazy = byName(results, 'lazy pages')
+    assert.equal(lazy.ok, false)
+    assert.equal(
+      lazy.detail,
+      'userfaultfd non-cooperative mode is not supported: uffd-noncoop is not supported',
+    )
+    assert.match(lazy.fix!, /restore policy eager/)
+    assert.equal(h.counts.selfTest, 1)
+  })
+
+  test('a failed restore probe step is reported with its detail and a fix', async () => {
+    const results = await runDoctor(
+      harness({
+        selfTest: async () => [
+          { name: 'checkpoint', ok: true, ms: 100, detail: '' },
+          { name: 'lazy restore', ok: false, ms: 5, detail: 'criu: Error (uffd.c:42): failed' },
+        ],
+      }).deps,
+    )
+    const probe = byName(results, 'restore probe')
+    assert.equal(probe.ok, false)
+    assert.equal(probe.detail, 'lazy restore: criu: Error (uffd.c:42): failed')
+    assert.match(probe.fix!, /running as root/)
+  })
+
+  test('a restore probe with no steps is not a pass', async () => {
+    const results = await runDoctor(harness({ selfTest: async () => [] }).deps)
+    assert.equal(byName(results, 'restore probe').ok, false)
+  })
+
+  test('without a selfTest (--quick) there is no restore probe', async () => {
+    const results = await runDoctor(harness({ selfTest: null }).deps)
+    assert.ok(!results.some((r) => r.name === 'restore probe'))
+  })
+
+  test('too little free disk fails with the sizes', async () => {
+    const results = await runDoctor(harness({ selfTest: null, minFreeDisk: Number.MAX_SAFE_INTEGER }).deps)
+    const disk = byName(results, 'disk')
+    assert.equal(disk.ok, false)
+    assert.match(disk.detail, new RegExp(` free under ${tmpdir()}, below 8192 TiB$`))
+    assert.match(disk.fix!, /INITLESS_STATE_DIR/)
+  })
+})
+
+describe('formatDoctorReport', () => {
+  test('failures get their detail lines and a fix: line; passes one line', () => {
+    const report = formatDoctorReport([
+      { name: 'node', ok: true, detail: 'Node.js 20.19.0', ms: 0 },
+      {
+        name: 'criu version',
+        ok: false,
+        detail: 'CRIU 3.17.1 is older than 4.2.0\nsecond line',
+        fix: 'run provision.sh',
+        ms: 1,
+      },
+      { name: 'redis', ok: false, detail: 'Redis down', ms: 1 },
+    ])
+    assert.equal(
+      report,
+      [
+        `ok   ${'node'.padEnd(20)} Node.js 20.19.0`,
+        `FAIL ${'criu version'.padEnd(20)} CRIU 3.17.1 is older than 4.2.0`,
+        '       second line',
+        '       fix: run provision.sh',
+        `FAIL ${'redis'.padEnd(20)} Redis down`,
+        '       fix: see above',
+        '',
+        '2 check(s) failed',
+      ].join('\n'),
+    )
+  })
+
+  test('an all-good report has no fix: lines and says so', () => {
+    const report = formatDoctorReport([
+      { name: 'node', ok: true, detail: 'Node.js 20.19.0', ms: 0 },
+      { name: 'redis', ok: true, detail: 'Redis 7.0.15', ms: 0 },
+    ])
+    assert.ok(!report.includes('fix:'))
+    assert.ok(report.endsWith('\nall checks passed'))
+  })
+
+  test('a real failing run prints fix: for each failure', async () => {
+    const results = await runDoctor(
+      harness({
+        redisVersion: async () => '6.0.16',
+        answers: { [`${CRIU} --version`]: { stdout: 'Version: 3.17.1\n' } },
+      }).deps,
+    )
+    const report = formatDoctorReport(results)
+    const failed = results.filter((r) => !r.ok)
+    assert.equal(report.match(/^ {7}fix: /gm)?.length, failed.length)
+    assert.match(report, /^FAIL criu version {9}CRIU 3\.17\.1/m)
+    assert.match(report, /fix: CRIU >= 4\.2\.0 must come first in PATH.*provision\.sh/)
+    assert.ok(report.endsWith(`\n${failed.length} check(s) failed`))
+  })
+})

@@ -1,0 +1,268 @@
+/**
+ * `initless up` (build, bake and serve: the product command), `invoke`, `logs` and `scale`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import type { Command } from 'commander'
+import { loadExecutorConfig } from '../executor/config.ts'
+import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
+import { InitlessError } from '../shared/errors.ts'
+import { selectFunctions } from '../shared/functions.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { createRedis } from '../shared/redis.ts'
+import { createRedisRegistry } from '../shared/registry.ts'
+import { bakeFunctions, buildFunctions, openHost, type CliIo } from './functions-commands.ts'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+function gatewayUrl(): string {
+  const host = process.env.INITLESS_GATEWAY_HOST ?? '127.0.0.1'
+  const port = process.env.INITLESS_GATEWAY_PORT ?? '8080'
+  return process.env.INITLESS_GATEWAY_URL ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`
+}
+
+/** Start a process of ours, prefixing each of its output lines with its name. */
+function startProcess(name: string, entry: string, io: CliIo): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, entry)], {
+    cwd: ROOT,
+    env: process.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  for (const stream of [child.stdout, child.stderr]) {
+    if (stream) createInterface({ input: stream }).on('line', (line) => io.progress(`[${name}] ${line}`))
+  }
+  return child
+}
+
+async function waitReady(url: string, timeoutMs: number, isAlive: () => boolean): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const ok = await fetch(`${url}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    )
+    if (ok) return
+    if (!isAlive())
+      throw new InitlessError(
+        'ERR_INTERNAL',
+        'the gateway or the executor exited during start-up (see its output above)',
+      )
+    if (Date.now() > deadline)
+      throw new InitlessError(
+        'ERR_GATEWAY_TIMEOUT',
+        `the gateway at ${url} was not ready within ${timeoutMs} ms`,
+      )
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+
+function stopAll(children: ChildProcess[], deadlineMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const running = children.filter((c) => c.exitCode === null && c.signalCode === null)
+    if (!running.length) return resolve()
+    let left = running.length
+    const timer = setTimeout(() => {
+      for (const c of running) c.kill('SIGKILL')
+      resolve()
+    }, deadlineMs)
+    for (const c of running) {
+      c.once('exit', () => {
+        if (--left === 0) {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+      c.kill('SIGTERM')
+    }
+  })
+}
+
+export function registerServeCommands(program: Command, io: CliIo): void {
+  program
+    .command('up')
+    .description('build and bake every function, then run the executor and the gateway until Ctrl-C')
+    .option('--no-bake', 'serve without baking first (functions are baked on their first request)')
+    .action(async (opts: { bake: boolean }) => {
+      const ctx = await openHost()
+      for (const p of ctx.set.problems) io.progress(`warning: ${p.error.message}`)
+      const fns = [...ctx.set.functions]
+      await buildFunctions(ctx, fns, io)
+      if (opts.bake) await bakeFunctions(ctx, fns, io)
+      const children = [
+        startProcess('executor', 'executor/main.ts', io),
+        startProcess('gateway', 'gateway/main.ts', io),
+      ]
+      let stopping = false
+      const stop = async (code: number) => {
+        if (stopping) return
+        stopping = true
+        io.progress('stopping initless…')
+        await stopAll(children, 30_000)
+        process.exit(code)
+      }
+      process.on('SIGINT', () => void stop(0))
+      process.on('SIGTERM', () => void stop(0))
+      for (const c of children) c.once('exit', (code) => !stopping && void stop(code ?? 1))
+      const url = gatewayUrl()
+      await waitReady(url, 120_000, () => children.every((c) => c.exitCode === null))
+      const names = fns.map((f) => f.name)
+      io.print(
+        { url, functions: names },
+        [
+          `initless is up at ${url}`,
+          ...names.map((n) => `  ${url}/fn/${n}/`),
+          'Ctrl-C stops everything.',
+        ].join('\n'),
+      )
+    })
+
+  program
+    .command('invoke <fn> [path]')
+    .description('call a function through the gateway; prints status, body and cold-start phases')
+    .option('-d, --data <body>', 'request body (sent as POST unless --method is given)')
+    .option('-X, --method <method>', 'HTTP method')
+    .option('-H, --header <header...>', "extra header, 'Name: value'")
+    .action(
+      async (
+        fn: string,
+        path: string | undefined,
+        opts: { data?: string; method?: string; header?: string[] },
+      ) => {
+        const url = `${gatewayUrl()}/fn/${encodeURIComponent(fn)}${path ? (path.startsWith('/') ? path : `/${path}`) : '/'}`
+        const headers: Record<string, string> = {}
+        for (const h of opts.header ?? []) {
+          const i = h.indexOf(':')
+          if (i > 0) headers[h.slice(0, i).trim()] = h.slice(i + 1).trim()
+        }
+        const started = performance.now()
+        const res = await fetch(url, {
+          method: opts.method ?? (opts.data === undefined ? 'GET' : 'POST'),
+          headers,
+          ...(opts.data === undefined ? {} : { body: opts.data }),
+        })
+        const body = await res.text()
+        const ms = performance.now() - started
+        const timing = parseServerTiming(res.headers.get('server-timing') ?? '')
+        io.print(
+          {
+            status: res.status,
+            body,
+            ms: Math.round(ms),
+            serverTiming: timing,
+            headers: Object.fromEntries(res.headers),
+          },
+          [
+            `HTTP ${res.status} in ${Math.round(ms)} ms`,
+            ...(timing.length
+              ? [`phases: ${timing.map((t) => `${t.name}=${t.dur ?? '?'}ms`).join(' ')}`]
+              : []),
+            '',
+            body,
+          ].join('\n'),
+        )
+        if (res.status >= 400) process.exitCode = 1
+      },
+    )
+
+  program
+    .command('logs <fn>')
+    .description("print the output of a function's instances on this host")
+    .option('-n, --lines <n>', 'lines per instance', '100')
+    .action(async (fn: string, opts: { lines: string }) => {
+      const config = loadExecutorConfig(process.env)
+      const dir = join(config.INITLESS_STATE_DIR, 'instances')
+      const out: { instance: string; output: string }[] = []
+      for (const name of (await readdir(dir).catch(() => [] as string[])).sort()) {
+        const meta = await readFile(join(dir, name, 'sandbox.json'), 'utf8').then(
+          (t) => JSON.parse(t) as { fn: string },
+          () => undefined,
+        )
+        if (meta?.fn !== fn) continue
+        const text = await readFile(join(dir, name, 'output.log'), 'utf8').catch(() => '')
+        out.push({ instance: name, output: text.trimEnd().split('\n').slice(-Number(opts.lines)).join('\n') })
+      }
+      io.print(
+        out,
+        out.length
+          ? out.map((o) => `==> ${o.instance}\n${o.output}`).join('\n')
+          : `no instances of ${fn} on this host`,
+      )
+    })
+
+  program
+    .command('scale <fn> <instances>')
+    .description('0: scale the function to zero now; N: pre-warm N more instances')
+    .action(async (fnName: string, n: string) => {
+      const count = Number(n)
+      if (!Number.isInteger(count) || count < 0 || count > 1000)
+        throw new InitlessError(
+          'ERR_CONFIG_INVALID',
+          `instances must be a whole number from 0 to 1000, got '${n}'`,
+        )
+      const ctx = await openHost()
+      const [fn] = selectFunctions(ctx.set, [fnName])
+      const config = loadExecutorConfig(process.env)
+      const redis = createRedis(config.INITLESS_REDIS_URL, { name: 'initless-cli' })
+      const registry = createRedisRegistry({
+        redis,
+        logger: createSilentLogger(),
+        prefix: config.INITLESS_KEY_PREFIX,
+      })
+      try {
+        if (count === 0) {
+          await registry.publish({ type: 'function', fn: fn!.name, action: 'scale-to-zero' })
+          io.print({ fn: fn!.name, action: 'scale-to-zero' }, `${fn!.name}: scale to zero requested`)
+          return
+        }
+        const queue = createBullmqRestoreQueue({
+          redisUrl: config.INITLESS_REDIS_URL,
+          logger: createSilentLogger(),
+          queueName: config.INITLESS_QUEUE_NAME,
+        })
+        const started: string[] = []
+        try {
+          for (let i = 0; i < count; i++) {
+            const instanceId = `i${randomBytes(6).toString('hex')}`
+            if (!(await registry.reserve(fn!.name, fn!.manifest.scaling.maxInstances, instanceId))) break
+            await queue.enqueue({
+              fn: fn!.name,
+              instanceId,
+              traceId: randomUUID(),
+              enqueuedAt: Date.now(),
+              reason: 'prewarm',
+            })
+            started.push(instanceId)
+          }
+        } finally {
+          await queue.close()
+        }
+        io.print(
+          { fn: fn!.name, prewarming: started },
+          `${fn!.name}: pre-warming ${started.length} instance(s)${started.length < count ? ` (maxInstances ${fn!.manifest.scaling.maxInstances} reached)` : ''}`,
+        )
+      } finally {
+        redis.disconnect()
+      }
+    })
+}
+
+export function parseServerTiming(header: string): { name: string; dur?: number; desc?: string }[] {
+  return header
+    .split(',')
+    .map((part) => part.trim())
+    .filter(Boolean)
+    .map((part) => {
+      const [name = '', ...params] = part.split(';').map((s) => s.trim())
+      const entry: { name: string; dur?: number; desc?: string } = { name }
+      for (const p of params) {
+        const [k, v = ''] = p.split('=')
+        if (k === 'dur') entry.dur = Number(v)
+        if (k === 'desc') entry.desc = v.replace(/^"|"$/g, '')
+      }
+      return entry
+    })
+}

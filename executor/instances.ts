@@ -1,0 +1,278 @@
+/**
+ * The instance manager: everything one executor host runs. It starts instances (choosing the
+ * runtime from the function's policy and snapshot, falling back to boot when a snapshot is missing
+ * or fails), keeps the registry in step, stops instances, and keeps the pre-started pool filled.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
+import { InitlessError, errorMessage } from '../shared/errors.ts'
+import type { FunctionDef } from '../shared/functions.ts'
+import type { InstanceRegistry } from '../shared/registry.ts'
+import { processSpecFor, type Baker } from './bake.ts'
+import type { ImageBuilder } from './build.ts'
+import type { DockerEngine, ImageConfig } from './docker.ts'
+import { isProcessAlive } from './process.ts'
+import { ensureImageRootfs } from './rootfs.ts'
+import { chooseRuntime, type Runtime, type StartedInstance } from './runtimes.ts'
+import type { Sandbox, SandboxManager } from './sandbox.ts'
+import type { Snapshot, SnapshotStore } from './snapshot-store.ts'
+
+export interface InstanceManagerDeps {
+  readonly hostId: string
+  readonly stateDir: string
+  readonly lazyThreshold: number
+  readonly functions: () => readonly FunctionDef[]
+  readonly registry: InstanceRegistry
+  readonly builder: ImageBuilder
+  readonly baker: Baker
+  readonly store: SnapshotStore
+  readonly docker: DockerEngine
+  readonly sandboxes: SandboxManager
+  readonly runtimes: Readonly<Record<'lazy' | 'eager' | 'boot', Runtime>>
+  readonly logger: Logger
+}
+
+interface Prepared {
+  readonly image: ImageConfig
+  readonly snapshot: Snapshot | undefined
+}
+
+export interface InstanceManager {
+  /** Serve one restore job: start the reserved instance and mark it ready in the registry. */
+  start(job: RestoreJobData): Promise<RestoreJobResult>
+  /** Stop an instance and release all it holds; removes it from the registry. */
+  stop(id: string, reason: string): Promise<void>
+  live(): readonly StartedInstance[]
+  /** Instances whose process is gone (exited, OOM-killed). */
+  dead(): Promise<StartedInstance[]>
+  /** Image and snapshot for a function, building and baking when missing. */
+  prepare(fn: FunctionDef): Promise<Prepared>
+  /** Keep each function's pre-started pool at its manifest's size. */
+  fillPools(): Promise<void>
+  /** Stop everything (shutdown). */
+  stopAll(reason: string): Promise<void>
+  poolSize(fn: string): number
+}
+
+export function createInstanceManager(deps: InstanceManagerDeps): InstanceManager {
+  const log = deps.logger.child({ module: 'instances' })
+  const live = new Map<string, StartedInstance>()
+  const pools = new Map<string, { key: string; sandboxes: Sandbox[] }>()
+  const preparing = new Map<string, Promise<Prepared>>()
+  const filling = new Set<string>()
+
+  function findFn(name: string): FunctionDef {
+    const fn = deps.functions().find((f) => f.name === name)
+    if (!fn) throw new InitlessError('ERR_FUNCTION_NOT_FOUND', `unknown function '${name}'`)
+    return fn
+  }
+
+  async function doPrepare(fn: FunctionDef): Promise<Prepared> {
+    const built = await deps.builder.build(fn)
+    if (fn.manifest.restore.policy === 'boot') return { image: built.image, snapshot: undefined }
+    const { snapshot } = await deps.baker.bake(fn, built.image)
+    return { image: built.image, snapshot }
+  }
+
+  /** Concurrent demand for one function shares one build/bake. */
+  function prepare(fn: FunctionDef): Promise<Prepared> {
+    let p = preparing.get(fn.name)
+    if (!p) {
+      p = doPrepare(fn).finally(() => preparing.delete(fn.name))
+      preparing.set(fn.name, p)
+    }
+    return p
+  }
+
+  async function lowersFor(image: ImageConfig, snapshot: Snapshot): Promise<string[]> {
+    const rootfs = await ensureImageRootfs(deps.stateDir, image.id, (id, dir) =>
+      deps.docker.exportRootfs(id, dir),
+    )
+    return [snapshot.upperDir, rootfs]
+  }
+
+  async function newSandbox(
+    id: string,
+    fn: FunctionDef,
+    image: ImageConfig,
+    snapshot: Snapshot,
+  ): Promise<Sandbox> {
+    const m = fn.manifest
+    return deps.sandboxes.prepare({
+      id,
+      fn: fn.name,
+      lowers: await lowersFor(image, snapshot),
+      process: processSpecFor(image, m),
+      memoryBytes: m.resources.memory,
+      cpus: m.resources.cpus,
+      pids: m.resources.pids,
+      forRestore: true,
+    })
+  }
+
+  function takePooled(fn: string, snapshot: Snapshot): Sandbox | undefined {
+    const pool = pools.get(fn)
+    if (!pool || pool.key !== snapshot.meta.key) return undefined
+    return pool.sandboxes.shift()
+  }
+
+  async function startWith(
+    kind: RuntimeKind,
+    job: RestoreJobData,
+    fn: FunctionDef,
+    prep: Prepared,
+  ): Promise<StartedInstance> {
+    if (kind === 'docker')
+      throw new InitlessError('ERR_RESTORE_FAILED', 'the docker runtime is not served by this executor')
+    const snapshot = prep.snapshot
+    const pooled = kind !== 'boot' && snapshot && !job.noPool ? takePooled(fn.name, snapshot) : undefined
+    if (pooled) void manager.fillPools()
+    return deps.runtimes[kind].start({
+      instanceId: job.instanceId,
+      fn,
+      image: prep.image,
+      ...(snapshot ? { snapshot } : {}),
+      ...(pooled ? { pooled } : {}),
+      prepare: () => {
+        if (!snapshot) throw new InitlessError('ERR_SNAPSHOT_NOT_FOUND', `${fn.name}: no snapshot`)
+        return newSandbox(job.instanceId, fn, prep.image, snapshot)
+      },
+      hostLabel: deps.hostId,
+    })
+  }
+
+  async function release(inst: StartedInstance): Promise<void> {
+    if (inst.lazyDaemon && isProcessAlive(inst.lazyDaemon.pid)) process.kill(inst.lazyDaemon.pid, 'SIGKILL')
+    if (inst.sandbox) await deps.sandboxes.destroy(inst.sandbox)
+    if (inst.containerId) await deps.docker.removeContainer(inst.containerId)
+  }
+
+  const manager: InstanceManager = {
+    async start(job) {
+      const pickedAt = Date.now()
+      const fn = findFn(job.fn)
+      const prep = await prepare(fn)
+      let kind =
+        job.runtime ??
+        chooseRuntime(fn.manifest.restore.policy, prep.snapshot?.meta.sizeBytes, deps.lazyThreshold)
+      let inst: StartedInstance
+      try {
+        inst = await startWith(kind, job, fn, prep)
+      } catch (err) {
+        if (kind === 'boot' || job.runtime !== undefined || !prep.snapshot) throw err
+        // A snapshot that does not restore is never tried again: mark it, re-bake in the background,
+        // and serve this request by booting.
+        log.error(
+          { fn: fn.name, id: job.instanceId, err: errorMessage(err) },
+          'restore failed; falling back to boot',
+        )
+        await deps.store.markBroken(prep.snapshot, errorMessage(err))
+        void prepare(fn).catch((e: unknown) =>
+          log.error({ fn: fn.name, err: errorMessage(e) }, 're-bake failed'),
+        )
+        kind = 'boot'
+        inst = await startWith('boot', job, fn, { image: prep.image, snapshot: undefined })
+      }
+      live.set(inst.id, inst)
+      const phases = { queueMs: Math.max(0, pickedAt - job.enqueuedAt), ...inst.phases }
+      const address = { host: inst.ip, port: inst.port }
+      const stillWanted = await deps.registry
+        .markReady(fn.name, inst.id, address, inst.runtime, phases, deps.hostId)
+        .catch(async (err: unknown) => {
+          await manager.stop(inst.id, 'registry unreachable')
+          throw err
+        })
+      if (!stillWanted) {
+        // The gateway withdrew the reservation (the waiters left): nobody will use this instance.
+        await manager.stop(inst.id, 'reservation withdrawn')
+        throw new InitlessError('ERR_INSTANCE_DIED', `${fn.name}: reservation ${inst.id} was withdrawn`)
+      }
+      log.info(
+        { fn: fn.name, id: inst.id, runtime: inst.runtime, pooled: inst.pooled, ...phases },
+        'instance ready',
+      )
+      return {
+        instanceId: inst.id,
+        fn: fn.name,
+        address,
+        hostId: deps.hostId,
+        runtime: inst.runtime,
+        pooled: inst.pooled,
+        phases,
+        snapshotBytes: inst.snapshotBytes,
+      }
+    },
+
+    async stop(id, reason) {
+      const inst = live.get(id)
+      if (!inst) return
+      live.delete(id)
+      log.info({ fn: inst.fn, id, reason }, 'instance stopped')
+      await deps.registry
+        .remove(inst.fn, id)
+        .catch((err: unknown) => log.warn({ id, err: errorMessage(err) }, 'registry remove failed'))
+      await release(inst)
+    },
+
+    live: () => [...live.values()],
+
+    async dead() {
+      const dead: StartedInstance[] = []
+      for (const inst of live.values()) {
+        if (
+          inst.pid !== undefined
+            ? !isProcessAlive(inst.pid)
+            : inst.containerId
+              ? !(await deps.docker.containerRunning(inst.containerId))
+              : false
+        ) {
+          dead.push(inst)
+        }
+      }
+      return dead
+    },
+
+    prepare,
+
+    async fillPools() {
+      for (const fn of deps.functions()) {
+        const want = fn.manifest.scaling.poolSize
+        if (want === 0 || fn.manifest.restore.policy === 'boot' || filling.has(fn.name)) continue
+        filling.add(fn.name)
+        try {
+          const prep = await prepare(fn)
+          if (!prep.snapshot) continue
+          let pool = pools.get(fn.name)
+          if (pool && pool.key !== prep.snapshot.meta.key) {
+            // The snapshot changed: sandboxes layered over the old one are useless.
+            for (const sb of pool.sandboxes) await deps.sandboxes.destroy(sb).catch(() => undefined)
+            pool = undefined
+          }
+          if (!pool) {
+            pool = { key: prep.snapshot.meta.key, sandboxes: [] }
+            pools.set(fn.name, pool)
+          }
+          while (pool.sandboxes.length < want) {
+            const id = `i${randomBytes(6).toString('hex')}`
+            pool.sandboxes.push(await newSandbox(id, fn, prep.image, prep.snapshot))
+          }
+        } catch (err) {
+          log.error({ fn: fn.name, err: errorMessage(err) }, 'pool fill failed')
+        } finally {
+          filling.delete(fn.name)
+        }
+      }
+    },
+
+    poolSize: (fn) => pools.get(fn)?.sandboxes.length ?? 0,
+
+    async stopAll(reason) {
+      await Promise.all([...live.keys()].map((id) => manager.stop(id, reason).catch(() => undefined)))
+      for (const pool of pools.values()) {
+        for (const sb of pool.sandboxes.splice(0)) await deps.sandboxes.destroy(sb).catch(() => undefined)
+      }
+    },
+  }
+  return manager
+}

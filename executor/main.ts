@@ -1,0 +1,187 @@
+/**
+ * The executor process: composition root. Reads the configuration, wires the host adapters, the
+ * registry and the BullMQ worker, reconciles what a previous run left, prepares every function
+ * (image, snapshot, pool) and serves restore jobs until SIGINT/SIGTERM.
+ */
+import { HEARTBEAT_INTERVAL_MS } from '../shared/contracts.ts'
+import { errorMessage } from '../shared/errors.ts'
+import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
+import { createLogger } from '../shared/logger.ts'
+import { createRedis } from '../shared/redis.ts'
+import { createRedisRegistry } from '../shared/registry.ts'
+import { loadExecutorConfig } from './config.ts'
+import { createHost } from './host.ts'
+import { createInstanceManager } from './instances.ts'
+import { createReaper, reconcile, snapshotUsage } from './reaper.ts'
+import { createBootRuntime, createRuncRestoreRuntime } from './runtimes.ts'
+import { createRestoreWorker } from './worker.ts'
+
+const config = loadExecutorConfig(process.env)
+const logger = createLogger({ level: config.INITLESS_LOG_LEVEL, name: 'executor' })
+const host = createHost(config, logger)
+const redis = createRedis(config.INITLESS_REDIS_URL, { name: 'initless-executor' })
+redis.on('error', (err: Error) => logger.debug({ err: err.message }, 'redis connection error'))
+const registry = createRedisRegistry({ redis, logger, prefix: config.INITLESS_KEY_PREFIX })
+
+const set = await loadFunctionDefs(config.INITLESS_FUNCTIONS_DIR)
+for (const p of set.problems)
+  logger.error({ fn: p.name, file: p.file, err: p.error.message }, 'function skipped')
+const functions: readonly FunctionDef[] = set.functions
+
+const instances = createInstanceManager({
+  hostId: config.hostId,
+  stateDir: config.INITLESS_STATE_DIR,
+  lazyThreshold: config.INITLESS_LAZY_THRESHOLD,
+  functions: () => functions,
+  registry,
+  builder: host.builder,
+  baker: host.baker,
+  store: host.store,
+  docker: host.docker,
+  sandboxes: host.sandboxes,
+  runtimes: {
+    lazy: createRuncRestoreRuntime({
+      runc: host.runc,
+      criu: host.criu,
+      sandboxes: host.sandboxes,
+      lazy: true,
+      verify: (s) => host.store.verify(s),
+    }),
+    eager: createRuncRestoreRuntime({
+      runc: host.runc,
+      criu: host.criu,
+      sandboxes: host.sandboxes,
+      lazy: false,
+      verify: (s) => host.store.verify(s),
+    }),
+    boot: createBootRuntime({ docker: host.docker }),
+  },
+  logger,
+})
+
+await reconcile({
+  hostId: config.hostId,
+  stateDir: config.INITLESS_STATE_DIR,
+  runc: host.runc,
+  mounter: host.mounter,
+  network: host.network,
+  ips: host.ips,
+  docker: host.docker,
+  registry,
+  logger,
+})
+
+const worker = createRestoreWorker({
+  redisUrl: config.INITLESS_REDIS_URL,
+  queueName: config.INITLESS_QUEUE_NAME,
+  concurrency: config.INITLESS_RESTORE_CONCURRENCY,
+  start: (job) => instances.start(job),
+  onFailed: async (job) => {
+    await registry.withdraw(job.fn, job.instanceId)
+  },
+  logger,
+})
+
+const timers: NodeJS.Timeout[] = []
+const beat = () =>
+  registry
+    .beat({
+      hostId: config.hostId,
+      at: Date.now(),
+      pid: process.pid,
+      functions: functions.map((f) => f.name),
+    })
+    .catch((err: unknown) => logger.debug({ err: errorMessage(err) }, 'heartbeat failed'))
+void beat()
+timers.push(setInterval(() => void beat(), HEARTBEAT_INTERVAL_MS))
+
+const reaper = createReaper({ instances, registry, functions: () => functions, now: Date.now, logger })
+let reaping = false
+timers.push(
+  setInterval(() => {
+    if (reaping) return
+    reaping = true
+    reaper
+      .tick()
+      .catch((err: unknown) => logger.error({ err: errorMessage(err) }, 'reaper tick failed'))
+      .finally(() => (reaping = false))
+  }, config.INITLESS_REAP_INTERVAL),
+)
+timers.push(
+  setInterval(() => {
+    void snapshotUsage()
+      .then((inUse) => host.store.collect(inUse))
+      .then((removed) => removed.length && logger.info({ removed }, 'retired snapshots removed'))
+      .catch((err: unknown) => logger.warn({ err: errorMessage(err) }, 'snapshot collection failed'))
+  }, 30_000),
+)
+
+const subscription = await registry.subscribe({
+  onEvent(event) {
+    if (event.type !== 'function') return
+    const fn = functions.find((f) => f.name === event.fn)
+    if (!fn) return
+    if (event.action === 'scale-to-zero') {
+      const ids = instances
+        .live()
+        .filter((i) => i.fn === fn.name)
+        .map((i) => i.id)
+      logger.info({ fn: fn.name, instances: ids.length }, 'scale to zero requested')
+      void Promise.all(ids.map((id) => instances.stop(id, 'scaled to zero')))
+    } else {
+      logger.info({ fn: fn.name }, 're-bake requested')
+      void host.builder
+        .build(fn)
+        .then((b) => host.baker.bake(fn, b.image, { force: true }))
+        .then(() => instances.fillPools())
+        .catch((err: unknown) => logger.error({ fn: fn.name, err: errorMessage(err) }, 're-bake failed'))
+    }
+  },
+})
+
+// Build, bake and pre-start pools in the background: restores that arrive first wait for the
+// same preparation (it is shared per function), they never start a second one.
+void (async () => {
+  for (const fn of functions) {
+    await instances
+      .prepare(fn)
+      .catch((err: unknown) => logger.error({ fn: fn.name, err: errorMessage(err) }, 'prepare failed'))
+  }
+  await instances.fillPools()
+  logger.info({ functions: functions.map((f) => f.name) }, 'functions prepared')
+})()
+logger.info({ hostId: config.hostId, functions: functions.map((f) => f.name) }, 'executor started')
+
+let shuttingDown: Promise<void> | undefined
+function shutdown(signal: string): Promise<void> {
+  shuttingDown ??= (async () => {
+    logger.info({ signal }, 'shutting down')
+    for (const t of timers) clearInterval(t)
+    const deadline = new Promise<'timeout'>((r) =>
+      setTimeout(() => r('timeout'), config.INITLESS_SHUTDOWN_TIMEOUT).unref(),
+    )
+    // Let running restores finish within the deadline; past it, close without waiting: their
+    // locks lapse and BullMQ hands the jobs to another executor (stalled-job recovery).
+    if ((await Promise.race([worker.close(false).then(() => 'done' as const), deadline])) === 'timeout') {
+      logger.warn('restores still running at the deadline: handing them back to the queue')
+      await worker.close(true).catch(() => undefined)
+    }
+    const steps: [string, () => Promise<unknown>][] = [
+      ['instances', () => instances.stopAll('executor shutdown')],
+      ['subscription', () => subscription.close()],
+      ['redis', () => redis.quit()],
+    ]
+    for (const [name, step] of steps) {
+      await step().catch((err: unknown) =>
+        logger.error({ step: name, err: errorMessage(err) }, 'shutdown step failed'),
+      )
+    }
+    logger.info('stopped')
+  })()
+  return shuttingDown
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    void shutdown(signal).finally(() => process.exit(0))
+  })
+}

@@ -1,0 +1,141 @@
+import assert from 'node:assert/strict'
+import { describe, test } from 'node:test'
+import { buildOciSpec, DEFAULT_CAPABILITIES, parseImageUser, type OciSpecInput } from './oci-spec.ts'
+
+const input: OciSpecInput = {
+  hostname: 'hello',
+  rootfs: '/state/sandboxes/abc/rootfs',
+  args: ['node', 'server.js'],
+  env: ['PATH=/usr/bin:/bin', 'A=1'],
+  cwd: '/app',
+  uid: 1000,
+  gid: 50,
+  netnsPath: '/var/run/netns/initless-abc',
+  cgroupsPath: '/initless/abc',
+  memoryBytes: 256 * 1024 * 1024,
+  cpus: 0.5,
+  pids: 4096,
+}
+
+// The spec is a plain JSON document; read it through a loose type.
+interface Spec {
+  process: {
+    user: { uid: number; gid: number }
+    args: string[]
+    env: string[]
+    cwd: string
+    noNewPrivileges: boolean
+    terminal: boolean
+    capabilities: Record<string, string[]>
+    rlimits?: unknown
+  }
+  root: { path: string; readonly: boolean }
+  hostname: string
+  mounts: Array<{ destination: string; type: string; source: string }>
+  annotations: Record<string, string>
+  linux: {
+    cgroupsPath: string
+    resources: {
+      memory: { limit: number; swap: number }
+      cpu: { quota: number; period: number }
+      pids: { limit: number }
+      devices: unknown[]
+    }
+    namespaces: Array<{ type: string; path?: string }>
+  }
+}
+
+const spec = (over: Partial<OciSpecInput> = {}) => buildOciSpec({ ...input, ...over }) as unknown as Spec
+
+describe('buildOciSpec', () => {
+  test('the process runs as given, without new privileges', () => {
+    const s = spec()
+    assert.deepEqual(s.process.user, { uid: 1000, gid: 50 })
+    assert.deepEqual(s.process.args, ['node', 'server.js'])
+    assert.deepEqual(s.process.env, ['PATH=/usr/bin:/bin', 'A=1'])
+    assert.equal(s.process.cwd, '/app')
+    assert.equal(s.process.noNewPrivileges, true)
+    assert.equal(s.process.terminal, false)
+    assert.equal(s.process.rlimits, undefined)
+    assert.deepEqual(s.root, { path: '/state/sandboxes/abc/rootfs', readonly: false })
+    assert.equal(s.hostname, 'hello')
+  })
+
+  test("Docker's default capabilities in every set", () => {
+    const caps = spec().process.capabilities
+    assert.deepEqual(Object.keys(caps).sort(), ['bounding', 'effective', 'permitted'])
+    for (const set of Object.values(caps)) assert.deepEqual(set, [...DEFAULT_CAPABILITIES])
+    assert.ok(!DEFAULT_CAPABILITIES.includes('CAP_SYS_ADMIN' as never))
+  })
+
+  test('joins the network namespace by path and creates the others', () => {
+    assert.deepEqual(spec().linux.namespaces, [
+      { type: 'pid' },
+      { type: 'network', path: '/var/run/netns/initless-abc' },
+      { type: 'ipc' },
+      { type: 'uts' },
+      { type: 'mount' },
+    ])
+  })
+
+  test('no host bind mounts', () => {
+    assert.ok(spec().mounts.every((m) => m.type !== 'bind'))
+  })
+
+  const limits: Array<[number, number]> = [
+    [0.5, 50_000],
+    [1, 100_000],
+    [2, 200_000],
+    [0.333, 33_300],
+  ]
+  for (const [cpus, quota] of limits) {
+    test(`cgroup limits for cpus ${cpus}: quota ${quota} per 100000 us`, () => {
+      const s = spec({ cpus })
+      assert.equal(s.linux.cgroupsPath, '/initless/abc')
+      assert.deepEqual(s.linux.resources.cpu, { quota, period: 100_000 })
+      // Swap equal to memory: no swap beyond the limit.
+      assert.deepEqual(s.linux.resources.memory, { limit: 256 * 1024 * 1024, swap: 256 * 1024 * 1024 })
+      assert.deepEqual(s.linux.resources.pids, { limit: 4096 })
+      assert.deepEqual(s.linux.resources.devices, [{ allow: false, access: 'rwm' }])
+    })
+  }
+
+  test('org.criu.config is annotated only when criuConfig is given', () => {
+    assert.deepEqual(spec().annotations, {})
+    assert.deepEqual(spec({ criuConfig: '' }).annotations, {})
+    assert.deepEqual(spec({ criuConfig: '/state/sandboxes/abc/criu.conf' }).annotations, {
+      'org.criu.config': '/state/sandboxes/abc/criu.conf',
+    })
+  })
+
+  test('the spec does not share arrays with its input', () => {
+    const args = ['a']
+    const s = buildOciSpec({ ...input, args }) as unknown as Spec
+    s.process.args.push('b')
+    assert.deepEqual(args, ['a'])
+  })
+})
+
+describe('parseImageUser', () => {
+  const valid: Array<[string | undefined, { uid: number; gid: number }]> = [
+    [undefined, { uid: 0, gid: 0 }],
+    ['', { uid: 0, gid: 0 }],
+    ['0', { uid: 0, gid: 0 }],
+    ['1000', { uid: 1000, gid: 1000 }],
+    ['1000:50', { uid: 1000, gid: 50 }],
+    ['65534:65534', { uid: 65534, gid: 65534 }],
+  ]
+  for (const [user, expected] of valid) {
+    test(`${JSON.stringify(user)} -> ${expected.uid}/${expected.gid}`, () => {
+      assert.deepEqual(parseImageUser(user), expected)
+    })
+  }
+
+  for (const user of ['nobody', 'node:node', '1000:staff', '1000:', ':50', '-1', ' 1000']) {
+    test(`'${user}' throws`, () => {
+      assert.throws(() => parseImageUser(user), {
+        message: `image user '${user}' is not numeric (uid[:gid]); set USER to a numeric id`,
+      })
+    })
+  }
+})

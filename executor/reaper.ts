@@ -1,0 +1,191 @@
+/**
+ * The reaper: every tick it removes dead instances (exited, OOM-killed: noticed within one tick)
+ * and stops instances idle past their function's idle timeout (scale to zero, down to
+ * minInstances). At start, `reconcile` cleans up whatever a previous run of this host left behind.
+ */
+import { readdir, readFile, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import type { FunctionDef } from '../shared/functions.ts'
+import type { InstanceRegistry } from '../shared/registry.ts'
+import type { DockerEngine } from './docker.ts'
+import type { InstanceManager } from './instances.ts'
+import type { IpAllocator, NetworkManager } from './network.ts'
+import { processArgv } from './process.ts'
+import type { Mounter } from './rootfs.ts'
+import type { Runc } from './runc.ts'
+import { instancesDir, NETNS_PREFIX } from './sandbox.ts'
+
+/** A `starting` record older than this (or the function's start timeout) is given up on. */
+export const STUCK_STARTING_MS = 10 * 60_000
+
+export interface ReaperDeps {
+  readonly instances: InstanceManager
+  readonly registry: InstanceRegistry
+  readonly functions: () => readonly FunctionDef[]
+  readonly now: () => number
+  readonly logger: Logger
+}
+
+export interface Reaper {
+  /** One pass; returns the ids stopped, with why. */
+  tick(): Promise<{ id: string; reason: 'dead' | 'idle' }[]>
+}
+
+export function createReaper(deps: ReaperDeps): Reaper {
+  const log = deps.logger.child({ module: 'reaper' })
+  return {
+    async tick() {
+      const stopped: { id: string; reason: 'dead' | 'idle' }[] = []
+      for (const inst of await deps.instances.dead()) {
+        log.warn({ fn: inst.fn, id: inst.id }, 'instance died')
+        await deps.instances.stop(inst.id, 'dead')
+        stopped.push({ id: inst.id, reason: 'dead' })
+      }
+      // A reservation whose restore never reported (its executor died past BullMQ's stalled-job
+      // retries) would count against maxInstances forever.
+      for (const fn of deps.functions()) {
+        const limit = Math.max(fn.manifest.timeouts.start, STUCK_STARTING_MS)
+        for (const rec of await deps.registry.list(fn.name).catch(() => [])) {
+          if (
+            rec.state === 'starting' &&
+            deps.now() - rec.createdAt > limit &&
+            (await deps.registry.withdraw(fn.name, rec.id))
+          ) {
+            log.warn({ fn: fn.name, id: rec.id }, 'stuck reservation withdrawn')
+          }
+        }
+      }
+      const byFn = new Map<string, typeof live>()
+      const live = deps.instances.live()
+      for (const inst of live) byFn.set(inst.fn, [...(byFn.get(inst.fn) ?? []), inst])
+      for (const [fnName, list] of byFn) {
+        const fn = deps.functions().find((f) => f.name === fnName)
+        const idleMs = fn?.manifest.scaling.idleTimeout ?? 0
+        const keep = fn?.manifest.scaling.minInstances ?? 0
+        const lastUse = await deps.registry.lastUse(fnName).catch(() => undefined)
+        if (!lastUse) continue // Redis unreachable: never reap on missing data.
+        const records = new Map((await deps.registry.list(fnName).catch(() => [])).map((r) => [r.id, r]))
+        // Least recently used first, so the busiest instances survive down to minInstances.
+        const idle = list
+          .map((inst) => ({
+            inst,
+            last: lastUse.get(inst.id) ?? records.get(inst.id)?.readyAt ?? deps.now(),
+          }))
+          .filter((x) => deps.now() - x.last >= idleMs)
+          .sort((a, b) => a.last - b.last)
+        const removable = Math.max(0, list.length - keep)
+        for (const { inst } of idle.slice(0, removable)) {
+          await deps.instances.stop(inst.id, 'idle')
+          stopped.push({ id: inst.id, reason: 'idle' })
+        }
+      }
+      return stopped
+    },
+  }
+}
+
+export interface ReconcileDeps {
+  readonly hostId: string
+  readonly stateDir: string
+  readonly runc: Runc
+  readonly mounter: Mounter
+  readonly network: NetworkManager
+  readonly ips: IpAllocator
+  readonly docker: DockerEngine
+  readonly registry: InstanceRegistry
+  readonly logger: Logger
+}
+
+export interface ReconcileReport {
+  containers: number
+  mounts: number
+  namespaces: number
+  daemons: number
+  dockerContainers: number
+  registryEntries: number
+}
+
+/**
+ * Clean everything a previous run of this host left: runc containers under our root, overlay
+ * mounts and sandbox dirs, network namespaces, lazy-pages daemons, Docker containers of the boot
+ * runtime, and `ready`/`draining` registry entries of this host (their processes are gone now).
+ * `starting` entries stay: their jobs come back through BullMQ's stalled-job recovery.
+ */
+export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
+  const log = deps.logger.child({ module: 'reconcile' })
+  const report: ReconcileReport = {
+    containers: 0,
+    mounts: 0,
+    namespaces: 0,
+    daemons: 0,
+    dockerContainers: 0,
+    registryEntries: 0,
+  }
+  const dir = instancesDir(deps.stateDir)
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const argv = await processArgv(Number(pid))
+    if (argv?.includes('lazy-pages') && argv.some((a) => a.startsWith(dir))) {
+      try {
+        process.kill(Number(pid), 'SIGKILL')
+        report.daemons++
+      } catch {
+        // already gone
+      }
+    }
+  }
+  // Only what belongs to this state dir: several executors (and tests) may share one host.
+  const ours = new Set(await readdir(dir).catch(() => [] as string[]))
+  for (const c of await deps.runc.list()) {
+    if (!c.bundle.startsWith(`${dir}/`) && !ours.has(c.id)) continue
+    await deps.runc.delete(c.id)
+    report.containers++
+  }
+  for (const m of await deps.mounter.list(dir)) {
+    await deps.mounter.unmount(m)
+    report.mounts++
+  }
+  for (const ns of await deps.network.list(NETNS_PREFIX)) {
+    if (!ours.has(ns.slice(NETNS_PREFIX.length))) continue
+    await deps.network.destroy(ns)
+    report.namespaces++
+  }
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const sandbox = await readFile(join(dir, name, 'sandbox.json'), 'utf8').then(
+      (t) => JSON.parse(t) as { netns?: { ip?: string } },
+      () => undefined,
+    )
+    if (sandbox?.netns?.ip) deps.ips.release(sandbox.netns.ip)
+    await rm(join(dir, name), { recursive: true, force: true })
+  }
+  // Bakes cut short by the crash left half-written snapshots: they can never complete now.
+  const snapshots = join(deps.stateDir, 'snapshots')
+  for (const fn of await readdir(snapshots).catch(() => [] as string[])) {
+    for (const name of await readdir(join(snapshots, fn)).catch(() => [] as string[])) {
+      if (name.startsWith('.tmp-')) await rm(join(snapshots, fn, name), { recursive: true, force: true })
+    }
+  }
+  for (const c of await deps.docker.listContainers(`initless.host=${deps.hostId}`)) {
+    await deps.docker.removeContainer(c.id)
+    report.dockerContainers++
+  }
+  for (const rec of await deps.registry.listAll()) {
+    if (rec.hostId === deps.hostId && rec.state !== 'starting') {
+      await deps.registry.remove(rec.fn, rec.id)
+      report.registryEntries++
+    }
+  }
+  log.info(report, 'reconciled')
+  return report
+}
+
+/** Is a snapshot dir still used by a mount (overlay lowerdir) or a lazy-pages daemon? */
+export async function snapshotUsage(): Promise<(dir: string) => boolean> {
+  const mounts = await readFile('/proc/self/mountinfo', 'utf8')
+  const args: string[] = []
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const argv = await processArgv(Number(pid))
+    if (argv?.includes('lazy-pages')) args.push(argv.join(' '))
+  }
+  return (dir) => mounts.includes(dir) || args.some((a) => a.includes(dir))
+}

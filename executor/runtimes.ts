@@ -1,0 +1,192 @@
+/**
+ * Restore runtimes behind one interface. `lazy` and `eager` restore a snapshot with runc + CRIU
+ * into a sandbox; `boot` starts the image with a plain `docker run` (no snapshot: what container
+ * FaaS platforms pay, and the fallback when a snapshot is missing or broken).
+ */
+import { InitlessError, errorMessage } from '../shared/errors.ts'
+import type { FunctionDef } from '../shared/functions.ts'
+import type { RuntimeKind } from '../shared/contracts.ts'
+import type { Criu, LazyPagesDaemon } from './criu.ts'
+import type { DockerEngine, ImageConfig } from './docker.ts'
+import { openOutput } from './output.ts'
+import { isProcessAlive, readPidFile } from './process.ts'
+import { waitReady } from './probe.ts'
+import type { Runc } from './runc.ts'
+import type { Sandbox, SandboxManager } from './sandbox.ts'
+import type { Snapshot } from './snapshot-store.ts'
+
+export interface StartRequest {
+  readonly instanceId: string
+  readonly fn: FunctionDef
+  readonly image: ImageConfig
+  /** Required by lazy and eager. */
+  readonly snapshot?: Snapshot
+  /** A sandbox prepared ahead by the pool (its lowers match `snapshot`). */
+  readonly pooled?: Sandbox
+  /** Sandbox settings for a fresh sandbox (when not pooled). */
+  readonly prepare: () => Promise<Sandbox>
+  readonly hostLabel: string
+}
+
+export interface StartedInstance {
+  readonly id: string
+  readonly fn: string
+  readonly runtime: RuntimeKind
+  readonly ip: string
+  readonly port: number
+  /** Host pid of the instance's process (runc runtimes). */
+  readonly pid?: number
+  readonly sandbox?: Sandbox
+  readonly containerId?: string
+  readonly lazyDaemon?: LazyPagesDaemon
+  readonly pooled: boolean
+  readonly phases: { readonly sandboxMs: number; readonly restoreMs: number; readonly readyMs: number }
+  readonly snapshotBytes: number
+}
+
+export interface Runtime {
+  readonly kind: RuntimeKind
+  start(req: StartRequest): Promise<StartedInstance>
+}
+
+/** How often the readiness probe retries right after a restore: the socket is usually there at once. */
+const RESTORE_PROBE_INTERVAL_MS = 1
+
+export function createRuncRestoreRuntime(deps: {
+  runc: Runc
+  criu: Criu
+  sandboxes: SandboxManager
+  lazy: boolean
+  /** Checks the snapshot's files before CRIU reads them (see SnapshotStore.verify). */
+  verify: (snapshot: Snapshot) => Promise<void>
+}): Runtime {
+  const kind: RuntimeKind = deps.lazy ? 'lazy' : 'eager'
+  return {
+    kind,
+    async start(req) {
+      const snapshot = req.snapshot
+      if (!snapshot)
+        throw new InitlessError('ERR_SNAPSHOT_NOT_FOUND', `${req.fn.name}: no snapshot to restore`)
+      const m = req.fn.manifest
+      const t0 = performance.now()
+      const sb = req.pooled ?? (await req.prepare())
+      const t1 = performance.now()
+      let daemon: LazyPagesDaemon | undefined
+      try {
+        await deps.verify(snapshot)
+        await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy: deps.lazy })
+        if (deps.lazy) daemon = await deps.criu.startLazyPages(snapshot.imagesDir, sb.criuWorkDir)
+        const out = await openOutput(sb.logFile)
+        try {
+          await deps.runc.restore(sb.id, {
+            bundle: sb.bundle,
+            imagePath: snapshot.imagesDir,
+            workPath: sb.criuWorkDir,
+            pidFile: sb.pidFile,
+            // stdin stays /dev/null; the pipes the process had at checkpoint become its output log.
+            stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
+          })
+        } finally {
+          await out.close()
+        }
+        const t2 = performance.now()
+        const pid = await readPidFile(sb.pidFile)
+        await waitReady(sb.netns.ip, m.port, {
+          path: m.readiness.path,
+          expect: m.readiness.expect,
+          timeoutMs: Math.min(m.readiness.timeout, 30_000),
+          intervalMs: RESTORE_PROBE_INTERVAL_MS,
+          isAlive: () => isProcessAlive(pid),
+        })
+        const t3 = performance.now()
+        return {
+          id: req.instanceId,
+          fn: req.fn.name,
+          runtime: kind,
+          ip: sb.netns.ip,
+          port: m.port,
+          pid,
+          sandbox: sb,
+          pooled: req.pooled !== undefined,
+          phases: { sandboxMs: t1 - t0, restoreMs: t2 - t1, readyMs: t3 - t2 },
+          snapshotBytes: snapshot.meta.sizeBytes,
+          ...(daemon ? { lazyDaemon: daemon } : {}),
+        }
+      } catch (err) {
+        if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+        await deps.sandboxes.destroy(sb).catch(() => undefined)
+        throw new InitlessError(
+          'ERR_RESTORE_FAILED',
+          `${req.fn.name}: ${kind} restore failed: ${errorMessage(err)}`,
+          { cause: err },
+        )
+      }
+    },
+  }
+}
+
+export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
+  return {
+    kind: 'boot',
+    async start(req) {
+      const m = req.fn.manifest
+      const t0 = performance.now()
+      const env = Object.entries(m.env).map(([k, v]) => `${k}=${v}`)
+      const { id, ip } = await deps.docker.runContainer({
+        name: `initless-${req.instanceId}`,
+        image: req.image.id,
+        ...(m.command ? { cmd: m.command } : {}),
+        env,
+        memoryBytes: m.resources.memory,
+        cpus: m.resources.cpus,
+        pids: m.resources.pids,
+        labels: {
+          'initless.instance': req.instanceId,
+          'initless.fn': req.fn.name,
+          'initless.host': req.hostLabel,
+        },
+      })
+      const t1 = performance.now()
+      try {
+        await waitReady(ip, m.port, {
+          path: m.readiness.path,
+          expect: m.readiness.expect,
+          timeoutMs: m.readiness.timeout,
+          // Parallel-fast probing at the container's own address; never through docker-proxy.
+          intervalMs: 2,
+        })
+      } catch (err) {
+        const logs = await deps.docker.containerLogs(id, 15).catch(() => '')
+        await deps.docker.removeContainer(id).catch(() => undefined)
+        throw new InitlessError(
+          'ERR_INSTANCE_NOT_READY',
+          `${req.fn.name}: boot failed: ${errorMessage(err)}${logs ? `\n${logs}` : ''}`,
+          { cause: err },
+        )
+      }
+      const t2 = performance.now()
+      return {
+        id: req.instanceId,
+        fn: req.fn.name,
+        runtime: 'boot',
+        ip,
+        port: m.port,
+        containerId: id,
+        pooled: false,
+        phases: { sandboxMs: 0, restoreMs: t1 - t0, readyMs: t2 - t1 },
+        snapshotBytes: 0,
+      }
+    },
+  }
+}
+
+/** `auto` restores lazily from `lazyThreshold` bytes up: lazy pays off only for large snapshots. */
+export function chooseRuntime(
+  policy: 'auto' | 'lazy' | 'eager' | 'boot',
+  snapshotBytes: number | undefined,
+  lazyThreshold: number,
+): RuntimeKind {
+  if (policy === 'boot' || snapshotBytes === undefined) return 'boot'
+  if (policy === 'auto') return snapshotBytes >= lazyThreshold ? 'lazy' : 'eager'
+  return policy
+}

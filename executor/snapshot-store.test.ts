@@ -1,0 +1,233 @@
+import assert from 'node:assert/strict'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import {
+  createSnapshotStore,
+  directorySize,
+  type PendingSnapshot,
+  type Snapshot,
+  type SnapshotIdentity,
+  type SnapshotStore,
+} from './snapshot-store.ts'
+
+let tmp: string
+before(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'initless-snapshots-'))
+})
+after(async () => {
+  await rm(tmp, { recursive: true, force: true })
+})
+
+let counter = 0
+/** A fresh store under a state dir that does not exist yet. */
+function freshStore(): { store: SnapshotStore; stateDir: string; root: string } {
+  const stateDir = join(tmp, `state-${++counter}`)
+  return { store: createSnapshotStore({ stateDir }), stateDir, root: join(stateDir, 'snapshots') }
+}
+
+const ID: SnapshotIdentity = {
+  fn: 'hello',
+  manifestHash: 'a'.repeat(64),
+  imageId: 'sha256:1111',
+  criuVersion: '4.2.1',
+  kernel: '6.1.0-18-amd64',
+}
+
+/** Fill a pending snapshot with 1000 bytes of images and 24 bytes of upper layer, then commit it. */
+async function bake(
+  store: SnapshotStore,
+  id: SnapshotIdentity,
+  createdAt = Date.now(),
+): Promise<{ pending: PendingSnapshot; snapshot: Snapshot }> {
+  const pending = await store.begin(id)
+  await writeFile(join(pending.imagesDir, 'pages-1.img'), Buffer.alloc(1000, 1))
+  await mkdir(join(pending.upperDir, 'tmp'), { recursive: true })
+  await writeFile(join(pending.upperDir, 'tmp', 'cache'), 'x'.repeat(24))
+  const snapshot = await pending.commit({ ...id, bakeMs: 1234, warmupRequests: 60, createdAt, port: 8080 })
+  return { pending, snapshot }
+}
+
+describe('snapshot store', () => {
+  test('the store root and function folder are created 0700', async () => {
+    const { store, stateDir, root } = freshStore()
+    const pending = await store.begin(ID)
+    assert.equal((await stat(root)).mode & 0o777, 0o700)
+    assert.equal((await stat(stateDir)).mode & 0o777, 0o700)
+    assert.equal((await stat(join(root, 'hello'))).mode & 0o777, 0o700)
+    assert.equal((await stat(pending.imagesDir)).mode & 0o777, 0o700)
+    await pending.discard()
+  })
+
+  test('begin/commit makes a snapshot that find() returns with its meta and size', async () => {
+    const { store, root } = freshStore()
+    const createdAt = Date.now()
+    const { pending, snapshot } = await bake(store, ID, createdAt)
+    const key = store.snapshotKey(ID)
+    assert.match(key, /^[0-9a-f]{20}$/)
+    // Written under a temporary name, renamed into place.
+    assert.ok(pending.dir.startsWith(join(root, 'hello', `.tmp-${key}-`)), pending.dir)
+    const expectedMeta = {
+      ...ID,
+      key,
+      sizeBytes: 1024,
+      bakeMs: 1234,
+      warmupRequests: 60,
+      createdAt,
+      port: 8080,
+    }
+    const dir = join(root, 'hello', key)
+    assert.deepEqual(snapshot, {
+      meta: expectedMeta,
+      dir,
+      imagesDir: join(dir, 'images'),
+      upperDir: join(dir, 'upper'),
+    })
+    assert.deepEqual(await store.find(ID), snapshot)
+    assert.deepEqual(await readdir(join(root, 'hello')), [key])
+    const metaFile = join(dir, 'meta.json')
+    assert.deepEqual(JSON.parse(await readFile(metaFile, 'utf8')), expectedMeta)
+    assert.equal((await stat(metaFile)).mode & 0o777, 0o600)
+    assert.deepEqual(await store.latest('hello'), snapshot)
+  })
+
+  const changed: Array<[string, Partial<SnapshotIdentity>]> = [
+    ['manifestHash', { manifestHash: 'b'.repeat(64) }],
+    ['imageId', { imageId: 'sha256:2222' }],
+    ['criuVersion', { criuVersion: '4.2.2' }],
+    ['kernel', { kernel: '6.12.0' }],
+    ['fn', { fn: 'other' }],
+  ]
+  for (const [field, change] of changed) {
+    test(`a changed ${field} has another key and is not found`, async () => {
+      const { store } = freshStore()
+      await bake(store, ID)
+      const other = { ...ID, ...change }
+      assert.notEqual(store.snapshotKey(other), store.snapshotKey(ID))
+      assert.equal(await store.find(other), undefined)
+      assert.ok(await store.find(ID))
+    })
+  }
+
+  test('snapshotKey is deterministic', () => {
+    const { store } = freshStore()
+    assert.equal(store.snapshotKey({ ...ID }), store.snapshotKey(ID))
+  })
+
+  test('a meta.json whose inputs disagree with the key is not trusted', async () => {
+    const { store } = freshStore()
+    const { snapshot } = await bake(store, ID)
+    await writeFile(
+      join(snapshot.dir, 'meta.json'),
+      JSON.stringify({ ...snapshot.meta, imageId: 'sha256:9' }),
+    )
+    assert.equal(await store.find(ID), undefined)
+    await writeFile(join(snapshot.dir, 'meta.json'), '{not json')
+    assert.equal(await store.find(ID), undefined)
+  })
+
+  test('committing a second snapshot retires the first', async () => {
+    const { store, root } = freshStore()
+    const first = await bake(store, ID, 1000)
+    const id2 = { ...ID, imageId: 'sha256:2222' }
+    const second = await bake(store, id2, 2000)
+    assert.equal(await store.find(ID), undefined)
+    assert.deepEqual(await store.find(id2), second.snapshot)
+    assert.deepEqual(await store.latest('hello'), second.snapshot)
+    const names = await readdir(join(root, 'hello'))
+    assert.equal(names.length, 2)
+    assert.ok(names.includes(second.snapshot.meta.key))
+    assert.ok(
+      names.some((n) => n.startsWith(`.retired-${first.snapshot.meta.key}-`)),
+      names.join(' '),
+    )
+  })
+
+  test('re-baking the same inputs replaces the snapshot in place', async () => {
+    const { store } = freshStore()
+    await bake(store, ID, 1000)
+    const again = await bake(store, ID, 2000)
+    assert.deepEqual(await store.find(ID), again.snapshot)
+    assert.equal((await store.find(ID))?.meta.createdAt, 2000)
+  })
+
+  test('markBroken hides a snapshot from find and latest', async () => {
+    const { store } = freshStore()
+    const { snapshot } = await bake(store, ID)
+    await store.markBroken(snapshot, 'restore failed: exit 1')
+    assert.equal(await store.find(ID), undefined)
+    assert.equal(await store.latest('hello'), undefined)
+    assert.match(
+      await readFile(join(snapshot.dir, 'broken'), 'utf8'),
+      /^\d{4}-\d\d-\d\dT.* restore failed: exit 1\n$/,
+    )
+  })
+
+  test('discard leaves nothing behind', async () => {
+    const { store, root } = freshStore()
+    const pending = await store.begin(ID)
+    await writeFile(join(pending.imagesDir, 'core-1.img'), 'core')
+    await pending.discard()
+    assert.deepEqual(await readdir(join(root, 'hello')), [])
+    assert.equal(await store.find(ID), undefined)
+    assert.equal(await store.latest('hello'), undefined)
+  })
+
+  test('latest of an unknown function is undefined', async () => {
+    const { store } = freshStore()
+    assert.equal(await store.latest('nothing'), undefined)
+  })
+
+  test('collect deletes retired snapshots unless in use, and bakes abandoned for over an hour', async () => {
+    const { store, root } = freshStore()
+    const fnDir = join(root, 'hello')
+    await bake(store, ID, 1000)
+    await bake(store, { ...ID, imageId: 'sha256:2' }, 2000)
+    const current = await bake(store, { ...ID, imageId: 'sha256:3' }, 3000)
+    const retired = (await readdir(fnDir)).filter((n) => n.startsWith('.retired-')).map((n) => join(fnDir, n))
+    assert.equal(retired.length, 2)
+    const [inUse, unused] = retired as [string, string]
+
+    const abandoned = await store.begin({ ...ID, imageId: 'sha256:4' })
+    const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000)
+    await utimes(abandoned.dir, twoHoursAgo, twoHoursAgo)
+    const fresh = await store.begin({ ...ID, imageId: 'sha256:5' })
+
+    const seen: string[] = []
+    const removed = await store.collect((dir) => {
+      seen.push(dir)
+      return dir === inUse
+    })
+    assert.deepEqual(removed.sort(), [abandoned.dir, unused].sort())
+    assert.ok(seen.includes(inUse))
+    const left = (await readdir(fnDir)).map((n) => join(fnDir, n)).sort()
+    assert.deepEqual(left, [current.snapshot.dir, fresh.dir, inUse].sort())
+    assert.deepEqual(await store.find({ ...ID, imageId: 'sha256:3' }), current.snapshot)
+
+    // Once nothing uses it any more, the last retired snapshot goes too.
+    assert.deepEqual(await store.collect(() => false), [inUse])
+  })
+
+  test('collect on an empty store removes nothing', async () => {
+    const { store } = freshStore()
+    assert.deepEqual(await store.collect(() => false), [])
+  })
+
+  test('remove deletes every snapshot of a function', async () => {
+    const { store, root } = freshStore()
+    await bake(store, ID)
+    await store.remove('hello')
+    assert.equal(await store.find(ID), undefined)
+    assert.deepEqual(await readdir(root), [])
+  })
+})
+
+test('directorySize sums regular files recursively', async () => {
+  const dir = await mkdtemp(join(tmp, 'size-'))
+  await mkdir(join(dir, 'a', 'b'), { recursive: true })
+  await writeFile(join(dir, 'one'), 'x'.repeat(10))
+  await writeFile(join(dir, 'a', 'two'), 'x'.repeat(100))
+  await writeFile(join(dir, 'a', 'b', 'three'), '')
+  assert.equal(await directorySize(dir), 110)
+})

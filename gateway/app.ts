@@ -1,0 +1,73 @@
+/**
+ * The gateway's HTTP app: function routing and proxying, admin API, health and metrics, with one
+ * onError that answers application/problem+json.
+ */
+import { Hono } from 'hono'
+import type { Logger } from 'pino'
+import { InitlessError } from '../shared/errors.ts'
+import type { InstanceRegistry } from '../shared/registry.ts'
+import type { FunctionCatalog } from './catalog.ts'
+import type { Forwarder } from './forwarder.ts'
+import type { InstancePool } from './instance-pool.ts'
+import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
+import { problemResponse } from './problem.ts'
+import { requestContext, type GatewayEnv } from './request-context.ts'
+import { createAdminRoutes } from './routes/admin.ts'
+import { createHealthRoutes } from './routes/health.ts'
+import { createInvokeRoutes } from './routes/invoke.ts'
+
+export interface GatewayAppDeps {
+  readonly catalog: FunctionCatalog
+  readonly pool: Pick<InstancePool, 'acquire' | 'prewarm' | 'stats' | 'onRestored'>
+  readonly registry: Pick<InstanceRegistry, 'executors' | 'listAll' | 'publish' | 'requestRebake'>
+  readonly forwarder: Forwarder
+  readonly logger: Logger
+  readonly options: {
+    /** Largest request body proxied, in bytes. */
+    readonly maxBodyBytes: number
+    /** Unset: /admin answers 404. */
+    readonly adminToken?: string | undefined
+    readonly trustProxy: boolean
+  }
+  /** Default: a fresh registry per app. */
+  readonly metrics?: GatewayMetrics
+  readonly now?: () => number
+}
+
+/** Build the gateway app from its ports. No I/O happens until a request arrives. */
+export function createGatewayApp(deps: GatewayAppDeps): Hono<GatewayEnv> {
+  const logger = deps.logger.child({ module: 'http' })
+  const metrics = deps.metrics ?? createGatewayMetrics({ stats: () => deps.pool.stats() })
+  deps.pool.onRestored((record) => {
+    if (record.phases) metrics.coldStart(record.fn, record.phases)
+  })
+  const app = new Hono<GatewayEnv>()
+  app.use('*', requestContext(logger))
+  app.route(
+    '/',
+    createInvokeRoutes({
+      catalog: deps.catalog,
+      pool: deps.pool,
+      forwarder: deps.forwarder,
+      metrics,
+      maxBodyBytes: deps.options.maxBodyBytes,
+      trustProxy: deps.options.trustProxy,
+    }),
+  )
+  app.route(
+    '/admin',
+    createAdminRoutes({
+      catalog: deps.catalog,
+      pool: deps.pool,
+      registry: deps.registry,
+      adminToken: deps.options.adminToken,
+    }),
+  )
+  app.route('/', createHealthRoutes({ registry: deps.registry, metrics, now: deps.now ?? Date.now }))
+  app.notFound((c) => {
+    const err = new InitlessError('ERR_GATEWAY_NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`)
+    return problemResponse(err, c.get('requestId'), c.get('log'))
+  })
+  app.onError((err, c) => problemResponse(err, c.get('requestId'), c.get('log')))
+  return app
+}

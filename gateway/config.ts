@@ -1,0 +1,52 @@
+/**
+ * Gateway configuration: the shared keys plus the gateway's own, validated once and frozen.
+ * Every default is written out with its unit; durations and sizes accept units (`10s`, `10Mi`).
+ */
+import { z } from 'zod'
+import { commonEnvSchema, envBool, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
+
+export const gatewayEnvSchema = commonEnvSchema.extend({
+  INITLESS_GATEWAY_HOST: z
+    .string()
+    .min(1)
+    .default('127.0.0.1')
+    .describe('Address to listen on. Default 127.0.0.1.'),
+  INITLESS_GATEWAY_PORT: envInt(8080, 0, 65535).describe(
+    'TCP port to listen on (0: any free port). Default 8080.',
+  ),
+  INITLESS_MAX_BODY: envBytes('10Mi').describe(
+    'Largest request body proxied to a function, in bytes (units accepted). Default 10Mi = 10485760 bytes.',
+  ),
+  INITLESS_ADMIN_TOKEN: z
+    .string()
+    .min(16, 'expected at least 16 characters')
+    .optional()
+    .describe('Bearer token for /admin, at least 16 characters. Default unset: /admin answers 404.'),
+  INITLESS_TRUST_PROXY: envBool(false).describe(
+    'Behind a trusted proxy: append to its X-Forwarded-For and keep its X-Forwarded-Proto/Host ' +
+      '(otherwise they are replaced). Default false.',
+  ),
+  INITLESS_SHUTDOWN_TIMEOUT: envDuration('10s').describe(
+    'How long shutdown waits for in-flight requests before closing them, in ms. Default 10s = 10000 ms.',
+  ),
+  INITLESS_REGISTRY_REFRESH: envDuration('5s').describe(
+    'Interval of the full registry re-read that repairs missed events, in ms. Default 5s = 5000 ms.',
+  ),
+  INITLESS_RESTORE_RETRIES: envInt(2, 0, 10).describe(
+    'Failed restores a waiting request sits through before it fails too (count). Default 2.',
+  ),
+  INITLESS_REDIS_TIMEOUT: envDuration('2s').describe(
+    'An enqueue of a restore not acknowledged by Redis within this fails the cold start (503), in ms. ' +
+      'Default 2s = 2000 ms.',
+  ),
+  INITLESS_RETRY_AFTER: envDuration('1s').describe(
+    'Retry-After of 503 no-capacity answers, in ms (sent rounded up to seconds). Default 1s = 1000 ms.',
+  ),
+})
+
+export type GatewayConfig = z.infer<typeof gatewayEnvSchema>
+
+/** Load and freeze the gateway configuration from `env` (a plain object in tests). */
+export function loadGatewayConfig(env: Record<string, string | undefined>): GatewayConfig {
+  return parseEnv(gatewayEnvSchema, env)
+}

@@ -1,0 +1,316 @@
+import assert from 'node:assert/strict'
+import { after, describe, test } from 'node:test'
+import type { RestoreJobData } from '../shared/contracts.ts'
+import { isInitlessError } from '../shared/errors.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { createFakeRegistry, type FakeRegistry } from '../shared/registry-fake.ts'
+import type { InstanceRegistry } from '../shared/registry.ts'
+import { createInstancePool, type InstancePool, type InstancePoolDeps, type Lease } from './instance-pool.ts'
+import { createFakeRestoreQueue, type FakeRestoreQueue } from './restore-queue-fake.ts'
+import { TEST_PHASES, testManifest } from './test-support.ts'
+
+const ADDRESS = { host: '127.0.0.1', port: 1 }
+
+interface Setup {
+  pool: InstancePool
+  registry: FakeRegistry
+  queue: FakeRestoreQueue
+  /** Act as the executor: mark the job's instance ready and complete the job. */
+  ready: (job: RestoreJobData, port?: number) => Promise<void>
+}
+
+const pools: InstancePool[] = []
+after(() => Promise.all(pools.map((p) => p.close())))
+
+async function setup(
+  deps: Partial<Omit<InstancePoolDeps, 'queue' | 'logger'>> & {
+    registry?: InstancePoolDeps['registry']
+  } = {},
+): Promise<Setup> {
+  const registry = createFakeRegistry()
+  const queue = createFakeRestoreQueue()
+  const pool = createInstancePool({ registry, queue, logger: createSilentLogger(), ...deps })
+  pools.push(pool)
+  await pool.start()
+  return {
+    pool,
+    registry,
+    queue,
+    async ready(job, port = 1) {
+      assert.equal(
+        await registry.markReady(job.fn, job.instanceId, { ...ADDRESS, port }, 'lazy', TEST_PHASES, 'h'),
+        true,
+      )
+      queue.complete(job.instanceId)
+    },
+  }
+}
+
+async function until(cond: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 2))
+  }
+}
+
+const codeOf = async (p: Promise<unknown>) => {
+  try {
+    await p
+    return 'resolved'
+  } catch (err) {
+    return isInitlessError(err) ? err.code : String(err)
+  }
+}
+
+describe('instance pool', () => {
+  test('a cold request waits for the restore it triggered and is marked cold', async () => {
+    const { pool, queue, ready } = await setup()
+    const m = testManifest('cold')
+    const leasing = pool.acquire(m, { traceId: 'req-1' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    assert.equal(job.fn, 'cold')
+    assert.equal(job.reason, 'demand')
+    assert.equal(job.traceId, 'req-1')
+    assert.ok(job.instanceId.startsWith('cold-'))
+    await ready(job)
+    const lease = await leasing
+    assert.equal(lease.instanceId, job.instanceId)
+    assert.equal(lease.isCold, true)
+    assert.deepEqual(lease.phases, TEST_PHASES)
+    lease.release()
+    const warm = await pool.acquire(m, { traceId: 'req-2' })
+    assert.equal(warm.isCold, false)
+    assert.equal(warm.phases, undefined)
+    warm.release()
+    assert.equal(queue.jobs.length, 1)
+  })
+
+  test('100 concurrent cold requests start exactly the instances they need', async () => {
+    const { pool, queue, ready } = await setup()
+    const m = testManifest('burst', { concurrency: 10, maxInstances: 20 })
+    const leasing = Array.from({ length: 100 }, (_, i) => pool.acquire(m, { traceId: `r${i}` }))
+    const jobs = await queue.waitForJobs(10)
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(queue.jobs.length, 10)
+    await Promise.all(jobs.map((j, i) => ready(j, 1000 + i)))
+    const leases = await Promise.all(leasing)
+    const perInstance = new Map<string, number>()
+    for (const l of leases) perInstance.set(l.instanceId, (perInstance.get(l.instanceId) ?? 0) + 1)
+    assert.equal(perInstance.size, 10)
+    assert.ok([...perInstance.values()].every((n) => n === 10))
+    leases.forEach((l) => l.release())
+  })
+
+  test('more demand than maxInstances waits for slots instead of starting more', async () => {
+    const { pool, queue, ready } = await setup()
+    const m = testManifest('capped', { concurrency: 2, maxInstances: 2 })
+    const leasing = Array.from({ length: 6 }, (_, i) => pool.acquire(m, { traceId: `r${i}` }))
+    const jobs = await queue.waitForJobs(2)
+    await Promise.all(jobs.map((j) => ready(j)))
+    const first = await Promise.all(leasing.slice(0, 4))
+    let isLateServed = false
+    const late = Promise.all(leasing.slice(4)).then((l) => ((isLateServed = true), l))
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(isLateServed, false)
+    first.forEach((l) => l.release())
+    ;(await late).forEach((l) => l.release())
+    assert.equal(queue.jobs.length, 2)
+  })
+
+  test('queue full answers no-capacity with a retry hint', async () => {
+    const { pool } = await setup({ retryAfterMs: 2500 })
+    const m = testManifest('full', { queueLimit: 1 })
+    const waiting = pool.acquire(m, { traceId: 'a' })
+    await assert.rejects(pool.acquire(m, { traceId: 'b' }), (err) => {
+      assert.ok(isInitlessError(err, 'ERR_GATEWAY_NO_CAPACITY'))
+      assert.equal(err.details.retryAfterS, 3)
+      return true
+    })
+    await pool.close()
+    assert.equal(await codeOf(waiting), 'ERR_GATEWAY_NO_CAPACITY')
+  })
+
+  test('a request that waits longer than timeouts.start fails with 504', async () => {
+    const { pool } = await setup()
+    const started = Date.now()
+    assert.equal(
+      await codeOf(pool.acquire(testManifest('slow', { start: '80ms' }), { traceId: 'a' })),
+      'ERR_GATEWAY_TIMEOUT',
+    )
+    assert.ok(Date.now() - started >= 70)
+  })
+
+  test('a client that disconnects stops waiting and frees its place', async () => {
+    const { pool, queue, ready } = await setup()
+    const m = testManifest('abort', { queueLimit: 1 })
+    const ac = new AbortController()
+    const first = pool.acquire(m, { traceId: 'a', signal: ac.signal })
+    await until(() => pool.stats().find((s) => s.fn === 'abort')?.waiting === 1)
+    ac.abort()
+    assert.equal(await codeOf(first), 'ERR_GATEWAY_CLIENT_CLOSED')
+    const second = pool.acquire(m, { traceId: 'b' })
+    const [job] = await queue.waitForJobs(1)
+    await ready(job!)
+    ;(await second).release()
+    assert.equal(pool.stats().find((s) => s.fn === 'abort')?.waiting, 0)
+  })
+
+  test('a failed restore is retried on a new instance, then the error reaches the waiters', async () => {
+    const { pool, queue } = await setup({ maxRestoreRetries: 2 })
+    const waiting = pool.acquire(testManifest('broken'), { traceId: 'a' })
+    for (let i = 1; i <= 3; i++) {
+      const jobs = await queue.waitForJobs(i)
+      queue.fail(jobs[i - 1]!.instanceId, 'runc restore exited with 1')
+    }
+    await assert.rejects(waiting, (err) => {
+      assert.ok(isInitlessError(err, 'ERR_RESTORE_FAILED'))
+      assert.match(err.message, /runc restore exited with 1/)
+      return true
+    })
+    assert.equal(queue.jobs.length, 3)
+    assert.equal(new Set(queue.jobs.map((j) => j.instanceId)).size, 3)
+  })
+
+  test('an executor that withdraws the reservation before failing the job still counts as a failure', async () => {
+    const { pool, queue, registry } = await setup({ maxRestoreRetries: 1 })
+    const waiting = pool.acquire(testManifest('withdrawn'), { traceId: 'a' })
+    for (let i = 1; i <= 2; i++) {
+      const job = (await queue.waitForJobs(i))[i - 1]!
+      assert.equal(await registry.withdraw('withdrawn', job.instanceId), true)
+      await new Promise((r) => setTimeout(r, 10))
+      assert.equal(queue.jobs.length, i, 'no replacement before the failure is known')
+      queue.fail(job.instanceId, 'sandbox setup failed')
+    }
+    await assert.rejects(waiting, (err) => isInitlessError(err, 'ERR_RESTORE_FAILED'))
+    assert.equal(queue.jobs.length, 2)
+  })
+
+  test('a restore that fails with a non-retryable code fails the waiters at once', async () => {
+    const { pool, queue, registry } = await setup()
+    const waiting = pool.acquire(testManifest('nosnap'), { traceId: 'a' })
+    const [job] = await queue.waitForJobs(1)
+    queue.fail(job!.instanceId, 'ERR_SNAPSHOT_NOT_FOUND: no snapshot for nosnap')
+    await assert.rejects(
+      waiting,
+      (err) => isInitlessError(err, 'ERR_SNAPSHOT_NOT_FOUND') && err.status === 503,
+    )
+    assert.equal(queue.jobs.length, 1)
+    await new Promise((r) => setTimeout(r, 5))
+    assert.equal(await registry.get('nosnap', job!.instanceId), undefined, 'the reservation is withdrawn')
+  })
+
+  test('registry down: a cold request fails fast with no-capacity', async () => {
+    const { pool, registry } = await setup()
+    registry.setAvailable(false)
+    assert.equal(
+      await codeOf(pool.acquire(testManifest('down'), { traceId: 'a' })),
+      'ERR_GATEWAY_NO_CAPACITY',
+    )
+    registry.setAvailable(true)
+    // Known function, registry lost afterwards: reserve() fails, bounded retries, then 503.
+    const m = testManifest('down-later')
+    await codeOf(pool.acquire(m, { traceId: 'b', signal: AbortSignal.abort() }))
+    registry.setAvailable(false)
+    const started = Date.now()
+    assert.equal(await codeOf(pool.acquire(m, { traceId: 'c' })), 'ERR_GATEWAY_NO_CAPACITY')
+    assert.ok(Date.now() - started < 1000)
+    registry.setAvailable(true)
+  })
+
+  test('queue down after the reservation: the reservation is withdrawn and the request fails fast', async () => {
+    const { pool, queue, registry } = await setup({ maxRestoreRetries: 1 })
+    const m = testManifest('qdown')
+    await pool.acquire(m, { traceId: 'warm-up', signal: AbortSignal.abort() }).catch(() => undefined)
+    queue.setAvailable(false)
+    assert.equal(await codeOf(pool.acquire(m, { traceId: 'a' })), 'ERR_GATEWAY_NO_CAPACITY')
+    await new Promise((r) => setTimeout(r, 5))
+    assert.deepEqual(await registry.list('qdown'), [])
+  })
+
+  test('when other records fill maxInstances, nothing is enqueued and their instance is used', async () => {
+    const { pool, queue, registry } = await setup()
+    const m = testManifest('shared', { maxInstances: 1 })
+    assert.equal(await registry.reserve('shared', 1, 'other-gw-instance'), true)
+    const waiting = pool.acquire(m, { traceId: 'a' })
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(queue.jobs.length, 0)
+    await registry.markReady('shared', 'other-gw-instance', ADDRESS, 'lazy', TEST_PHASES, 'h')
+    const lease = await waiting
+    assert.equal(lease.instanceId, 'other-gw-instance')
+    lease.release()
+  })
+
+  test('a dead instance is not used again even though the registry still lists it', async () => {
+    const { pool, queue, ready } = await setup({ refreshIntervalMs: 10 })
+    const m = testManifest('dead', { maxInstances: 2 })
+    const first = pool.acquire(m, { traceId: 'a' })
+    const [job] = await queue.waitForJobs(1)
+    await ready(job!)
+    ;(await first).markDead()
+    const second = pool.acquire(m, { traceId: 'b' })
+    const jobs = await queue.waitForJobs(2)
+    await new Promise((r) => setTimeout(r, 30))
+    await ready(jobs[1]!, 2)
+    const lease = await second
+    assert.equal(lease.instanceId, jobs[1]!.instanceId)
+    lease.release()
+  })
+
+  test('missed pub/sub events are repaired by the periodic refresh', async () => {
+    const deaf = (r: FakeRegistry): InstancePoolDeps['registry'] => ({
+      ...pick(r),
+      subscribe: () => Promise.resolve({ close: () => Promise.resolve() }),
+    })
+    const registry = createFakeRegistry()
+    const { pool, queue } = await setup({ registry: deaf(registry), refreshIntervalMs: 20 })
+    const waiting = pool.acquire(testManifest('deaf'), { traceId: 'a' })
+    const [job] = await queue.waitForJobs(1)
+    await registry.markReady('deaf', job!.instanceId, ADDRESS, 'lazy', TEST_PHASES, 'h')
+    const lease = await waiting
+    assert.equal(lease.isCold, true)
+    lease.release()
+  })
+
+  test('release records the last use; prewarm reserves and enqueues', async () => {
+    const { pool, queue, registry, ready } = await setup()
+    const m = testManifest('pre', { maxInstances: 2 })
+    const ids = await pool.prewarm(m, 3, 'admin')
+    assert.equal(ids.length, 2, 'bounded by maxInstances')
+    assert.deepEqual(
+      queue.jobs.map((j) => j.reason),
+      ['prewarm', 'prewarm'],
+    )
+    await Promise.all(queue.jobs.map((j) => ready(j)))
+    await new Promise((r) => setTimeout(r, 5))
+    const lease: Lease = await pool.acquire(m, { traceId: 'a' })
+    assert.equal(lease.isCold, false)
+    lease.release()
+    await new Promise((r) => setTimeout(r, 5))
+    assert.ok((await registry.lastUse('pre')).has(lease.instanceId))
+  })
+
+  test('close fails the waiters and refuses new requests', async () => {
+    const { pool } = await setup()
+    const waiting = pool.acquire(testManifest('closing'), { traceId: 'a' })
+    await new Promise((r) => setTimeout(r, 5))
+    await pool.close()
+    await pool.close()
+    assert.equal(await codeOf(waiting), 'ERR_GATEWAY_NO_CAPACITY')
+    assert.equal(
+      await codeOf(pool.acquire(testManifest('closing'), { traceId: 'b' })),
+      'ERR_GATEWAY_NO_CAPACITY',
+    )
+  })
+})
+
+function pick(r: FakeRegistry): Pick<InstanceRegistry, 'reserve' | 'withdraw' | 'get' | 'list' | 'touch'> {
+  return {
+    reserve: (...a) => r.reserve(...a),
+    withdraw: (...a) => r.withdraw(...a),
+    get: (...a) => r.get(...a),
+    list: (...a) => r.list(...a),
+    touch: (...a) => r.touch(...a),
+  }
+}

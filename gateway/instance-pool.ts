@@ -1,0 +1,340 @@
+/**
+ * The gateway's view of instances: which are ready (with this gateway's in-flight counts), which
+ * are starting, and the requests waiting for a slot. Decides when to start restores.
+ *
+ * Hand-off: readiness comes from ONE source of truth, the registry. A `ready` event (pub/sub) makes
+ * the pool fetch the record and hand the instance to the waiters at once; a periodic full re-read
+ * and a re-read after every reconnect repair missed events. This also hands out instances that
+ * another gateway or a pre-warm started. The restore queue's outcome is used for what the registry
+ * cannot say: that a restore failed (and why), plus a nudge to re-read the record on completion.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { InstanceRecord, RegistryEvent, RestoreReason } from '../shared/contracts.ts'
+import { errorMessage, InitlessError } from '../shared/errors.ts'
+import type { Manifest } from '../shared/manifest.ts'
+import type { InstanceRegistry, RegistrySubscription } from '../shared/registry.ts'
+import { restoreFailure, type RestoreOutcome, type RestoreQueue } from './restore-queue.ts'
+import { coveredWaiters, instancesToStart, pickInstance } from './scaling.ts'
+import {
+  applyRecord,
+  clientClosed,
+  createFnState,
+  forgetMissing,
+  createLease,
+  noCapacity,
+  statsOf,
+  views,
+  waitForSlot,
+  type FnState,
+  type Lease,
+  type PoolStats,
+} from './pool-state.ts'
+
+export type { Lease, PoolStats }
+
+export interface InstancePool {
+  /** Subscribe to registry events and restore outcomes, start the periodic refresh. */
+  start(): Promise<void>
+  acquire(
+    manifest: Manifest,
+    options: { readonly traceId: string; readonly signal?: AbortSignal },
+  ): Promise<Lease>
+  /** Reserve and enqueue up to `count` restores (bounded by maxInstances). Returns their ids. */
+  prewarm(manifest: Manifest, count: number, traceId: string): Promise<string[]>
+  stats(): PoolStats[]
+  /** Called when a restore this gateway enqueued became ready (its record carries the phases). */
+  onRestored(listener: (record: InstanceRecord) => void): () => void
+  /** Stop; waiting requests fail with 503. Idempotent. */
+  close(): Promise<void>
+}
+
+export interface InstancePoolDeps {
+  readonly registry: Pick<InstanceRegistry, 'reserve' | 'withdraw' | 'get' | 'list' | 'touch' | 'subscribe'>
+  readonly queue: RestoreQueue
+  readonly logger: Logger
+  readonly now?: () => number
+  readonly newInstanceId?: (fn: string) => string
+  /** Full registry re-read, in ms. Default 5000. */
+  readonly refreshIntervalMs?: number
+  /** Restores a waiting request may see fail before it fails too. Default 2. */
+  readonly maxRestoreRetries?: number
+  /** Retry-After for no-capacity answers, in ms. Default 1000. */
+  readonly retryAfterMs?: number
+  /** At most one last-use write per instance per this many ms. Default 1000. */
+  readonly touchIntervalMs?: number
+  /** How long a refusing instance is ignored even if the registry still lists it, in ms. Default 30000. */
+  readonly deadTtlMs?: number
+}
+
+/** How long a withdrawn reservation of ours waits for its job's failure to be reported (ms). */
+const GONE_GRACE_MS = 10_000
+
+/** After reserve() says the function is full, hold further reservations this long (ms). */
+const FULL_BACKOFF_MS = 1000
+
+/** Create the pool. Nothing happens until start(). */
+export function createInstancePool(deps: InstancePoolDeps): InstancePool {
+  const { registry, queue } = deps
+  const log = deps.logger.child({ module: 'instance-pool' })
+  const now = deps.now ?? Date.now
+  const newId = deps.newInstanceId ?? ((fn: string) => `${fn}-${randomBytes(6).toString('hex')}`)
+  const maxRetries = deps.maxRestoreRetries ?? 2
+  const retryAfterMs = deps.retryAfterMs ?? 1000
+  const touchIntervalMs = deps.touchIntervalMs ?? 1000
+  const deadTtlMs = deps.deadTtlMs ?? 30_000
+  const fns = new Map<string, FnState>()
+  /** Restores this gateway enqueued and has not seen end: instance id -> fn. */
+  const ours = new Map<string, { fn: string; since: number }>()
+  const restoredListeners = new Set<(record: InstanceRecord) => void>()
+  let subscription: RegistrySubscription | undefined
+  let stopOutcomes: (() => void) | undefined
+  let timer: NodeJS.Timeout | undefined
+  let closing: Promise<void> | undefined
+
+  const lease = (s: FnState, id: string, startedAt: number, hasWaited: boolean): Lease =>
+    createLease(s, id, { startedAt, hasWaited, now: now() }, (isDead) => {
+      if (isDead) {
+        log.warn({ fn: s.fn, instanceId: id }, 'instance refused connection')
+        s.ready.delete(id)
+        s.dead.set(id, now() + deadTtlMs)
+        s.generation++
+      } else if (now() - (s.lastTouch.get(id) ?? 0) >= touchIntervalMs) {
+        s.lastTouch.set(id, now())
+        registry.touch(s.fn, id, now()).catch((err) => log.debug({ err: errorMessage(err) }, 'touch failed'))
+      }
+      dispatch(s)
+      scale(s)
+    })
+
+  /** Hand free slots to waiters, oldest first. */
+  const dispatch = (s: FnState) => {
+    while (s.waiters.length) {
+      const pick = pickInstance(views(s), s.manifest.scaling.concurrency)
+      if (!pick) return
+      const w = s.waiters.shift()
+      w?.settle({ lease: lease(s, pick.id, w.enqueuedAt, true) })
+    }
+  }
+
+  const scale = (s: FnState, traceId?: string) => {
+    if (closing || !s.isLoaded || now() < s.fullUntil) return
+    const n = instancesToStart({
+      ready: views(s),
+      starting: s.starting.size,
+      waiting: s.waiters.length,
+      concurrency: s.manifest.scaling.concurrency,
+      maxInstances: s.manifest.scaling.maxInstances,
+    })
+    const trace = traceId ?? s.waiters.at(-1)?.traceId ?? 'gateway'
+    for (let i = 0; i < n; i++) void startInstance(s, 'demand', trace)
+  }
+
+  const startInstance = async (
+    s: FnState,
+    reason: RestoreReason,
+    traceId: string,
+  ): Promise<string | undefined> => {
+    const id = newId(s.fn)
+    s.starting.set(id, { isPending: true })
+    s.generation++
+    try {
+      if (!(await registry.reserve(s.fn, s.manifest.scaling.maxInstances, id))) {
+        s.starting.delete(id)
+        s.generation++
+        s.fullUntil = now() + FULL_BACKOFF_MS
+        log.debug({ fn: s.fn }, 'function at max instances')
+        refresh(s).catch((err) => log.debug({ fn: s.fn, err: errorMessage(err) }, 'registry refresh failed'))
+        return undefined
+      }
+      if (closing) throw new Error('gateway is shutting down')
+      const entry = s.starting.get(id)
+      if (entry) entry.isPending = false
+      ours.set(id, { fn: s.fn, since: now() })
+      await queue.enqueue({ fn: s.fn, instanceId: id, traceId, enqueuedAt: now(), reason })
+      log.info({ fn: s.fn, instanceId: id, reason, traceId }, 'restore enqueued')
+      return id
+    } catch (err) {
+      ours.delete(id)
+      registry.withdraw(s.fn, id).catch(() => undefined)
+      log.warn({ fn: s.fn, instanceId: id, err: errorMessage(err) }, 'could not start instance')
+      startFailed(
+        s,
+        id,
+        noCapacity(`cannot start an instance of ${s.fn}: registry or queue unavailable`, retryAfterMs, err),
+      )
+      return undefined
+    }
+  }
+
+  /** A start failed: the waiters it was meant for retry on another restore, up to maxRetries. */
+  const startFailed = (s: FnState, id: string, err: InitlessError) => {
+    s.starting.delete(id)
+    s.generation++
+    const covered = coveredWaiters({
+      ready: views(s),
+      starting: s.starting.size,
+      concurrency: s.manifest.scaling.concurrency,
+    })
+    for (const w of s.waiters.slice(covered)) {
+      w.failures++
+      if (!err.retryable || w.failures > maxRetries) s.removeWaiter(w)?.settle({ error: err })
+    }
+    scale(s)
+  }
+
+  const apply = (s: FnState, r: InstanceRecord) => {
+    if (applyRecord(s, r, now()) && ours.delete(r.id)) for (const l of restoredListeners) l(r)
+  }
+
+  /** Re-read one instance (after a ready event or a completed job) and hand it out. */
+  const check = async (s: FnState, id: string) => {
+    try {
+      const r = await registry.get(s.fn, id)
+      if (!r) return
+      apply(s, r)
+      s.generation++
+      dispatch(s)
+      scale(s)
+    } catch (err) {
+      log.debug({ fn: s.fn, instanceId: id, err: errorMessage(err) }, 'instance read failed')
+    }
+  }
+
+  /** Full re-read of a function. Discarded when an event changed the state meanwhile. */
+  const refresh = async (s: FnState, isInitial = false) => {
+    const generation = s.generation
+    const records = await registry.list(s.fn)
+    if (!isInitial && generation !== s.generation) return
+    forgetMissing(s, new Set(records.map((r) => r.id)), now())
+    for (const r of records) apply(s, r)
+    s.isLoaded = true
+    dispatch(s)
+    scale(s)
+  }
+
+  const stateFor = (manifest: Manifest): FnState => {
+    let s = fns.get(manifest.name)
+    if (!s) fns.set(manifest.name, (s = createFnState(manifest)))
+    s.manifest = manifest
+    return s
+  }
+
+  /** The function's state, read from the registry first if this gateway has not seen it yet. */
+  const loaded = async (manifest: Manifest): Promise<FnState> => {
+    const s = stateFor(manifest)
+    if (s.isLoaded) return s
+    s.loading ??= refresh(s, true).finally(() => (s.loading = undefined))
+    await s.loading.catch((err) => {
+      log.warn({ fn: s.fn, err: errorMessage(err) }, 'registry read failed')
+      throw noCapacity('instance registry unavailable', retryAfterMs, err)
+    })
+    return s
+  }
+
+  const onEvent = (e: RegistryEvent) => {
+    if (e.type !== 'instance') return
+    const s = fns.get(e.fn)
+    if (!s?.isLoaded) return
+    if (e.state === 'ready') return void check(s, e.id)
+    if (e.state === 'starting') apply(s, { id: e.id, fn: e.fn, state: 'starting', hostId: '', createdAt: 0 })
+    else {
+      s.ready.delete(e.id)
+      const starting = s.starting.get(e.id)
+      // Our restore's reservation vanished: the executor gave up. Keep counting it until the job's
+      // outcome says why, so the failure is charged to the waiters instead of silently replaced.
+      if (starting && ours.has(e.id)) starting.goneAt ??= now()
+      else s.starting.delete(e.id)
+      if (e.state === 'gone') {
+        s.dead.delete(e.id)
+        s.fullUntil = 0
+      }
+    }
+    s.generation++
+    dispatch(s)
+    scale(s)
+  }
+
+  const onOutcome = (o: RestoreOutcome) => {
+    const mine = ours.get(o.instanceId)
+    const s = mine && fns.get(mine.fn)
+    if (!s) return
+    if (o.ok) return void check(s, o.instanceId)
+    ours.delete(o.instanceId)
+    registry.withdraw(s.fn, o.instanceId).catch(() => undefined)
+    const err = restoreFailure(s.fn, o.instanceId, o.reason)
+    log.warn({ fn: s.fn, instanceId: o.instanceId, code: err.code, reason: o.reason }, 'restore failed')
+    startFailed(s, o.instanceId, err)
+  }
+
+  const refreshAll = () => {
+    for (const s of fns.values()) {
+      if (!s.isLoaded) continue
+      refresh(s).catch((err) => log.warn({ fn: s.fn, err: errorMessage(err) }, 'registry refresh failed'))
+      for (const [id, e] of s.starting) {
+        if (e.goneAt !== undefined && now() - e.goneAt > GONE_GRACE_MS) {
+          ours.delete(id)
+          startFailed(s, id, new InitlessError('ERR_RESTORE_FAILED', `restore of ${s.fn} was abandoned`))
+        }
+      }
+    }
+    // A restore whose end we never heard of (events lost in an outage) is forgotten after an hour.
+    for (const [id, o] of ours) if (now() - o.since > 3_600_000) ours.delete(id)
+  }
+
+  return {
+    async start() {
+      stopOutcomes = queue.onOutcome(onOutcome)
+      subscription = await registry.subscribe({ onEvent, onResync: refreshAll })
+      timer = setInterval(refreshAll, deps.refreshIntervalMs ?? 5000)
+      timer.unref()
+    },
+
+    async acquire(manifest, options) {
+      if (closing) throw noCapacity('gateway is shutting down', retryAfterMs)
+      const s = await loaded(manifest)
+      if (options.signal?.aborted) throw clientClosed(manifest.name)
+      const startedAt = now()
+      if (!s.waiters.length) {
+        const pick = pickInstance(views(s), manifest.scaling.concurrency)
+        if (pick) return lease(s, pick.id, startedAt, false)
+      }
+      if (s.waiters.length >= manifest.scaling.queueLimit) {
+        scale(s, options.traceId)
+        throw noCapacity(
+          `${manifest.name} has ${s.waiters.length} requests waiting (queue limit)`,
+          retryAfterMs,
+        )
+      }
+      const waiting = waitForSlot(s, { startedAt, traceId: options.traceId, signal: options.signal })
+      scale(s, options.traceId)
+      return waiting
+    },
+
+    async prewarm(manifest, count, traceId) {
+      const s = await loaded(manifest)
+      const ids = await Promise.all(Array.from({ length: count }, () => startInstance(s, 'prewarm', traceId)))
+      return ids.filter((id): id is string => id !== undefined)
+    },
+
+    stats: () => [...fns.values()].map(statsOf),
+
+    onRestored(listener) {
+      restoredListeners.add(listener)
+      return () => restoredListeners.delete(listener)
+    },
+
+    close() {
+      closing ??= (async () => {
+        clearInterval(timer)
+        stopOutcomes?.()
+        for (const s of fns.values()) {
+          for (const w of [...s.waiters])
+            s.removeWaiter(w)?.settle({ error: noCapacity('gateway is shutting down', retryAfterMs) })
+        }
+        await subscription?.close()
+      })()
+      return closing
+    },
+  }
+}

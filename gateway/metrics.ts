@@ -1,0 +1,99 @@
+/**
+ * Prometheus metrics of one gateway app, on a registry of its own (never prom-client's global
+ * default, so two apps in one process — as in tests — do not collide).
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { ColdStartPhases } from '../shared/contracts.ts'
+import type { PoolStats } from './pool-state.ts'
+
+export type StartKind = 'cold' | 'warm' | 'none'
+
+export interface GatewayMetrics {
+  readonly registry: Registry
+  /** One finished request to a function. `none`: it never got an instance. */
+  invocation(fn: string, status: number, start: StartKind): void
+  upstream(fn: string, ms: number): void
+  waited(fn: string, start: StartKind, ms: number): void
+  coldStart(fn: string, phases: ColdStartPhases): void
+}
+
+const PHASES = ['queueMs', 'sandboxMs', 'restoreMs', 'readyMs'] as const
+
+export function createGatewayMetrics(deps: {
+  readonly stats: () => readonly PoolStats[]
+  /** Also export process metrics (CPU, memory, event loop): the composition root turns this on. */
+  readonly processMetrics?: boolean
+}): GatewayMetrics {
+  const registry = new Registry()
+  if (deps.processMetrics) collectDefaultMetrics({ register: registry })
+  const latency = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+  const invocations = new Counter({
+    name: 'initless_gateway_invocations_total',
+    help: 'Requests to functions, by HTTP status and whether they hit a cold or warm instance',
+    labelNames: ['function', 'status', 'start'] as const,
+    registers: [registry],
+  })
+  const upstream = new Histogram({
+    name: 'initless_gateway_upstream_seconds',
+    help: 'Time from sending a request to an instance to its response headers',
+    labelNames: ['function'] as const,
+    buckets: latency,
+    registers: [registry],
+  })
+  const waited = new Histogram({
+    name: 'initless_gateway_wait_seconds',
+    help: 'Time requests waited in the gateway for an instance slot',
+    labelNames: ['function', 'start'] as const,
+    buckets: latency,
+    registers: [registry],
+  })
+  const phases = new Histogram({
+    name: 'initless_gateway_cold_start_phase_seconds',
+    help: 'Cold-start phases of instances this gateway asked for (queue, sandbox, restore, ready)',
+    labelNames: ['function', 'phase'] as const,
+    buckets: latency,
+    registers: [registry],
+  })
+  new Gauge({
+    name: 'initless_gateway_queue_depth',
+    help: 'Requests waiting for an instance slot',
+    labelNames: ['function'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const s of deps.stats()) this.set({ function: s.fn }, s.waiting)
+    },
+  })
+  new Gauge({
+    name: 'initless_gateway_instances',
+    help: 'Instances as this gateway sees them, by state',
+    labelNames: ['function', 'state'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const s of deps.stats()) {
+        this.set({ function: s.fn, state: 'ready' }, s.ready)
+        this.set({ function: s.fn, state: 'starting' }, s.starting)
+      }
+    },
+  })
+  new Gauge({
+    name: 'initless_gateway_inflight_requests',
+    help: 'Requests this gateway has in flight on instances',
+    labelNames: ['function'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const s of deps.stats()) this.set({ function: s.fn }, s.inflight)
+    },
+  })
+  return {
+    registry,
+    invocation: (fn, status, start) => invocations.inc({ function: fn, status: String(status), start }),
+    upstream: (fn, ms) => upstream.observe({ function: fn }, ms / 1000),
+    waited: (fn, start, ms) => waited.observe({ function: fn, start }, ms / 1000),
+    coldStart(fn, p) {
+      for (const phase of PHASES) phases.observe({ function: fn, phase: phase.slice(0, -2) }, p[phase] / 1000)
+    },
+  }
+}

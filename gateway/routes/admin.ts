@@ -1,0 +1,101 @@
+/**
+ * `/admin`: operator API behind a bearer token (INITLESS_ADMIN_TOKEN). Without a token configured
+ * the whole group answers 404, as if it did not exist.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { Hono } from 'hono'
+import { z } from 'zod'
+import type { RegistryEvent } from '../../shared/contracts.ts'
+import { errorMessage, InitlessError } from '../../shared/errors.ts'
+import type { InstanceRegistry } from '../../shared/registry.ts'
+import type { FunctionCatalog } from '../catalog.ts'
+import type { InstancePool } from '../instance-pool.ts'
+import { noCapacity } from '../pool-state.ts'
+import type { GatewayEnv } from '../request-context.ts'
+
+export interface AdminRouteDeps {
+  readonly catalog: FunctionCatalog
+  readonly pool: Pick<InstancePool, 'prewarm' | 'stats'>
+  readonly registry: Pick<InstanceRegistry, 'listAll' | 'publish' | 'requestRebake'>
+  readonly adminToken?: string | undefined
+}
+
+const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).strict()
+
+const digest = (s: string) => createHash('sha256').update(s).digest()
+
+/** Constant-time token check: both sides are hashed first, so lengths leak nothing either. */
+export function isTokenValid(header: string | undefined, token: string): boolean {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '')
+  return timingSafeEqual(digest(m?.[1] ?? ''), digest(token)) && m !== null
+}
+
+/** Routes mounted at /admin. */
+export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>()
+  const { adminToken } = deps
+  const registryCall = async <T>(call: () => Promise<T>): Promise<T> => {
+    try {
+      return await call()
+    } catch (err) {
+      throw noCapacity(`instance registry unavailable (${errorMessage(err)})`, 1000, err)
+    }
+  }
+  const manifestOf = (name: string) => {
+    const m = deps.catalog.get(name)
+    if (!m) throw new InitlessError('ERR_FUNCTION_NOT_FOUND', `no function named ${name}`)
+    return m
+  }
+
+  app.use('*', async (c, next) => {
+    if (!adminToken)
+      throw new InitlessError('ERR_GATEWAY_NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`)
+    if (!isTokenValid(c.req.header('authorization'), adminToken)) {
+      throw new InitlessError('ERR_GATEWAY_UNAUTHORIZED', 'a valid admin bearer token is required')
+    }
+    await next()
+  })
+
+  app.get('/functions', (c) => {
+    const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
+    const functions = deps.catalog.list().map((m) => {
+      const { ready = 0, starting = 0, waiting = 0, inflight = 0 } = stats.get(m.name) ?? {}
+      return { name: m.name, scaling: m.scaling, timeouts: m.timeouts, ready, starting, waiting, inflight }
+    })
+    return c.json({ functions })
+  })
+
+  app.get('/instances', async (c) => c.json({ instances: await registryCall(() => deps.registry.listAll()) }))
+
+  app.post('/functions/:name/scale', async (c) => {
+    const manifest = manifestOf(c.req.param('name'))
+    const parsed = scaleBody.safeParse(await c.req.json().catch(() => undefined))
+    if (!parsed.success) {
+      throw new InitlessError(
+        'ERR_GATEWAY_BAD_REQUEST',
+        'expected a JSON body {"instances": <integer 0..1000>}',
+      )
+    }
+    const { instances } = parsed.data
+    if (instances === 0) {
+      const event: RegistryEvent = { type: 'function', fn: manifest.name, action: 'scale-to-zero' }
+      await registryCall(() => deps.registry.publish(event))
+      c.get('log').info({ fn: manifest.name }, 'scale to zero requested')
+      return c.json({ fn: manifest.name, action: 'scale-to-zero' }, 202)
+    }
+    const started = await deps.pool.prewarm(manifest, instances, c.get('requestId'))
+    c.get('log').info(
+      { fn: manifest.name, requested: instances, started: started.length },
+      'prewarm requested',
+    )
+    return c.json({ fn: manifest.name, action: 'prewarm', requested: instances, started }, 202)
+  })
+
+  app.post('/functions/:name/rebake', async (c) => {
+    const manifest = manifestOf(c.req.param('name'))
+    await registryCall(() => deps.registry.requestRebake(manifest.name))
+    c.get('log').info({ fn: manifest.name }, 'rebake requested')
+    return c.json({ fn: manifest.name, action: 'rebake' }, 202)
+  })
+  return app
+}

@@ -1,0 +1,206 @@
+/**
+ * Helpers for the gateway's unit tests (and the integration tests under test/): manifests, a real
+ * echo HTTP server to stand in for an instance, and an app wired to the in-memory fakes. Not used
+ * by production code.
+ */
+import { createServer, type IncomingMessage, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { gzipSync } from 'node:zlib'
+import type { ColdStartPhases, InstanceAddress, RestoreJobData } from '../shared/contracts.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { manifestSchema, type Manifest } from '../shared/manifest.ts'
+import { createFakeRegistry, type FakeRegistry } from '../shared/registry-fake.ts'
+import type { InstanceRegistry } from '../shared/registry.ts'
+import { createGatewayApp, type GatewayAppDeps } from './app.ts'
+import { createStaticCatalog } from './catalog.ts'
+import type { Forwarder } from './forwarder.ts'
+import { createInstancePool, type InstancePool, type InstancePoolDeps } from './instance-pool.ts'
+import { createFakeRestoreQueue, type FakeRestoreQueue } from './restore-queue-fake.ts'
+import { createUpstreamAgents } from './upstream-agents.ts'
+import { createWebForwarder } from './web-forwarder.ts'
+
+export interface ManifestOptions {
+  readonly concurrency?: number
+  readonly maxInstances?: number
+  readonly queueLimit?: number
+  /** timeouts.start, e.g. '2s'. */
+  readonly start?: string
+  /** timeouts.request, e.g. '2s'. */
+  readonly request?: string
+}
+
+export function testManifest(name: string, o: ManifestOptions = {}): Manifest {
+  return manifestSchema.parse({
+    name,
+    port: 8080,
+    scaling: {
+      concurrency: o.concurrency ?? 10,
+      maxInstances: o.maxInstances ?? 3,
+      queueLimit: o.queueLimit ?? 100,
+    },
+    timeouts: { start: o.start ?? '5s', request: o.request ?? '5s' },
+  })
+}
+
+export const TEST_PHASES: ColdStartPhases = { queueMs: 3, sandboxMs: 4, restoreMs: 25, readyMs: 6 }
+
+export interface EchoServer {
+  readonly address: InstanceAddress
+  readonly server: Server
+  /** Requests answered so far. */
+  readonly count: () => number
+  close(): Promise<void>
+}
+
+/** What the echo server answers for a plain request. */
+export interface Echo {
+  readonly label: string
+  readonly method: string
+  readonly url: string
+  readonly headers: Record<string, string | string[] | undefined>
+  readonly bodyBytes: number
+}
+
+/**
+ * A stand-in instance on 127.0.0.1:0. `/status/<n>` answers n with a custom body and headers,
+ * `/slow?ms=n` answers after n ms, `/stream` sends three chunks apart in time, `/gzip` a gzipped
+ * body, `/die` drops the connection mid-body; anything else echoes the request as JSON.
+ */
+export async function startEchoServer(label = 'echo'): Promise<EchoServer> {
+  let count = 0
+  const server = createServer((req: IncomingMessage, res) => {
+    count++
+    let bodyBytes = 0
+    req.on('data', (chunk: Buffer) => (bodyBytes += chunk.length))
+    req.on('end', () => {
+      const url = new URL(req.url ?? '/', 'http://instance')
+      const status = /^\/status\/(\d{3})$/.exec(url.pathname)?.[1]
+      if (status) {
+        res.writeHead(Number(status), {
+          'content-type': 'text/x-custom',
+          'x-fn': label,
+          'server-timing': 'app;dur=5',
+        })
+        return res.end(`custom ${status}`)
+      }
+      if (url.pathname === '/gzip') {
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-encoding': 'gzip' })
+        return res.end(gzipSync('zipped body'))
+      }
+      if (url.pathname === '/die') {
+        // Promise 100 bytes, send 7, then drop the connection: an instance crashing mid-response.
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '100' })
+        res.write('partial')
+        setTimeout(() => res.socket?.destroy(), 20)
+        return
+      }
+      if (url.pathname === '/stream') {
+        res.writeHead(200, { 'content-type': 'text/plain' })
+        res.write('one\n')
+        setTimeout(() => res.write('two\n'), 30)
+        setTimeout(() => res.end('three\n'), 60)
+        return
+      }
+      const echo: Echo = {
+        label,
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        bodyBytes,
+      }
+      const delay = Number(url.searchParams.get('ms') ?? 0)
+      setTimeout(
+        () => {
+          res.writeHead(200, { 'content-type': 'application/json' })
+          res.end(JSON.stringify(echo))
+        },
+        url.pathname === '/slow' ? delay : 0,
+      )
+    })
+  })
+  server.keepAliveTimeout = 5000
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    address: { host: '127.0.0.1', port },
+    server,
+    count: () => count,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        server.closeAllConnections()
+      }),
+  }
+}
+
+export interface TestGateway {
+  readonly app: ReturnType<typeof createGatewayApp>
+  readonly registry: FakeRegistry
+  readonly queue: FakeRestoreQueue
+  readonly pool: InstancePool
+  /** Echo servers started by restore(). */
+  readonly servers: EchoServer[]
+  /** Act as the executor for `job`: start an echo server, mark the instance ready, complete the job. */
+  restore(job: RestoreJobData): Promise<EchoServer>
+  close(): Promise<void>
+}
+
+export interface TestGatewayOptions {
+  readonly manifests: readonly Manifest[]
+  /** Restore every job as soon as it is enqueued. Default false. */
+  readonly autoRestore?: boolean
+  readonly registry?: FakeRegistry
+  readonly forwarder?: Forwarder
+  readonly pool?: Partial<Omit<InstancePoolDeps, 'registry' | 'queue' | 'logger'>>
+  readonly options?: Partial<GatewayAppDeps['options']>
+  readonly poolRegistry?: (r: FakeRegistry) => InstancePoolDeps['registry']
+  readonly appRegistry?: GatewayAppDeps['registry'] & Partial<InstanceRegistry>
+  readonly now?: () => number
+}
+
+/** A gateway app on the fakes, proxying with the web forwarder to real echo servers. */
+export async function createTestGateway(o: TestGatewayOptions): Promise<TestGateway> {
+  const logger = createSilentLogger()
+  const registry = o.registry ?? createFakeRegistry()
+  const queue = createFakeRestoreQueue()
+  const agents = createUpstreamAgents()
+  const pool = createInstancePool({
+    registry: o.poolRegistry ? o.poolRegistry(registry) : registry,
+    queue,
+    logger,
+    ...o.pool,
+  })
+  await pool.start()
+  const servers: EchoServer[] = []
+  const restore = async (job: RestoreJobData) => {
+    const server = await startEchoServer(job.instanceId)
+    servers.push(server)
+    await registry.markReady(job.fn, job.instanceId, server.address, 'lazy', TEST_PHASES, 'host-test')
+    queue.complete(job.instanceId)
+    return server
+  }
+  const stopJobs = o.autoRestore ? queue.onJob((job) => void restore(job)) : undefined
+  const app = createGatewayApp({
+    catalog: createStaticCatalog(o.manifests),
+    pool,
+    registry: o.appRegistry ?? registry,
+    forwarder: o.forwarder ?? createWebForwarder({ agents }),
+    logger,
+    options: { maxBodyBytes: 1024 * 1024, trustProxy: false, ...o.options },
+    ...(o.now ? { now: o.now } : {}),
+  })
+  return {
+    app,
+    registry,
+    queue,
+    pool,
+    servers,
+    restore,
+    async close() {
+      stopJobs?.()
+      await pool.close()
+      agents.close()
+      await Promise.all(servers.map((s) => s.close()))
+    },
+  }
+}

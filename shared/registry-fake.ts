@@ -1,0 +1,174 @@
+/**
+ * In-memory InstanceRegistry for unit tests. Same semantics as the Redis adapter (checked by the
+ * shared cases in test/registry.test.ts), events delivered asynchronously like pub/sub.
+ */
+import type { ExecutorHeartbeat, InstanceRecord, RegistryEvent } from './contracts.ts'
+import type { InstanceRegistry, RegistryListener } from './registry.ts'
+
+export interface FakeRegistry extends InstanceRegistry {
+  /** While false every operation rejects, as the Redis adapter does while Redis is down. */
+  setAvailable(isAvailable: boolean): void
+  /** Every event published so far, in order. */
+  readonly events: readonly RegistryEvent[]
+  /** Number of listeners currently subscribed. */
+  subscriberCount(): number
+}
+
+export function createFakeRegistry(options: { now?: () => number } = {}): FakeRegistry {
+  const now = options.now ?? Date.now
+  const instances = new Map<string, Map<string, InstanceRecord>>()
+  const lastUse = new Map<string, Map<string, number>>()
+  const fns = new Set<string>()
+  const heartbeats = new Map<string, ExecutorHeartbeat>()
+  const rebakes = new Set<string>()
+  const listeners = new Set<RegistryListener>()
+  const events: RegistryEvent[] = []
+  let isAvailable = true
+
+  const check = () => {
+    if (!isAvailable) throw new Error('fake registry unavailable')
+  }
+  const hash = (fn: string) => {
+    let h = instances.get(fn)
+    if (!h) instances.set(fn, (h = new Map<string, InstanceRecord>()))
+    return h
+  }
+  const publish = (event: RegistryEvent) => {
+    events.push(event)
+    // Pub/sub delivers after the command returns; copy the set so close() during delivery is safe.
+    for (const l of [...listeners]) queueMicrotask(() => listeners.has(l) && l.onEvent(event))
+  }
+  const removeWith = (fn: string, id: string, onlyStarting: boolean) => {
+    const cur = instances.get(fn)?.get(id)
+    if (!cur || (onlyStarting && cur.state !== 'starting')) return false
+    instances.get(fn)?.delete(id)
+    lastUse.get(fn)?.delete(id)
+    publish({ type: 'instance', fn, id, state: 'gone' })
+    return true
+  }
+
+  return {
+    get events() {
+      return events
+    },
+    setAvailable(v) {
+      isAvailable = v
+    },
+    subscriberCount: () => listeners.size,
+    async reserve(fn, maxInstances, instanceId, hostId = '') {
+      await Promise.resolve()
+      check()
+      const h = hash(fn)
+      if (h.has(instanceId) || h.size >= maxInstances) return false
+      h.set(instanceId, { id: instanceId, fn, state: 'starting', hostId, createdAt: now() })
+      fns.add(fn)
+      publish({ type: 'instance', fn, id: instanceId, state: 'starting' })
+      return true
+    },
+    async markReady(fn, id, address, runtime, phases, hostId) {
+      await Promise.resolve()
+      check()
+      const cur = instances.get(fn)?.get(id)
+      if (!cur || cur.state === 'draining') return false
+      const record: InstanceRecord = {
+        ...cur,
+        state: 'ready',
+        address: { host: address.host, port: address.port },
+        runtime,
+        phases: { ...phases },
+        hostId,
+        readyAt: now(),
+      }
+      hash(fn).set(id, record)
+      publish({ type: 'instance', fn, id, state: 'ready' })
+      return true
+    },
+    async markDraining(fn, id) {
+      await Promise.resolve()
+      check()
+      const cur = instances.get(fn)?.get(id)
+      if (!cur) return false
+      hash(fn).set(id, { ...cur, state: 'draining' })
+      publish({ type: 'instance', fn, id, state: 'draining' })
+      return true
+    },
+    async withdraw(fn, id) {
+      await Promise.resolve()
+      check()
+      return removeWith(fn, id, true)
+    },
+    async remove(fn, id) {
+      await Promise.resolve()
+      check()
+      return removeWith(fn, id, false)
+    },
+    async get(fn, id) {
+      await Promise.resolve()
+      check()
+      const r = instances.get(fn)?.get(id)
+      return r && structuredClone(r)
+    },
+    async list(fn) {
+      await Promise.resolve()
+      check()
+      return [...(instances.get(fn)?.values() ?? [])].map((r) => structuredClone(r))
+    },
+    async listAll() {
+      await Promise.resolve()
+      check()
+      return [...fns]
+        .sort()
+        .flatMap((fn) => [...(instances.get(fn)?.values() ?? [])].map((r) => structuredClone(r)))
+    },
+    async functions() {
+      await Promise.resolve()
+      check()
+      return [...fns].sort()
+    },
+    async touch(fn, id, atMs) {
+      await Promise.resolve()
+      check()
+      if (!instances.get(fn)?.has(id)) return
+      let h = lastUse.get(fn)
+      if (!h) lastUse.set(fn, (h = new Map<string, number>()))
+      h.set(id, Math.round(atMs))
+    },
+    async lastUse(fn) {
+      await Promise.resolve()
+      check()
+      return new Map(lastUse.get(fn) ?? [])
+    },
+    async beat(heartbeat) {
+      await Promise.resolve()
+      check()
+      heartbeats.set(heartbeat.hostId, structuredClone(heartbeat))
+    },
+    async executors() {
+      await Promise.resolve()
+      check()
+      return [...heartbeats.values()].map((h) => structuredClone(h))
+    },
+    async publish(event) {
+      await Promise.resolve()
+      check()
+      publish(event)
+    },
+    async requestRebake(fn) {
+      await Promise.resolve()
+      check()
+      rebakes.add(fn)
+      publish({ type: 'function', fn, action: 'rebake' })
+    },
+    async subscribe(listener) {
+      await Promise.resolve()
+      check()
+      listeners.add(listener)
+      return {
+        close: () => {
+          listeners.delete(listener)
+          return Promise.resolve()
+        },
+      }
+    },
+  }
+}

@@ -1,0 +1,303 @@
+/**
+ * The instance registry: which instances of which function exist, in what state and where they
+ * answer. The port is used by the gateway (reserve, list, touch) and the executor (markReady,
+ * markDraining, remove, beat). The Redis adapter below takes a client made by shared/redis.ts.
+ *
+ * Every change to an instance is PUBLISHed on EVENTS_CHANNEL in the same Lua script that makes it,
+ * so a subscriber never sees an event before the change is readable.
+ */
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import {
+  EVENTS_CHANNEL,
+  INSTANCE_STATES,
+  KEY_PREFIX,
+  keys,
+  type ColdStartPhases,
+  type ExecutorHeartbeat,
+  type InstanceAddress,
+  type InstanceRecord,
+  type RegistryEvent,
+  type RuntimeKind,
+} from './contracts.ts'
+
+export interface RegistryListener {
+  onEvent(event: RegistryEvent): void
+  /** The subscription was re-established after a disconnect: events may have been missed. */
+  onResync?(): void
+}
+
+export interface RegistrySubscription {
+  close(): Promise<void>
+}
+
+export interface InstanceRegistry {
+  /**
+   * Atomically create a `starting` record for `instanceId` if `fn` has fewer than `maxInstances`
+   * records in any state. False when the function is full or the id is taken.
+   */
+  reserve(fn: string, maxInstances: number, instanceId: string, hostId?: string): Promise<boolean>
+  /** False when the reservation no longer exists (withdrawn or removed): the caller must stop the instance. */
+  markReady(
+    fn: string,
+    id: string,
+    address: InstanceAddress,
+    runtime: RuntimeKind,
+    phases: ColdStartPhases,
+    hostId: string,
+  ): Promise<boolean>
+  markDraining(fn: string, id: string): Promise<boolean>
+  /** Remove a record only while it is still `starting` (a restore that will not happen). */
+  withdraw(fn: string, id: string): Promise<boolean>
+  remove(fn: string, id: string): Promise<boolean>
+  get(fn: string, id: string): Promise<InstanceRecord | undefined>
+  list(fn: string): Promise<InstanceRecord[]>
+  listAll(): Promise<InstanceRecord[]>
+  /** Functions that have (or had) instances. */
+  functions(): Promise<string[]>
+  /** Record the last time a request was routed to an instance (epoch ms). No event. */
+  touch(fn: string, id: string, atMs: number): Promise<void>
+  lastUse(fn: string): Promise<Map<string, number>>
+  beat(heartbeat: ExecutorHeartbeat): Promise<void>
+  executors(): Promise<ExecutorHeartbeat[]>
+  /** Publish a function-level event (scale-to-zero) for executors to act on. */
+  publish(event: RegistryEvent): Promise<void>
+  /** Flag `fn` for a re-bake and publish the `rebake` event. */
+  requestRebake(fn: string): Promise<void>
+  subscribe(listener: RegistryListener): Promise<RegistrySubscription>
+}
+
+/** Parse a message from EVENTS_CHANNEL; undefined for anything that is not a RegistryEvent. */
+export function parseRegistryEvent(message: string): RegistryEvent | undefined {
+  let v: unknown
+  try {
+    v = JSON.parse(message)
+  } catch {
+    return undefined
+  }
+  if (typeof v !== 'object' || v === null) return undefined
+  const e = v as Record<string, unknown>
+  if (typeof e.fn !== 'string') return undefined
+  if (e.type === 'instance' && typeof e.id === 'string') {
+    const states: readonly unknown[] = [...INSTANCE_STATES, 'gone']
+    if (states.includes(e.state)) return e as unknown as RegistryEvent
+  }
+  if (e.type === 'function' && (e.action === 'scale-to-zero' || e.action === 'rebake')) {
+    return e as unknown as RegistryEvent
+  }
+  return undefined
+}
+
+// KEYS[1] instances hash, KEYS[2] functions set.
+// ARGV: id, maxInstances, record JSON, fn, channel, event JSON.
+const RESERVE = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1`
+
+// KEYS[1] instances hash. ARGV: id, address JSON, runtime, phases JSON, hostId, readyAt, channel, event.
+// Only a starting or ready record may become ready: a withdrawn or draining one may not come back.
+const MARK_READY = `
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local r = cjson.decode(cur)
+if r.state == 'draining' then return 0 end
+r.state = 'ready'
+r.address = cjson.decode(ARGV[2])
+r.runtime = ARGV[3]
+r.phases = cjson.decode(ARGV[4])
+r.hostId = ARGV[5]
+r.readyAt = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
+redis.call('PUBLISH', ARGV[7], ARGV[8])
+return 1`
+
+// KEYS[1] instances hash. ARGV: id, channel, event.
+const MARK_DRAINING = `
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local r = cjson.decode(cur)
+r.state = 'draining'
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`
+
+// KEYS[1] instances, KEYS[2] lastuse, KEYS[3] inflight. ARGV: id, channel, event, onlyStarting ('1'|'0').
+const REMOVE = `
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if ARGV[4] == '1' and cjson.decode(cur).state ~= 'starting' then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`
+
+// KEYS[1] instances, KEYS[2] lastuse. ARGV: id, atMs. A touch never resurrects a removed instance.
+const TOUCH = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1`
+
+export interface RedisRegistryDeps {
+  readonly redis: Redis
+  readonly logger: Logger
+  /** Replaces KEY_PREFIX in every key and the channel: tests use a unique prefix each. */
+  readonly prefix?: string
+  readonly now?: () => number
+}
+
+/** The Redis-backed registry. The caller owns `redis`; subscriptions own a duplicate of it. */
+export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
+  const { redis } = deps
+  const log = deps.logger.child({ module: 'registry' })
+  const now = deps.now ?? Date.now
+  const prefix = deps.prefix ?? KEY_PREFIX
+  // The key layout lives in contracts.ts; swapping the leading prefix keeps it the single source.
+  const k = (key: string) => (prefix === KEY_PREFIX ? key : prefix + key.slice(KEY_PREFIX.length))
+  const channel = k(EVENTS_CHANNEL)
+  const instanceEvent = (fn: string, id: string, state: InstanceRecord['state'] | 'gone') =>
+    JSON.stringify({ type: 'instance', fn, id, state } satisfies RegistryEvent)
+  const run = async (script: string, keyList: string[], args: (string | number)[]) =>
+    Number(await redis.eval(script, keyList.length, ...keyList, ...args)) === 1
+
+  const parseRecords = (fn: string, hash: Record<string, string>): InstanceRecord[] =>
+    Object.entries(hash).flatMap(([id, json]) => {
+      try {
+        return [JSON.parse(json) as InstanceRecord]
+      } catch {
+        log.warn({ fn, id }, 'unreadable instance record')
+        return []
+      }
+    })
+
+  const removeWith = (fn: string, id: string, onlyStarting: boolean) =>
+    run(
+      REMOVE,
+      [k(keys.instances(fn)), k(keys.lastUse(fn)), k(keys.inflight(fn))],
+      [id, channel, instanceEvent(fn, id, 'gone'), onlyStarting ? '1' : '0'],
+    )
+
+  return {
+    reserve(fn, maxInstances, instanceId, hostId = '') {
+      const record: InstanceRecord = { id: instanceId, fn, state: 'starting', hostId, createdAt: now() }
+      return run(
+        RESERVE,
+        [k(keys.instances(fn)), k(keys.functions())],
+        [
+          instanceId,
+          maxInstances,
+          JSON.stringify(record),
+          fn,
+          channel,
+          instanceEvent(fn, instanceId, 'starting'),
+        ],
+      )
+    },
+    markReady(fn, id, address, runtime, phases, hostId) {
+      return run(
+        MARK_READY,
+        [k(keys.instances(fn))],
+        [
+          id,
+          JSON.stringify({ host: address.host, port: address.port }),
+          runtime,
+          JSON.stringify(phases),
+          hostId,
+          now(),
+          channel,
+          instanceEvent(fn, id, 'ready'),
+        ],
+      )
+    },
+    markDraining: (fn, id) =>
+      run(MARK_DRAINING, [k(keys.instances(fn))], [id, channel, instanceEvent(fn, id, 'draining')]),
+    withdraw: (fn, id) => removeWith(fn, id, true),
+    remove: (fn, id) => removeWith(fn, id, false),
+    async get(fn, id) {
+      const json = await redis.hget(k(keys.instances(fn)), id)
+      return json === null ? undefined : parseRecords(fn, { [id]: json })[0]
+    },
+    async list(fn) {
+      return parseRecords(fn, await redis.hgetall(k(keys.instances(fn))))
+    },
+    async listAll() {
+      const fns = (await redis.smembers(k(keys.functions()))).sort()
+      if (!fns.length) return []
+      const pipeline = redis.pipeline()
+      for (const fn of fns) pipeline.hgetall(k(keys.instances(fn)))
+      const results = (await pipeline.exec()) ?? []
+      return results.flatMap(([err, hash], i) => {
+        if (err) throw err
+        return parseRecords(fns[i] ?? '', hash as Record<string, string>)
+      })
+    },
+    async functions() {
+      return (await redis.smembers(k(keys.functions()))).sort()
+    },
+    async touch(fn, id, atMs) {
+      await run(TOUCH, [k(keys.instances(fn)), k(keys.lastUse(fn))], [id, Math.round(atMs)])
+    },
+    async lastUse(fn) {
+      const hash = await redis.hgetall(k(keys.lastUse(fn)))
+      return new Map(Object.entries(hash).map(([id, at]) => [id, Number(at)]))
+    },
+    async beat(heartbeat) {
+      await redis.hset(k(keys.executors()), heartbeat.hostId, JSON.stringify(heartbeat))
+    },
+    async executors() {
+      const hash = await redis.hgetall(k(keys.executors()))
+      return Object.values(hash).flatMap((json) => {
+        try {
+          return [JSON.parse(json) as ExecutorHeartbeat]
+        } catch {
+          return []
+        }
+      })
+    },
+    async publish(event) {
+      await redis.publish(channel, JSON.stringify(event))
+    },
+    async requestRebake(fn) {
+      const event: RegistryEvent = { type: 'function', fn, action: 'rebake' }
+      await redis
+        .multi()
+        .set(k(keys.rebake(fn)), String(now()))
+        .publish(channel, JSON.stringify(event))
+        .exec()
+    },
+    async subscribe(listener) {
+      // A subscribed connection can run nothing else, so each subscription owns a duplicate. It
+      // queues commands while disconnected and retries forever: ioredis re-subscribes on reconnect.
+      const sub = redis.duplicate({
+        enableOfflineQueue: true,
+        maxRetriesPerRequest: null,
+        commandTimeout: undefined,
+      })
+      let isSubscribed = false
+      sub.on('error', (err: Error) => log.debug({ err: err.message }, 'subscriber connection error'))
+      sub.on('ready', () => {
+        if (isSubscribed) listener.onResync?.()
+      })
+      sub.on('message', (ch: string, message: string) => {
+        if (ch !== channel) return
+        const event = parseRegistryEvent(message)
+        if (event) listener.onEvent(event)
+        else log.warn({ message: message.slice(0, 200) }, 'ignored malformed registry event')
+      })
+      await sub.subscribe(channel)
+      isSubscribed = true
+      return {
+        close() {
+          // No QUIT: while Redis is down it would wait for a reconnect that may never come.
+          sub.removeAllListeners('message')
+          sub.disconnect()
+          return Promise.resolve()
+        },
+      }
+    },
+  }
+}

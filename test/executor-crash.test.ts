@@ -1,0 +1,171 @@
+import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { cp, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { Queue } from 'bullmq'
+import { httpOnce } from '../executor/probe.ts'
+import type { RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { createRedis, type Redis } from '../shared/redis.ts'
+import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
+import { isCI, REDIS_URL, requireServices } from './support/integration.ts'
+import { hostResources, NO_LEAKS } from './support/leaks.ts'
+
+const ROOT = join(import.meta.dirname, '..')
+const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
+
+describe('executor process: kill -9 and restart', () => {
+  const tag = randomBytes(4).toString('hex')
+  const env: Record<string, string> = {
+    INITLESS_STATE_DIR: `/var/lib/initless-test/crash-${tag}`,
+    INITLESS_QUEUE_NAME: `test-${randomUUID()}`,
+    INITLESS_KEY_PREFIX: `test-${tag}`,
+    INITLESS_HOST_ID: `crash-${tag}`,
+    INITLESS_REAP_INTERVAL: '500ms',
+    INITLESS_LOG_LEVEL: 'info',
+  }
+  let functionsDir = ''
+  let redis: Redis | undefined
+  let registry: InstanceRegistry | undefined
+  let queue: Queue<RestoreJobData, RestoreJobResult> | undefined
+  const children: ChildProcess[] = []
+  const logs: string[] = []
+
+  function startExecutor(): ChildProcess {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'executor', 'main.ts')], {
+      cwd: ROOT,
+      env: { ...process.env, ...env, INITLESS_FUNCTIONS_DIR: functionsDir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    const log = { text: '' }
+    logs.push('')
+    const i = logs.length - 1
+    child.stdout?.on('data', (d: Buffer) => (logs[i] = log.text += d.toString()))
+    child.stderr?.on('data', (d: Buffer) => (logs[i] = log.text += d.toString()))
+    children.push(child)
+    return child
+  }
+  const resources = () => hostResources({ runcRoot: '/run/initless/runc', stateDir: env.INITLESS_STATE_DIR! })
+  async function waitLog(re: RegExp, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (!re.test(logs[logs.length - 1] ?? '')) {
+      if (Date.now() > deadline)
+        throw new Error(`executor never logged ${re}; log:\n${(logs[logs.length - 1] ?? '').slice(-3000)}`)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  async function stop(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise((r) => child.once('exit', r))
+    child.kill(signal)
+    await exited
+  }
+  async function enqueue(runtime?: 'lazy' | 'eager'): Promise<string> {
+    const instanceId = `i${randomBytes(6).toString('hex')}`
+    assert.equal(await registry!.reserve('py-ok', 5, instanceId), true)
+    await queue!.add(
+      'restore',
+      {
+        fn: 'py-ok',
+        instanceId,
+        traceId: randomUUID(),
+        enqueuedAt: Date.now(),
+        reason: 'demand',
+        ...(runtime ? { runtime } : {}),
+      },
+      { jobId: instanceId, attempts: 1 },
+    )
+    return instanceId
+  }
+  async function jobResult(id: string, timeoutMs: number): Promise<RestoreJobResult> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const job = await queue!.getJob(id)
+      const state = await job?.getState()
+      if (state === 'completed') return job!.returnvalue
+      if (state === 'failed') throw new Error(`job failed: ${job?.failedReason}`)
+      if (Date.now() > deadline) throw new Error(`job ${id} still ${state} after ${timeoutMs} ms`)
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+
+  before(async () => {
+    if (process.getuid?.() !== 0 && !isCI) return
+    functionsDir = await mkdtemp(join(tmpdir(), 'initless-crash-fns-'))
+    await cp(join(FIXTURES, 'py-ok'), join(functionsDir, 'py-ok'), { recursive: true })
+    redis = createRedis(REDIS_URL)
+    registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix: env.INITLESS_KEY_PREFIX })
+    queue = new Queue(env.INITLESS_QUEUE_NAME!, { connection: createRedis(REDIS_URL, { blocking: true }) })
+  })
+  after(async () => {
+    for (const c of children) await stop(c, 'SIGKILL')
+    await queue?.obliterate({ force: true }).catch(() => undefined)
+    await queue?.close()
+    ;(await queue?.client)?.disconnect()
+    if (redis) {
+      const keys = await redis.keys(`${env.INITLESS_KEY_PREFIX}:*`)
+      if (keys.length) await redis.del(...keys)
+      redis.disconnect()
+    }
+    await rm(functionsDir, { recursive: true, force: true })
+    await rm(env.INITLESS_STATE_DIR!, { recursive: true, force: true })
+  })
+
+  test('kill -9 in the middle of a restore: the job completes after the restart and nothing leaks', async (t) => {
+    if (!requireServices(t) || !queue) return
+    const first = startExecutor()
+    await waitLog(/"msg":"executor started"/, 60_000)
+    // The first restore waits for the function's first bake: kill the executor while it runs.
+    const id = await enqueue()
+    await waitLog(/"msg":"booting"/, 120_000)
+    await stop(first, 'SIGKILL')
+    const leftovers = resources()
+    assert.ok(
+      leftovers.containers.length + leftovers.namespaces.length + leftovers.mounts.length > 0,
+      'the crash left a bake sandbox behind',
+    )
+
+    const second = startExecutor()
+    await waitLog(/"msg":"reconciled"/, 60_000)
+    // BullMQ sees the dead worker's lock lapse and hands the job to the new executor.
+    const result = await jobResult(id, 120_000)
+    assert.equal(result.instanceId, id)
+    const res = await httpOnce(result.address.host, result.address.port, '/')
+    assert.equal(res.body, 'hello 3\n')
+    assert.equal((await registry!.get('py-ok', id))?.state, 'ready')
+
+    await stop(second, 'SIGTERM')
+    assert.equal(second.exitCode, 0)
+    assert.deepEqual(resources(), NO_LEAKS)
+    assert.deepEqual(await registry!.list('py-ok'), [], 'a clean shutdown removes its instances')
+  })
+
+  test('reconciliation after a crash: zero leftover mounts, namespaces, runc containers and daemons', async (t) => {
+    if (!requireServices(t) || !queue) return
+    const first = startExecutor()
+    await waitLog(/"msg":"functions prepared"/, 120_000)
+    const ids = [await enqueue('lazy'), await enqueue('eager')]
+    for (const id of ids) await jobResult(id, 60_000)
+    await stop(first, 'SIGKILL')
+    const left = resources()
+    assert.equal(left.containers.length, 2)
+    assert.equal(left.namespaces.length, 2)
+    assert.ok(left.mounts.length >= 2)
+
+    const second = startExecutor()
+    await waitLog(/"msg":"reconciled"/, 60_000)
+    const report = JSON.parse(
+      logs[logs.length - 1]!.split('\n').find((l) => l.includes('"msg":"reconciled"'))!,
+    ) as Record<string, number>
+    assert.equal(report.containers, 2)
+    assert.equal(report.namespaces, 2)
+    assert.equal(report.registryEntries, 2)
+    assert.deepEqual(resources(), NO_LEAKS)
+    assert.deepEqual(await registry!.list('py-ok'), [])
+    await stop(second, 'SIGTERM')
+    assert.deepEqual(resources(), NO_LEAKS)
+  })
+})

@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict'
+import { readdir, truncate } from 'node:fs/promises'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { httpOnce } from '../executor/probe.ts'
+import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
+import { createTestExecutor, type TestExecutor } from './support/executor.ts'
+import { createTestHost, type TestHost } from './support/host.ts'
+import { isCI, requireServices } from './support/integration.ts'
+import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './support/leaks.ts'
+
+const samples = await loadFunctionDefs('functions')
+const fixtures = await loadFunctionDefs(join(import.meta.dirname, 'fixtures', 'functions'))
+const functions: FunctionDef[] = [
+  ...samples.functions.filter((f) => f.name === 'flask-table'),
+  ...fixtures.functions.filter((f) => f.name === 'py-ok'),
+]
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await fn()
+    if (v !== undefined) return v
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+describe('executor: restore worker, registry, reaper', () => {
+  let th: TestHost | undefined
+  let ex: TestExecutor | undefined
+  let start: HostResources | undefined
+  const resources = () =>
+    hostResources({ runcRoot: th!.config.INITLESS_RUNC_ROOT, stateDir: th!.config.INITLESS_STATE_DIR })
+
+  before(async () => {
+    if (process.getuid?.() !== 0 && !isCI) return
+    th = await createTestHost()
+    start = resources()
+    ex = await createTestExecutor(th, functions)
+  })
+  after(async () => {
+    if (!th || !ex) return
+    await ex.close()
+    const leaks = leakedSince(start!, resources())
+    await th.dispose()
+    assert.deepEqual(leaks, NO_LEAKS)
+  })
+
+  test('3 concurrent lazy restores of flask-table from one snapshot, each in its own namespace', async (t) => {
+    if (!requireServices(t) || !ex) return
+    const results = await Promise.all([1, 2, 3].map(() => ex!.restore('flask-table', { runtime: 'lazy' })))
+    assert.deepEqual(
+      results.map((r) => r.runtime),
+      ['lazy', 'lazy', 'lazy'],
+    )
+    const hosts = new Set(results.map((r) => r.address.host))
+    assert.equal(hosts.size, 3, 'three distinct addresses')
+    for (const r of results) {
+      const res = await httpOnce(r.address.host, r.address.port, '/?key=888888')
+      assert.equal(res.status, 200)
+      assert.equal(res.body.trim(), '{"value": 888888}')
+      assert.ok(r.phases.restoreMs > 0 && r.phases.readyMs >= 0)
+    }
+    const records = await ex.registry.list('flask-table')
+    assert.deepEqual(records.map((r) => r.state).sort(), ['ready', 'ready', 'ready'])
+    const live = ex.instances.live().filter((i) => i.fn === 'flask-table')
+    assert.equal(
+      new Set(live.map((i) => i.sandbox?.netns.name)).size,
+      3,
+      'one network namespace per instance',
+    )
+    for (const r of results) await ex.instances.stop(r.instanceId, 'test')
+    assert.deepEqual(await ex.registry.list('flask-table'), [])
+  })
+
+  test('idle instances are reaped to zero', async (t) => {
+    if (!requireServices(t) || !ex) return
+    const a = await ex.restore('py-ok')
+    const b = await ex.restore('py-ok')
+    assert.equal((await ex.registry.list('py-ok')).length, 2)
+    // py-ok's idle timeout is 2 s; nothing touches the instances.
+    assert.deepEqual(await ex.reaper.tick(), [], 'nothing is idle yet')
+    await new Promise((r) => setTimeout(r, 2200))
+    const stopped = await ex.reaper.tick()
+    assert.deepEqual(stopped.map((s) => s.id).sort(), [a.instanceId, b.instanceId].sort())
+    assert.ok(stopped.every((s) => s.reason === 'idle'))
+    assert.deepEqual(await ex.registry.list('py-ok'), [])
+    assert.equal(ex.instances.live().length, 0)
+    assert.deepEqual(leakedSince(start!, resources()), NO_LEAKS)
+  })
+
+  test('an instance whose process dies is removed within one reaper tick; the next restore starts anew', async (t) => {
+    if (!requireServices(t) || !ex) return
+    const first = await ex.restore('py-ok')
+    const inst = ex.instances.live().find((i) => i.id === first.instanceId)!
+    process.kill(inst.pid!, 'SIGKILL')
+    const stopped = await waitFor(
+      'the reaper to notice',
+      async () => {
+        const s = await ex!.reaper.tick()
+        return s.length ? s : undefined
+      },
+      2000,
+    )
+    assert.deepEqual(stopped, [{ id: first.instanceId, reason: 'dead' }])
+    assert.deepEqual(await ex.registry.list('py-ok'), [])
+    const second = await ex.restore('py-ok')
+    assert.notEqual(second.instanceId, first.instanceId)
+    const res = await httpOnce(second.address.host, second.address.port, '/')
+    assert.equal(res.body, 'hello 3\n')
+    await ex.instances.stop(second.instanceId, 'test')
+  })
+
+  test('a corrupted snapshot is marked broken, the request is served by booting, and it is re-baked', async (t) => {
+    if (!requireServices(t) || !ex || !th) return
+    const fn = functions.find((f) => f.name === 'py-ok')!
+    const { image, snapshot } = await ex.instances.prepare(fn)
+    assert.ok(snapshot)
+    const pages = (await readdir(snapshot.imagesDir)).find((n) => n.startsWith('pages-'))!
+    await truncate(join(snapshot.imagesDir, pages), 4096)
+    const result = await ex.restore('py-ok')
+    assert.equal(result.runtime, 'boot', 'fell back to a plain boot')
+    const res = await httpOnce(result.address.host, result.address.port, '/')
+    assert.equal(res.body, 'hello 0\n', 'a booted instance has no warm-up state')
+    const rebaked = await waitFor(
+      'a new snapshot',
+      async () => {
+        const p = await ex!.instances.prepare(fn)
+        return p.snapshot && p.snapshot.meta.key === snapshot.meta.key && p.snapshot.dir !== snapshot.dir
+          ? p
+          : p.snapshot?.meta.createdAt !== snapshot.meta.createdAt
+            ? p
+            : undefined
+      },
+      60_000,
+    )
+    assert.equal(rebaked.image.id, image.id)
+    await ex.instances.stop(result.instanceId, 'test')
+    const again = await ex.restore('py-ok')
+    assert.equal(again.runtime, 'eager', 'the re-baked snapshot restores again')
+    await ex.instances.stop(again.instanceId, 'test')
+  })
+})

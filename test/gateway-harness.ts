@@ -1,0 +1,222 @@
+/**
+ * Integration harness for the gateway tests: a Redis reachability check (skip by hand, fail in CI),
+ * a stand-in executor (a real BullMQ worker on the restore queue that starts a real HTTP server per
+ * instance and marks it ready in the registry), and a gateway wired like gateway/main.ts but with
+ * a unique key prefix and queue name, served by @hono/node-server on 127.0.0.1:0.
+ */
+import { randomUUID } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
+import { serve, type ServerType } from '@hono/node-server'
+import { UnrecoverableError, Worker, type Job } from 'bullmq'
+import type { ExecutorHeartbeat, RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import type { Manifest } from '../shared/manifest.ts'
+import { createRedis, type Redis } from '../shared/redis.ts'
+import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
+import { createGatewayApp } from '../gateway/app.ts'
+import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
+import { createStaticCatalog } from '../gateway/catalog.ts'
+import { createHttpProxyForwarder } from '../gateway/http-proxy-forwarder.ts'
+import { createInstancePool, type InstancePool } from '../gateway/instance-pool.ts'
+import { startEchoServer, TEST_PHASES, type EchoServer } from '../gateway/test-support.ts'
+import { createUpstreamAgents } from '../gateway/upstream-agents.ts'
+import { isCI, REDIS_URL } from './support/integration.ts'
+
+export { REDIS_URL }
+
+/**
+ * Undefined when Redis answers at `url`; otherwise the reason to skip. With CI=true an unreachable
+ * Redis throws instead: integration tests never skip in CI.
+ */
+export async function redisSkipReason(url = REDIS_URL): Promise<string | undefined> {
+  const client = createRedis(url, { lazy: true, name: 'initless-test-probe' })
+  client.on('error', () => undefined)
+  try {
+    await client.connect()
+    await client.ping()
+    return undefined
+  } catch (err) {
+    const reason = `Redis unreachable at ${url} (${err instanceof Error ? err.message : String(err)})`
+    if (isCI) throw new Error(`${reason}; CI=true, so integration tests fail instead of skipping`)
+    return `${reason}; start redis-server to run this test`
+  } finally {
+    client.disconnect()
+  }
+}
+
+export interface Isolation {
+  /** Registry key prefix (replaces `initless`). */
+  readonly prefix: string
+  /** BullMQ queue name (and key prefix). */
+  readonly queueName: string
+}
+
+export function isolation(): Isolation {
+  const id = randomUUID()
+  return { prefix: `test-${id}`, queueName: `test-${id}` }
+}
+
+/** Delete every key of an isolation (registry keys and the queue's). */
+export async function cleanUp(redis: Redis, iso: Isolation): Promise<void> {
+  for (const pattern of [`${iso.prefix}:*`, `bull:${iso.queueName}:*`]) {
+    let cursor = '0'
+    do {
+      const [next, found] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500)
+      cursor = next
+      if (found.length) await redis.del(...found)
+    } while (cursor !== '0')
+  }
+}
+
+export interface ExecutorOptions {
+  /** Time a restore takes, ms (or per job). Default 30. */
+  readonly restoreMs?: number | ((job: RestoreJobData) => number)
+  /** Decide per job whether it fails: return an error message (prefix a code to keep it). */
+  readonly failWith?: (job: RestoreJobData) => string | undefined
+}
+
+export interface FakeExecutor {
+  readonly hostId: string
+  /** Jobs processed so far. */
+  readonly jobs: RestoreJobData[]
+  readonly servers: Map<string, EchoServer>
+  close(): Promise<void>
+}
+
+/** A stand-in for the executor: consumes restore jobs, serves each instance from a real server. */
+export function startFakeExecutor(
+  iso: Isolation,
+  opts: ExecutorOptions & { readonly redisUrl?: string } = {},
+): FakeExecutor {
+  const url = opts.redisUrl ?? REDIS_URL
+  const hostId = `exec-${randomUUID().slice(0, 8)}`
+  const redis = createRedis(url, { name: 'test-executor' })
+  redis.on('error', () => undefined)
+  const registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix: iso.prefix })
+  const jobs: RestoreJobData[] = []
+  const servers = new Map<string, EchoServer>()
+  const connection = createRedis(url, { blocking: true, name: 'test-executor-worker' })
+  connection.on('error', () => undefined)
+  const worker = new Worker<RestoreJobData, RestoreJobResult>(
+    iso.queueName,
+    async (job: Job<RestoreJobData>) => {
+      const data = job.data
+      jobs.push(data)
+      const delay = typeof opts.restoreMs === 'function' ? opts.restoreMs(data) : (opts.restoreMs ?? 30)
+      await new Promise((r) => setTimeout(r, delay))
+      const failure = opts.failWith?.(data)
+      if (failure) {
+        await registry.withdraw(data.fn, data.instanceId)
+        throw failure.startsWith('ERR_SNAPSHOT') ? new UnrecoverableError(failure) : new Error(failure)
+      }
+      const server = await startEchoServer(data.instanceId)
+      servers.set(data.instanceId, server)
+      const isReady = await registry.markReady(
+        data.fn,
+        data.instanceId,
+        server.address,
+        'lazy',
+        TEST_PHASES,
+        hostId,
+      )
+      if (!isReady) {
+        await server.close()
+        throw new UnrecoverableError(`reservation ${data.instanceId} was withdrawn`)
+      }
+      return {
+        instanceId: data.instanceId,
+        fn: data.fn,
+        address: server.address,
+        hostId,
+        runtime: 'lazy',
+        pooled: false,
+        phases: TEST_PHASES,
+        snapshotBytes: 0,
+      }
+    },
+    { connection, concurrency: 50 },
+  )
+  worker.on('error', () => undefined)
+  const beat = () => {
+    const hb: ExecutorHeartbeat = { hostId, at: Date.now(), pid: process.pid, functions: [] }
+    registry.beat(hb).catch(() => undefined)
+  }
+  beat()
+  const timer = setInterval(beat, 500)
+  return {
+    hostId,
+    jobs,
+    servers,
+    async close() {
+      clearInterval(timer)
+      await worker.close(true).catch(() => undefined)
+      await Promise.all([...servers.values()].map((s) => s.close()))
+      connection.disconnect()
+      redis.disconnect()
+    },
+  }
+}
+
+export interface RunningGateway {
+  readonly url: string
+  readonly pool: InstancePool
+  readonly registry: InstanceRegistry
+  readonly redis: Redis
+  close(): Promise<void>
+}
+
+/** A gateway process minus the signal handling: real Redis, real BullMQ, http-proxy, a socket. */
+export async function startGateway(
+  iso: Isolation,
+  manifests: readonly Manifest[],
+  opts: {
+    readonly redisUrl?: string
+    readonly maxBodyBytes?: number
+    readonly refreshIntervalMs?: number
+  } = {},
+): Promise<RunningGateway> {
+  const url = opts.redisUrl ?? REDIS_URL
+  const logger = createSilentLogger()
+  const redis = createRedis(url, { name: 'test-gateway' })
+  redis.on('error', () => undefined)
+  const registry = createRedisRegistry({ redis, logger, prefix: iso.prefix })
+  const queue = createBullmqRestoreQueue({ redisUrl: url, logger, queueName: iso.queueName })
+  const pool = createInstancePool({
+    registry,
+    queue,
+    logger,
+    refreshIntervalMs: opts.refreshIntervalMs ?? 500,
+  })
+  await Promise.all([pool.start(), queue.ready()])
+  const agents = createUpstreamAgents()
+  const forwarder = createHttpProxyForwarder({ agents, logger })
+  const app = createGatewayApp({
+    catalog: createStaticCatalog(manifests),
+    pool,
+    registry,
+    forwarder,
+    logger,
+    options: { maxBodyBytes: opts.maxBodyBytes ?? 1024 * 1024, trustProxy: false },
+  })
+  const server: ServerType = await new Promise((resolve) => {
+    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s))
+  })
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}`,
+    pool,
+    registry,
+    redis,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        if ('closeAllConnections' in server) server.closeAllConnections()
+      })
+      await pool.close()
+      forwarder.close()
+      agents.close()
+      await queue.close()
+      redis.disconnect()
+    },
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * The InstanceRegistry contract, run against the Redis adapter (real Redis) and the in-memory fake,
+ * so the fake the unit tests rely on behaves like the real thing.
+ */
+import assert from 'node:assert/strict'
+import { after, describe, test } from 'node:test'
+import type { RegistryEvent } from '../shared/contracts.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { createRedis } from '../shared/redis.ts'
+import { createFakeRegistry } from '../shared/registry-fake.ts'
+import { createRedisRegistry, parseRegistryEvent, type InstanceRegistry } from '../shared/registry.ts'
+import { cleanUp, isolation, REDIS_URL, redisSkipReason } from './gateway-harness.ts'
+
+const ADDR = { host: '10.0.0.2', port: 31337 }
+const PHASES = { queueMs: 1.25, sandboxMs: 0, restoreMs: 41.5, readyMs: 7 }
+const skip = await redisSkipReason()
+
+interface Impl {
+  readonly name: string
+  readonly skip?: string | undefined
+  create(): Promise<InstanceRegistry>
+}
+
+const impls: Impl[] = [
+  { name: 'fake', create: () => Promise.resolve(createFakeRegistry()) },
+  {
+    name: 'redis',
+    skip,
+    async create() {
+      const redis = createRedis(REDIS_URL, { name: 'test-registry' })
+      const iso = isolation()
+      after(async () => {
+        await cleanUp(redis, iso)
+        redis.disconnect()
+      })
+      return createRedisRegistry({ redis, logger: createSilentLogger(), prefix: iso.prefix })
+    },
+  },
+]
+
+/** Collects events from a subscription until `count` arrived. */
+async function collect(registry: InstanceRegistry) {
+  const events: RegistryEvent[] = []
+  const sub = await registry.subscribe({ onEvent: (e) => events.push(e) })
+  return {
+    events,
+    sub,
+    async until(count: number) {
+      const deadline = Date.now() + 2000
+      while (events.length < count) {
+        if (Date.now() > deadline) throw new Error(`expected ${count} events, got ${JSON.stringify(events)}`)
+        await new Promise((r) => setTimeout(r, 5))
+      }
+      return events
+    },
+  }
+}
+
+for (const impl of impls) {
+  describe(`instance registry (${impl.name})`, { skip: impl.skip }, () => {
+    test('reserve creates starting records up to maxInstances, counting every state', async () => {
+      const r = await impl.create()
+      assert.equal(await r.reserve('fn-a', 2, 'i1', 'host-1'), true)
+      assert.equal(await r.reserve('fn-a', 2, 'i1'), false, 'id taken')
+      assert.equal(await r.reserve('fn-a', 2, 'i2'), true)
+      assert.equal(await r.reserve('fn-a', 2, 'i3'), false, 'full')
+      assert.equal(await r.markDraining('fn-a', 'i2'), true)
+      assert.equal(await r.reserve('fn-a', 2, 'i3'), false, 'draining still counts')
+      assert.equal(await r.remove('fn-a', 'i2'), true)
+      assert.equal(await r.reserve('fn-a', 2, 'i3'), true)
+      const rec = await r.get('fn-a', 'i1')
+      assert.equal(rec?.state, 'starting')
+      assert.equal(rec?.hostId, 'host-1')
+      assert.ok(Math.abs((rec?.createdAt ?? 0) - Date.now()) < 5000)
+      assert.deepEqual(await r.functions(), ['fn-a'])
+    })
+
+    test('reserve is atomic under concurrency', async () => {
+      const r = await impl.create()
+      const results = await Promise.all(Array.from({ length: 50 }, (_, i) => r.reserve('race', 7, `i${i}`)))
+      assert.equal(results.filter(Boolean).length, 7)
+      assert.equal((await r.list('race')).length, 7)
+    })
+
+    test('markReady, markDraining, withdraw and remove follow the state machine and publish', async () => {
+      const r = await impl.create()
+      const c = await collect(r)
+      assert.equal(await r.markReady('fn-b', 'missing', ADDR, 'lazy', PHASES, 'h'), false)
+      await r.reserve('fn-b', 5, 'i1')
+      await r.reserve('fn-b', 5, 'i2')
+      assert.equal(await r.markReady('fn-b', 'i1', ADDR, 'lazy', PHASES, 'host-9'), true)
+      const ready = await r.get('fn-b', 'i1')
+      assert.equal(ready?.state, 'ready')
+      assert.deepEqual(ready?.address, ADDR)
+      assert.deepEqual(ready?.phases, PHASES)
+      assert.equal(ready?.runtime, 'lazy')
+      assert.equal(ready?.hostId, 'host-9')
+      assert.equal(typeof ready?.readyAt, 'number')
+      assert.equal(await r.withdraw('fn-b', 'i1'), false, 'ready: not withdrawn')
+      assert.equal(await r.withdraw('fn-b', 'i2'), true)
+      assert.equal(await r.markDraining('fn-b', 'i1'), true)
+      assert.equal(
+        await r.markReady('fn-b', 'i1', ADDR, 'lazy', PHASES, 'h'),
+        false,
+        'no way back from draining',
+      )
+      assert.equal(await r.remove('fn-b', 'i1'), true)
+      assert.equal(await r.remove('fn-b', 'i1'), false)
+      assert.deepEqual(await r.list('fn-b'), [])
+      const state = (id: string, s: string) => ({ type: 'instance', fn: 'fn-b', id, state: s })
+      assert.deepEqual(await c.until(6), [
+        state('i1', 'starting'),
+        state('i2', 'starting'),
+        state('i1', 'ready'),
+        state('i2', 'gone'),
+        state('i1', 'draining'),
+        state('i1', 'gone'),
+      ])
+      await c.sub.close()
+    })
+
+    test('an event is published only once its change is readable', async () => {
+      const r = await impl.create()
+      const seen: string[] = []
+      const sub = await r.subscribe({
+        onEvent: (e) => {
+          if (e.type === 'instance' && e.state === 'ready') {
+            void r.get(e.fn, e.id).then((rec) => seen.push(rec?.state ?? 'missing'))
+          }
+        },
+      })
+      await r.reserve('fn-c', 1, 'i1')
+      await r.markReady('fn-c', 'i1', ADDR, 'eager', PHASES, 'h')
+      const deadline = Date.now() + 2000
+      while (!seen.length && Date.now() < deadline) await new Promise((res) => setTimeout(res, 5))
+      assert.deepEqual(seen, ['ready'])
+      await sub.close()
+    })
+
+    test('touch records last use of existing instances only', async () => {
+      const r = await impl.create()
+      await r.reserve('fn-d', 2, 'i1')
+      await r.touch('fn-d', 'i1', 1_700_000_000_123)
+      await r.touch('fn-d', 'ghost', 1)
+      assert.deepEqual([...(await r.lastUse('fn-d'))], [['i1', 1_700_000_000_123]])
+      await r.remove('fn-d', 'i1')
+      assert.deepEqual([...(await r.lastUse('fn-d'))], [])
+    })
+
+    test('listAll spans functions; heartbeats; function events; closed subscriptions hear nothing', async () => {
+      const r = await impl.create()
+      await r.reserve('fn-e', 2, 'e1')
+      await r.reserve('fn-f', 2, 'f1')
+      assert.deepEqual((await r.listAll()).map((i) => `${i.fn}/${i.id}`).sort(), ['fn-e/e1', 'fn-f/f1'])
+      await r.beat({ hostId: 'h1', at: 5, pid: 10, functions: ['fn-e'] })
+      await r.beat({ hostId: 'h1', at: 6, pid: 10, functions: [] })
+      assert.deepEqual(await r.executors(), [{ hostId: 'h1', at: 6, pid: 10, functions: [] }])
+      const c = await collect(r)
+      await r.publish({ type: 'function', fn: 'fn-e', action: 'scale-to-zero' })
+      await r.requestRebake('fn-f')
+      assert.deepEqual(await c.until(2), [
+        { type: 'function', fn: 'fn-e', action: 'scale-to-zero' },
+        { type: 'function', fn: 'fn-f', action: 'rebake' },
+      ])
+      await c.sub.close()
+      await r.reserve('fn-e', 2, 'e2')
+      await new Promise((res) => setTimeout(res, 50))
+      assert.equal(c.events.length, 2)
+    })
+  })
+}
+
+test('parseRegistryEvent accepts contract events only', () => {
+  assert.deepEqual(parseRegistryEvent('{"type":"instance","fn":"a","id":"i","state":"gone"}'), {
+    type: 'instance',
+    fn: 'a',
+    id: 'i',
+    state: 'gone',
+  })
+  for (const bad of [
+    'nope',
+    '{}',
+    '{"type":"instance","fn":"a","id":"i","state":"weird"}',
+    '{"type":"function","fn":"a","action":"x"}',
+  ]) {
+    assert.equal(parseRegistryEvent(bad), undefined, bad)
+  }
+})

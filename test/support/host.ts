@@ -1,0 +1,104 @@
+/**
+ * A real host (Docker, runc, CRIU) wired for tests, with a private state dir so snapshots are baked
+ * from scratch, and helpers to start instances through the real runtimes.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { processSpecFor } from '../../executor/bake.ts'
+import { loadExecutorConfig, type ExecutorConfig } from '../../executor/config.ts'
+import type { ImageConfig } from '../../executor/docker.ts'
+import { createHost, type Host } from '../../executor/host.ts'
+import { ensureImageRootfs } from '../../executor/rootfs.ts'
+import {
+  createBootRuntime,
+  createRuncRestoreRuntime,
+  type Runtime,
+  type StartedInstance,
+} from '../../executor/runtimes.ts'
+import type { Snapshot } from '../../executor/snapshot-store.ts'
+import type { FunctionDef } from '../../shared/functions.ts'
+import { createSilentLogger } from '../../shared/logger.ts'
+
+export interface TestHost {
+  readonly config: ExecutorConfig
+  readonly host: Host
+  readonly runtimes: Record<'lazy' | 'eager' | 'boot', Runtime>
+  start(
+    kind: 'lazy' | 'eager' | 'boot',
+    fn: FunctionDef,
+    image: ImageConfig,
+    snapshot?: Snapshot,
+  ): Promise<StartedInstance>
+  stop(inst: StartedInstance): Promise<void>
+  dispose(): Promise<void>
+}
+
+export async function createTestHost(env: Record<string, string> = {}): Promise<TestHost> {
+  const stateDir = `/var/lib/initless-test/${randomBytes(4).toString('hex')}`
+  await mkdir(stateDir, { recursive: true, mode: 0o700 })
+  const config = loadExecutorConfig({ ...process.env, INITLESS_STATE_DIR: stateDir, ...env })
+  const host = createHost(config, createSilentLogger())
+  const runtimes = {
+    lazy: createRuncRestoreRuntime({
+      runc: host.runc,
+      criu: host.criu,
+      sandboxes: host.sandboxes,
+      lazy: true,
+      verify: (s) => host.store.verify(s),
+    }),
+    eager: createRuncRestoreRuntime({
+      runc: host.runc,
+      criu: host.criu,
+      sandboxes: host.sandboxes,
+      lazy: false,
+      verify: (s) => host.store.verify(s),
+    }),
+    boot: createBootRuntime({ docker: host.docker }),
+  }
+  return {
+    config,
+    host,
+    runtimes,
+    async start(kind, fn, image, snapshot) {
+      const instanceId = `t${randomBytes(6).toString('hex')}`
+      return runtimes[kind].start({
+        instanceId,
+        fn,
+        image,
+        ...(snapshot ? { snapshot } : {}),
+        hostLabel: `test-${config.hostId}`,
+        prepare: async () => {
+          if (!snapshot) throw new Error('no snapshot')
+          const rootfs = await ensureImageRootfs(stateDir, image.id, (id, dir) =>
+            host.docker.exportRootfs(id, dir),
+          )
+          const m = fn.manifest
+          return host.sandboxes.prepare({
+            id: instanceId,
+            fn: fn.name,
+            lowers: [snapshot.upperDir, rootfs],
+            process: processSpecFor(image, m),
+            memoryBytes: m.resources.memory,
+            cpus: m.resources.cpus,
+            pids: m.resources.pids,
+            forRestore: true,
+          })
+        },
+      })
+    },
+    async stop(inst) {
+      if (inst.lazyDaemon)
+        await Promise.race([inst.lazyDaemon.exited, new Promise((r) => setTimeout(r, 20_000))])
+      if (inst.sandbox) await host.sandboxes.destroy(inst.sandbox)
+      if (inst.containerId) await host.docker.removeContainer(inst.containerId)
+    },
+    async dispose() {
+      await rm(stateDir, { recursive: true, force: true })
+    },
+  }
+}
+
+export function stateDirOf(t: TestHost): string {
+  return join(t.config.INITLESS_STATE_DIR)
+}
