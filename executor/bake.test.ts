@@ -4,6 +4,7 @@ import { isInitlessError } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import { manifestHash, parseManifest } from '../shared/manifest.ts'
 import { processSpecFor, snapshotIdentity } from './bake.ts'
+import { SANDBOX_LAYOUT_VERSION } from './oci-spec.ts'
 import type { ImageConfig } from './docker.ts'
 
 const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -131,7 +132,7 @@ describe('snapshotIdentity', () => {
   })
   const versions = { criuVersion: '4.2.1', kernel: '6.1.0-18-amd64' }
 
-  test('is the function, manifest hash, image id and host versions', () => {
+  test('is the function, manifest hash, image id, host versions and sandbox layout', () => {
     const f = fn()
     assert.deepEqual(snapshotIdentity(f, image(), versions), {
       fn: 'hello',
@@ -139,6 +140,7 @@ describe('snapshotIdentity', () => {
       imageId: 'sha256:abcd',
       criuVersion: '4.2.1',
       kernel: '6.1.0-18-amd64',
+      layout: SANDBOX_LAYOUT_VERSION,
     })
   })
 

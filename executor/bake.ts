@@ -13,7 +13,7 @@ import { manifestHash, type Manifest } from '../shared/manifest.ts'
 import type { Criu } from './criu.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { tail } from './exec.ts'
-import { parseImageUser } from './oci-spec.ts'
+import { parseImageUser, SANDBOX_LAYOUT_VERSION } from './oci-spec.ts'
 import { isProcessAlive, readPidFile } from './process.ts'
 import { httpOnce, waitReady } from './probe.ts'
 import { ensureImageRootfs } from './rootfs.ts'
@@ -57,7 +57,13 @@ export function snapshotIdentity(
   image: ImageConfig,
   versions: HostVersions,
 ): SnapshotIdentity {
-  return { fn: fn.name, manifestHash: manifestHash(fn.manifest), imageId: image.id, ...versions }
+  return {
+    fn: fn.name,
+    manifestHash: manifestHash(fn.manifest),
+    imageId: image.id,
+    ...versions,
+    layout: SANDBOX_LAYOUT_VERSION,
+  }
 }
 
 export interface BakeResult {

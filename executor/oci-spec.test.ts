@@ -11,6 +11,7 @@ const input: OciSpecInput = {
   uid: 1000,
   gid: 50,
   netnsPath: '/var/run/netns/initless-abc',
+  emptyDir: '/state/empty',
   cgroupsPath: '/initless/abc',
   memoryBytes: 256 * 1024 * 1024,
   cpus: 0.5,
@@ -78,8 +79,12 @@ describe('buildOciSpec', () => {
     ])
   })
 
-  test('no host bind mounts', () => {
-    assert.ok(spec().mounts.every((m) => m.type !== 'bind'))
+  test('no host bind mounts but the empty read-only mask', () => {
+    const binds = spec().mounts.filter((m) => m.type === 'bind')
+    assert.deepEqual(
+      binds.map((m) => m.source),
+      ['/state/empty'],
+    )
   })
 
   const limits: Array<[number, number]> = [
@@ -138,4 +143,23 @@ describe('parseImageUser', () => {
       })
     })
   }
+})
+
+test('buildOciSpec: no tmpfs mounts (CRIU restores each by running tar); /sys/firmware masked by an empty bind', () => {
+  const spec = buildOciSpec(input) as unknown as {
+    mounts: { destination: string; type: string; source: string }[]
+  }
+  assert.deepEqual(
+    spec.mounts.filter((m) => m.type === 'tmpfs'),
+    [],
+  )
+  assert.deepEqual(
+    spec.mounts.find((m) => m.destination === '/sys/firmware'),
+    {
+      destination: '/sys/firmware',
+      type: 'bind',
+      source: '/state/empty',
+      options: ['rbind', 'ro', 'nosuid', 'noexec', 'nodev'],
+    },
+  )
 })

@@ -94,9 +94,12 @@ export function createSandboxManager(deps: {
       throw err
     }))
 
+  const emptyDir = join(deps.stateDir, 'empty')
+  let emptyReady: Promise<void> | undefined
   return {
     async prepare(req) {
       await ensureBridge()
+      await (emptyReady ??= mkdir(emptyDir, { recursive: true, mode: 0o555 }).then(() => undefined))
       const dir = join(instancesDir(deps.stateDir), req.id)
       const bundle = join(dir, 'bundle')
       const rootfs = join(bundle, 'rootfs')
@@ -128,6 +131,7 @@ export function createSandboxManager(deps: {
           uid: req.process.uid,
           gid: req.process.gid,
           netnsPath: ns.path,
+          emptyDir,
           cgroupsPath: cgroupPath(req.id),
           memoryBytes: req.memoryBytes,
           cpus: req.cpus,

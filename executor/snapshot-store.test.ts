@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -33,6 +33,7 @@ const ID: SnapshotIdentity = {
   imageId: 'sha256:1111',
   criuVersion: '4.2.1',
   kernel: '6.1.0-18-amd64',
+  layout: 2,
 }
 
 /** Fill a pending snapshot with 1000 bytes of images and 24 bytes of upper layer, then commit it. */
@@ -76,6 +77,7 @@ describe('snapshot store', () => {
       warmupRequests: 60,
       createdAt,
       port: 8080,
+      files: { 'pages-1.img': 1000 },
     }
     const dir = join(root, 'hello', key)
     assert.deepEqual(snapshot, {
@@ -97,6 +99,7 @@ describe('snapshot store', () => {
     ['imageId', { imageId: 'sha256:2222' }],
     ['criuVersion', { criuVersion: '4.2.2' }],
     ['kernel', { kernel: '6.12.0' }],
+    ['layout', { layout: 3 }],
     ['fn', { fn: 'other' }],
   ]
   for (const [field, change] of changed) {
@@ -230,4 +233,22 @@ test('directorySize sums regular files recursively', async () => {
   await writeFile(join(dir, 'a', 'two'), 'x'.repeat(100))
   await writeFile(join(dir, 'a', 'b', 'three'), '')
   assert.equal(await directorySize(dir), 110)
+})
+
+test('verify: a truncated or missing image file is ERR_SNAPSHOT_CORRUPT', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'initless-verify-'))
+  after(() => rm(root, { recursive: true, force: true }))
+  const store = createSnapshotStore({ stateDir: root })
+  const pending = await store.begin(ID)
+  await writeFile(join(pending.imagesDir, 'pages-1.img'), Buffer.alloc(1000))
+  await writeFile(join(pending.imagesDir, 'core-1.img'), Buffer.alloc(10))
+  const snap = await pending.commit({ ...ID, bakeMs: 1, warmupRequests: 0, createdAt: 1, port: 8080 })
+  await store.verify(snap)
+  await truncate(join(snap.imagesDir, 'pages-1.img'), 10)
+  await rm(join(snap.imagesDir, 'core-1.img'))
+  await assert.rejects(store.verify(snap), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ERR_SNAPSHOT_CORRUPT')
+    assert.match(err.message, /core-1\.img is missing; pages-1\.img has 10 bytes, expected 1000/)
+    return true
+  })
 })

@@ -17,6 +17,8 @@ export interface SnapshotIdentity {
   readonly imageId: string
   readonly criuVersion: string
   readonly kernel: string
+  /** SANDBOX_LAYOUT_VERSION of the sandbox the checkpoint was taken in. */
+  readonly layout: number
 }
 
 export interface SnapshotMeta extends SnapshotIdentity {
@@ -102,9 +104,9 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
 
   const store: SnapshotStore = {
     snapshotKey(id) {
-      const { fn, manifestHash, imageId, criuVersion, kernel } = id
+      const { fn, manifestHash, imageId, criuVersion, kernel, layout } = id
       return createHash('sha256')
-        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel }))
+        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout }))
         .digest('hex')
         .slice(0, 20)
     },
