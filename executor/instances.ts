@@ -60,7 +60,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
   const live = new Map<string, StartedInstance>()
   const pools = new Map<string, { key: string; sandboxes: Sandbox[] }>()
   const preparing = new Map<string, Promise<Prepared>>()
-  const filling = new Set<string>()
+  const fills = new Map<string, Promise<void>>()
 
   function findFn(name: string): FunctionDef {
     const fn = deps.functions().find((f) => f.name === name)
@@ -127,7 +127,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       throw new InitlessError('ERR_RESTORE_FAILED', 'the docker runtime is not served by this executor')
     const snapshot = prep.snapshot
     const pooled = kind !== 'boot' && snapshot && !job.noPool ? takePooled(fn.name, snapshot) : undefined
-    if (pooled) void manager.fillPools()
+    if (pooled) void fillPool(fn)
     return deps.runtimes[kind].start({
       instanceId: job.instanceId,
       fn,
@@ -140,6 +140,41 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       },
       hostLabel: deps.hostId,
     })
+  }
+
+  /** One fill per function at a time; a caller arriving meanwhile waits for the running one. */
+  function fillPool(fn: FunctionDef): Promise<void> {
+    let p = fills.get(fn.name)
+    if (!p) {
+      p = doFillPool(fn).finally(() => fills.delete(fn.name))
+      fills.set(fn.name, p)
+    }
+    return p
+  }
+
+  async function doFillPool(fn: FunctionDef): Promise<void> {
+    const want = fn.manifest.scaling.poolSize
+    if (want === 0 || fn.manifest.restore.policy === 'boot') return
+    try {
+      const prep = await prepare(fn)
+      if (!prep.snapshot) return
+      let pool = pools.get(fn.name)
+      if (pool && pool.key !== prep.snapshot.meta.key) {
+        // The snapshot changed: sandboxes layered over the old one are useless.
+        for (const sb of pool.sandboxes.splice(0)) await deps.sandboxes.destroy(sb).catch(() => undefined)
+        pool = undefined
+      }
+      if (!pool) {
+        pool = { key: prep.snapshot.meta.key, sandboxes: [] }
+        pools.set(fn.name, pool)
+      }
+      while (pool.sandboxes.length < want) {
+        const id = `i${randomBytes(6).toString('hex')}`
+        pool.sandboxes.push(await newSandbox(id, fn, prep.image, prep.snapshot))
+      }
+    } catch (err) {
+      log.error({ fn: fn.name, err: errorMessage(err) }, 'pool fill failed')
+    }
   }
 
   async function release(inst: StartedInstance): Promise<void> {
@@ -236,33 +271,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     prepare,
 
     async fillPools() {
-      for (const fn of deps.functions()) {
-        const want = fn.manifest.scaling.poolSize
-        if (want === 0 || fn.manifest.restore.policy === 'boot' || filling.has(fn.name)) continue
-        filling.add(fn.name)
-        try {
-          const prep = await prepare(fn)
-          if (!prep.snapshot) continue
-          let pool = pools.get(fn.name)
-          if (pool && pool.key !== prep.snapshot.meta.key) {
-            // The snapshot changed: sandboxes layered over the old one are useless.
-            for (const sb of pool.sandboxes) await deps.sandboxes.destroy(sb).catch(() => undefined)
-            pool = undefined
-          }
-          if (!pool) {
-            pool = { key: prep.snapshot.meta.key, sandboxes: [] }
-            pools.set(fn.name, pool)
-          }
-          while (pool.sandboxes.length < want) {
-            const id = `i${randomBytes(6).toString('hex')}`
-            pool.sandboxes.push(await newSandbox(id, fn, prep.image, prep.snapshot))
-          }
-        } catch (err) {
-          log.error({ fn: fn.name, err: errorMessage(err) }, 'pool fill failed')
-        } finally {
-          filling.delete(fn.name)
-        }
-      }
+      await Promise.all(deps.functions().map((fn) => fillPool(fn)))
     },
 
     poolSize: (fn) => pools.get(fn)?.sandboxes.length ?? 0,

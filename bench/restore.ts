@@ -1,0 +1,246 @@
+/**
+ * Restore benchmark (executor level): for every sample and runtime, the time from enqueueing a
+ * restore job to the job reporting a ready instance (readiness probe passed), through the real
+ * BullMQ queue, Redis registry, runc, CRIU and Docker. Runtimes are interleaved in each round, so
+ * the machine's noise hits them alike; compare ratios within one run.
+ *
+ *   node --import tsx bench/restore.ts [--n 10] [--functions a,b] [--runtimes boot,eager,lazy,lazy+pool,docker]
+ *
+ * Writes bench/results/restore-<date>.json, restore-latest.json and restore-latest.md.
+ */
+import { randomBytes, randomUUID } from 'node:crypto'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { Queue, QueueEvents } from 'bullmq'
+import { loadExecutorConfig } from '../executor/config.ts'
+import { createHost } from '../executor/host.ts'
+import { createInstanceManager } from '../executor/instances.ts'
+import { httpOnce } from '../executor/probe.ts'
+import { createBootRuntime, createRuncRestoreRuntime } from '../executor/runtimes.ts'
+import { createRestoreWorker } from '../executor/worker.ts'
+import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
+import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
+import { createLogger } from '../shared/logger.ts'
+import { createRedis } from '../shared/redis.ts'
+import { createRedisRegistry } from '../shared/registry.ts'
+import { formatBytes } from '../shared/units.ts'
+import { benchEnvironment, percentile, round } from './env.ts'
+import { SAMPLE_REQUESTS } from './samples.ts'
+
+type Variant = 'boot' | 'eager' | 'lazy' | 'lazy+pool' | 'docker'
+
+const { values: args } = parseArgs({
+  options: {
+    n: { type: 'string', default: '10' },
+    functions: { type: 'string', default: 'flask-table,spring-greeting,hello-node,ts-compile' },
+    runtimes: { type: 'string', default: 'boot,eager,lazy,lazy+pool' },
+    concurrent: { type: 'string', default: '5' },
+    out: { type: 'string', default: join(import.meta.dirname, 'results') },
+  },
+})
+const N = Number(args.n)
+const variants = args.runtimes.split(',') as Variant[]
+const config = loadExecutorConfig(process.env)
+const logger = createLogger({ level: 'warn', name: 'bench' })
+const host = createHost(config, logger)
+const all = await loadFunctionDefs(config.INITLESS_FUNCTIONS_DIR)
+// Every function gets a one-sandbox pool; runs outside the `lazy+pool` variant bypass it (noPool).
+const functions: FunctionDef[] = all.functions
+  .filter((f) => args.functions.split(',').includes(f.name))
+  .map((f) => ({
+    ...f,
+    manifest: { ...f.manifest, scaling: { ...f.manifest.scaling, poolSize: 1, maxInstances: 10 } },
+  }))
+
+const prefix = `bench-${randomBytes(4).toString('hex')}`
+const queueName = `bench-${randomUUID()}`
+const redis = createRedis(config.INITLESS_REDIS_URL)
+const registry = createRedisRegistry({ redis, logger, prefix })
+const verify = (s: Parameters<typeof host.store.verify>[0]) => host.store.verify(s)
+const instances = createInstanceManager({
+  hostId: `bench-${config.hostId}`,
+  stateDir: config.INITLESS_STATE_DIR,
+  lazyThreshold: config.INITLESS_LAZY_THRESHOLD,
+  functions: () => functions,
+  registry,
+  builder: host.builder,
+  baker: host.baker,
+  store: host.store,
+  docker: host.docker,
+  sandboxes: host.sandboxes,
+  runtimes: {
+    lazy: createRuncRestoreRuntime({
+      runc: host.runc,
+      criu: host.criu,
+      sandboxes: host.sandboxes,
+      lazy: true,
+      verify,
+    }),
+    eager: createRuncRestoreRuntime({
+      runc: host.runc,
+      criu: host.criu,
+      sandboxes: host.sandboxes,
+      lazy: false,
+      verify,
+    }),
+    boot: createBootRuntime({ docker: host.docker }),
+  },
+  logger,
+})
+const worker = createRestoreWorker({
+  redisUrl: config.INITLESS_REDIS_URL,
+  queueName,
+  concurrency: 4,
+  start: (j) => instances.start(j),
+  logger,
+})
+const queue = new Queue<RestoreJobData, RestoreJobResult>(queueName, {
+  connection: createRedis(config.INITLESS_REDIS_URL, { blocking: true }),
+})
+const events = new QueueEvents(queueName, {
+  connection: createRedis(config.INITLESS_REDIS_URL, { blocking: true }),
+})
+await events.waitUntilReady()
+
+interface Run {
+  readonly totalMs: number
+  readonly phases: RestoreJobResult['phases']
+}
+
+async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
+  const runtime: RuntimeKind = variant === 'lazy+pool' ? 'lazy' : variant
+  if (variant === 'lazy+pool') await instances.fillPools()
+  const instanceId = `i${randomBytes(6).toString('hex')}`
+  const started = performance.now()
+  await registry.reserve(fn.name, 100, instanceId)
+  const job = await queue.add(
+    'restore',
+    {
+      fn: fn.name,
+      instanceId,
+      traceId: 'bench',
+      enqueuedAt: Date.now(),
+      reason: 'bench',
+      runtime,
+      noPool: variant !== 'lazy+pool',
+    },
+    { jobId: instanceId, attempts: 1 },
+  )
+  const result = await job.waitUntilFinished(events, 300_000)
+  const totalMs = performance.now() - started
+  if (variant === 'lazy+pool' && !result.pooled)
+    throw new Error(`${fn.name}: the pooled run did not use the pool`)
+  if (result.runtime !== runtime) throw new Error(`${fn.name}: asked for ${runtime}, got ${result.runtime}`)
+  // Correctness outside the timed part: the instance answers what the sample promises.
+  const req = SAMPLE_REQUESTS[fn.name]
+  if (req) {
+    const res = await httpOnce(result.address.host, result.address.port, req.path, {
+      method: req.method,
+      ...(req.body ? { body: req.body } : {}),
+      timeoutMs: 30_000,
+    })
+    if (res.status !== 200 || !res.body.includes(req.contains))
+      throw new Error(`${fn.name} ${variant}: wrong answer ${res.status} ${res.body.slice(0, 100)}`)
+  }
+  await instances.stop(result.instanceId, 'bench')
+  return { totalMs, phases: result.phases }
+}
+
+function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: number) {
+  const totals = runs.map((r) => r.totalMs)
+  const median = (k: keyof Run['phases']) =>
+    round(
+      percentile(
+        runs.map((r) => r.phases[k]),
+        50,
+      ),
+    )
+  return {
+    function: fn,
+    runtime: variant,
+    n: runs.length,
+    p50Ms: round(percentile(totals, 50)),
+    p95Ms: round(percentile(totals, 95)),
+    minMs: round(Math.min(...totals)),
+    phasesP50: {
+      queueMs: median('queueMs'),
+      sandboxMs: median('sandboxMs'),
+      restoreMs: median('restoreMs'),
+      readyMs: median('readyMs'),
+    },
+    snapshotBytes,
+  }
+}
+
+const env = benchEnvironment(['node', '--import', 'tsx', 'bench/restore.ts', ...process.argv.slice(2)])
+const rows: ReturnType<typeof summarize>[] = []
+for (const fn of functions) {
+  process.stderr.write(`[${fn.name}] preparing (build, bake)\n`)
+  const prep = await instances.prepare(fn)
+  const size = prep.snapshot?.meta.sizeBytes ?? 0
+  const runs = new Map<Variant, Run[]>(variants.map((v) => [v, []]))
+  // One untimed warm-up round: page cache, image rootfs unpack, template containers.
+  for (const v of variants) await restoreOnce(fn, v)
+  for (let i = 0; i < N; i++) {
+    const order = [...variants].sort(() => Math.random() - 0.5)
+    for (const v of order) runs.get(v)!.push(await restoreOnce(fn, v))
+    process.stderr.write(`[${fn.name}] round ${i + 1}/${N}\n`)
+  }
+  for (const v of variants) rows.push(summarize(fn.name, v, runs.get(v)!, size))
+}
+
+// 3 concurrent lazy restores of the biggest snapshot, from one snapshot, each its own sandbox.
+const concurrentRuns: Run[] = []
+const flask = functions.find((f) => f.name === 'flask-table')
+if (flask && Number(args.concurrent) > 0) {
+  for (let i = 0; i < Number(args.concurrent); i++) {
+    concurrentRuns.push(...(await Promise.all([1, 2, 3].map(() => restoreOnce(flask, 'lazy')))))
+  }
+}
+const concurrent = flask ? summarize('flask-table', 'lazy x3 concurrent', concurrentRuns, 0) : undefined
+
+const bootOf = (fn: string) => rows.find((r) => r.function === fn && r.runtime === 'boot')?.p50Ms
+const result = {
+  ...env,
+  kind: 'restore (job enqueued -> instance ready)',
+  restore: rows.map((r) => ({
+    ...r,
+    ratioToBoot: bootOf(r.function) ? round(bootOf(r.function)! / r.p50Ms, 2) : null,
+  })),
+  concurrentLazy: concurrent,
+}
+await mkdir(args.out, { recursive: true })
+const stamp = env.date.replace(/[:.]/g, '-')
+await writeFile(join(args.out, `restore-${stamp}.json`), JSON.stringify(result, null, 2))
+await writeFile(join(args.out, 'restore-latest.json'), JSON.stringify(result, null, 2))
+const md = [
+  `Restore benchmark, ${env.date}, \`${env.command}\``,
+  `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
+  '',
+  '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | ready |',
+  '|---|---|---|---|---|---|---|---|---|---|---|',
+  ...result.restore.map(
+    (r) =>
+      `| ${r.function} | ${formatBytes(r.snapshotBytes)} | ${r.runtime} | ${r.n} | ${r.p50Ms} | ${r.p95Ms} | ${r.ratioToBoot ?? '-'}x | ${r.phasesP50.queueMs} | ${r.phasesP50.sandboxMs} | ${r.phasesP50.restoreMs} | ${r.phasesP50.readyMs} |`,
+  ),
+  ...(concurrent
+    ? [
+        `| flask-table | | 3 concurrent lazy | ${concurrent.n} | ${concurrent.p50Ms} | ${concurrent.p95Ms} | | ${concurrent.phasesP50.queueMs} | ${concurrent.phasesP50.sandboxMs} | ${concurrent.phasesP50.restoreMs} | ${concurrent.phasesP50.readyMs} |`,
+      ]
+    : []),
+  '',
+  'Phases are medians of each phase on its own (they need not add up to the p50 total).',
+].join('\n')
+await writeFile(join(args.out, 'restore-latest.md'), `${md}\n`)
+console.log(md)
+
+await worker.close()
+await instances.stopAll('bench over')
+await events.close()
+await queue.obliterate({ force: true })
+await queue.close()
+const keys = await redis.keys(`${prefix}:*`)
+if (keys.length) await redis.del(...keys)
+redis.disconnect()
+process.exit(0)
