@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Queue, QueueEvents } from 'bullmq'
 import { loadExecutorConfig } from '../executor/config.ts'
+import { createDockerCheckpointRuntime } from '../executor/docker-checkpoint.ts'
 import { createHost } from '../executor/host.ts'
 import { createInstanceManager } from '../executor/instances.ts'
 import { httpOnce } from '../executor/probe.ts'
@@ -34,7 +35,7 @@ const { values: args } = parseArgs({
   options: {
     n: { type: 'string', default: '10' },
     functions: { type: 'string', default: 'flask-table,spring-greeting,hello-node,ts-compile' },
-    runtimes: { type: 'string', default: 'boot,eager,lazy,lazy+pool' },
+    runtimes: { type: 'string', default: 'boot,docker,eager,lazy,lazy+pool' },
     concurrent: { type: 'string', default: '5' },
     out: { type: 'string', default: join(import.meta.dirname, 'results') },
   },
@@ -57,6 +58,7 @@ const prefix = `bench-${randomBytes(4).toString('hex')}`
 const queueName = `bench-${randomUUID()}`
 const redis = createRedis(config.INITLESS_REDIS_URL)
 const registry = createRedisRegistry({ redis, logger, prefix })
+const dockerRuntime = createDockerCheckpointRuntime({ docker: host.docker, logger })
 const verify = (s: Parameters<typeof host.store.verify>[0]) => host.store.verify(s)
 const instances = createInstanceManager({
   hostId: `bench-${config.hostId}`,
@@ -85,6 +87,7 @@ const instances = createInstanceManager({
       verify,
     }),
     boot: createBootRuntime({ docker: host.docker }),
+    docker: dockerRuntime,
   },
   logger,
 })
@@ -237,6 +240,7 @@ console.log(md)
 
 await worker.close()
 await instances.stopAll('bench over')
+await dockerRuntime.discard()
 await events.close()
 await queue.obliterate({ force: true })
 await queue.close()

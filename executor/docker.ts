@@ -74,6 +74,11 @@ export interface DockerEngine {
   createContainer(launch: ContainerLaunch): Promise<string>
   startContainer(id: string): Promise<{ ip: string }>
   containerRunning(id: string): Promise<boolean>
+  /**
+   * `docker stop`: SIGTERM, SIGKILL after `graceSeconds` (default 1); the container, and any
+   * checkpoint it holds, stays. Already stopped (304) or gone (404) counts as stopped.
+   */
+  stopContainer(id: string, graceSeconds?: number): Promise<void>
 }
 
 /** `unix:///var/run/docker.sock` or `tcp://host:port` into dockerode options. */
@@ -313,6 +318,14 @@ export function createDockerEngine(options: Docker.DockerOptions): DockerEngine 
       }
     },
 
+    async stopContainer(id, graceSeconds = 1) {
+      try {
+        await docker.getContainer(id).stop({ t: graceSeconds })
+      } catch (err) {
+        if (statusOf(err) !== 304 && statusOf(err) !== 404) throw engineError(`stop ${id}`, err)
+      }
+    },
+
     async checkpointContainer(id, checkpoint) {
       try {
         await (
@@ -325,7 +338,9 @@ export function createDockerEngine(options: Docker.DockerOptions): DockerEngine 
 
     async startFromCheckpoint(id, checkpoint) {
       try {
-        await docker.getContainer(id).start({ checkpoint } as object)
+        // `checkpoint` is a query parameter. dockerode sends start options as the JSON body too,
+        // which Docker >= API 1.24 refuses (HTTP 400): an empty `_body` keeps the request bodiless.
+        await docker.getContainer(id).start({ _query: { checkpoint }, _body: {} } as object)
       } catch (err) {
         if (statusOf(err) !== 304) throw engineError(`start ${id} from checkpoint ${checkpoint}`, err)
       }

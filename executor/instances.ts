@@ -11,6 +11,7 @@ import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import { processSpecFor, type Baker } from './bake.ts'
 import type { ImageBuilder } from './build.ts'
+import type { DockerCheckpointRuntime } from './docker-checkpoint.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { isProcessAlive } from './process.ts'
 import { ensureImageRootfs } from './rootfs.ts'
@@ -29,7 +30,10 @@ export interface InstanceManagerDeps {
   readonly store: SnapshotStore
   readonly docker: DockerEngine
   readonly sandboxes: SandboxManager
-  readonly runtimes: Readonly<Record<'lazy' | 'eager' | 'boot', Runtime>>
+  /** `docker` (Docker's checkpoint API) serves only jobs that ask for it; without it they fail. */
+  readonly runtimes: Readonly<Record<'lazy' | 'eager' | 'boot', Runtime>> & {
+    readonly docker?: DockerCheckpointRuntime
+  }
   readonly logger: Logger
 }
 
@@ -123,8 +127,19 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     fn: FunctionDef,
     prep: Prepared,
   ): Promise<StartedInstance> {
-    if (kind === 'docker')
-      throw new InitlessError('ERR_RESTORE_FAILED', 'the docker runtime is not served by this executor')
+    if (kind === 'docker') {
+      const docker = deps.runtimes.docker
+      if (!docker)
+        throw new InitlessError('ERR_RESTORE_FAILED', 'the docker runtime is not served by this executor')
+      return docker.start({
+        instanceId: job.instanceId,
+        fn,
+        image: prep.image,
+        prepare: () =>
+          Promise.reject(new InitlessError('ERR_INTERNAL', 'the docker runtime uses no sandbox')),
+        hostLabel: deps.hostId,
+      })
+    }
     const snapshot = prep.snapshot
     const pooled = kind !== 'boot' && snapshot && !job.noPool ? takePooled(fn.name, snapshot) : undefined
     if (pooled) void fillPool(fn)
@@ -178,6 +193,8 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
   }
 
   async function release(inst: StartedInstance): Promise<void> {
+    // Stopped, never removed: its container holds the checkpoint the next restore starts from.
+    if (inst.runtime === 'docker') return deps.runtimes.docker?.stop(inst)
     if (inst.lazyDaemon && isProcessAlive(inst.lazyDaemon.pid)) process.kill(inst.lazyDaemon.pid, 'SIGKILL')
     if (inst.sandbox) await deps.sandboxes.destroy(inst.sandbox)
     if (inst.containerId) await deps.docker.removeContainer(inst.containerId)

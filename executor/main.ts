@@ -11,6 +11,7 @@ import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
 import { loadExecutorConfig } from './config.ts'
 import { createHost } from './host.ts'
+import { createDockerCheckpointRuntime } from './docker-checkpoint.ts'
 import { createInstanceManager } from './instances.ts'
 import { createReaper, reconcile, snapshotUsage } from './reaper.ts'
 import { createBootRuntime, createRuncRestoreRuntime } from './runtimes.ts'
@@ -28,6 +29,8 @@ for (const p of set.problems)
   logger.error({ fn: p.name, file: p.file, err: p.error.message }, 'function skipped')
 const functions: readonly FunctionDef[] = set.functions
 
+// Docker's checkpoint API, for jobs that ask for runtime `docker` (benchmarks); never a policy's pick.
+const dockerRuntime = createDockerCheckpointRuntime({ docker: host.docker, logger })
 const instances = createInstanceManager({
   hostId: config.hostId,
   stateDir: config.INITLESS_STATE_DIR,
@@ -55,6 +58,7 @@ const instances = createInstanceManager({
       verify: (s) => host.store.verify(s),
     }),
     boot: createBootRuntime({ docker: host.docker }),
+    docker: dockerRuntime,
   },
   logger,
 })
@@ -168,6 +172,8 @@ function shutdown(signal: string): Promise<void> {
     }
     const steps: [string, () => Promise<unknown>][] = [
       ['instances', () => instances.stopAll('executor shutdown')],
+      // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
+      ['docker templates', () => dockerRuntime.discard()],
       ['subscription', () => subscription.close()],
       ['redis', () => redis.quit()],
     ]

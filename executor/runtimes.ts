@@ -1,7 +1,8 @@
 /**
  * Restore runtimes behind one interface. `lazy` and `eager` restore a snapshot with runc + CRIU
  * into a sandbox; `boot` starts the image with a plain `docker run` (no snapshot: what container
- * FaaS platforms pay, and the fallback when a snapshot is missing or broken).
+ * FaaS platforms pay, and the fallback when a snapshot is missing or broken). `docker` (Docker's
+ * own checkpoint API, a benchmark reference only) lives in docker-checkpoint.ts.
  */
 import { InitlessError, errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'

@@ -7,6 +7,10 @@ import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { processSpecFor } from '../../executor/bake.ts'
 import { loadExecutorConfig, type ExecutorConfig } from '../../executor/config.ts'
+import {
+  createDockerCheckpointRuntime,
+  type DockerCheckpointRuntime,
+} from '../../executor/docker-checkpoint.ts'
 import type { ImageConfig } from '../../executor/docker.ts'
 import { createHost, type Host } from '../../executor/host.ts'
 import { ensureImageRootfs } from '../../executor/rootfs.ts'
@@ -23,9 +27,9 @@ import { createSilentLogger } from '../../shared/logger.ts'
 export interface TestHost {
   readonly config: ExecutorConfig
   readonly host: Host
-  readonly runtimes: Record<'lazy' | 'eager' | 'boot', Runtime>
+  readonly runtimes: Record<'lazy' | 'eager' | 'boot', Runtime> & { docker: DockerCheckpointRuntime }
   start(
-    kind: 'lazy' | 'eager' | 'boot',
+    kind: 'lazy' | 'eager' | 'boot' | 'docker',
     fn: FunctionDef,
     image: ImageConfig,
     snapshot?: Snapshot,
@@ -55,6 +59,7 @@ export async function createTestHost(env: Record<string, string> = {}): Promise<
       verify: (s) => host.store.verify(s),
     }),
     boot: createBootRuntime({ docker: host.docker }),
+    docker: createDockerCheckpointRuntime({ docker: host.docker, logger: createSilentLogger() }),
   }
   return {
     config,
@@ -88,12 +93,15 @@ export async function createTestHost(env: Record<string, string> = {}): Promise<
       })
     },
     async stop(inst) {
+      // Stopped, kept: the container holds the checkpoint (runtimes.docker.discard removes it).
+      if (inst.runtime === 'docker') return runtimes.docker.stop(inst)
       if (inst.lazyDaemon)
         await Promise.race([inst.lazyDaemon.exited, new Promise((r) => setTimeout(r, 20_000))])
       if (inst.sandbox) await host.sandboxes.destroy(inst.sandbox)
       if (inst.containerId) await host.docker.removeContainer(inst.containerId)
     },
     async dispose() {
+      await runtimes.docker.discard()
       await rm(stateDir, { recursive: true, force: true })
     },
   }
