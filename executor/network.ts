@@ -8,7 +8,7 @@
  * instances directly over the bridge; the subnet is never routed off the host. Two restores must
  * never share a namespace: both would bind the port and one would silently shadow the other.
  */
-import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { CommandRunner } from './exec.ts'
 
@@ -76,7 +76,10 @@ export class IpAllocator {
   constructor(subnet: string, leaseDir?: string) {
     this.#cidr = parseCidr(subnet)
     this.#leaseDir = leaseDir
-    if (leaseDir) mkdirSync(leaseDir, { recursive: true, mode: 0o700 })
+    if (leaseDir) {
+      mkdirSync(leaseDir, { recursive: true, mode: 0o700 })
+      dropLeasesFromBeforeBoot(leaseDir)
+    }
   }
 
   /** Take the host-wide lease of an address; false when another process holds it. */
@@ -125,6 +128,20 @@ export class IpAllocator {
     const n = ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0)
     const offset = n - this.#cidr.base
     return offset >= 2 && offset < 2 ** (32 - this.#cidr.bits) - 1 ? offset : undefined
+  }
+}
+
+/**
+ * Leases outlive nothing that holds an address: namespaces vanish at reboot, but the lease dir may
+ * not be on a tmpfs (/run is not one on every host), so leases older than the boot are dropped.
+ */
+function dropLeasesFromBeforeBoot(dir: string): void {
+  const btime = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))?.[1]
+  if (!btime) return
+  const bootMs = Number(btime) * 1000
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name)
+    if (statSync(path).mtimeMs < bootMs) rmSync(path, { force: true })
   }
 }
 
