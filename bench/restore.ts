@@ -14,11 +14,8 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Queue, QueueEvents } from 'bullmq'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { createDockerCheckpointRuntime } from '../executor/docker-checkpoint.ts'
-import { createHost } from '../executor/host.ts'
-import { createInstanceManager } from '../executor/instances.ts'
+import { createHost, createHostInstanceManager } from '../executor/host.ts'
 import { httpOnce } from '../executor/probe.ts'
-import { createBootRuntime, createRuncRestoreRuntime } from '../executor/runtimes.ts'
 import { createRestoreWorker } from '../executor/worker.ts'
 import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
@@ -58,37 +55,10 @@ const prefix = `bench-${randomBytes(4).toString('hex')}`
 const queueName = `bench-${randomUUID()}`
 const redis = createRedis(config.INITLESS_REDIS_URL)
 const registry = createRedisRegistry({ redis, logger, prefix })
-const dockerRuntime = createDockerCheckpointRuntime({ docker: host.docker, logger })
-const verify = (s: Parameters<typeof host.store.verify>[0]) => host.store.verify(s)
-const instances = createInstanceManager({
+const instances = createHostInstanceManager(host, {
   hostId: `bench-${config.hostId}`,
-  stateDir: config.INITLESS_STATE_DIR,
-  lazyThreshold: config.INITLESS_LAZY_THRESHOLD,
   functions: () => functions,
   registry,
-  builder: host.builder,
-  baker: host.baker,
-  store: host.store,
-  docker: host.docker,
-  sandboxes: host.sandboxes,
-  runtimes: {
-    lazy: createRuncRestoreRuntime({
-      runc: host.runc,
-      criu: host.criu,
-      sandboxes: host.sandboxes,
-      lazy: true,
-      verify,
-    }),
-    eager: createRuncRestoreRuntime({
-      runc: host.runc,
-      criu: host.criu,
-      sandboxes: host.sandboxes,
-      lazy: false,
-      verify,
-    }),
-    boot: createBootRuntime({ docker: host.docker }),
-    docker: dockerRuntime,
-  },
   logger,
 })
 const worker = createRestoreWorker({
@@ -240,7 +210,7 @@ console.log(md)
 
 await worker.close()
 await instances.stopAll('bench over')
-await dockerRuntime.discard()
+await host.runtimes.docker.discard()
 await events.close()
 await queue.obliterate({ force: true })
 await queue.close()

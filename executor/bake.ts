@@ -15,11 +15,12 @@ import type { DockerEngine, ImageConfig } from './docker.ts'
 import { tail } from './exec.ts'
 import { parseImageUser, SANDBOX_LAYOUT_VERSION } from './oci-spec.ts'
 import { isProcessAlive, readPidFile } from './process.ts'
-import { httpOnce, waitReady } from './probe.ts'
+import { waitReady } from './probe.ts'
 import { ensureImageRootfs } from './rootfs.ts'
 import type { Runc } from './runc.ts'
 import type { ProcessSpec, Sandbox, SandboxManager } from './sandbox.ts'
 import type { Snapshot, SnapshotIdentity, SnapshotStore } from './snapshot-store.ts'
+import { warmUp } from './warmup.ts'
 
 /** The process a function's container runs: the image's settings, overridden by the manifest. */
 export function processSpecFor(image: ImageConfig, manifest: Manifest): ProcessSpec {
@@ -93,9 +94,6 @@ export interface BakerDeps {
   readonly settleMs?: number
 }
 
-/** How many warm-up requests run at once. */
-const WARMUP_PARALLELISM = 4
-
 export function createBaker(deps: BakerDeps): Baker {
   const log = deps.logger.child({ module: 'bake' })
 
@@ -110,35 +108,6 @@ export function createBaker(deps: BakerDeps): Baker {
       `${fn}: ${errorMessage(err)}${output ? `\n--- last output of ${fn}:\n${output}` : '\n(the function printed nothing)'}`,
       { cause: err, details: { fn, output } },
     )
-  }
-
-  async function warmUp(fn: FunctionDef, sb: Sandbox, isAlive: () => boolean): Promise<number> {
-    let done = 0
-    for (const step of fn.manifest.warmup) {
-      let next = 0
-      const worker = async () => {
-        while (next < step.count) {
-          next++
-          if (!isAlive()) throw new Error(`the process exited during warm-up (${step.method} ${step.path})`)
-          const res = await httpOnce(sb.netns.ip, fn.manifest.port, step.path, {
-            method: step.method,
-            headers: step.headers,
-            timeoutMs: fn.manifest.timeouts.request,
-            ...(step.body === undefined ? {} : { body: step.body }),
-          }).catch((err: unknown) => {
-            throw new Error(`warm-up ${step.method} ${step.path} failed: ${errorMessage(err)}`)
-          })
-          const ok = step.expectStatus === undefined ? res.status < 500 : res.status === step.expectStatus
-          if (!ok)
-            throw new Error(
-              `warm-up ${step.method} ${step.path} answered HTTP ${res.status}: ${res.body.slice(0, 200)}`,
-            )
-          done++
-        }
-      }
-      await Promise.all(Array.from({ length: Math.min(WARMUP_PARALLELISM, step.count) }, worker))
-    }
-    return done
   }
 
   return {
@@ -188,7 +157,7 @@ export function createBaker(deps: BakerDeps): Baker {
           isAlive,
         }).catch((err: unknown) => failWith('ERR_BAKE_NOT_READY', sandbox, fn.name, err))
         progress(`ready after ${Math.round(readyMs)} ms; warming up`)
-        const warmupRequests = await warmUp(fn, sandbox, isAlive).catch((err: unknown) =>
+        const warmupRequests = await warmUp(fn.manifest, sandbox.netns.ip, isAlive).catch((err: unknown) =>
           failWith('ERR_BAKE_WARMUP_FAILED', sandbox, fn.name, err),
         )
         await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))

@@ -17,7 +17,8 @@ import { InitlessError, errorMessage, isInitlessError, type ErrorCode } from '..
 import type { FunctionDef } from '../shared/functions.ts'
 import { manifestHash } from '../shared/manifest.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
-import { httpOnce, waitReady } from './probe.ts'
+import { waitReady } from './probe.ts'
+import { warmUp } from './warmup.ts'
 import type { Runtime, StartRequest, StartedInstance } from './runtimes.ts'
 
 /** Label on every template container (value `1`). */
@@ -30,8 +31,6 @@ export const TEMPLATE_PREFIX = 'initless-ckpt-'
 const RESTORE_PROBE_INTERVAL_MS = 1
 /** How often a starting container is checked for having exited (dockerd inspect calls). */
 const LIVENESS_POLL_MS = 200
-/** Warm-up requests in flight at once (as bake.ts). */
-const WARMUP_PARALLELISM = 4
 
 export type DockerCheckpointEngine = Pick<
   DockerEngine,
@@ -105,38 +104,6 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
     )
   }
 
-  /** The warm-up of bake.ts, against the container's own address. */
-  async function warmUp(fn: FunctionDef, ip: string, isAlive: () => boolean): Promise<number> {
-    let done = 0
-    for (const step of fn.manifest.warmup) {
-      let next = 0
-      const worker = async () => {
-        while (next < step.count) {
-          next++
-          if (!isAlive()) throw new Error(`the process exited during warm-up (${step.method} ${step.path})`)
-          // httpOnce sends `Connection: close`: Docker's checkpoint has no --tcp-established, so
-          // no connection may be open when it runs.
-          const res = await httpOnce(ip, fn.manifest.port, step.path, {
-            method: step.method,
-            headers: step.headers,
-            timeoutMs: fn.manifest.timeouts.request,
-            ...(step.body === undefined ? {} : { body: step.body }),
-          }).catch((err: unknown) => {
-            throw new Error(`warm-up ${step.method} ${step.path} failed: ${errorMessage(err)}`)
-          })
-          const ok = step.expectStatus === undefined ? res.status < 500 : res.status === step.expectStatus
-          if (!ok)
-            throw new Error(
-              `warm-up ${step.method} ${step.path} answered HTTP ${res.status}: ${res.body.slice(0, 200)}`,
-            )
-          done++
-        }
-      }
-      await Promise.all(Array.from({ length: Math.min(WARMUP_PARALLELISM, step.count) }, worker))
-    }
-    return done
-  }
-
   async function removeTemplate(fn: string): Promise<void> {
     const t = templates.get(fn)
     if (!t) return
@@ -186,7 +153,7 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         intervalMs: m.readiness.interval,
         isAlive: watch.isAlive,
       }).catch((err: unknown) => failWith('ERR_BAKE_NOT_READY', fn.name, id, err))
-      const warmupRequests = await warmUp(fn, ip, watch.isAlive).catch((err: unknown) =>
+      const warmupRequests = await warmUp(fn.manifest, ip, watch.isAlive).catch((err: unknown) =>
         failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, err),
       )
       await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))

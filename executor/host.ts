@@ -5,9 +5,14 @@
 import { release } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
+import type { FunctionDef } from '../shared/functions.ts'
+import type { InstanceRegistry } from '../shared/registry.ts'
+import { createInstanceManager, type InstanceManager } from './instances.ts'
 import { createBaker, type Baker, type HostVersions } from './bake.ts'
 import { createImageBuilder, type ImageBuilder } from './build.ts'
-import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts'
+import { createDockerCheckpointRuntime, type DockerCheckpointRuntime } from './docker-checkpoint.ts'
+import { createBootRuntime, createRuncRestoreRuntime, type Runtime } from './runtimes.ts'
+import { createSnapshotStore, type Snapshot, type SnapshotStore } from './snapshot-store.ts'
 import type { ExecutorConfig } from './config.ts'
 import { createCriu, type Criu } from './criu.ts'
 import { createDockerEngine, dockerOptions, type DockerEngine } from './docker.ts'
@@ -18,7 +23,15 @@ import { createRunc, type Runc } from './runc.ts'
 import { createSandboxManager, type SandboxManager } from './sandbox.ts'
 import { runRestoreSelfTest, type SelfTestStep } from './selftest/selftest.ts'
 
+export interface HostRuntimes {
+  readonly lazy: Runtime
+  readonly eager: Runtime
+  readonly boot: Runtime
+  readonly docker: DockerCheckpointRuntime
+}
+
 export interface Host {
+  readonly config: ExecutorConfig
   readonly run: CommandRunner
   readonly network: NetworkManager
   readonly ips: IpAllocator
@@ -30,6 +43,8 @@ export interface Host {
   readonly store: SnapshotStore
   readonly builder: ImageBuilder
   readonly baker: Baker
+  /** The ways to start an instance, wired to this host's adapters. */
+  readonly runtimes: HostRuntimes
   versions(): Promise<HostVersions>
   selfTest(): Promise<SelfTestStep[]>
 }
@@ -62,10 +77,19 @@ export function createHost(config: ExecutorConfig, logger: Logger): Host {
     versions: hostVersions,
     logger,
   })
+  const verify = (snapshot: Snapshot) => store.verify(snapshot)
+  const runtimes: HostRuntimes = {
+    lazy: createRuncRestoreRuntime({ runc, criu, sandboxes, lazy: true, verify }),
+    eager: createRuncRestoreRuntime({ runc, criu, sandboxes, lazy: false, verify }),
+    boot: createBootRuntime({ docker }),
+    docker: createDockerCheckpointRuntime({ docker, logger }),
+  }
   return {
+    config,
     store,
     builder,
     baker,
+    runtimes,
     versions: hostVersions,
     run,
     network,
@@ -86,4 +110,27 @@ export function createHost(config: ExecutorConfig, logger: Logger): Host {
       })
     },
   }
+}
+
+/** The instance manager over a host's adapters; the caller brings identity, functions and registry. */
+export function createHostInstanceManager(
+  host: Host,
+  opts: {
+    hostId: string
+    functions: () => readonly FunctionDef[]
+    registry: InstanceRegistry
+    logger: Logger
+  },
+): InstanceManager {
+  return createInstanceManager({
+    ...opts,
+    stateDir: host.config.INITLESS_STATE_DIR,
+    lazyThreshold: host.config.INITLESS_LAZY_THRESHOLD,
+    builder: host.builder,
+    baker: host.baker,
+    store: host.store,
+    docker: host.docker,
+    sandboxes: host.sandboxes,
+    runtimes: host.runtimes,
+  })
 }

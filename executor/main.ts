@@ -10,11 +10,8 @@ import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
 import { loadExecutorConfig } from './config.ts'
-import { createHost } from './host.ts'
-import { createDockerCheckpointRuntime } from './docker-checkpoint.ts'
-import { createInstanceManager } from './instances.ts'
+import { createHost, createHostInstanceManager } from './host.ts'
 import { createReaper, reconcile, snapshotUsage } from './reaper.ts'
-import { createBootRuntime, createRuncRestoreRuntime } from './runtimes.ts'
 import { createRestoreWorker } from './worker.ts'
 
 const config = loadExecutorConfig(process.env)
@@ -29,37 +26,10 @@ for (const p of set.problems)
   logger.error({ fn: p.name, file: p.file, err: p.error.message }, 'function skipped')
 const functions: readonly FunctionDef[] = set.functions
 
-// Docker's checkpoint API, for jobs that ask for runtime `docker` (benchmarks); never a policy's pick.
-const dockerRuntime = createDockerCheckpointRuntime({ docker: host.docker, logger })
-const instances = createInstanceManager({
+const instances = createHostInstanceManager(host, {
   hostId: config.hostId,
-  stateDir: config.INITLESS_STATE_DIR,
-  lazyThreshold: config.INITLESS_LAZY_THRESHOLD,
   functions: () => functions,
   registry,
-  builder: host.builder,
-  baker: host.baker,
-  store: host.store,
-  docker: host.docker,
-  sandboxes: host.sandboxes,
-  runtimes: {
-    lazy: createRuncRestoreRuntime({
-      runc: host.runc,
-      criu: host.criu,
-      sandboxes: host.sandboxes,
-      lazy: true,
-      verify: (s) => host.store.verify(s),
-    }),
-    eager: createRuncRestoreRuntime({
-      runc: host.runc,
-      criu: host.criu,
-      sandboxes: host.sandboxes,
-      lazy: false,
-      verify: (s) => host.store.verify(s),
-    }),
-    boot: createBootRuntime({ docker: host.docker }),
-    docker: dockerRuntime,
-  },
   logger,
 })
 
@@ -173,7 +143,7 @@ function shutdown(signal: string): Promise<void> {
     const steps: [string, () => Promise<unknown>][] = [
       ['instances', () => instances.stopAll('executor shutdown')],
       // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
-      ['docker templates', () => dockerRuntime.discard()],
+      ['docker templates', () => host.runtimes.docker.discard()],
       ['subscription', () => subscription.close()],
       ['redis', () => redis.quit()],
     ]

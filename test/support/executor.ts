@@ -5,7 +5,8 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import { Queue, QueueEvents } from 'bullmq'
-import { createInstanceManager, type InstanceManager } from '../../executor/instances.ts'
+import { createHostInstanceManager } from '../../executor/host.ts'
+import type { InstanceManager } from '../../executor/instances.ts'
 import { createReaper, type Reaper } from '../../executor/reaper.ts'
 import { createRestoreWorker, type RestoreWorker } from '../../executor/worker.ts'
 import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../../shared/contracts.ts'
@@ -41,19 +42,10 @@ export async function createTestExecutor(
     createRedis(REDIS_URL, { blocking: true }),
   ]
   const registry = createRedisRegistry({ redis, logger, prefix })
-  const { host } = th
-  const instances = createInstanceManager({
+  const instances = createHostInstanceManager(th.host, {
     hostId: `test-${th.config.hostId}`,
-    stateDir: th.config.INITLESS_STATE_DIR,
-    lazyThreshold: th.config.INITLESS_LAZY_THRESHOLD,
     functions: () => functions,
     registry,
-    builder: host.builder,
-    baker: host.baker,
-    store: host.store,
-    docker: host.docker,
-    sandboxes: host.sandboxes,
-    runtimes: th.runtimes,
     logger,
   })
   const worker: RestoreWorker = createRestoreWorker({

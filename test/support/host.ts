@@ -7,19 +7,10 @@ import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { processSpecFor } from '../../executor/bake.ts'
 import { loadExecutorConfig, type ExecutorConfig } from '../../executor/config.ts'
-import {
-  createDockerCheckpointRuntime,
-  type DockerCheckpointRuntime,
-} from '../../executor/docker-checkpoint.ts'
 import type { ImageConfig } from '../../executor/docker.ts'
-import { createHost, type Host } from '../../executor/host.ts'
+import { createHost, type Host, type HostRuntimes } from '../../executor/host.ts'
 import { ensureImageRootfs } from '../../executor/rootfs.ts'
-import {
-  createBootRuntime,
-  createRuncRestoreRuntime,
-  type Runtime,
-  type StartedInstance,
-} from '../../executor/runtimes.ts'
+import type { StartedInstance } from '../../executor/runtimes.ts'
 import type { Snapshot } from '../../executor/snapshot-store.ts'
 import type { FunctionDef } from '../../shared/functions.ts'
 import { createSilentLogger } from '../../shared/logger.ts'
@@ -27,7 +18,7 @@ import { createSilentLogger } from '../../shared/logger.ts'
 export interface TestHost {
   readonly config: ExecutorConfig
   readonly host: Host
-  readonly runtimes: Record<'lazy' | 'eager' | 'boot', Runtime> & { docker: DockerCheckpointRuntime }
+  readonly runtimes: HostRuntimes
   start(
     kind: 'lazy' | 'eager' | 'boot' | 'docker',
     fn: FunctionDef,
@@ -43,24 +34,7 @@ export async function createTestHost(env: Record<string, string> = {}): Promise<
   await mkdir(stateDir, { recursive: true, mode: 0o700 })
   const config = loadExecutorConfig({ ...process.env, INITLESS_STATE_DIR: stateDir, ...env })
   const host = createHost(config, createSilentLogger())
-  const runtimes = {
-    lazy: createRuncRestoreRuntime({
-      runc: host.runc,
-      criu: host.criu,
-      sandboxes: host.sandboxes,
-      lazy: true,
-      verify: (s) => host.store.verify(s),
-    }),
-    eager: createRuncRestoreRuntime({
-      runc: host.runc,
-      criu: host.criu,
-      sandboxes: host.sandboxes,
-      lazy: false,
-      verify: (s) => host.store.verify(s),
-    }),
-    boot: createBootRuntime({ docker: host.docker }),
-    docker: createDockerCheckpointRuntime({ docker: host.docker, logger: createSilentLogger() }),
-  }
+  const runtimes = host.runtimes
   return {
     config,
     host,
