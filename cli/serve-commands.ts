@@ -158,7 +158,9 @@ export function registerServeCommands(program: Command, io: CliIo): void {
           [
             `HTTP ${res.status} in ${Math.round(ms)} ms`,
             ...(timing.length
-              ? [`phases: ${timing.map((t) => `${t.name}=${t.dur ?? '?'}ms`).join(' ')}`]
+              ? [
+                  `phases: ${timing.map((t) => (t.dur === undefined ? t.name : `${t.name}=${t.dur}ms`)).join(' ')}`,
+                ]
               : []),
             '',
             body,
