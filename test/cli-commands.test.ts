@@ -82,13 +82,13 @@ describe('initless CLI commands', () => {
       tag: string
     }[]
     assert.equal(build[0]?.fn, 'hello-node')
-    assert.match(build[0]!.tag, /^initless\/fn-hello-node:[0-9a-f]{16}$/)
+    assert.match(build[0].tag, /^initless\/fn-hello-node:[0-9a-f]{16}$/)
     const bake = JSON.parse((await cli(['--json', 'bake', 'hello-node'])).stdout) as {
       fn: string
       sizeBytes: number
     }[]
     assert.equal(bake[0]?.fn, 'hello-node')
-    assert.ok(bake[0]!.sizeBytes > 1_000_000)
+    assert.ok(bake[0].sizeBytes > 1_000_000)
     const list = JSON.parse((await cli(['--json', 'functions'])).stdout) as {
       name: string
       state: string
@@ -96,7 +96,7 @@ describe('initless CLI commands', () => {
     }[]
     assert.deepEqual(
       list.map((f) => [f.name, f.state, f.image]),
-      [['hello-node', 'ready', build[0]!.tag]],
+      [['hello-node', 'ready', build[0].tag]],
     )
     const text = (await cli(['functions'])).stdout
     assert.match(text, /^NAME\s+STATE\s+POLICY\s+SNAPSHOT\s+AGE\s+IMAGE$/m)
