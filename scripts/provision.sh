@@ -111,8 +111,10 @@ else
     mkdir -p "$apt_dir/lists/partial"
     echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main' \
       >"$apt_dir/sources.list"
+    # Check-Valid-Until off: a mirror may serve a sid index whose Release date has lapsed; the
+    # pinned SHA-256 below is what guards the tarball.
     apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
-      -o "Dir::State::Lists=$apt_dir/lists" -o "APT::Get::List-Cleanup=0")
+      -o "Dir::State::Lists=$apt_dir/lists" -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false")
     apt-get "${apt_opts[@]}" update -qq >"$LOG_DIR/criu-src.log" 2>&1 || true
     # The .debian.tar.xz part may 404 (so the command fails): judge by the tarball, not the exit code.
     (cd "$src_dir" && apt-get "${apt_opts[@]}" source --download-only "criu/sid" >>"$LOG_DIR/criu-src.log" 2>&1) || true
