@@ -10,6 +10,7 @@ import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
+import { registerBenchCommand } from './bench-command.ts'
 import { createLogger } from '../shared/logger.ts'
 
 export const EXIT_OK = 0
@@ -69,6 +70,7 @@ const io = {
 }
 registerFunctionCommands(program, io)
 registerServeCommands(program, io)
+registerBenchCommand(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean }>()

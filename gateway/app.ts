@@ -18,7 +18,10 @@ import { createInvokeRoutes } from './routes/invoke.ts'
 
 export interface GatewayAppDeps {
   readonly catalog: FunctionCatalog
-  readonly pool: Pick<InstancePool, 'acquire' | 'prewarm' | 'stats' | 'onRestored'>
+  readonly pool: Pick<
+    InstancePool,
+    'acquire' | 'prewarm' | 'stats' | 'onRestored' | 'setStartOverride' | 'startOverride'
+  >
   readonly registry: Pick<InstanceRegistry, 'executors' | 'listAll' | 'publish' | 'requestRebake'>
   readonly forwarder: Forwarder
   readonly logger: Logger

@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
-import type { InstanceRecord, RegistryEvent, RestoreReason } from '../shared/contracts.ts'
+import type { InstanceRecord, RegistryEvent, RestoreReason, RuntimeKind } from '../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../shared/errors.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import type { InstanceRegistry, RegistrySubscription } from '../shared/registry.ts'
@@ -33,6 +33,15 @@ import {
 
 export type { Lease, PoolStats }
 
+/**
+ * Forces how the restores this gateway starts for one function run, instead of the function's
+ * restore policy and pool (benchmarks, diagnostics). Carried in the job (RestoreJobData).
+ */
+export interface StartOverride {
+  readonly runtime?: RuntimeKind
+  readonly noPool?: boolean
+}
+
 export interface InstancePool {
   /** Subscribe to registry events and restore outcomes, start the periodic refresh. */
   start(): Promise<void>
@@ -43,6 +52,9 @@ export interface InstancePool {
   /** Reserve and enqueue up to `count` restores (bounded by maxInstances). Returns their ids. */
   prewarm(manifest: Manifest, count: number, traceId: string): Promise<string[]>
   stats(): PoolStats[]
+  /** Set (or with `undefined` clear) the start override of `fn`. Held by this gateway only. */
+  setStartOverride(fn: string, override: StartOverride | undefined): void
+  startOverride(fn: string): StartOverride | undefined
   /** Called when a restore this gateway enqueued became ready (its record carries the phases). */
   onRestored(listener: (record: InstanceRecord) => void): () => void
   /** Stop; waiting requests fail with 503. Idempotent. */
@@ -87,6 +99,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   /** Restores this gateway enqueued and has not seen end: instance id -> fn. */
   const ours = new Map<string, { fn: string; since: number }>()
   const restoredListeners = new Set<(record: InstanceRecord) => void>()
+  const overrides = new Map<string, StartOverride>()
   let subscription: RegistrySubscription | undefined
   let stopOutcomes: (() => void) | undefined
   let timer: NodeJS.Timeout | undefined
@@ -151,7 +164,14 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
       const entry = s.starting.get(id)
       if (entry) entry.isPending = false
       ours.set(id, { fn: s.fn, since: now() })
-      await queue.enqueue({ fn: s.fn, instanceId: id, traceId, enqueuedAt: now(), reason })
+      await queue.enqueue({
+        fn: s.fn,
+        instanceId: id,
+        traceId,
+        enqueuedAt: now(),
+        reason,
+        ...overrides.get(s.fn),
+      })
       log.info({ fn: s.fn, instanceId: id, reason, traceId }, 'restore enqueued')
       return id
     } catch (err) {
@@ -318,6 +338,14 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     },
 
     stats: () => [...fns.values()].map(statsOf),
+
+    setStartOverride(fn, override) {
+      if (override && (override.runtime !== undefined || override.noPool !== undefined))
+        overrides.set(fn, override)
+      else overrides.delete(fn)
+    },
+
+    startOverride: (fn) => overrides.get(fn),
 
     onRestored(listener) {
       restoredListeners.add(listener)

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { cp, mkdtemp, rm } from 'node:fs/promises'
+import { cp, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -167,5 +167,49 @@ describe('initless CLI commands', () => {
       hostResources({ runcRoot: '/run/initless/runc', stateDir: '/var/lib/initless' }),
       NO_LEAKS,
     )
+  })
+
+  test('bench: a minimal real run writes latest.json, the table and the chart', async (t) => {
+    if (!requireServices(t)) return
+    const out = await mkdtemp(join(tmpdir(), 'initless-bench-'))
+    after(() => rm(out, { recursive: true, force: true }))
+    await cli([
+      'bench',
+      '--n',
+      '1',
+      '--functions',
+      'hello-node',
+      '--runtimes',
+      'boot,eager',
+      '--only',
+      'cold,warm',
+      '--warm-connections',
+      '1',
+      '--warm-duration',
+      '1',
+      '--warmup',
+      '1',
+      '--out',
+      out,
+    ])
+    const latest = JSON.parse(await readFile(join(out, 'latest.json'), 'utf8')) as {
+      date: string
+      command: string
+      coldStart: { function: string; runtime: string; n: number; p50Ms: number; ratioToBoot: number }[]
+      warm: { target: string; connections: number; rps: number }[]
+    }
+    assert.match(latest.command, /bench/)
+    assert.deepEqual(
+      latest.coldStart.map((r) => [r.function, r.runtime.split(' ')[0], r.n]),
+      [
+        ['hello-node', 'boot', 1],
+        ['hello-node', 'eager', 1],
+      ],
+    )
+    assert.ok(latest.coldStart.every((r) => r.p50Ms > 0))
+    assert.deepEqual(latest.warm.map((w) => w.target).sort(), ['direct', 'gateway', 'nginx'])
+    assert.ok(latest.warm.every((w) => w.rps > 0))
+    assert.match(await readFile(join(out, 'latest.md'), 'utf8'), /\| hello-node \| eager/)
+    assert.match(await readFile(join(out, 'latest.svg'), 'utf8'), /^<svg/)
   })
 })

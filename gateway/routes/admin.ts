@@ -5,7 +5,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { Hono } from 'hono'
 import { z } from 'zod'
-import type { RegistryEvent } from '../../shared/contracts.ts'
+import { RUNTIME_KINDS, type RegistryEvent } from '../../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
 import type { InstanceRegistry } from '../../shared/registry.ts'
 import type { FunctionCatalog } from '../catalog.ts'
@@ -15,12 +15,15 @@ import type { GatewayEnv } from '../request-context.ts'
 
 export interface AdminRouteDeps {
   readonly catalog: FunctionCatalog
-  readonly pool: Pick<InstancePool, 'prewarm' | 'stats'>
+  readonly pool: Pick<InstancePool, 'prewarm' | 'stats' | 'setStartOverride' | 'startOverride'>
   readonly registry: Pick<InstanceRegistry, 'listAll' | 'publish' | 'requestRebake'>
   readonly adminToken?: string | undefined
 }
 
 const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).strict()
+const runtimeBody = z
+  .object({ runtime: z.enum(RUNTIME_KINDS).optional(), noPool: z.boolean().optional() })
+  .strict()
 
 const digest = (s: string) => createHash('sha256').update(s).digest()
 
@@ -60,7 +63,17 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
     const functions = deps.catalog.list().map((m) => {
       const { ready = 0, starting = 0, waiting = 0, inflight = 0 } = stats.get(m.name) ?? {}
-      return { name: m.name, scaling: m.scaling, timeouts: m.timeouts, ready, starting, waiting, inflight }
+      const startOverride = deps.pool.startOverride(m.name) ?? null
+      return {
+        name: m.name,
+        scaling: m.scaling,
+        timeouts: m.timeouts,
+        ready,
+        starting,
+        waiting,
+        inflight,
+        startOverride,
+      }
     })
     return c.json({ functions })
   })
@@ -89,6 +102,30 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
       'prewarm requested',
     )
     return c.json({ fn: manifest.name, action: 'prewarm', requested: instances, started }, 202)
+  })
+
+  // Force the runtime (and pool use) of the restores THIS gateway starts for a function, e.g. to
+  // measure each runtime through the gateway (bench/). Not shared with other gateways; DELETE clears.
+  app.put('/functions/:name/runtime', async (c) => {
+    const manifest = manifestOf(c.req.param('name'))
+    const parsed = runtimeBody.safeParse(await c.req.json().catch(() => undefined))
+    if (!parsed.success) {
+      throw new InitlessError(
+        'ERR_GATEWAY_BAD_REQUEST',
+        `expected a JSON body {"runtime"?: ${RUNTIME_KINDS.map((k) => `"${k}"`).join(' | ')}, "noPool"?: boolean}`,
+      )
+    }
+    deps.pool.setStartOverride(manifest.name, parsed.data)
+    const startOverride = deps.pool.startOverride(manifest.name) ?? null
+    c.get('log').warn({ fn: manifest.name, startOverride }, 'start override set')
+    return c.json({ fn: manifest.name, startOverride })
+  })
+
+  app.delete('/functions/:name/runtime', (c) => {
+    const manifest = manifestOf(c.req.param('name'))
+    deps.pool.setStartOverride(manifest.name, undefined)
+    c.get('log').info({ fn: manifest.name }, 'start override cleared')
+    return c.json({ fn: manifest.name, startOverride: null })
   })
 
   app.post('/functions/:name/rebake', async (c) => {

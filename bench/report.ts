@@ -1,0 +1,226 @@
+/**
+ * The benchmark's result document: targets (met or missed, and by how much) and the Markdown
+ * rendering of everything. Pure functions of the measured data.
+ */
+import type { RuntimeKind } from '../shared/contracts.ts'
+import type { BurstResult } from './burst.ts'
+import type { ColdStartRow, Phase } from './cold-start.ts'
+import { PHASES } from './cold-start.ts'
+import type { BenchEnvironment } from './env.ts'
+import { round } from './env.ts'
+import type { WarmResult } from './warm.ts'
+
+export interface TargetResult {
+  readonly target: string
+  /** What was compared, and from which rows. */
+  readonly basis: string
+  readonly value: number | null
+  readonly comparison: '<=' | '>='
+  readonly limit: number
+  readonly unit: 'ms' | 'x' | '%' | 'errors'
+  /** null: not measured in this run. */
+  readonly met: boolean | null
+  /** "met by 12 ms (8%)", "missed by 30 ms (+20%)", "not measured". */
+  readonly margin: string
+}
+
+export interface BenchResult extends BenchEnvironment {
+  readonly kind: string
+  readonly settings: Record<string, unknown>
+  /** The runtime each function's restore policy picks (the targets are judged on it). */
+  readonly policyRuntimes: Readonly<Record<string, RuntimeKind>>
+  readonly coldStart: readonly ColdStartRow[]
+  readonly burst: (BurstResult & { singleColdP50Ms: number | null; singleColdBasis: string }) | null
+  readonly warm: readonly (WarmResult['rows'][number] & { function: string })[]
+  readonly warmSetup: Omit<WarmResult, 'rows'> | null
+  readonly targets: readonly TargetResult[]
+  readonly method: readonly string[]
+}
+
+/** Cold-start targets: p50 through the gateway, ms. */
+export const COLD_TARGETS_MS: Readonly<Record<string, number>> = {
+  'flask-table': 150,
+  'spring-greeting': 120,
+  'hello-node': 80,
+}
+export const FLASK_MIN_SPEEDUP = 40
+export const BURST_MAX_P99_FACTOR = 3
+export const WARM_MAX_ADDED_P50_MS = 1
+export const MIN_THROUGHPUT_VS_NGINX_PCT = 50
+
+function judge(
+  target: string,
+  basis: string,
+  value: number | null | undefined,
+  comparison: '<=' | '>=',
+  limit: number,
+  unit: TargetResult['unit'],
+): TargetResult {
+  if (value === null || value === undefined || !Number.isFinite(value))
+    return { target, basis, value: null, comparison, limit, unit, met: null, margin: 'not measured' }
+  const met = comparison === '<=' ? value <= limit : value >= limit
+  const diff = round(Math.abs(value - limit), unit === 'ms' ? 2 : 1)
+  const rel = limit !== 0 && unit !== '%' ? ` (${round((Math.abs(value - limit) / limit) * 100, 0)}%)` : ''
+  const u = unit === 'x' ? 'x' : unit === '%' ? ' percentage points' : ` ${unit}`
+  return {
+    target,
+    basis,
+    value: round(value, 2),
+    comparison,
+    limit,
+    unit,
+    met,
+    margin: `${met ? 'met' : 'missed'} by ${diff}${u}${rel}`,
+  }
+}
+
+export function evaluateTargets(r: Omit<BenchResult, 'targets'>): TargetResult[] {
+  const out: TargetResult[] = []
+  const coldRow = (fn: string) => {
+    const rt = r.policyRuntimes[fn]
+    return rt ? r.coldStart.find((c) => c.function === fn && c.runtime === rt) : undefined
+  }
+  for (const [fn, limit] of Object.entries(COLD_TARGETS_MS)) {
+    const row = coldRow(fn)
+    const basis = row
+      ? `p50 of ${row.n} cold starts with ${row.runtime} (its restore policy's choice, no pool)`
+      : `${fn} not in this run's cold-start matrix`
+    out.push(judge(`${fn} cold start`, basis, row?.p50Ms, '<=', limit, 'ms'))
+    if (fn === 'flask-table')
+      out.push(
+        judge(
+          'flask-table faster than boot',
+          row ? `boot p50 / ${row.runtime} p50` : basis,
+          row?.ratioToBoot,
+          '>=',
+          FLASK_MIN_SPEEDUP,
+          'x',
+        ),
+      )
+  }
+  const b = r.burst
+  out.push(
+    judge(
+      'burst from zero: errors',
+      b ? `${b.requests} concurrent requests to ${b.function}` : 'burst not run',
+      b?.errors,
+      '<=',
+      0,
+      'errors',
+    ),
+  )
+  out.push(
+    judge(
+      'burst from zero: p99 vs a single cold start',
+      b ? `p99 ${b.p99Ms} ms / ${b.singleColdBasis}` : 'burst not run',
+      b && b.singleColdP50Ms ? b.p99Ms / b.singleColdP50Ms : null,
+      '<=',
+      BURST_MAX_P99_FACTOR,
+      'x',
+    ),
+  )
+  const conns = [...new Set(r.warm.map((w) => w.connections))].sort((a, c) => a - c)
+  for (const c of conns) {
+    const at = (t: string) => r.warm.find((w) => w.connections === c && w.target === t)
+    const gw = at('gateway')
+    const direct = at('direct')
+    const nginx = at('nginx')
+    out.push(
+      judge(
+        `warm path: p50 added by the gateway, ${c} connection${c === 1 ? '' : 's'}`,
+        gw && direct ? `gateway p50 ${gw.p50Ms} ms - direct p50 ${direct.p50Ms} ms` : 'not run',
+        gw && direct ? gw.p50Ms - direct.p50Ms : null,
+        '<=',
+        WARM_MAX_ADDED_P50_MS,
+        'ms',
+      ),
+    )
+    out.push(
+      judge(
+        `warm path: gateway throughput vs nginx, ${c} connection${c === 1 ? '' : 's'} (%)`,
+        gw && nginx ? `gateway ${gw.rps} req/s / nginx ${nginx.rps} req/s` : 'not run',
+        gw && nginx && nginx.rps > 0 ? (gw.rps / nginx.rps) * 100 : null,
+        '>=',
+        MIN_THROUGHPUT_VS_NGINX_PCT,
+        '%',
+      ),
+    )
+  }
+  return out
+}
+
+const suffix = (u: TargetResult['unit']) => (u === 'ms' ? ' ms' : u === 'x' ? 'x' : u === '%' ? '%' : '')
+const fmt = (v: number | null | undefined, unit = '') =>
+  v === null || v === undefined || !Number.isFinite(v) ? '-' : `${v}${unit}`
+
+export function renderMarkdown(r: BenchResult): string {
+  const m = r.machine
+  const v = r.versions
+  const lines = [
+    '# initless benchmark',
+    '',
+    `${r.date} — \`${r.command}\``,
+    '',
+    `Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, kernel ${m.kernel}, load ${m.loadAvg1m} at start. ` +
+      `CRIU ${v.criu}, runc ${v.runc}, Docker ${v.docker}, Node ${v.node}` +
+      `${r.warmSetup ? `, nginx ${r.warmSetup.nginxVersion}` : ''}.`,
+    '',
+    '## Targets',
+    '',
+    '| target | measured | limit | verdict | basis |',
+    '|---|---|---|---|---|',
+    ...r.targets.map((t) => {
+      const verdict = t.met === null ? 'not measured' : `**${t.met ? 'met' : 'MISSED'}**, ${t.margin}`
+      return `| ${t.target} | ${fmt(t.value, suffix(t.unit))} | ${t.comparison} ${t.limit}${suffix(t.unit)} | ${verdict} | ${t.basis} |`
+    }),
+    '',
+  ]
+  if (r.coldStart.length) {
+    const phaseHead = PHASES.map((p: Phase) => p).join(' | ')
+    lines.push(
+      '## Cold start through the gateway',
+      '',
+      'Request sent (fresh connection) -> first byte of the answer, no instance running. ' +
+        'Phases: medians of each Server-Timing phase on its own, ms.',
+      '',
+      `| function | runtime | n | p50 ms | p95 ms | boot / this | ${phaseHead} | failures |`,
+      `|---|---|---|---|---|---|${PHASES.map(() => '---|').join('')}---|`,
+      ...r.coldStart.map(
+        (c) =>
+          `| ${c.function} | ${c.runtime}${r.policyRuntimes[c.function] === c.runtime ? ' (policy)' : ''} | ${c.n} | ${fmt(c.p50Ms)} | ${fmt(c.p95Ms)} | ${fmt(c.ratioToBoot, 'x')} | ${PHASES.map((p) => fmt(c.phasesP50Ms[p])).join(' | ')} | ${c.failures.length} |`,
+      ),
+      '',
+    )
+  }
+  if (r.burst) {
+    const b = r.burst
+    lines.push(
+      '## Burst from zero',
+      '',
+      '| function | requests | errors | restores | runtimes | p50 ms | p99 ms | max ms | single cold p50 ms |',
+      '|---|---|---|---|---|---|---|---|---|',
+      `| ${b.function} | ${b.requests} | ${b.errors} | ${b.restores} | ${Object.entries(b.runtimes)
+        .map(([k, n]) => `${k} ×${n}`)
+        .join(', ')} | ${fmt(b.p50Ms)} | ${fmt(b.p99Ms)} | ${fmt(b.maxMs)} | ${fmt(b.singleColdP50Ms)} |`,
+      '',
+      ...(b.errorSamples.length ? [`Errors: ${b.errorSamples.map((e) => `\`${e}\``).join('; ')}`, ''] : []),
+    )
+  }
+  if (r.warm.length && r.warmSetup) {
+    const s = r.warmSetup
+    lines.push(
+      '## Warm path',
+      '',
+      `${s.function}, one instance (${s.instanceCpus ?? '?'} CPU quota); autocannon, ${String(r.settings.warmDurationS)} s per run after ${String(r.settings.warmupS)} s untimed; nginx ${s.nginxVersion} with ${s.nginxWorkers} worker(s). Instances after the runs: ${s.instancesAfter}.`,
+      '',
+      '| connections | target | p50 ms | p99 ms | req/s | errors |',
+      '|---|---|---|---|---|---|',
+      ...r.warm.map(
+        (w) => `| ${w.connections} | ${w.target} | ${w.p50Ms} | ${w.p99Ms} | ${w.rps} | ${w.errors} |`,
+      ),
+      '',
+    )
+  }
+  lines.push('## Method', '', ...r.method.map((l) => `- ${l}`), '')
+  return lines.join('\n')
+}

@@ -1,0 +1,152 @@
+/**
+ * Warm path: one running instance, loaded by autocannon (as a library) three ways — straight at the
+ * instance's address, through the gateway, and through nginx — at each connection count. Latency
+ * percentiles come from autocannon's per-response times (float ms; its own histogram rounds to whole
+ * milliseconds, too coarse for a sub-millisecond difference); requests per second from its result.
+ */
+import autocannon from 'autocannon'
+import type { InstanceAddress } from '../shared/contracts.ts'
+import { percentile, round } from './env.ts'
+import { startNginx } from './nginx.ts'
+import { probe } from './probe.ts'
+import { SAMPLE_REQUESTS } from './samples.ts'
+import type { BenchStack } from './stack.ts'
+
+export const WARM_TARGETS = ['direct', 'gateway', 'nginx'] as const
+export type WarmTarget = (typeof WARM_TARGETS)[number]
+
+export interface WarmRow {
+  readonly target: WarmTarget
+  readonly connections: number
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly rps: number
+  readonly requests: number
+  /** Socket errors, timeouts and non-2xx answers. */
+  readonly errors: number
+  readonly durationS: number
+  /**
+   * Sum of response times / (connections x duration): at most ~1 when every answer was timed from
+   * its own request. autocannon re-sends on a connection the server closed and then times each
+   * later answer from an earlier request; far above 1 means the latencies of this row are inflated.
+   */
+  readonly busyRatio: number
+}
+
+export interface WarmResult {
+  readonly function: string
+  readonly instance: InstanceAddress
+  /** The instance's CPU quota (resources.cpus): it bounds what any path can reach. */
+  readonly instanceCpus: number | undefined
+  readonly nginxVersion: string
+  readonly nginxWorkers: number
+  readonly rows: readonly WarmRow[]
+  /** Instances of the function after the runs: 1 unless the gateway scaled out. */
+  readonly instancesAfter: number
+}
+
+export interface WarmOptions {
+  readonly fn: string
+  readonly connections: readonly number[]
+  readonly durationS: number
+  readonly warmupS: number
+  readonly nginxWorkers: number
+  readonly progress: (line: string) => void
+  /** Registers nginx's stop as soon as it runs (signal handlers run it). */
+  readonly defer: (cleanup: () => Promise<void>) => void
+}
+
+interface Load {
+  readonly latencies: number[]
+  readonly result: autocannon.Result
+}
+
+function load(url: string, connections: number, durationS: number, method: string, body?: string) {
+  return new Promise<Load>((resolve, reject) => {
+    const latencies: number[] = []
+    const instance = autocannon(
+      { url, connections, duration: durationS, pipelining: 1, timeout: 10, method: method as 'GET', body },
+      (err, result) =>
+        err ? reject(err instanceof Error ? err : new Error(String(err))) : resolve({ latencies, result }),
+    )
+    instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+      if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime)
+    })
+  })
+}
+
+export async function runWarmPath(
+  stack: BenchStack,
+  o: WarmOptions,
+  manifestCpus: number | undefined,
+): Promise<WarmResult> {
+  const sample = SAMPLE_REQUESTS[o.fn]
+  if (!sample) throw new Error(`no sample request for ${o.fn} in bench/samples.ts`)
+  await stack.scaleToZero(o.fn)
+  await stack.setStartOverride(o.fn, undefined)
+  const first = await probe(
+    '127.0.0.1',
+    stack.port,
+    { ...sample, path: `/fn/${o.fn}${sample.path}` },
+    300_000,
+  )
+  if (first.status !== 200) throw new Error(`${o.fn}: HTTP ${first.status} ${first.body.slice(0, 200)}`)
+  const [inst] = await stack.instances(o.fn)
+  if (!inst?.address) throw new Error(`${o.fn}: no ready instance after a 200`)
+  const address = inst.address
+  const nginx = await startNginx(address, sample.path, o.nginxWorkers)
+  o.defer(() => nginx.stop())
+  try {
+    const urls: Record<WarmTarget, string> = {
+      direct: `http://${address.host}:${address.port}${sample.path}`,
+      gateway: `http://127.0.0.1:${stack.port}/fn/${o.fn}${sample.path}`,
+      nginx: `http://127.0.0.1:${nginx.port}${sample.path}`,
+    }
+    const rows: WarmRow[] = []
+    for (const connections of o.connections) {
+      for (const target of WARM_TARGETS) {
+        // Untimed first: JIT, connection pools (the gateway's and nginx's upstream keep-alive).
+        await load(urls[target], connections, o.warmupS, sample.method, sample.body)
+        const { latencies, result } = await load(
+          urls[target],
+          connections,
+          o.durationS,
+          sample.method,
+          sample.body,
+        )
+        const row: WarmRow = {
+          target,
+          connections,
+          p50Ms: round(percentile(latencies, 50), 3),
+          p99Ms: round(percentile(latencies, 99), 3),
+          rps: round(result.requests.average, 0),
+          requests: result.requests.total,
+          errors: result.errors + result.non2xx,
+          durationS: result.duration,
+          busyRatio: round(latencies.reduce((a, b) => a + b, 0) / (connections * result.duration * 1000), 3),
+        }
+        if (row.busyRatio > 1.1)
+          o.progress(
+            `[warm ${o.fn}] WARNING: ${target} c=${connections}: latencies inflated (busy ratio ${row.busyRatio})`,
+          )
+        rows.push(row)
+        o.progress(
+          `[warm ${o.fn}] ${target} c=${connections}: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${row.rps} req/s, ${row.errors} errors`,
+        )
+      }
+    }
+    const instancesAfter = (await stack.instances(o.fn)).length
+    return {
+      function: o.fn,
+      instance: address,
+      instanceCpus: manifestCpus,
+      nginxVersion: nginx.version,
+      nginxWorkers: o.nginxWorkers,
+      rows,
+      instancesAfter,
+    }
+  } finally {
+    await nginx.stop()
+    await stack.scaleToZero(o.fn).catch(() => undefined)
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * `initless bench [options]`: runs bench/run.ts (the benchmark: cold-start matrix, burst from zero,
+ * warm path) in its own process with the options passed through unchanged (`initless bench --help`
+ * lists them), so the benchmark keeps one composition root and one place that parses its options.
+ */
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { Command } from 'commander'
+import type { CliIo } from './functions-commands.ts'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+export function registerBenchCommand(program: Command, _io: CliIo): void {
+  program
+    .command('bench')
+    .description(
+      'benchmark through the gateway (cold starts per runtime, burst from zero, warm path vs nginx); ' +
+        'writes bench/results/ (--help for options)',
+    )
+    .helpOption(false)
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .action(async (_opts: unknown, cmd: Command) => {
+      const args = cmd.args
+      const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), ...args], {
+        cwd: ROOT,
+        stdio: 'inherit',
+        // Recorded in the results as the command that produced them.
+        env: { ...process.env, INITLESS_BENCH_COMMAND: ['npx initless bench', ...args].join(' ') },
+      })
+      // Ctrl-C reaches the whole process group; a SIGTERM sent to the CLI alone is passed on, so
+      // the benchmark still stops everything it started.
+      const forward = (signal: NodeJS.Signals) => () => child.kill(signal)
+      process.on('SIGTERM', forward('SIGTERM'))
+      process.on('SIGINT', () => undefined)
+      const code = await new Promise<number>((resolve) => {
+        child.once('error', () => resolve(1))
+        child.once('exit', (c, signal) => resolve(c ?? (signal ? 128 + 2 : 1)))
+      })
+      process.exitCode = code
+    })
+}
