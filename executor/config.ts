@@ -25,8 +25,11 @@ export const executorEnvSchema = commonEnvSchema.extend({
     .regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/, 'expected an IPv4 CIDR')
     .default('10.213.0.0/16'),
   INITLESS_BASE_IMAGE: z.string().default('initless/debian:bookworm'),
-  /** `auto` restores lazily from this snapshot size up, eagerly below (bench/ measured the crossover). */
-  INITLESS_LAZY_THRESHOLD: envBytes('256Mi'),
+  /**
+   * `auto` restores lazily from this snapshot size up, eagerly below. bench/results (2026-11-29):
+   * lazy beat eager for every sample, from 15 MiB (hello-node: 500 vs 610 ms p50) to 979 MiB.
+   */
+  INITLESS_LAZY_THRESHOLD: envBytes('8Mi'),
   /** Restores one executor runs at once. */
   INITLESS_RESTORE_CONCURRENCY: envInt(4, 1, 64),
   /** How often dead and idle instances are looked for. */
