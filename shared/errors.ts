@@ -14,7 +14,6 @@ export const ERRORS = {
   // Configuration and manifests
   ERR_CONFIG_INVALID: { status: 500, title: 'Invalid configuration', retryable: false },
   ERR_MANIFEST_INVALID: { status: 500, title: 'Invalid function manifest', retryable: false },
-  ERR_MANIFEST_NOT_FOUND: { status: 404, title: 'Function manifest not found', retryable: false },
   // Functions and images
   ERR_FUNCTION_NOT_FOUND: { status: 404, title: 'Function not found', retryable: false },
   ERR_FUNCTION_NAME_INVALID: { status: 404, title: 'Invalid function name', retryable: false },
@@ -22,7 +21,6 @@ export const ERRORS = {
   ERR_IMAGE_NOT_FOUND: { status: 500, title: 'Function image not built', retryable: false },
   // Snapshots
   ERR_SNAPSHOT_NOT_FOUND: { status: 503, title: 'No valid snapshot', retryable: false },
-  ERR_SNAPSHOT_STALE: { status: 503, title: 'Snapshot is stale', retryable: false },
   ERR_SNAPSHOT_CORRUPT: { status: 503, title: 'Snapshot is corrupt', retryable: false },
   ERR_BAKE_NOT_READY: { status: 500, title: 'Function never became ready', retryable: false },
   ERR_BAKE_WARMUP_FAILED: { status: 500, title: 'Function failed during warm-up', retryable: false },
