@@ -17,7 +17,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import type { InstanceRecord } from '../shared/contracts.ts'
-import { createRedis } from '../shared/redis.ts'
+import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { MANIFEST_FILE } from '../shared/manifest.ts'
 import type { StartOverride } from '../gateway/instance-pool.ts'
 import { freePort, ROOT, RUNC_ROOT, startProcess, type ManagedProcess } from '../test/support/e2e.ts'
@@ -214,14 +214,7 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
         await executor.stop('SIGTERM', 90_000)
         const redis = createRedis(opts.redisUrl, { name: 'initless-bench-cleanup' })
         try {
-          for (const pattern of [`${prefix}:*`, `bull:${queueName}:*`]) {
-            let cursor = '0'
-            do {
-              const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500)
-              cursor = next
-              if (keys.length) await redis.del(...keys)
-            } while (cursor !== '0')
-          }
+          await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
         } finally {
           redis.disconnect()
         }

@@ -29,3 +29,15 @@ export async function redisVersion(client: Redis): Promise<string> {
   if (!m?.[1]) throw new Error('INFO server did not report redis_version')
   return m[1]
 }
+
+/** Delete every key matching any of `patterns` (SCAN, never KEYS: safe on a shared Redis). */
+export async function deleteKeys(client: Redis, patterns: readonly string[]): Promise<void> {
+  for (const pattern of patterns) {
+    let cursor = '0'
+    do {
+      const [next, found] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 500)
+      cursor = next
+      if (found.length) await client.del(...found)
+    } while (cursor !== '0')
+  }
+}

@@ -88,6 +88,18 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
   }
   const limits = { memoryBytes: 256 * 1024 * 1024, cpus: 1, pids: 64 }
 
+  /** Wait until the probe server in `sb` answers, failing fast if its process is gone. */
+  async function probeAnswers(sb: Sandbox, intervalMs: number): Promise<void> {
+    const pid = await readPidFile(sb.pidFile)
+    await waitReady(sb.netns.ip, port, {
+      path: '/',
+      expect: 'initless-probe ok',
+      timeoutMs: 10_000,
+      intervalMs,
+      isAlive: () => isProcessAlive(pid),
+    })
+  }
+
   async function restoreAndProbe(mode: 'eager' | 'lazy', lowers: string[]): Promise<void> {
     const sb = await deps.sandboxes.prepare({
       id: `selftest-${mode}-${tag}`,
@@ -112,14 +124,7 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
     } finally {
       await out.close()
     }
-    const pid = await readPidFile(sb.pidFile)
-    await waitReady(sb.netns.ip, port, {
-      path: '/',
-      expect: 'initless-probe ok',
-      timeoutMs: 10_000,
-      intervalMs: 2,
-      isAlive: () => isProcessAlive(pid),
-    })
+    await probeAnswers(sb, 2)
     const res = await httpOnce(sb.netns.ip, port, '/')
     // The checkpoint was taken after one request, readiness made the second: this is the third.
     if (!res.body.includes('requests=3')) throw new Error(`restored state is wrong: ${res.body.trim()}`)
@@ -147,14 +152,7 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
       })
       live.push(sb)
       await deps.runc.run(sb.id, { bundle: sb.bundle, pidFile: sb.pidFile, outputFile: sb.logFile })
-      const pid = await readPidFile(sb.pidFile)
-      await waitReady(sb.netns.ip, port, {
-        path: '/',
-        expect: 'initless-probe ok',
-        timeoutMs: 10_000,
-        intervalMs: 5,
-        isAlive: () => isProcessAlive(pid),
-      })
+      await probeAnswers(sb, 5)
       return { value: sb, detail: `answered at ${sb.netns.ip}:${port}` }
     })
     await step('checkpoint with CRIU', async () => {

@@ -13,7 +13,7 @@ import { createServer } from 'node:net'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import type { InstanceRecord } from '../../shared/contracts.ts'
-import { createRedis } from '../../shared/redis.ts'
+import { createRedis, deleteKeys } from '../../shared/redis.ts'
 import { REDIS_URL } from './integration.ts'
 
 export const ROOT = join(import.meta.dirname, '..', '..')
@@ -322,14 +322,7 @@ export async function startE2eStack(
         const ex = await executor.stop('SIGTERM', 60_000)
         const redis = createRedis(REDIS_URL, { name: 'initless-e2e-cleanup' })
         try {
-          for (const pattern of [`${prefix}:*`, `bull:${queueName}:*`]) {
-            let cursor = '0'
-            do {
-              const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500)
-              cursor = next
-              if (keys.length) await redis.del(...keys)
-            } while (cursor !== '0')
-          }
+          await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
         } finally {
           redis.disconnect()
         }
