@@ -187,7 +187,9 @@ export function createLease(
     address: entry.address,
     isCold,
     ...(isCold && entry.phases ? { phases: entry.phases } : {}),
-    waitedMs: at.now - at.startedAt,
+    // A lease taken on the fast path never waited: with a millisecond clock, now - startedAt
+    // could still read 1 when the clock ticked in between, and the response would claim a wait.
+    waitedMs: at.hasWaited ? at.now - at.startedAt : 0,
     release: () => finish(false),
     markDead: () => finish(true),
   }
