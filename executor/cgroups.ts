@@ -1,21 +1,124 @@
 /**
- * Cgroup cleanup. runc removes a container's cgroups on `runc delete`, but a restore that failed or
- * timed out half-way leaves a cgroup runc no longer knows about, possibly with processes in it.
- * Works for cgroup v1 (one dir per controller) and v2 (one unified dir).
+ * The host's cgroup hierarchies, as an instance sees them and as the executor manages them.
+ * Works for cgroup v1 (one hierarchy per controller, each mounted under /sys/fs/cgroup) and v2 (one
+ * unified hierarchy at /sys/fs/cgroup). runc creates and removes a container's cgroups; initless
+ * creates them ahead (a sandbox bind-mounts them into the container) and cleans up after a restore
+ * that failed half-way and left a cgroup runc no longer knows about.
  */
-import { readdir, readFile, rmdir } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
-const ROOT = '/sys/fs/cgroup'
+export const CGROUP_ROOT = '/sys/fs/cgroup'
+
+export interface CgroupLayout {
+  /** One unified hierarchy mounted at /sys/fs/cgroup. */
+  readonly v2: boolean
+  /**
+   * Hierarchy directory names under /sys/fs/cgroup (v1: `memory`, `cpu`, `cpu,cpuacct`, `systemd`,
+   * `unified`...); empty for v2.
+   */
+  readonly hierarchies: readonly string[]
+}
+
+/** The cgroup file systems mounted directly under /sys/fs/cgroup, from a mountinfo text. */
+export function parseCgroupLayout(mountinfo: string): CgroupLayout {
+  const hierarchies: string[] = []
+  let v2 = false
+  for (const line of mountinfo.split('\n')) {
+    const [pre, post] = line.split(' - ')
+    if (!pre || !post) continue
+    const mountPoint = pre.split(' ')[4]
+    const fsType = post.split(' ')[0]
+    if (fsType !== 'cgroup' && fsType !== 'cgroup2') continue
+    if (mountPoint === CGROUP_ROOT && fsType === 'cgroup2') v2 = true
+    else if (
+      mountPoint?.startsWith(`${CGROUP_ROOT}/`) &&
+      !mountPoint.slice(CGROUP_ROOT.length + 1).includes('/')
+    )
+      hierarchies.push(mountPoint.slice(CGROUP_ROOT.length + 1))
+  }
+  return v2 ? { v2, hierarchies: [] } : { v2, hierarchies }
+}
+
+export async function readCgroupLayout(): Promise<CgroupLayout> {
+  return parseCgroupLayout(await readFile('/proc/self/mountinfo', 'utf8'))
+}
+
+/** A cgroup's directory in every hierarchy. */
+export function cgroupDirs(layout: CgroupLayout, relPath: string): string[] {
+  if (layout.v2) return [join(CGROUP_ROOT, relPath)]
+  return layout.hierarchies.map((h) => join(CGROUP_ROOT, h, relPath))
+}
+
+/** Create the cgroup in every hierarchy (runc then uses it as it is). */
+export async function createCgroup(layout: CgroupLayout, relPath: string): Promise<void> {
+  await Promise.all(cgroupDirs(layout, relPath).map((d) => mkdir(d, { recursive: true })))
+}
+
+/**
+ * Mounts that show a container its own cgroup at /sys/fs/cgroup, as runc's `cgroup` mount does, but
+ * made of bind mounts only: v2 binds the cgroup's directory; v1 binds `skeleton` (an empty
+ * read-only directory with a mount point per hierarchy) and then each hierarchy's directory of the
+ * cgroup on its mount point.
+ */
+export function containerCgroupMounts(
+  layout: CgroupLayout,
+  relPath: string,
+  skeleton: string,
+): { destination: string; source: string }[] {
+  if (layout.v2) return [{ destination: CGROUP_ROOT, source: join(CGROUP_ROOT, relPath) }]
+  return [
+    { destination: CGROUP_ROOT, source: skeleton },
+    ...layout.hierarchies.map((h) => ({
+      destination: join(CGROUP_ROOT, h),
+      source: join(CGROUP_ROOT, h, relPath),
+    })),
+  ]
+}
+
+/** Create the v1 skeleton: a directory per hierarchy, and `cpu` -> `cpu,cpuacct` style links. */
+export async function ensureCgroupSkeleton(layout: CgroupLayout, skeleton: string): Promise<void> {
+  await mkdir(skeleton, { recursive: true, mode: 0o555 })
+  for (const h of layout.hierarchies) {
+    await mkdir(join(skeleton, h), { recursive: true, mode: 0o555 })
+    const parts = h.split(',')
+    if (parts.length < 2) continue
+    for (const part of parts) {
+      if (layout.hierarchies.includes(part)) continue
+      await symlink(h, join(skeleton, part)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err
+      })
+    }
+  }
+}
+
+const CPU_PERIOD_US = 100_000
+
+/**
+ * Set the cgroup's CPU bandwidth limit (`cpus` CPUs' worth per period). A restore runs without one:
+ * CRIU's restore work (reading pages, rebuilding the address space) happens inside the container's
+ * cgroup, and half a CPU's quota stalled it for whole 100 ms periods.
+ */
+export async function setCpuLimit(layout: CgroupLayout, relPath: string, cpus: number): Promise<void> {
+  const quota = Math.round(cpus * CPU_PERIOD_US)
+  if (layout.v2) {
+    await writeFile(join(CGROUP_ROOT, relPath, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`)
+    return
+  }
+  const h = layout.hierarchies.find((name) => name.split(',').includes('cpu'))
+  if (!h) throw new Error('no cgroup v1 hierarchy with the cpu controller under /sys/fs/cgroup')
+  await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_period_us'), String(CPU_PERIOD_US))
+  await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_quota_us'), String(quota))
+}
 
 async function dirsFor(relPath: string): Promise<string[]> {
-  const v2 = await readFile(join(ROOT, 'cgroup.controllers'), 'utf8').then(
+  const v2 = await readFile(join(CGROUP_ROOT, 'cgroup.controllers'), 'utf8').then(
     () => true,
     () => false,
   )
-  if (v2) return [join(ROOT, relPath)]
-  const hierarchies = await readdir(ROOT).catch(() => [] as string[])
-  return hierarchies.map((h) => join(ROOT, h, relPath))
+  if (v2) return [join(CGROUP_ROOT, relPath)]
+  const hierarchies = await readdir(CGROUP_ROOT).catch(() => [] as string[])
+  return hierarchies.map((h) => join(CGROUP_ROOT, h, relPath))
 }
 
 /** SIGKILL every process in the cgroup, then remove it in every hierarchy. Missing is fine. */

@@ -14,6 +14,23 @@ export interface LazyPagesDaemon {
   readonly exited: Promise<number | null>
 }
 
+/**
+ * The CRIU config file runc hands to CRIU (annotation `org.criu.config`) for a dump or a restore.
+ *
+ * `network-lock skip`: by default CRIU locks the container's network with iptables during a dump
+ * and unlocks it at the end of every restore (two iptables-restore runs to lock, two plus a shell
+ * and two more to unlock: ~45-60 ms of process starts on the cold-start path). A restore uses the
+ * method recorded at dump, so it must be set for the dump. Nothing needs the lock: a bake dumps a
+ * process no client is connected to, and a restore lands in a brand-new namespace no one can reach
+ * until the executor reports it ready.
+ * `lazy-pages` only for a lazy restore (never for a dump).
+ */
+export function criuConfigText(opts: { lazy: boolean }): string {
+  const lines = ['network-lock skip']
+  if (opts.lazy) lines.push('lazy-pages')
+  return `${lines.join('\n')}\n`
+}
+
 export interface Criu {
   version(): Promise<string>
   /** Write the CRIU config file runc passes to restores (lazy or eager). */
@@ -54,11 +71,7 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
     },
 
     async writeRestoreConfig(path, opts) {
-      // `network-lock skip`: the instance's namespace is brand new and holds no connection, so the
-      // iptables lock/unlock CRIU would otherwise run (two iptables-restore calls) buys nothing.
-      const lines = ['network-lock skip']
-      if (opts.lazy) lines.push('lazy-pages')
-      await writeFile(path, `${lines.join('\n')}\n`, { mode: 0o600 })
+      await writeFile(path, criuConfigText(opts), { mode: 0o600 })
     },
 
     async startLazyPages(imagesDir, workDir, timeoutMs = 10_000) {

@@ -13,6 +13,10 @@ const input: OciSpecInput = {
   netnsPath: '/var/run/netns/initless-abc',
   emptyDir: '/state/empty',
   cgroupsPath: '/initless/abc',
+  cgroupMounts: [
+    { destination: '/sys/fs/cgroup', source: '/state/cgroupfs' },
+    { destination: '/sys/fs/cgroup/memory', source: '/sys/fs/cgroup/memory/initless/abc' },
+  ],
   memoryBytes: 256 * 1024 * 1024,
   cpus: 0.5,
   pids: 4096,
@@ -32,7 +36,7 @@ interface Spec {
   }
   root: { path: string; readonly: boolean }
   hostname: string
-  mounts: Array<{ destination: string; type: string; source: string }>
+  mounts: Array<{ destination: string; type: string; source: string; options?: string[] }>
   annotations: Record<string, string>
   linux: {
     cgroupsPath: string
@@ -79,12 +83,34 @@ describe('buildOciSpec', () => {
     ])
   })
 
-  test('no host bind mounts but the empty read-only mask', () => {
+  test("no host bind mounts but the empty read-only mask and the container's own cgroup", () => {
     const binds = spec().mounts.filter((m) => m.type === 'bind')
     assert.deepEqual(
-      binds.map((m) => m.source),
-      ['/state/empty'],
+      binds.map((m) => [m.destination, m.source]),
+      [
+        ['/sys/firmware', '/state/empty'],
+        ['/sys/fs/cgroup', '/state/cgroupfs'],
+        ['/sys/fs/cgroup/memory', '/sys/fs/cgroup/memory/initless/abc'],
+      ],
     )
+    for (const m of binds) assert.ok(m.options?.includes('ro'), m.destination)
+  })
+
+  test('no CPU limit in the spec when cpus is omitted (a restore gets it afterwards)', () => {
+    const { cpus: _cpus, ...rest } = input
+    const s = buildOciSpec(rest) as unknown as Spec
+    assert.equal(s.linux.resources.cpu, undefined)
+    assert.deepEqual(s.linux.resources.memory, { limit: 256 * 1024 * 1024, swap: 256 * 1024 * 1024 })
+  })
+
+  test('Docker-masked /proc directories are read-only, files are masked', () => {
+    const linux = buildOciSpec(input).linux as { maskedPaths: string[]; readonlyPaths: string[] }
+    for (const dir of ['/proc/acpi', '/proc/asound', '/proc/scsi']) {
+      assert.ok(linux.readonlyPaths.includes(dir), dir)
+      assert.ok(!linux.maskedPaths.includes(dir), dir)
+    }
+    assert.ok(linux.maskedPaths.includes('/proc/kcore'))
+    assert.ok(linux.maskedPaths.includes('/proc/keys'))
   })
 
   const limits: Array<[number, number]> = [
@@ -145,12 +171,12 @@ describe('parseImageUser', () => {
   }
 })
 
-test('buildOciSpec: no tmpfs mounts (CRIU restores each by running tar); /sys/firmware masked by an empty bind', () => {
+test('buildOciSpec: no tmpfs or cgroup mounts (CRIU restores a tmpfs by running tar); /sys/firmware masked by an empty bind', () => {
   const spec = buildOciSpec(input) as unknown as {
     mounts: { destination: string; type: string; source: string }[]
   }
   assert.deepEqual(
-    spec.mounts.filter((m) => m.type === 'tmpfs'),
+    spec.mounts.filter((m) => m.type === 'tmpfs' || m.type === 'cgroup'),
     [],
   )
   assert.deepEqual(

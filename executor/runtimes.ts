@@ -50,6 +50,41 @@ export interface Runtime {
   start(req: StartRequest): Promise<StartedInstance>
 }
 
+/**
+ * Restore a checkpoint into a prepared sandbox with runc + CRIU: the CRIU config runc hands over, a
+ * lazy-pages daemon for a lazy restore (returned: it serves pages until it has pushed them all), the
+ * function's output log as stdio, then the CPU limit the sandbox was prepared without.
+ */
+export async function restoreIntoSandbox(
+  deps: { runc: Runc; criu: Criu; sandboxes: SandboxManager },
+  sb: Sandbox,
+  imagesDir: string,
+  lazy: boolean,
+): Promise<LazyPagesDaemon | undefined> {
+  await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy })
+  const daemon = lazy ? await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir) : undefined
+  try {
+    const out = await openOutput(sb.logFile)
+    try {
+      await deps.runc.restore(sb.id, {
+        bundle: sb.bundle,
+        imagePath: imagesDir,
+        workPath: sb.criuWorkDir,
+        pidFile: sb.pidFile,
+        // stdin stays /dev/null; the pipes the process had at checkpoint become its output log.
+        stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
+      })
+    } finally {
+      await out.close()
+    }
+    await deps.sandboxes.limitCpu(sb)
+    return daemon
+  } catch (err) {
+    if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+    throw err
+  }
+}
+
 /** How often the readiness probe retries right after a restore: the socket is usually there at once. */
 const RESTORE_PROBE_INTERVAL_MS = 1
 
@@ -75,21 +110,7 @@ export function createRuncRestoreRuntime(deps: {
       let daemon: LazyPagesDaemon | undefined
       try {
         await deps.verify(snapshot)
-        await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy: deps.lazy })
-        if (deps.lazy) daemon = await deps.criu.startLazyPages(snapshot.imagesDir, sb.criuWorkDir)
-        const out = await openOutput(sb.logFile)
-        try {
-          await deps.runc.restore(sb.id, {
-            bundle: sb.bundle,
-            imagePath: snapshot.imagesDir,
-            workPath: sb.criuWorkDir,
-            pidFile: sb.pidFile,
-            // stdin stays /dev/null; the pipes the process had at checkpoint become its output log.
-            stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
-          })
-        } finally {
-          await out.close()
-        }
+        daemon = await restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy)
         const t2 = performance.now()
         const pid = await readPidFile(sb.pidFile)
         await waitReady(sb.netns.ip, m.port, {

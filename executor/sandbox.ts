@@ -12,7 +12,16 @@
  */
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { destroyCgroup } from './cgroups.ts'
+import {
+  containerCgroupMounts,
+  createCgroup,
+  destroyCgroup,
+  ensureCgroupSkeleton,
+  readCgroupLayout,
+  setCpuLimit,
+  type CgroupLayout,
+} from './cgroups.ts'
+import { criuConfigText } from './criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
 import { buildOciSpec } from './oci-spec.ts'
 import type { Mounter } from './rootfs.ts'
@@ -37,7 +46,7 @@ export interface SandboxRequest {
   readonly memoryBytes: number
   readonly cpus: number
   readonly pids: number
-  /** Restores point runc at a CRIU config file; bakes and boots must not (runc passes it to dump). */
+  /** A restore's sandbox gets its CPU limit once CRIU is done (limitCpu), not from runc. */
   readonly forRestore: boolean
 }
 
@@ -53,10 +62,14 @@ export interface Sandbox {
   readonly pidFile: string
   readonly netns: NamespaceHandle
   readonly lowers: readonly string[]
+  /** CPU limit; a restore's sandbox gets it only when CRIU is done (SandboxManager.limitCpu). */
+  readonly cpus: number
 }
 
 export interface SandboxManager {
   prepare(req: SandboxRequest): Promise<Sandbox>
+  /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
+  limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
   /**
    * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
@@ -95,11 +108,22 @@ export function createSandboxManager(deps: {
     }))
 
   const emptyDir = join(deps.stateDir, 'empty')
-  let emptyReady: Promise<void> | undefined
+  const cgroupSkeleton = join(deps.stateDir, 'cgroupfs')
+  let dirsReady: Promise<CgroupLayout> | undefined
+  const ensureDirs = () =>
+    (dirsReady ??= (async () => {
+      await mkdir(emptyDir, { recursive: true, mode: 0o555 })
+      const layout = await readCgroupLayout()
+      await ensureCgroupSkeleton(layout, cgroupSkeleton)
+      return layout
+    })().catch((err: unknown) => {
+      dirsReady = undefined
+      throw err
+    }))
   return {
     async prepare(req) {
       await ensureBridge()
-      await (emptyReady ??= mkdir(emptyDir, { recursive: true, mode: 0o555 }).then(() => undefined))
+      const cgroups = await ensureDirs()
       const dir = join(instancesDir(deps.stateDir), req.id)
       const bundle = join(dir, 'bundle')
       const rootfs = join(bundle, 'rootfs')
@@ -110,6 +134,8 @@ export function createSandboxManager(deps: {
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 })
         await mkdir(criuWorkDir, { recursive: true })
+        // Created ahead: the container's /sys/fs/cgroup binds its directories.
+        await createCgroup(cgroups, cgroupPath(req.id))
         // Namespace and rootfs are independent: set them up side by side.
         const [ns] = await Promise.all([
           network.create(nsName, ip),
@@ -133,10 +159,12 @@ export function createSandboxManager(deps: {
           netnsPath: ns.path,
           emptyDir,
           cgroupsPath: cgroupPath(req.id),
+          cgroupMounts: containerCgroupMounts(cgroups, cgroupPath(req.id), cgroupSkeleton),
           memoryBytes: req.memoryBytes,
-          cpus: req.cpus,
           pids: req.pids,
-          ...(req.forRestore ? { criuConfig } : {}),
+          // A restore gets its CPU limit afterwards (limitCpu): CRIU's work is not the function's.
+          criuConfig,
+          ...(req.forRestore ? {} : { cpus: req.cpus }),
         })
         const sandbox: Sandbox = {
           id: req.id,
@@ -150,9 +178,12 @@ export function createSandboxManager(deps: {
           pidFile: join(dir, 'pid'),
           netns: ns,
           lowers: req.lowers,
+          cpus: req.cpus,
         }
         await Promise.all([
           writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
+          // What a checkpoint of this sandbox needs; a restore rewrites it (restoreIntoSandbox).
+          writeFile(criuConfig, criuConfigText({ lazy: false }), { mode: 0o600 }),
           writeFile(join(dir, 'sandbox.json'), JSON.stringify(sandbox)),
         ])
         return sandbox
@@ -160,6 +191,10 @@ export function createSandboxManager(deps: {
         await this.destroy({ id: req.id, dir, rootfs, netns: netns ?? { name: nsName, path: '', ip } })
         throw err
       }
+    },
+
+    async limitCpu(sb) {
+      await setCpuLimit(await ensureDirs(), cgroupPath(sb.id), sb.cpus)
     },
 
     async destroy(sb, opts) {

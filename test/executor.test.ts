@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict'
-import { readdir, truncate } from 'node:fs/promises'
+import { readdir, readFile, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { CGROUP_ROOT, readCgroupLayout } from '../executor/cgroups.ts'
 import { httpOnce } from '../executor/probe.ts'
+import { cgroupPath } from '../executor/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createTestExecutor, type TestExecutor } from './support/executor.ts'
 import { createTestHost, type TestHost } from './support/host.ts'
@@ -72,6 +74,37 @@ describe('executor: restore worker, registry, reaper', () => {
     )
     for (const r of results) await ex.instances.stop(r.instanceId, 'test')
     assert.deepEqual(await ex.registry.list('flask-table'), [])
+  })
+
+  test("a restored instance sees its own cgroup's limits; its CPU limit is set once CRIU is done", async (t) => {
+    if (!requireServices(t) || !ex) return
+    const r = await ex.restore('py-ok', { runtime: 'eager' })
+    try {
+      const inst = ex.instances.live().find((i) => i.id === r.instanceId)
+      assert.ok(inst?.pid, 'restored instance has a pid')
+      const layout = await readCgroupLayout()
+      // Paths inside the container, read through its root (its mount namespace) from the host.
+      const inside = (p: string) =>
+        readFile(`/proc/${inst.pid}/root${CGROUP_ROOT}/${p}`, 'utf8').then((s) => s.trim())
+      const host = (p: string) => readFile(`${CGROUP_ROOT}/${p}`, 'utf8').then((s) => s.trim())
+      const cg = cgroupPath(r.instanceId)
+      // py-ok: default resources, 512Mi and 1 CPU.
+      if (layout.v2) {
+        assert.equal(await inside('memory.max'), String(512 * 1024 * 1024))
+        assert.equal(await inside('cpu.max'), '100000 100000')
+        assert.equal(await host(`${cg}/cpu.max`), '100000 100000')
+      } else {
+        const cpu = layout.hierarchies.find((h) => h.split(',').includes('cpu'))!
+        const memory = layout.hierarchies.find((h) => h.split(',').includes('memory'))!
+        assert.equal(await inside(`${memory}/memory.limit_in_bytes`), String(512 * 1024 * 1024))
+        assert.equal(await inside(`${cpu}/cpu.cfs_quota_us`), '100000')
+        assert.equal(await host(`${cpu}${cg}/cpu.cfs_quota_us`), '100000')
+        // The container's /sys/fs/cgroup is its own cgroup, not the host's root (pids as the reader sees them).
+        assert.deepEqual((await inside(`${memory}/cgroup.procs`)).split('\n'), [String(inst.pid)])
+      }
+    } finally {
+      await ex.instances.stop(r.instanceId, 'test')
+    }
   })
 
   test('idle instances are reaped to zero', async (t) => {

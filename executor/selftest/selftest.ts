@@ -14,8 +14,8 @@ import type { CommandRunner } from '../exec.ts'
 import { isProcessAlive, readPidFile } from '../process.ts'
 import { httpOnce, waitReady } from '../probe.ts'
 import type { Runc } from '../runc.ts'
+import { restoreIntoSandbox } from '../runtimes.ts'
 import type { Sandbox, SandboxManager } from '../sandbox.ts'
-import { openOutput } from '../output.ts'
 
 export interface SelfTestStep {
   readonly name: string
@@ -110,20 +110,7 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
       forRestore: true,
     })
     live.push(sb)
-    await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy: mode === 'lazy' })
-    const daemon = mode === 'lazy' ? await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir) : undefined
-    const out = await openOutput(sb.logFile)
-    try {
-      await deps.runc.restore(sb.id, {
-        bundle: sb.bundle,
-        imagePath: imagesDir,
-        workPath: sb.criuWorkDir,
-        pidFile: sb.pidFile,
-        stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
-      })
-    } finally {
-      await out.close()
-    }
+    const daemon = await restoreIntoSandbox(deps, sb, imagesDir, mode === 'lazy')
     await probeAnswers(sb, 2)
     const res = await httpOnce(sb.netns.ip, port, '/')
     // The checkpoint was taken after one request, readiness made the second: this is the third.
