@@ -15,7 +15,13 @@ import type { DockerCheckpointRuntime } from './docker-checkpoint.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { isProcessAlive } from './process.ts'
 import { ensureImageRootfs } from './rootfs.ts'
-import { chooseRuntime, type Runtime, type StartedInstance } from './runtimes.ts'
+import {
+  chooseRuntime,
+  discardPooled,
+  type PooledSandbox,
+  type Runtime,
+  type StartedInstance,
+} from './runtimes.ts'
 import type { Sandbox, SandboxManager } from './sandbox.ts'
 import type { Snapshot, SnapshotStore } from './snapshot-store.ts'
 
@@ -62,7 +68,7 @@ export interface InstanceManager {
 export function createInstanceManager(deps: InstanceManagerDeps): InstanceManager {
   const log = deps.logger.child({ module: 'instances' })
   const live = new Map<string, StartedInstance>()
-  const pools = new Map<string, { key: string; sandboxes: Sandbox[] }>()
+  const pools = new Map<string, { key: string; sandboxes: PooledSandbox[] }>()
   const preparing = new Map<string, Promise<Prepared>>()
   const fills = new Map<string, Promise<void>>()
 
@@ -115,7 +121,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     })
   }
 
-  function takePooled(fn: string, snapshot: Snapshot): Sandbox | undefined {
+  function takePooled(fn: string, snapshot: Snapshot): PooledSandbox | undefined {
     const pool = pools.get(fn)
     if (!pool || pool.key !== snapshot.meta.key) return undefined
     return pool.sandboxes.shift()
@@ -142,8 +148,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     }
     const snapshot = prep.snapshot
     const pooled = kind !== 'boot' && snapshot && !job.noPool ? takePooled(fn.name, snapshot) : undefined
-    if (pooled) void fillPool(fn)
-    return deps.runtimes[kind].start({
+    const started = deps.runtimes[kind].start({
       instanceId: job.instanceId,
       fn,
       image: prep.image,
@@ -155,6 +160,9 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       },
       hostLabel: deps.hostId,
     })
+    // Refill once this restore is done: preparing a sandbox alongside it would compete for the CPU.
+    if (pooled) void started.finally(() => void fillPool(fn)).catch(() => undefined)
+    return started
   }
 
   /** One fill per function at a time; a caller arriving meanwhile waits for the running one. */
@@ -176,16 +184,26 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       let pool = pools.get(fn.name)
       if (pool && pool.key !== prep.snapshot.meta.key) {
         // The snapshot changed: sandboxes layered over the old one are useless.
-        for (const sb of pool.sandboxes.splice(0)) await deps.sandboxes.destroy(sb).catch(() => undefined)
+        for (const p of pool.sandboxes.splice(0))
+          await discardPooled(deps.sandboxes, p).catch(() => undefined)
         pool = undefined
       }
       if (!pool) {
         pool = { key: prep.snapshot.meta.key, sandboxes: [] }
         pools.set(fn.name, pool)
       }
+      const kind = chooseRuntime(fn.manifest.restore.policy, prep.snapshot.meta.sizeBytes, deps.lazyThreshold)
+      const runtime = kind === 'lazy' || kind === 'eager' ? deps.runtimes[kind] : undefined
       while (pool.sandboxes.length < want) {
         const id = `i${randomBytes(6).toString('hex')}`
-        pool.sandboxes.push(await newSandbox(id, fn, prep.image, prep.snapshot))
+        const sandbox = await newSandbox(id, fn, prep.image, prep.snapshot)
+        const primed = runtime?.prime
+          ? await runtime.prime(sandbox, prep.snapshot).catch(async (err: unknown) => {
+              await deps.sandboxes.destroy(sandbox).catch(() => undefined)
+              throw err
+            })
+          : { sandbox }
+        pool.sandboxes.push(primed)
       }
     } catch (err) {
       log.error({ fn: fn.name, err: errorMessage(err) }, 'pool fill failed')
@@ -296,7 +314,8 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     async stopAll(reason) {
       await Promise.all([...live.keys()].map((id) => manager.stop(id, reason).catch(() => undefined)))
       for (const pool of pools.values()) {
-        for (const sb of pool.sandboxes.splice(0)) await deps.sandboxes.destroy(sb).catch(() => undefined)
+        for (const p of pool.sandboxes.splice(0))
+          await discardPooled(deps.sandboxes, p).catch(() => undefined)
       }
     },
   }

@@ -23,7 +23,7 @@ export interface StartRequest {
   /** Required by lazy and eager. */
   readonly snapshot?: Snapshot
   /** A sandbox prepared ahead by the pool (its lowers match `snapshot`). */
-  readonly pooled?: Sandbox
+  readonly pooled?: PooledSandbox
   /** Sandbox settings for a fresh sandbox (when not pooled). */
   readonly prepare: () => Promise<Sandbox>
   readonly hostLabel: string
@@ -45,9 +45,28 @@ export interface StartedInstance {
   readonly snapshotBytes: number
 }
 
+/**
+ * A pre-started sandbox. For a function its policy restores lazily, the pool also starts the
+ * restore's lazy-pages daemon ahead (it waits on its socket for as long as it takes): one process
+ * start fewer on the cold-start path.
+ */
+export interface PooledSandbox {
+  readonly sandbox: Sandbox
+  readonly lazyDaemon?: LazyPagesDaemon
+}
+
 export interface Runtime {
   readonly kind: RuntimeKind
   start(req: StartRequest): Promise<StartedInstance>
+  /** Get a sandbox the pool prepared ready for this runtime's restores of `snapshot`. */
+  prime?(sandbox: Sandbox, snapshot: Snapshot): Promise<PooledSandbox>
+}
+
+/** Kill a pooled sandbox's daemon (if any) and release the sandbox. */
+export async function discardPooled(sandboxes: SandboxManager, pooled: PooledSandbox): Promise<void> {
+  if (pooled.lazyDaemon && isProcessAlive(pooled.lazyDaemon.pid))
+    process.kill(pooled.lazyDaemon.pid, 'SIGKILL')
+  await sandboxes.destroy(pooled.sandbox)
 }
 
 /**
@@ -60,9 +79,13 @@ export async function restoreIntoSandbox(
   sb: Sandbox,
   imagesDir: string,
   lazy: boolean,
+  /** A lazy-pages daemon the pool started ahead for this sandbox. */
+  started?: LazyPagesDaemon,
 ): Promise<LazyPagesDaemon | undefined> {
+  const usable = started && isProcessAlive(started.pid) ? started : undefined
+  if (usable && !lazy) process.kill(usable.pid, 'SIGKILL')
   await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy })
-  const daemon = lazy ? await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir) : undefined
+  const daemon = lazy ? (usable ?? (await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir))) : undefined
   try {
     const out = await openOutput(sb.logFile)
     try {
@@ -99,18 +122,23 @@ export function createRuncRestoreRuntime(deps: {
   const kind: RuntimeKind = deps.lazy ? 'lazy' : 'eager'
   return {
     kind,
+    async prime(sandbox, snapshot) {
+      if (!deps.lazy) return { sandbox }
+      return { sandbox, lazyDaemon: await deps.criu.startLazyPages(snapshot.imagesDir, sandbox.criuWorkDir) }
+    },
+
     async start(req) {
       const snapshot = req.snapshot
       if (!snapshot)
         throw new InitlessError('ERR_SNAPSHOT_NOT_FOUND', `${req.fn.name}: no snapshot to restore`)
       const m = req.fn.manifest
       const t0 = performance.now()
-      const sb = req.pooled ?? (await req.prepare())
+      const sb = req.pooled?.sandbox ?? (await req.prepare())
       const t1 = performance.now()
       let daemon: LazyPagesDaemon | undefined
       try {
         await deps.verify(snapshot)
-        daemon = await restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy)
+        daemon = await restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, req.pooled?.lazyDaemon)
         const t2 = performance.now()
         const pid = await readPidFile(sb.pidFile)
         await waitReady(sb.netns.ip, m.port, {

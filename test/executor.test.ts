@@ -13,10 +13,31 @@ import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './supp
 
 const samples = await loadFunctionDefs('functions')
 const fixtures = await loadFunctionDefs(join(import.meta.dirname, 'fixtures', 'functions'))
-const functions: FunctionDef[] = [
-  ...samples.functions.filter((f) => f.name === 'flask-table'),
-  ...fixtures.functions.filter((f) => f.name === 'py-ok'),
-]
+const pyOk = fixtures.functions.find((f) => f.name === 'py-ok')!
+// py-ok with a pre-started pool of one sandbox, restored lazily.
+const pyPool: FunctionDef = {
+  ...pyOk,
+  name: 'py-pool',
+  manifest: {
+    ...pyOk.manifest,
+    name: 'py-pool',
+    scaling: { ...pyOk.manifest.scaling, poolSize: 1 },
+    restore: { ...pyOk.manifest.restore, policy: 'lazy' },
+  },
+}
+const functions: FunctionDef[] = [...samples.functions.filter((f) => f.name === 'flask-table'), pyOk, pyPool]
+
+/** Command lines of running `criu lazy-pages` daemons whose work dir is under `stateDir`. */
+async function lazyPagesDaemons(stateDir: string): Promise<string[]> {
+  const found: string[] = []
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+    const args = argv.split('\0')
+    if (args.includes('lazy-pages') && args.some((a) => a.startsWith(stateDir))) found.push(args.join(' '))
+  }
+  return found
+}
 
 async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs
@@ -105,6 +126,48 @@ describe('executor: restore worker, registry, reaper', () => {
     } finally {
       await ex.instances.stop(r.instanceId, 'test')
     }
+  })
+
+  test('the pre-started pool: a sandbox and its lazy-pages daemon ready ahead, used by the next restore, then refilled', async (t) => {
+    if (!requireServices(t) || !ex) return
+    await ex.instances.fillPools()
+    assert.equal(ex.instances.poolSize('py-pool'), 1)
+    const daemons = () => lazyPagesDaemons(th!.config.INITLESS_STATE_DIR)
+    assert.equal((await daemons()).length, 1, 'the pooled sandbox has its lazy-pages daemon waiting')
+    const r = await ex.restore('py-pool')
+    assert.equal(r.runtime, 'lazy')
+    assert.equal(r.pooled, true)
+    assert.ok(r.phases.sandboxMs < 1, `sandbox phase ${r.phases.sandboxMs} ms`)
+    const res = await httpOnce(r.address.host, r.address.port, '/healthz')
+    assert.equal(res.status, 200)
+    // Refilled once the restore was done (in the background): one new sandbox, one new daemon.
+    await waitFor(
+      'the pool to refill',
+      async () => (ex!.instances.poolSize('py-pool') === 1 ? true : undefined),
+      20_000,
+    )
+    const noPool = await ex.restore('py-pool', { noPool: true })
+    assert.equal(noPool.pooled, false)
+    assert.ok(noPool.phases.sandboxMs > 0)
+    // An eager restore may take the pooled sandbox: its daemon is not needed and is killed.
+    const eager = await ex.restore('py-pool', { runtime: 'eager' })
+    assert.equal(eager.pooled, true)
+    for (const id of [r.instanceId, noPool.instanceId, eager.instanceId]) await ex.instances.stop(id, 'test')
+    await waitFor(
+      'the pool to refill',
+      async () => (ex!.instances.poolSize('py-pool') === 1 ? true : undefined),
+      20_000,
+    )
+    // Whatever remains is the pool's: its one daemon (those of stopped instances are gone).
+    await waitFor(
+      'only the pool daemon to remain',
+      async () => ((await daemons()).length === 1 ? true : undefined),
+      10_000,
+    )
+    // Draining the pool releases its sandbox and kills its daemon.
+    await ex.instances.stopAll('test over')
+    assert.equal(ex.instances.poolSize('py-pool'), 0)
+    assert.deepEqual(await daemons(), [])
   })
 
   test('idle instances are reaped to zero', async (t) => {
