@@ -54,8 +54,8 @@ export interface ReadinessOptions {
   /** Substring the body must contain ('' accepts any 2xx). */
   readonly expect: string
   readonly timeoutMs: number
-  /** Pause between attempts after a refused connection. */
-  readonly intervalMs: number
+  /** Pause between attempts after a refused connection (asked again before every pause). */
+  readonly intervalMs: number | (() => number)
   /** Stops waiting early, e.g. when the process has exited. */
   readonly isAlive?: () => boolean
   readonly signal?: AbortSignal
@@ -93,6 +93,7 @@ export async function waitReady(host: string, port: number, opts: ReadinessOptio
         `GET ${opts.path} on ${host}:${port} did not answer 2xx containing ${JSON.stringify(opts.expect)} within ${opts.timeoutMs} ms (last: ${last})`,
       )
     }
-    await new Promise((r) => setTimeout(r, opts.intervalMs))
+    const pause = typeof opts.intervalMs === 'function' ? opts.intervalMs() : opts.intervalMs
+    await new Promise((r) => setTimeout(r, pause))
   }
 }

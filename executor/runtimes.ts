@@ -110,6 +110,8 @@ export async function restoreIntoSandbox(
 
 /** How often the readiness probe retries right after a restore: the socket is usually there at once. */
 const RESTORE_PROBE_INTERVAL_MS = 1
+/** How often it retries while runc is still restoring. */
+const PROBE_DURING_RESTORE_MS = 4
 
 export function createRuncRestoreRuntime(deps: {
   runc: Runc
@@ -138,16 +140,36 @@ export function createRuncRestoreRuntime(deps: {
       let daemon: LazyPagesDaemon | undefined
       try {
         await deps.verify(snapshot)
-        daemon = await restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, req.pooled?.lazyDaemon)
-        const t2 = performance.now()
-        const pid = await readPidFile(sb.pidFile)
-        await waitReady(sb.netns.ip, m.port, {
+        // Probe while runc is still finishing: CRIU resumes the process some 20-30 ms before runc
+        // exits (it waits for CRIU to exit, writes its state and the pid file). Slowly until then,
+        // a refused connection costs CPU the restore needs; tightly once it is done.
+        let pid: number | undefined
+        let restored = false
+        const aborted = new AbortController()
+        const restoring = restoreIntoSandbox(
+          deps,
+          sb,
+          snapshot.imagesDir,
+          deps.lazy,
+          req.pooled?.lazyDaemon,
+        ).then(async (d) => {
+          daemon = d
+          pid = await readPidFile(sb.pidFile)
+          restored = true
+          return performance.now()
+        })
+        restoring.catch(() => aborted.abort())
+        const probing = waitReady(sb.netns.ip, m.port, {
           path: m.readiness.path,
           expect: m.readiness.expect,
           timeoutMs: Math.min(m.readiness.timeout, 30_000),
-          intervalMs: RESTORE_PROBE_INTERVAL_MS,
-          isAlive: () => isProcessAlive(pid),
+          intervalMs: () => (restored ? RESTORE_PROBE_INTERVAL_MS : PROBE_DURING_RESTORE_MS),
+          isAlive: () => pid === undefined || isProcessAlive(pid),
+          signal: aborted.signal,
         })
+        probing.catch(() => undefined) // awaited below, once the restore's outcome is known
+        const t2 = await restoring
+        await probing
         const t3 = performance.now()
         return {
           id: req.instanceId,
@@ -158,7 +180,7 @@ export function createRuncRestoreRuntime(deps: {
           pid,
           sandbox: sb,
           pooled: req.pooled !== undefined,
-          phases: { sandboxMs: t1 - t0, restoreMs: t2 - t1, readyMs: t3 - t2 },
+          phases: { sandboxMs: t1 - t0, restoreMs: t2 - t1, readyMs: Math.max(0, t3 - t2) },
           snapshotBytes: snapshot.meta.sizeBytes,
           ...(daemon ? { lazyDaemon: daemon } : {}),
         }
