@@ -21,6 +21,7 @@ import type { Runc } from './runc.ts'
 import type { ProcessSpec, Sandbox, SandboxManager } from './sandbox.ts'
 import type { Snapshot, SnapshotIdentity, SnapshotStore } from './snapshot-store.ts'
 import { warmUp } from './warmup.ts'
+import { profileWorkingSet } from './working-set.ts'
 
 /** The process a function's container runs: the image's settings, overridden by the manifest. */
 export function processSpecFor(image: ImageConfig, manifest: Manifest): ProcessSpec {
@@ -81,6 +82,11 @@ export interface Baker {
   ): Promise<BakeResult>
 }
 
+/** Only snapshots a lazy restore may use get a working-set profile (`auto` may pick lazy). */
+export function profilesWorkingSet(m: Manifest): boolean {
+  return m.restore.policy === 'lazy' || m.restore.policy === 'auto'
+}
+
 export interface BakerDeps {
   readonly stateDir: string
   readonly docker: Pick<DockerEngine, 'exportRootfs'>
@@ -92,6 +98,8 @@ export interface BakerDeps {
   readonly logger: Logger
   /** Pause after warm-up so runtimes finish deferred work (GC, JIT queues) before the dump. */
   readonly settleMs?: number
+  /** Profile the working set of lazily restorable snapshots (working-set.ts); default true. */
+  readonly prefetch?: boolean
 }
 
 export function createBaker(deps: BakerDeps): Baker {
@@ -108,6 +116,35 @@ export function createBaker(deps: BakerDeps): Baker {
       `${fn}: ${errorMessage(err)}${output ? `\n--- last output of ${fn}:\n${output}` : '\n(the function printed nothing)'}`,
       { cause: err, details: { fn, output } },
     )
+  }
+
+  /**
+   * Working-set prefetch (working-set.ts). A profile that fails costs only the prefetch: the
+   * snapshot is kept as dumped (and a snapshot that does not restore is caught on first use).
+   */
+  async function profile(
+    fn: FunctionDef,
+    image: ImageConfig,
+    rootfs: string,
+    pending: { imagesDir: string; upperDir: string },
+  ): Promise<number | undefined> {
+    const t0 = performance.now()
+    try {
+      const pages = await profileWorkingSet(deps, {
+        fn,
+        process: processSpecFor(image, fn.manifest),
+        rootfs,
+        ...pending,
+      })
+      log.info({ fn: fn.name, pages, ms: Math.round(performance.now() - t0) }, 'working set profiled')
+      return pages
+    } catch (err) {
+      log.warn(
+        { fn: fn.name, err: errorMessage(err) },
+        'working-set profiling failed; snapshot kept without it',
+      )
+      return undefined
+    }
   }
 
   return {
@@ -176,12 +213,17 @@ export function createBaker(deps: BakerDeps): Baker {
         // stay with the snapshot, as the top layer every restore mounts.
         await deps.sandboxes.destroy(sandbox, { keepUpperAt: pending.upperDir })
         sb = undefined
+        const workingSetPages =
+          deps.prefetch !== false && profilesWorkingSet(m)
+            ? await profile(fn, image, rootfs, pending)
+            : undefined
         const snapshot = await pending.commit({
           ...identity,
           bakeMs: performance.now() - started,
           warmupRequests,
           createdAt: Date.now(),
           port: m.port,
+          ...(workingSetPages === undefined ? {} : { workingSetPages }),
         })
         progress(`snapshot ${snapshot.meta.key} stored (${snapshot.meta.sizeBytes} bytes)`)
         return { snapshot, baked: true }

@@ -4,7 +4,7 @@
  */
 import { hostname } from 'node:os'
 import { z } from 'zod'
-import { commonEnvSchema, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
+import { commonEnvSchema, envBool, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
 
 export const executorEnvSchema = commonEnvSchema.extend({
   /** Identity of this host in the registry; defaults to the machine's hostname. */
@@ -30,6 +30,11 @@ export const executorEnvSchema = commonEnvSchema.extend({
    * lazy beat eager for every sample, from 15 MiB (hello-node: 500 vs 610 ms p50) to 979 MiB.
    */
   INITLESS_LAZY_THRESHOLD: envBytes('8Mi'),
+  /**
+   * Working-set prefetch: bakes profile which pages a lazily restored instance touches first and
+   * make those restore eagerly (executor/working-set.ts).
+   */
+  INITLESS_PREFETCH: envBool(true),
   /** Restores one executor runs at once. */
   INITLESS_RESTORE_CONCURRENCY: envInt(4, 1, 64),
   /** How often dead and idle instances are looked for. */

@@ -39,7 +39,11 @@ export interface Criu {
    * Start `criu lazy-pages` for one restore and resolve once its socket exists, i.e. once
    * `runc restore` may connect. One daemon serves exactly one restore.
    */
-  startLazyPages(imagesDir: string, workDir: string, timeoutMs?: number): Promise<LazyPagesDaemon>
+  startLazyPages(
+    imagesDir: string,
+    workDir: string,
+    opts?: { timeoutMs?: number; /** Log every page fault (working-set profiling). */ verbose?: boolean },
+  ): Promise<LazyPagesDaemon>
 }
 
 export function parseCriuVersion(output: string): string | undefined {
@@ -74,11 +78,21 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
       await writeFile(path, criuConfigText(opts), { mode: 0o600 })
     },
 
-    async startLazyPages(imagesDir, workDir, timeoutMs = 10_000) {
+    async startLazyPages(imagesDir, workDir, opts = {}) {
+      const timeoutMs = opts.timeoutMs ?? 10_000
       const log = await open(join(workDir, 'lazy-pages.out'), 'a')
       const child = spawn(
         bin,
-        ['lazy-pages', '--images-dir', imagesDir, '--work-dir', workDir, '-o', 'lazy-pages.log', '-v2'],
+        [
+          'lazy-pages',
+          '--images-dir',
+          imagesDir,
+          '--work-dir',
+          workDir,
+          '-o',
+          'lazy-pages.log',
+          opts.verbose ? '-v4' : '-v2',
+        ],
         // Detached: the daemon must outlive an executor restart, or restored pages would be lost.
         { detached: true, stdio: ['ignore', log.fd, log.fd] },
       )

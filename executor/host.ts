@@ -76,6 +76,7 @@ export function createHost(config: ExecutorConfig, logger: Logger): Host {
     store,
     versions: hostVersions,
     logger,
+    prefetch: config.INITLESS_PREFETCH,
   })
   const verify = (snapshot: Snapshot) => store.verify(snapshot)
   const runtimes: HostRuntimes = {

@@ -29,6 +29,8 @@ export interface SnapshotMeta extends SnapshotIdentity {
   /** Epoch ms. */
   readonly createdAt: number
   readonly port: number
+  /** Pages the working-set profile made eager for lazy restores (working-set.ts). */
+  readonly workingSetPages?: number
   /** Size of every CRIU image file: a truncated or replaced file is caught before a restore. */
   readonly files?: Readonly<Record<string, number>>
 }

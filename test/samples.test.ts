@@ -55,6 +55,8 @@ describe('sample functions: build, bake from scratch, restore eagerly and lazily
       assert.equal(meta.imageId, built.image.id)
       assert.ok(meta.warmupRequests >= 1, 'warm-up ran before the checkpoint')
       assert.ok(meta.sizeBytes > 1_000_000)
+      // Every sample may restore lazily (policy auto or lazy): its working set was profiled.
+      assert.ok((meta.workingSetPages ?? 0) > 0, `working-set pages: ${meta.workingSetPages}`)
       for (const kind of ['eager', 'lazy', 'boot'] as const) {
         const inst = await th.start(kind, fn, built.image, kind === 'boot' ? undefined : baked.snapshot)
         try {

@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, test } from 'node:test'
+import {
+  applyWorkingSet,
+  decodeCriuImage,
+  decodePagemapEntry,
+  encodeCriuImage,
+  encodePagemapEntry,
+  markEager,
+  parseFaults,
+  PE_LAZY,
+  PE_PRESENT,
+  type PagemapEntry,
+} from './working-set.ts'
+
+const P = 0x1000n
+const LAZY = PE_PRESENT | PE_LAZY
+// The magics of a pagemap image (IMG_COMMON_MAGIC, PAGEMAP_MAGIC), as CRIU 4.2 writes them.
+const MAGIC = Buffer.from('1943565425400856', 'hex')
+// pagemap_head { pages_id: 1 }
+const HEAD = Buffer.from([0x08, 0x01])
+
+function pagemapFile(entries: PagemapEntry[]): Buffer {
+  return encodeCriuImage({ magic: MAGIC, entries: [HEAD, ...entries.map(encodePagemapEntry)] })
+}
+
+function readPagemap(buf: Buffer): PagemapEntry[] {
+  return decodeCriuImage(buf).entries.slice(1).map(decodePagemapEntry)
+}
+
+describe('CRIU pagemap images', () => {
+  test('an entry as CRIU 4.2 writes it decodes and encodes byte for byte', () => {
+    // From a real pagemap-1.img: vaddr 0x41f000 (varint), compat_nr_pages 0, flags 4, nr_pages 1.
+    const raw = Buffer.from('0880e08702100020042801', 'hex')
+    const e = decodePagemapEntry(raw)
+    assert.deepEqual(e, { vaddr: 0x41f000n, nrPages: 1n, flags: PE_PRESENT })
+    assert.ok(encodePagemapEntry(e).equals(raw))
+  })
+
+  test('round trip of entries with 64-bit addresses and large page counts', () => {
+    const entries: PagemapEntry[] = [
+      { vaddr: 0x7fbd175a0000n, nrPages: 1n, flags: LAZY },
+      { vaddr: 0x55d0c0000000n, nrPages: 300_000n, flags: PE_PRESENT },
+      { vaddr: 0xffffffffff600000n, nrPages: 2n ** 33n, flags: LAZY },
+    ]
+    const buf = pagemapFile(entries)
+    assert.deepEqual(readPagemap(buf), entries)
+    assert.ok(encodeCriuImage(decodeCriuImage(buf)).equals(buf))
+  })
+
+  test('a truncated image is refused', () => {
+    const buf = pagemapFile([{ vaddr: P, nrPages: 1n, flags: LAZY }])
+    assert.throws(() => decodeCriuImage(buf.subarray(0, buf.length - 1)), /truncated CRIU image/)
+    assert.throws(() => decodeCriuImage(buf.subarray(0, 4)), /not a CRIU image/)
+  })
+})
+
+describe('markEager', () => {
+  const entry = (vaddr: bigint, nrPages: bigint, flags = LAZY): PagemapEntry => ({ vaddr, nrPages, flags })
+
+  test('splits a lazy entry around hot pages, keeping order and page counts', () => {
+    const { entries, eagerPages } = markEager(
+      [entry(0x10n * P, 6n)],
+      new Set([0x11n * P, 0x12n * P, 0x15n * P]),
+    )
+    assert.deepEqual(entries, [
+      entry(0x10n * P, 1n),
+      entry(0x11n * P, 2n, PE_PRESENT),
+      entry(0x13n * P, 2n),
+      entry(0x15n * P, 1n, PE_PRESENT),
+    ])
+    assert.equal(eagerPages, 3)
+  })
+
+  test('a fully hot entry turns eager whole; non-lazy entries and cold ones are untouched', () => {
+    const input = [entry(0x10n * P, 2n), entry(0x20n * P, 3n, PE_PRESENT), entry(0x30n * P, 4n)]
+    const hot = new Set([0x10n * P, 0x11n * P, 0x21n * P])
+    const { entries, eagerPages } = markEager(input, hot)
+    assert.deepEqual(entries, [entry(0x10n * P, 2n, PE_PRESENT), input[1], input[2]])
+    assert.equal(eagerPages, 2)
+  })
+
+  test('no hot pages: the same entries', () => {
+    const input = [entry(0x10n * P, 2n)]
+    assert.deepEqual(markEager(input, new Set()), { entries: input, eagerPages: 0 })
+  })
+})
+
+test('parseFaults: demand faults per process, page aligned, background transfers ignored', () => {
+  const log = [
+    '(00.179528) uffd: 6-9: #PF at 0x7fbd175a0000',
+    '(00.179554) pr6-2 Read 7fbd175a0000 1 pages',
+    '(00.180097) uffd: 6-9: #PF at 0x7fbcdae84123',
+    '(00.180100) uffd: 6-9: #PF at 0x7fbd175a0000',
+    '(00.185972) uffd: 1-8: #PF at 0x55d0c0001000',
+    '(00.190000) uffd: 6-9: uffd_copy: 0x7fbd17000000/4096',
+  ].join('\n')
+  assert.deepEqual(
+    parseFaults(log),
+    new Map([
+      [6, new Set([0x7fbd175a0000n, 0x7fbcdae84000n])],
+      [1, new Set([0x55d0c0001000n])],
+    ]),
+  )
+})
+
+test('applyWorkingSet rewrites only the pagemaps of processes with faults', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'initless-ws-'))
+  try {
+    const one = pagemapFile([{ vaddr: 0x10n * P, nrPages: 4n, flags: LAZY }])
+    const two = pagemapFile([{ vaddr: 0x40n * P, nrPages: 2n, flags: LAZY }])
+    await writeFile(join(dir, 'pagemap-1.img'), one)
+    await writeFile(join(dir, 'pagemap-7.img'), two)
+    const eager = await applyWorkingSet(
+      dir,
+      new Map([
+        [1, new Set([0x12n * P])],
+        [9, new Set([0x99n * P])], // no such process image: ignored
+      ]),
+    )
+    assert.equal(eager, 1)
+    assert.deepEqual(readPagemap(await readFile(join(dir, 'pagemap-1.img'))), [
+      { vaddr: 0x10n * P, nrPages: 2n, flags: LAZY },
+      { vaddr: 0x12n * P, nrPages: 1n, flags: PE_PRESENT },
+      { vaddr: 0x13n * P, nrPages: 1n, flags: LAZY },
+    ])
+    assert.ok((await readFile(join(dir, 'pagemap-7.img'))).equals(two))
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})
