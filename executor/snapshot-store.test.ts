@@ -155,6 +155,20 @@ describe('snapshot store', () => {
     assert.equal((await store.find(ID))?.meta.createdAt, 2000)
   })
 
+  test('usable: until replaced in place, retired or marked broken', async () => {
+    const { store } = freshStore()
+    const first = await bake(store, ID, 1000)
+    assert.equal(await store.usable(first.snapshot), true)
+    const again = await bake(store, ID, 2000)
+    assert.equal(await store.usable(first.snapshot), false, 'same path, new contents')
+    assert.equal(await store.usable(again.snapshot), true)
+    await bake(store, { ...ID, imageId: 'sha256:2222' }, 3000)
+    assert.equal(await store.usable(again.snapshot), false, 'retired by a newer bake')
+    const { snapshot } = await bake(store, { ...ID, kernel: 'other' })
+    await store.markBroken(snapshot, 'restore failed')
+    assert.equal(await store.usable(snapshot), false)
+  })
+
   test('markBroken hides a snapshot from find and latest', async () => {
     const { store } = freshStore()
     const { snapshot } = await bake(store, ID)

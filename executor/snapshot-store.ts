@@ -60,6 +60,11 @@ export interface SnapshotStore {
   begin(id: SnapshotIdentity): Promise<PendingSnapshot>
   /** A snapshot that failed to restore is never used again; the next bake replaces it. */
   markBroken(snapshot: Snapshot, reason: string): Promise<void>
+  /**
+   * Still the snapshot in its place (a re-bake of the same inputs replaces it under the same
+   * path) and not marked broken: a stat and a small read.
+   */
+  usable(snapshot: Snapshot): Promise<boolean>
   /** Throws ERR_SNAPSHOT_CORRUPT when an image file is missing or its size changed (~1 ms). */
   verify(snapshot: Snapshot): Promise<void>
   remove(fn: string): Promise<void>
@@ -161,6 +166,11 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
         },
       }
       return pending
+    },
+
+    async usable(snapshot) {
+      const current = await load(snapshot.dir)
+      return current?.meta.createdAt === snapshot.meta.createdAt && current.meta.key === snapshot.meta.key
     },
 
     async markBroken(snapshot, reason) {

@@ -237,4 +237,23 @@ describe('executor: restore worker, registry, reaper', () => {
     assert.equal(again.runtime, 'eager', 'the re-baked snapshot restores again')
     await ex.instances.stop(again.instanceId, 'test')
   })
+
+  test('a restore uses the last preparation while its snapshot is current; a re-bake takes over at once', async (t) => {
+    if (!requireServices(t) || !ex || !th) return
+    const fn = functions.find((f) => f.name === 'py-ok')!
+    const lowerOf = (id: string) => ex!.instances.live().find((i) => i.id === id)?.sandbox?.lowers[0]
+    const { image, snapshot } = await ex.instances.prepare(fn)
+    const first = await ex.restore('py-ok')
+    assert.equal(lowerOf(first.instanceId), snapshot!.upperDir)
+    await ex.instances.stop(first.instanceId, 'test')
+    // A forced re-bake (what `initless bake` or the admin API asks for) retires the snapshot.
+    // Same inputs, same place: only its contents are new.
+    const { snapshot: fresh } = await th.host.baker.bake(fn, image, { force: true })
+    assert.notEqual(fresh.meta.createdAt, snapshot!.meta.createdAt)
+    const second = await ex.restore('py-ok')
+    assert.equal(second.runtime, 'eager', 'restored from the new snapshot, not a boot fallback')
+    assert.equal(lowerOf(second.instanceId), fresh.upperDir)
+    assert.ok(await th.host.store.usable(fresh), 'the new snapshot was not marked broken')
+    await ex.instances.stop(second.instanceId, 'test')
+  })
 })
