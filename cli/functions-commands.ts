@@ -76,6 +76,7 @@ export async function bakeFunctions(ctx: HostContext, fns: FunctionDef[], io: Cl
       sizeBytes: m.sizeBytes,
       bakeMs: Math.round(m.bakeMs),
       warmupRequests: m.warmupRequests,
+      workingSetPages: m.workingSetPages ?? null,
     })
   }
   return results

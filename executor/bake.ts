@@ -10,6 +10,7 @@ import type { Logger } from 'pino'
 import { InitlessError, errorMessage, isInitlessError, type ErrorCode } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import { manifestHash, type Manifest } from '../shared/manifest.ts'
+import { formatBytes } from '../shared/units.ts'
 import type { Criu } from './criu.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { tail } from './exec.ts'
@@ -127,8 +128,10 @@ export function createBaker(deps: BakerDeps): Baker {
     image: ImageConfig,
     rootfs: string,
     pending: { imagesDir: string; upperDir: string },
+    progress: (msg: string) => void,
   ): Promise<number | undefined> {
     const t0 = performance.now()
+    progress('profiling the working set (lazy restores + warm-up)')
     try {
       const pages = await profileWorkingSet(deps, {
         fn,
@@ -136,7 +139,9 @@ export function createBaker(deps: BakerDeps): Baker {
         rootfs,
         ...pending,
       })
-      log.info({ fn: fn.name, pages, ms: Math.round(performance.now() - t0) }, 'working set profiled')
+      progress(
+        `working set: ${pages} pages (${formatBytes(pages * 4096)}) restore eagerly, in ${Math.round(performance.now() - t0)} ms`,
+      )
       return pages
     } catch (err) {
       log.warn(
@@ -215,7 +220,7 @@ export function createBaker(deps: BakerDeps): Baker {
         sb = undefined
         const workingSetPages =
           deps.prefetch !== false && profilesWorkingSet(m)
-            ? await profile(fn, image, rootfs, pending)
+            ? await profile(fn, image, rootfs, pending, progress)
             : undefined
         const snapshot = await pending.commit({
           ...identity,
