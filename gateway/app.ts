@@ -2,6 +2,7 @@
  * The gateway's HTTP app: function routing and proxying, admin API, health and metrics, with one
  * onError that answers application/problem+json.
  */
+import type { RequestListener } from 'node:http'
 import { Hono } from 'hono'
 import type { Logger } from 'pino'
 import { InitlessError } from '../shared/errors.ts'
@@ -10,17 +11,18 @@ import type { FunctionCatalog } from './catalog.ts'
 import type { Forwarder } from './forwarder.ts'
 import type { InstancePool } from './instance-pool.ts'
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
+import { createGatewayListener } from './node-listener.ts'
 import { problemResponse } from './problem.ts'
 import { requestContext, type GatewayEnv } from './request-context.ts'
 import { createAdminRoutes } from './routes/admin.ts'
 import { createHealthRoutes } from './routes/health.ts'
-import { createInvokeRoutes } from './routes/invoke.ts'
+import { createInvoke, createInvokeRoutes } from './routes/invoke.ts'
 
 export interface GatewayAppDeps {
   readonly catalog: FunctionCatalog
   readonly pool: Pick<
     InstancePool,
-    'acquire' | 'prewarm' | 'stats' | 'onRestored' | 'setStartOverride' | 'startOverride'
+    'acquire' | 'tryAcquire' | 'prewarm' | 'stats' | 'onRestored' | 'setStartOverride' | 'startOverride'
   >
   readonly registry: Pick<InstanceRegistry, 'executors' | 'listAll' | 'publish' | 'requestRebake'>
   readonly forwarder: Forwarder
@@ -37,26 +39,36 @@ export interface GatewayAppDeps {
   readonly now?: () => number
 }
 
+export interface Gateway {
+  /** Every route; tests call app.request(). */
+  readonly app: Hono<GatewayEnv>
+  /** The node:http listener serving `app`, with the direct lane for function requests. */
+  readonly listener: RequestListener
+}
+
 /** Build the gateway app from its ports. No I/O happens until a request arrives. */
 export function createGatewayApp(deps: GatewayAppDeps): Hono<GatewayEnv> {
+  return createGateway(deps).app
+}
+
+/** The app plus the Node listener to serve it with (node-listener.ts). No I/O until a request. */
+export function createGateway(deps: GatewayAppDeps): Gateway {
   const logger = deps.logger.child({ module: 'http' })
   const metrics = deps.metrics ?? createGatewayMetrics({ stats: () => deps.pool.stats() })
   deps.pool.onRestored((record) => {
     if (record.phases) metrics.coldStart(record.fn, record.phases)
   })
+  const invoke = createInvoke({
+    catalog: deps.catalog,
+    pool: deps.pool,
+    forwarder: deps.forwarder,
+    metrics,
+    maxBodyBytes: deps.options.maxBodyBytes,
+    trustProxy: deps.options.trustProxy,
+  })
   const app = new Hono<GatewayEnv>()
   app.use('*', requestContext(logger))
-  app.route(
-    '/',
-    createInvokeRoutes({
-      catalog: deps.catalog,
-      pool: deps.pool,
-      forwarder: deps.forwarder,
-      metrics,
-      maxBodyBytes: deps.options.maxBodyBytes,
-      trustProxy: deps.options.trustProxy,
-    }),
-  )
+  app.route('/', createInvokeRoutes(invoke))
   app.route(
     '/admin',
     createAdminRoutes({
@@ -72,5 +84,5 @@ export function createGatewayApp(deps: GatewayAppDeps): Hono<GatewayEnv> {
     return problemResponse(err, c.get('requestId'), c.get('log'))
   })
   app.onError((err, c) => problemResponse(err, c.get('requestId'), c.get('log')))
-  return app
+  return { app, listener: createGatewayListener({ app, invoke, logger }) }
 }

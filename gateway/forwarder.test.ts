@@ -8,6 +8,7 @@ import {
   createBodyLimit,
   forwardedHeaders,
   hasBody,
+  needsBodyLimit,
   upstreamError,
   upstreamHeaders,
   withoutHopByHop,
@@ -166,4 +167,16 @@ describe('serverTiming', () => {
       }),
       'cold, wait;dur=40, queue;dur=1, sandbox;dur=2, restore;dur=30, ready;dur=5, upstream;dur=2',
     ))
+})
+
+describe('needsBodyLimit', () => {
+  test('only a chunked body is counted; a Content-Length is checked up front', () => {
+    assert.equal(needsBodyLimit({}, 10), false)
+    assert.equal(needsBodyLimit({ 'content-length': '10' }, 10), false)
+    assert.equal(needsBodyLimit({ 'transfer-encoding': 'chunked' }, 10), true)
+    assert.throws(
+      () => needsBodyLimit({ 'content-length': '11' }, 10),
+      (err: unknown) => isInitlessError(err) && err.code === 'ERR_GATEWAY_BODY_TOO_LARGE',
+    )
+  })
 })

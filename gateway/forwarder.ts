@@ -11,8 +11,11 @@ export interface ForwardRequest {
   readonly target: InstanceAddress
   /** Path and query to send upstream (the `/fn/<name>` prefix already stripped). */
   readonly path: string
-  /** The request as the app sees it: method, headers, and the body when `node` is absent. */
-  readonly request: Request
+  /**
+   * The request as the app sees it: method, headers, and the body when `node` is absent. Absent
+   * on the direct Node lane, which has only `node`.
+   */
+  readonly request?: Request
   /** The raw Node request/response when served by @hono/node-server: streamed with no copies. */
   readonly node?: { readonly incoming: IncomingMessage; readonly outgoing: ServerResponse }
   /** Headers to set on the upstream request (X-Forwarded-*, X-Request-Id), replacing any sent. */
@@ -59,18 +62,33 @@ const HOP_BY_HOP = new Set([
 
 /** Copy `headers` without hop-by-hop headers and those named in Connection. */
 export function withoutHopByHop<T extends IncomingHttpHeaders | OutgoingHttpHeaders>(headers: T): T {
-  const named = new Set(
-    String(headers.connection ?? '')
-      .split(',')
-      .map((t) => t.trim().toLowerCase())
-      .filter(Boolean),
-  )
-  const out: Record<string, unknown> = {}
-  for (const [k, v] of Object.entries(headers)) {
+  return copyEndToEnd(headers) as T
+}
+
+/** Headers we set on the upstream request ourselves; a client's are never passed on. */
+const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host'])
+
+/** The end-to-end headers of `headers` (lowercase names), leaving out `drop` too. */
+function copyEndToEnd(
+  headers: IncomingHttpHeaders | OutgoingHttpHeaders,
+  drop?: ReadonlySet<string>,
+): Record<string, NonNullable<OutgoingHttpHeaders[string]>> {
+  // Connection is nearly always absent or `keep-alive`/`close` (hop-by-hop already): no Set then.
+  const connection = headers.connection
+  const tokens = connection === undefined ? '' : String(connection).toLowerCase()
+  const named =
+    tokens === '' || tokens === 'keep-alive' || tokens === 'close'
+      ? undefined
+      : new Set(tokens.split(',').map((t) => t.trim()))
+  const out: Record<string, NonNullable<OutgoingHttpHeaders[string]>> = {}
+  for (const k of Object.keys(headers)) {
+    const v = headers[k]
+    if (v === undefined) continue
     const key = k.toLowerCase()
-    if (v !== undefined && !HOP_BY_HOP.has(key) && !named.has(key)) out[key] = v
+    if (HOP_BY_HOP.has(key) || named?.has(key) || drop?.has(key)) continue
+    out[key] = v
   }
-  return out as T
+  return out
 }
 
 export interface ForwardedInput {
@@ -104,11 +122,10 @@ export function upstreamHeaders(
   incoming: IncomingHttpHeaders,
   extra: Readonly<Record<string, string>>,
 ): IncomingHttpHeaders {
-  const out = withoutHopByHop(incoming)
-  delete out['x-forwarded-for']
-  delete out['x-forwarded-proto']
-  delete out['x-forwarded-host']
-  for (const [k, v] of Object.entries(extra)) out[k.toLowerCase()] = v
+  // Copied without the X-Forwarded-* rather than deleted after: `delete` turns the object into a
+  // slow dictionary for everything that reads it afterwards (http-proxy, node:http).
+  const out = copyEndToEnd(incoming, FORWARDED) as IncomingHttpHeaders
+  for (const k of Object.keys(extra)) out[k.toLowerCase()] = extra[k]
   return out
 }
 
@@ -117,8 +134,9 @@ export function clientHeaders(
   upstream: IncomingHttpHeaders,
   extra: Readonly<Record<string, string>>,
 ): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = withoutHopByHop(upstream)
-  for (const [k, v] of Object.entries(extra)) {
+  const out: OutgoingHttpHeaders = copyEndToEnd(upstream)
+  for (const k of Object.keys(extra)) {
+    const v = extra[k] as string
     const key = k.toLowerCase()
     const cur = out[key]
     out[key] = key === 'server-timing' && typeof cur === 'string' && cur ? `${cur}, ${v}` : v
@@ -132,6 +150,19 @@ export function hasBody(method: string, headers: IncomingHttpHeaders | Headers):
   const get = (k: string) => (headers instanceof Headers ? headers.get(k) : headers[k]) ?? undefined
   const length = get('content-length')
   return get('transfer-encoding') !== undefined || (length !== undefined && Number(length) > 0)
+}
+
+/**
+ * Whether a request body must be counted on its way upstream. Only a chunked body has no length to
+ * check up front: Node's parser never reads past a Content-Length, and a request with neither
+ * header has no body (RFC 9112 §6.3). Throws ERR_GATEWAY_BODY_TOO_LARGE for a Content-Length over
+ * `max`.
+ */
+export function needsBodyLimit(headers: IncomingHttpHeaders, max: number): boolean {
+  if (headers['transfer-encoding'] !== undefined) return true
+  const length = headers['content-length']
+  if (length !== undefined && Number(length) > max) throw bodyTooLarge(max)
+  return false
 }
 
 /** A pass-through stream that fails with ERR_GATEWAY_BODY_TOO_LARGE past `max` bytes. */

@@ -11,12 +11,14 @@
  * - Its urlJoin collapses repeated slashes in the upstream path.
  */
 import type { ClientRequest, IncomingMessage } from 'node:http'
+import type { Transform } from 'node:stream'
 import httpProxy from 'http-proxy'
 import type { Logger } from 'pino'
 import { errorMessage, InitlessError, isInitlessError } from '../shared/errors.ts'
 import {
   clientHeaders,
   createBodyLimit,
+  needsBodyLimit,
   upstreamError,
   upstreamHeaders,
   type ForwardResult,
@@ -29,12 +31,21 @@ interface Exchange {
   onProxyRes(proxyRes: IncomingMessage): void
 }
 
-/** Create the streaming forwarder used when served by @hono/node-server. */
+/**
+ * The exchange of a request, on the request itself: http-proxy's events name only the request. A
+ * property rather than a WeakMap, whose entries for every request cost the garbage collector more.
+ */
+const EXCHANGE = Symbol('initless.exchange')
+
+type ExchangeCarrier = IncomingMessage & { [EXCHANGE]?: Exchange }
+
+const exchangeOf = (req: IncomingMessage): Exchange | undefined => (req as ExchangeCarrier)[EXCHANGE]
+
+/** Create the streaming forwarder used when served over node:http. */
 export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger: Logger }): Forwarder & {
   close(): void
 } {
   const log = deps.logger.child({ module: 'proxy' })
-  const exchanges = new WeakMap<IncomingMessage, Exchange>()
   const proxy = httpProxy.createProxyServer({
     xfwd: false,
     ws: false,
@@ -43,8 +54,8 @@ export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger:
   })
   proxy.on('error', (err, req) => log.warn({ err: err.message, url: req.url }, 'proxy error'))
   proxy.on('econnreset', (err) => log.debug({ err: err.message }, 'client reset during proxying'))
-  proxy.on('proxyReq', (proxyReq, req) => exchanges.get(req)?.onProxyReq(proxyReq))
-  proxy.on('proxyRes', (proxyRes, req) => exchanges.get(req)?.onProxyRes(proxyRes))
+  proxy.on('proxyReq', (proxyReq, req) => exchangeOf(req)?.onProxyReq(proxyReq))
+  proxy.on('proxyRes', (proxyRes, req) => exchangeOf(req)?.onProxyRes(proxyRes))
 
   return {
     close() {
@@ -93,7 +104,8 @@ export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger:
             )
         })
 
-        exchanges.set(incoming, {
+        const carrier: ExchangeCarrier = incoming
+        carrier[EXCHANGE] = {
           onProxyReq(req) {
             proxyReq = req
             if (failure) req.destroy()
@@ -122,12 +134,17 @@ export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger:
             }
             proxyRes.pipe(outgoing)
           },
-        })
+        }
 
-        // The body goes through a counter that cuts it off past the limit (chunked bodies have no
-        // Content-Length to check up front).
-        const limit = createBodyLimit(r.maxBodyBytes)
-        limit.on('error', (err) => {
+        // A chunked body goes through a counter that cuts it off past the limit (it has no
+        // Content-Length to check up front); any other body is piped as it is.
+        let limit: Transform | undefined
+        try {
+          if (needsBodyLimit(incoming.headers, r.maxBodyBytes)) limit = createBodyLimit(r.maxBodyBytes)
+        } catch (err) {
+          return settleError(isInitlessError(err) ? err : upstreamError(err as Error, r.target))
+        }
+        limit?.on('error', (err) => {
           incoming.unpipe(limit)
           failure = isInitlessError(err) ? err : upstreamError(err, r.target)
           settleError(failure)
@@ -139,7 +156,7 @@ export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger:
           {
             target: { host: r.target.host, port: r.target.port, path: r.path },
             agent: deps.agents.get(r.target),
-            buffer: limit,
+            ...(limit ? { buffer: limit } : {}),
           },
           (err: NodeJS.ErrnoException) => {
             if (failure) return settleError(failure)
@@ -147,7 +164,7 @@ export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger:
             settleError(upstreamError(err, r.target, { isReusedSocket }))
           },
         )
-        incoming.pipe(limit)
+        if (limit) incoming.pipe(limit)
       })
     },
   }

@@ -291,6 +291,63 @@ describe('instance pool', () => {
     assert.ok((await registry.lastUse('pre')).has(lease.instanceId))
   })
 
+  test('tryAcquire takes a free slot synchronously and leaves every other case to acquire', async () => {
+    const { pool, queue, ready } = await setup()
+    const m = testManifest('sync', { concurrency: 1, maxInstances: 1 })
+    assert.equal(pool.tryAcquire(m), undefined, 'not read from the registry yet')
+    const leasing = pool.acquire(m, { traceId: 'a' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    await ready(job)
+    const first = await leasing
+    assert.equal(pool.tryAcquire(m), undefined, 'the only slot is taken')
+    assert.deepEqual(pool.stats(), [{ fn: 'sync', ready: 1, starting: 0, waiting: 0, inflight: 1 }])
+    first.release()
+    const lease = pool.tryAcquire(m)
+    assert.ok(lease)
+    assert.equal(lease.instanceId, job.instanceId)
+    assert.equal(lease.isCold, false)
+    assert.equal(lease.waitedMs, 0)
+    assert.equal(pool.stats()[0]?.inflight, 1)
+    lease.release()
+    assert.equal(pool.stats()[0]?.inflight, 0)
+    await pool.close()
+    assert.equal(pool.tryAcquire(m), undefined, 'closing')
+    assert.equal(queue.jobs.length, 1)
+  })
+
+  test('last use is written at most once per touch interval per instance', async () => {
+    let clock = 10_000
+    const touches: number[] = []
+    const registry = createFakeRegistry()
+    const { pool, queue } = await setup({
+      registry: {
+        ...pick(registry),
+        subscribe: (l) => registry.subscribe(l),
+        touch: (fn, id, at) => (touches.push(at), registry.touch(fn, id, at)),
+      },
+      now: () => clock,
+      touchIntervalMs: 1000,
+    })
+    const m = testManifest('busy')
+    const leasing = pool.acquire(m, { traceId: 'a' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    await registry.markReady(job.fn, job.instanceId, ADDRESS, 'lazy', TEST_PHASES, 'h')
+    queue.complete(job.instanceId)
+    const first = await leasing
+    first.release()
+    for (let i = 0; i < 50; i++) {
+      clock += 10
+      pool.tryAcquire(m)?.release()
+    }
+    assert.deepEqual(touches, [10_000])
+    clock += 1000
+    pool.tryAcquire(m)?.release()
+    assert.deepEqual(touches, [10_000, 11_500])
+    assert.equal((await registry.lastUse('busy')).get(job.instanceId), 11_500)
+  })
+
   test('close fails the waiters and refuses new requests', async () => {
     const { pool } = await setup()
     const waiting = pool.acquire(testManifest('closing'), { traceId: 'a' })

@@ -49,6 +49,12 @@ export interface InstancePool {
     manifest: Manifest,
     options: { readonly traceId: string; readonly signal?: AbortSignal },
   ): Promise<Lease>
+  /**
+   * acquire()'s no-wait case, synchronously: a slot on a ready instance, or undefined when the
+   * request would have to wait (or the function was not read from the registry yet, or the pool is
+   * closing). Then call acquire().
+   */
+  tryAcquire(manifest: Manifest): Lease | undefined
   /** Reserve and enqueue up to `count` restores (bounded by maxInstances). Returns their ids. */
   prewarm(manifest: Manifest, count: number, traceId: string): Promise<string[]>
   stats(): PoolStats[]
@@ -131,7 +137,8 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   }
 
   const scale = (s: FnState, traceId?: string) => {
-    if (closing || !s.isLoaded || now() < s.fullUntil) return
+    // No waiters, no restores to start (instancesToStart): skip the work on every released lease.
+    if (closing || !s.isLoaded || !s.waiters.length || now() < s.fullUntil) return
     const n = instancesToStart({
       ready: views(s),
       starting: s.starting.size,
@@ -302,6 +309,13 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     for (const [id, o] of ours) if (now() - o.since > 3_600_000) ours.delete(id)
   }
 
+  /** A lease without waiting, on a function already loaded, when no request is queued before us. */
+  const tryLease = (s: FnState, startedAt: number): Lease | undefined => {
+    if (s.waiters.length) return undefined
+    const pick = pickInstance(views(s), s.manifest.scaling.concurrency)
+    return pick && lease(s, pick.id, startedAt, false)
+  }
+
   return {
     async start() {
       stopOutcomes = queue.onOutcome(onOutcome)
@@ -315,10 +329,8 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
       const s = await loaded(manifest)
       if (options.signal?.aborted) throw clientClosed(manifest.name)
       const startedAt = now()
-      if (!s.waiters.length) {
-        const pick = pickInstance(views(s), manifest.scaling.concurrency)
-        if (pick) return lease(s, pick.id, startedAt, false)
-      }
+      const ready = tryLease(s, startedAt)
+      if (ready) return ready
       if (s.waiters.length >= manifest.scaling.queueLimit) {
         scale(s, options.traceId)
         throw noCapacity(
@@ -329,6 +341,13 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
       const waiting = waitForSlot(s, { startedAt, traceId: options.traceId, signal: options.signal })
       scale(s, options.traceId)
       return waiting
+    },
+
+    tryAcquire(manifest) {
+      const s = fns.get(manifest.name)
+      if (closing || !s?.isLoaded) return undefined
+      s.manifest = manifest
+      return tryLease(s, now())
     },
 
     async prewarm(manifest, count, traceId) {

@@ -2,12 +2,13 @@
  * Composition root of the gateway: the only gateway file that reads process.env, creates clients,
  * opens the listening socket and handles signals.
  */
-import { serve } from '@hono/node-server'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
-import { createGatewayApp } from './app.ts'
+import { createGateway } from './app.ts'
 import { createBullmqRestoreQueue } from './bullmq-restore-queue.ts'
 import { loadFunctionCatalog } from './catalog.ts'
 import { loadGatewayConfig, type GatewayConfig } from './config.ts'
@@ -59,7 +60,7 @@ logger.info({ redis: new URL(config.INITLESS_REDIS_URL).host }, 'waiting for red
 await Promise.all([pool.start(), queue.ready()])
 const agents = createUpstreamAgents()
 const forwarder = createHttpProxyForwarder({ agents, logger })
-const app = createGatewayApp({
+const { listener } = createGateway({
   catalog,
   pool,
   registry,
@@ -73,13 +74,14 @@ const app = createGatewayApp({
   },
 })
 
-const server = serve(
-  { fetch: app.fetch, hostname: config.INITLESS_GATEWAY_HOST, port: config.INITLESS_GATEWAY_PORT },
-  (info) => logger.info({ host: info.address, port: info.port }, 'gateway listening'),
-)
+const server = createServer(listener)
 server.on('error', (err) => {
   logger.fatal({ err: errorMessage(err) }, 'server error')
   process.exit(1)
+})
+server.listen(config.INITLESS_GATEWAY_PORT, config.INITLESS_GATEWAY_HOST, () => {
+  const info = server.address() as AddressInfo
+  logger.info({ host: info.address, port: info.port }, 'gateway listening')
 })
 
 // In-flight requests get most of the deadline; the rest closes clients that never hang up.
@@ -88,7 +90,7 @@ const shutdown = createShutdown({
   logger,
   deadlineMs: config.INITLESS_SHUTDOWN_TIMEOUT,
   steps: [
-    { name: 'http server', run: () => drainServer(server as Parameters<typeof drainServer>[0], graceMs) },
+    { name: 'http server', run: () => drainServer(server, graceMs) },
     { name: 'instance pool', run: () => pool.close() },
     { name: 'proxy', run: () => (forwarder.close(), agents.close()) },
     { name: 'restore queue', run: () => queue.close() },

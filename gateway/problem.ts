@@ -2,8 +2,8 @@
  * RFC 9457 problem+json answers for the gateway's own errors, rendered in one place (the app's
  * onError and notFound). Unknown errors become ERR_INTERNAL without their message.
  */
-import type { Logger } from 'pino'
 import { ERRORS, isInitlessError, type ErrorCode } from '../shared/errors.ts'
+import type { RequestLog } from './request-log.ts'
 
 export interface Problem {
   readonly type: string
@@ -17,7 +17,7 @@ export interface Problem {
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json'
 
 /** Render `err` as a problem response, logging it at a level that matches its status. */
-export function problemResponse(err: unknown, requestId: string, log: Logger): Response {
+export function problemResponse(err: unknown, requestId: string, log: RequestLog): Response {
   const known = isInitlessError(err) ? err : undefined
   const code: ErrorCode = known?.code ?? 'ERR_INTERNAL'
   const spec = ERRORS[code]

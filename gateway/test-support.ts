@@ -11,12 +11,12 @@ import { createSilentLogger } from '../shared/logger.ts'
 import { manifestSchema, type Manifest } from '../shared/manifest.ts'
 import { createFakeRegistry, type FakeRegistry } from '../shared/registry-fake.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
-import { createGatewayApp, type GatewayAppDeps } from './app.ts'
+import { createGateway, type Gateway, type GatewayAppDeps } from './app.ts'
 import { createStaticCatalog } from './catalog.ts'
 import type { Forwarder } from './forwarder.ts'
 import { createInstancePool, type InstancePool, type InstancePoolDeps } from './instance-pool.ts'
 import { createFakeRestoreQueue, type FakeRestoreQueue } from './restore-queue-fake.ts'
-import { createUpstreamAgents } from './upstream-agents.ts'
+import { createUpstreamAgents, type UpstreamAgents } from './upstream-agents.ts'
 import { createWebForwarder } from './web-forwarder.ts'
 
 export interface ManifestOptions {
@@ -134,7 +134,9 @@ export async function startEchoServer(label = 'echo'): Promise<EchoServer> {
 }
 
 export interface TestGateway {
-  readonly app: ReturnType<typeof createGatewayApp>
+  readonly app: Gateway['app']
+  /** The node:http listener over `app` (direct lane included), as gateway/main.ts serves it. */
+  readonly listener: Gateway['listener']
   readonly registry: FakeRegistry
   readonly queue: FakeRestoreQueue
   readonly pool: InstancePool
@@ -150,7 +152,8 @@ export interface TestGatewayOptions {
   /** Restore every job as soon as it is enqueued. Default false. */
   readonly autoRestore?: boolean
   readonly registry?: FakeRegistry
-  readonly forwarder?: Forwarder
+  /** Default: the web forwarder (app.request() has no Node request for http-proxy). */
+  readonly forwarder?: Forwarder | ((agents: UpstreamAgents) => Forwarder)
   readonly pool?: Partial<Omit<InstancePoolDeps, 'registry' | 'queue' | 'logger'>>
   readonly options?: Partial<GatewayAppDeps['options']>
   readonly poolRegistry?: (r: FakeRegistry) => InstancePoolDeps['registry']
@@ -180,17 +183,21 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     return server
   }
   const stopJobs = o.autoRestore ? queue.onJob((job) => void restore(job)) : undefined
-  const app = createGatewayApp({
+  const { app, listener } = createGateway({
     catalog: createStaticCatalog(o.manifests),
     pool,
     registry: o.appRegistry ?? registry,
-    forwarder: o.forwarder ?? createWebForwarder({ agents }),
+    forwarder:
+      typeof o.forwarder === 'function'
+        ? o.forwarder(agents)
+        : (o.forwarder ?? createWebForwarder({ agents })),
     logger,
     options: { maxBodyBytes: 1024 * 1024, trustProxy: false, ...o.options },
     ...(o.now ? { now: o.now } : {}),
   })
   return {
     app,
+    listener,
     registry,
     queue,
     pool,

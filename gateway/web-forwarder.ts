@@ -25,14 +25,18 @@ export function createWebForwarder(deps: { agents: UpstreamAgents }): Forwarder 
   return {
     forward(r) {
       const startedAt = performance.now()
+      const request = r.request
+      if (!request) {
+        return Promise.reject(new InitlessError('ERR_INTERNAL', 'web forwarder needs the fetch Request'))
+      }
       const incoming: IncomingHttpHeaders = {}
-      r.request.headers.forEach((v, k) => (incoming[k] = v))
+      request.headers.forEach((v, k) => (incoming[k] = v))
       return new Promise<ForwardResult>((resolve, reject) => {
         let failure: InitlessError | undefined
         const req = httpRequest({
           host: r.target.host,
           port: r.target.port,
-          method: r.request.method,
+          method: request.method,
           path: r.path,
           headers: upstreamHeaders(incoming, r.requestHeaders),
           agent: deps.agents.get(r.target),
@@ -48,18 +52,18 @@ export function createWebForwarder(deps: { agents: UpstreamAgents }): Forwarder 
         )
         const onAbort = () =>
           fail(new InitlessError('ERR_GATEWAY_CLIENT_CLOSED', 'client closed the request during proxying'))
-        r.request.signal.addEventListener('abort', onAbort, { once: true })
+        request.signal.addEventListener('abort', onAbort, { once: true })
         req.on('error', (err: NodeJS.ErrnoException) => {
           clearTimeout(timer)
           reject(failure ?? upstreamError(err, r.target, { isReusedSocket: req.reusedSocket }))
         })
         req.on('response', (res) => {
           clearTimeout(timer)
-          r.request.signal.removeEventListener('abort', onAbort)
+          request.signal.removeEventListener('abort', onAbort)
           const upstreamMs = performance.now() - startedAt
           const status = res.statusCode ?? 502
           const headers = toHeaders(clientHeaders(res.headers, r.responseHeaders(upstreamMs)))
-          const isEmpty = NULL_BODY.has(status) || r.request.method === 'HEAD'
+          const isEmpty = NULL_BODY.has(status) || request.method === 'HEAD'
           if (isEmpty) res.resume()
           const body = isEmpty ? null : (Readable.toWeb(res) as ReadableStream<Uint8Array>)
           resolve({
@@ -68,12 +72,12 @@ export function createWebForwarder(deps: { agents: UpstreamAgents }): Forwarder 
             response: new Response(body, { status, statusText: res.statusMessage, headers }),
           })
         })
-        if (!r.request.body) {
+        if (!request.body) {
           req.end()
           return
         }
         const limit = createBodyLimit(r.maxBodyBytes)
-        const body = Readable.fromWeb(r.request.body as NodeReadableStream<Uint8Array>)
+        const body = Readable.fromWeb(request.body as NodeReadableStream<Uint8Array>)
         const onBodyError = (err: Error) => fail(isInitlessError(err) ? err : upstreamError(err, r.target))
         body.on('error', onBodyError)
         limit.on('error', onBodyError)

@@ -2,18 +2,18 @@
  * Integration harness for the gateway tests: a Redis reachability check (skip by hand, fail in CI),
  * a stand-in executor (a real BullMQ worker on the restore queue that starts a real HTTP server per
  * instance and marks it ready in the registry), and a gateway wired like gateway/main.ts but with
- * a unique key prefix and queue name, served by @hono/node-server on 127.0.0.1:0.
+ * a unique key prefix and queue name, served by its node:http listener on 127.0.0.1:0.
  */
 import { randomUUID } from 'node:crypto'
+import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { serve, type ServerType } from '@hono/node-server'
 import { UnrecoverableError, Worker, type Job } from 'bullmq'
 import type { ExecutorHeartbeat, RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import { createRedis, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
-import { createGatewayApp } from '../gateway/app.ts'
+import { createGateway } from '../gateway/app.ts'
 import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
 import { createStaticCatalog } from '../gateway/catalog.ts'
 import { createHttpProxyForwarder } from '../gateway/http-proxy-forwarder.ts'
@@ -190,7 +190,7 @@ export async function startGateway(
   await Promise.all([pool.start(), queue.ready()])
   const agents = createUpstreamAgents()
   const forwarder = createHttpProxyForwarder({ agents, logger })
-  const app = createGatewayApp({
+  const { listener } = createGateway({
     catalog: createStaticCatalog(manifests),
     pool,
     registry,
@@ -198,9 +198,9 @@ export async function startGateway(
     logger,
     options: { maxBodyBytes: opts.maxBodyBytes ?? 1024 * 1024, trustProxy: false },
   })
-  const server: ServerType = await new Promise((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s))
-  })
+  // Served as gateway/main.ts serves it: the direct lane for function requests, hono for the rest.
+  const server = createServer(listener)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
   return {
     url: `http://127.0.0.1:${port}`,
@@ -210,7 +210,7 @@ export async function startGateway(
     async close() {
       await new Promise<void>((resolve) => {
         server.close(() => resolve())
-        if ('closeAllConnections' in server) server.closeAllConnections()
+        server.closeAllConnections()
       })
       await pool.close()
       forwarder.close()

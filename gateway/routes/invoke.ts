@@ -2,7 +2,7 @@
  * `ANY /fn/:name/*`: route a request to an instance of the function and stream the answer back.
  * Only addresses from the registry (via the pool) are ever proxied to, never one from the request.
  */
-import type { ServerResponse } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { Hono } from 'hono'
 import { InitlessError, isInitlessError } from '../../shared/errors.ts'
@@ -11,27 +11,51 @@ import type { FunctionCatalog } from '../catalog.ts'
 import { bodyTooLarge, forwardedHeaders, hasBody, type Forwarder } from '../forwarder.ts'
 import type { InstancePool } from '../instance-pool.ts'
 import type { GatewayMetrics, StartKind } from '../metrics.ts'
-import type { GatewayEnv } from '../request-context.ts'
+import { requestHeader, type GatewayEnv } from '../request-context.ts'
+import type { RequestLog } from '../request-log.ts'
 import { serverTiming } from '../server-timing.ts'
 
 export interface InvokeRouteDeps {
   readonly catalog: FunctionCatalog
-  readonly pool: Pick<InstancePool, 'acquire'>
+  readonly pool: Pick<InstancePool, 'acquire' | 'tryAcquire'>
   readonly forwarder: Forwarder
   readonly metrics: GatewayMetrics
   readonly maxBodyBytes: number
   readonly trustProxy: boolean
 }
 
+/** One request for `/fn/<name>/...`, as the hono route and the direct Node lane both see it. */
+export interface InvokeRequest {
+  readonly method: string
+  /** Path as received, still percent-encoded, starting with `/fn/`. */
+  readonly pathname: string
+  /** `?query`, or empty. */
+  readonly search: string
+  /** The authority the request was sent to (Host header, else the URL's). */
+  readonly host: string
+  readonly isHttps: boolean
+  readonly header: (name: string) => string | undefined
+  readonly headers: IncomingHttpHeaders | Headers
+  readonly requestId: string
+  readonly log: RequestLog
+  /** The raw Node request/response when served over node:http. */
+  readonly node?: { readonly incoming: IncomingMessage; readonly outgoing: ServerResponse }
+  /** The fetch Request, for forwarders that send its body (absent on the direct Node lane). */
+  readonly request?: Request
+  /** Aborts when the client leaves. Only asked for when the request has to wait for a slot. */
+  readonly signal: () => AbortSignal
+}
+
+/** Proxy one request; resolves with the response, or undefined once it was written to `node`. */
+export type Invoke = (request: InvokeRequest) => Promise<Response | undefined>
+
 const PREFIX = '/fn/'
 
-/** Routes mounted at the app root (they own the /fn/ prefix). */
-export function createInvokeRoutes(deps: InvokeRouteDeps): Hono<GatewayEnv> {
-  const app = new Hono<GatewayEnv>()
-  app.all('/fn/:name/*', async (c) => {
-    const url = new URL(c.req.url)
+/** The invoke handler, free of hono so the direct Node lane can call it too. */
+export function createInvoke(deps: InvokeRouteDeps): Invoke {
+  return async (req) => {
     // The raw (still percent-encoded) segment: `a%2Fb` or `%2e%2e` are not names.
-    const rest = url.pathname.slice(PREFIX.length)
+    const rest = req.pathname.slice(PREFIX.length)
     const slash = rest.indexOf('/')
     const name = slash < 0 ? rest : rest.slice(0, slash)
     if (!FUNCTION_NAME_RE.test(name)) {
@@ -43,48 +67,52 @@ export function createInvokeRoutes(deps: InvokeRouteDeps): Hono<GatewayEnv> {
     const manifest = deps.catalog.get(name)
     if (!manifest) throw new InitlessError('ERR_FUNCTION_NOT_FOUND', `no function named ${name}`)
 
-    const requestId = c.get('requestId')
-    const log = c.get('log').child({ fn: name })
-    const incoming = c.env?.incoming
-    const outgoing = c.env?.outgoing
-    const node = incoming && outgoing ? { incoming, outgoing } : undefined
-    // Under node-server, reading c.req.raw.signal (or body) makes it start consuming the incoming
-    // stream into a web ReadableStream, stealing the body from the proxy: watch the socket instead.
-    const signal = outgoing ? clientGone(outgoing) : c.req.raw.signal
-    const isReplayable = !hasBody(c.req.method, c.req.raw.headers)
+    const { requestId, header } = req
+    const log = req.log.child({ fn: name })
+    const isReplayable = !hasBody(req.method, req.headers)
     const requestHeaders = {
       ...forwardedHeaders({
-        forwardedFor: c.req.header('x-forwarded-for'),
-        forwardedProto: c.req.header('x-forwarded-proto'),
-        forwardedHost: c.req.header('x-forwarded-host'),
-        host: c.req.header('host') ?? url.host,
-        remoteAddress: incoming?.socket.remoteAddress,
-        protocol: url.protocol === 'https:' ? 'https' : 'http',
+        forwardedFor: header('x-forwarded-for'),
+        forwardedProto: header('x-forwarded-proto'),
+        forwardedHost: header('x-forwarded-host'),
+        host: req.host,
+        remoteAddress: req.node?.incoming.socket.remoteAddress,
+        protocol: req.isHttps ? 'https' : 'http',
         trustProxy: deps.trustProxy,
       }),
       'x-request-id': requestId,
     }
     let start: StartKind = 'none'
     try {
-      const length = c.req.header('content-length')
+      const length = header('content-length')
       if (length !== undefined && Number(length) > deps.maxBodyBytes) throw bodyTooLarge(deps.maxBodyBytes)
       // One retry for a dead instance, one for a keep-alive socket the instance had just closed;
       // only when the request has no body (the body stream cannot be replayed).
       let deadRetries = 0
       let staleRetries = 0
+      let signal: AbortSignal | undefined
       for (;;) {
-        const lease = await deps.pool.acquire(manifest, { traceId: requestId, signal })
+        // A ready instance with a free slot is taken synchronously; only a request that waits
+        // needs to learn that its client left.
+        const lease =
+          deps.pool.tryAcquire(manifest) ??
+          (await deps.pool.acquire(manifest, { traceId: requestId, signal: (signal ??= req.signal()) }))
         start = lease.isCold ? 'cold' : 'warm'
         deps.metrics.waited(name, start, lease.waitedMs)
         try {
           const result = await deps.forwarder.forward({
             target: lease.address,
-            path: (slash < 0 ? '/' : rest.slice(slash)) + url.search,
-            request: c.req.raw,
-            ...(node ? { node } : {}),
+            path: (slash < 0 ? '/' : rest.slice(slash)) + req.search,
+            ...(req.request ? { request: req.request } : {}),
+            ...(req.node ? { node: req.node } : {}),
             requestHeaders,
             responseHeaders: (upstreamMs) => ({
-              'server-timing': serverTiming({ ...lease, upstreamMs }),
+              'server-timing': serverTiming({
+                isCold: lease.isCold,
+                waitedMs: lease.waitedMs,
+                phases: lease.phases,
+                upstreamMs,
+              }),
               'x-request-id': requestId,
             }),
             maxBodyBytes: deps.maxBodyBytes,
@@ -94,7 +122,7 @@ export function createInvokeRoutes(deps: InvokeRouteDeps): Hono<GatewayEnv> {
           deps.metrics.invocation(name, result.status, start)
           deps.metrics.upstream(name, result.upstreamMs)
           log.debug({ instanceId: lease.instanceId, status: result.status, start }, 'request proxied')
-          return result.response ?? RESPONSE_ALREADY_SENT
+          return result.response
         } catch (err) {
           const details = isInitlessError(err) ? err.details : {}
           const isRefused = details.isRefused === true
@@ -109,12 +137,73 @@ export function createInvokeRoutes(deps: InvokeRouteDeps): Hono<GatewayEnv> {
       deps.metrics.invocation(name, isInitlessError(err) ? err.status : 500, start)
       throw err
     }
+  }
+}
+
+/** Routes mounted at the app root (they own the /fn/ prefix). */
+export function createInvokeRoutes(invoke: Invoke): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>()
+  app.all('/fn/:name/*', async (c) => {
+    const url = splitUrl(c.req.url)
+    const incoming = c.env?.incoming
+    const outgoing = c.env?.outgoing
+    const response = await invoke({
+      method: c.req.method,
+      pathname: url.pathname,
+      search: url.search,
+      host: requestHeader(c, 'host') ?? url.host,
+      isHttps: url.isHttps,
+      // Under node-server every header is read from Node's parsed headers (requestHeader): the
+      // fetch Request's headers, signal or body are never built on this path. Reading its signal
+      // or body would also make node-server consume the incoming stream, stealing the body from
+      // the proxy.
+      header: (name) => requestHeader(c, name),
+      headers: incoming ? incoming.headers : c.req.raw.headers,
+      requestId: c.get('requestId'),
+      log: c.get('log'),
+      request: c.req.raw,
+      ...(incoming && outgoing ? { node: { incoming, outgoing } } : {}),
+      signal: () => (outgoing ? clientGone(outgoing) : c.req.raw.signal),
+    })
+    return response ?? RESPONSE_ALREADY_SENT
   })
   return app
 }
 
+export interface SplitUrl {
+  /** Path as sent, still percent-encoded (dot segments already resolved by the URL parser). */
+  readonly pathname: string
+  /** `?query`, or empty. */
+  readonly search: string
+  readonly host: string
+  readonly isHttps: boolean
+}
+
+/**
+ * The parts of an absolute URL serialised by the URL parser (c.req.url), by string search: the
+ * same results as `new URL(href)` for such a string without parsing it a second time.
+ */
+export function splitUrl(href: string): SplitUrl {
+  const hostStart = href.indexOf('://') + 3
+  let end = href.indexOf('#', hostStart)
+  if (end < 0) end = href.length
+  let pathStart = href.indexOf('/', hostStart)
+  if (pathStart < 0 || pathStart > end) pathStart = end
+  let query = href.indexOf('?', pathStart)
+  if (query < 0 || query > end) query = end
+  const host = href.slice(hostStart, pathStart)
+  const at = host.lastIndexOf('@')
+  return {
+    pathname: pathStart === query ? '/' : href.slice(pathStart, query),
+    // `?` alone is an empty query, as URL.search has it.
+    search: end - query > 1 ? href.slice(query, end) : '',
+    host: at < 0 ? host : host.slice(at + 1),
+    isHttps: href.startsWith('https:'),
+  }
+}
+
 /** Aborts when the client disconnects before its response was completely written. */
-function clientGone(outgoing: ServerResponse): AbortSignal {
+export function clientGone(outgoing: ServerResponse): AbortSignal {
   const ac = new AbortController()
   outgoing.once('close', () => {
     if (!outgoing.writableFinished) ac.abort()
