@@ -16,7 +16,7 @@ export interface ForwardRequest {
    * on the direct Node lane, which has only `node`.
    */
   readonly request?: Request
-  /** The raw Node request/response when served by @hono/node-server: streamed with no copies. */
+  /** The raw Node request/response when served over node:http: streamed with no copies. */
   readonly node?: { readonly incoming: IncomingMessage; readonly outgoing: ServerResponse }
   /** Headers to set on the upstream request (X-Forwarded-*, X-Request-Id), replacing any sent. */
   readonly requestHeaders: Readonly<Record<string, string>>
