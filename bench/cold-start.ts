@@ -19,7 +19,7 @@ export const overrideOf = (v: Variant): { runtime: RuntimeKind; noPool: boolean 
   v === 'lazy+pool' ? { runtime: 'lazy', noPool: false } : { runtime: v, noPool: true }
 
 /** Server-Timing metrics of a cold answer, in the order the gateway writes them. */
-export const PHASES = ['wait', 'queue', 'sandbox', 'restore', 'ready', 'upstream'] as const
+export const PHASES = ['wait', 'queue', 'sandbox', 'restore', 'criu', 'ready', 'upstream'] as const
 export type Phase = (typeof PHASES)[number]
 
 export interface ColdRun {

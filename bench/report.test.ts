@@ -5,7 +5,15 @@ import { evaluateTargets, renderMarkdown, type BenchResult } from './report.ts'
 
 const run = (ttfbMs: number): ColdRun => ({
   ttfbMs,
-  phases: { wait: ttfbMs - 2, queue: 1, sandbox: 0, restore: ttfbMs - 10, ready: 5, upstream: 1 },
+  phases: {
+    wait: ttfbMs - 2,
+    queue: 1,
+    sandbox: 0,
+    restore: ttfbMs - 10,
+    criu: ttfbMs - 30,
+    ready: 5,
+    upstream: 1,
+  },
 })
 
 function result(over: Partial<Omit<BenchResult, 'targets'>> = {}): Omit<BenchResult, 'targets'> {

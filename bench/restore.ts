@@ -125,7 +125,7 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
   const median = (k: keyof Run['phases']) =>
     round(
       percentile(
-        runs.map((r) => r.phases[k]),
+        runs.flatMap((r) => (r.phases[k] === undefined ? [] : [r.phases[k]])),
         50,
       ),
     )
@@ -140,6 +140,7 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
       queueMs: median('queueMs'),
       sandboxMs: median('sandboxMs'),
       restoreMs: median('restoreMs'),
+      criuMs: median('criuMs'),
       readyMs: median('readyMs'),
     },
     snapshotBytes,
@@ -191,15 +192,15 @@ const md = [
   `Restore benchmark, ${env.date}, \`${env.command}\``,
   `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
   '',
-  '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | ready |',
-  '|---|---|---|---|---|---|---|---|---|---|---|',
+  '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | of it CRIU | ready |',
+  '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ...result.restore.map(
     (r) =>
-      `| ${r.function} | ${formatBytes(r.snapshotBytes)} | ${r.runtime} | ${r.n} | ${r.p50Ms} | ${r.p95Ms} | ${r.ratioToBoot ?? '-'}x | ${r.phasesP50.queueMs} | ${r.phasesP50.sandboxMs} | ${r.phasesP50.restoreMs} | ${r.phasesP50.readyMs} |`,
+      `| ${r.function} | ${formatBytes(r.snapshotBytes)} | ${r.runtime} | ${r.n} | ${r.p50Ms} | ${r.p95Ms} | ${r.ratioToBoot ?? '-'}x | ${r.phasesP50.queueMs} | ${r.phasesP50.sandboxMs} | ${r.phasesP50.restoreMs} | ${Number.isFinite(r.phasesP50.criuMs) ? r.phasesP50.criuMs : '-'} | ${r.phasesP50.readyMs} |`,
   ),
   ...(concurrent
     ? [
-        `| flask-table | | 3 concurrent lazy | ${concurrent.n} | ${concurrent.p50Ms} | ${concurrent.p95Ms} | | ${concurrent.phasesP50.queueMs} | ${concurrent.phasesP50.sandboxMs} | ${concurrent.phasesP50.restoreMs} | ${concurrent.phasesP50.readyMs} |`,
+        `| flask-table | | 3 concurrent lazy | ${concurrent.n} | ${concurrent.p50Ms} | ${concurrent.p95Ms} | | ${concurrent.phasesP50.queueMs} | ${concurrent.phasesP50.sandboxMs} | ${concurrent.phasesP50.restoreMs} | ${concurrent.phasesP50.criuMs} | ${concurrent.phasesP50.readyMs} |`,
       ]
     : []),
   '',

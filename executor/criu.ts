@@ -31,6 +31,26 @@ export function criuConfigText(opts: { lazy: boolean }): string {
   return `${lines.join('\n')}\n`
 }
 
+/**
+ * How long a CRIU run took, from the last timestamp of its log (`(SS.uuuuuu) ...` lines, seconds
+ * since CRIU started). Reads only the log's tail. Undefined when there is no such line.
+ */
+export async function criuLogDuration(file: string): Promise<number | undefined> {
+  const fh = await open(file, 'r').catch(() => undefined)
+  if (!fh) return undefined
+  try {
+    const { size } = await fh.stat()
+    const length = Math.min(size, 4096)
+    const buf = Buffer.alloc(length)
+    await fh.read(buf, 0, length, size - length)
+    const stamps = [...buf.toString('latin1').matchAll(/^\((\d+\.\d+)\)/gm)]
+    const last = stamps.at(-1)?.[1]
+    return last === undefined ? undefined : Number(last) * 1000
+  } finally {
+    await fh.close()
+  }
+}
+
 export interface Criu {
   version(): Promise<string>
   /** Write the CRIU config file runc passes to restores (lazy or eager). */

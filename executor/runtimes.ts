@@ -4,10 +4,11 @@
  * FaaS platforms pay, and the fallback when a snapshot is missing or broken). `docker` (Docker's
  * own checkpoint API, a benchmark reference only) lives in docker-checkpoint.ts.
  */
+import { join } from 'node:path'
 import { InitlessError, errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { RuntimeKind } from '../shared/contracts.ts'
-import type { Criu, LazyPagesDaemon } from './criu.ts'
+import { criuLogDuration, type Criu, type LazyPagesDaemon } from './criu.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { openOutput } from './output.ts'
 import { isProcessAlive, readPidFile } from './process.ts'
@@ -169,6 +170,7 @@ export function createRuncRestoreRuntime(deps: {
         })
         probing.catch(() => undefined) // awaited below, once the restore's outcome is known
         const t2 = await restoring
+        const criuMs = criuLogDuration(join(sb.criuWorkDir, 'restore.log'))
         await probing
         const t3 = performance.now()
         return {
@@ -180,7 +182,12 @@ export function createRuncRestoreRuntime(deps: {
           pid,
           sandbox: sb,
           pooled: req.pooled !== undefined,
-          phases: { sandboxMs: t1 - t0, restoreMs: t2 - t1, readyMs: Math.max(0, t3 - t2) },
+          phases: {
+            sandboxMs: t1 - t0,
+            restoreMs: t2 - t1,
+            ...(await criuMs.then((ms) => (ms === undefined ? {} : { criuMs: ms }))),
+            readyMs: Math.max(0, t3 - t2),
+          },
           snapshotBytes: snapshot.meta.sizeBytes,
           ...(daemon ? { lazyDaemon: daemon } : {}),
         }

@@ -14,7 +14,7 @@ const ms = (v: number) => (Math.round(v * 10) / 10).toString()
 
 /**
  * `warm, upstream;dur=1.2` for a request served by a running instance;
- * `cold, wait;dur=.., queue;dur=.., sandbox;dur=.., restore;dur=.., ready;dur=.., upstream;dur=..`
+ * `cold, wait;dur=.., queue;dur=.., sandbox;dur=.., restore;dur=.., criu;dur=.., ready;dur=.., upstream;dur=..`
  * for one that waited for a restore (phases from the executor's result, recorded in the registry).
  */
 export function serverTiming(t: TimingInput): string {
@@ -25,6 +25,7 @@ export function serverTiming(t: TimingInput): string {
       `queue;dur=${ms(t.phases.queueMs)}`,
       `sandbox;dur=${ms(t.phases.sandboxMs)}`,
       `restore;dur=${ms(t.phases.restoreMs)}`,
+      ...(t.phases.criuMs === undefined ? [] : [`criu;dur=${ms(t.phases.criuMs)}`]),
       `ready;dur=${ms(t.phases.readyMs)}`,
     )
   }

@@ -36,6 +36,8 @@ export interface ColdStartPhases {
   readonly sandboxMs: number
   /** runc restore (or container start) returned. */
   readonly restoreMs: number
+  /** Of restoreMs, the time CRIU itself ran (its restore.log); the rest is runc (runc runtimes). */
+  readonly criuMs?: number
   /** Restore returned -> the readiness probe answered. */
   readonly readyMs: number
 }

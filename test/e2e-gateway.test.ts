@@ -22,7 +22,8 @@ import { requireServices } from './support/integration.ts'
 
 const MAX_BODY = 8 * 1024 * 1024
 const PROBLEM = 'application/problem+json'
-const COLD_PHASES = ['wait', 'queue', 'sandbox', 'restore', 'ready', 'upstream'] as const
+// The samples restore with runc + CRIU (their policies), so the CRIU share of the restore is there.
+const COLD_PHASES = ['wait', 'queue', 'sandbox', 'restore', 'criu', 'ready', 'upstream'] as const
 
 interface Sample {
   readonly fn: string
@@ -170,6 +171,8 @@ describe('e2e: real executor + real gateway, sample functions', () => {
       assert.equal(cold.timing.get('queue'), round(restored.queueMs))
       assert.equal(cold.timing.get('sandbox'), round(restored.sandboxMs))
       assert.equal(cold.timing.get('restore'), round(restored.restoreMs))
+      assert.equal(cold.timing.get('criu'), round(restored.criuMs))
+      assert.ok(Number(restored.criuMs) > 0 && Number(restored.criuMs) < Number(restored.restoreMs))
       assert.equal(cold.timing.get('ready'), round(restored.readyMs))
       const list = await stack.instances(sample.fn)
       rememberInstances(list)
