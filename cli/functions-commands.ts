@@ -4,7 +4,6 @@
  */
 import type { Command } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { snapshotIdentity } from '../executor/bake.ts'
 import { createHost, type Host } from '../executor/host.ts'
 import { loadFunctionDefs, selectFunctions, type FunctionDef, type FunctionSet } from '../shared/functions.ts'
 import { createLogger } from '../shared/logger.ts'
@@ -121,11 +120,12 @@ export function registerFunctionCommands(program: Command, io: CliIo): void {
     .description('list functions: image, snapshot size and age, state')
     .action(async () => {
       const ctx = await openHost()
-      const versions = await ctx.host.versions()
       const rows = []
       for (const fn of ctx.set.functions) {
         const { tag, image } = await ctx.host.builder.current(fn)
-        const current = image ? await ctx.host.store.find(snapshotIdentity(fn, image, versions)) : undefined
+        const current = image
+          ? await ctx.host.store.find(await ctx.host.baker.identity(fn, image))
+          : undefined
         const latest = current ?? (await ctx.host.store.latest(fn.name))
         const state =
           fn.manifest.restore.policy === 'boot'

@@ -4,6 +4,7 @@ import { isInitlessError } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import { manifestHash, parseManifest } from '../shared/manifest.ts'
 import { processSpecFor, snapshotIdentity } from './bake.ts'
+import { WORKING_SET_VERSION } from './working-set.ts'
 import { SANDBOX_LAYOUT_VERSION } from './oci-spec.ts'
 import type { ImageConfig } from './docker.ts'
 
@@ -132,7 +133,7 @@ describe('snapshotIdentity', () => {
   })
   const versions = { criuVersion: '4.2.1', kernel: '6.1.0-18-amd64' }
 
-  test('is the function, manifest hash, image id, host versions and sandbox layout', () => {
+  test('is the function, manifest hash, image id, host versions, sandbox layout and working-set profile', () => {
     const f = fn()
     assert.deepEqual(snapshotIdentity(f, image(), versions), {
       fn: 'hello',
@@ -141,7 +142,17 @@ describe('snapshotIdentity', () => {
       criuVersion: '4.2.1',
       kernel: '6.1.0-18-amd64',
       layout: SANDBOX_LAYOUT_VERSION,
+      prefetch: WORKING_SET_VERSION,
     })
+  })
+
+  test('no working-set profile when prefetch is off or the policy never restores lazily', () => {
+    assert.equal(snapshotIdentity(fn(), image(), versions, false).prefetch, 0)
+    assert.equal(snapshotIdentity(fn('restore:\n  policy: eager'), image(), versions).prefetch, 0)
+    assert.equal(
+      snapshotIdentity(fn('restore:\n  policy: lazy'), image(), versions).prefetch,
+      WORKING_SET_VERSION,
+    )
   })
 
   test('follows manifest changes', () => {

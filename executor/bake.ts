@@ -22,7 +22,7 @@ import type { Runc } from './runc.ts'
 import type { ProcessSpec, Sandbox, SandboxManager } from './sandbox.ts'
 import type { Snapshot, SnapshotIdentity, SnapshotStore } from './snapshot-store.ts'
 import { warmUp } from './warmup.ts'
-import { profileWorkingSet } from './working-set.ts'
+import { profileWorkingSet, WORKING_SET_VERSION } from './working-set.ts'
 
 /** The process a function's container runs: the image's settings, overridden by the manifest. */
 export function processSpecFor(image: ImageConfig, manifest: Manifest): ProcessSpec {
@@ -59,6 +59,8 @@ export function snapshotIdentity(
   fn: FunctionDef,
   image: ImageConfig,
   versions: HostVersions,
+  /** Working-set prefetch enabled on this host (INITLESS_PREFETCH). */
+  prefetch = true,
 ): SnapshotIdentity {
   return {
     fn: fn.name,
@@ -66,6 +68,7 @@ export function snapshotIdentity(
     imageId: image.id,
     ...versions,
     layout: SANDBOX_LAYOUT_VERSION,
+    prefetch: prefetch && profilesWorkingSet(fn.manifest) ? WORKING_SET_VERSION : 0,
   }
 }
 
@@ -76,6 +79,8 @@ export interface BakeResult {
 }
 
 export interface Baker {
+  /** The identity a snapshot of this function and image has on this host. */
+  identity(fn: FunctionDef, image: ImageConfig): Promise<SnapshotIdentity>
   bake(
     fn: FunctionDef,
     image: ImageConfig,
@@ -153,9 +158,13 @@ export function createBaker(deps: BakerDeps): Baker {
   }
 
   return {
+    async identity(fn, image) {
+      return snapshotIdentity(fn, image, await deps.versions(), deps.prefetch !== false)
+    },
+
     async bake(fn, image, opts = {}) {
       const versions = await deps.versions()
-      const identity = snapshotIdentity(fn, image, versions)
+      const identity = snapshotIdentity(fn, image, versions, deps.prefetch !== false)
       if (!opts.force) {
         const existing = await deps.store.find(identity)
         if (existing) return { snapshot: existing, baked: false }
@@ -219,9 +228,7 @@ export function createBaker(deps: BakerDeps): Baker {
         await deps.sandboxes.destroy(sandbox, { keepUpperAt: pending.upperDir })
         sb = undefined
         const workingSetPages =
-          deps.prefetch !== false && profilesWorkingSet(m)
-            ? await profile(fn, image, rootfs, pending, progress)
-            : undefined
+          identity.prefetch > 0 ? await profile(fn, image, rootfs, pending, progress) : undefined
         const snapshot = await pending.commit({
           ...identity,
           bakeMs: performance.now() - started,

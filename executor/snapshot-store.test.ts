@@ -34,6 +34,7 @@ const ID: SnapshotIdentity = {
   criuVersion: '4.2.1',
   kernel: '6.1.0-18-amd64',
   layout: 2,
+  prefetch: 1,
 }
 
 /** Fill a pending snapshot with 1000 bytes of images and 24 bytes of upper layer, then commit it. */
@@ -100,6 +101,7 @@ describe('snapshot store', () => {
     ['criuVersion', { criuVersion: '4.2.2' }],
     ['kernel', { kernel: '6.12.0' }],
     ['layout', { layout: 3 }],
+    ['prefetch', { prefetch: 0 }],
     ['fn', { fn: 'other' }],
   ]
   for (const [field, change] of changed) {

@@ -19,6 +19,8 @@ export interface SnapshotIdentity {
   readonly kernel: string
   /** SANDBOX_LAYOUT_VERSION of the sandbox the checkpoint was taken in. */
   readonly layout: number
+  /** WORKING_SET_VERSION of the working-set profile applied to its pagemaps (0: none). */
+  readonly prefetch: number
 }
 
 export interface SnapshotMeta extends SnapshotIdentity {
@@ -111,9 +113,9 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
 
   const store: SnapshotStore = {
     snapshotKey(id) {
-      const { fn, manifestHash, imageId, criuVersion, kernel, layout } = id
+      const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch } = id
       return createHash('sha256')
-        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout }))
+        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch }))
         .digest('hex')
         .slice(0, 20)
     },

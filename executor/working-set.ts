@@ -28,6 +28,9 @@ import { restoreIntoSandbox } from './runtimes.ts'
 import type { ProcessSpec, SandboxManager } from './sandbox.ts'
 import { warmUp } from './warmup.ts'
 
+/** Version of the profile and rewrite below: part of a snapshot's identity (a change re-bakes). */
+export const WORKING_SET_VERSION = 1
+
 export const PAGE_SIZE = 4096n
 /** pagemap_entry flags (criu/include/pagemap.h). */
 export const PE_PARENT = 1
