@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { withRatios, summarizeCold, type ColdRun } from './cold-start.ts'
-import { evaluateTargets, renderMarkdown, type BenchResult } from './report.ts'
+import { coldStartProfile, evaluateTargets, renderMarkdown, type BenchResult } from './report.ts'
 
 const run = (ttfbMs: number): ColdRun => ({
   ttfbMs,
@@ -105,4 +105,23 @@ test('targets say met or missed, by how much, or not measured', () => {
   const md = renderMarkdown({ ...result(), targets })
   assert.match(md, /\| hello-node cold start \| 90 ms \| <= 80 ms \| \*\*MISSED\*\*, missed by 10 ms/)
   assert.match(md, /\| flask-table \| lazy \(policy\) \| 3 \| 150 \| 300 \| 46\.67x \|/)
+})
+
+test('coldStartProfile splits the restore into CRIU and runc for the policy runtime (and the pool)', () => {
+  const r = result({
+    coldStart: withRatios([
+      summarizeCold('flask-table', 'boot', [run(6000)], []),
+      summarizeCold('flask-table', 'lazy', [run(150)], []),
+      summarizeCold('flask-table', 'lazy+pool', [run(100)], []),
+    ]),
+  })
+  const lines = coldStartProfile(r)
+  assert.equal(lines.length, 2)
+  // run(150): wait 148 = queue 1 + sandbox 0 + restore 140 (criu 120) + ready 5, 2 ms between them.
+  assert.equal(
+    lines[0],
+    'flask-table lazy: p50 150 ms. In the gateway 148 ms = queue 1 + sandbox 0 + restore 140 (CRIU 120, runc and the executor around it 20) + ready 5 + 2 between them (registry, job hand-over); then upstream 1 ms (the first request, served while pages still arrive).',
+  )
+  assert.match(lines[1]!, /^flask-table lazy\+pool: p50 100 ms/)
+  assert.match(renderMarkdown({ ...r, targets: [] }), /## Where the cold-start time goes/)
 })

@@ -149,6 +149,35 @@ export function evaluateTargets(r: Omit<BenchResult, 'targets'>): TargetResult[]
   return out
 }
 
+/**
+ * Where the cold-start time of each target function goes, from the phase medians (runc + CRIU
+ * runtimes): the profile of the slow phase a missed target asks for. Medians of phases need not
+ * add up exactly to the p50.
+ */
+export function coldStartProfile(r: Omit<BenchResult, 'targets'>): string[] {
+  const out: string[] = []
+  for (const fn of Object.keys(COLD_TARGETS_MS)) {
+    const policy = r.policyRuntimes[fn]
+    for (const runtime of [policy, policy === 'lazy' ? 'lazy+pool' : undefined]) {
+      const row = r.coldStart.find((c) => c.function === fn && c.runtime === runtime)
+      if (!row) continue
+      const p = row.phasesP50Ms
+      const runc = p.restore - p.criu
+      if (!Number.isFinite(runc)) continue
+      const parts = [p.queue, p.sandbox, p.restore, p.ready]
+      const gateway = p.wait - parts.reduce((a, b) => a + b, 0)
+      out.push(
+        `${fn} ${row.runtime}: p50 ${fmt(row.p50Ms)} ms. In the gateway ${fmt(p.wait)} ms = ` +
+          `queue ${fmt(p.queue)} + sandbox ${fmt(p.sandbox)} + restore ${fmt(p.restore)} ` +
+          `(CRIU ${fmt(p.criu)}, runc and the executor around it ${fmt(round(runc, 1))}) + ready ${fmt(p.ready)} ` +
+          `+ ${fmt(round(gateway, 1))} between them (registry, job hand-over); then upstream ${fmt(p.upstream)} ms ` +
+          `(the first request, served while pages still arrive).`,
+      )
+    }
+  }
+  return out
+}
+
 const suffix = (u: TargetResult['unit']) => (u === 'ms' ? ' ms' : u === 'x' ? 'x' : u === '%' ? '%' : '')
 const fmt = (v: number | null | undefined, unit = '') =>
   v === null || v === undefined || !Number.isFinite(v) ? '-' : `${v}${unit}`
@@ -189,6 +218,19 @@ export function renderMarkdown(r: BenchResult): string {
         (c) =>
           `| ${c.function} | ${c.runtime}${r.policyRuntimes[c.function] === c.runtime ? ' (policy)' : ''} | ${c.n} | ${fmt(c.p50Ms)} | ${fmt(c.p95Ms)} | ${fmt(c.ratioToBoot, 'x')} | ${PHASES.map((p) => fmt(c.phasesP50Ms[p])).join(' | ')} | ${c.failures.length} |`,
       ),
+      '',
+    )
+  }
+  const profile = coldStartProfile(r)
+  if (profile.length) {
+    lines.push(
+      '## Where the cold-start time goes',
+      '',
+      'Per target function, from the phase medians above (runc + CRIU runtimes). The runc share is ' +
+        "everything of the restore phase outside CRIU's own log: runc's start, a CRIU run that only " +
+        "reports CRIU's version, CRIU's start and exit, runc's state files (bench/README.md, Profiles).",
+      '',
+      ...profile.map((l) => `- ${l}`),
       '',
     )
   }
