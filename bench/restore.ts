@@ -136,6 +136,10 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
     p50Ms: round(percentile(totals, 50)),
     p95Ms: round(percentile(totals, 95)),
     minMs: round(Math.min(...totals)),
+    /** Every run's total, in run order (outliers show here, not in the percentiles). */
+    totalsMs: totals.map((t) => round(t)),
+    /** Every run's phases, in run order. */
+    runs: runs.map((r) => r.phases),
     phasesP50: {
       queueMs: median('queueMs'),
       sandboxMs: median('sandboxMs'),

@@ -56,6 +56,8 @@ export interface ReadinessOptions {
   readonly timeoutMs: number
   /** Pause between attempts after a refused connection (asked again before every pause). */
   readonly intervalMs: number | (() => number)
+  /** Give up on one attempt after this long (default 10 s; asked before every attempt). */
+  readonly attemptTimeoutMs?: () => number
   /** Stops waiting early, e.g. when the process has exited. */
   readonly isAlive?: () => boolean
   readonly signal?: AbortSignal
@@ -73,7 +75,8 @@ export async function waitReady(host: string, port: number, opts: ReadinessOptio
     if (opts.signal?.aborted) throw new InitlessError('ERR_INSTANCE_NOT_READY', 'readiness wait aborted')
     try {
       const remaining = Math.max(1, deadline - performance.now())
-      const res = await httpOnce(host, port, opts.path, { timeoutMs: Math.min(remaining, 10_000) })
+      const attempt = opts.attemptTimeoutMs?.() ?? 10_000
+      const res = await httpOnce(host, port, opts.path, { timeoutMs: Math.min(remaining, attempt) })
       if (res.status >= 200 && res.status < 300 && res.body.includes(opts.expect)) {
         return performance.now() - started
       }

@@ -113,6 +113,8 @@ export async function restoreIntoSandbox(
 const RESTORE_PROBE_INTERVAL_MS = 1
 /** How often it retries while runc is still restoring. */
 const PROBE_DURING_RESTORE_MS = 4
+/** How long one attempt made while runc is still restoring may wait for its answer. */
+const PROBE_ATTEMPT_DURING_RESTORE_MS = 500
 
 export function createRuncRestoreRuntime(deps: {
   runc: Runc
@@ -165,6 +167,9 @@ export function createRuncRestoreRuntime(deps: {
           expect: m.readiness.expect,
           timeoutMs: Math.min(m.readiness.timeout, 30_000),
           intervalMs: () => (restored ? RESTORE_PROBE_INTERVAL_MS : PROBE_DURING_RESTORE_MS),
+          // A connection made while CRIU is still at work is not owed a prompt answer: retry it
+          // soon rather than wait out the full attempt timeout.
+          attemptTimeoutMs: () => (restored ? 10_000 : PROBE_ATTEMPT_DURING_RESTORE_MS),
           isAlive: () => pid === undefined || isProcessAlive(pid),
           signal: aborted.signal,
         })
