@@ -138,29 +138,43 @@ export function createRuncRestoreRuntime(deps: {
         throw new InitlessError('ERR_SNAPSHOT_NOT_FOUND', `${req.fn.name}: no snapshot to restore`)
       const m = req.fn.manifest
       const t0 = performance.now()
-      const sb = req.pooled?.sandbox ?? (await req.prepare())
-      const t1 = performance.now()
-      let daemon: LazyPagesDaemon | undefined
+      // Without a pooled sandbox, the snapshot check and the lazy-pages daemon's start run while
+      // the sandbox is being prepared (they only need its CRIU work dir).
+      const daemonStarting: Promise<LazyPagesDaemon | undefined> =
+        !req.pooled && deps.lazy
+          ? deps.sandboxes
+              .workDir(req.instanceId)
+              .then((dir) => deps.criu.startLazyPages(snapshot.imagesDir, dir))
+              .catch(() => undefined) // restoreIntoSandbox starts one then; a real problem shows there
+          : Promise.resolve(req.pooled?.lazyDaemon)
+      const verified = deps.verify(snapshot)
+      verified.catch(() => undefined) // awaited below
+      let sb: Sandbox
       try {
-        await deps.verify(snapshot)
+        sb = req.pooled?.sandbox ?? (await req.prepare())
+      } catch (err) {
+        const d = await daemonStarting
+        if (d && isProcessAlive(d.pid)) process.kill(d.pid, 'SIGKILL')
+        throw err
+      }
+      let daemon = await daemonStarting
+      const t1 = performance.now()
+      try {
+        await verified
         // Probe while runc is still finishing: CRIU resumes the process some 20-30 ms before runc
         // exits (it waits for CRIU to exit, writes its state and the pid file). Slowly until then,
         // a refused connection costs CPU the restore needs; tightly once it is done.
         let pid: number | undefined
         let restored = false
         const aborted = new AbortController()
-        const restoring = restoreIntoSandbox(
-          deps,
-          sb,
-          snapshot.imagesDir,
-          deps.lazy,
-          req.pooled?.lazyDaemon,
-        ).then(async (d) => {
-          daemon = d
-          pid = await readPidFile(sb.pidFile)
-          restored = true
-          return performance.now()
-        })
+        const restoring = restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, daemon).then(
+          async (d) => {
+            daemon = d
+            pid = await readPidFile(sb.pidFile)
+            restored = true
+            return performance.now()
+          },
+        )
         restoring.catch(() => aborted.abort())
         const probing = waitReady(sb.netns.ip, m.port, {
           path: m.readiness.path,

@@ -68,6 +68,11 @@ export interface Sandbox {
 
 export interface SandboxManager {
   prepare(req: SandboxRequest): Promise<Sandbox>
+  /**
+   * The CRIU work dir a sandbox with this id gets, created now: a restore starts its lazy-pages
+   * daemon there while the rest of the sandbox is being prepared.
+   */
+  workDir(id: string): Promise<string>
   /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
   limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
   /**
@@ -191,6 +196,12 @@ export function createSandboxManager(deps: {
         await this.destroy({ id: req.id, dir, rootfs, netns: netns ?? { name: nsName, path: '', ip } })
         throw err
       }
+    },
+
+    async workDir(id) {
+      const dir = join(instancesDir(deps.stateDir), id, 'criu')
+      await mkdir(dir, { recursive: true, mode: 0o700 })
+      return dir
     },
 
     async limitCpu(sb) {
