@@ -157,8 +157,8 @@ export function createRuncRestoreRuntime(deps: {
         if (d && isProcessAlive(d.pid)) process.kill(d.pid, 'SIGKILL')
         throw err
       }
-      let daemon = await daemonStarting
       const t1 = performance.now()
+      let daemon = await daemonStarting
       try {
         await verified
         // Probe while runc is still finishing: CRIU resumes the process some 20-30 ms before runc
