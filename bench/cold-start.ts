@@ -6,7 +6,7 @@
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
 import { parseServerTiming } from '../test/support/e2e.ts'
-import { percentile, round } from './env.ts'
+import { medianOf, percentile, round } from './env.ts'
 import { probe } from './probe.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 import type { BenchStack } from './stack.ts'
@@ -106,7 +106,7 @@ export function summarizeCold(
   failures: readonly string[],
 ): Omit<ColdStartRow, 'ratioToBoot'> {
   const ttfb = runs.map((r) => r.ttfbMs)
-  const phase = (p: Phase) => round(percentile(runs.map((r) => r.phases[p]).filter(Number.isFinite), 50))
+  const phase = (p: Phase) => medianOf(runs.map((r) => r.phases[p]))
   return {
     function: fn,
     runtime: variant,

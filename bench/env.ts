@@ -48,3 +48,13 @@ export function percentile(values: readonly number[], p: number): number {
 }
 
 export const round = (n: number, digits = 1): number => Math.round(n * 10 ** digits) / 10 ** digits
+
+/** Median of the measured values (missing or non-finite ones left out), rounded; NaN when none. */
+export function medianOf(values: readonly (number | undefined)[]): number {
+  return round(
+    percentile(
+      values.filter((v): v is number => Number.isFinite(v)),
+      50,
+    ),
+  )
+}

@@ -23,7 +23,7 @@ import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
 import { formatBytes } from '../shared/units.ts'
-import { benchEnvironment, percentile, round } from './env.ts'
+import { benchEnvironment, medianOf, percentile, round } from './env.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 
 type Variant = 'boot' | 'eager' | 'lazy' | 'lazy+pool' | 'docker'
@@ -122,13 +122,7 @@ async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
 
 function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: number) {
   const totals = runs.map((r) => r.totalMs)
-  const median = (k: keyof Run['phases']) =>
-    round(
-      percentile(
-        runs.flatMap((r) => (r.phases[k] === undefined ? [] : [r.phases[k]])),
-        50,
-      ),
-    )
+  const median = (k: keyof Run['phases']) => medianOf(runs.map((r) => r.phases[k]))
   return {
     function: fn,
     runtime: variant,

@@ -19,7 +19,7 @@ import { isProcessAlive, readPidFile } from './process.ts'
 import { waitReady } from './probe.ts'
 import { ensureImageRootfs } from './rootfs.ts'
 import type { Runc } from './runc.ts'
-import type { ProcessSpec, Sandbox, SandboxManager } from './sandbox.ts'
+import { sandboxLimits, type ProcessSpec, type Sandbox, type SandboxManager } from './sandbox.ts'
 import type { Snapshot, SnapshotIdentity, SnapshotStore } from './snapshot-store.ts'
 import { warmUp } from './warmup.ts'
 import { profileWorkingSet, WORKING_SET_VERSION } from './working-set.ts'
@@ -186,9 +186,7 @@ export function createBaker(deps: BakerDeps): Baker {
           fn: fn.name,
           lowers: [rootfs],
           process: processSpecFor(image, m),
-          memoryBytes: m.resources.memory,
-          cpus: m.resources.cpus,
-          pids: m.resources.pids,
+          ...sandboxLimits(m),
           forRestore: false,
         })
         const sandbox = sb

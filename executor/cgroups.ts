@@ -5,7 +5,7 @@
  * creates them ahead (a sandbox bind-mounts them into the container) and cleans up after a restore
  * that failed half-way and left a cgroup runc no longer knows about.
  */
-import { mkdir, readFile, readdir, rmdir, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
 export const CGROUP_ROOT = '/sys/fs/cgroup'
@@ -111,19 +111,9 @@ export async function setCpuLimit(layout: CgroupLayout, relPath: string, cpus: n
   await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_quota_us'), String(quota))
 }
 
-async function dirsFor(relPath: string): Promise<string[]> {
-  const v2 = await readFile(join(CGROUP_ROOT, 'cgroup.controllers'), 'utf8').then(
-    () => true,
-    () => false,
-  )
-  if (v2) return [join(CGROUP_ROOT, relPath)]
-  const hierarchies = await readdir(CGROUP_ROOT).catch(() => [] as string[])
-  return hierarchies.map((h) => join(CGROUP_ROOT, h, relPath))
-}
-
 /** SIGKILL every process in the cgroup, then remove it in every hierarchy. Missing is fine. */
-export async function destroyCgroup(relPath: string): Promise<void> {
-  const dirs = await dirsFor(relPath)
+export async function destroyCgroup(layout: CgroupLayout, relPath: string): Promise<void> {
+  const dirs = cgroupDirs(layout, relPath)
   for (const dir of dirs) {
     const procs = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '')
     for (const pid of procs.split('\n').filter(Boolean)) {

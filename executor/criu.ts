@@ -7,11 +7,17 @@ import { access, open, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { InitlessError } from '../shared/errors.ts'
 import type { CommandRunner } from './exec.ts'
+import { isProcessAlive } from './process.ts'
 
 export interface LazyPagesDaemon {
   readonly pid: number
   /** Settles when the daemon exits: it does so by itself once every page has been pushed. */
   readonly exited: Promise<number | null>
+}
+
+/** Stop a lazy-pages daemon that is no longer wanted (its restore failed or ended); gone is fine. */
+export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
+  if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
 }
 
 /**

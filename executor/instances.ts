@@ -11,6 +11,7 @@ import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import { processSpecFor, type Baker } from './bake.ts'
 import type { ImageBuilder } from './build.ts'
+import { killLazyPages } from './criu.ts'
 import type { DockerCheckpointRuntime } from './docker-checkpoint.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { isProcessAlive } from './process.ts'
@@ -22,7 +23,7 @@ import {
   type Runtime,
   type StartedInstance,
 } from './runtimes.ts'
-import type { Sandbox, SandboxManager } from './sandbox.ts'
+import { sandboxLimits, type Sandbox, type SandboxManager } from './sandbox.ts'
 import type { Snapshot, SnapshotStore } from './snapshot-store.ts'
 
 export interface InstanceManagerDeps {
@@ -105,7 +106,8 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
   /**
    * The preparation a cold start uses. Checking the image and snapshot against the function's
    * files (hash the folder, ask Docker) costs ~7 ms: a start uses the last preparation while its
-   * snapshot is still current and intact (two stat calls), and re-checks once it is done.
+   * snapshot is still current and intact (SnapshotStore.usable: a stat and a small read), and
+   * re-checks once it is done.
    */
   async function preparationFor(fn: FunctionDef): Promise<{ prep: Prepared; recheck: boolean }> {
     const last = prepared.get(fn.name)
@@ -134,9 +136,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       fn: fn.name,
       lowers: await lowersFor(image, snapshot),
       process: processSpecFor(image, m),
-      memoryBytes: m.resources.memory,
-      cpus: m.resources.cpus,
-      pids: m.resources.pids,
+      ...sandboxLimits(m),
       forRestore: true,
     })
   }
@@ -233,7 +233,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
   async function release(inst: StartedInstance): Promise<void> {
     // Stopped, never removed: its container holds the checkpoint the next restore starts from.
     if (inst.runtime === 'docker') return deps.runtimes.docker?.stop(inst)
-    if (inst.lazyDaemon && isProcessAlive(inst.lazyDaemon.pid)) process.kill(inst.lazyDaemon.pid, 'SIGKILL')
+    killLazyPages(inst.lazyDaemon)
     if (inst.sandbox) await deps.sandboxes.destroy(inst.sandbox)
     if (inst.containerId) await deps.docker.removeContainer(inst.containerId)
   }

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { InitlessError, errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { RuntimeKind } from '../shared/contracts.ts'
-import { criuLogDuration, type Criu, type LazyPagesDaemon } from './criu.ts'
+import { criuLogDuration, killLazyPages, type Criu, type LazyPagesDaemon } from './criu.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { openOutput } from './output.ts'
 import { isProcessAlive, readPidFile } from './process.ts'
@@ -65,8 +65,7 @@ export interface Runtime {
 
 /** Kill a pooled sandbox's daemon (if any) and release the sandbox. */
 export async function discardPooled(sandboxes: SandboxManager, pooled: PooledSandbox): Promise<void> {
-  if (pooled.lazyDaemon && isProcessAlive(pooled.lazyDaemon.pid))
-    process.kill(pooled.lazyDaemon.pid, 'SIGKILL')
+  killLazyPages(pooled.lazyDaemon)
   await sandboxes.destroy(pooled.sandbox)
 }
 
@@ -84,7 +83,7 @@ export async function restoreIntoSandbox(
   started?: LazyPagesDaemon,
 ): Promise<LazyPagesDaemon | undefined> {
   const usable = started && isProcessAlive(started.pid) ? started : undefined
-  if (usable && !lazy) process.kill(usable.pid, 'SIGKILL')
+  if (!lazy) killLazyPages(usable)
   await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy })
   const daemon = lazy ? (usable ?? (await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir))) : undefined
   try {
@@ -104,7 +103,7 @@ export async function restoreIntoSandbox(
     await deps.sandboxes.limitCpu(sb)
     return daemon
   } catch (err) {
-    if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+    killLazyPages(daemon)
     throw err
   }
 }
@@ -153,8 +152,7 @@ export function createRuncRestoreRuntime(deps: {
       try {
         sb = req.pooled?.sandbox ?? (await req.prepare())
       } catch (err) {
-        const d = await daemonStarting
-        if (d && isProcessAlive(d.pid)) process.kill(d.pid, 'SIGKILL')
+        killLazyPages(await daemonStarting)
         throw err
       }
       const t1 = performance.now()
@@ -211,7 +209,7 @@ export function createRuncRestoreRuntime(deps: {
           ...(daemon ? { lazyDaemon: daemon } : {}),
         }
       } catch (err) {
-        if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+        killLazyPages(daemon)
         await deps.sandboxes.destroy(sb).catch(() => undefined)
         throw new InitlessError(
           'ERR_RESTORE_FAILED',

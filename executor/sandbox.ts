@@ -12,6 +12,7 @@
  */
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { Manifest } from '../shared/manifest.ts'
 import {
   containerCgroupMounts,
   createCgroup,
@@ -85,6 +86,11 @@ export interface SandboxManager {
   ): Promise<void>
 }
 
+/** A function's resource limits, as a sandbox request takes them. */
+export function sandboxLimits(m: Manifest): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids'> {
+  return { memoryBytes: m.resources.memory, cpus: m.resources.cpus, pids: m.resources.pids }
+}
+
 export function instancesDir(stateDir: string): string {
   return join(stateDir, 'instances')
 }
@@ -114,11 +120,18 @@ export function createSandboxManager(deps: {
 
   const emptyDir = join(deps.stateDir, 'empty')
   const cgroupSkeleton = join(deps.stateDir, 'cgroupfs')
+  const sandboxDir = (id: string) => join(instancesDir(deps.stateDir), id)
+  let layoutRead: Promise<CgroupLayout> | undefined
+  const cgroupLayout = () =>
+    (layoutRead ??= readCgroupLayout().catch((err: unknown) => {
+      layoutRead = undefined
+      throw err
+    }))
   let dirsReady: Promise<CgroupLayout> | undefined
   const ensureDirs = () =>
     (dirsReady ??= (async () => {
       await mkdir(emptyDir, { recursive: true, mode: 0o555 })
-      const layout = await readCgroupLayout()
+      const layout = await cgroupLayout()
       await ensureCgroupSkeleton(layout, cgroupSkeleton)
       return layout
     })().catch((err: unknown) => {
@@ -129,7 +142,7 @@ export function createSandboxManager(deps: {
     async prepare(req) {
       await ensureBridge()
       const cgroups = await ensureDirs()
-      const dir = join(instancesDir(deps.stateDir), req.id)
+      const dir = sandboxDir(req.id)
       const bundle = join(dir, 'bundle')
       const rootfs = join(bundle, 'rootfs')
       const criuWorkDir = join(dir, 'criu')
@@ -199,13 +212,13 @@ export function createSandboxManager(deps: {
     },
 
     async workDir(id) {
-      const dir = join(instancesDir(deps.stateDir), id, 'criu')
+      const dir = join(sandboxDir(id), 'criu')
       await mkdir(dir, { recursive: true, mode: 0o700 })
       return dir
     },
 
     async limitCpu(sb) {
-      await setCpuLimit(await ensureDirs(), cgroupPath(sb.id), sb.cpus)
+      await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
     },
 
     async destroy(sb, opts) {
@@ -219,7 +232,7 @@ export function createSandboxManager(deps: {
       }
       // Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
       await attempt(() => runc.delete(sb.id))
-      await attempt(() => destroyCgroup(cgroupPath(sb.id)))
+      await attempt(async () => destroyCgroup(await cgroupLayout(), cgroupPath(sb.id)))
       await attempt(() => mounter.unmount(sb.rootfs))
       // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
       await attempt(async () => {

@@ -20,12 +20,12 @@ import { randomBytes } from 'node:crypto'
 import { readdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { FunctionDef } from '../shared/functions.ts'
-import type { Criu, LazyPagesDaemon } from './criu.ts'
+import { killLazyPages, type Criu, type LazyPagesDaemon } from './criu.ts'
 import { waitReady } from './probe.ts'
 import { isProcessAlive, readPidFile } from './process.ts'
 import type { Runc } from './runc.ts'
 import { restoreIntoSandbox } from './runtimes.ts'
-import type { ProcessSpec, SandboxManager } from './sandbox.ts'
+import { sandboxLimits, type ProcessSpec, type SandboxManager } from './sandbox.ts'
 import { warmUp } from './warmup.ts'
 
 /** Version of the profile and rewrite below: part of a snapshot's identity (a change re-bakes). */
@@ -254,9 +254,7 @@ export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest):
       fn: req.fn.name,
       lowers: [req.upperDir, req.rootfs],
       process: req.process,
-      memoryBytes: m.resources.memory,
-      cpus: m.resources.cpus,
-      pids: m.resources.pids,
+      ...sandboxLimits(m),
       forRestore: true,
     })
     let daemon: LazyPagesDaemon | undefined
@@ -277,7 +275,7 @@ export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest):
       const log = await readFile(join(sb.criuWorkDir, 'lazy-pages.log'), 'utf8')
       total += await applyWorkingSet(req.imagesDir, parseFaults(log))
     } finally {
-      if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+      killLazyPages(daemon)
       await deps.sandboxes.destroy(sb)
     }
   }

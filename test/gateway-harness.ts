@@ -11,7 +11,7 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq'
 import type { ExecutorHeartbeat, RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import type { Manifest } from '../shared/manifest.ts'
-import { createRedis, type Redis } from '../shared/redis.ts'
+import { createRedis, deleteKeys, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createGateway } from '../gateway/app.ts'
 import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
@@ -58,14 +58,7 @@ export function isolation(): Isolation {
 
 /** Delete every key of an isolation (registry keys and the queue's). */
 export async function cleanUp(redis: Redis, iso: Isolation): Promise<void> {
-  for (const pattern of [`${iso.prefix}:*`, `bull:${iso.queueName}:*`]) {
-    let cursor = '0'
-    do {
-      const [next, found] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500)
-      cursor = next
-      if (found.length) await redis.del(...found)
-    } while (cursor !== '0')
-  }
+  await deleteKeys(redis, [`${iso.prefix}:*`, `bull:${iso.queueName}:*`])
 }
 
 export interface ExecutorOptions {
