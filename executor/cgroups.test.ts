@@ -3,7 +3,14 @@ import { mkdtemp, readdir, readlink, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { cgroupDirs, containerCgroupMounts, ensureCgroupSkeleton, parseCgroupLayout } from './cgroups.ts'
+import {
+  ALLOWED_DEVICES,
+  cgroupDirs,
+  cgroupLimitWrites,
+  containerCgroupMounts,
+  ensureCgroupSkeleton,
+  parseCgroupLayout,
+} from './cgroups.ts'
 
 // Lines from real /proc/self/mountinfo files: this host (v1, one controller per hierarchy), a
 // systemd host (v1 with cpu,cpuacct co-mounted) and a pure v2 host.
@@ -57,4 +64,43 @@ test('ensureCgroupSkeleton: a mount point per hierarchy and links for co-mounted
   } finally {
     await rm(dir, { recursive: true, force: true })
   }
+})
+
+test("cgroupLimitWrites: v1 memory (then memory+swap, no swap), pids, deny-all then runc's device list; none for v2", () => {
+  const layout =
+    parseCgroupLayout(`${V1_SYSTEMD}31 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+32 25 0:29 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices
+`)
+  const writes = cgroupLimitWrites(layout, '/initless/x', { memoryBytes: 256 * 1024 * 1024, pids: 512 })
+  assert.ok(writes)
+  assert.deepEqual(writes.slice(0, 4), [
+    { file: '/sys/fs/cgroup/memory/initless/x/memory.limit_in_bytes', value: '268435456' },
+    {
+      file: '/sys/fs/cgroup/memory/initless/x/memory.memsw.limit_in_bytes',
+      value: '268435456',
+      optional: true,
+    },
+    { file: '/sys/fs/cgroup/pids/initless/x/pids.max', value: '512' },
+    { file: '/sys/fs/cgroup/devices/initless/x/devices.deny', value: 'a' },
+  ])
+  const allowed = writes.slice(4)
+  assert.ok(allowed.every((w) => w.file === '/sys/fs/cgroup/devices/initless/x/devices.allow'))
+  assert.deepEqual(
+    allowed.map((w) => w.value),
+    [...ALLOWED_DEVICES],
+  )
+  // Block devices may be created, never opened; /dev/null may be.
+  assert.ok(
+    ALLOWED_DEVICES.includes('b *:* m') && !ALLOWED_DEVICES.some((r) => r.startsWith('b') && r.includes('r')),
+  )
+  assert.ok(ALLOWED_DEVICES.includes('c 1:3 rwm'))
+  assert.equal(
+    cgroupLimitWrites(parseCgroupLayout(V2), '/initless/x', { memoryBytes: 1, pids: 1 }),
+    undefined,
+  )
+  // A v1 host without a hierarchy a limit needs is an error, not a silently unlimited sandbox.
+  assert.throws(
+    () => cgroupLimitWrites(parseCgroupLayout(V1), '/initless/x', { memoryBytes: 1, pids: 1 }),
+    /no cgroup v1 hierarchy with the (devices|pids) controller/,
+  )
 })

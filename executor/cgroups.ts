@@ -1,11 +1,11 @@
 /**
  * The host's cgroup hierarchies, as an instance sees them and as the executor manages them.
  * Works for cgroup v1 (one hierarchy per controller, each mounted under /sys/fs/cgroup) and v2 (one
- * unified hierarchy at /sys/fs/cgroup). runc creates and removes a container's cgroups; initless
- * creates them ahead (a sandbox bind-mounts them into the container) and cleans up after a restore
- * that failed half-way and left a cgroup runc no longer knows about.
+ * unified hierarchy at /sys/fs/cgroup). initless creates a sandbox's cgroups ahead (the container
+ * bind-mounts them). For a container runc starts (a bake), runc sets the limits; for a restore CRIU
+ * does directly, the executor sets them as runc would (cgroupLimitWrites) before CRIU runs.
  */
-import { mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises'
+import { access, mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
 export const CGROUP_ROOT = '/sys/fs/cgroup'
@@ -53,6 +53,96 @@ export function cgroupDirs(layout: CgroupLayout, relPath: string): string[] {
 /** Create the cgroup in every hierarchy (runc then uses it as it is). */
 export async function createCgroup(layout: CgroupLayout, relPath: string): Promise<void> {
   await Promise.all(cgroupDirs(layout, relPath).map((d) => mkdir(d, { recursive: true })))
+}
+
+/**
+ * Prepare the parent of every sandbox cgroup (`/initless`) once. v1's cpuset refuses a task in a
+ * cgroup whose `cpuset.cpus`/`cpuset.mems` are empty, and a new cgroup starts empty: the parent
+ * takes the root's and sets `cgroup.clone_children`, so each sandbox cgroup starts with them.
+ */
+export async function prepareCgroupParent(layout: CgroupLayout, parent: string): Promise<void> {
+  await createCgroup(layout, parent)
+  const h = layout.hierarchies.find((name) => name.split(',').includes('cpuset'))
+  if (layout.v2 || !h) return
+  const dir = join(CGROUP_ROOT, h, parent)
+  for (const file of ['cpuset.cpus', 'cpuset.mems']) {
+    if ((await readFile(join(dir, file), 'utf8')).trim()) continue
+    await writeFile(join(dir, file), await readFile(join(CGROUP_ROOT, h, file), 'utf8'))
+  }
+  await writeFile(join(dir, 'cgroup.clone_children'), '1')
+}
+
+/**
+ * What the device cgroup lets a container use: runc's default allow list (libcontainer/specconv
+ * AllowedDevices) after denying everything. Creating nodes (`m`) is allowed; opening only the
+ * nodes any container has (null, zero, full, random, urandom, tty, ptmx, its ptys, tun).
+ */
+export const ALLOWED_DEVICES = [
+  'c *:* m',
+  'b *:* m',
+  'c 1:3 rwm',
+  'c 1:8 rwm',
+  'c 1:7 rwm',
+  'c 5:0 rwm',
+  'c 1:5 rwm',
+  'c 1:9 rwm',
+  'c 136:* rwm',
+  'c 5:2 rwm',
+  'c 10:200 rwm',
+] as const
+
+export interface CgroupLimits {
+  readonly memoryBytes: number
+  readonly pids: number
+}
+
+export interface CgroupWrite {
+  readonly file: string
+  readonly value: string
+  /** Skip the write when the file does not exist (v1 swap accounting is a kernel option). */
+  readonly optional?: boolean
+}
+
+/**
+ * The writes that give a cgroup v1 sandbox the limits runc would set from its config.json: memory
+ * (and memory+swap at the same value: no swap), pids, and the device allow list, in order (the
+ * memory+swap limit may not go below the memory limit; the device list starts from "deny all").
+ * Cgroup v2 controls devices with an eBPF program only runc attaches: undefined there.
+ */
+export function cgroupLimitWrites(
+  layout: CgroupLayout,
+  relPath: string,
+  limits: CgroupLimits,
+): CgroupWrite[] | undefined {
+  if (layout.v2) return undefined
+  const dir = (controller: string) => {
+    const h = layout.hierarchies.find((name) => name.split(',').includes(controller))
+    if (!h) throw new Error(`no cgroup v1 hierarchy with the ${controller} controller under ${CGROUP_ROOT}`)
+    return join(CGROUP_ROOT, h, relPath)
+  }
+  const memory = dir('memory')
+  const devices = dir('devices')
+  return [
+    { file: join(memory, 'memory.limit_in_bytes'), value: String(limits.memoryBytes) },
+    { file: join(memory, 'memory.memsw.limit_in_bytes'), value: String(limits.memoryBytes), optional: true },
+    { file: join(dir('pids'), 'pids.max'), value: String(limits.pids) },
+    { file: join(devices, 'devices.deny'), value: 'a' },
+    ...ALLOWED_DEVICES.map((rule) => ({ file: join(devices, 'devices.allow'), value: rule })),
+  ]
+}
+
+export async function applyCgroupWrites(writes: readonly CgroupWrite[]): Promise<void> {
+  for (const w of writes) {
+    if (
+      w.optional &&
+      !(await access(w.file).then(
+        () => true,
+        () => false,
+      ))
+    )
+      continue
+    await writeFile(w.file, w.value)
+  }
 }
 
 /**
@@ -111,12 +201,17 @@ export async function setCpuLimit(layout: CgroupLayout, relPath: string, cpus: n
   await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_quota_us'), String(quota))
 }
 
-/** SIGKILL every process in the cgroup, then remove it in every hierarchy. Missing is fine. */
-export async function destroyCgroup(layout: CgroupLayout, relPath: string): Promise<void> {
+/**
+ * SIGKILL every process in the cgroup, then remove it in every hierarchy. Missing is fine. Returns
+ * how many processes it found.
+ */
+export async function destroyCgroup(layout: CgroupLayout, relPath: string): Promise<number> {
   const dirs = cgroupDirs(layout, relPath)
+  const found = new Set<string>()
   for (const dir of dirs) {
     const procs = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '')
     for (const pid of procs.split('\n').filter(Boolean)) {
+      found.add(pid)
       try {
         process.kill(Number(pid), 'SIGKILL')
       } catch {
@@ -135,4 +230,5 @@ export async function destroyCgroup(layout: CgroupLayout, relPath: string): Prom
       await new Promise((r) => setTimeout(r, 25))
     }
   }
+  return found.size
 }

@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
-import { buildOciSpec, DEFAULT_CAPABILITIES, parseImageUser, type OciSpecInput } from './oci-spec.ts'
+import {
+  buildOciSpec,
+  criuExternalMounts,
+  DEFAULT_CAPABILITIES,
+  parseImageUser,
+  type OciSpecInput,
+} from './oci-spec.ts'
 
 const input: OciSpecInput = {
   hostname: 'hello',
@@ -188,4 +194,16 @@ test('buildOciSpec: no tmpfs or cgroup mounts (CRIU restores a tmpfs by running 
       options: ['rbind', 'ro', 'nosuid', 'noexec', 'nodev'],
     },
   )
+})
+
+test('criuExternalMounts: every bind under its destination, and /dev/null for the masked paths', () => {
+  const spec = buildOciSpec(input)
+  assert.deepEqual(criuExternalMounts(spec), [
+    { key: '/sys/firmware', source: '/state/empty' },
+    { key: '/sys/fs/cgroup', source: '/state/cgroupfs' },
+    { key: '/sys/fs/cgroup/memory', source: '/sys/fs/cgroup/memory/initless/abc' },
+    { key: '/dev/null', source: '/dev/null' },
+  ])
+  const unmasked = { ...spec, linux: { ...(spec.linux as object), maskedPaths: [] } }
+  assert.ok(!criuExternalMounts(unmasked).some((m) => m.key === '/dev/null'))
 })

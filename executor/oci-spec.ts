@@ -158,6 +158,19 @@ export function buildOciSpec(input: OciSpecInput): Record<string, unknown> {
   }
 }
 
+/**
+ * The container's mounts CRIU treats as external in a checkpoint runc took (runc's keys): each bind
+ * mount under its destination, and `/dev/null`, the source of every masked path. A restore maps
+ * each key to this sandbox's source.
+ */
+export function criuExternalMounts(spec: Record<string, unknown>): { key: string; source: string }[] {
+  const mounts = (spec.mounts ?? []) as { destination: string; type?: string; source: string }[]
+  const out = mounts.filter((m) => m.type === 'bind').map((m) => ({ key: m.destination, source: m.source }))
+  const linux = (spec.linux ?? {}) as { maskedPaths?: string[] }
+  if (linux.maskedPaths?.length) out.push({ key: '/dev/null', source: '/dev/null' })
+  return out
+}
+
 /** Parse a Docker image `User` ("", "0", "1000:1000"). Names need /etc/passwd: only numeric ids here. */
 export function parseImageUser(user: string | undefined): { uid: number; gid: number } {
   if (!user) return { uid: 0, gid: 0 }

@@ -8,13 +8,14 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
+import { destroyCgroup, readCgroupLayout } from './cgroups.ts'
 import type { DockerEngine } from './docker.ts'
 import type { InstanceManager } from './instances.ts'
 import type { IpAllocator, NetworkManager } from './network.ts'
 import { processArgv } from './process.ts'
 import type { Mounter } from './rootfs.ts'
 import type { Runc } from './runc.ts'
-import { instancesDir, NETNS_PREFIX } from './sandbox.ts'
+import { cgroupPath, instancesDir, NETNS_PREFIX } from './sandbox.ts'
 
 /** A `starting` record older than this (or the function's start timeout) is given up on. */
 export const STUCK_STARTING_MS = 10 * 60_000
@@ -107,9 +108,11 @@ export interface ReconcileReport {
 }
 
 /**
- * Clean everything a previous run of this host left: runc containers under our root, overlay
- * mounts and sandbox dirs, network namespaces, lazy-pages daemons, Docker containers of the boot
- * runtime, and `ready`/`draining` registry entries of this host (their processes are gone now).
+ * Clean everything a previous run of this host left: CRIU processes still at work for it (restores,
+ * lazy-pages daemons), the processes in its sandboxes' cgroups (restored instances), runc
+ * containers under our root, overlay mounts and sandbox dirs, network namespaces, Docker containers
+ * of the boot runtime, and `ready`/`draining` registry entries of this host (their processes are
+ * gone now).
  * `starting` entries stay: their jobs come back through BullMQ's stalled-job recovery.
  */
 export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
@@ -125,7 +128,8 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
   const dir = instancesDir(deps.stateDir)
   for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
     const argv = await processArgv(Number(pid))
-    if (argv?.includes('lazy-pages') && argv.some((a) => a.startsWith(dir))) {
+    const criu = argv?.includes('lazy-pages') || argv?.includes('restore')
+    if (criu && argv?.some((a) => a.startsWith(dir))) {
       try {
         process.kill(Number(pid), 'SIGKILL')
         report.daemons++
@@ -136,6 +140,9 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
   }
   // Only what belongs to this state dir: several executors (and tests) may share one host.
   const ours = new Set(await readdir(dir).catch(() => [] as string[]))
+  // Instances CRIU restored directly are no runc containers: their cgroup holds them.
+  const cgroups = await readCgroupLayout()
+  for (const id of ours) if (await destroyCgroup(cgroups, cgroupPath(id))) report.containers++
   for (const c of await deps.runc.list()) {
     if (!c.bundle.startsWith(`${dir}/`) && !ours.has(c.id)) continue
     await deps.runc.delete(c.id)

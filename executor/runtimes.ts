@@ -14,7 +14,7 @@ import { openOutput } from './output.ts'
 import { isProcessAlive, readPidFile } from './process.ts'
 import { waitReady } from './probe.ts'
 import type { Runc } from './runc.ts'
-import type { Sandbox, SandboxManager } from './sandbox.ts'
+import { cgroupPath, type Sandbox, type SandboxManager } from './sandbox.ts'
 import type { Snapshot } from './snapshot-store.ts'
 
 export interface StartRequest {
@@ -69,10 +69,18 @@ export async function discardPooled(sandboxes: SandboxManager, pooled: PooledSan
   await sandboxes.destroy(pooled.sandbox)
 }
 
+export interface SandboxRestore {
+  /** The lazy-pages daemon serving the restored process (lazy restores): it exits once done. */
+  readonly daemon?: LazyPagesDaemon
+  /** How long CRIU ran, when the executor ran it itself. */
+  readonly criuMs?: number
+}
+
 /**
- * Restore a checkpoint into a prepared sandbox with runc + CRIU: the CRIU config runc hands over, a
- * lazy-pages daemon for a lazy restore (returned: it serves pages until it has pushed them all), the
- * function's output log as stdio, then the CPU limit the sandbox was prepared without.
+ * Restore a checkpoint into a prepared sandbox: `criu restore` directly where the sandbox is ready
+ * for it (Sandbox.direct), `runc restore` otherwise (with the CRIU config runc hands over); a
+ * lazy-pages daemon for a lazy restore; the function's output log as stdio; then the CPU limit the
+ * sandbox was prepared without.
  */
 export async function restoreIntoSandbox(
   deps: { runc: Runc; criu: Criu; sandboxes: SandboxManager },
@@ -81,27 +89,45 @@ export async function restoreIntoSandbox(
   lazy: boolean,
   /** A lazy-pages daemon the pool started ahead for this sandbox. */
   started?: LazyPagesDaemon,
-): Promise<LazyPagesDaemon | undefined> {
+  opts: { criuLogLevel?: number } = {},
+): Promise<SandboxRestore> {
   const usable = started && isProcessAlive(started.pid) ? started : undefined
   if (!lazy) killLazyPages(usable)
-  await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy })
+  if (!sb.direct) await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy })
   const daemon = lazy ? (usable ?? (await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir))) : undefined
   try {
+    let criuMs: number | undefined
     const out = await openOutput(sb.logFile)
     try {
-      await deps.runc.restore(sb.id, {
-        bundle: sb.bundle,
-        imagePath: imagesDir,
-        workPath: sb.criuWorkDir,
-        pidFile: sb.pidFile,
-        // stdin stays /dev/null; the pipes the process had at checkpoint become its output log.
-        stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
-      })
+      if (sb.direct) {
+        criuMs = await deps.criu.restore({
+          imagesDir,
+          workDir: sb.criuWorkDir,
+          root: sb.rootfs,
+          pidFile: sb.pidFile,
+          netnsPath: sb.netns.path,
+          cgroupRoot: cgroupPath(sb.id),
+          externalMounts: sb.direct.externalMounts,
+          lazy,
+          outputFd: out.fd,
+          ...(opts.criuLogLevel === undefined ? {} : { logLevel: opts.criuLogLevel }),
+        })
+      } else {
+        await deps.runc.restore(sb.id, {
+          bundle: sb.bundle,
+          imagePath: imagesDir,
+          workPath: sb.criuWorkDir,
+          pidFile: sb.pidFile,
+          // stdin stays /dev/null; the pipes the process had at checkpoint become its output log.
+          stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
+        })
+        criuMs = await criuLogDuration(join(sb.criuWorkDir, 'restore.log'))
+      }
     } finally {
       await out.close()
     }
     await deps.sandboxes.limitCpu(sb)
-    return daemon
+    return { ...(daemon ? { daemon } : {}), ...(criuMs === undefined ? {} : { criuMs }) }
   } catch (err) {
     killLazyPages(daemon)
     throw err
@@ -164,10 +190,12 @@ export function createRuncRestoreRuntime(deps: {
         // a refused connection costs CPU the restore needs; tightly once it is done.
         let pid: number | undefined
         let restored = false
+        let criuMs: number | undefined
         const aborted = new AbortController()
         const restoring = restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, daemon).then(
-          async (d) => {
-            daemon = d
+          async (r) => {
+            daemon = r.daemon
+            criuMs = r.criuMs
             pid = await readPidFile(sb.pidFile)
             restored = true
             return performance.now()
@@ -187,7 +215,6 @@ export function createRuncRestoreRuntime(deps: {
         })
         probing.catch(() => undefined) // awaited below, once the restore's outcome is known
         const t2 = await restoring
-        const criuMs = criuLogDuration(join(sb.criuWorkDir, 'restore.log'))
         await probing
         const t3 = performance.now()
         return {
@@ -202,7 +229,7 @@ export function createRuncRestoreRuntime(deps: {
           phases: {
             sandboxMs: t1 - t0,
             restoreMs: t2 - t1,
-            ...(await criuMs.then((ms) => (ms === undefined ? {} : { criuMs: ms }))),
+            ...(criuMs === undefined ? {} : { criuMs }),
             readyMs: Math.max(0, t3 - t2),
           },
           snapshotBytes: snapshot.meta.sizeBytes,

@@ -14,17 +14,20 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Manifest } from '../shared/manifest.ts'
 import {
+  applyCgroupWrites,
+  cgroupLimitWrites,
   containerCgroupMounts,
   createCgroup,
   destroyCgroup,
   ensureCgroupSkeleton,
+  prepareCgroupParent,
   readCgroupLayout,
   setCpuLimit,
   type CgroupLayout,
 } from './cgroups.ts'
-import { criuConfigText } from './criu.ts'
+import { criuConfigText, type ExternalMount } from './criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
-import { buildOciSpec } from './oci-spec.ts'
+import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import type { Mounter } from './rootfs.ts'
 import type { Runc } from './runc.ts'
 
@@ -65,6 +68,12 @@ export interface Sandbox {
   readonly lowers: readonly string[]
   /** CPU limit; a restore's sandbox gets it only when CRIU is done (SandboxManager.limitCpu). */
   readonly cpus: number
+  /**
+   * Set when the sandbox is ready for `criu restore` run directly (criu.ts): its cgroup already has
+   * the limits runc would set. Unset on cgroup v2 hosts (device rules there are an eBPF program
+   * only runc attaches): those restore through `runc restore`.
+   */
+  readonly direct?: { readonly externalMounts: readonly ExternalMount[] }
 }
 
 export interface SandboxManager {
@@ -81,7 +90,7 @@ export interface SandboxManager {
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
    */
   destroy(
-    sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns'>,
+    sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct'>,
     opts?: { keepUpperAt?: string },
   ): Promise<void>
 }
@@ -95,8 +104,11 @@ export function instancesDir(stateDir: string): string {
   return join(stateDir, 'instances')
 }
 
+/** Every sandbox's cgroup is a child of this one. */
+const CGROUP_PARENT = '/initless'
+
 export function cgroupPath(id: string): string {
-  return `/initless/${id}`
+  return `${CGROUP_PARENT}/${id}`
 }
 
 export function netnsName(id: string): string {
@@ -133,6 +145,7 @@ export function createSandboxManager(deps: {
       await mkdir(emptyDir, { recursive: true, mode: 0o555 })
       const layout = await cgroupLayout()
       await ensureCgroupSkeleton(layout, cgroupSkeleton)
+      await prepareCgroupParent(layout, CGROUP_PARENT)
       return layout
     })().catch((err: unknown) => {
       dirsReady = undefined
@@ -154,6 +167,10 @@ export function createSandboxManager(deps: {
         await mkdir(criuWorkDir, { recursive: true })
         // Created ahead: the container's /sys/fs/cgroup binds its directories.
         await createCgroup(cgroups, cgroupPath(req.id))
+        const limitWrites = req.forRestore
+          ? cgroupLimitWrites(cgroups, cgroupPath(req.id), { memoryBytes: req.memoryBytes, pids: req.pids })
+          : undefined
+        if (limitWrites) await applyCgroupWrites(limitWrites)
         // Namespace and rootfs are independent: set them up side by side.
         const [ns] = await Promise.all([
           network.create(nsName, ip),
@@ -197,6 +214,7 @@ export function createSandboxManager(deps: {
           netns: ns,
           lowers: req.lowers,
           cpus: req.cpus,
+          ...(limitWrites ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
         }
         await Promise.all([
           writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
@@ -231,7 +249,8 @@ export function createSandboxManager(deps: {
         }
       }
       // Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
-      await attempt(() => runc.delete(sb.id))
+      // A sandbox CRIU restored into directly never held a runc container: its cgroup holds it.
+      if (!sb.direct) await attempt(() => runc.delete(sb.id))
       await attempt(async () => destroyCgroup(await cgroupLayout(), cgroupPath(sb.id)))
       await attempt(() => mounter.unmount(sb.rootfs))
       // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.

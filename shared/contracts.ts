@@ -34,9 +34,12 @@ export interface ColdStartPhases {
   readonly queueMs: number
   /** Network namespace, rootfs, cgroup and work dir ready (0 when taken from the pool). */
   readonly sandboxMs: number
-  /** runc restore (or container start) returned. */
+  /** The restore (CRIU, or runc on cgroup v2 hosts) or the container start returned. */
   readonly restoreMs: number
-  /** Of restoreMs, the time CRIU itself ran (its restore.log); the rest is runc (runc runtimes). */
+  /**
+   * Of restoreMs, the time CRIU ran: the `criu restore` process from start to exit (or, under
+   * runc, CRIU's own log). The rest is the executor's (and runc's) work around it.
+   */
   readonly criuMs?: number
   /** Restore returned -> the readiness probe answered. */
   readonly readyMs: number

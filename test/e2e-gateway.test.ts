@@ -5,13 +5,14 @@
  */
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
 import { Readable } from 'node:stream'
 import { after, afterEach, describe, test, type TestContext } from 'node:test'
 import type { InstanceRecord } from '../shared/contracts.ts'
 import {
   netnsNames,
   parseServerTiming,
-  runcContainers,
+  RUNC_ROOT,
   startE2eStack,
   STATE_DIR,
   type E2eStack,
@@ -19,6 +20,7 @@ import {
   type LogRecord,
 } from './support/e2e.ts'
 import { requireServices } from './support/integration.ts'
+import { hostResources, rootMount } from './support/leaks.ts'
 
 const MAX_BODY = 8 * 1024 * 1024
 const PROBLEM = 'application/problem+json'
@@ -123,12 +125,13 @@ describe('e2e: real executor + real gateway, sample functions', () => {
     const exits = await stack.stop()
     assert.deepEqual(exits.gateway, { code: 0, signal: null }, `gateway exit\n${stack.logs()}`)
     assert.deepEqual(exits.executor, { code: 0, signal: null }, `executor exit\n${stack.logs()}`)
-    // Nothing of this run is left: no runc container, no namespace, no process of ours.
+    // Nothing of this run is left: no container (runc's, or a restored instance's cgroup), no
+    // namespace, no process of ours.
     const ours = (s: string) => [...seen].some((id) => s.includes(id))
     assert.deepEqual(
-      runcContainers().filter((c) => ours(c.id) || ours(c.bundle)),
+      hostResources({ runcRoot: RUNC_ROOT, stateDir: STATE_DIR }).containers.filter(ours),
       [],
-      'runc containers left behind',
+      'containers left behind',
     )
     assert.deepEqual(netnsNames().filter(ours), [], 'network namespaces left behind')
     assert.equal(stack.executor.isRunning(), false)
@@ -332,11 +335,10 @@ describe('e2e: real executor + real gateway, sample functions', () => {
     const [victim, ...others] = await stack.instances(fn)
     assert.ok(victim, 'hello-node has an instance from the earlier tests')
     assert.deepEqual(others, [])
-    const containers = runcContainers().filter((c) => c.bundle.includes(`/${victim.id}/`))
-    assert.equal(containers.length, 1, `runc containers of ${victim.id}: ${JSON.stringify(containers)}`)
-    const { pid, bundle } = containers[0]!
-    assert.ok(bundle.startsWith(`${STATE_DIR}/`), bundle)
+    // The instance's process, as CRIU restored it (its pid file), running in the instance's rootfs.
+    const pid = Number(await readFile(`${STATE_DIR}/instances/${victim.id}/pid`, 'utf8'))
     assert.ok(pid > 0)
+    assert.ok(rootMount(pid).includes(`upperdir=${STATE_DIR}/instances/${victim.id}/upper`), rootMount(pid))
     const mark = stack.executor.mark()
     const killedAt = Date.now()
     process.kill(pid, 'SIGKILL')

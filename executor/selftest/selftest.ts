@@ -110,7 +110,10 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
       forRestore: true,
     })
     live.push(sb)
-    const daemon = await restoreIntoSandbox(deps, sb, imagesDir, mode === 'lazy')
+    // Debug-level restore.log: it names the pages a lazy restore left to the daemon.
+    const { daemon } = await restoreIntoSandbox(deps, sb, imagesDir, mode === 'lazy', undefined, {
+      criuLogLevel: 4,
+    })
     await probeAnswers(sb, 2)
     const res = await httpOnce(sb.netns.ip, port, '/')
     // The checkpoint was taken after one request, readiness made the second: this is the third.

@@ -189,19 +189,6 @@ export function parseServerTiming(header: string | string[] | undefined): Map<st
   return out
 }
 
-/** A runc container under initless's root, as `runc list --format json` reports it. */
-export interface RuncContainer {
-  readonly id: string
-  readonly pid: number
-  readonly status: string
-  readonly bundle: string
-}
-
-export function runcContainers(): RuncContainer[] {
-  const out = execFileSync('runc', ['--root', RUNC_ROOT, 'list', '--format', 'json'], { encoding: 'utf8' })
-  return (JSON.parse(out.trim() || 'null') as RuncContainer[] | null) ?? []
-}
-
 export function netnsNames(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
     .split('\n')

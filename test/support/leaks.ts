@@ -1,15 +1,42 @@
 /**
- * What initless may leave on a host: runc containers under its root, network namespaces, mounts
- * under the state dir and CRIU lazy-pages daemons. Tests compare before/after.
+ * What initless may leave on a host: containers (runc's under its root, and instances CRIU restored
+ * directly: the processes of an instance cgroup whose root is under the state dir), network
+ * namespaces, mounts under the state dir and CRIU processes (lazy-pages daemons, restores). Tests
+ * compare before/after.
  */
 import { execFileSync } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 
 export interface HostResources {
   readonly containers: string[]
   readonly namespaces: string[]
   readonly mounts: string[]
-  readonly lazyDaemons: string[]
+  readonly criu: string[]
+}
+
+/**
+ * The mountinfo line of a process's root mount (its overlay names its dirs), as its own mount
+ * namespace has it: /proc/<pid>/root reads as `/` from outside such a namespace.
+ */
+export function rootMount(pid: number): string {
+  const lines = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')
+  return lines.find((l) => l.split(' ')[4] === '/') ?? ''
+}
+
+/** Instance cgroups (`cgroup:<id>`) holding a process whose root is under `stateDir`. */
+function instanceCgroups(stateDir: string): string[] {
+  const parent = ['/sys/fs/cgroup/pids/initless', '/sys/fs/cgroup/initless'].find((d) => existsSync(d))
+  if (!parent) return []
+  const out: string[] = []
+  for (const id of readdirSync(parent, { withFileTypes: true }).filter((e) => e.isDirectory())) {
+    try {
+      const pids = readFileSync(`${parent}/${id.name}/cgroup.procs`, 'utf8').split('\n').filter(Boolean)
+      if (pids.some((pid) => rootMount(Number(pid)).includes(`=${stateDir}/`))) out.push(`cgroup:${id.name}`)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out
 }
 
 export function hostResources(opts: {
@@ -35,16 +62,18 @@ export function hostResources(opts: {
     .split('\n')
     .map((l) => l.split(' ')[4] ?? '')
     .filter((p) => p.startsWith(`${opts.stateDir}/`))
-  const lazyDaemons: string[] = []
+  const criu: string[] = []
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
-      if (argv.includes('lazy-pages') && argv.some((a) => a.startsWith(opts.stateDir))) lazyDaemons.push(pid)
+      const isCriu = argv.includes('lazy-pages') || (argv.includes('restore') && argv[0]?.endsWith('criu'))
+      if (isCriu && argv.some((a) => a.startsWith(opts.stateDir))) criu.push(pid)
     } catch {
       // gone
     }
   }
-  return { containers: containers.sort(), namespaces: namespaces.sort(), mounts: mounts.sort(), lazyDaemons }
+  containers = [...containers, ...instanceCgroups(opts.stateDir)]
+  return { containers: containers.sort(), namespaces: namespaces.sort(), mounts: mounts.sort(), criu }
 }
 
 /** Resources present now that were not in `before`. */
@@ -54,8 +83,8 @@ export function leakedSince(before: HostResources, now: HostResources): HostReso
     containers: diff(before.containers, now.containers),
     namespaces: diff(before.namespaces, now.namespaces),
     mounts: diff(before.mounts, now.mounts),
-    lazyDaemons: diff(before.lazyDaemons, now.lazyDaemons),
+    criu: diff(before.criu, now.criu),
   }
 }
 
-export const NO_LEAKS: HostResources = { containers: [], namespaces: [], mounts: [], lazyDaemons: [] }
+export const NO_LEAKS: HostResources = { containers: [], namespaces: [], mounts: [], criu: [] }
