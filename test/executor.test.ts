@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { readdir, readFile, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { CGROUP_ROOT, readCgroupLayout } from '../executor/cgroups.ts'
+import { promisify } from 'node:util'
+import { ALLOWED_DEVICES, CGROUP_ROOT, readCgroupLayout } from '../executor/cgroups.ts'
 import { httpOnce } from '../executor/probe.ts'
 import { cgroupPath } from '../executor/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
@@ -12,6 +14,7 @@ import { isCI, requireServices } from './support/integration.ts'
 import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './support/leaks.ts'
 
 const samples = await loadFunctionDefs('functions')
+const execFileAsync = promisify(execFile)
 const fixtures = await loadFunctionDefs(join(import.meta.dirname, 'fixtures', 'functions'))
 const pyOk = fixtures.functions.find((f) => f.name === 'py-ok')!
 // py-ok with a pre-started pool of one sandbox, restored lazily.
@@ -122,6 +125,23 @@ describe('executor: restore worker, registry, reaper', () => {
         assert.equal(await host(`${cpu}${cg}/cpu.cfs_quota_us`), '100000')
         // The container's /sys/fs/cgroup is its own cgroup, not the host's root (pids as the reader sees them).
         assert.deepEqual((await inside(`${memory}/cgroup.procs`)).split('\n'), [String(inst.pid)])
+        // CRIU restored it directly: the executor set what runc would have (no swap, pids, devices).
+        const pids = layout.hierarchies.find((h) => h.split(',').includes('pids'))!
+        const devices = layout.hierarchies.find((h) => h.split(',').includes('devices'))!
+        assert.equal(await host(`${memory}${cg}/memory.memsw.limit_in_bytes`), String(512 * 1024 * 1024))
+        assert.equal(await host(`${pids}${cg}/pids.max`), '4096')
+        assert.deepEqual((await host(`${devices}${cg}/devices.list`)).split('\n'), [...ALLOWED_DEVICES])
+        // And it holds: in that cgroup /dev/null opens, /dev/kmsg (c 1:11) does not.
+        const opens = (dev: string) =>
+          execFileAsync('sh', [
+            '-c',
+            `echo $$ > ${CGROUP_ROOT}/${devices}${cg}/cgroup.procs && exec 3<${dev}`,
+          ]).then(
+            () => 'opened',
+            (err: { stderr?: string }) => err.stderr ?? 'failed',
+          )
+        assert.equal(await opens('/dev/null'), 'opened')
+        assert.match(await opens('/dev/kmsg'), /Operation not permitted/)
       }
     } finally {
       await ex.instances.stop(r.instanceId, 'test')
