@@ -107,7 +107,7 @@ test('targets say met or missed, by how much, or not measured', () => {
   assert.match(md, /\| flask-table \| lazy \(policy\) \| 3 \| 150 \| 300 \| 46\.67x \|/)
 })
 
-test('coldStartProfile splits the restore into CRIU and runc for the policy runtime (and the pool)', () => {
+test('coldStartProfile splits the restore into CRIU and the executor around it for the policy runtime (and the pool)', () => {
   const r = result({
     coldStart: withRatios([
       summarizeCold('flask-table', 'boot', [run(6000)], []),
@@ -120,7 +120,7 @@ test('coldStartProfile splits the restore into CRIU and runc for the policy runt
   // run(150): wait 148 = queue 1 + sandbox 0 + restore 140 (criu 120) + ready 5, 2 ms between them.
   assert.equal(
     lines[0],
-    'flask-table lazy: p50 150 ms. In the gateway 148 ms = queue 1 + sandbox 0 + restore 140 (CRIU 120, runc and the executor around it 20) + ready 5 + 2 between them (registry, job hand-over); then upstream 1 ms (the first request, served while pages still arrive).',
+    'flask-table lazy: p50 150 ms. In the gateway 148 ms = queue 1 + sandbox 0 + restore 140 (CRIU 120, the executor around it 20) + ready 5 + 2 between them (registry, job hand-over); then upstream 1 ms (the first request, served while pages still arrive).',
   )
   assert.match(lines[1]!, /^flask-table lazy\+pool: p50 100 ms/)
   assert.match(renderMarkdown({ ...r, targets: [] }), /## Where the cold-start time goes/)

@@ -150,7 +150,7 @@ export function evaluateTargets(r: Omit<BenchResult, 'targets'>): TargetResult[]
 }
 
 /**
- * Where the cold-start time of each target function goes, from the phase medians (runc + CRIU
+ * Where the cold-start time of each target function goes, from the phase medians (CRIU
  * runtimes): the profile of the slow phase a missed target asks for. Medians of phases need not
  * add up exactly to the p50.
  */
@@ -162,14 +162,14 @@ export function coldStartProfile(r: Omit<BenchResult, 'targets'>): string[] {
       const row = r.coldStart.find((c) => c.function === fn && c.runtime === runtime)
       if (!row) continue
       const p = row.phasesP50Ms
-      const runc = p.restore - p.criu
-      if (!Number.isFinite(runc)) continue
+      const around = p.restore - p.criu
+      if (!Number.isFinite(around)) continue
       const parts = [p.queue, p.sandbox, p.restore, p.ready]
       const gateway = p.wait - parts.reduce((a, b) => a + b, 0)
       out.push(
         `${fn} ${row.runtime}: p50 ${fmt(row.p50Ms)} ms. In the gateway ${fmt(p.wait)} ms = ` +
           `queue ${fmt(p.queue)} + sandbox ${fmt(p.sandbox)} + restore ${fmt(p.restore)} ` +
-          `(CRIU ${fmt(p.criu)}, runc and the executor around it ${fmt(round(runc, 1))}) + ready ${fmt(p.ready)} ` +
+          `(CRIU ${fmt(p.criu)}, the executor around it ${fmt(round(around, 1))}) + ready ${fmt(p.ready)} ` +
           `+ ${fmt(round(gateway, 1))} between them (registry, job hand-over); then upstream ${fmt(p.upstream)} ms ` +
           `(the first request, served while pages still arrive).`,
       )
@@ -226,9 +226,9 @@ export function renderMarkdown(r: BenchResult): string {
     lines.push(
       '## Where the cold-start time goes',
       '',
-      'Per target function, from the phase medians above (runc + CRIU runtimes). The runc share is ' +
-        "everything of the restore phase outside CRIU's own log: runc's start, a CRIU run that only " +
-        "reports CRIU's version, CRIU's start and exit, runc's state files (bench/README.md, Profiles).",
+      'Per target function, from the phase medians above (CRIU runtimes). CRIU is the `criu restore` ' +
+        'process from start to exit; the executor around it: taking the sandbox, starting CRIU (a ' +
+        'process start from Node), reading the pid, setting the CPU limit (bench/README.md, Profiles).',
       '',
       ...profile.map((l) => `- ${l}`),
       '',

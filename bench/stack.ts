@@ -16,6 +16,7 @@ import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
+import { instanceCgroupsIn } from '../executor/cgroups.ts'
 import type { InstanceRecord } from '../shared/contracts.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { MANIFEST_FILE } from '../shared/manifest.ts'
@@ -54,8 +55,8 @@ export interface BenchStack {
   /** Force (or clear, with undefined) the runtime and pool use of the gateway's restores of `fn`. */
   setStartOverride(fn: string, override: StartOverride | undefined): Promise<void>
   /**
-   * Scale `fn` to zero and wait until nothing of it runs: no registry record, no runc container of
-   * this state dir, no running Docker container of this host (boot containers and the `docker`
+   * Scale `fn` to zero and wait until nothing of it runs: no registry record, no restored process
+   * or runc container of this state dir, no running Docker container of this host (boot containers and the `docker`
    * runtime's template are stopped after their record is gone).
    */
   scaleToZero(fn: string, timeoutMs?: number): Promise<void>
@@ -196,11 +197,12 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
       const deadline = Date.now() + timeoutMs
       for (;;) {
         const left = await instances(fn)
-        if (!left.length && !(await runcRunning()) && !(await dockerRunning(fn))) return
+        const stopped = !left.length && !instanceCgroupsIn(opts.stateDir).length
+        if (stopped && !(await runcRunning()) && !(await dockerRunning(fn))) return
         if (Date.now() > deadline)
           throw new Error(
             `${fn}: still running ${timeoutMs} ms after scale to zero (registry: ${JSON.stringify(left)}; ` +
-              `or a runc container under ${opts.stateDir}, or a Docker container labelled initless.host=${hostId})`,
+              `or a restored process, or a runc container under ${opts.stateDir}, or a Docker container labelled initless.host=${hostId})`,
           )
         // A record still listed after the event (e.g. a restore finishing): ask again.
         if (left.length) await admin('POST', `/functions/${fn}/scale`, { instances: 0 })

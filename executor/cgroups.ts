@@ -5,6 +5,7 @@
  * bind-mounts them). For a container runc starts (a bake), runc sets the limits; for a restore CRIU
  * does directly, the executor sets them as runc would (cgroupLimitWrites) before CRIU runs.
  */
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { access, mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
@@ -231,4 +232,36 @@ export async function destroyCgroup(layout: CgroupLayout, relPath: string): Prom
     }
   }
   return found.size
+}
+
+/**
+ * The mountinfo line of a process's root mount, as its own mount namespace has it (an instance's
+ * overlay names its dirs there; /proc/<pid>/root reads as `/` from outside such a namespace).
+ */
+export function rootMount(pid: number): string {
+  const lines = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')
+  return lines.find((l) => l.split(' ')[4] === '/') ?? ''
+}
+
+/**
+ * Ids of the sandbox cgroups (children of `parent`) holding a process whose root is an overlay
+ * under `stateDir`: the instances of that state dir still running. For tests, benchmarks and
+ * diagnostics (synchronous, reads /proc), not the request path.
+ */
+export function instanceCgroupsIn(stateDir: string, parent = '/initless'): string[] {
+  const dir = [join(CGROUP_ROOT, 'pids', parent), join(CGROUP_ROOT, parent)].find((d) => existsSync(d))
+  if (!dir) return []
+  const out: string[] = []
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (!e.isDirectory()) continue
+    try {
+      const pids = readFileSync(join(dir, e.name, 'cgroup.procs'), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+      if (pids.some((pid) => rootMount(Number(pid)).includes(`=${stateDir}/`))) out.push(e.name)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out
 }

@@ -19,8 +19,9 @@ import {
   type HttpResponse,
   type LogRecord,
 } from './support/e2e.ts'
+import { rootMount } from '../executor/cgroups.ts'
 import { requireServices } from './support/integration.ts'
-import { hostResources, rootMount } from './support/leaks.ts'
+import { hostResources } from './support/leaks.ts'
 
 const MAX_BODY = 8 * 1024 * 1024
 const PROBLEM = 'application/problem+json'

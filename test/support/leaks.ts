@@ -5,38 +5,14 @@
  * compare before/after.
  */
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
+import { instanceCgroupsIn } from '../../executor/cgroups.ts'
 
 export interface HostResources {
   readonly containers: string[]
   readonly namespaces: string[]
   readonly mounts: string[]
   readonly criu: string[]
-}
-
-/**
- * The mountinfo line of a process's root mount (its overlay names its dirs), as its own mount
- * namespace has it: /proc/<pid>/root reads as `/` from outside such a namespace.
- */
-export function rootMount(pid: number): string {
-  const lines = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n')
-  return lines.find((l) => l.split(' ')[4] === '/') ?? ''
-}
-
-/** Instance cgroups (`cgroup:<id>`) holding a process whose root is under `stateDir`. */
-function instanceCgroups(stateDir: string): string[] {
-  const parent = ['/sys/fs/cgroup/pids/initless', '/sys/fs/cgroup/initless'].find((d) => existsSync(d))
-  if (!parent) return []
-  const out: string[] = []
-  for (const id of readdirSync(parent, { withFileTypes: true }).filter((e) => e.isDirectory())) {
-    try {
-      const pids = readFileSync(`${parent}/${id.name}/cgroup.procs`, 'utf8').split('\n').filter(Boolean)
-      if (pids.some((pid) => rootMount(Number(pid)).includes(`=${stateDir}/`))) out.push(`cgroup:${id.name}`)
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out
 }
 
 export function hostResources(opts: {
@@ -72,7 +48,7 @@ export function hostResources(opts: {
       // gone
     }
   }
-  containers = [...containers, ...instanceCgroups(opts.stateDir)]
+  containers = [...containers, ...instanceCgroupsIn(opts.stateDir).map((id) => `cgroup:${id}`)]
   return { containers: containers.sort(), namespaces: namespaces.sort(), mounts: mounts.sort(), criu }
 }
 
