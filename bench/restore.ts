@@ -19,6 +19,7 @@ import { httpOnce } from '../executor/probe.ts'
 import { createRestoreWorker } from '../executor/worker.ts'
 import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
+import { errorMessage } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
@@ -112,6 +113,10 @@ async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
       method: req.method,
       ...(req.body ? { body: req.body } : {}),
       timeoutMs: 30_000,
+    }).catch((err: unknown) => {
+      throw new Error(`${fn.name} ${variant} (instance ${result.instanceId}): ${errorMessage(err)}`, {
+        cause: err,
+      })
     })
     if (res.status !== 200 || !res.body.includes(req.contains))
       throw new Error(`${fn.name} ${variant}: wrong answer ${res.status} ${res.body.slice(0, 100)}`)

@@ -2,7 +2,15 @@ import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import { InitlessError } from '../shared/errors.ts'
 import type { CommandRunner, RunOptions, RunResult } from './exec.ts'
-import { createNetworkManager, formatIp, gatewayIp, IpAllocator, parseCidr, vethName } from './network.ts'
+import {
+  createNetworkManager,
+  formatIp,
+  gatewayIp,
+  IpAllocator,
+  macFor,
+  parseCidr,
+  vethName,
+} from './network.ts'
 
 describe('parseCidr', () => {
   const valid: Array<[string, string, number]> = [
@@ -111,6 +119,12 @@ describe('IpAllocator', () => {
   })
 })
 
+test('macFor: locally administered, the address in its last four bytes, one per address', () => {
+  assert.equal(macFor('10.213.0.7'), '02:42:0a:d5:00:07')
+  assert.equal(macFor('10.213.255.254'), '02:42:0a:d5:ff:fe')
+  assert.notEqual(macFor('10.213.1.0'), macFor('10.213.0.1'))
+})
+
 describe('vethName', () => {
   test('fits the 15-character interface name limit', () => {
     for (const name of ['a', 'initless-0123456789abcdef0123456789abcdef', 'x'.repeat(300)]) {
@@ -166,7 +180,7 @@ describe('createNetworkManager', () => {
         options: {
           input: [
             'netns add initless-abc',
-            `link add ${veth} type veth peer name eth0 netns initless-abc`,
+            `link add ${veth} type veth peer name eth0 address 02:42:0a:d5:00:07 netns initless-abc`,
             `link set ${veth} master initless0`,
             `link set ${veth} up`,
           ].join('\n'),

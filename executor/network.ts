@@ -5,7 +5,9 @@
  * subnet (default 10.213.0.1/16). Every instance gets its own named network namespace
  * (`/var/run/netns/initless-<id>`) with a veth pair: `eth0` inside, `ilv<id>` on the bridge, one
  * address from the subnet and a default route via the bridge. The gateway on the same host reaches
- * instances directly over the bridge; the subnet is never routed off the host. Two restores must
+ * instances directly over the bridge; the subnet is never routed off the host. `eth0`'s MAC is
+ * derived from its address (macFor), as Docker does: addresses are reused, and the host's ARP
+ * cache keeps a freed address's MAC for 15-45 s. Two restores must
  * never share a namespace: both would bind the port and one would silently shadow the other.
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
@@ -55,6 +57,18 @@ export function parseCidr(cidr: string): Cidr {
 
 export function formatIp(n: number): string {
   return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.')
+}
+
+/**
+ * The MAC of the instance that has `ip`: `02:42` (locally administered) then the address's four
+ * bytes. A new instance on a reused address then has the MAC the host's ARP cache still holds for
+ * it; with a random MAC, packets went to the old one (and were dropped) until the cache entry
+ * expired: 10-20 s with no answer to a restored instance (the pool made it likely: its sandboxes
+ * take the address of an instance stopped moments before).
+ */
+export function macFor(ip: string): string {
+  const bytes = ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))
+  return ['02', '42', ...bytes].join(':')
 }
 
 export function gatewayIp(subnet: string): string {
@@ -179,7 +193,7 @@ export function createNetworkManager(deps: {
       await run('ip', ['-batch', '-'], {
         input: [
           `netns add ${name}`,
-          `link add ${veth} type veth peer name eth0 netns ${name}`,
+          `link add ${veth} type veth peer name eth0 address ${macFor(ip)} netns ${name}`,
           `link set ${veth} master ${settings.bridge}`,
           `link set ${veth} up`,
         ].join('\n'),

@@ -1,0 +1,89 @@
+/**
+ * A network namespace made for an address another instance had moments before is reachable at
+ * once. The host's ARP cache keeps a freed address's MAC for 15-45 s; with a random MAC per
+ * instance, a reused address got no answer for 10-20 s (the pool made it common: its sandboxes take
+ * the address of an instance just stopped).
+ */
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { connect } from 'node:net'
+import { test } from 'node:test'
+import { loadExecutorConfig } from '../executor/config.ts'
+import { createHost } from '../executor/host.ts'
+import { macFor } from '../executor/network.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { requireServices } from './support/integration.ts'
+
+const config = loadExecutorConfig(process.env)
+const PORT = 9099
+
+/** A TCP server inside the namespace that answers "ok" and exits. */
+function serveOnce(ns: string): Promise<void> {
+  const child = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      'python3',
+      '-c',
+      `import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${PORT})); s.listen(1); print("listening", flush=True)
+c, _ = s.accept(); c.sendall(b"ok"); c.close()`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  )
+  return new Promise((resolve, reject) => {
+    child.stdout.once('data', () => resolve())
+    child.once('exit', (code) => reject(new Error(`server in ${ns} exited with ${code}`)))
+  })
+}
+
+/** Connect and read the answer, giving up after `ms`. */
+function answer(ip: string, ms: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(PORT, ip)
+    let data = ''
+    const timer = setTimeout(() => {
+      sock.destroy()
+      reject(new Error(`${ip}:${PORT} did not answer within ${ms} ms`))
+    }, ms)
+    sock.on('data', (d) => (data += d.toString()))
+    sock.on('end', () => {
+      clearTimeout(timer)
+      resolve(data)
+    })
+    sock.on('error', (err) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+  })
+}
+
+test('an address handed to a new namespace right after its previous one is gone answers at once', async (t) => {
+  if (!requireServices(t)) return
+  const host = createHost(config, createSilentLogger())
+  await host.network.ensureBridge()
+  const ip = host.ips.allocate()
+  const names = ['initless-reuse-a', 'initless-reuse-b']
+  try {
+    for (const name of names) {
+      const ns = await host.network.create(name, ip)
+      await serveOnce(ns.name)
+      // Well under the 5 s before the kernel would even re-check a stale ARP entry.
+      assert.equal(await answer(ip, 2_000), 'ok', name)
+      await host.network.destroy(name)
+    }
+    const neigh = await new Promise<string>((resolve) => {
+      const p = spawn('ip', ['neigh', 'show', ip, 'dev', config.INITLESS_BRIDGE])
+      let out = ''
+      p.stdout.on('data', (d) => (out += d))
+      p.on('exit', () => resolve(out))
+    })
+    assert.match(neigh, new RegExp(`lladdr ${macFor(ip)}`))
+  } finally {
+    for (const name of names) await host.network.destroy(name).catch(() => undefined)
+    host.ips.release(ip)
+  }
+})
