@@ -150,75 +150,86 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
   }
 }
 
-const env = benchEnvironment(['node', '--import', 'tsx', 'bench/restore.ts', ...process.argv.slice(2)])
-const rows: ReturnType<typeof summarize>[] = []
-for (const fn of functions) {
-  process.stderr.write(`[${fn.name}] preparing (build, bake)\n`)
-  const prep = await instances.prepare(fn)
-  const size = prep.snapshot?.meta.sizeBytes ?? 0
-  const runs = new Map<Variant, Run[]>(variants.map((v) => [v, []]))
-  // One untimed warm-up round: page cache, image rootfs unpack, template containers.
-  for (const v of variants) await restoreOnce(fn, v)
-  for (let i = 0; i < N; i++) {
-    const order = [...variants].sort(() => Math.random() - 0.5)
-    for (const v of order) runs.get(v)!.push(await restoreOnce(fn, v))
-    process.stderr.write(`[${fn.name}] round ${i + 1}/${N}\n`)
+let failed: unknown
+try {
+  const env = benchEnvironment(['node', '--import', 'tsx', 'bench/restore.ts', ...process.argv.slice(2)])
+  const rows: ReturnType<typeof summarize>[] = []
+  for (const fn of functions) {
+    process.stderr.write(`[${fn.name}] preparing (build, bake)\n`)
+    const prep = await instances.prepare(fn)
+    const size = prep.snapshot?.meta.sizeBytes ?? 0
+    const runs = new Map<Variant, Run[]>(variants.map((v) => [v, []]))
+    // One untimed warm-up round: page cache, image rootfs unpack, template containers.
+    for (const v of variants) await restoreOnce(fn, v)
+    for (let i = 0; i < N; i++) {
+      const order = [...variants].sort(() => Math.random() - 0.5)
+      for (const v of order) runs.get(v)!.push(await restoreOnce(fn, v))
+      process.stderr.write(`[${fn.name}] round ${i + 1}/${N}\n`)
+    }
+    for (const v of variants) rows.push(summarize(fn.name, v, runs.get(v)!, size))
   }
-  for (const v of variants) rows.push(summarize(fn.name, v, runs.get(v)!, size))
-}
 
-// 3 concurrent lazy restores of the biggest snapshot, from one snapshot, each its own sandbox.
-const concurrentRuns: Run[] = []
-const flask = functions.find((f) => f.name === 'flask-table')
-if (flask && Number(args.concurrent) > 0) {
-  for (let i = 0; i < Number(args.concurrent); i++) {
-    concurrentRuns.push(...(await Promise.all([1, 2, 3].map(() => restoreOnce(flask, 'lazy')))))
+  // 3 concurrent lazy restores of the biggest snapshot, from one snapshot, each its own sandbox.
+  const concurrentRuns: Run[] = []
+  const flask = functions.find((f) => f.name === 'flask-table')
+  if (flask && Number(args.concurrent) > 0) {
+    for (let i = 0; i < Number(args.concurrent); i++) {
+      concurrentRuns.push(...(await Promise.all([1, 2, 3].map(() => restoreOnce(flask, 'lazy')))))
+    }
   }
-}
-const concurrent = flask ? summarize('flask-table', 'lazy x3 concurrent', concurrentRuns, 0) : undefined
+  const concurrent = flask ? summarize('flask-table', 'lazy x3 concurrent', concurrentRuns, 0) : undefined
 
-const bootOf = (fn: string) => rows.find((r) => r.function === fn && r.runtime === 'boot')?.p50Ms
-const result = {
-  ...env,
-  kind: 'restore (job enqueued -> instance ready)',
-  restore: rows.map((r) => ({
-    ...r,
-    ratioToBoot: bootOf(r.function) ? round(bootOf(r.function)! / r.p50Ms, 2) : null,
-  })),
-  concurrentLazy: concurrent,
+  const bootOf = (fn: string) => rows.find((r) => r.function === fn && r.runtime === 'boot')?.p50Ms
+  const result = {
+    ...env,
+    kind: 'restore (job enqueued -> instance ready)',
+    restore: rows.map((r) => ({
+      ...r,
+      ratioToBoot: bootOf(r.function) ? round(bootOf(r.function)! / r.p50Ms, 2) : null,
+    })),
+    concurrentLazy: concurrent,
+  }
+  await mkdir(args.out, { recursive: true })
+  const stamp = env.date.replace(/[:.]/g, '-')
+  await writeFile(join(args.out, `restore-${stamp}.json`), JSON.stringify(result, null, 2))
+  await writeFile(join(args.out, 'restore-latest.json'), JSON.stringify(result, null, 2))
+  const md = [
+    `Restore benchmark, ${env.date}, \`${env.command}\``,
+    `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
+    '',
+    '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | of it CRIU | ready |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...result.restore.map(
+      (r) =>
+        `| ${r.function} | ${formatBytes(r.snapshotBytes)} | ${r.runtime} | ${r.n} | ${r.p50Ms} | ${r.p95Ms} | ${r.ratioToBoot ?? '-'}x | ${r.phasesP50.queueMs} | ${r.phasesP50.sandboxMs} | ${r.phasesP50.restoreMs} | ${Number.isFinite(r.phasesP50.criuMs) ? r.phasesP50.criuMs : '-'} | ${r.phasesP50.readyMs} |`,
+    ),
+    ...(concurrent
+      ? [
+          `| flask-table | | 3 concurrent lazy | ${concurrent.n} | ${concurrent.p50Ms} | ${concurrent.p95Ms} | | ${concurrent.phasesP50.queueMs} | ${concurrent.phasesP50.sandboxMs} | ${concurrent.phasesP50.restoreMs} | ${concurrent.phasesP50.criuMs} | ${concurrent.phasesP50.readyMs} |`,
+        ]
+      : []),
+    '',
+    'Phases are medians of each phase on its own (they need not add up to the p50 total).',
+  ].join('\n')
+  await writeFile(join(args.out, 'restore-latest.md'), `${md}\n`)
+  console.log(md)
+} catch (err) {
+  failed = err
+} finally {
+  // Also after a failure: pooled sandboxes, their daemons and the docker runtime's template
+  // containers would outlive this process otherwise.
+  await worker.close()
+  await instances.stopAll('bench over')
+  await host.runtimes.docker.discard()
+  await events.close()
+  await queue.obliterate({ force: true })
+  await queue.close()
+  const keys = await redis.keys(`${prefix}:*`)
+  if (keys.length) await redis.del(...keys)
+  redis.disconnect()
 }
-await mkdir(args.out, { recursive: true })
-const stamp = env.date.replace(/[:.]/g, '-')
-await writeFile(join(args.out, `restore-${stamp}.json`), JSON.stringify(result, null, 2))
-await writeFile(join(args.out, 'restore-latest.json'), JSON.stringify(result, null, 2))
-const md = [
-  `Restore benchmark, ${env.date}, \`${env.command}\``,
-  `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
-  '',
-  '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | of it CRIU | ready |',
-  '|---|---|---|---|---|---|---|---|---|---|---|---|',
-  ...result.restore.map(
-    (r) =>
-      `| ${r.function} | ${formatBytes(r.snapshotBytes)} | ${r.runtime} | ${r.n} | ${r.p50Ms} | ${r.p95Ms} | ${r.ratioToBoot ?? '-'}x | ${r.phasesP50.queueMs} | ${r.phasesP50.sandboxMs} | ${r.phasesP50.restoreMs} | ${Number.isFinite(r.phasesP50.criuMs) ? r.phasesP50.criuMs : '-'} | ${r.phasesP50.readyMs} |`,
-  ),
-  ...(concurrent
-    ? [
-        `| flask-table | | 3 concurrent lazy | ${concurrent.n} | ${concurrent.p50Ms} | ${concurrent.p95Ms} | | ${concurrent.phasesP50.queueMs} | ${concurrent.phasesP50.sandboxMs} | ${concurrent.phasesP50.restoreMs} | ${concurrent.phasesP50.criuMs} | ${concurrent.phasesP50.readyMs} |`,
-      ]
-    : []),
-  '',
-  'Phases are medians of each phase on its own (they need not add up to the p50 total).',
-].join('\n')
-await writeFile(join(args.out, 'restore-latest.md'), `${md}\n`)
-console.log(md)
-
-await worker.close()
-await instances.stopAll('bench over')
-await host.runtimes.docker.discard()
-await events.close()
-await queue.obliterate({ force: true })
-await queue.close()
-const keys = await redis.keys(`${prefix}:*`)
-if (keys.length) await redis.del(...keys)
-redis.disconnect()
+if (failed) {
+  console.error(failed)
+  process.exit(1)
+}
 process.exit(0)
