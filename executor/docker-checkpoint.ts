@@ -11,7 +11,14 @@
  * stop is `docker stop` without removal, so the checkpoint can be restored again. Consequence: one
  * docker-runtime instance per function at a time. Nothing is stored outside Docker: templates are
  * labelled with the host (reconcile removes them after a crash) and rebuilt on demand.
+ *
+ * containerd 1.6 (Debian 12's) leaves a full copy of the checkpoint in its temp dir
+ * (`/tmp/ctrd-checkpoint*`) after every checkpoint and every restore: ~1 GB per flask-table cold
+ * start, 60 GB over two days of benchmarks before the disk filled. This runtime removes the copies
+ * its own calls left (see `removeContainerdCopies`).
  */
+import { readdir, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { InitlessError, errorMessage, isInitlessError, type ErrorCode } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
@@ -67,6 +74,32 @@ interface Template {
   readonly hostLabel: string
 }
 
+/** Where containerd (started without TMPDIR) makes its checkpoint copies. */
+export const CONTAINERD_TMP = '/tmp'
+const CONTAINERD_COPY_PREFIX = 'ctrd-checkpoint'
+/** A copy this old is no restore's any more (flask-table's takes ~30 s): left by a crash. */
+const CONTAINERD_COPY_STALE_MS = 10 * 60_000
+
+/**
+ * Remove containerd's leftover checkpoint copies: those last written from `sinceMs` (epoch ms) on,
+ * i.e. by the calls this runtime made since then (call it when none of its calls is running), and
+ * any older than ten minutes. Returns how many it removed.
+ */
+export async function removeContainerdCopies(sinceMs: number, dir = CONTAINERD_TMP): Promise<number> {
+  let removed = 0
+  const now = Date.now()
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!name.startsWith(CONTAINERD_COPY_PREFIX)) continue
+    const path = join(dir, name)
+    const st = await stat(path).catch(() => undefined)
+    if (!st?.isDirectory()) continue
+    if (st.mtimeMs < sinceMs && now - st.mtimeMs < CONTAINERD_COPY_STALE_MS) continue
+    await rm(path, { recursive: true, force: true })
+    removed++
+  }
+  return removed
+}
+
 /** `initless-ckpt-<fn>-<first 12 hex digits of the image id>`. */
 export function templateName(fn: string, imageId: string): string {
   return `${TEMPLATE_PREFIX}${fn}-${imageId.replace(/^sha256:/, '').slice(0, 12)}`
@@ -79,6 +112,35 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
   const templates = new Map<string, Template>()
   /** fn -> id of the instance holding (or starting from) its template. */
   const busy = new Map<string, string>()
+  /** Checkpoint and restore calls running, and when the earliest unswept one began. */
+  let calls = 0
+  let unsweptSince: number | undefined
+
+  /** Run a Docker checkpoint or restore call, remembering that it may leave a containerd copy. */
+  async function tracked<T>(call: () => Promise<T>): Promise<T> {
+    unsweptSince ??= Date.now()
+    calls++
+    try {
+      return await call()
+    } finally {
+      calls--
+    }
+  }
+
+  /**
+   * Remove the copies containerd left for the calls made since the last sweep, once none runs. Called
+   * when an instance stops, not after the restore: the benchmark times this runtime's restores.
+   */
+  async function sweepCopies(): Promise<void> {
+    if (calls > 0 || unsweptSince === undefined) return
+    const since = unsweptSince
+    unsweptSince = undefined
+    const n = await removeContainerdCopies(since).catch((err: unknown) => {
+      log.warn({ err: errorMessage(err) }, "removing containerd's checkpoint copies failed")
+      return 0
+    })
+    if (n) log.debug({ removed: n }, "removed containerd's checkpoint copies")
+  }
 
   /** Polls dockerd in the background: waitReady's `isAlive` is synchronous. */
   function watchRunning(id: string): { isAlive: () => boolean; stop: () => void } {
@@ -161,9 +223,9 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         await failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, new Error('the process exited after warm-up'))
       watch.stop()
       // Exit: true — the container stops; its checkpoint stays with it.
-      await docker
-        .checkpointContainer(id, DOCKER_CHECKPOINT_NAME)
-        .catch((err: unknown) => failWith('ERR_BAKE_CHECKPOINT_FAILED', fn.name, id, err))
+      await tracked(() => docker.checkpointContainer(id, DOCKER_CHECKPOINT_NAME)).catch((err: unknown) =>
+        failWith('ERR_BAKE_CHECKPOINT_FAILED', fn.name, id, err),
+      )
       log.info(
         { fn: fn.name, container: name, warmupRequests, ms: Math.round(performance.now() - started) },
         'docker checkpoint prepared',
@@ -224,7 +286,9 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         let t0 = performance.now()
         let ip: string
         try {
-          ;({ ip } = await docker.startFromCheckpoint(template.containerId, DOCKER_CHECKPOINT_NAME))
+          ;({ ip } = await tracked(() =>
+            docker.startFromCheckpoint(template!.containerId, DOCKER_CHECKPOINT_NAME),
+          ))
         } catch (err) {
           if (await exists(template.containerId)) throw err
           // The template vanished (removed by hand, by reconcile of a restarted executor): make a
@@ -233,7 +297,9 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
           templates.delete(fn)
           template = await templateFor(req)
           t0 = performance.now()
-          ;({ ip } = await docker.startFromCheckpoint(template.containerId, DOCKER_CHECKPOINT_NAME))
+          ;({ ip } = await tracked(() =>
+            docker.startFromCheckpoint(template!.containerId, DOCKER_CHECKPOINT_NAME),
+          ))
         }
         const t1 = performance.now()
         const watch = watchRunning(template.containerId)
@@ -268,6 +334,7 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         // start prepares a fresh one.
         const logs = await docker.containerLogs(template.containerId, 15).catch(() => '')
         await removeTemplate(fn).catch(() => undefined)
+        await sweepCopies()
         throw new InitlessError(
           'ERR_RESTORE_FAILED',
           `${fn}: docker restore failed: ${errorMessage(err)}${logs.trim() ? `\n${logs.trim()}` : ''}`,
@@ -289,6 +356,7 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         else if (inst.containerId) await docker.removeContainer(inst.containerId)
       } finally {
         if (busy.get(inst.fn) === inst.id) busy.delete(inst.fn)
+        await sweepCopies()
       }
     },
 
@@ -298,6 +366,7 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         await removeTemplate(name)
         busy.delete(name)
       }
+      await sweepCopies()
     },
   }
 }

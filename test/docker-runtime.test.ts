@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { randomBytes, randomUUID } from 'node:crypto'
+import { readdir } from 'node:fs/promises'
 import { after, before, describe, test } from 'node:test'
 import type { Baker } from '../executor/bake.ts'
 import type { BuiltImage, ImageBuilder } from '../executor/build.ts'
-import { DOCKER_CHECKPOINT_LABEL, templateName } from '../executor/docker-checkpoint.ts'
+import { CONTAINERD_TMP, DOCKER_CHECKPOINT_LABEL, templateName } from '../executor/docker-checkpoint.ts'
 import { createInstanceManager } from '../executor/instances.ts'
 import { httpOnce } from '../executor/probe.ts'
 import type { StartedInstance } from '../executor/runtimes.ts'
@@ -32,6 +33,9 @@ async function assertAnswers(inst: StartedInstance): Promise<void> {
   assert.equal(res.status, 200, res.body)
   assert.ok(res.body.includes('"message":"hello from node"'), res.body)
 }
+
+const containerdCopies = async () =>
+  (await readdir(CONTAINERD_TMP)).filter((d) => d.startsWith('ctrd-checkpoint'))
 
 describe('docker runtime: Docker checkpoint API, one template container per function', () => {
   let th: TestHost | undefined
@@ -65,6 +69,7 @@ describe('docker runtime: Docker checkpoint API, one template container per func
   test('first start prepares the checkpoint; stop keeps the container; the next start restores again', async (t) => {
     if (!requireServices(t) || !th) return
     built = await th.host.builder.build(helloNode)
+    const copiesBefore = await containerdCopies()
     const first = await th.start('docker', fn, built.image)
     try {
       assert.equal(first.runtime, 'docker')
@@ -95,6 +100,12 @@ describe('docker runtime: Docker checkpoint API, one template container per func
         await th.stop(again)
       }
     }
+    // containerd left a copy of the checkpoint for each call; stopping removed them.
+    assert.deepEqual(
+      (await containerdCopies()).filter((d) => !copiesBefore.includes(d)),
+      [],
+      'containerd checkpoint copies left in /tmp',
+    )
   })
 
   test('a second concurrent start fails clearly and leaves the running instance alone', async (t) => {
