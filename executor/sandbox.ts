@@ -165,13 +165,11 @@ export function createSandboxManager(deps: {
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 })
         await mkdir(criuWorkDir, { recursive: true })
-        // Created ahead: the container's /sys/fs/cgroup binds its directories.
-        await createCgroup(cgroups, cgroupPath(req.id))
         const limitWrites = req.forRestore
           ? cgroupLimitWrites(cgroups, cgroupPath(req.id), { memoryBytes: req.memoryBytes, pids: req.pids })
           : undefined
-        if (limitWrites) await applyCgroupWrites(limitWrites)
-        // Namespace and rootfs are independent: set them up side by side.
+        // Namespace, rootfs and cgroup are independent: set them up side by side (the first two
+        // run commands; the cgroup is written meanwhile).
         const [ns] = await Promise.all([
           network.create(nsName, ip),
           mounter.mountOverlay({
@@ -180,6 +178,11 @@ export function createSandboxManager(deps: {
             work: join(dir, 'work'),
             target: rootfs,
           }),
+          (async () => {
+            // Created ahead: the container's /sys/fs/cgroup binds its directories.
+            await createCgroup(cgroups, cgroupPath(req.id))
+            if (limitWrites) await applyCgroupWrites(limitWrites)
+          })(),
         ])
         netns = ns
         const criuConfig = join(dir, 'criu.conf')
