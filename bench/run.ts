@@ -270,7 +270,7 @@ const partial: Omit<BenchResult, 'targets'> = {
   method: [
     'One executor + gateway pair (the real processes), isolated by queue, key prefix, host id, port and its own state dir; functions are copies of the samples with scaling.poolSize 1, timeouts.start 300s, idleTimeout 30m (and concurrency 1000 for the warm-path function).',
     'Runtimes are forced per run with the gateway start override (PUT /admin/functions/<fn>/runtime {runtime, noPool}); lazy+pool = lazy with the pre-started sandbox, every other runtime bypasses the pool (noPool). Each run is checked: registry runtime, executor "instance ready" pooled flag, Server-Timing "cold", answer body.',
-    'Before every cold request the function is scaled to zero (POST /admin/functions/<fn>/scale {instances:0}) and the bench waits until no registry record, runc container or Docker container of it is left, then settles.',
+    'Before every cold request the function is scaled to zero (POST /admin/functions/<fn>/scale {instances:0}) and the bench waits until no registry record, restored process, runc container or Docker container of it is left, then settles.',
     'Time to first byte: node:http request on a fresh connection (agent: false), sent -> the response event. One untimed round per function first; runtimes interleaved in a random order per round.',
     'Burst: all requests at once, each on its own connection, no override but noPool (the restore policy, as the samples ship with poolSize 0).',
     'Warm path: autocannon (library) per target after an untimed run; latency percentiles from every response time (float ms), req/s = autocannon requests.average.',
