@@ -4,7 +4,6 @@
  * FaaS platforms pay, and the fallback when a snapshot is missing or broken). `docker` (Docker's
  * own checkpoint API, a benchmark reference only) lives in docker-checkpoint.ts.
  */
-import { setPriority } from 'node:os'
 import { join } from 'node:path'
 import { InitlessError, errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
@@ -128,28 +127,10 @@ export async function restoreIntoSandbox(
       await out.close()
     }
     await deps.sandboxes.limitCpu(sb)
-    if (daemon) backgroundPriority(daemon)
     return { ...(daemon ? { daemon } : {}), ...(criuMs === undefined ? {} : { criuMs }) }
   } catch (err) {
     killLazyPages(daemon)
     throw err
-  }
-}
-
-/**
- * Once the process runs, its lazy-pages daemon serves the pages it faults on and, in between, pushes
- * every other page (flask-table: ~1 GB) as fast as it can, taking a whole CPU while the instance
- * answers its readiness probe and first requests. At nice 19 the push yields to them; a fault still
- * gets an idle CPU at once (its process waits on it). flask-table, alternated A/B on one host:
- * readiness 25.3 -> 16.7 ms, the next request on a new key 9.8 -> 5.2 ms (medians of 7).
- */
-export const LAZY_DAEMON_NICE = 19
-
-function backgroundPriority(daemon: LazyPagesDaemon): void {
-  try {
-    setPriority(daemon.pid, LAZY_DAEMON_NICE)
-  } catch {
-    // gone: it had nothing left to serve
   }
 }
 

@@ -1,14 +1,11 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { readdir, readFile, truncate } from 'node:fs/promises'
-import { getPriority } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { ALLOWED_DEVICES, CGROUP_ROOT, readCgroupLayout } from '../executor/cgroups.ts'
 import { httpOnce } from '../executor/probe.ts'
-import { isProcessAlive } from '../executor/process.ts'
-import { LAZY_DAEMON_NICE } from '../executor/runtimes.ts'
 import { cgroupPath } from '../executor/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createTestExecutor, type TestExecutor } from './support/executor.ts'
@@ -99,12 +96,6 @@ describe('executor: restore worker, registry, reaper', () => {
       3,
       'one network namespace per instance',
     )
-    // Their daemons still push ~1 GB each, in the background: behind the instances' own work.
-    const daemons = live.flatMap((i) =>
-      i.lazyDaemon && isProcessAlive(i.lazyDaemon.pid) ? [i.lazyDaemon.pid] : [],
-    )
-    assert.ok(daemons.length > 0, 'a lazy-pages daemon is still pushing pages')
-    for (const pid of daemons) assert.equal(getPriority(pid), LAZY_DAEMON_NICE)
     for (const r of results) await ex.instances.stop(r.instanceId, 'test')
     assert.deepEqual(await ex.registry.list('flask-table'), [])
   })
