@@ -56,8 +56,8 @@ export interface BenchStack {
   setStartOverride(fn: string, override: StartOverride | undefined): Promise<void>
   /**
    * Scale `fn` to zero and wait until nothing of it runs: no registry record, no restored process
-   * or runc container of this state dir, no running Docker container of this host (boot containers and the `docker`
-   * runtime's template are stopped after their record is gone).
+   * or runc container of this state dir, no running Docker container of this host (boot
+   * containers and the `docker` runtime's template are stopped after their record is gone).
    */
   scaleToZero(fn: string, timeoutMs?: number): Promise<void>
   /** Stop the gateway, then the executor (which stops every instance), delete the Redis keys. */

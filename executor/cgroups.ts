@@ -11,6 +11,9 @@ import { join } from 'node:path'
 
 export const CGROUP_ROOT = '/sys/fs/cgroup'
 
+/** Every sandbox's cgroup is a child of this one (relative to each hierarchy's root). */
+export const SANDBOX_CGROUP_PARENT = '/initless'
+
 export interface CgroupLayout {
   /** One unified hierarchy mounted at /sys/fs/cgroup. */
   readonly v2: boolean
@@ -45,6 +48,11 @@ export async function readCgroupLayout(): Promise<CgroupLayout> {
   return parseCgroupLayout(await readFile('/proc/self/mountinfo', 'utf8'))
 }
 
+/** The v1 hierarchy holding `controller` (it may share one, as in `cpu,cpuacct`). */
+export function hierarchyWith(layout: CgroupLayout, controller: string): string | undefined {
+  return layout.hierarchies.find((name) => name.split(',').includes(controller))
+}
+
 /** A cgroup's directory in every hierarchy. */
 export function cgroupDirs(layout: CgroupLayout, relPath: string): string[] {
   if (layout.v2) return [join(CGROUP_ROOT, relPath)]
@@ -63,7 +71,7 @@ export async function createCgroup(layout: CgroupLayout, relPath: string): Promi
  */
 export async function prepareCgroupParent(layout: CgroupLayout, parent: string): Promise<void> {
   await createCgroup(layout, parent)
-  const h = layout.hierarchies.find((name) => name.split(',').includes('cpuset'))
+  const h = hierarchyWith(layout, 'cpuset')
   if (layout.v2 || !h) return
   const dir = join(CGROUP_ROOT, h, parent)
   for (const file of ['cpuset.cpus', 'cpuset.mems']) {
@@ -117,7 +125,7 @@ export function cgroupLimitWrites(
 ): CgroupWrite[] | undefined {
   if (layout.v2) return undefined
   const dir = (controller: string) => {
-    const h = layout.hierarchies.find((name) => name.split(',').includes(controller))
+    const h = hierarchyWith(layout, controller)
     if (!h) throw new Error(`no cgroup v1 hierarchy with the ${controller} controller under ${CGROUP_ROOT}`)
     return join(CGROUP_ROOT, h, relPath)
   }
@@ -196,7 +204,7 @@ export async function setCpuLimit(layout: CgroupLayout, relPath: string, cpus: n
     await writeFile(join(CGROUP_ROOT, relPath, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`)
     return
   }
-  const h = layout.hierarchies.find((name) => name.split(',').includes('cpu'))
+  const h = hierarchyWith(layout, 'cpu')
   if (!h) throw new Error('no cgroup v1 hierarchy with the cpu controller under /sys/fs/cgroup')
   await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_period_us'), String(CPU_PERIOD_US))
   await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_quota_us'), String(quota))
@@ -248,7 +256,7 @@ export function rootMount(pid: number): string {
  * under `stateDir`: the instances of that state dir still running. For tests, benchmarks and
  * diagnostics (synchronous, reads /proc), not the request path.
  */
-export function instanceCgroupsIn(stateDir: string, parent = '/initless'): string[] {
+export function instanceCgroupsIn(stateDir: string, parent = SANDBOX_CGROUP_PARENT): string[] {
   const dir = [join(CGROUP_ROOT, 'pids', parent), join(CGROUP_ROOT, parent)].find((d) => existsSync(d))
   if (!dir) return []
   const out: string[] = []

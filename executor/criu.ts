@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process'
 import { access, open, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { InitlessError } from '../shared/errors.ts'
-import { tail, type CommandRunner } from './exec.ts'
+import { failWithLogs, type CommandRunner } from './exec.ts'
 import { isProcessAlive } from './process.ts'
 
 export interface LazyPagesDaemon {
@@ -198,13 +198,7 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
         })
         return out.ms
       } catch (err) {
-        const log = await readFile(join(req.workDir, 'restore.log'), 'utf8').catch(() => '')
-        const msg = err instanceof Error ? err.message : String(err)
-        throw new InitlessError(
-          'ERR_COMMAND_FAILED',
-          log ? `${msg}\n--- ${join(req.workDir, 'restore.log')}\n${tail(log, 12)}` : msg,
-          { cause: err },
-        )
+        return await failWithLogs(err, [join(req.workDir, 'restore.log')])
       } finally {
         await netns.close()
       }

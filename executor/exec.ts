@@ -3,6 +3,7 @@
  * through a `CommandRunner`, so tests can record or fake them and errors carry the command's output.
  */
 import { spawn, type SpawnOptions } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
 import { InitlessError } from '../shared/errors.ts'
 
 export interface RunOptions {
@@ -37,6 +38,20 @@ const MAX_CAPTURE = 256 * 1024
 export function tail(text: string, n = 20): string {
   const lines = text.trimEnd().split('\n')
   return lines.slice(-n).join('\n')
+}
+
+/**
+ * Rethrow a failed command as ERR_COMMAND_FAILED with the last lines of the logs that explain it
+ * (runc's, CRIU's) appended; a log that is missing or empty is left out.
+ */
+export async function failWithLogs(err: unknown, logs: readonly string[], lines = 12): Promise<never> {
+  const parts: string[] = []
+  for (const file of logs) {
+    const text = await readFile(file, 'utf8').catch(() => '')
+    if (text) parts.push(`--- ${file}\n${tail(text, lines)}`)
+  }
+  const msg = err instanceof Error ? err.message : String(err)
+  throw new InitlessError('ERR_COMMAND_FAILED', [msg, ...parts].join('\n'), { cause: err })
 }
 
 /** The real runner: spawn without a shell, capture output, enforce the timeout. */

@@ -33,3 +33,12 @@ export async function processArgv(pid: number): Promise<string[] | undefined> {
     return undefined
   }
 }
+
+/**
+ * Is this the command line of CRIU at work for something under `dir`: a restore or a lazy-pages
+ * daemon naming a path there (what an executor that died may leave running)?
+ */
+export function isCriuWorkUnder(argv: readonly string[], dir: string): boolean {
+  const criu = argv.includes('lazy-pages') || argv.includes('restore')
+  return criu && argv.some((a) => a.startsWith(dir))
+}

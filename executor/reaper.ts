@@ -12,7 +12,7 @@ import { destroyCgroup, readCgroupLayout } from './cgroups.ts'
 import type { DockerEngine } from './docker.ts'
 import type { InstanceManager } from './instances.ts'
 import type { IpAllocator, NetworkManager } from './network.ts'
-import { processArgv } from './process.ts'
+import { isCriuWorkUnder, processArgv } from './process.ts'
 import type { Mounter } from './rootfs.ts'
 import type { Runc } from './runc.ts'
 import { cgroupPath, instancesDir, NETNS_PREFIX } from './sandbox.ts'
@@ -128,8 +128,7 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
   const dir = instancesDir(deps.stateDir)
   for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
     const argv = await processArgv(Number(pid))
-    const criu = argv?.includes('lazy-pages') || argv?.includes('restore')
-    if (criu && argv?.some((a) => a.startsWith(dir))) {
+    if (argv && isCriuWorkUnder(argv, dir)) {
       try {
         process.kill(Number(pid), 'SIGKILL')
         report.daemons++

@@ -3,10 +3,8 @@
  * initless's own (default /run/initless/runc), apart from Docker's, so reconciliation can list
  * exactly ours.
  */
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { InitlessError } from '../shared/errors.ts'
-import { tail, type CommandRunner } from './exec.ts'
+import { failWithLogs, type CommandRunner } from './exec.ts'
 
 export interface ContainerState {
   readonly id: string
@@ -56,15 +54,8 @@ export function createRunc(deps: { run: CommandRunner; root: string; bin?: strin
   const logArgs = (workPath: string) => ['--log', join(workPath, 'runc.log'), '--log-format', 'text']
 
   /** runc's own log and CRIU's log explain most failures: attach their last lines. */
-  async function explain(err: unknown, workPath: string, criuLog?: string): Promise<never> {
-    const logs: string[] = []
-    for (const file of [join(workPath, 'runc.log'), ...(criuLog ? [join(workPath, criuLog)] : [])]) {
-      const text = await readFile(file, 'utf8').catch(() => '')
-      if (text) logs.push(`--- ${file}\n${tail(text, 12)}`)
-    }
-    const msg = err instanceof Error ? err.message : String(err)
-    throw new InitlessError('ERR_COMMAND_FAILED', [msg, ...logs].join('\n'), { cause: err })
-  }
+  const explain = (err: unknown, workPath: string, criuLog?: string): Promise<never> =>
+    failWithLogs(err, [join(workPath, 'runc.log'), ...(criuLog ? [join(workPath, criuLog)] : [])])
 
   return {
     async run(id, opts) {

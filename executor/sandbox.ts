@@ -22,6 +22,7 @@ import {
   ensureCgroupSkeleton,
   prepareCgroupParent,
   readCgroupLayout,
+  SANDBOX_CGROUP_PARENT,
   setCpuLimit,
   type CgroupLayout,
 } from './cgroups.ts'
@@ -104,11 +105,8 @@ export function instancesDir(stateDir: string): string {
   return join(stateDir, 'instances')
 }
 
-/** Every sandbox's cgroup is a child of this one. */
-const CGROUP_PARENT = '/initless'
-
 export function cgroupPath(id: string): string {
-  return `${CGROUP_PARENT}/${id}`
+  return `${SANDBOX_CGROUP_PARENT}/${id}`
 }
 
 export function netnsName(id: string): string {
@@ -145,7 +143,7 @@ export function createSandboxManager(deps: {
       await mkdir(emptyDir, { recursive: true, mode: 0o555 })
       const layout = await cgroupLayout()
       await ensureCgroupSkeleton(layout, cgroupSkeleton)
-      await prepareCgroupParent(layout, CGROUP_PARENT)
+      await prepareCgroupParent(layout, SANDBOX_CGROUP_PARENT)
       return layout
     })().catch((err: unknown) => {
       dirsReady = undefined

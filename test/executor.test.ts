@@ -4,7 +4,7 @@ import { readdir, readFile, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
-import { ALLOWED_DEVICES, CGROUP_ROOT, readCgroupLayout } from '../executor/cgroups.ts'
+import { ALLOWED_DEVICES, CGROUP_ROOT, hierarchyWith, readCgroupLayout } from '../executor/cgroups.ts'
 import { httpOnce } from '../executor/probe.ts'
 import { cgroupPath } from '../executor/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
@@ -118,16 +118,16 @@ describe('executor: restore worker, registry, reaper', () => {
         assert.equal(await inside('cpu.max'), '100000 100000')
         assert.equal(await host(`${cg}/cpu.max`), '100000 100000')
       } else {
-        const cpu = layout.hierarchies.find((h) => h.split(',').includes('cpu'))!
-        const memory = layout.hierarchies.find((h) => h.split(',').includes('memory'))!
+        const cpu = hierarchyWith(layout, 'cpu')!
+        const memory = hierarchyWith(layout, 'memory')!
         assert.equal(await inside(`${memory}/memory.limit_in_bytes`), String(512 * 1024 * 1024))
         assert.equal(await inside(`${cpu}/cpu.cfs_quota_us`), '100000')
         assert.equal(await host(`${cpu}${cg}/cpu.cfs_quota_us`), '100000')
         // The container's /sys/fs/cgroup is its own cgroup, not the host's root (pids as the reader sees them).
         assert.deepEqual((await inside(`${memory}/cgroup.procs`)).split('\n'), [String(inst.pid)])
         // CRIU restored it directly: the executor set what runc would have (no swap, pids, devices).
-        const pids = layout.hierarchies.find((h) => h.split(',').includes('pids'))!
-        const devices = layout.hierarchies.find((h) => h.split(',').includes('devices'))!
+        const pids = hierarchyWith(layout, 'pids')!
+        const devices = hierarchyWith(layout, 'devices')!
         assert.equal(await host(`${memory}${cg}/memory.memsw.limit_in_bytes`), String(512 * 1024 * 1024))
         assert.equal(await host(`${pids}${cg}/pids.max`), '4096')
         assert.deepEqual((await host(`${devices}${cg}/devices.list`)).split('\n'), [...ALLOWED_DEVICES])

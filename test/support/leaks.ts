@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { instanceCgroupsIn } from '../../executor/cgroups.ts'
+import { isCriuWorkUnder } from '../../executor/process.ts'
 
 export interface HostResources {
   readonly containers: string[]
@@ -42,8 +43,7 @@ export function hostResources(opts: {
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
-      const isCriu = argv.includes('lazy-pages') || (argv.includes('restore') && argv[0]?.endsWith('criu'))
-      if (isCriu && argv.some((a) => a.startsWith(opts.stateDir))) criu.push(pid)
+      if (isCriuWorkUnder(argv, opts.stateDir)) criu.push(pid)
     } catch {
       // gone
     }
