@@ -121,7 +121,8 @@ RUN PATH=/opt/node/bin:$PATH npm ci --omit=dev --ignore-scripts --no-audit --no-
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
-# runc, iproute2 and iptables drive the instances; gcc + libc6-dev compile the doctor's static probe;
+# runc, iproute2 and iptables drive the instances; gcc + libc6-dev compile the doctor's static probe
+# and the sandbox helper;
 # tini reaps the restored processes that re-parent to PID 1; the lib* are CRIU's shared libraries
 # (checked with ldd below); libstdc++6 is Node's.
 RUN apt-get update -qq \
@@ -143,6 +144,12 @@ COPY package.json package-lock.json tsconfig.json ./
 COPY bin ./bin
 COPY shared ./shared
 COPY executor ./executor
+# The sandbox helper, built from the copied source where the executor looks for it: a directory
+# named after the source's SHA-256, as scripts/provision.sh builds it on a host.
+RUN h=$(sha256sum executor/native/sandbox-helper.c | cut -c1-12) \
+ && mkdir -p "/usr/local/lib/initless/sandbox-helper-$h" \
+ && cc -O2 -Wall -Wextra -Werror -o "/usr/local/lib/initless/sandbox-helper-$h/initless-sandbox-helper" \
+      executor/native/sandbox-helper.c
 COPY gateway ./gateway
 COPY cli ./cli
 COPY scripts ./scripts

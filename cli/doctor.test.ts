@@ -8,6 +8,7 @@ import { InitlessError } from '../shared/errors.ts'
 import { formatDoctorReport, runDoctor, type CheckResult, type DoctorDeps } from './doctor.ts'
 
 const CRIU = '/usr/local/sbin/criu'
+const HELPER = '/usr/local/lib/initless/sandbox-helper-0123456789ab/initless-sandbox-helper'
 const RUNC = '/usr/bin/runc'
 const REDIS_URL = 'redis://127.0.0.1:6379'
 
@@ -19,6 +20,7 @@ const HEALTHY: Record<string, Answer> = {
   [`${CRIU} --version`]: { stdout: 'Version: 4.2.1\nGitID: v4.2.1\n' },
   [`${CRIU} check`]: { stdout: 'Looks good.\n' },
   [`${CRIU} check --feature uffd-noncoop`]: { stdout: 'uffd-noncoop is supported\n' },
+  [HELPER]: { stdout: '1\tok\n' },
 }
 
 const ENGINE: EngineInfo = {
@@ -48,6 +50,7 @@ function harness(
     selfTest?: (() => Promise<SelfTestStep[]>) | null
     nodeVersion?: string
     minFreeDisk?: number
+    sandboxHelper?: DoctorDeps['sandboxHelper']
   } = {},
 ): Harness {
   const answers = { ...HEALTHY, ...over.answers }
@@ -83,6 +86,7 @@ function harness(
       return (over.redisVersion ?? (async () => '7.0.15'))()
     },
     redisUrl: REDIS_URL,
+    sandboxHelper: over.sandboxHelper ?? { setting: 'auto', path: HELPER },
     ...(selfTest
       ? {
           selfTest: () => {
@@ -118,6 +122,7 @@ describe('runDoctor', () => {
         'criu version',
         'criu check',
         'lazy pages',
+        'sandbox helper',
         'redis',
         'kernel features',
         'disk',
@@ -135,6 +140,7 @@ describe('runDoctor', () => {
       'criu version': [true, 'CRIU 4.2.1', undefined],
       'criu check': [true, 'Looks good', undefined],
       'lazy pages': [true, 'uffd-noncoop supported', undefined],
+      'sandbox helper': [true, HELPER, undefined],
       redis: [true, 'Redis 7.0.15', undefined],
       'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
     })
@@ -148,10 +154,32 @@ describe('runDoctor', () => {
       `${CRIU} --version`,
       `${CRIU} check`,
       `${CRIU} check --feature uffd-noncoop`,
+      HELPER,
     ])
     // The engine is asked once for both Docker checks.
     assert.deepEqual(h.counts, { dockerInfo: 1, redisVersion: 1, selfTest: 1 })
     for (const r of results) assert.ok(r.ms >= 0)
+  })
+
+  test('sandbox helper: missing fails with the provision fix; off passes without running one', async () => {
+    const missing = byName(
+      await runDoctor(harness({ selfTest: null, sandboxHelper: { setting: 'auto', path: undefined } }).deps),
+      'sandbox helper',
+    )
+    assert.equal(missing.ok, false)
+    assert.match(missing.detail, /none built from this source.*60-80 ms/)
+    assert.match(missing.fix!, /provision\.sh.*sandbox-helper\.c/)
+    const h = harness({ selfTest: null, sandboxHelper: { setting: 'off', path: undefined } })
+    const off = byName(await runDoctor(h.deps), 'sandbox helper')
+    assert.equal(off.ok, true)
+    assert.match(off.detail, /^off /)
+    assert.ok(!h.commands.includes(HELPER))
+    const broken = byName(
+      await runDoctor(harness({ selfTest: null, answers: { [HELPER]: { stdout: '' } } }).deps),
+      'sandbox helper',
+    )
+    assert.equal(broken.ok, false)
+    assert.match(broken.detail, /answered "" to a ping/)
   })
 
   test('an old Node.js fails', async () => {

@@ -45,6 +45,7 @@ program
         stateDir: config.INITLESS_STATE_DIR,
         minFreeDisk: config.INITLESS_MIN_FREE_DISK,
         redisUrl: config.INITLESS_REDIS_URL,
+        sandboxHelper: { setting: config.INITLESS_SANDBOX_HELPER, path: host.sandboxHelper },
         dockerInfo: () => host.docker.info(),
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {

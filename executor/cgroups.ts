@@ -8,6 +8,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { access, mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { SandboxHelper } from './sandbox-helper.ts'
 
 export const CGROUP_ROOT = '/sys/fs/cgroup'
 
@@ -60,8 +61,15 @@ export function cgroupDirs(layout: CgroupLayout, relPath: string): string[] {
 }
 
 /** Create the cgroup in every hierarchy (runc then uses it as it is). */
-export async function createCgroup(layout: CgroupLayout, relPath: string): Promise<void> {
-  await Promise.all(cgroupDirs(layout, relPath).map((d) => mkdir(d, { recursive: true })))
+/** Create a cgroup in every hierarchy (its parent exists: prepareCgroupParent). */
+export async function createCgroup(
+  layout: CgroupLayout,
+  relPath: string,
+  helper?: SandboxHelper,
+): Promise<void> {
+  const dirs = cgroupDirs(layout, relPath)
+  if (helper) return helper.request({ op: 'mkdir', args: dirs })
+  await Promise.all(dirs.map((d) => mkdir(d, { recursive: true })))
 }
 
 /**
@@ -140,7 +148,17 @@ export function cgroupLimitWrites(
   ]
 }
 
-export async function applyCgroupWrites(writes: readonly CgroupWrite[]): Promise<void> {
+/** Write limits, in order; with the helper in one request (node: ~0.5 ms per write here). */
+export async function applyCgroupWrites(
+  writes: readonly CgroupWrite[],
+  helper?: SandboxHelper,
+): Promise<void> {
+  if (helper) {
+    return helper.request({
+      op: 'write',
+      args: writes.flatMap((w) => [w.file, w.value, w.optional ? '1' : '0']),
+    })
+  }
   for (const w of writes) {
     if (
       w.optional &&

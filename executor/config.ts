@@ -15,6 +15,15 @@ export const executorEnvSchema = commonEnvSchema.extend({
   INITLESS_DOCKER_HOST: z.string().default('unix:///var/run/docker.sock'),
   INITLESS_RUNC: z.string().default('runc'),
   INITLESS_CRIU: z.string().default('criu'),
+  /**
+   * The sandbox helper (executor/sandbox-helper.ts): `auto` uses the one provision.sh built from
+   * this executor's source if present, else iproute2 and mount(8); `off` always uses those; an
+   * absolute path names a helper binary to use.
+   */
+  INITLESS_SANDBOX_HELPER: z
+    .string()
+    .regex(/^(?:auto|off|\/.*)$/, 'expected auto, off or an absolute path')
+    .default('auto'),
   INITLESS_RUNC_ROOT: z.string().regex(/^\//, 'expected an absolute path').default('/run/initless/runc'),
   INITLESS_BRIDGE: z
     .string()

@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict'
-import { test } from 'node:test'
-import { criuRestoreArgs, type CriuRestoreRequest } from './criu.ts'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, test } from 'node:test'
+import { isInitlessError } from '../shared/errors.ts'
+import { createCriu, criuRestoreArgs, DESCRIPTORS_FILE, type CriuRestoreRequest } from './criu.ts'
+import type { CommandRunner } from './exec.ts'
+import type { ProcessExit, SandboxHelper, SpawnRequest } from './sandbox-helper.ts'
 
 const req: CriuRestoreRequest = {
   imagesDir: '/state/snapshots/fn/k/images',
@@ -14,7 +20,7 @@ const req: CriuRestoreRequest = {
     { key: '/dev/null', source: '/dev/null' },
   ],
   lazy: true,
-  outputFd: 9,
+  outputPath: '/sb/output.log',
 }
 
 /** The value following `flag` (each occurrence). */
@@ -50,4 +56,71 @@ test('criuRestoreArgs: an eager restore has no --lazy-pages; the log level can b
   assert.ok(!args.includes('--lazy-pages'))
   assert.ok(args.includes('-v4') && !args.includes('-v2'))
   assert.deepEqual(values(args, '--inherit-fd'), ['fd[3]:extRootNetNS'])
+})
+
+describe('restore through the sandbox helper', () => {
+  /** A helper whose spawned `criu` "exits" with `exit`, recording what it was asked to start. */
+  function fakeHelper(exit: ProcessExit) {
+    const spawned: SpawnRequest[] = []
+    const helper: SandboxHelper = {
+      request: () => Promise.reject(new Error('not used')),
+      spawn: async (r) => {
+        spawned.push(r)
+        return { pid: 2 ** 22 + 1, exited: Promise.resolve(exit) }
+      },
+      processId: () => undefined,
+      close: () => {},
+    }
+    return { helper, spawned }
+  }
+  const noRun: CommandRunner = () => Promise.reject(new Error('no command may run'))
+
+  async function snapshotDir(): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), 'initless-criu-'))
+    await writeFile(join(dir, DESCRIPTORS_FILE), JSON.stringify(['/dev/null', 'pipe:[9]', 'pipe:[9]']))
+    return dir
+  }
+
+  test('starts criu in its own process group with the output log and the namespace as fd 3', async () => {
+    const dir = await snapshotDir()
+    const { helper, spawned } = fakeHelper({ code: 0, signal: null })
+    const ms = await createCriu({ run: noRun, bin: '/x/criu', helper }).restore({
+      ...req,
+      imagesDir: dir,
+      workDir: dir,
+    })
+    assert.ok(ms >= 0)
+    assert.equal(spawned.length, 1)
+    const s = spawned[0]!
+    assert.deepEqual(s.argv, [
+      '/x/criu',
+      ...criuRestoreArgs({ ...req, imagesDir: dir, workDir: dir }, ['/dev/null', 'pipe:[9]', 'pipe:[9]']),
+    ])
+    assert.equal(s.output, req.outputPath)
+    assert.equal(s.fd3, req.netnsPath)
+    assert.equal(s.mode, 'group')
+    assert.equal(s.keepAlive, true)
+    await rm(dir, { recursive: true })
+  })
+
+  test('a failed criu is ERR_COMMAND_FAILED with the tail of restore.log', async () => {
+    const dir = await snapshotDir()
+    await writeFile(join(dir, 'restore.log'), '(00.001) Error (criu/mount.c:1): mnt: no such mount\n')
+    for (const [exit, says] of [
+      [{ code: 1, signal: null }, /restore: exit 1/],
+      [{ code: null, signal: 9 }, /restore: exit on signal 9/],
+      [{ code: null, signal: null }, /sandbox helper died/],
+    ] as const) {
+      const { helper } = fakeHelper(exit)
+      await assert.rejects(
+        createCriu({ run: noRun, helper }).restore({ ...req, imagesDir: dir, workDir: dir }),
+        (err: unknown) =>
+          isInitlessError(err) &&
+          err.code === 'ERR_COMMAND_FAILED' &&
+          says.test(err.message) &&
+          err.message.includes('mnt: no such mount'),
+      )
+    }
+    await rm(dir, { recursive: true })
+  })
 })

@@ -9,12 +9,23 @@ import { access, open, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { InitlessError } from '../shared/errors.ts'
 import { failWithLogs, type CommandRunner } from './exec.ts'
+import { openOutput } from './output.ts'
 import { isProcessAlive } from './process.ts'
+import type { SandboxHelper } from './sandbox-helper.ts'
 
 export interface LazyPagesDaemon {
   readonly pid: number
   /** Settles when the daemon exits: it does so by itself once every page has been pushed. */
   readonly exited: Promise<number | null>
+}
+
+/** SIGKILL a process group (a restore CRIU leads); gone is fine. */
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL')
+  } catch {
+    // already gone
+  }
 }
 
 /** Stop a lazy-pages daemon that is no longer wanted (its restore failed or ended); gone is fine. */
@@ -79,8 +90,8 @@ export interface CriuRestoreRequest {
   readonly cgroupRoot: string
   readonly externalMounts: readonly ExternalMount[]
   readonly lazy: boolean
-  /** Becomes the restored process's stdout and stderr (the pipes it had at checkpoint). */
-  readonly outputFd: number
+  /** The output log: the restored process's stdout and stderr (the pipes it had at checkpoint). */
+  readonly outputPath: string
   /** restore.log detail: 2 (warnings, the default) or 4 (debug: every page and mount). */
   readonly logLevel?: number
   /** A restore still running after this is killed (default 30 s). */
@@ -168,8 +179,76 @@ export function compareVersions(a: string, b: string): number {
   return 0
 }
 
-export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
+/** A started CRIU process: its pid and exit code (null when killed or unknown). */
+interface CriuProcess {
+  readonly pid: number
+  readonly exited: Promise<number | null>
+}
+
+/**
+ * CRIU's restores and lazy-pages daemons are started by the sandbox helper when there is one
+ * (node's spawn stops the event loop for 12-20 ms per process here), else by node.
+ */
+export function createCriu(deps: {
+  run: CommandRunner
+  bin?: string
+  helper?: SandboxHelper | undefined
+}): Criu {
   const bin = deps.bin ?? 'criu'
+  const { helper } = deps
+
+  /** Run `criu restore` through the helper; resolves with its run time, rejects like run() would. */
+  const restoreViaHelper = async (h: SandboxHelper, req: CriuRestoreRequest, args: string[]) => {
+    const started = performance.now()
+    const timeoutMs = req.timeoutMs ?? 30_000
+    const proc = await h.spawn({
+      argv: [bin, ...args],
+      output: req.outputPath,
+      fd3: req.netnsPath,
+      mode: 'group',
+      keepAlive: true,
+    })
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      killGroup(proc.pid)
+    }, timeoutMs)
+    const exit = await proc.exited
+    clearTimeout(timer)
+    if (timedOut)
+      throw new InitlessError('ERR_COMMAND_TIMEOUT', `${bin} restore: timed out after ${timeoutMs} ms`, {
+        details: { cmd: bin, args },
+      })
+    if (exit.code !== 0)
+      throw new InitlessError(
+        'ERR_COMMAND_FAILED',
+        `${bin} restore: exit ${exit.signal ? `on signal ${exit.signal}` : (exit.code ?? 'unknown (sandbox helper died)')}`,
+        { details: { cmd: bin, args, code: exit.code } },
+      )
+    return performance.now() - started
+  }
+
+  const launchLazyPages = async (args: string[], workDir: string): Promise<CriuProcess> => {
+    const output = join(workDir, 'lazy-pages.out')
+    if (helper) {
+      const proc = await helper.spawn({ argv: [bin, ...args], output, mode: 'session', keepAlive: false })
+      return { pid: proc.pid, exited: proc.exited.then((e) => e.code) }
+    }
+    const log = await open(output, 'a')
+    const child = spawn(bin, args, { detached: true, stdio: ['ignore', log.fd, log.fd] })
+    await log.close()
+    child.unref()
+    const exited = new Promise<number | null>((resolve) => {
+      child.on('exit', (code) => resolve(code))
+      child.on('error', () => resolve(null))
+    })
+    if (child.pid === undefined) {
+      await exited
+      throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
+    }
+    return { pid: child.pid, exited }
+  }
+
   return {
     async version() {
       const out = await deps.run(bin, ['--version'], { timeoutMs: 10_000 })
@@ -189,18 +268,26 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
           'ERR_SNAPSHOT_CORRUPT',
           `${req.imagesDir}/${DESCRIPTORS_FILE} is not a list of strings`,
         )
-      const netns = await open(req.netnsPath, 'r')
+      const args = criuRestoreArgs(req, descriptors)
+      if (helper) {
+        try {
+          return await restoreViaHelper(helper, req, args)
+        } catch (err) {
+          return await failWithLogs(err, [join(req.workDir, 'restore.log')])
+        }
+      }
+      const [netns, out] = await Promise.all([open(req.netnsPath, 'r'), openOutput(req.outputPath)])
       try {
-        const out = await deps.run(bin, criuRestoreArgs(req, descriptors), {
-          stdio: ['ignore', req.outputFd, req.outputFd, netns.fd],
+        const res = await deps.run(bin, args, {
+          stdio: ['ignore', out.fd, out.fd, netns.fd],
           timeoutMs: req.timeoutMs ?? 30_000,
           killGroup: true,
         })
-        return out.ms
+        return res.ms
       } catch (err) {
         return await failWithLogs(err, [join(req.workDir, 'restore.log')])
       } finally {
-        await netns.close()
+        await Promise.all([netns.close(), out.close()])
       }
     },
 
@@ -210,9 +297,7 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
 
     async startLazyPages(imagesDir, workDir, opts = {}) {
       const timeoutMs = opts.timeoutMs ?? 10_000
-      const log = await open(join(workDir, 'lazy-pages.out'), 'a')
-      const child = spawn(
-        bin,
+      const child = await launchLazyPages(
         [
           'lazy-pages',
           '--images-dir',
@@ -223,15 +308,9 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
           'lazy-pages.log',
           opts.verbose ? '-v4' : '-v2',
         ],
-        // Detached: the daemon must outlive an executor restart, or restored pages would be lost.
-        { detached: true, stdio: ['ignore', log.fd, log.fd] },
+        workDir,
       )
-      await log.close()
-      child.unref()
-      const exited = new Promise<number | null>((resolve) => {
-        child.on('exit', (code) => resolve(code))
-        child.on('error', () => resolve(null))
-      })
+      const { exited } = child
       const socket = join(workDir, 'lazy-pages.socket')
       const deadline = Date.now() + timeoutMs
       let gone = false
@@ -251,7 +330,7 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
             `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`,
           )
         if (Date.now() > deadline) {
-          child.kill('SIGKILL')
+          killLazyPages(child)
           throw new InitlessError(
             'ERR_RESTORE_FAILED',
             `criu lazy-pages did not listen within ${timeoutMs} ms`,
@@ -259,9 +338,7 @@ export function createCriu(deps: { run: CommandRunner; bin?: string }): Criu {
         }
         await new Promise((r) => setTimeout(r, 1))
       }
-      if (child.pid === undefined)
-        throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
-      return { pid: child.pid, exited }
+      return child
     },
   }
 }

@@ -11,6 +11,7 @@ import {
   parseCidr,
   vethName,
 } from './network.ts'
+import type { HelperRequest, SandboxHelper, SandboxHelpers } from './sandbox-helper.ts'
 
 describe('parseCidr', () => {
   const valid: Array<[string, string, number]> = [
@@ -247,6 +248,41 @@ describe('createNetworkManager', () => {
         ['ip', 'link', 'set', 'initless0', 'up'],
       ],
     )
+  })
+
+  test('with the sandbox helper: create on the set-up helper, destroy on the teardown one, no commands', async () => {
+    const { run, calls } = fakeRunner()
+    const seen: { lane: string; req: HelperRequest }[] = []
+    const lane = (name: string): SandboxHelper => ({
+      request: async (req) => void seen.push({ lane: name, req }),
+      spawn: () => Promise.reject(new Error('not used')),
+      processId: () => undefined,
+      close: () => {},
+    })
+    const helpers: SandboxHelpers = { setup: lane('setup'), teardown: lane('teardown') }
+    const net = createNetworkManager({ run, settings, helpers })
+    const handle = await net.create('initless-abc', '10.213.0.7')
+    assert.deepEqual(handle, { name: 'initless-abc', path: '/var/run/netns/initless-abc', ip: '10.213.0.7' })
+    await net.destroy('initless-abc')
+    const veth = vethName('initless-abc')
+    assert.deepEqual(seen, [
+      {
+        lane: 'setup',
+        req: {
+          op: 'netns-create',
+          args: [
+            '/var/run/netns/initless-abc',
+            veth,
+            '02:42:0a:d5:00:07',
+            '10.213.0.7/16',
+            '10.213.0.1',
+            'initless0',
+          ],
+        },
+      },
+      { lane: 'teardown', req: { op: 'netns-delete', args: ['/var/run/netns/initless-abc', veth] } },
+    ])
+    assert.deepEqual(calls, [])
   })
 
   test('destroy deletes the namespace, then the host veth, tolerating both being gone', async () => {

@@ -13,6 +13,7 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { CommandRunner } from './exec.ts'
+import type { SandboxHelpers } from './sandbox-helper.ts'
 
 export interface NetworkSettings {
   /** Bridge device name (at most 15 characters). */
@@ -166,12 +167,17 @@ export function vethName(nsName: string): string {
   return `ilv${h.toString(16).padStart(8, '0')}`
 }
 
-/** The real network manager, driving iproute2. Each create costs two `ip -batch` calls. */
+/**
+ * The real network manager. With the sandbox helper, namespaces are created and deleted by its
+ * system calls; without it, by iproute2 (two `ip -batch` runs per create). The bridge and listings
+ * always go through iproute2 (once per executor start, or off the request path).
+ */
 export function createNetworkManager(deps: {
   run: CommandRunner
   settings: NetworkSettings
+  helpers?: SandboxHelpers | undefined
 }): NetworkManager {
-  const { run, settings } = deps
+  const { run, settings, helpers } = deps
   const { bits } = parseCidr(settings.subnet)
   const gw = gatewayIp(settings.subnet)
 
@@ -189,6 +195,14 @@ export function createNetworkManager(deps: {
 
     async create(name, ip) {
       const veth = vethName(name)
+      const path = `${NETNS_DIR}/${name}`
+      if (helpers) {
+        await helpers.setup.request({
+          op: 'netns-create',
+          args: [path, veth, macFor(ip), `${ip}/${bits}`, gw, settings.bridge],
+        })
+        return { name, path, ip }
+      }
       // Host side: the namespace, and a veth pair whose inner end is created inside it already.
       await run('ip', ['-batch', '-'], {
         input: [
@@ -211,10 +225,16 @@ export function createNetworkManager(deps: {
         await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })
         throw err
       }
-      return { name, path: `${NETNS_DIR}/${name}`, ip }
+      return { name, path, ip }
     },
 
     async destroy(name) {
+      if (helpers) {
+        return helpers.teardown.request({
+          op: 'netns-delete',
+          args: [`${NETNS_DIR}/${name}`, vethName(name)],
+        })
+      }
       // Deleting the namespace takes its veth pair with it once no process holds the namespace.
       await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })
       await run('ip', ['link', 'del', vethName(name)], { okCodes: [0, 1, 2, 255] })

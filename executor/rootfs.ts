@@ -6,6 +6,7 @@
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { CommandRunner } from './exec.ts'
+import type { SandboxHelpers } from './sandbox-helper.ts'
 
 export interface Mounter {
   /** Mount an overlay at `target`; `lowers` are listed top-most first. */
@@ -20,7 +21,9 @@ export interface Mounter {
   list(prefix: string): Promise<string[]>
 }
 
-export function createMounter(deps: { run: CommandRunner }): Mounter {
+/** Mounts through the sandbox helper's system calls when there is one, else mount(8)/umount(8). */
+export function createMounter(deps: { run: CommandRunner; helpers?: SandboxHelpers | undefined }): Mounter {
+  const { helpers } = deps
   return {
     async mountOverlay({ lowers, upper, work, target }) {
       await Promise.all([
@@ -29,10 +32,12 @@ export function createMounter(deps: { run: CommandRunner }): Mounter {
         mkdir(target, { recursive: true }),
       ])
       const options = `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work},index=off`
+      if (helpers) return helpers.setup.request({ op: 'mount-overlay', args: [target, options] })
       await deps.run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { timeoutMs: 30_000 })
     },
 
     async unmount(target) {
+      if (helpers) return helpers.teardown.request({ op: 'umount', args: [target] })
       // Not mounted (exit 32) is fine: cleanup is idempotent. Lazy detach if something still holds it.
       const res = await deps.run('umount', [target], { okCodes: [0, 32] })
       if (res.code === 32 && !/not mounted|no mount point|not found/i.test(res.stderr)) {

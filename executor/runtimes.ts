@@ -97,22 +97,22 @@ export async function restoreIntoSandbox(
   const daemon = lazy ? (usable ?? (await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir))) : undefined
   try {
     let criuMs: number | undefined
-    const out = await openOutput(sb.logFile)
-    try {
-      if (sb.direct) {
-        criuMs = await deps.criu.restore({
-          imagesDir,
-          workDir: sb.criuWorkDir,
-          root: sb.rootfs,
-          pidFile: sb.pidFile,
-          netnsPath: sb.netns.path,
-          cgroupRoot: cgroupPath(sb.id),
-          externalMounts: sb.direct.externalMounts,
-          lazy,
-          outputFd: out.fd,
-          ...(opts.criuLogLevel === undefined ? {} : { logLevel: opts.criuLogLevel }),
-        })
-      } else {
+    if (sb.direct) {
+      criuMs = await deps.criu.restore({
+        imagesDir,
+        workDir: sb.criuWorkDir,
+        root: sb.rootfs,
+        pidFile: sb.pidFile,
+        netnsPath: sb.netns.path,
+        cgroupRoot: cgroupPath(sb.id),
+        externalMounts: sb.direct.externalMounts,
+        lazy,
+        outputPath: sb.logFile,
+        ...(opts.criuLogLevel === undefined ? {} : { logLevel: opts.criuLogLevel }),
+      })
+    } else {
+      const out = await openOutput(sb.logFile)
+      try {
         await deps.runc.restore(sb.id, {
           bundle: sb.bundle,
           imagePath: imagesDir,
@@ -122,9 +122,9 @@ export async function restoreIntoSandbox(
           stdio: { stdin: 'ignore', stdout: out.fd, stderr: out.fd },
         })
         criuMs = await criuLogDuration(join(sb.criuWorkDir, 'restore.log'))
+      } finally {
+        await out.close()
       }
-    } finally {
-      await out.close()
     }
     await deps.sandboxes.limitCpu(sb)
     return { ...(daemon ? { daemon } : {}), ...(criuMs === undefined ? {} : { criuMs }) }

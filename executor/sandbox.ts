@@ -30,6 +30,7 @@ import { criuConfigText, type ExternalMount } from './criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import type { Mounter } from './rootfs.ts'
+import type { SandboxHelper } from './sandbox-helper.ts'
 import type { Runc } from './runc.ts'
 
 export const NETNS_PREFIX = 'initless-'
@@ -119,8 +120,10 @@ export function createSandboxManager(deps: {
   ips: IpAllocator
   mounter: Mounter
   runc: Runc
+  /** Creates the sandbox cgroup and writes its limits in one request each (else node's fs). */
+  helper?: SandboxHelper | undefined
 }): SandboxManager {
-  const { network, ips, mounter, runc } = deps
+  const { network, ips, mounter, runc, helper } = deps
   let bridge: Promise<void> | undefined
   const ensureBridge = () =>
     (bridge ??= network.ensureBridge().catch((err: unknown) => {
@@ -178,8 +181,8 @@ export function createSandboxManager(deps: {
           }),
           (async () => {
             // Created ahead: the container's /sys/fs/cgroup binds its directories.
-            await createCgroup(cgroups, cgroupPath(req.id))
-            if (limitWrites) await applyCgroupWrites(limitWrites)
+            await createCgroup(cgroups, cgroupPath(req.id), helper)
+            if (limitWrites) await applyCgroupWrites(limitWrites, helper)
           })(),
         ])
         netns = ns

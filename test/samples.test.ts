@@ -75,6 +75,23 @@ describe('sample functions: build, bake from scratch, restore eagerly and lazily
           await th.stop(inst)
         }
       }
+      if (name !== 'hello-node') return
+      // Sandboxes prepared without the sandbox helper (ip, mount(8), node's fs and spawn): the
+      // fallback of a host not provisioned by this version.
+      assert.ok(th.host.sandboxHelper, 'this host prepares sandboxes with the helper')
+      const plain = await createTestHost({
+        INITLESS_STATE_DIR: th.config.INITLESS_STATE_DIR,
+        INITLESS_SANDBOX_HELPER: 'off',
+      })
+      assert.equal(plain.host.sandboxHelper, undefined)
+      const inst = await plain.start('lazy', fn, built.image, baked.snapshot)
+      try {
+        const res = await httpOnce(inst.ip, inst.port, expected.path, { timeoutMs: 30_000 })
+        assert.equal(res.status, 200)
+        assert.ok(res.body.includes(expected.contains))
+      } finally {
+        await plain.stop(inst)
+      }
     })
   }
 })

@@ -30,7 +30,7 @@ export interface TestHost {
 }
 
 export async function createTestHost(env: Record<string, string> = {}): Promise<TestHost> {
-  const stateDir = `/var/lib/initless-test/${randomBytes(4).toString('hex')}`
+  const stateDir = env.INITLESS_STATE_DIR ?? `/var/lib/initless-test/${randomBytes(4).toString('hex')}`
   await mkdir(stateDir, { recursive: true, mode: 0o700 })
   const config = loadExecutorConfig({ ...process.env, INITLESS_STATE_DIR: stateDir, ...env })
   const host = createHost(config, createSilentLogger())

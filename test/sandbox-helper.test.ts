@@ -1,0 +1,230 @@
+/**
+ * The sandbox helper (executor/native/sandbox-helper.c) against the real kernel: namespaces with
+ * their veth pair, address and route; overlay mounts; cgroup-style writes; processes it spawns;
+ * bad requests; and what the executor sees when the helper dies.
+ */
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { loadExecutorConfig } from '../executor/config.ts'
+import { sandboxHelperPath } from '../executor/host.ts'
+import { macFor, NETNS_DIR } from '../executor/network.ts'
+import { createSandboxHelper, type SandboxHelper } from '../executor/sandbox-helper.ts'
+import { isInitlessError } from '../shared/errors.ts'
+import { requireServices } from './support/integration.ts'
+
+const config = loadExecutorConfig(process.env)
+const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' })
+const hasLink = (name: string) => ip('-o', 'link', 'show').includes(` ${name}@`)
+
+describe('sandbox helper', () => {
+  let helper: SandboxHelper | undefined
+  let dir = ''
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'initless-helper-'))
+  })
+  after(async () => {
+    helper?.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+  /** The helper provision.sh built from this source (a missing one fails here, in CI too). */
+  const get = () => {
+    const path = sandboxHelperPath({ INITLESS_SANDBOX_HELPER: 'auto' })
+    assert.ok(path, 'no sandbox helper built from this source: run scripts/provision.sh')
+    return (helper ??= createSandboxHelper({ path }))
+  }
+
+  test('creates a namespace with eth0 addressed and routed, veth on the bridge; deletes it', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const name = `initless-hlp${process.pid}`
+    const veth = `ilh${process.pid}`.slice(0, 15)
+    const nsFile = `${NETNS_DIR}/${name}`
+    const addr = '10.213.254.7'
+    await h.request({
+      op: 'netns-create',
+      args: [nsFile, veth, macFor(addr), `${addr}/16`, '10.213.0.1', config.INITLESS_BRIDGE],
+    })
+    try {
+      const inside = ip('-n', name, '-o', 'addr', 'show', 'dev', 'eth0')
+      assert.match(inside, /inet 10\.213\.254\.7\/16/)
+      assert.match(ip('-n', name, 'link', 'show', 'eth0'), new RegExp(`${macFor(addr)}.*`, 's'))
+      assert.match(ip('-n', name, 'link', 'show', 'eth0'), /state UP|LOWER_UP/)
+      assert.match(ip('-n', name, 'link', 'show', 'lo'), /UP/)
+      assert.match(ip('-n', name, 'route'), /default via 10\.213\.0\.1 dev eth0/)
+      assert.match(ip('link', 'show', veth), new RegExp(`master ${config.INITLESS_BRIDGE}`))
+      assert.match(ip('link', 'show', veth), /state UP/)
+      // A second one of the same name fails and leaves the first alone.
+      await assert.rejects(
+        h.request({
+          op: 'netns-create',
+          args: [
+            nsFile,
+            `${veth.slice(0, 13)}x`,
+            macFor(addr),
+            `${addr}/16`,
+            '10.213.0.1',
+            config.INITLESS_BRIDGE,
+          ],
+        }),
+        (err: unknown) => isInitlessError(err) && /File exists/.test(err.message) && err.details.errno === 17,
+      )
+      assert.match(ip('-n', name, '-o', 'addr', 'show', 'dev', 'eth0'), /10\.213\.254\.7/)
+    } finally {
+      await h.request({ op: 'netns-delete', args: [nsFile, veth] })
+    }
+    assert.equal(existsSync(nsFile), false)
+    assert.equal(hasLink(veth), false)
+    // Deleting again is fine (cleanup is idempotent).
+    await h.request({ op: 'netns-delete', args: [nsFile, veth] })
+  })
+
+  test('a namespace that cannot be completed leaves nothing behind', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const name = `initless-hlpbad${process.pid}`
+    const nsFile = `${NETNS_DIR}/${name}`
+    const veth = `ilb${process.pid}`.slice(0, 15)
+    // The gateway is outside eth0's subnet: the default route cannot be added (last step).
+    await assert.rejects(
+      h.request({
+        op: 'netns-create',
+        args: [nsFile, veth, macFor('10.213.254.8'), '10.213.254.8/16', '192.0.2.1', config.INITLESS_BRIDGE],
+      }),
+      (err: unknown) => isInitlessError(err) && /default route via 192\.0\.2\.1/.test(err.message),
+    )
+    assert.equal(existsSync(nsFile), false)
+    assert.equal(hasLink(veth), false)
+    await assert.rejects(
+      h.request({
+        op: 'netns-create',
+        args: [nsFile, veth, macFor('10.213.254.8'), '10.213.254.8/16', '10.213.0.1', 'no-such-bridge'],
+      }),
+      /bridge no-such-bridge: No such device/,
+    )
+    assert.equal(existsSync(nsFile), false)
+  })
+
+  test('mounts an overlay and unmounts it (twice is fine)', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const [lower, upper, work, target] = ['lower', 'upper', 'work', 'mnt'].map((d) => join(dir, d)) as [
+      string,
+      string,
+      string,
+      string,
+    ]
+    await Promise.all([lower, upper, work, target].map((d) => mkdir(d)))
+    await writeFile(join(lower, 'file'), 'from below')
+    await h.request({
+      op: 'mount-overlay',
+      args: [target, `lowerdir=${lower},upperdir=${upper},workdir=${work},index=off`],
+    })
+    assert.equal(await readFile(join(target, 'file'), 'utf8'), 'from below')
+    await writeFile(join(target, 'new'), 'written above')
+    assert.equal(await readFile(join(upper, 'new'), 'utf8'), 'written above')
+    await h.request({ op: 'umount', args: [target] })
+    assert.equal(existsSync(join(target, 'file')), false)
+    await h.request({ op: 'umount', args: [target] })
+    await assert.rejects(
+      h.request({ op: 'mount-overlay', args: [target, `lowerdir=${join(dir, 'missing')}`] }),
+      /mount overlay at/,
+    )
+  })
+
+  test('writes values in order, skips a missing optional file, fails on a missing required one', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const a = join(dir, 'a')
+    const b = join(dir, 'sub', 'b')
+    await h.request({ op: 'mkdir', args: [join(dir, 'sub'), join(dir, 'sub')] })
+    await Promise.all([writeFile(a, ''), writeFile(b, '')])
+    await h.request({ op: 'write', args: [a, 'one', '0', join(dir, 'nope'), 'x', '1', b, 'two', '0'] })
+    assert.equal(await readFile(a, 'utf8'), 'one')
+    assert.equal(await readFile(b, 'utf8'), 'two')
+    await assert.rejects(
+      h.request({ op: 'write', args: [join(dir, 'nope'), 'x', '0'] }),
+      (err: unknown) => isInitlessError(err) && err.details.errno === 2 && /open .*nope/.test(err.message),
+    )
+  })
+
+  test('spawns processes with their output file and fd 3, and reports their exits', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const out = join(dir, 'spawn.out')
+    await writeFile(join(dir, 'three'), 'on fd 3')
+    const p = await h.spawn({
+      argv: ['sh', '-c', 'echo to-stdout; echo to-stderr >&2; cat <&3; exit 7'],
+      output: out,
+      fd3: join(dir, 'three'),
+      mode: 'group',
+      keepAlive: true,
+    })
+    assert.ok(p.pid > 1)
+    assert.deepEqual(await p.exited, { code: 7, signal: null })
+    assert.equal(await readFile(out, 'utf8'), 'to-stdout\nto-stderr\non fd 3')
+    const killed = await h.spawn({ argv: ['sleep', '30'], output: out, mode: 'session', keepAlive: true })
+    process.kill(killed.pid, 'SIGKILL')
+    assert.deepEqual(await killed.exited, { code: null, signal: 9 })
+    await assert.rejects(
+      h.spawn({ argv: ['no-such-program-initless'], output: out, mode: 'group', keepAlive: false }),
+      /spawn no-such-program-initless .*No such file or directory/,
+    )
+  })
+
+  test('bad requests get errors; the helper keeps serving', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    await assert.rejects(h.request({ op: 'umount', args: ['a\tb'] }), /tab or newline/)
+    await assert.rejects(
+      h.request({ op: 'netns-create', args: ['/x', 'v', 'not-a-mac', '1.2.3.4/8', '1.2.3.1', 'br'] }),
+      /bad MAC not-a-mac/,
+    )
+    await h.request({ op: 'ping', args: [] })
+  })
+
+  test('an idle helper does not keep the executor process alive', async (t) => {
+    if (!requireServices(t)) return
+    const script = [
+      `import { createSandboxHelper } from ${JSON.stringify(new URL('../executor/sandbox-helper.ts', import.meta.url).href)}`,
+      `const h = createSandboxHelper({ path: ${JSON.stringify(sandboxHelperPath({ INITLESS_SANDBOX_HELPER: 'auto' }))} })`,
+      `await h.request({ op: 'ping', args: [] })`,
+      `const p = await h.spawn({ argv: ['true'], output: '/dev/null', mode: 'group', keepAlive: false })`,
+      `console.log(p.pid > 0 ? 'done' : 'no pid')`,
+    ].join('\n')
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
+    assert.equal(out.trim(), 'done')
+  })
+
+  test('a dead helper fails what it held, lets its children run on, and is started again', async (t) => {
+    if (!requireServices(t)) return
+    const path = sandboxHelperPath({ INITLESS_SANDBOX_HELPER: 'auto' })
+    assert.ok(path)
+    const h = createSandboxHelper({ path })
+    try {
+      const child = await h.spawn({
+        argv: ['sleep', '0.5'],
+        output: join(dir, 'orphan.out'),
+        mode: 'session',
+        keepAlive: true,
+      })
+      await h.request({ op: 'ping', args: [] })
+      const helperPid = h.processId()
+      assert.ok(helperPid)
+      process.kill(helperPid, 'SIGKILL')
+      // The child outlives the helper (init adopts it); its exit is still noticed, status unknown.
+      assert.deepEqual(await child.exited, { code: null, signal: null })
+      await h.request({ op: 'ping', args: [] })
+      assert.notEqual(h.processId(), helperPid)
+    } finally {
+      h.close()
+    }
+  })
+})
