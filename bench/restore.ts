@@ -9,7 +9,8 @@
  * Writes bench/results/restore-<date>.json, restore-latest.json and restore-latest.md.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { execFileSync } from 'node:child_process'
+import { cp, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Queue, QueueEvents } from 'bullmq'
@@ -113,16 +114,49 @@ async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
       method: req.method,
       ...(req.body ? { body: req.body } : {}),
       timeoutMs: 30_000,
-    }).catch((err: unknown) => {
-      throw new Error(`${fn.name} ${variant} (instance ${result.instanceId}): ${errorMessage(err)}`, {
+    }).catch(async (err: unknown) => {
+      const kept = await keepEvidence(result.instanceId)
+      throw new Error(`${fn.name} ${variant} (instance ${result.instanceId}): ${errorMessage(err)}${kept}`, {
         cause: err,
       })
     })
     if (res.status !== 200 || !res.body.includes(req.contains))
-      throw new Error(`${fn.name} ${variant}: wrong answer ${res.status} ${res.body.slice(0, 100)}`)
+      throw new Error(
+        `${fn.name} ${variant}: wrong answer ${res.status} ${res.body.slice(0, 100)}${await keepEvidence(result.instanceId)}`,
+      )
   }
   await instances.stop(result.instanceId, 'bench')
   return { totalMs, phases: result.phases }
+}
+
+/**
+ * A restored instance that answered wrongly or not at all: keep its CRIU logs, output and what its
+ * threads are blocked in (bench/results/failures/<instance>/) before the run cleans it up.
+ */
+async function keepEvidence(instanceId: string): Promise<string> {
+  const from = join(config.INITLESS_STATE_DIR, 'instances', instanceId)
+  const to = join(args.out, 'failures', instanceId)
+  try {
+    await mkdir(to, { recursive: true })
+    await cp(join(from, 'criu'), join(to, 'criu'), { recursive: true, filter: (f) => !f.endsWith('.socket') })
+    await cp(join(from, 'output.log'), join(to, 'output.log')).catch(() => undefined)
+    const pid = (await readFile(join(from, 'pid'), 'utf8').catch(() => '')).trim()
+    const ps = (argv: string[]) => {
+      try {
+        return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8' })
+      } catch (err) {
+        return errorMessage(err)
+      }
+    }
+    const state = pid
+      ? ps(['ps', '-L', '-o', 'pid,tid,stat,wchan:32,comm', '-p', pid]) +
+        ps(['ps', '-o', 'pid,ppid,stat,wchan:32,args', '-C', 'criu'])
+      : 'no pid file\n'
+    await writeFile(join(to, 'processes.txt'), state)
+    return `\n(evidence kept in ${to})`
+  } catch (err) {
+    return `\n(could not keep evidence: ${errorMessage(err)})`
+  }
 }
 
 function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: number) {
