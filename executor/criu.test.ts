@@ -81,7 +81,7 @@ describe('restore through the sandbox helper', () => {
     return dir
   }
 
-  test('starts criu in its own process group with the output log and the namespace as fd 3', async () => {
+  test('starts criu in its own session (and process group) with the output log and the namespace as fd 3', async () => {
     const dir = await snapshotDir()
     const { helper, spawned } = fakeHelper({ code: 0, signal: null })
     const ms = await createCriu({ run: noRun, bin: '/x/criu', helper }).restore({
@@ -98,7 +98,7 @@ describe('restore through the sandbox helper', () => {
     ])
     assert.equal(s.output, req.outputPath)
     assert.equal(s.fd3, req.netnsPath)
-    assert.equal(s.mode, 'group')
+    assert.equal(s.mode, 'session')
     assert.equal(s.keepAlive, true)
     await rm(dir, { recursive: true })
   })

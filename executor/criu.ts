@@ -205,7 +205,8 @@ export function createCriu(deps: {
       argv: [bin, ...args],
       output: req.outputPath,
       fd3: req.netnsPath,
-      mode: 'group',
+      // Its own session, as node's detached spawn gave it: the restored tasks start in it.
+      mode: 'session',
       keepAlive: true,
     })
     let timedOut = false

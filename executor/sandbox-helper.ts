@@ -60,7 +60,7 @@ export interface SpawnRequest {
   readonly output: string
   /** A file opened read-only as the process's fd 3. */
   readonly fd3?: string
-  /** Its own process group (kill it with -pid), or its own session (a daemon). */
+  /** Its own process group, or its own session (also a group): either way, kill it with -pid. */
   readonly mode: 'group' | 'session'
   /** Keep the executor's event loop alive until the process exits (as a node child would). */
   readonly keepAlive: boolean
