@@ -41,6 +41,8 @@ export interface ColdStartRow {
   readonly phasesP50Ms: Readonly<Record<Phase, number>>
   readonly failures: readonly string[]
   readonly samplesMs: readonly number[]
+  /** Each run's Server-Timing phases, in run order (what an outlier spent its time on). */
+  readonly samplesPhasesMs: readonly Record<Phase, number>[]
 }
 
 export interface ColdStartOptions {
@@ -118,6 +120,9 @@ export function summarizeCold(
     phasesP50Ms: Object.fromEntries(PHASES.map((p) => [p, phase(p)])) as Record<Phase, number>,
     failures,
     samplesMs: ttfb.map((t) => round(t, 2)),
+    samplesPhasesMs: runs.map(
+      (r) => Object.fromEntries(PHASES.map((p) => [p, round(r.phases[p], 1)])) as Record<Phase, number>,
+    ),
   }
 }
 

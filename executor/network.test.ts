@@ -232,7 +232,7 @@ describe('createNetworkManager', () => {
         ['ip', '-o', 'addr', 'show', 'dev', 'initless0'],
         ['ip', 'link', 'add', 'initless0', 'type', 'bridge'],
         ['ip', 'addr', 'replace', '10.213.0.1/16', 'dev', 'initless0'],
-        ['ip', 'link', 'set', 'initless0', 'up'],
+        ['ip', 'link', 'set', 'initless0', 'address', '02:42:0a:d5:00:01', 'up'],
       ],
     )
   })
@@ -245,7 +245,7 @@ describe('createNetworkManager', () => {
       calls.map((c) => [c.cmd, ...c.args]),
       [
         ['ip', '-o', 'addr', 'show', 'dev', 'initless0'],
-        ['ip', 'link', 'set', 'initless0', 'up'],
+        ['ip', 'link', 'set', 'initless0', 'address', '02:42:0a:d5:00:01', 'up'],
       ],
     )
   })

@@ -4,7 +4,8 @@
  * Address plan: one Linux bridge per host (default `initless0`) holds the first address of the
  * subnet (default 10.213.0.1/16). Every instance gets its own named network namespace
  * (`/var/run/netns/initless-<id>`) with a veth pair: `eth0` inside, `ilv<id>` on the bridge, one
- * address from the subnet and a default route via the bridge. The gateway on the same host reaches
+ * address from the subnet and a default route via the bridge. The bridge's own MAC is fixed
+ * (macFor of its address), never the lowest of its ports' as Linux would pick. The gateway on the same host reaches
  * instances directly over the bridge; the subnet is never routed off the host. `eth0`'s MAC is
  * derived from its address (macFor), as Docker does: addresses are reused, and the host's ARP
  * cache keeps a freed address's MAC for 15-45 s. Two restores must
@@ -190,7 +191,10 @@ export function createNetworkManager(deps: {
       if (!shown.stdout.includes(` ${gw}/${bits} `)) {
         await run('ip', ['addr', 'replace', `${gw}/${bits}`, 'dev', settings.bridge])
       }
-      await run('ip', ['link', 'set', settings.bridge, 'up'])
+      // A fixed address (as Docker gives docker0): otherwise the bridge takes the lowest address
+      // of its ports and changes it as veths come and go, and an instance whose ARP entry for the
+      // gateway holds the old one sends its answers nowhere until the entry expires (15-45 s).
+      await run('ip', ['link', 'set', settings.bridge, 'address', macFor(gw), 'up'])
     },
 
     async create(name, ip) {

@@ -5,12 +5,13 @@
  * the address of an instance just stopped).
  */
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { createHost } from '../executor/host.ts'
-import { macFor } from '../executor/network.ts'
+import { gatewayIp, macFor, vethName } from '../executor/network.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { requireServices } from './support/integration.ts'
 
@@ -90,6 +91,30 @@ test('an address handed to a new namespace right after its previous one is gone 
     }
   } finally {
     for (const name of names) await host.network.destroy(name).catch(() => undefined)
+    host.ips.release(ip)
+  }
+})
+
+test('the bridge keeps its own MAC while ports with lower ones come and go', async (t) => {
+  // Linux gives a bridge without a set address the lowest of its ports' and changes it with them:
+  // an instance that learned the old one (its ARP entry for the gateway) then answered nowhere
+  // for up to 45 s (1-2 s stalls of first requests to pooled instances, and 30 s silences).
+  if (!requireServices(t)) return
+  const host = createHost(config, createSilentLogger())
+  await host.network.ensureBridge()
+  const bridgeMac = () => readFileSync(`/sys/class/net/${config.INITLESS_BRIDGE}/address`, 'utf8').trim()
+  const gw = gatewayIp(config.INITLESS_SUBNET)
+  assert.equal(bridgeMac(), macFor(gw))
+  const ip = host.ips.allocate()
+  const name = 'initless-brmac'
+  try {
+    await host.network.create(name, ip)
+    execFileSync('ip', ['link', 'set', vethName(name), 'address', '02:00:00:00:00:01'])
+    assert.equal(bridgeMac(), macFor(gw), 'a port with a lower MAC joined')
+    await host.network.destroy(name)
+    assert.equal(bridgeMac(), macFor(gw), 'that port left')
+  } finally {
+    await host.network.destroy(name).catch(() => undefined)
     host.ips.release(ip)
   }
 })
