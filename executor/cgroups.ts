@@ -60,8 +60,10 @@ export function cgroupDirs(layout: CgroupLayout, relPath: string): string[] {
   return layout.hierarchies.map((h) => join(CGROUP_ROOT, h, relPath))
 }
 
-/** Create the cgroup in every hierarchy (runc then uses it as it is). */
-/** Create a cgroup in every hierarchy (its parent exists: prepareCgroupParent). */
+/**
+ * Create a cgroup in every hierarchy (runc then uses it as it is). A sandbox's parent exists
+ * (prepareCgroupParent): the helper's mkdir is not recursive.
+ */
 export async function createCgroup(
   layout: CgroupLayout,
   relPath: string,

@@ -229,6 +229,8 @@ export function createCriu(deps: {
     return performance.now() - started
   }
 
+  // In its own session either way: the daemon must outlive an executor restart, or the pages it
+  // still owes a restored process would be lost.
   const launchLazyPages = async (args: string[], workDir: string): Promise<CriuProcess> => {
     const output = join(workDir, 'lazy-pages.out')
     if (helper) {

@@ -5,11 +5,11 @@
  * subnet (default 10.213.0.1/16). Every instance gets its own named network namespace
  * (`/var/run/netns/initless-<id>`) with a veth pair: `eth0` inside, `ilv<id>` on the bridge, one
  * address from the subnet and a default route via the bridge. The bridge's own MAC is fixed
- * (macFor of its address), never the lowest of its ports' as Linux would pick. The gateway on the same host reaches
- * instances directly over the bridge; the subnet is never routed off the host. `eth0`'s MAC is
- * derived from its address (macFor), as Docker does: addresses are reused, and the host's ARP
- * cache keeps a freed address's MAC for 15-45 s. Two restores must
- * never share a namespace: both would bind the port and one would silently shadow the other.
+ * (macFor of its address), never the lowest of its ports' as Linux would pick. The gateway on the
+ * same host reaches instances directly over the bridge; the subnet is never routed off the host.
+ * `eth0`'s MAC is derived from its address (macFor), as Docker does: addresses are reused, and the
+ * host's ARP cache keeps a freed address's MAC for 15-45 s. Two restores must never share a
+ * namespace: both would bind the port and one would silently shadow the other.
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'

@@ -14,6 +14,7 @@ import { readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { errorMessage, InitlessError } from '../shared/errors.ts'
+import { isProcessAlive } from './process.ts'
 
 /** The helper's C source; its hash names the install directory. */
 export const HELPER_SOURCE = new URL('./native/sandbox-helper.c', import.meta.url)
@@ -121,15 +122,6 @@ interface Running {
 
 const LOST_CHILD_POLL_MS = 20
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 /**
  * A client of one helper process, started at the first request and again after it died. Requests
  * are answered in order; a request not answered within `timeoutMs` kills the process (every pending
@@ -155,7 +147,7 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     for (const [tag, r] of running) {
       running.delete(tag)
       const poll = setInterval(() => {
-        if (isAlive(r.pid)) return
+        if (isProcessAlive(r.pid)) return
         clearInterval(poll)
         r.resolve({ code: null, signal: null })
       }, LOST_CHILD_POLL_MS)
@@ -243,7 +235,7 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     child ??= start()
     const proc = child
     const tag = String(nextTag++)
-    return new Promise<{ tag: string; fields: string[] }>((resolve, reject) => {
+    return new Promise<string[]>((resolve, reject) => {
       const timer = setTimeout(() => {
         // A stuck kernel call: end the process; every request it held fails.
         proc.kill('SIGKILL')
@@ -253,7 +245,7 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
       pending.set(tag, {
         what,
         details,
-        resolve: (f) => resolve({ tag, fields: f }),
+        resolve,
         reject,
         timer,
         ...(onExit ? { onExit } : {}),
@@ -271,7 +263,7 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
       const fields = ['spawn', req.mode, req.output, req.fd3 ?? '-', ...req.argv]
       let resolveExit!: (exit: ProcessExit) => void
       const exited = new Promise<ProcessExit>((r) => (resolveExit = r))
-      const { fields: answer } = await send(
+      const answer = await send(
         `spawn ${req.argv[0]}`,
         fields,
         { cmd: req.argv[0], args: req.argv.slice(1) },

@@ -169,8 +169,8 @@ export function createSandboxManager(deps: {
         const limitWrites = req.forRestore
           ? cgroupLimitWrites(cgroups, cgroupPath(req.id), { memoryBytes: req.memoryBytes, pids: req.pids })
           : undefined
-        // Namespace, rootfs and cgroup are independent: set them up side by side (the first two
-        // run commands; the cgroup is written meanwhile).
+        // Namespace, rootfs and cgroup are independent: set them up side by side (without the
+        // sandbox helper the first two run commands while the cgroup is written).
         const [ns] = await Promise.all([
           network.create(nsName, ip),
           mounter.mountOverlay({

@@ -211,7 +211,8 @@ static int ensure_netns_dir(const char *nsfile) {
   return 0;
 }
 
-static int netns_create(char **f) {
+static int netns_create(char **f, int n) {
+  (void)n;
   const char *nsfile = f[0], *veth = f[1], *macs = f[2], *cidr = f[3], *gws = f[4], *bridge = f[5];
   unsigned char mac[6];
   struct in_addr ip, gw;
@@ -336,7 +337,8 @@ undo:
 }
 
 /* Like `ip netns del` followed by `ip link del`: both parts may be gone already. */
-static int netns_delete(char **f) {
+static int netns_delete(char **f, int n) {
+  (void)n;
   const char *nsfile = f[0], *veth = f[1];
   if (umount2(nsfile, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) return fail(errno, "unmount %s", nsfile);
   if (unlink(nsfile) < 0 && errno != ENOENT) return fail(errno, "remove %s", nsfile);
@@ -346,13 +348,15 @@ static int netns_delete(char **f) {
   return 0;
 }
 
-static int mount_overlay(char **f) {
+static int mount_overlay(char **f, int n) {
+  (void)n;
   if (mount("overlay", f[0], "overlay", 0, f[1]) < 0) return fail(errno, "mount overlay at %s", f[0]);
   return 0;
 }
 
 /* Unmount; detach lazily if busy. Not mounted (or missing) is fine: cleanup is idempotent. */
-static int do_umount(char **f) {
+static int do_umount(char **f, int n) {
+  (void)n;
   if (umount2(f[0], 0) == 0 || errno == EINVAL || errno == ENOENT) return 0;
   if (errno == EBUSY && (umount2(f[0], MNT_DETACH) == 0 || errno == EINVAL)) return 0;
   return fail(errno, "unmount %s", f[0]);
@@ -399,7 +403,10 @@ static int do_spawn(const char *tag, char **f, int n, pid_t *pid) {
   int rc = posix_spawnp(pid, argv[0], &fa, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
-  if (rc) return fail(rc, "spawn %s (output %s%s%s)", argv[0], output, strcmp(fd3, "-") ? ", fd 3 " : "", strcmp(fd3, "-") ? fd3 : "");
+  if (rc) {
+    int has_fd3 = strcmp(fd3, "-") != 0;
+    return fail(rc, "spawn %s (output %s%s%s)", argv[0], output, has_fd3 ? ", fd 3 " : "", has_fd3 ? fd3 : "");
+  }
   if (nchildren == children_cap) {
     children_cap = children_cap ? children_cap * 2 : 64;
     children = realloc(children, children_cap * sizeof *children);
@@ -454,15 +461,25 @@ static int do_writes(char **f, int n) {
   return 0;
 }
 
+static int ping(char **f, int n) {
+  (void)f;
+  (void)n;
+  return 0;
+}
+
+/* The operations answered `ok` or `err`; `args` -1: any number (spawn answers differently). */
 static const struct {
   const char *name;
   int args;
-  int (*fn)(char **);
+  int (*fn)(char **, int);
 } ops[] = {
     {"netns-create", 6, netns_create},
     {"netns-delete", 2, netns_delete},
     {"mount-overlay", 2, mount_overlay},
     {"umount", 1, do_umount},
+    {"mkdir", -1, do_mkdirs},
+    {"write", -1, do_writes},
+    {"ping", 0, ping},
 };
 
 static void answer(const char *tag, int rc) {
@@ -488,14 +505,6 @@ static int serve(char *line) {
     answer(n ? f[0] : "-", -1);
     return 0;
   }
-  if (!strcmp(f[1], "ping")) {
-    answer(f[0], 0);
-    return 0;
-  }
-  if (!strcmp(f[1], "mkdir") || !strcmp(f[1], "write")) {
-    answer(f[0], (f[1][0] == 'm' ? do_mkdirs : do_writes)(f + 2, n - 2));
-    return 0;
-  }
   if (!strcmp(f[1], "spawn")) {
     pid_t pid;
     if (do_spawn(f[0], f + 2, n - 2, &pid) < 0) {
@@ -510,8 +519,10 @@ static int serve(char *line) {
   for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
     if (strcmp(f[1], ops[i].name)) continue;
     known = 1;
-    if (n - 2 != ops[i].args) fail(EINVAL, "%s takes %d arguments, got %d", ops[i].name, ops[i].args, n - 2);
-    else rc = ops[i].fn(f + 2);
+    if (ops[i].args >= 0 && n - 2 != ops[i].args)
+      fail(EINVAL, "%s takes %d arguments, got %d", ops[i].name, ops[i].args, n - 2);
+    else
+      rc = ops[i].fn(f + 2, n - 2);
     break;
   }
   if (!known) fail(EINVAL, "unknown operation %s", f[1]);
