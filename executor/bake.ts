@@ -102,7 +102,10 @@ export interface BakerDeps {
   readonly store: SnapshotStore
   readonly versions: () => Promise<HostVersions>
   readonly logger: Logger
-  /** Pause after warm-up so runtimes finish deferred work (GC, JIT queues) before the dump. */
+  /**
+   * Pause after warm-up (and after restore.checkpointSignal) so runtimes finish deferred work (GC,
+   * JIT queues) before the dump.
+   */
   readonly settleMs?: number
   /** Profile the working set of lazily restorable snapshots (working-set.ts); default true. */
   readonly prefetch?: boolean
@@ -209,6 +212,15 @@ export function createBaker(deps: BakerDeps): Baker {
         const warmupRequests = await warmUp(fn.manifest, sandbox.netns.ip, isAlive).catch((err: unknown) =>
           failWith('ERR_BAKE_WARMUP_FAILED', sandbox, fn.name, err),
         )
+        const signal = m.restore.checkpointSignal
+        if (signal) {
+          try {
+            process.kill(pid, signal)
+          } catch (err) {
+            await failWith('ERR_BAKE_WARMUP_FAILED', sandbox, fn.name, err)
+          }
+          progress(`sent ${signal} before the checkpoint`)
+        }
         await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))
         if (!isAlive())
           await failWith(

@@ -46,6 +46,7 @@ export type DockerCheckpointEngine = Pick<
   | 'checkpointContainer'
   | 'startFromCheckpoint'
   | 'stopContainer'
+  | 'signalContainer'
   | 'removeContainer'
   | 'containerRunning'
   | 'containerLogs'
@@ -218,6 +219,12 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
       const warmupRequests = await warmUp(fn.manifest, ip, watch.isAlive).catch((err: unknown) =>
         failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, err),
       )
+      // The same preparation as a snapshot's bake (bake.ts), so the two paths restore the same state.
+      const signal = m.restore.checkpointSignal
+      if (signal)
+        await docker
+          .signalContainer(id, signal)
+          .catch((err: unknown) => failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, err))
       await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))
       if (!(await docker.containerRunning(id)))
         await failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, new Error('the process exited after warm-up'))

@@ -79,6 +79,8 @@ export interface DockerEngine {
    * checkpoint it holds, stays. Already stopped (304) or gone (404) counts as stopped.
    */
   stopContainer(id: string, graceSeconds?: number): Promise<void>
+  /** `docker kill --signal`: send a signal to the container's main process. */
+  signalContainer(id: string, signal: string): Promise<void>
 }
 
 /** `unix:///var/run/docker.sock` or `tcp://host:port` into dockerode options. */
@@ -323,6 +325,14 @@ export function createDockerEngine(options: Docker.DockerOptions): DockerEngine 
         await docker.getContainer(id).stop({ t: graceSeconds })
       } catch (err) {
         if (statusOf(err) !== 304 && statusOf(err) !== 404) throw engineError(`stop ${id}`, err)
+      }
+    },
+
+    async signalContainer(id, signal) {
+      try {
+        await docker.getContainer(id).kill({ signal })
+      } catch (err) {
+        throw engineError(`kill --signal ${signal} ${id}`, err)
       }
     },
 

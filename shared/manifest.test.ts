@@ -123,6 +123,7 @@ describe('parseManifest: defaults', () => {
         '    expectStatus: 200',
         'restore:',
         '  policy: lazy',
+        '  checkpointSignal: SIGUSR1',
       ].join('\n'),
       FILE,
       'hello',
@@ -148,6 +149,7 @@ describe('parseManifest: defaults', () => {
       ],
     )
     assert.equal(m.restore.policy, 'lazy')
+    assert.equal(m.restore.checkpointSignal, 'SIGUSR1')
   })
 })
 
@@ -293,6 +295,12 @@ describe('parseManifest: defects', () => {
       yaml: 'port: 8080\nrestore:\n  policy: fast\n',
       field: 'restore.policy',
       message: /Expected 'auto' \| 'lazy' \| 'eager' \| 'boot', received 'fast'/,
+    },
+    {
+      name: 'checkpoint signal that would stop the function',
+      yaml: 'port: 8080\nrestore:\n  checkpointSignal: SIGTERM\n',
+      field: 'restore.checkpointSignal',
+      message: /Expected 'SIGHUP' \| 'SIGUSR1' \| 'SIGUSR2' \| 'SIGWINCH' \| 'SIGURG', received 'SIGTERM'/,
     },
     {
       name: 'warm-up path without leading slash',

@@ -40,6 +40,13 @@ const httpPath = z.string().regex(/^\/[^\s]*$/, 'expected a path starting with /
 export const RESTORE_POLICIES = ['auto', 'lazy', 'eager', 'boot'] as const
 export type RestorePolicy = (typeof RESTORE_POLICIES)[number]
 
+/**
+ * Signals a function may ask for before its checkpoint (restore.checkpointSignal): ones a process
+ * can catch and that have no other meaning to the bake. An unhandled one is harmless: the
+ * function's process is its sandbox's PID 1, which the kernel shields from default actions.
+ */
+export const CHECKPOINT_SIGNALS = ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH', 'SIGURG'] as const
+
 const warmupStep = z
   .object({
     path: httpPath,
@@ -106,6 +113,11 @@ export const manifestSchema = z
     restore: z
       .object({
         policy: z.enum(RESTORE_POLICIES).default('auto'),
+        /**
+         * Sent to the function's process once warm-up is done, before the checkpoint: its chance
+         * to drop what a restore should not start with (collect garbage, close pooled connections).
+         */
+        checkpointSignal: z.enum(CHECKPOINT_SIGNALS).optional(),
       })
       .strict()
       .default({}),

@@ -12,7 +12,7 @@ import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './supp
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
 
-describe('baking: failures a user sees, and re-bakes', () => {
+describe('baking: failures a user sees, re-bakes, the checkpoint signal', () => {
   let th: TestHost | undefined
   let start: HostResources | undefined
   const resources = () =>
@@ -115,6 +115,33 @@ describe('baking: failures a user sees, and re-bakes', () => {
     } finally {
       await th.stop(inst)
     }
+    await assertClean('py-ok')
+  })
+
+  test('restore.checkpointSignal reaches the process after warm-up, before the checkpoint', async (t) => {
+    if (!requireServices(t) || !th) return
+    const dir = await mkdtemp(join(tmpdir(), 'initless-fns-'))
+    after(() => rm(dir, { recursive: true, force: true }))
+    await cp(join(FIXTURES, 'py-ok'), join(dir, 'py-ok'), { recursive: true })
+    const manifest = join(dir, 'py-ok', 'function.yaml')
+    const original = await readFile(manifest, 'utf8')
+    const withSignal = async (signal: string) => {
+      await writeFile(manifest, original.replace('  policy: eager', `  policy: eager\n  checkpointSignal: ${signal}`))
+      const fn = (await loadFunctionDefs(dir)).functions[0]!
+      assert.equal(fn.manifest.restore.checkpointSignal, signal)
+      const { image } = await th!.host.builder.build(fn)
+      const { snapshot } = await th!.host.baker.bake(fn, image)
+      const inst = await th!.start('eager', fn, image, snapshot)
+      try {
+        return (await httpOnce(inst.ip, inst.port, '/')).body
+      } finally {
+        await th!.stop(inst)
+      }
+    }
+    // The fixture handles SIGUSR1: the restored process is the one that received it.
+    assert.equal(await withSignal('SIGUSR1'), 'hello 3 prepared\n')
+    // SIGUSR2 it does not handle: as its sandbox's PID 1 it is not killed, and the bake succeeds.
+    assert.equal(await withSignal('SIGUSR2'), 'hello 3\n')
     await assertClean('py-ok')
   })
 })

@@ -56,6 +56,10 @@ public final class Application {
         server.setStopTimeout(5_000);
 
         server.start();
+        // restore.checkpointSignal: the bake sends SIGUSR1 after warm-up. Collecting the warm-up's
+        // garbage then means a restored instance starts with an empty young generation instead of
+        // running a young GC (12 ms, over lazily restored pages) within its first requests.
+        sun.misc.Signal.handle(new sun.misc.Signal("USR1"), signal -> System.gc());
         System.out.printf("spring-greeting listening on %s:%d (Java %s, started in %d ms)%n",
                 connector.getHost(), port, System.getProperty("java.version"), (System.nanoTime() - started) / 1_000_000);
         server.join();
