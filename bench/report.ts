@@ -253,7 +253,7 @@ export function renderMarkdown(r: BenchResult): string {
     lines.push(
       '## Warm path',
       '',
-      `${s.function}, one instance (${s.instanceCpus ?? '?'} CPU quota); autocannon, ${String(r.settings.warmDurationS)} s per run after ${String(r.settings.warmupS)} s untimed; nginx ${s.nginxVersion} with ${s.nginxWorkers} worker(s). Instances after the runs: ${s.instancesAfter}.`,
+      `${s.function}, one instance (${s.instanceCpus ?? '?'} CPU quota); autocannon, ${Number(r.settings.warmRounds ?? 1)} rounds of ${String(r.settings.warmDurationS)} s per target after ${String(r.settings.warmupS)} s untimed, targets interleaved; nginx ${s.nginxVersion} with ${s.nginxWorkers} worker(s). Instances after the runs: ${s.instancesAfter}.`,
       '',
       '| connections | target | p50 ms | p99 ms | req/s | errors |',
       '|---|---|---|---|---|---|',

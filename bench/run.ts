@@ -38,7 +38,8 @@ const USAGE = `Usage: node --import tsx bench/run.ts [options]   (or: npx initle
   --burst <count>             concurrent requests of the burst (default 200)
   --warm-fn <fn>              warm-path target (default hello-node)
   --warm-connections <a,b>    autocannon connections (default 1,64)
-  --warm-duration <s>         seconds per warm-path run (default 10)
+  --warm-duration <s>         seconds per warm-path run (default 5)
+  --warm-rounds <count>       runs per warm-path target, targets interleaved (default 3)
   --warmup <s>                untimed seconds before each warm-path run (default 2)
   --nginx-workers <count>     nginx worker processes (default 1: the gateway is one process)
   --settle <ms>               pause before each cold request once nothing runs (default 500)
@@ -59,7 +60,8 @@ const { values: args } = parseArgs({
     burst: { type: 'string', default: '200' },
     'warm-fn': { type: 'string', default: 'hello-node' },
     'warm-connections': { type: 'string', default: '1,64' },
-    'warm-duration': { type: 'string', default: '10' },
+    'warm-duration': { type: 'string', default: '5' },
+    'warm-rounds': { type: 'string', default: '3' },
     warmup: { type: 'string', default: '2' },
     'nginx-workers': { type: 'string', default: '1' },
     settle: { type: 'string', default: '500' },
@@ -115,6 +117,7 @@ const settings = {
   warmFunction: warmFn,
   warmConnections: list(args['warm-connections']).map((c) => count('warm-connections', c, 1)),
   warmDurationS: count('warm-duration', args['warm-duration'], 1),
+  warmRounds: count('warm-rounds', args['warm-rounds'], 1),
   warmupS: count('warmup', args.warmup, 1),
   nginxWorkers: count('nginx-workers', args['nginx-workers'], 1),
   settleMs: count('settle', args.settle, 0),
@@ -231,6 +234,7 @@ try {
           fn: warmFn,
           connections: settings.warmConnections,
           durationS: settings.warmDurationS,
+          rounds: settings.warmRounds,
           warmupS: settings.warmupS,
           nginxWorkers: settings.nginxWorkers,
           progress,
@@ -273,7 +277,7 @@ const partial: Omit<BenchResult, 'targets'> = {
     'Before every cold request the function is scaled to zero (POST /admin/functions/<fn>/scale {instances:0}) and the bench waits until no registry record, restored process, runc container or Docker container of it is left, then settles.',
     'Time to first byte: node:http request on a fresh connection (agent: false), sent -> the response event. One untimed round per function first; runtimes interleaved in a random order per round.',
     'Burst: all requests at once, each on its own connection, no override but noPool (the restore policy, as the samples ship with poolSize 0).',
-    'Warm path: autocannon (library) per target after an untimed run; latency percentiles from every response time (float ms), req/s = autocannon requests.average.',
+    'Warm path: autocannon (library) per target after an untimed run, in rounds with the targets in a rotated order; latency percentiles from every response time of all rounds (float ms), req/s = median over the rounds of autocannon requests.average.',
     'ratioToBoot = boot p50 / runtime p50. Targets on the runtime the restore policy picks (policyRuntimes).',
   ],
 }

@@ -3,6 +3,8 @@
  * instance's address, through the gateway, and through nginx — at each connection count. Latency
  * percentiles come from autocannon's per-response times (float ms; its own histogram rounds to whole
  * milliseconds, too coarse for a sub-millisecond difference); requests per second from its result.
+ * The three targets are run in rounds, each round in a rotated order, so a noisy spell of this
+ * shared machine lands on one round of each rather than on one target's only run.
  */
 import autocannon from 'autocannon'
 import type { InstanceAddress } from '../shared/contracts.ts'
@@ -20,7 +22,9 @@ export interface WarmRow {
   readonly connections: number
   readonly p50Ms: number
   readonly p99Ms: number
+  /** Median of the rounds' requests per second. */
   readonly rps: number
+  readonly rpsRounds: readonly number[]
   readonly requests: number
   /** Socket errors, timeouts and non-2xx answers. */
   readonly errors: number
@@ -50,6 +54,8 @@ export interface WarmOptions {
   readonly connections: readonly number[]
   readonly durationS: number
   readonly warmupS: number
+  /** Runs per target and connection count, targets interleaved. */
+  readonly rounds: number
   readonly nginxWorkers: number
   readonly progress: (line: string) => void
   /** Registers nginx's stop as soon as it runs (signal handlers run it). */
@@ -104,26 +110,35 @@ export async function runWarmPath(
     }
     const rows: WarmRow[] = []
     for (const connections of o.connections) {
+      const runs = new Map<WarmTarget, Load[]>(WARM_TARGETS.map((t) => [t, []]))
+      for (let r = 0; r < o.rounds; r++) {
+        for (let i = 0; i < WARM_TARGETS.length; i++) {
+          const target = WARM_TARGETS[(i + r) % WARM_TARGETS.length]!
+          // Untimed first: JIT, connection pools (the gateway's and nginx's upstream keep-alive).
+          await load(urls[target], connections, o.warmupS, sample.method, sample.body)
+          const run = await load(urls[target], connections, o.durationS, sample.method, sample.body)
+          runs.get(target)!.push(run)
+          o.progress(
+            `[warm ${o.fn}] round ${r + 1}/${o.rounds} ${target} c=${connections}: ${round(run.result.requests.average, 0)} req/s`,
+          )
+        }
+      }
       for (const target of WARM_TARGETS) {
-        // Untimed first: JIT, connection pools (the gateway's and nginx's upstream keep-alive).
-        await load(urls[target], connections, o.warmupS, sample.method, sample.body)
-        const { latencies, result } = await load(
-          urls[target],
-          connections,
-          o.durationS,
-          sample.method,
-          sample.body,
-        )
+        const done = runs.get(target)!
+        const latencies = done.flatMap((d) => d.latencies)
+        const rpsRounds = done.map((d) => round(d.result.requests.average, 0))
+        const durationS = done.reduce((a, d) => a + d.result.duration, 0)
         const row: WarmRow = {
           target,
           connections,
           p50Ms: round(percentile(latencies, 50), 3),
           p99Ms: round(percentile(latencies, 99), 3),
-          rps: round(result.requests.average, 0),
-          requests: result.requests.total,
-          errors: result.errors + result.non2xx,
-          durationS: result.duration,
-          busyRatio: round(latencies.reduce((a, b) => a + b, 0) / (connections * result.duration * 1000), 3),
+          rps: round(percentile(rpsRounds, 50), 0),
+          rpsRounds,
+          requests: done.reduce((a, d) => a + d.result.requests.total, 0),
+          errors: done.reduce((a, d) => a + d.result.errors + d.result.non2xx, 0),
+          durationS,
+          busyRatio: round(latencies.reduce((a, b) => a + b, 0) / (connections * durationS * 1000), 3),
         }
         if (row.busyRatio > 1.1)
           o.progress(
@@ -131,7 +146,7 @@ export async function runWarmPath(
           )
         rows.push(row)
         o.progress(
-          `[warm ${o.fn}] ${target} c=${connections}: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${row.rps} req/s, ${row.errors} errors`,
+          `[warm ${o.fn}] ${target} c=${connections}: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${row.rps} req/s (rounds: ${rpsRounds.join(', ')}), ${row.errors} errors`,
         )
       }
     }
