@@ -126,7 +126,10 @@ describe('baking: failures a user sees, re-bakes, the checkpoint signal', () => 
     const manifest = join(dir, 'py-ok', 'function.yaml')
     const original = await readFile(manifest, 'utf8')
     const withSignal = async (signal: string) => {
-      await writeFile(manifest, original.replace('  policy: eager', `  policy: eager\n  checkpointSignal: ${signal}`))
+      await writeFile(
+        manifest,
+        original.replace('  policy: eager', `  policy: eager\n  checkpointSignal: ${signal}`),
+      )
       const fn = (await loadFunctionDefs(dir)).functions[0]!
       assert.equal(fn.manifest.restore.checkpointSignal, signal)
       const { image } = await th!.host.builder.build(fn)
