@@ -2,7 +2,7 @@
 // Runs the test suite with node:test through tsx. Unit tests live beside the code (*.test.ts);
 // integration tests live in test/ and talk to the real Redis, Docker, runc and CRIU. All files run
 // one at a time: the integration tests share Redis, Docker and the host's network namespaces.
-import { spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join, relative } from 'node:path'
 
@@ -34,18 +34,52 @@ if (!files.length) {
   console.error('run-tests: no test files matched')
   process.exit(1)
 }
-const result = spawnSync(
-  process.execPath,
-  [
-    '--import',
-    'tsx',
-    '--test',
-    '--test-concurrency=1',
-    '--test-timeout=900000',
-    '--test-force-exit',
-    '--test-reporter=spec',
-    ...files,
-  ],
-  { cwd: root, stdio: 'inherit' },
+// One process per file, the file run directly (no `--test` parent): with a parent, Node's
+// --test-force-exit lets the child exit before the parent has every verdict, and the parent then
+// reports fewer tests than ran, with exit code 0 (nodejs/node#64833; seen here: 481-487 of 487 unit
+// tests reported, varying run to run). Force-exit itself stays: a file whose tests are done must
+// not wait for a keep-alive socket to Docker it left open. Each file's own summary is parsed and
+// totalled; a file that fails, or ends without a summary, fails the run.
+/** @type {Record<string, number>} */
+const totals = { tests: 0, pass: 0, fail: 0, cancelled: 0, skipped: 0, todo: 0 }
+/** @type {string[]} */
+const failed = []
+const started = Date.now()
+/** @param {string} file @returns {Promise<{ status: number | null, signal: string | null, out: string }>} */
+function runFile(file) {
+  return new Promise((resolve) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', '--test-timeout=900000', '--test-force-exit', '--test-reporter=spec', file],
+      { cwd: root, stdio: ['inherit', 'pipe', 'inherit'] },
+    )
+    let out = ''
+    child.stdout.on('data', (/** @type {Buffer} */ d) => {
+      process.stdout.write(d)
+      out += d.toString()
+    })
+    child.on('close', (status, signal) => resolve({ status, signal, out }))
+  })
+}
+for (const file of files) {
+  const result = await runFile(file)
+  const out = result.out
+  /** @type {Record<string, number>} */
+  const summary = {}
+  for (const m of out.matchAll(/^ℹ (tests|pass|fail|cancelled|skipped|todo) (\d+)$/gm))
+    summary[m[1]] = Number(m[2])
+  for (const k of Object.keys(totals)) totals[k] += summary[k] ?? 0
+  if (result.status !== 0 || summary.tests === undefined || (summary.fail ?? 0) > 0)
+    failed.push(
+      `${file} (exit ${result.status ?? result.signal}${summary.tests === undefined ? ', no summary' : ''})`,
+    )
+}
+console.log(
+  `\nrun-tests: ${files.length} files, ${Object.entries(totals)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ')}, ${Math.round((Date.now() - started) / 1000)} s`,
 )
-process.exit(result.status ?? 1)
+if (failed.length) {
+  console.log(`run-tests: failed: ${failed.join('; ')}`)
+  process.exit(1)
+}
