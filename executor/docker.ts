@@ -99,7 +99,14 @@ function engineError(what: string, err: unknown): InitlessError {
   return new InitlessError('ERR_COMMAND_FAILED', `docker: ${what}: ${msg}`, { cause: err })
 }
 
-export function createDockerEngine(options: Docker.DockerOptions): DockerEngine {
+/** Label of the short-lived containers rootfs exports create; its value is the host id. */
+export const EXPORT_LABEL = 'initless.export'
+
+export function createDockerEngine(
+  options: Docker.DockerOptions,
+  /** Labels this host's export containers, so a reconcile after a crash finds the ones left. */
+  owner: { hostId?: string } = {},
+): DockerEngine {
   const docker = new Docker(options)
 
   async function addressOf(id: string): Promise<string> {
@@ -223,7 +230,7 @@ export function createDockerEngine(options: Docker.DockerOptions): DockerEngine 
       const container = await docker.createContainer({
         Image: imageId,
         Cmd: ['/nonexistent'],
-        Labels: { 'initless.export': '1' },
+        Labels: { [EXPORT_LABEL]: owner.hostId ?? '1' },
       })
       try {
         const tarStream = await container.export()

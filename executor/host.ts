@@ -80,7 +80,7 @@ export function createHost(config: ExecutorConfig, logger: Logger): Host {
   const mounter = createMounter({ run, helpers })
   const runc = createRunc({ run, root: config.INITLESS_RUNC_ROOT, bin: config.INITLESS_RUNC })
   const criu = createCriu({ run, bin: config.INITLESS_CRIU, helper: helpers?.setup })
-  const docker = createDockerEngine(dockerOptions(config.INITLESS_DOCKER_HOST))
+  const docker = createDockerEngine(dockerOptions(config.INITLESS_DOCKER_HOST), { hostId: config.hostId })
   const sandboxes = createSandboxManager({
     stateDir: config.INITLESS_STATE_DIR,
     network,

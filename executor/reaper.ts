@@ -9,7 +9,7 @@ import type { Logger } from 'pino'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import { destroyCgroup, readCgroupLayout } from './cgroups.ts'
-import type { DockerEngine } from './docker.ts'
+import { EXPORT_LABEL, type DockerEngine } from './docker.ts'
 import type { InstanceManager } from './instances.ts'
 import type { IpAllocator, NetworkManager } from './network.ts'
 import { isCriuWorkUnder, processArgv } from './process.ts'
@@ -171,9 +171,12 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
       if (name.startsWith('.tmp-')) await rm(join(snapshots, fn, name), { recursive: true, force: true })
     }
   }
-  for (const c of await deps.docker.listContainers(`initless.host=${deps.hostId}`)) {
-    await deps.docker.removeContainer(c.id)
-    report.dockerContainers++
+  // Its instances' containers, and the containers of rootfs exports a crash cut short.
+  for (const label of [`initless.host=${deps.hostId}`, `${EXPORT_LABEL}=${deps.hostId}`]) {
+    for (const c of await deps.docker.listContainers(label)) {
+      await deps.docker.removeContainer(c.id)
+      report.dockerContainers++
+    }
   }
   for (const rec of await deps.registry.listAll()) {
     if (rec.hostId === deps.hostId && rec.state !== 'starting') {

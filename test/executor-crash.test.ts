@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { Queue } from 'bullmq'
+import Docker from 'dockerode'
+import { EXPORT_LABEL } from '../executor/docker.ts'
 import { httpOnce } from '../executor/probe.ts'
 import type { RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
@@ -155,14 +157,36 @@ describe('executor process: kill -9 and restart', () => {
     assert.equal(left.namespaces.length, 2)
     assert.ok(left.mounts.length >= 2)
 
+    // A rootfs export the crash cut short leaves its container; another host's export is not ours.
+    const docker = new Docker({ socketPath: '/var/run/docker.sock' })
+    const exportOf = (hostId: string) =>
+      docker.createContainer({
+        Image: 'initless/debian:bookworm',
+        Cmd: ['/nonexistent'],
+        Labels: { [EXPORT_LABEL]: hostId },
+      })
+    const ours = await exportOf(env.INITLESS_HOST_ID!)
+    const theirs = await exportOf(`other-${env.INITLESS_HOST_ID!}`)
+    after(async () => {
+      for (const c of [ours, theirs]) await c.remove({ force: true }).catch(() => undefined)
+    })
+
     const second = startExecutor()
     await waitLog(/"msg":"reconciled"/, 60_000)
+    const exists = (c: Docker.Container) =>
+      c.inspect().then(
+        () => true,
+        () => false,
+      )
+    assert.equal(await exists(ours), false, "this host's interrupted export is removed")
+    assert.equal(await exists(theirs), true, "another host's export is left alone")
     const report = JSON.parse(
       logs[logs.length - 1]!.split('\n').find((l) => l.includes('"msg":"reconciled"'))!,
     ) as Record<string, number>
     assert.equal(report.containers, 2)
     assert.equal(report.namespaces, 2)
     assert.equal(report.registryEntries, 2)
+    assert.equal(report.dockerContainers, 1)
     assert.deepEqual(resources(), NO_LEAKS)
     assert.deepEqual(await registry!.list('py-ok'), [])
     await stop(second, 'SIGTERM')
