@@ -103,6 +103,64 @@ describe('instance pool', () => {
     leases.forEach((l) => l.release())
   })
 
+  test('once restore and service times are known, a burst the ready instance drains starts none', async () => {
+    let t = 1_000_000
+    const { pool, queue, ready } = await setup({ now: () => t })
+    const m = testManifest('drain', { concurrency: 10, maxInstances: 20 })
+    const first = pool.acquire(m, { traceId: 'r0' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    t += 200 // the restore took 200 ms
+    await ready(job)
+    const lease = await first
+    t += 10 // each request holds its slot 10 ms
+    lease.release()
+    // Fill the instance, then 100 more: by slots they need 10 instances; at 10 ms per request and
+    // 10 at once the one instance answers them in 100 ms, before a new restore (200 ms) could.
+    const busy = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => pool.acquire(m, { traceId: `b${i}` })),
+    )
+    const leasing = Array.from({ length: 100 }, (_, i) => pool.acquire(m, { traceId: `w${i}` }))
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(queue.jobs.length, 1)
+    const served = new Set<string>()
+    // Ten at a time, each wave 10 ms: the released slots go to the next ten waiters.
+    for (let wave = busy; wave.length;) {
+      t += 10
+      for (const l of wave) {
+        served.add(l.instanceId)
+        l.release()
+      }
+      const next = leasing.splice(0, 10)
+      wave = await Promise.all(next)
+    }
+    assert.deepEqual([...served], [job.instanceId])
+    assert.equal(queue.jobs.length, 1)
+  })
+
+  test('slow answers bring back the slots rule', async () => {
+    let t = 1_000_000
+    const { pool, queue, ready } = await setup({ now: () => t })
+    const m = testManifest('slow', { concurrency: 10, maxInstances: 20 })
+    const first = pool.acquire(m, { traceId: 'r0' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    t += 200
+    await ready(job)
+    const lease = await first
+    t += 5_000 // a request holds its slot 5 s: waiting for this instance is slower than a restore
+    lease.release()
+    const busy = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => pool.acquire(m, { traceId: `b${i}` })),
+    )
+    const leasing = Array.from({ length: 30 }, (_, i) => pool.acquire(m, { traceId: `w${i}` }))
+    const jobs = await queue.waitForJobs(4)
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(jobs.length, 4)
+    await Promise.all(jobs.slice(1).map((j, i) => ready(j, 2000 + i)))
+    for (const l of [...busy, ...(await Promise.all(leasing))]) l.release()
+  })
+
   test('more demand than maxInstances waits for slots instead of starting more', async () => {
     const { pool, queue, ready } = await setup()
     const m = testManifest('capped', { concurrency: 2, maxInstances: 2 })

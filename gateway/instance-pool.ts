@@ -15,7 +15,7 @@ import { errorMessage, InitlessError } from '../shared/errors.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import type { InstanceRegistry, RegistrySubscription } from '../shared/registry.ts'
 import { restoreFailure, type RestoreOutcome, type RestoreQueue } from './restore-queue.ts'
-import { coveredWaiters, instancesToStart, pickInstance } from './scaling.ts'
+import { coveredWaiters, ewma, instancesToStart, pickInstance } from './scaling.ts'
 import {
   applyRecord,
   clientClosed,
@@ -91,6 +91,12 @@ const GONE_GRACE_MS = 10_000
 /** After reserve() says the function is full, hold further reservations this long (ms). */
 const FULL_BACKOFF_MS = 1000
 
+/** Weights of a new sample in the learnt service and restore times (instancesToStart). */
+const SERVICE_WEIGHT = 0.2
+const RESTORE_WEIGHT = 0.3
+/** A request answered within the clock's millisecond counts as this long (ms). */
+const MIN_SERVICE_MS = 0.5
+
 /** Create the pool. Nothing happens until start(). */
 export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   const { registry, queue } = deps
@@ -111,20 +117,27 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   let timer: NodeJS.Timeout | undefined
   let closing: Promise<void> | undefined
 
-  const lease = (s: FnState, id: string, startedAt: number, hasWaited: boolean): Lease =>
-    createLease(s, id, { startedAt, hasWaited, now: now() }, (isDead) => {
+  const lease = (s: FnState, id: string, startedAt: number, hasWaited: boolean): Lease => {
+    const leasedAt = now()
+    return createLease(s, id, { startedAt, hasWaited, now: leasedAt }, (isDead) => {
       if (isDead) {
         log.warn({ fn: s.fn, instanceId: id }, 'instance refused connection')
         s.ready.delete(id)
         s.dead.set(id, now() + deadTtlMs)
         s.generation++
-      } else if (now() - (s.lastTouch.get(id) ?? 0) >= touchIntervalMs) {
-        s.lastTouch.set(id, now())
-        registry.touch(s.fn, id, now()).catch((err) => log.debug({ err: errorMessage(err) }, 'touch failed'))
+      } else {
+        s.serviceMs = ewma(s.serviceMs, Math.max(MIN_SERVICE_MS, now() - leasedAt), SERVICE_WEIGHT)
+        if (now() - (s.lastTouch.get(id) ?? 0) >= touchIntervalMs) {
+          s.lastTouch.set(id, now())
+          registry
+            .touch(s.fn, id, now())
+            .catch((err) => log.debug({ err: errorMessage(err) }, 'touch failed'))
+        }
       }
       dispatch(s)
       scale(s)
     })
+  }
 
   /** Hand free slots to waiters, oldest first. */
   const dispatch = (s: FnState) => {
@@ -145,6 +158,8 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
       waiting: s.waiters.length,
       concurrency: s.manifest.scaling.concurrency,
       maxInstances: s.manifest.scaling.maxInstances,
+      restoreMs: s.restoreMs,
+      serviceMs: s.serviceMs,
     })
     const trace = traceId ?? s.waiters.at(-1)?.traceId ?? 'gateway'
     for (let i = 0; i < n; i++) void startInstance(s, 'demand', trace)
@@ -211,7 +226,12 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   }
 
   const apply = (s: FnState, r: InstanceRecord) => {
-    if (applyRecord(s, r, now()) && ours.delete(r.id)) for (const l of restoredListeners) l(r)
+    if (!applyRecord(s, r, now())) return
+    const mine = ours.get(r.id)
+    if (!mine) return
+    ours.delete(r.id)
+    s.restoreMs = ewma(s.restoreMs, now() - mine.since, RESTORE_WEIGHT)
+    for (const l of restoredListeners) l(r)
   }
 
   /** Re-read one instance (after a ready event or a completed job) and hand it out. */

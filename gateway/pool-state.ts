@@ -67,6 +67,10 @@ export interface FnState {
   loading: Promise<void> | undefined
   /** reserve() said the function is full: no new reservation before this epoch ms. */
   fullUntil: number
+  /** Learnt from this gateway's requests: time a request holds a slot, moving average (ms). */
+  serviceMs: number | undefined
+  /** Learnt from this gateway's restores: enqueue to ready, moving average (ms). */
+  restoreMs: number | undefined
   /** Take a waiter out of the queue; undefined when it already left (settled once only). */
   removeWaiter(w: Waiter): Waiter | undefined
 }
@@ -86,6 +90,8 @@ export function createFnState(manifest: Manifest): FnState {
     isLoaded: false,
     loading: undefined,
     fullUntil: 0,
+    serviceMs: undefined,
+    restoreMs: undefined,
     removeWaiter(w) {
       const i = waiters.indexOf(w)
       if (i < 0) return undefined

@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
-import { coveredWaiters, instancesToStart, pickInstance, type ReadyView, type ScaleInput } from './scaling.ts'
+import {
+  coveredWaiters,
+  ewma,
+  instancesToStart,
+  pickInstance,
+  type ReadyView,
+  type ScaleInput,
+} from './scaling.ts'
 
 const r = (id: string, inflight: number, readyAt = 0): ReadyView => ({ id, inflight, readyAt })
 
@@ -23,6 +30,8 @@ describe('pickInstance', () => {
 
 describe('instancesToStart', () => {
   const load = (...inflight: number[]) => inflight.map((n) => ({ inflight: n }))
+  // spring-greeting in a burst: restores of ~190 ms, ~9 ms per request, 50 per instance.
+  const fast = { concurrency: 50, maxInstances: 5, restoreMs: 190, serviceMs: 9 }
   const cases: { name: string; input: ScaleInput; want: number }[] = [
     {
       name: 'nothing waiting',
@@ -84,8 +93,74 @@ describe('instancesToStart', () => {
       input: { ready: [], starting: 2, waiting: 5, concurrency: 1, maxInstances: 10 },
       want: 3,
     },
+    {
+      name: 'drain: unknown restore time, slots rule',
+      input: { ready: [], starting: 0, waiting: 200, concurrency: 50, maxInstances: 5, serviceMs: 9 },
+      want: 4,
+    },
+    {
+      name: 'drain: one instance answers 200 within a restore time',
+      input: { ...fast, ready: [], starting: 0, waiting: 200 },
+      want: 1,
+    },
+    {
+      name: 'drain: the one starting is enough',
+      input: { ...fast, ready: [], starting: 1, waiting: 200 },
+      want: 0,
+    },
+    {
+      name: 'drain: a first instance even for one quick request',
+      input: { ...fast, ready: [], starting: 0, waiting: 1, serviceMs: 0.1 },
+      want: 1,
+    },
+    {
+      name: 'drain: saturated, slower answers, still drained in time',
+      input: { ...fast, ready: load(50), starting: 0, waiting: 150, serviceMs: 60 },
+      want: 0,
+    },
+    {
+      name: 'drain: saturated and slow: one more',
+      input: { ...fast, ready: load(16), starting: 0, waiting: 184, concurrency: 16, serviceMs: 50 },
+      want: 1,
+    },
+    {
+      name: 'drain: saturated and slower: up to maxInstances',
+      input: {
+        ...fast,
+        ready: load(16),
+        starting: 0,
+        waiting: 184,
+        concurrency: 16,
+        maxInstances: 3,
+        serviceMs: 150,
+      },
+      want: 2,
+    },
+    {
+      name: 'drain: slow requests need what the slots need',
+      input: {
+        ready: [],
+        starting: 0,
+        waiting: 10,
+        concurrency: 1,
+        maxInstances: 20,
+        restoreMs: 200,
+        serviceMs: 1000,
+      },
+      want: 10,
+    },
+    {
+      name: 'drain: between the two',
+      input: { ...fast, ready: [], starting: 0, waiting: 200, serviceMs: 200 },
+      want: 3,
+    },
   ]
   for (const c of cases) test(c.name, () => assert.equal(instancesToStart(c.input), c.want))
+})
+
+describe('ewma', () => {
+  test('the first sample is taken as is', () => assert.equal(ewma(undefined, 40, 0.2), 40))
+  test('later samples move it by their weight', () => assert.equal(ewma(40, 90, 0.2), 50))
 })
 
 describe('coveredWaiters', () => {
