@@ -152,6 +152,9 @@ describe('invoke route', async () => {
     )
     assert.match(text, /initless_gateway_queue_depth\{function="hello"\} 0/)
     assert.match(text, /initless_gateway_instances\{function="hello",state="ready"\} 1/)
+    // One restore and several answers seen: both moving averages of the scale-up rule are set.
+    assert.match(text, /initless_gateway_scaling_estimate_seconds\{function="hello",estimate="restore"\} \d/)
+    assert.match(text, /initless_gateway_scaling_estimate_seconds\{function="hello",estimate="service"\} \d/)
   })
 })
 

@@ -194,7 +194,10 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
         reason,
         ...overrides.get(s.fn),
       })
-      log.info({ fn: s.fn, instanceId: id, reason, traceId }, 'restore enqueued')
+      log.info(
+        { fn: s.fn, instanceId: id, reason, traceId, restoreMs: s.restoreMs, serviceMs: s.serviceMs },
+        'restore enqueued',
+      )
       return id
     } catch (err) {
       ours.delete(id)

@@ -87,6 +87,19 @@ export function createGatewayMetrics(deps: {
       for (const s of deps.stats()) this.set({ function: s.fn }, s.inflight)
     },
   })
+  new Gauge({
+    name: 'initless_gateway_scaling_estimate_seconds',
+    help: 'Moving averages the scale-up rule uses: restore (enqueue to ready) and service (a request holding a slot)',
+    labelNames: ['function', 'estimate'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const s of deps.stats()) {
+        if (s.restoreMs !== undefined) this.set({ function: s.fn, estimate: 'restore' }, s.restoreMs / 1000)
+        if (s.serviceMs !== undefined) this.set({ function: s.fn, estimate: 'service' }, s.serviceMs / 1000)
+      }
+    },
+  })
   return {
     registry,
     invocation: (fn, status, start) => invocations.inc({ function: fn, status: String(status), start }),

@@ -24,6 +24,9 @@ export interface PoolStats {
   readonly starting: number
   readonly waiting: number
   readonly inflight: number
+  /** The learnt times the scaling rule uses (ms), once known (FnState.restoreMs, serviceMs). */
+  readonly restoreMs?: number
+  readonly serviceMs?: number
 }
 
 export interface ReadyEntry {
@@ -125,7 +128,15 @@ export function views(s: FnState): ReadyView[] {
 export function statsOf(s: FnState): PoolStats {
   let inflight = 0
   for (const n of s.inflight.values()) inflight += n
-  return { fn: s.fn, ready: s.ready.size, starting: s.starting.size, waiting: s.waiters.length, inflight }
+  return {
+    fn: s.fn,
+    ready: s.ready.size,
+    starting: s.starting.size,
+    waiting: s.waiters.length,
+    inflight,
+    ...(s.restoreMs === undefined ? {} : { restoreMs: s.restoreMs }),
+    ...(s.serviceMs === undefined ? {} : { serviceMs: s.serviceMs }),
+  }
 }
 
 /**
