@@ -141,6 +141,40 @@ describe('instance pool', () => {
     assert.equal(queue.jobs.length, 1)
   })
 
+  test('a burst waiting on its one restore survives that restore failing', async () => {
+    let t = 1_000_000
+    const { pool, queue, ready, registry } = await setup({ now: () => t })
+    const m = testManifest('drain-fail', { concurrency: 10, maxInstances: 20 })
+    const first = pool.acquire(m, { traceId: 'r0' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    t += 200
+    await ready(job)
+    const lease = await first
+    t += 10
+    lease.release()
+    // Scaled to zero: the instance leaves the registry; the learnt times stay.
+    await registry.remove(job.fn, job.instanceId)
+    await until(() => pool.stats().find((st) => st.fn === 'drain-fail')?.ready === 0)
+    const leasing = Array.from({ length: 30 }, (_, i) => pool.acquire(m, { traceId: `w${i}` }))
+    const [, retry] = await queue.waitForJobs(2)
+    assert.ok(retry)
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(queue.jobs.length, 2, 'one restore for the 30: the instance would answer them in 30 ms')
+    queue.fail(retry.instanceId, 'criu restore exited with 1')
+    const [, , again] = await queue.waitForJobs(3)
+    assert.ok(again, 'the waiters start a new restore')
+    await ready(again, 2000)
+    // Ten at a time on the new instance: each wave's release hands the slots to the next ten.
+    for (let i = 0; i < leasing.length; i += 10) {
+      const wave = await Promise.all(leasing.slice(i, i + 10))
+      assert.ok(wave.every((l) => l.instanceId === again.instanceId))
+      t += 10
+      for (const l of wave) l.release()
+    }
+    assert.equal(queue.jobs.length, 3)
+  })
+
   test('slow answers bring back the slots rule', async () => {
     let t = 1_000_000
     const { pool, queue, ready } = await setup({ now: () => t })
