@@ -175,6 +175,46 @@ describe('instance pool', () => {
     assert.equal(queue.jobs.length, 3)
   })
 
+  test('learnt times are shared: a new gateway decides its first burst with them', async () => {
+    let t = 1_000_000
+    const registry = createFakeRegistry()
+    const markReady = async (queue: FakeRestoreQueue, job: RestoreJobData, port: number) => {
+      assert.equal(
+        await registry.markReady(job.fn, job.instanceId, { ...ADDRESS, port }, 'lazy', TEST_PHASES, 'h'),
+        true,
+      )
+      queue.complete(job.instanceId)
+    }
+    const m = testManifest('shared', { concurrency: 10, maxInstances: 20 })
+    const a = await setup({ registry, now: () => t })
+    const first = a.pool.acquire(m, { traceId: 'r0' })
+    const [job] = await a.queue.waitForJobs(1)
+    assert.ok(job)
+    t += 200
+    await markReady(a.queue, job, 1)
+    const lease = await first
+    t += 10
+    lease.release()
+    await a.pool.close() // shares what it learnt
+    assert.deepEqual(await registry.scalingEstimates('shared'), { restoreMs: 200, serviceMs: 10, at: t })
+    await registry.remove(job.fn, job.instanceId)
+
+    // Gateway b never saw the function: 100 waiting need 10 instances by slots, 1 by drain time.
+    const b = await setup({ registry, now: () => t })
+    const leasing = Array.from({ length: 100 }, (_, i) => b.pool.acquire(m, { traceId: `w${i}` }))
+    const [only] = await b.queue.waitForJobs(1)
+    assert.ok(only)
+    await new Promise((r) => setTimeout(r, 20))
+    assert.equal(b.queue.jobs.length, 1)
+    await markReady(b.queue, only, 2)
+    for (let i = 0; i < leasing.length; i += 10) {
+      const wave = await Promise.all(leasing.slice(i, i + 10))
+      t += 10
+      for (const l of wave) l.release()
+    }
+    assert.equal(b.queue.jobs.length, 1)
+  })
+
   test('slow answers bring back the slots rule', async () => {
     let t = 1_000_000
     const { pool, queue, ready } = await setup({ now: () => t })
@@ -459,8 +499,15 @@ describe('instance pool', () => {
   })
 })
 
-function pick(r: FakeRegistry): Pick<InstanceRegistry, 'reserve' | 'withdraw' | 'get' | 'list' | 'touch'> {
+function pick(
+  r: FakeRegistry,
+): Pick<
+  InstanceRegistry,
+  'reserve' | 'withdraw' | 'get' | 'list' | 'touch' | 'scalingEstimates' | 'saveScalingEstimates'
+> {
   return {
+    scalingEstimates: (...a) => r.scalingEstimates(...a),
+    saveScalingEstimates: (...a) => r.saveScalingEstimates(...a),
     reserve: (...a) => r.reserve(...a),
     withdraw: (...a) => r.withdraw(...a),
     get: (...a) => r.get(...a),

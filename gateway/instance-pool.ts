@@ -68,7 +68,17 @@ export interface InstancePool {
 }
 
 export interface InstancePoolDeps {
-  readonly registry: Pick<InstanceRegistry, 'reserve' | 'withdraw' | 'get' | 'list' | 'touch' | 'subscribe'>
+  readonly registry: Pick<
+    InstanceRegistry,
+    | 'reserve'
+    | 'withdraw'
+    | 'get'
+    | 'list'
+    | 'touch'
+    | 'subscribe'
+    | 'scalingEstimates'
+    | 'saveScalingEstimates'
+  >
   readonly queue: RestoreQueue
   readonly logger: Logger
   readonly now?: () => number
@@ -127,6 +137,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
         s.generation++
       } else {
         s.serviceMs = ewma(s.serviceMs, Math.max(MIN_SERVICE_MS, now() - leasedAt), SERVICE_WEIGHT)
+        s.estimatesDirty = true
         if (now() - (s.lastTouch.get(id) ?? 0) >= touchIntervalMs) {
           s.lastTouch.set(id, now())
           registry
@@ -234,6 +245,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     if (!mine) return
     ours.delete(r.id)
     s.restoreMs = ewma(s.restoreMs, now() - mine.since, RESTORE_WEIGHT)
+    s.estimatesDirty = true
     for (const l of restoredListeners) l(r)
   }
 
@@ -251,10 +263,20 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     }
   }
 
-  /** Full re-read of a function. Discarded when an event changed the state meanwhile. */
+  /**
+   * Full re-read of a function. Discarded when an event changed the state meanwhile. The first
+   * read also takes the learnt times other gateways shared, if this one has none yet.
+   */
   const refresh = async (s: FnState, isInitial = false) => {
     const generation = s.generation
-    const records = await registry.list(s.fn)
+    const [records, shared] = await Promise.all([
+      registry.list(s.fn),
+      isInitial ? registry.scalingEstimates(s.fn).catch(() => undefined) : undefined,
+    ])
+    if (shared) {
+      s.restoreMs ??= shared.restoreMs
+      s.serviceMs ??= shared.serviceMs
+    }
     if (!isInitial && generation !== s.generation) return
     forgetMissing(s, new Set(records.map((r) => r.id)), now())
     for (const r of records) apply(s, r)
@@ -317,9 +339,25 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     startFailed(s, o.instanceId, err)
   }
 
+  /** Share the learnt times that changed since the last write (one write per function). */
+  const saveEstimates = (s: FnState) => {
+    if (!s.estimatesDirty) return Promise.resolve()
+    s.estimatesDirty = false
+    const estimates = {
+      at: now(),
+      ...(s.restoreMs === undefined ? {} : { restoreMs: s.restoreMs }),
+      ...(s.serviceMs === undefined ? {} : { serviceMs: s.serviceMs }),
+    }
+    return registry.saveScalingEstimates(s.fn, estimates).catch((err: unknown) => {
+      s.estimatesDirty = true
+      log.debug({ fn: s.fn, err: errorMessage(err) }, 'scaling estimates not saved')
+    })
+  }
+
   const refreshAll = () => {
     for (const s of fns.values()) {
       if (!s.isLoaded) continue
+      void saveEstimates(s)
       refresh(s).catch((err) => log.warn({ fn: s.fn, err: errorMessage(err) }, 'registry refresh failed'))
       for (const [id, e] of s.starting) {
         if (e.goneAt !== undefined && now() - e.goneAt > GONE_GRACE_MS) {
@@ -402,6 +440,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
           for (const w of [...s.waiters])
             s.removeWaiter(w)?.settle({ error: noCapacity('gateway is shutting down', retryAfterMs) })
         }
+        await Promise.all([...fns.values()].map(saveEstimates))
         await subscription?.close()
       })()
       return closing

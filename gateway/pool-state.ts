@@ -74,6 +74,8 @@ export interface FnState {
   serviceMs: number | undefined
   /** Learnt from this gateway's restores: enqueue to ready, moving average (ms). */
   restoreMs: number | undefined
+  /** The learnt times changed since they were last shared in the registry. */
+  estimatesDirty: boolean
   /** Take a waiter out of the queue; undefined when it already left (settled once only). */
   removeWaiter(w: Waiter): Waiter | undefined
 }
@@ -95,6 +97,7 @@ export function createFnState(manifest: Manifest): FnState {
     fullUntil: 0,
     serviceMs: undefined,
     restoreMs: undefined,
+    estimatesDirty: false,
     removeWaiter(w) {
       const i = waiters.indexOf(w)
       if (i < 0) return undefined

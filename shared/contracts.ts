@@ -107,8 +107,8 @@ export const keys = {
   functions: () => `${KEY_PREFIX}:functions`,
   /** HASH hostId -> JSON ExecutorHeartbeat. */
   executors: () => `${KEY_PREFIX}:executors`,
-  /** HASH fn -> JSON FunctionStatus published by executors (image, snapshot). */
-  functionStatus: () => `${KEY_PREFIX}:function-status`,
+  /** HASH fn -> JSON ScalingEstimates: the scale-up rule's learnt times, shared by gateways. */
+  scaling: () => `${KEY_PREFIX}:scaling`,
   /** STRING: set while a re-bake of fn is requested. */
   rebake: (fn: string) => `${KEY_PREFIX}:rebake:${fn}`,
 } as const
@@ -122,3 +122,16 @@ export interface ExecutorHeartbeat {
 }
 
 export const HEARTBEAT_INTERVAL_MS = 1000
+
+/**
+ * What gateways learnt about a function's restores and requests (moving averages, ms), kept in
+ * Redis so that a gateway that starts, or scales out, decides its first burst with them too.
+ */
+export interface ScalingEstimates {
+  /** Restore enqueued -> instance ready. */
+  readonly restoreMs?: number
+  /** Time one request holds an instance's slot. */
+  readonly serviceMs?: number
+  /** Epoch ms of the write. */
+  readonly at: number
+}

@@ -2,8 +2,8 @@
  * In-memory InstanceRegistry for unit tests. Same semantics as the Redis adapter (checked by the
  * shared cases in test/registry.test.ts), events delivered asynchronously like pub/sub.
  */
-import type { ExecutorHeartbeat, InstanceRecord, RegistryEvent } from './contracts.ts'
-import type { InstanceRegistry, RegistryListener } from './registry.ts'
+import type { ExecutorHeartbeat, InstanceRecord, RegistryEvent, ScalingEstimates } from './contracts.ts'
+import { parseScalingEstimates, type InstanceRegistry, type RegistryListener } from './registry.ts'
 
 export interface FakeRegistry extends InstanceRegistry {
   /** While false every operation rejects, as the Redis adapter does while Redis is down. */
@@ -21,6 +21,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
   const fns = new Set<string>()
   const heartbeats = new Map<string, ExecutorHeartbeat>()
   const rebakes = new Set<string>()
+  const estimates = new Map<string, string>()
   const listeners = new Set<RegistryListener>()
   const events: RegistryEvent[] = []
   let isAvailable = true
@@ -158,6 +159,16 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
       check()
       rebakes.add(fn)
       publish({ type: 'function', fn, action: 'rebake' })
+    },
+    async scalingEstimates(fn) {
+      await Promise.resolve()
+      check()
+      return parseScalingEstimates(estimates.get(fn))
+    },
+    async saveScalingEstimates(fn, e: ScalingEstimates) {
+      await Promise.resolve()
+      check()
+      estimates.set(fn, JSON.stringify(e))
     },
     async subscribe(listener) {
       await Promise.resolve()

@@ -19,6 +19,7 @@ import {
   type InstanceRecord,
   type RegistryEvent,
   type RuntimeKind,
+  type ScalingEstimates,
 } from './contracts.ts'
 
 export interface RegistryListener {
@@ -64,7 +65,33 @@ export interface InstanceRegistry {
   publish(event: RegistryEvent): Promise<void>
   /** Flag `fn` for a re-bake and publish the `rebake` event. */
   requestRebake(fn: string): Promise<void>
+  /** The scale-up rule's learnt times for `fn` (undefined: none recorded, or unreadable). */
+  scalingEstimates(fn: string): Promise<ScalingEstimates | undefined>
+  saveScalingEstimates(fn: string, estimates: ScalingEstimates): Promise<void>
   subscribe(listener: RegistryListener): Promise<RegistrySubscription>
+}
+
+/** Parse stored ScalingEstimates; undefined unless `at` and at least one time are valid. */
+export function parseScalingEstimates(json: string | null | undefined): ScalingEstimates | undefined {
+  if (!json) return undefined
+  let v: unknown
+  try {
+    v = JSON.parse(json)
+  } catch {
+    return undefined
+  }
+  if (typeof v !== 'object' || v === null) return undefined
+  const e = v as Record<string, unknown>
+  const time = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : undefined)
+  const restoreMs = time(e.restoreMs)
+  const serviceMs = time(e.serviceMs)
+  const at = time(e.at)
+  if (at === undefined || (restoreMs === undefined && serviceMs === undefined)) return undefined
+  return {
+    at,
+    ...(restoreMs === undefined ? {} : { restoreMs }),
+    ...(serviceMs === undefined ? {} : { serviceMs }),
+  }
 }
 
 /** Parse a message from EVENTS_CHANNEL; undefined for anything that is not a RegistryEvent. */
@@ -257,6 +284,12 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
           return []
         }
       })
+    },
+    async scalingEstimates(fn) {
+      return parseScalingEstimates(await redis.hget(k(keys.scaling()), fn))
+    },
+    async saveScalingEstimates(fn, estimates) {
+      await redis.hset(k(keys.scaling()), fn, JSON.stringify(estimates))
     },
     async publish(event) {
       await redis.publish(channel, JSON.stringify(event))

@@ -8,7 +8,12 @@ import type { RegistryEvent } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createFakeRegistry } from '../shared/registry-fake.ts'
-import { createRedisRegistry, parseRegistryEvent, type InstanceRegistry } from '../shared/registry.ts'
+import {
+  createRedisRegistry,
+  parseRegistryEvent,
+  parseScalingEstimates,
+  type InstanceRegistry,
+} from '../shared/registry.ts'
 import { cleanUp, isolation, REDIS_URL, redisSkipReason } from './gateway-harness.ts'
 
 const ADDR = { host: '10.0.0.2', port: 31337 }
@@ -167,8 +172,42 @@ for (const impl of impls) {
       await new Promise((res) => setTimeout(res, 50))
       assert.equal(c.events.length, 2)
     })
+
+    test('scaling estimates: none, saved, replaced, per function', async () => {
+      const r = await impl.create()
+      assert.equal(await r.scalingEstimates('fn-g'), undefined)
+      await r.saveScalingEstimates('fn-g', { restoreMs: 190.5, serviceMs: 9, at: 100 })
+      await r.saveScalingEstimates('fn-h', { serviceMs: 3, at: 101 })
+      assert.deepEqual(await r.scalingEstimates('fn-g'), { restoreMs: 190.5, serviceMs: 9, at: 100 })
+      await r.saveScalingEstimates('fn-g', { restoreMs: 200, serviceMs: 12, at: 102 })
+      assert.deepEqual(await r.scalingEstimates('fn-g'), { restoreMs: 200, serviceMs: 12, at: 102 })
+      assert.deepEqual(await r.scalingEstimates('fn-h'), { serviceMs: 3, at: 101 })
+    })
   })
 }
+
+test('parseScalingEstimates keeps valid times only', () => {
+  assert.deepEqual(parseScalingEstimates('{"restoreMs":190,"serviceMs":9,"at":5}'), {
+    restoreMs: 190,
+    serviceMs: 9,
+    at: 5,
+  })
+  assert.deepEqual(parseScalingEstimates('{"restoreMs":190,"serviceMs":-1,"at":5}'), {
+    restoreMs: 190,
+    at: 5,
+  })
+  for (const bad of [
+    null,
+    '',
+    'nope',
+    '[]',
+    '{"at":5}',
+    '{"restoreMs":"1","at":5}',
+    '{"restoreMs":1e999,"at":5}',
+    '{"restoreMs":3}',
+  ])
+    assert.equal(parseScalingEstimates(bad), undefined, String(bad))
+})
 
 test('parseRegistryEvent accepts contract events only', () => {
   assert.deepEqual(parseRegistryEvent('{"type":"instance","fn":"a","id":"i","state":"gone"}'), {
