@@ -3,6 +3,7 @@ import { after, describe, test } from 'node:test'
 import type { RestoreJobData } from '../shared/contracts.ts'
 import { isInitlessError } from '../shared/errors.ts'
 import { createSilentLogger } from '../shared/logger.ts'
+import type { Manifest } from '../shared/manifest.ts'
 import { createFakeRegistry, type FakeRegistry } from '../shared/registry-fake.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import { createInstancePool, type InstancePool, type InstancePoolDeps, type Lease } from './instance-pool.ts'
@@ -25,11 +26,14 @@ after(() => Promise.all(pools.map((p) => p.close())))
 async function setup(
   deps: Partial<Omit<InstancePoolDeps, 'queue' | 'logger'>> & {
     registry?: InstancePoolDeps['registry']
+    /** The fake registry behind `ready` (and the pool, unless `registry` is given): share one between pools. */
+    fake?: FakeRegistry
   } = {},
 ): Promise<Setup> {
-  const registry = createFakeRegistry()
+  const { fake, ...rest } = deps
+  const registry = fake ?? createFakeRegistry()
   const queue = createFakeRestoreQueue()
-  const pool = createInstancePool({ registry, queue, logger: createSilentLogger(), ...deps })
+  const pool = createInstancePool({ registry, queue, logger: createSilentLogger(), ...rest })
   pools.push(pool)
   await pool.start()
   return {
@@ -44,6 +48,46 @@ async function setup(
       queue.complete(job.instanceId)
     },
   }
+}
+
+/** One cold request: its restore takes `restoreMs`, its answer `serviceMs` on the fake clock. */
+async function learnTimes(
+  s: Setup,
+  m: Manifest,
+  clock: { t: number },
+  times: { readonly restoreMs: number; readonly serviceMs: number },
+): Promise<RestoreJobData> {
+  const first = s.pool.acquire(m, { traceId: 'learn' })
+  const [job] = await s.queue.waitForJobs(1)
+  assert.ok(job)
+  clock.t += times.restoreMs
+  await s.ready(job)
+  const lease = await first
+  clock.t += times.serviceMs
+  lease.release()
+  return job
+}
+
+/**
+ * Serve the requests `size` at a time, each wave taking `ms` on the fake clock: a wave's releases
+ * hand the slots to the next `size` waiters (FIFO). Returns the instances that served them.
+ */
+async function serveInWaves(
+  leasing: readonly Promise<Lease>[],
+  size: number,
+  clock: { t: number },
+  ms: number,
+): Promise<Set<string>> {
+  const served = new Set<string>()
+  for (let i = 0; i < leasing.length; i += size) {
+    const wave = await Promise.all(leasing.slice(i, i + size))
+    clock.t += ms
+    for (const l of wave) {
+      served.add(l.instanceId)
+      l.release()
+    }
+  }
+  return served
 }
 
 async function until(cond: () => boolean, timeoutMs = 2000): Promise<void> {
@@ -104,140 +148,78 @@ describe('instance pool', () => {
   })
 
   test('once restore and service times are known, a burst the ready instance drains starts none', async () => {
-    let t = 1_000_000
-    const { pool, queue, ready } = await setup({ now: () => t })
+    const clock = { t: 1_000_000 }
+    const s = await setup({ now: () => clock.t })
     const m = testManifest('drain', { concurrency: 10, maxInstances: 20 })
-    const first = pool.acquire(m, { traceId: 'r0' })
-    const [job] = await queue.waitForJobs(1)
-    assert.ok(job)
-    t += 200 // the restore took 200 ms
-    await ready(job)
-    const lease = await first
-    t += 10 // each request holds its slot 10 ms
-    lease.release()
-    assert.deepEqual(pool.stats(), [
+    const job = await learnTimes(s, m, clock, { restoreMs: 200, serviceMs: 10 })
+    assert.deepEqual(s.pool.stats(), [
       { fn: 'drain', ready: 1, starting: 0, waiting: 0, inflight: 0, restoreMs: 200, serviceMs: 10 },
     ])
     // Fill the instance, then 100 more: by slots they need 10 instances; at 10 ms per request and
     // 10 at once the one instance answers them in 100 ms, before a new restore (200 ms) could.
-    const busy = await Promise.all(
-      Array.from({ length: 10 }, (_, i) => pool.acquire(m, { traceId: `b${i}` })),
-    )
-    const leasing = Array.from({ length: 100 }, (_, i) => pool.acquire(m, { traceId: `w${i}` }))
+    const leasing = Array.from({ length: 110 }, (_, i) => s.pool.acquire(m, { traceId: `w${i}` }))
     await new Promise((r) => setTimeout(r, 20))
-    assert.equal(queue.jobs.length, 1)
-    const served = new Set<string>()
-    // Ten at a time, each wave 10 ms: the released slots go to the next ten waiters.
-    for (let wave = busy; wave.length;) {
-      t += 10
-      for (const l of wave) {
-        served.add(l.instanceId)
-        l.release()
-      }
-      const next = leasing.splice(0, 10)
-      wave = await Promise.all(next)
-    }
-    assert.deepEqual([...served], [job.instanceId])
-    assert.equal(queue.jobs.length, 1)
+    assert.equal(s.queue.jobs.length, 1)
+    assert.deepEqual([...(await serveInWaves(leasing, 10, clock, 10))], [job.instanceId])
+    assert.equal(s.queue.jobs.length, 1)
   })
 
   test('a burst waiting on its one restore survives that restore failing', async () => {
-    let t = 1_000_000
-    const { pool, queue, ready, registry } = await setup({ now: () => t })
+    const clock = { t: 1_000_000 }
+    const s = await setup({ now: () => clock.t })
     const m = testManifest('drain-fail', { concurrency: 10, maxInstances: 20 })
-    const first = pool.acquire(m, { traceId: 'r0' })
-    const [job] = await queue.waitForJobs(1)
-    assert.ok(job)
-    t += 200
-    await ready(job)
-    const lease = await first
-    t += 10
-    lease.release()
+    const job = await learnTimes(s, m, clock, { restoreMs: 200, serviceMs: 10 })
     // Scaled to zero: the instance leaves the registry; the learnt times stay.
-    await registry.remove(job.fn, job.instanceId)
-    await until(() => pool.stats().find((st) => st.fn === 'drain-fail')?.ready === 0)
-    const leasing = Array.from({ length: 30 }, (_, i) => pool.acquire(m, { traceId: `w${i}` }))
-    const [, retry] = await queue.waitForJobs(2)
+    await s.registry.remove(job.fn, job.instanceId)
+    await until(() => s.pool.stats().find((st) => st.fn === 'drain-fail')?.ready === 0)
+    const leasing = Array.from({ length: 30 }, (_, i) => s.pool.acquire(m, { traceId: `w${i}` }))
+    const [, retry] = await s.queue.waitForJobs(2)
     assert.ok(retry)
     await new Promise((r) => setTimeout(r, 20))
-    assert.equal(queue.jobs.length, 2, 'one restore for the 30: the instance would answer them in 30 ms')
-    queue.fail(retry.instanceId, 'criu restore exited with 1')
-    const [, , again] = await queue.waitForJobs(3)
+    assert.equal(s.queue.jobs.length, 2, 'one restore for the 30: the instance would answer them in 30 ms')
+    s.queue.fail(retry.instanceId, 'criu restore exited with 1')
+    const [, , again] = await s.queue.waitForJobs(3)
     assert.ok(again, 'the waiters start a new restore')
-    await ready(again, 2000)
-    // Ten at a time on the new instance: each wave's release hands the slots to the next ten.
-    for (let i = 0; i < leasing.length; i += 10) {
-      const wave = await Promise.all(leasing.slice(i, i + 10))
-      assert.ok(wave.every((l) => l.instanceId === again.instanceId))
-      t += 10
-      for (const l of wave) l.release()
-    }
-    assert.equal(queue.jobs.length, 3)
+    await s.ready(again, 2000)
+    assert.deepEqual([...(await serveInWaves(leasing, 10, clock, 10))], [again.instanceId])
+    assert.equal(s.queue.jobs.length, 3)
   })
 
   test('learnt times are shared: a new gateway decides its first burst with them', async () => {
-    let t = 1_000_000
-    const registry = createFakeRegistry()
-    const markReady = async (queue: FakeRestoreQueue, job: RestoreJobData, port: number) => {
-      assert.equal(
-        await registry.markReady(job.fn, job.instanceId, { ...ADDRESS, port }, 'lazy', TEST_PHASES, 'h'),
-        true,
-      )
-      queue.complete(job.instanceId)
-    }
+    const clock = { t: 1_000_000 }
+    const fake = createFakeRegistry()
     const m = testManifest('shared', { concurrency: 10, maxInstances: 20 })
-    const a = await setup({ registry, now: () => t })
-    const first = a.pool.acquire(m, { traceId: 'r0' })
-    const [job] = await a.queue.waitForJobs(1)
-    assert.ok(job)
-    t += 200
-    await markReady(a.queue, job, 1)
-    const lease = await first
-    t += 10
-    lease.release()
+    const a = await setup({ fake, now: () => clock.t })
+    const job = await learnTimes(a, m, clock, { restoreMs: 200, serviceMs: 10 })
     await a.pool.close() // shares what it learnt
-    assert.deepEqual(await registry.scalingEstimates('shared'), { restoreMs: 200, serviceMs: 10, at: t })
-    await registry.remove(job.fn, job.instanceId)
+    assert.deepEqual(await fake.scalingEstimates('shared'), { restoreMs: 200, serviceMs: 10, at: clock.t })
+    await fake.remove(job.fn, job.instanceId)
 
     // Gateway b never saw the function: 100 waiting need 10 instances by slots, 1 by drain time.
-    const b = await setup({ registry, now: () => t })
+    const b = await setup({ fake, now: () => clock.t })
     const leasing = Array.from({ length: 100 }, (_, i) => b.pool.acquire(m, { traceId: `w${i}` }))
     const [only] = await b.queue.waitForJobs(1)
     assert.ok(only)
     await new Promise((r) => setTimeout(r, 20))
     assert.equal(b.queue.jobs.length, 1)
-    await markReady(b.queue, only, 2)
-    for (let i = 0; i < leasing.length; i += 10) {
-      const wave = await Promise.all(leasing.slice(i, i + 10))
-      t += 10
-      for (const l of wave) l.release()
-    }
+    await b.ready(only, 2)
+    assert.deepEqual([...(await serveInWaves(leasing, 10, clock, 10))], [only.instanceId])
     assert.equal(b.queue.jobs.length, 1)
   })
 
   test('slow answers bring back the slots rule', async () => {
-    let t = 1_000_000
-    const { pool, queue, ready } = await setup({ now: () => t })
+    const clock = { t: 1_000_000 }
+    const s = await setup({ now: () => clock.t })
     const m = testManifest('slow', { concurrency: 10, maxInstances: 20 })
-    const first = pool.acquire(m, { traceId: 'r0' })
-    const [job] = await queue.waitForJobs(1)
-    assert.ok(job)
-    t += 200
-    await ready(job)
-    const lease = await first
-    t += 5_000 // a request holds its slot 5 s: waiting for this instance is slower than a restore
-    lease.release()
-    const busy = await Promise.all(
-      Array.from({ length: 10 }, (_, i) => pool.acquire(m, { traceId: `b${i}` })),
-    )
-    const leasing = Array.from({ length: 30 }, (_, i) => pool.acquire(m, { traceId: `w${i}` }))
-    const jobs = await queue.waitForJobs(4)
+    // A request holds its slot 5 s: waiting for this instance is slower than a restore.
+    await learnTimes(s, m, clock, { restoreMs: 200, serviceMs: 5_000 })
+    const leasing = Array.from({ length: 40 }, (_, i) => s.pool.acquire(m, { traceId: `w${i}` }))
+    const jobs = await s.queue.waitForJobs(4)
     await new Promise((r) => setTimeout(r, 20))
-    assert.equal(jobs.length, 4)
-    await Promise.all(jobs.slice(1).map((j, i) => ready(j, 2000 + i)))
-    for (const l of [...busy, ...(await Promise.all(leasing))]) l.release()
+    assert.equal(s.queue.jobs.length, 4)
+    await Promise.all(jobs.slice(1).map((j, i) => s.ready(j, 2000 + i)))
+    for (const l of await Promise.all(leasing)) l.release()
   })
-
   test('more demand than maxInstances waits for slots instead of starting more', async () => {
     const { pool, queue, ready } = await setup()
     const m = testManifest('capped', { concurrency: 2, maxInstances: 2 })
