@@ -71,17 +71,21 @@ export interface InstanceRegistry {
   subscribe(listener: RegistryListener): Promise<RegistrySubscription>
 }
 
-/** Parse stored ScalingEstimates; undefined unless `at` and at least one time are valid. */
-export function parseScalingEstimates(json: string | null | undefined): ScalingEstimates | undefined {
-  if (!json) return undefined
-  let v: unknown
+/** A JSON object's fields; undefined for anything else (invalid JSON, arrays count as objects). */
+function jsonObject(text: string | null | undefined): Record<string, unknown> | undefined {
+  if (!text) return undefined
   try {
-    v = JSON.parse(json)
+    const v: unknown = JSON.parse(text)
+    return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : undefined
   } catch {
     return undefined
   }
-  if (typeof v !== 'object' || v === null) return undefined
-  const e = v as Record<string, unknown>
+}
+
+/** Parse stored ScalingEstimates; undefined unless `at` and at least one time are valid. */
+export function parseScalingEstimates(json: string | null | undefined): ScalingEstimates | undefined {
+  const e = jsonObject(json)
+  if (!e) return undefined
   const time = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : undefined)
   const restoreMs = time(e.restoreMs)
   const serviceMs = time(e.serviceMs)
@@ -96,15 +100,8 @@ export function parseScalingEstimates(json: string | null | undefined): ScalingE
 
 /** Parse a message from EVENTS_CHANNEL; undefined for anything that is not a RegistryEvent. */
 export function parseRegistryEvent(message: string): RegistryEvent | undefined {
-  let v: unknown
-  try {
-    v = JSON.parse(message)
-  } catch {
-    return undefined
-  }
-  if (typeof v !== 'object' || v === null) return undefined
-  const e = v as Record<string, unknown>
-  if (typeof e.fn !== 'string') return undefined
+  const e = jsonObject(message)
+  if (typeof e?.fn !== 'string') return undefined
   if (e.type === 'instance' && typeof e.id === 'string') {
     const states: readonly unknown[] = [...INSTANCE_STATES, 'gone']
     if (states.includes(e.state)) return e as unknown as RegistryEvent
