@@ -69,7 +69,14 @@ const beat = () =>
 void beat()
 timers.push(setInterval(() => void beat(), HEARTBEAT_INTERVAL_MS))
 
-const reaper = createReaper({ instances, registry, functions: () => functions, now: Date.now, logger })
+const reaper = createReaper({
+  instances,
+  registry,
+  functions: () => functions,
+  now: Date.now,
+  logger,
+  hostId: config.hostId,
+})
 let reaping = false
 timers.push(
   setInterval(() => {
@@ -141,6 +148,7 @@ function shutdown(signal: string): Promise<void> {
       await worker.close(true).catch(() => undefined)
     }
     const steps: [string, () => Promise<unknown>][] = [
+      ['min instances', () => Promise.race([reaper.settled(), deadline])],
       ['instances', () => instances.stopAll('executor shutdown')],
       // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
       ['docker templates', () => host.runtimes.docker.discard()],

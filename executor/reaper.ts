@@ -1,11 +1,14 @@
 /**
- * The reaper: every tick it removes dead instances (exited, OOM-killed: noticed within one tick)
- * and stops instances idle past their function's idle timeout (scale to zero, down to
- * minInstances). At start, `reconcile` cleans up whatever a previous run of this host left behind.
+ * The reaper: every tick it removes dead instances (exited, OOM-killed: noticed within one tick),
+ * stops instances idle past their function's idle timeout (scale to zero, down to minInstances)
+ * and starts instances of functions below their minInstances. At start, `reconcile` cleans up
+ * whatever a previous run of this host left behind.
  */
+import { randomBytes } from 'node:crypto'
 import { readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
+import { errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import { destroyCgroup, readCgroupLayout } from './cgroups.ts'
@@ -26,16 +29,59 @@ export interface ReaperDeps {
   readonly functions: () => readonly FunctionDef[]
   readonly now: () => number
   readonly logger: Logger
+  /** This executor's host id: minInstances restores are reserved under it. */
+  readonly hostId: string
 }
 
 export interface Reaper {
-  /** One pass; returns the ids stopped, with why. */
+  /** One pass; returns the ids stopped, with why. Starts minInstances restores in the background. */
   tick(): Promise<{ id: string; reason: 'dead' | 'idle' }[]>
+  /** Resolves when no minInstances restore of this reaper is running (shutdown, tests). */
+  settled(): Promise<void>
 }
 
 export function createReaper(deps: ReaperDeps): Reaper {
   const log = deps.logger.child({ module: 'reaper' })
+  /** minInstances restores running, by function: one at a time per function. */
+  const topping = new Map<string, Promise<void>>()
+
+  /**
+   * Start one instance of a function below its minInstances, counted over all hosts. reserve()
+   * takes the minimum as its cap and counts every record atomically, so executors that see the
+   * same shortfall never start more than it. The restore runs here, not through the queue: the
+   * reservation is this host's, and one per function per tick keeps it off the restore slots'
+   * critical path.
+   */
+  const topUp = async (fn: FunctionDef) => {
+    const min = fn.manifest.scaling.minInstances
+    if (min === 0 || topping.has(fn.name)) return
+    const id = `${fn.name}-${randomBytes(6).toString('hex')}`
+    if (!(await deps.registry.reserve(fn.name, min, id, deps.hostId).catch(() => false))) return
+    const job = {
+      fn: fn.name,
+      instanceId: id,
+      traceId: `min-${id}`,
+      enqueuedAt: deps.now(),
+      reason: 'min-instances' as const,
+    }
+    const run = deps.instances
+      .start(job)
+      .then(
+        (r) => log.info({ fn: fn.name, id, runtime: r.runtime, minInstances: min }, 'min instance started'),
+        async (err: unknown) => {
+          log.warn({ fn: fn.name, id, err: errorMessage(err) }, 'min instance failed to start')
+          await deps.registry.withdraw(fn.name, id).catch(() => undefined)
+        },
+      )
+      .finally(() => topping.delete(fn.name))
+    topping.set(fn.name, run)
+  }
+
   return {
+    async settled() {
+      while (topping.size) await Promise.all(topping.values())
+    },
+
     async tick() {
       const stopped: { id: string; reason: 'dead' | 'idle' }[] = []
       for (const inst of await deps.instances.dead()) {
@@ -81,6 +127,7 @@ export function createReaper(deps: ReaperDeps): Reaper {
           stopped.push({ id: inst.id, reason: 'idle' })
         }
       }
+      for (const fn of deps.functions()) await topUp(fn)
       return stopped
     },
   }

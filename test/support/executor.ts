@@ -42,8 +42,9 @@ export async function createTestExecutor(
     createRedis(REDIS_URL, { blocking: true }),
   ]
   const registry = createRedisRegistry({ redis, logger, prefix })
+  const hostId = `test-${th.config.hostId}`
   const instances = createHostInstanceManager(th.host, {
-    hostId: `test-${th.config.hostId}`,
+    hostId,
     functions: () => functions,
     registry,
     logger,
@@ -61,7 +62,14 @@ export async function createTestExecutor(
   const queue = new Queue<RestoreJobData, RestoreJobResult>(queueName, { connection: connections[1]! })
   const events = new QueueEvents(queueName, { connection: connections[2]! })
   await events.waitUntilReady()
-  const reaper = createReaper({ instances, registry, functions: () => functions, now: Date.now, logger })
+  const reaper = createReaper({
+    instances,
+    registry,
+    functions: () => functions,
+    now: Date.now,
+    logger,
+    hostId,
+  })
   return {
     queueName,
     prefix,
