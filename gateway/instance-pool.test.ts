@@ -435,6 +435,28 @@ describe('instance pool', () => {
     assert.equal(queue.jobs.length, 1)
   })
 
+  test('a ready event hands the instance out from the record it carries, without reading it back', async () => {
+    const fake = createFakeRegistry()
+    let reads = 0
+    const s = await setup({
+      fake,
+      registry: {
+        ...pick(fake),
+        subscribe: (l) => fake.subscribe(l),
+        get: (...a) => (reads++, fake.get(...a)),
+      },
+    })
+    const m = testManifest('carried')
+    const leasing = s.pool.acquire(m, { traceId: 'a' })
+    const [job] = await s.queue.waitForJobs(1)
+    assert.ok(job)
+    await fake.markReady(job.fn, job.instanceId, { ...ADDRESS, port: 4242 }, 'lazy', TEST_PHASES, 'h')
+    const lease = await leasing
+    assert.deepEqual(lease.address, { ...ADDRESS, port: 4242 })
+    assert.equal(reads, 0)
+    lease.release()
+  })
+
   test('last use is written at most once per touch interval per instance', async () => {
     let clock = 10_000
     const touches: number[] = []

@@ -2,8 +2,9 @@
  * The gateway's view of instances: which are ready (with this gateway's in-flight counts), which
  * are starting, and the requests waiting for a slot. Decides when to start restores.
  *
- * Hand-off: readiness comes from ONE source of truth, the registry. A `ready` event (pub/sub) makes
- * the pool fetch the record and hand the instance to the waiters at once; a periodic full re-read
+ * Hand-off: readiness comes from ONE source of truth, the registry. A `ready` event (pub/sub)
+ * carries the record as the registry wrote it (older executors' events do not: then the pool reads
+ * it) and the pool hands the instance to the waiters at once; a periodic full re-read
  * and a re-read after every reconnect repair missed events. This also hands out instances that
  * another gateway or a pre-warm started. The restore queue's outcome is used for what the registry
  * cannot say: that a restore failed (and why), plus a nudge to re-read the record on completion.
@@ -308,9 +309,13 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     if (e.type !== 'instance') return
     const s = fns.get(e.fn)
     if (!s?.isLoaded) return
-    if (e.state === 'ready') return void check(s, e.id)
-    if (e.state === 'starting') apply(s, { id: e.id, fn: e.fn, state: 'starting', hostId: '', createdAt: 0 })
-    else {
+    if (e.state === 'ready') {
+      // The event carries the record (an older executor's does not: read it).
+      if (!e.record) return void check(s, e.id)
+      apply(s, e.record)
+    } else if (e.state === 'starting') {
+      apply(s, { id: e.id, fn: e.fn, state: 'starting', hostId: '', createdAt: 0 })
+    } else {
       s.ready.delete(e.id)
       const starting = s.starting.get(e.id)
       // Our restore's reservation vanished: the executor gave up. Keep counting it until the job's

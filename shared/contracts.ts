@@ -89,6 +89,8 @@ export type RegistryEvent =
       readonly fn: string
       readonly id: string
       readonly state: InstanceState | 'gone'
+      /** `ready` events carry the record as written: subscribers need not read it back. */
+      readonly record?: InstanceRecord
     }
   | { readonly type: 'function'; readonly fn: string; readonly action: 'scale-to-zero' | 'rebake' }
 

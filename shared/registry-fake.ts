@@ -81,7 +81,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
         readyAt: now(),
       }
       hash(fn).set(id, record)
-      publish({ type: 'instance', fn, id, state: 'ready' })
+      publish({ type: 'instance', fn, id, state: 'ready', record: structuredClone(record) })
       return true
     },
     async markDraining(fn, id) {

@@ -98,13 +98,29 @@ export function parseScalingEstimates(json: string | null | undefined): ScalingE
   }
 }
 
+function isReadyRecord(r: unknown, e: Record<string, unknown>): r is InstanceRecord {
+  if (typeof r !== 'object' || r === null || e.state !== 'ready') return false
+  const rec = r as Record<string, unknown>
+  const address = rec.address as Record<string, unknown> | undefined
+  return (
+    rec.id === e.id &&
+    rec.fn === e.fn &&
+    rec.state === 'ready' &&
+    typeof address?.host === 'string' &&
+    typeof address.port === 'number'
+  )
+}
+
 /** Parse a message from EVENTS_CHANNEL; undefined for anything that is not a RegistryEvent. */
 export function parseRegistryEvent(message: string): RegistryEvent | undefined {
   const e = jsonObject(message)
   if (typeof e?.fn !== 'string') return undefined
   if (e.type === 'instance' && typeof e.id === 'string') {
     const states: readonly unknown[] = [...INSTANCE_STATES, 'gone']
-    if (states.includes(e.state)) return e as unknown as RegistryEvent
+    if (!states.includes(e.state)) return undefined
+    // A record that does not describe this ready instance is dropped: readers fall back to a read.
+    const { record, ...event } = e
+    return (isReadyRecord(record, event) ? { ...event, record } : event) as unknown as RegistryEvent
   }
   if (e.type === 'function' && (e.action === 'scale-to-zero' || e.action === 'rebake')) {
     return e as unknown as RegistryEvent
@@ -122,8 +138,9 @@ redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1`
 
-// KEYS[1] instances hash. ARGV: id, address JSON, runtime, phases JSON, hostId, readyAt, channel, event.
+// KEYS[1] instances hash. ARGV: id, address JSON, runtime, phases JSON, hostId, readyAt, channel, fn.
 // Only a starting or ready record may become ready: a withdrawn or draining one may not come back.
+// The event carries the record.
 const MARK_READY = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
@@ -136,7 +153,7 @@ r.phases = cjson.decode(ARGV[4])
 r.hostId = ARGV[5]
 r.readyAt = tonumber(ARGV[6])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
-redis.call('PUBLISH', ARGV[7], ARGV[8])
+redis.call('PUBLISH', ARGV[7], cjson.encode({type = 'instance', fn = ARGV[8], id = ARGV[1], state = 'ready', record = r}))
 return 1`
 
 // KEYS[1] instances hash. ARGV: id, channel, event.
@@ -233,7 +250,7 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
           hostId,
           now(),
           channel,
-          instanceEvent(fn, id, 'ready'),
+          fn,
         ],
       )
     },

@@ -116,7 +116,7 @@ for (const impl of impls) {
       assert.deepEqual(await c.until(6), [
         state('i1', 'starting'),
         state('i2', 'starting'),
-        state('i1', 'ready'),
+        { ...state('i1', 'ready'), record: ready }, // the record as written: no read needed
         state('i2', 'gone'),
         state('i1', 'draining'),
         state('i1', 'gone'),
@@ -207,6 +207,32 @@ test('parseScalingEstimates keeps valid times only', () => {
     '{"restoreMs":3}',
   ])
     assert.equal(parseScalingEstimates(bad), undefined, String(bad))
+})
+
+test('parseRegistryEvent keeps the record of a ready event only when it describes that instance', () => {
+  const record = {
+    id: 'i',
+    fn: 'a',
+    state: 'ready',
+    hostId: 'h',
+    createdAt: 1,
+    address: { host: '10.213.0.5', port: 8080 },
+  }
+  const event = { type: 'instance', fn: 'a', id: 'i', state: 'ready' }
+  assert.deepEqual(parseRegistryEvent(JSON.stringify({ ...event, record })), { ...event, record })
+  for (const bad of [
+    { ...record, id: 'other' },
+    { ...record, fn: 'b' },
+    { ...record, state: 'starting' },
+    { ...record, address: { host: '10.213.0.5' } },
+    'nope',
+  ])
+    assert.deepEqual(parseRegistryEvent(JSON.stringify({ ...event, record: bad })), event)
+  assert.deepEqual(
+    parseRegistryEvent(JSON.stringify({ ...event, state: 'gone', record })),
+    { ...event, state: 'gone' },
+    'only ready events carry one',
+  )
 })
 
 test('parseRegistryEvent accepts contract events only', () => {
