@@ -22,6 +22,7 @@ import {
   clientClosed,
   createFnState,
   forgetMissing,
+  learntTimes,
   createLease,
   noCapacity,
   statsOf,
@@ -348,12 +349,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   const saveEstimates = (s: FnState) => {
     if (!s.estimatesDirty) return Promise.resolve()
     s.estimatesDirty = false
-    const estimates = {
-      at: now(),
-      ...(s.restoreMs === undefined ? {} : { restoreMs: s.restoreMs }),
-      ...(s.serviceMs === undefined ? {} : { serviceMs: s.serviceMs }),
-    }
-    return registry.saveScalingEstimates(s.fn, estimates).catch((err: unknown) => {
+    return registry.saveScalingEstimates(s.fn, { at: now(), ...learntTimes(s) }).catch((err: unknown) => {
       s.estimatesDirty = true
       log.debug({ fn: s.fn, err: errorMessage(err) }, 'scaling estimates not saved')
     })

@@ -137,6 +137,13 @@ export function statsOf(s: FnState): PoolStats {
     starting: s.starting.size,
     waiting: s.waiters.length,
     inflight,
+    ...learntTimes(s),
+  }
+}
+
+/** The learnt times that are known, as optional fields (stats, and what the registry shares). */
+export function learntTimes(s: FnState): { restoreMs?: number; serviceMs?: number } {
+  return {
     ...(s.restoreMs === undefined ? {} : { restoreMs: s.restoreMs }),
     ...(s.serviceMs === undefined ? {} : { serviceMs: s.serviceMs }),
   }
