@@ -14,6 +14,8 @@ import { probe } from './probe.ts'
 
 export interface Nginx {
   readonly port: number
+  /** The master's pid (its workers are its children). */
+  readonly pid: number
   readonly version: string
   /** Stop nginx and remove its temp dir. Idempotent. */
   stop(): Promise<void>
@@ -110,5 +112,5 @@ export async function startNginx(upstream: InstanceAddress, path: string, worker
     v.on('error', () => resolve('unknown'))
     v.on('close', () => resolve(/nginx\/(\S+)/.exec(out)?.[1] ?? 'unknown'))
   })
-  return { port, version, stop }
+  return { port, pid: child.pid!, version, stop }
 }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { withRatios, summarizeCold, type ColdRun } from './cold-start.ts'
-import { coldStartProfile, evaluateTargets, renderMarkdown, type BenchResult } from './report.ts'
+import { coldStartProfile, evaluateTargets, renderMarkdown, warmProfile, type BenchResult } from './report.ts'
+import { warmCpu } from './warm.ts'
 
 const run = (ttfbMs: number): ColdRun => ({
   ttfbMs,
@@ -125,4 +126,79 @@ test('coldStartProfile splits the restore into CRIU and the executor around it f
   )
   assert.match(lines[1]!, /^flask-table lazy\+pool: p50 100 ms/)
   assert.match(renderMarkdown({ ...r, targets: [] }), /## Where the cold-start time goes/)
+})
+
+test('warmCpu weighs the rounds by their time and gives the proxy CPU per request', () => {
+  const cpu = warmCpu(
+    [
+      { seconds: 5, proxyS: 5, loadGeneratorS: 1, instanceS: 1.5, periods: 50, throttled: 0 },
+      { seconds: 5, proxyS: 4, loadGeneratorS: 2, instanceS: 2.5, periods: 50, throttled: 10 },
+    ],
+    45_000,
+  )
+  assert.deepEqual(cpu, {
+    proxyCpus: 0.9,
+    proxyUsPerRequest: 200,
+    loadGeneratorCpus: 0.3,
+    instanceCpus: 0.4,
+    instanceThrottledShare: 0.1,
+  })
+  // Direct runs have no proxy; a run without cgroup figures leaves the instance out.
+  assert.deepEqual(warmCpu([{ seconds: 2, loadGeneratorS: 1 }], 100), { loadGeneratorCpus: 0.5 })
+  assert.deepEqual(
+    warmCpu(
+      [
+        { seconds: 1, loadGeneratorS: 1, instanceS: 1, periods: 10, throttled: 1 },
+        { seconds: 1, loadGeneratorS: 1 },
+      ],
+      100,
+    ),
+    { loadGeneratorCpus: 1 },
+  )
+})
+
+test('warmProfile says per connection count what each path used and compares the proxies', () => {
+  const row = (
+    target: 'direct' | 'gateway' | 'nginx',
+    cpu: NonNullable<BenchResult['warm'][number]['cpu']>,
+  ) => ({
+    function: 'hello-node',
+    target,
+    connections: 64,
+    p50Ms: 1,
+    p99Ms: 2,
+    rps: 1000,
+    rpsRounds: [1000],
+    requests: 1000,
+    errors: 0,
+    durationS: 1,
+    busyRatio: 1,
+    cpu,
+  })
+  const r = result({
+    warm: [
+      row('gateway', {
+        proxyCpus: 0.97,
+        proxyUsPerRequest: 221,
+        loadGeneratorCpus: 0.23,
+        instanceCpus: 0.3,
+        instanceThrottledShare: 0.05,
+      }),
+      row('nginx', {
+        proxyCpus: 0.42,
+        proxyUsPerRequest: 34,
+        loadGeneratorCpus: 0.37,
+        instanceCpus: 0.5,
+        instanceThrottledShare: 0.96,
+      }),
+      row('direct', { loadGeneratorCpus: 0.45, instanceCpus: 0.5, instanceThrottledShare: 1 }),
+    ],
+  })
+  assert.deepEqual(warmProfile(r), [
+    '64 connections: gateway runs: gateway 0.97 CPUs, 221 us of CPU per request; instance 0.3 CPUs, throttled in 5% of its periods; autocannon 0.23 CPUs. ' +
+      'nginx runs: nginx 0.42 CPUs, 34 us of CPU per request; instance 0.5 CPUs, throttled in 96% of its periods; autocannon 0.37 CPUs. ' +
+      "direct runs: instance 0.5 CPUs, throttled in 100% of its periods; autocannon 0.45 CPUs. The gateway spends 6.5x nginx's CPU per request.",
+  ])
+  // Rows of results written before the CPU figures existed: no profile.
+  assert.deepEqual(warmProfile({ warm: r.warm.map(({ cpu: _cpu, ...w }) => w) }), [])
 })

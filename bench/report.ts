@@ -178,6 +178,45 @@ export function coldStartProfile(r: Omit<BenchResult, 'targets'>): string[] {
   return out
 }
 
+/**
+ * Where the warm path's CPU goes, per connection count, from the CPU each run used (bench/cpu.ts):
+ * the profile of the slow phase a missed warm-path target asks for. A proxy near 1 CPU is bound
+ * by its one thread (the gateway is one Node process, nginx runs the workers it is given); an
+ * instance throttled in most of its CPU periods bounds every path to it by its quota.
+ */
+export function warmProfile(r: Pick<BenchResult, 'warm'>): string[] {
+  const out: string[] = []
+  const conns = [...new Set(r.warm.map((w) => w.connections))].sort((a, c) => a - c)
+  for (const c of conns) {
+    const at = (t: string) => r.warm.find((w) => w.connections === c && w.target === t)?.cpu
+    const parts: string[] = []
+    const describe = (name: string, cpu: ReturnType<typeof at>) => {
+      if (!cpu) return
+      const proxy =
+        cpu.proxyCpus === undefined
+          ? ''
+          : `${name} ${fmt(cpu.proxyCpus)} CPUs, ${fmt(cpu.proxyUsPerRequest)} us of CPU per request; `
+      const instance =
+        cpu.instanceCpus === undefined
+          ? ''
+          : `instance ${fmt(cpu.instanceCpus)} CPUs, throttled in ${fmt(round((cpu.instanceThrottledShare ?? 0) * 100, 0))}% of its periods; `
+      parts.push(`${name} runs: ${proxy}${instance}autocannon ${fmt(cpu.loadGeneratorCpus)} CPUs`)
+    }
+    describe('gateway', at('gateway'))
+    describe('nginx', at('nginx'))
+    describe('direct', at('direct'))
+    if (!parts.length) continue
+    const gw = at('gateway')?.proxyUsPerRequest
+    const ng = at('nginx')?.proxyUsPerRequest
+    const ratio =
+      gw !== undefined && ng !== undefined && ng > 0
+        ? ` The gateway spends ${round(gw / ng, 1)}x nginx's CPU per request.`
+        : ''
+    out.push(`${c} connection${c === 1 ? '' : 's'}: ${parts.join('. ')}.${ratio}`)
+  }
+  return out
+}
+
 const suffix = (u: TargetResult['unit']) => (u === 'ms' ? ' ms' : u === 'x' ? 'x' : u === '%' ? '%' : '')
 const fmt = (v: number | null | undefined, unit = '') =>
   v === null || v === undefined || !Number.isFinite(v) ? '-' : `${v}${unit}`
@@ -255,13 +294,27 @@ export function renderMarkdown(r: BenchResult): string {
       '',
       `${s.function}, one instance (${s.instanceCpus ?? '?'} CPU quota); autocannon, ${Number(r.settings.warmRounds ?? 1)} rounds of ${String(r.settings.warmDurationS)} s per target after ${String(r.settings.warmupS)} s untimed, targets interleaved; nginx ${s.nginxVersion} with ${s.nginxWorkers} worker(s). Instances after the runs: ${s.instancesAfter}.`,
       '',
-      '| connections | target | p50 ms | p99 ms | req/s | errors |',
-      '|---|---|---|---|---|---|',
+      '| connections | target | p50 ms | p99 ms | req/s | errors | proxy CPUs | proxy us/request | instance CPUs | instance throttled |',
+      '|---|---|---|---|---|---|---|---|---|---|',
       ...r.warm.map(
-        (w) => `| ${w.connections} | ${w.target} | ${w.p50Ms} | ${w.p99Ms} | ${w.rps} | ${w.errors} |`,
+        (w) =>
+          `| ${w.connections} | ${w.target} | ${w.p50Ms} | ${w.p99Ms} | ${w.rps} | ${w.errors} | ${fmt(w.cpu?.proxyCpus)} | ${fmt(w.cpu?.proxyUsPerRequest)} | ${fmt(w.cpu?.instanceCpus)} | ${w.cpu?.instanceThrottledShare === undefined ? '-' : `${round(w.cpu.instanceThrottledShare * 100, 0)}%`} |`,
       ),
       '',
     )
+    const profile = warmProfile(r)
+    if (profile.length)
+      lines.push(
+        '## Where the warm-path CPU goes',
+        '',
+        "CPU used during the timed runs, from /proc and the instance's cgroup (bench/cpu.ts), averaged " +
+          'over the rounds. The gateway is one Node process: near 1 CPU it is the bottleneck. An instance ' +
+          'throttled in most of its periods is held to its CPU quota, which then bounds that path ' +
+          "(bench/README.md, Profiles: the gateway's warm path).",
+        '',
+        ...profile.map((l) => `- ${l}`),
+        '',
+      )
   }
   lines.push('## Method', '', ...r.method.map((l) => `- ${l}`), '')
   return lines.join('\n')

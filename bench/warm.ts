@@ -8,6 +8,7 @@
  */
 import autocannon from 'autocannon'
 import type { InstanceAddress } from '../shared/contracts.ts'
+import { cpuMeter, findInstanceCgroup, type RunCpu } from './cpu.ts'
 import { percentile, round } from './env.ts'
 import { startNginx } from './nginx.ts'
 import { probe } from './probe.ts'
@@ -35,6 +36,45 @@ export interface WarmRow {
    * later answer from an earlier request; far above 1 means the latencies of this row are inflated.
    */
   readonly busyRatio: number
+  /** Where the CPU went during the timed runs (bench/cpu.ts). */
+  readonly cpu?: WarmCpu
+}
+
+export interface WarmCpu {
+  /** CPUs the proxy (gateway or nginx, with its workers) used on average; absent for direct. */
+  readonly proxyCpus?: number
+  /** The proxy's CPU time per request, microseconds. */
+  readonly proxyUsPerRequest?: number
+  /** CPUs the load generator (autocannon, in the benchmark's process) used. */
+  readonly loadGeneratorCpus: number
+  /** CPUs the instance used, and the share of its CPU periods that its quota throttled (0..1). */
+  readonly instanceCpus?: number
+  readonly instanceThrottledShare?: number
+}
+
+/** The CPU figures of a row from its runs: time-weighted over the rounds. */
+export function warmCpu(runs: readonly RunCpu[], requests: number): WarmCpu {
+  const sum = (pick: (r: RunCpu) => number | undefined) => {
+    const values = runs.map(pick)
+    return values.some((v) => v === undefined) ? undefined : values.reduce((a: number, v) => a + v!, 0)
+  }
+  const seconds = sum((r) => r.seconds) ?? 0
+  const proxyS = sum((r) => r.proxyS)
+  const instanceS = sum((r) => r.instanceS)
+  const periods = sum((r) => r.periods)
+  const throttled = sum((r) => r.throttled)
+  const perSecond = (v: number) => round(seconds > 0 ? v / seconds : 0, 2)
+  return {
+    ...(proxyS !== undefined ? { proxyCpus: perSecond(proxyS) } : {}),
+    ...(proxyS !== undefined && requests > 0
+      ? { proxyUsPerRequest: round((proxyS * 1e6) / requests, 0) }
+      : {}),
+    loadGeneratorCpus: perSecond(sum((r) => r.loadGeneratorS) ?? 0),
+    ...(instanceS !== undefined ? { instanceCpus: perSecond(instanceS) } : {}),
+    ...(periods !== undefined && throttled !== undefined && periods > 0
+      ? { instanceThrottledShare: round(throttled / periods, 2) }
+      : {}),
+  }
 }
 
 export interface WarmResult {
@@ -65,6 +105,7 @@ export interface WarmOptions {
 interface Load {
   readonly latencies: number[]
   readonly result: autocannon.Result
+  readonly cpu?: RunCpu
 }
 
 function load(url: string, connections: number, durationS: number, method: string, body?: string) {
@@ -108,6 +149,14 @@ export async function runWarmPath(
       gateway: `http://127.0.0.1:${stack.port}/fn/${o.fn}${sample.path}`,
       nginx: `http://127.0.0.1:${nginx.port}${sample.path}`,
     }
+    // Found by its listening socket; without it (e.g. no cgroup found) rows have no instance CPU.
+    const cgroup = findInstanceCgroup(address)
+    if (!cgroup) o.progress(`[warm ${o.fn}] instance cgroup not found: no instance CPU figures`)
+    const proxyPids: Record<WarmTarget, number | undefined> = {
+      direct: undefined,
+      gateway: stack.gateway.child.pid,
+      nginx: nginx.pid,
+    }
     const rows: WarmRow[] = []
     for (const connections of o.connections) {
       const runs = new Map<WarmTarget, Load[]>(WARM_TARGETS.map((t) => [t, []]))
@@ -116,8 +165,9 @@ export async function runWarmPath(
           const target = WARM_TARGETS[(i + r) % WARM_TARGETS.length]!
           // Untimed first: JIT, connection pools (the gateway's and nginx's upstream keep-alive).
           await load(urls[target], connections, o.warmupS, sample.method, sample.body)
+          const stop = cpuMeter(proxyPids[target], cgroup)
           const run = await load(urls[target], connections, o.durationS, sample.method, sample.body)
-          runs.get(target)!.push(run)
+          runs.get(target)!.push({ ...run, cpu: stop() })
           o.progress(
             `[warm ${o.fn}] round ${r + 1}/${o.rounds} ${target} c=${connections}: ${round(run.result.requests.average, 0)} req/s`,
           )
@@ -128,6 +178,7 @@ export async function runWarmPath(
         const latencies = done.flatMap((d) => d.latencies)
         const rpsRounds = done.map((d) => round(d.result.requests.average, 0))
         const durationS = done.reduce((a, d) => a + d.result.duration, 0)
+        const requests = done.reduce((a, d) => a + d.result.requests.total, 0)
         const row: WarmRow = {
           target,
           connections,
@@ -135,10 +186,14 @@ export async function runWarmPath(
           p99Ms: round(percentile(latencies, 99), 3),
           rps: round(percentile(rpsRounds, 50), 0),
           rpsRounds,
-          requests: done.reduce((a, d) => a + d.result.requests.total, 0),
+          requests,
           errors: done.reduce((a, d) => a + d.result.errors + d.result.non2xx, 0),
           durationS,
           busyRatio: round(latencies.reduce((a, b) => a + b, 0) / (connections * durationS * 1000), 3),
+          cpu: warmCpu(
+            done.map((d) => d.cpu!),
+            requests,
+          ),
         }
         if (row.busyRatio > 1.1)
           o.progress(
