@@ -5,6 +5,7 @@
  * up. Runs with the function's own restore policy and no pre-started sandbox, as the sample ships.
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
+import { parseServerTiming } from '../test/support/e2e.ts'
 import { percentile, round } from './env.ts'
 import { probe } from './probe.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
@@ -26,9 +27,98 @@ export interface BurstResult {
   readonly maxMs: number
   /** Request sent -> last answer, the whole burst. */
   readonly wallMs: number
+  /** Where the answers' time went, from their Server-Timing (absent in older results). */
+  readonly profile?: BurstProfile
 }
 
-type Outcome = { readonly ttfbMs: number } | { readonly error: string }
+/** The gateway's wait for a slot and the instance's time to response headers, per answer. */
+export interface BurstProfile {
+  readonly waitP50Ms: number
+  readonly waitP99Ms: number
+  readonly upstreamP50Ms: number
+  readonly upstreamP99Ms: number
+  /** Answers from an instance that came up while they waited. */
+  readonly coldAnswers: number
+  /** The first instance: restore enqueued -> ready (queue + sandbox + restore + ready), ms. */
+  readonly firstReadyMs?: number
+  /** The slowest 1% of the answers (at least one): mean time to first byte, wait and upstream. */
+  readonly slowest: {
+    readonly n: number
+    readonly ttfbMs: number
+    readonly waitMs: number
+    readonly upstreamMs: number
+  }
+}
+
+interface Answer {
+  readonly ttfbMs: number
+  readonly waitMs: number
+  readonly upstreamMs: number
+  /** queue + sandbox + restore + ready of the instance, for an answer that waited for it. */
+  readonly readyAfterMs?: number
+}
+
+type Outcome = Answer | { readonly error: string }
+
+/** An answer's part of the profile, from its Server-Timing header. */
+export function answerTiming(ttfbMs: number, serverTiming: string | string[] | undefined): Answer {
+  const t = parseServerTiming(serverTiming)
+  const phases = ['queue', 'sandbox', 'restore', 'ready'].flatMap((p) => {
+    const v = t.get(p)
+    return v === undefined ? [] : [v]
+  })
+  return {
+    ttfbMs,
+    waitMs: t.get('wait') ?? 0,
+    upstreamMs: t.get('upstream') ?? NaN,
+    ...(t.has('cold') && phases.length === 4 ? { readyAfterMs: phases.reduce((a, v) => a + v, 0) } : {}),
+  }
+}
+
+/** The burst's profile from its answers. */
+export function burstProfile(answers: readonly Answer[]): BurstProfile | undefined {
+  if (!answers.length) return undefined
+  const col = (pick: (a: Answer) => number) => answers.map(pick).filter(Number.isFinite)
+  const mean = (xs: readonly number[]) => round(xs.reduce((a, b) => a + b, 0) / xs.length)
+  const slow = [...answers]
+    .sort((a, b) => b.ttfbMs - a.ttfbMs)
+    .slice(0, Math.max(1, Math.ceil(answers.length / 100)))
+  const ready = col((a) => a.readyAfterMs ?? NaN)
+  return {
+    waitP50Ms: round(
+      percentile(
+        col((a) => a.waitMs),
+        50,
+      ),
+    ),
+    waitP99Ms: round(
+      percentile(
+        col((a) => a.waitMs),
+        99,
+      ),
+    ),
+    upstreamP50Ms: round(
+      percentile(
+        col((a) => a.upstreamMs),
+        50,
+      ),
+    ),
+    upstreamP99Ms: round(
+      percentile(
+        col((a) => a.upstreamMs),
+        99,
+      ),
+    ),
+    coldAnswers: ready.length,
+    ...(ready.length ? { firstReadyMs: round(Math.min(...ready)) } : {}),
+    slowest: {
+      n: slow.length,
+      ttfbMs: mean(slow.map((a) => a.ttfbMs)),
+      waitMs: mean(slow.map((a) => a.waitMs)),
+      upstreamMs: mean(slow.map((a) => a.upstreamMs).filter(Number.isFinite)),
+    },
+  }
+}
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -49,14 +139,15 @@ export async function runBurst(
       probe('127.0.0.1', stack.port, { ...sample, path: `/fn/${o.fn}${sample.path}` }, 120_000).then(
         (res): Outcome =>
           res.status === 200 && res.body.includes(sample.contains)
-            ? { ttfbMs: res.ttfbMs }
+            ? answerTiming(res.ttfbMs, res.headers['server-timing'])
             : { error: `HTTP ${res.status}: ${res.body.slice(0, 200)}` },
         (err: unknown): Outcome => ({ error: err instanceof Error ? err.message : String(err) }),
       ),
     ),
   )
   const wallMs = performance.now() - started
-  const ok = results.flatMap((r) => ('ttfbMs' in r ? [r.ttfbMs] : []))
+  const answers = results.flatMap((r) => ('ttfbMs' in r ? [r] : []))
+  const ok = answers.map((a) => a.ttfbMs)
   const errors = results.flatMap((r) => ('error' in r ? [r.error] : []))
   const restores = stack.gateway
     .records(mark)
@@ -77,5 +168,6 @@ export async function runBurst(
     p99Ms: round(percentile(ok, 99)),
     maxMs: round(ok.length ? Math.max(...ok) : NaN),
     wallMs: round(wallMs),
+    ...(answers.length ? { profile: burstProfile(answers)! } : {}),
   }
 }

@@ -105,6 +105,29 @@ test('targets say met or missed, by how much, or not measured', () => {
   const tput = by('warm path: gateway throughput vs nginx, 1 connection (%)')
   assert.deepEqual([tput.value, tput.met], [66.67, true])
   const md = renderMarkdown({ ...result(), targets })
+  assert.doesNotMatch(md, /Where the burst's time goes/)
+  const profiled = renderMarkdown({
+    ...result({
+      burst: {
+        ...result({}).burst!,
+        ...{ function: 'f', requests: 2, errors: 0, errorSamples: [], restores: 1, runtimes: {} },
+        ...{ p50Ms: 1, p99Ms: 2, maxMs: 2, wallMs: 3, singleColdP50Ms: 1, singleColdBasis: 'x' },
+        profile: {
+          ...{
+            waitP50Ms: 1,
+            waitP99Ms: 1,
+            upstreamP50Ms: 1,
+            upstreamP99Ms: 1,
+            coldAnswers: 2,
+            firstReadyMs: 1,
+          },
+          slowest: { n: 1, ttfbMs: 2, waitMs: 1, upstreamMs: 1 },
+        },
+      },
+    }),
+    targets,
+  })
+  assert.match(profiled, /Where the burst's time goes[^]*- The slowest 1% \(1 answer\): 2 ms to first byte/)
   assert.match(md, /\| hello-node cold start \| 90 ms \| <= 80 ms \| \*\*MISSED\*\*, missed by 10 ms/)
   assert.match(md, /\| flask-table \| lazy \(policy\) \| 3 \| 150 \| 300 \| 46\.67x \|/)
 })

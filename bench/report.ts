@@ -217,6 +217,25 @@ export function warmProfile(r: Pick<BenchResult, 'warm'>): string[] {
   return out
 }
 
+/**
+ * Where the burst's time went, from the answers' Server-Timing: the profile of the slow phase the
+ * burst target asks for when it is missed. Empty for results without a profile.
+ */
+export function burstProfileLines(b: NonNullable<BenchResult['burst']>): string[] {
+  const p = b.profile
+  if (!p) return []
+  const rest = round(p.slowest.ttfbMs - p.slowest.waitMs - p.slowest.upstreamMs, 1)
+  return [
+    `The slowest 1% (${p.slowest.n} answer${p.slowest.n === 1 ? '' : 's'}): ${fmt(p.slowest.ttfbMs)} ms to first byte = ` +
+      `waited ${fmt(p.slowest.waitMs)} ms in the gateway for a slot + ${fmt(p.slowest.upstreamMs)} ms upstream ` +
+      `+ ${fmt(rest)} ms outside both (connection, parsing, the way back).`,
+    `The first instance was ready ${fmt(p.firstReadyMs)} ms after its restore was enqueued ` +
+      `(queue + sandbox + restore + ready); ${p.coldAnswers} of ${b.requests - b.errors} answers waited for an instance to come up.`,
+    `All answers: wait p50 ${fmt(p.waitP50Ms)} / p99 ${fmt(p.waitP99Ms)} ms, upstream p50 ${fmt(p.upstreamP50Ms)} / ` +
+      `p99 ${fmt(p.upstreamP99Ms)} ms.`,
+  ]
+}
+
 const suffix = (u: TargetResult['unit']) => (u === 'ms' ? ' ms' : u === 'x' ? 'x' : u === '%' ? '%' : '')
 const fmt = (v: number | null | undefined, unit = '') =>
   v === null || v === undefined || !Number.isFinite(v) ? '-' : `${v}${unit}`
@@ -286,6 +305,15 @@ export function renderMarkdown(r: BenchResult): string {
       '',
       ...(b.errorSamples.length ? [`Errors: ${b.errorSamples.map((e) => `\`${e}\``).join('; ')}`, ''] : []),
     )
+    const profile = burstProfileLines(b)
+    if (profile.length)
+      lines.push(
+        "Where the burst's time goes (each answer's Server-Timing: wait = time in the gateway until a " +
+          'slot on a ready instance, upstream = the instance to response headers):',
+        '',
+        ...profile.map((l) => `- ${l}`),
+        '',
+      )
   }
   if (r.warm.length && r.warmSetup) {
     const s = r.warmSetup
