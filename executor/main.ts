@@ -12,10 +12,19 @@ import { createRedisRegistry } from '../shared/registry.ts'
 import { loadExecutorConfig } from './config.ts'
 import { createHost, createHostInstanceManager } from './host.ts'
 import { createReaper, reconcile, snapshotUsage } from './reaper.ts'
+import { lockStateDir } from './state-lock.ts'
 import { createRestoreWorker } from './worker.ts'
 
 const config = loadExecutorConfig(process.env)
 const logger = createLogger({ level: config.INITLESS_LOG_LEVEL, name: 'executor' })
+// Before anything touches the state dir: reconciling it under a running executor would tear that
+// executor's instances down (state-lock.ts).
+const stateLock = await lockStateDir(config.INITLESS_STATE_DIR, { hostId: config.hostId }).catch(
+  (err: unknown) => {
+    logger.fatal({ code: (err as { code?: unknown }).code, err: errorMessage(err) }, 'cannot start')
+    process.exit(1)
+  },
+)
 const host = createHost(config, logger)
 const redis = createRedis(config.INITLESS_REDIS_URL, { name: 'initless-executor' })
 redis.on('error', (err: Error) => logger.debug({ err: err.message }, 'redis connection error'))
@@ -154,6 +163,7 @@ function shutdown(signal: string): Promise<void> {
       ['docker templates', () => host.runtimes.docker.discard()],
       ['subscription', () => subscription.close()],
       ['redis', () => redis.quit()],
+      ['state dir lock', () => stateLock.release()],
     ]
     for (const [name, step] of steps) {
       await step().catch((err: unknown) =>

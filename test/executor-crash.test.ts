@@ -192,4 +192,33 @@ describe('executor process: kill -9 and restart', () => {
     await stop(second, 'SIGTERM')
     assert.deepEqual(resources(), NO_LEAKS)
   })
+
+  test('a second executor on the same state dir refuses to start and leaves the first one alone', async (t) => {
+    if (!requireServices(t) || !queue) return
+    const first = startExecutor()
+    await waitLog(/"msg":"functions prepared"/, 120_000)
+    const id = await enqueue('lazy')
+    const result = await jobResult(id, 60_000)
+
+    // Without the lock it would reconcile the dir: kill the instance's lazy-pages daemon, remove
+    // its namespace, mount and cgroup.
+    const second = startExecutor()
+    const code = await new Promise<number | null>((resolve) => second.once('exit', resolve))
+    const log = logs[logs.length - 1]!
+    assert.equal(code, 1)
+    assert.match(
+      log,
+      new RegExp(
+        `"code":"ERR_STATE_DIR_IN_USE".*is in use by another executor \\(pid ${first.pid}, host id ${env.INITLESS_HOST_ID}`,
+      ),
+    )
+    assert.doesNotMatch(log, /"msg":"reconciled"/)
+
+    const res = await httpOnce(result.address.host, result.address.port, '/')
+    assert.match(res.body, /^hello \d+\n$/)
+    assert.equal((await registry!.get('py-ok', id))?.state, 'ready')
+    await stop(first, 'SIGTERM')
+    assert.equal(first.exitCode, 0)
+    assert.deepEqual(resources(), NO_LEAKS)
+  })
 })
