@@ -84,31 +84,12 @@ export function burstProfile(answers: readonly Answer[]): BurstProfile | undefin
     .sort((a, b) => b.ttfbMs - a.ttfbMs)
     .slice(0, Math.max(1, Math.ceil(answers.length / 100)))
   const ready = col((a) => a.readyAfterMs ?? NaN)
+  const at = (pick: (a: Answer) => number, p: number) => round(percentile(col(pick), p))
   return {
-    waitP50Ms: round(
-      percentile(
-        col((a) => a.waitMs),
-        50,
-      ),
-    ),
-    waitP99Ms: round(
-      percentile(
-        col((a) => a.waitMs),
-        99,
-      ),
-    ),
-    upstreamP50Ms: round(
-      percentile(
-        col((a) => a.upstreamMs),
-        50,
-      ),
-    ),
-    upstreamP99Ms: round(
-      percentile(
-        col((a) => a.upstreamMs),
-        99,
-      ),
-    ),
+    waitP50Ms: at((a) => a.waitMs, 50),
+    waitP99Ms: at((a) => a.waitMs, 99),
+    upstreamP50Ms: at((a) => a.upstreamMs, 50),
+    upstreamP99Ms: at((a) => a.upstreamMs, 99),
     coldAnswers: ready.length,
     ...(ready.length ? { firstReadyMs: round(Math.min(...ready)) } : {}),
     slowest: {
