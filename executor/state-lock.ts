@@ -8,7 +8,9 @@
  * The lock is an abstract unix socket named after the state dir's real path: the kernel frees it
  * when its holder exits, however it exits (no stale lock file to judge), and it holds across PID
  * namespaces. Abstract names belong to a network namespace; every executor runs in the host's,
- * where its bridge is. The holder answers each connection with who it is, for the refusal.
+ * where its bridge is. Function code never does (each instance has its own namespace), so it can
+ * neither take nor answer for the lock; a process on the host itself could, as it could signal the
+ * executor. The holder answers each connection with who it is, for the refusal.
  */
 import { createHash } from 'node:crypto'
 import { mkdir, realpath } from 'node:fs/promises'
