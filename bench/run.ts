@@ -276,8 +276,8 @@ const partial: Omit<BenchResult, 'targets'> = {
     'Runtimes are forced per run with the gateway start override (PUT /admin/functions/<fn>/runtime {runtime, noPool}); lazy+pool = lazy with the pre-started sandbox, every other runtime bypasses the pool (noPool). Each run is checked: registry runtime, executor "instance ready" pooled flag, Server-Timing "cold", answer body.',
     'Before every cold request the function is scaled to zero (POST /admin/functions/<fn>/scale {instances:0}) and the bench waits until no registry record, restored process, runc container or Docker container of it is left, then settles.',
     'Time to first byte: node:http request on a fresh connection (agent: false), sent -> the response event. One untimed round per function first; runtimes interleaved in a random order per round.',
-    'Burst: all requests at once, each on its own connection, no override but noPool (the restore policy, as the samples ship with poolSize 0).',
-    'Warm path: autocannon (library) per target after an untimed run, in rounds with the targets in a rotated order; latency percentiles from every response time of all rounds (float ms), req/s = median over the rounds of autocannon requests.average.',
+    "Burst: all requests at once, each on its own connection, no override but noPool (the restore policy, as the samples ship with poolSize 0); each answer's Server-Timing (wait, upstream, the instance's phases) gives the burst's profile.",
+    "Warm path: autocannon (library) per target after an untimed run, in rounds with the targets in a rotated order; latency percentiles from every response time of all rounds (float ms), req/s = median over the rounds of autocannon requests.average; CPU of the proxy's processes, of this process (autocannon) and of the instance's cgroup (usage, CFS throttling) read from /proc and the cgroup files before and after each timed run.",
     'ratioToBoot = boot p50 / runtime p50. Targets on the runtime the restore policy picks (policyRuntimes).',
   ],
 }

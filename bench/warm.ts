@@ -149,7 +149,7 @@ export async function runWarmPath(
       gateway: `http://127.0.0.1:${stack.port}/fn/${o.fn}${sample.path}`,
       nginx: `http://127.0.0.1:${nginx.port}${sample.path}`,
     }
-    // Found by its listening socket; without it (e.g. no cgroup found) rows have no instance CPU.
+    // Found by the network namespace that owns the instance's address; without it, no instance CPU.
     const cgroup = findInstanceCgroup(address)
     if (!cgroup) o.progress(`[warm ${o.fn}] instance cgroup not found: no instance CPU figures`)
     const proxyPids: Record<WarmTarget, number | undefined> = {
