@@ -9,6 +9,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
+import { lockStateDir } from '../executor/state-lock.ts'
 import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
 import { InitlessError } from '../shared/errors.ts'
 import { selectFunctions } from '../shared/functions.ts'
@@ -87,11 +88,19 @@ export function registerServeCommands(program: Command, io: CliIo): void {
     .description('build and bake every function, then run the executor and the gateway until Ctrl-C')
     .option('--no-bake', 'serve without baking first (functions are baked on their first request)')
     .action(async (opts: { bake: boolean }) => {
+      // Refuse before building and baking when an executor already serves this state dir, and
+      // keep one from starting on it meanwhile (its reconciliation would remove the bake's
+      // sandbox). Released just before our executor starts and takes it.
+      const config = loadExecutorConfig(process.env)
+      const lock = await lockStateDir(config.INITLESS_STATE_DIR, {
+        hostId: `${config.hostId} (initless up, preparing)`,
+      })
       const ctx = await openHost()
       for (const p of ctx.set.problems) io.progress(`warning: ${p.error.message}`)
       const fns = [...ctx.set.functions]
       await buildFunctions(ctx, fns, io)
       if (opts.bake) await bakeFunctions(ctx, fns, io)
+      await lock.release()
       const children = [
         startProcess('executor', 'executor/main.ts', io),
         startProcess('gateway', 'gateway/main.ts', io),

@@ -123,6 +123,14 @@ describe('initless CLI commands', () => {
       await new Promise((r) => setTimeout(r, 200))
     }
 
+    // A second `up` on the same state dir stops before building anything: the executor holds it.
+    const second = await cli(['up'], 1)
+    assert.match(
+      second.stderr,
+      /^initless: state dir \S+ is in use by another executor \(pid \d+, host id cli-/m,
+    )
+    assert.doesNotMatch(second.stderr + second.stdout, /building image/)
+
     const cold = JSON.parse((await cli(['--json', 'invoke', 'hello-node', '/'])).stdout) as {
       status: number
       body: string
