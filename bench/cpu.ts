@@ -12,6 +12,7 @@ import {
   hierarchyWith,
   parseCgroupLayout,
   SANDBOX_CGROUP_PARENT,
+  sandboxCgroupProcs,
   type CgroupLayout,
 } from '../executor/cgroups.ts'
 
@@ -108,23 +109,7 @@ export function findInstanceCgroup(
   const cpuHierarchy = layout.v2 ? '' : hierarchyWith(layout, 'cpu')
   const acctHierarchy = layout.v2 ? '' : hierarchyWith(layout, 'cpuacct')
   if (cpuHierarchy === undefined || acctHierarchy === undefined) return undefined
-  const parent = join(CGROUP_ROOT, cpuHierarchy, SANDBOX_CGROUP_PARENT)
-  let names: string[]
-  try {
-    names = readdirSync(parent, { withFileTypes: true })
-      .filter((e) => e.isDirectory())
-      .map((e) => e.name)
-  } catch {
-    return undefined
-  }
-  for (const name of names) {
-    const dir = join(parent, name)
-    let pids: string[]
-    try {
-      pids = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)
-    } catch {
-      continue
-    }
+  for (const { name, pids } of sandboxCgroupProcs()) {
     const pid = pids[0]
     if (pid === undefined) continue
     // Every sandbox has its own network namespace: its address, and a socket on the port in it.
@@ -134,6 +119,7 @@ export function findInstanceCgroup(
     } catch {
       continue // gone meanwhile
     }
+    const dir = join(CGROUP_ROOT, cpuHierarchy, SANDBOX_CGROUP_PARENT, name)
     const acctDir = join(CGROUP_ROOT, acctHierarchy, SANDBOX_CGROUP_PARENT, name)
     return {
       dir,

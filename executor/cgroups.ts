@@ -272,24 +272,41 @@ export function rootMount(pid: number): string {
 }
 
 /**
- * Ids of the sandbox cgroups (children of `parent`) holding a process whose root is an overlay
- * under `stateDir`: the instances of that state dir still running. For tests, benchmarks and
- * diagnostics (synchronous, reads /proc), not the request path.
+ * The sandbox cgroups (children of `parent`) and the pids in each, from the pids hierarchy (v1) or
+ * the unified one (v2); a cgroup gone meanwhile is left out. For tests, benchmarks and diagnostics
+ * (synchronous, reads /sys), not the request path.
  */
-export function instanceCgroupsIn(stateDir: string, parent = SANDBOX_CGROUP_PARENT): string[] {
+export function sandboxCgroupProcs(parent = SANDBOX_CGROUP_PARENT): { name: string; pids: number[] }[] {
   const dir = [join(CGROUP_ROOT, 'pids', parent), join(CGROUP_ROOT, parent)].find((d) => existsSync(d))
   if (!dir) return []
-  const out: string[] = []
+  const out: { name: string; pids: number[] }[] = []
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     if (!e.isDirectory()) continue
     try {
       const pids = readFileSync(join(dir, e.name, 'cgroup.procs'), 'utf8')
         .split('\n')
         .filter(Boolean)
-      if (pids.some((pid) => rootMount(Number(pid)).includes(`=${stateDir}/`))) out.push(e.name)
+      out.push({ name: e.name, pids: pids.map(Number) })
     } catch {
       // gone meanwhile
     }
   }
   return out
+}
+
+/**
+ * Ids of the sandbox cgroups (children of `parent`) holding a process whose root is an overlay
+ * under `stateDir`: the instances of that state dir still running. For tests, benchmarks and
+ * diagnostics (synchronous, reads /proc), not the request path.
+ */
+export function instanceCgroupsIn(stateDir: string, parent = SANDBOX_CGROUP_PARENT): string[] {
+  return sandboxCgroupProcs(parent)
+    .filter(({ pids }) => {
+      try {
+        return pids.some((pid) => rootMount(pid).includes(`=${stateDir}/`))
+      } catch {
+        return false // gone meanwhile
+      }
+    })
+    .map(({ name }) => name)
 }
