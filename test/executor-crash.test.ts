@@ -203,7 +203,8 @@ describe('executor process: kill -9 and restart', () => {
     // Without the lock it would reconcile the dir: kill the instance's lazy-pages daemon, remove
     // its namespace, mount and cgroup.
     const second = startExecutor()
-    const code = await new Promise<number | null>((resolve) => second.once('exit', resolve))
+    // 'close', not 'exit': the log is read below, and 'exit' may come before all of it was.
+    const code = await new Promise<number | null>((resolve) => second.once('close', resolve))
     const log = logs[logs.length - 1]!
     assert.equal(code, 1)
     assert.match(

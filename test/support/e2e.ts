@@ -68,6 +68,8 @@ export function startProcess(name: string, script: string, env: Record<string, s
   const exited = new Promise<Exit>((resolve) =>
     child.once('exit', (code, signal) => resolve((exit = { code, signal }))),
   )
+  // 'exit' may come before the last of the output has been read; 'close' comes after it.
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()))
   const records = (from = 0): LogRecord[] => {
     const out: LogRecord[] = []
     for (const line of text.slice(from).split('\n')) {
@@ -92,10 +94,16 @@ export function startProcess(name: string, script: string, env: Record<string, s
       for (;;) {
         const found = records(from).find(match)
         if (found) return found
-        if (exit)
+        if (exit) {
+          // Its last lines may still be on their way (bounded: a child of its own could hold
+          // the pipe open).
+          await Promise.race([closed, delay(2_000)])
+          const last = records(from).find(match)
+          if (last) return last
           throw new Error(
             `${name} exited (${exit.code ?? exit.signal}) while waiting for a log line:\n${tail(text, 60)}`,
           )
+        }
         if (Date.now() > deadline)
           throw new Error(`${name}: no matching log line within ${timeoutMs} ms:\n${tail(text, 60)}`)
         await delay(100)
@@ -109,6 +117,7 @@ export function startProcess(name: string, script: string, env: Record<string, s
         const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
         const result = await exited
         clearTimeout(timer)
+        await Promise.race([closed, delay(2_000)]) // its last lines, for whoever reads them next
         return result
       })()
       return stopping
