@@ -88,7 +88,11 @@ test('an address handed to a new namespace right after its previous one is gone 
     for (const [i, name] of names.entries()) {
       const ns = await host.network.create(name, ip)
       if (i > 0)
-        assert.match(await neighbour(ip), new RegExp(`lladdr ${macFor(ip)}`), 'the previous entry is still cached')
+        assert.match(
+          await neighbour(ip),
+          new RegExp(`lladdr ${macFor(ip)}`),
+          'the previous entry is still cached',
+        )
       await serveOnce(ns.name)
       // Well under the 5 s before the kernel would even re-check a stale ARP entry.
       assert.equal(await answer(ip, 2_000), 'ok', name)
