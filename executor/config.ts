@@ -5,6 +5,8 @@
 import { availableParallelism, hostname } from 'node:os'
 import { z } from 'zod'
 import { commonEnvSchema, envBool, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
+import { InitlessError } from '../shared/errors.ts'
+import { subnetHas } from '../shared/subnet.ts'
 
 export const executorEnvSchema = commonEnvSchema.extend({
   /** Identity of this host in the registry; defaults to the machine's hostname. */
@@ -33,6 +35,14 @@ export const executorEnvSchema = commonEnvSchema.extend({
     .string()
     .regex(/^\d+\.\d+\.\d+\.\d+\/\d+$/, 'expected an IPv4 CIDR')
     .default('10.213.0.0/16'),
+  /**
+   * Several hosts: the IPv4 address other hosts reach this one at. Announced with this host's
+   * subnet in its heartbeat; the other executors route the subnet to it (executor/peers.ts).
+   */
+  INITLESS_ADVERTISE_ADDRESS: z
+    .string()
+    .regex(/^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)$/, 'expected an IPv4 address')
+    .optional(),
   INITLESS_BASE_IMAGE: z.string().default('initless/debian:bookworm'),
   /**
    * `auto` restores lazily from this snapshot size up, eagerly below. bench/results (2026-11-29):
@@ -66,5 +76,12 @@ export interface ExecutorConfig extends ExecutorEnv {
 
 export function loadExecutorConfig(env: Record<string, string | undefined>): Readonly<ExecutorConfig> {
   const parsed = parseEnv(executorEnvSchema, env)
+  const advertise = parsed.INITLESS_ADVERTISE_ADDRESS
+  if (advertise && subnetHas(parsed.INITLESS_SUBNET, advertise)) {
+    const problem = `  INITLESS_ADVERTISE_ADDRESS: ${advertise} is inside INITLESS_SUBNET ${parsed.INITLESS_SUBNET}: it must be this host's own address, which other hosts reach`
+    throw new InitlessError('ERR_CONFIG_INVALID', `invalid configuration:\n${problem}`, {
+      details: { problems: [problem] },
+    })
+  }
   return Object.freeze({ ...parsed, hostId: parsed.INITLESS_HOST_ID ?? hostname() })
 }

@@ -3,14 +3,16 @@
  * registry and the BullMQ worker, reconciles what a previous run left, prepares every function
  * (image, snapshot, pool) and serves restore jobs until SIGINT/SIGTERM.
  */
-import { HEARTBEAT_INTERVAL_MS } from '../shared/contracts.ts'
-import { errorMessage } from '../shared/errors.ts'
+import { HEARTBEAT_INTERVAL_MS, type ExecutorHeartbeat } from '../shared/contracts.ts'
+import { errorMessage, InitlessError } from '../shared/errors.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { canonicalCidr } from '../shared/subnet.ts'
 import { loadExecutorConfig } from './config.ts'
 import { createHost, createHostInstanceManager } from './host.ts'
+import { createPeerRouter, networkIdentity } from './peers.ts'
 import { createReaper, reconcile, snapshotUsage } from './reaper.ts'
 import { lockStateDir } from './state-lock.ts'
 import { createRestoreWorker } from './worker.ts'
@@ -34,6 +36,32 @@ const set = await loadFunctionDefs(config.INITLESS_FUNCTIONS_DIR)
 for (const p of set.problems)
   logger.error({ fn: p.name, file: p.file, err: p.error.message }, 'function skipped')
 const functions: readonly FunctionDef[] = set.functions
+
+// This host's heartbeat; the first one claims the subnet before any address is handed out from it.
+const subnet = canonicalCidr(config.INITLESS_SUBNET)
+const network = await networkIdentity()
+const heartbeat = (): ExecutorHeartbeat => ({
+  hostId: config.hostId,
+  at: Date.now(),
+  pid: process.pid,
+  functions: functions.map((f) => f.name),
+  subnet,
+  network,
+  ...(config.INITLESS_ADVERTISE_ADDRESS ? { address: config.INITLESS_ADVERTISE_ADDRESS } : {}),
+})
+const subnetInUse = (holder: ExecutorHeartbeat) =>
+  new InitlessError(
+    'ERR_SUBNET_IN_USE',
+    `INITLESS_SUBNET ${subnet} overlaps ${holder.subnet} of host ${holder.hostId} (pid ${holder.pid}, ` +
+      `last heartbeat ${Date.now() - holder.at} ms ago): every host needs a subnet of its own`,
+  )
+const holder = await registry.beat(heartbeat())
+if (holder) {
+  const err = subnetInUse(holder)
+  logger.fatal({ code: err.code, err: err.message }, 'cannot start')
+  await stateLock.release()
+  process.exit(1)
+}
 
 const instances = createHostInstanceManager(host, {
   hostId: config.hostId,
@@ -66,15 +94,27 @@ const worker = createRestoreWorker({
 })
 
 const timers: NodeJS.Timeout[] = []
-const beat = () =>
-  registry
-    .beat({
-      hostId: config.hostId,
-      at: Date.now(),
-      pid: process.pid,
-      functions: functions.map((f) => f.name),
-    })
-    .catch((err: unknown) => logger.debug({ err: errorMessage(err) }, 'heartbeat failed'))
+const peers = createPeerRouter({ run: host.run, self: { hostId: config.hostId, subnet }, logger })
+if (config.INITLESS_ADVERTISE_ADDRESS) await peers.openForwarding()
+let syncing = false
+const beat = async () => {
+  try {
+    const other = await registry.beat(heartbeat())
+    // Only after a silence longer than EXECUTOR_FRESH_MS (Redis out of reach) can another host
+    // have claimed the subnet since this one started: both now hand out the same addresses.
+    if (other)
+      logger.error({ code: 'ERR_SUBNET_IN_USE', err: subnetInUse(other).message }, 'heartbeat refused')
+  } catch (err) {
+    logger.debug({ err: errorMessage(err) }, 'heartbeat failed')
+  }
+  if (syncing) return
+  syncing = true
+  await registry
+    .executors()
+    .then((all) => peers.sync(all, Date.now()))
+    .catch((err: unknown) => logger.warn({ err: errorMessage(err) }, 'routes to peers not synced'))
+    .finally(() => (syncing = false))
+}
 void beat()
 timers.push(setInterval(() => void beat(), HEARTBEAT_INTERVAL_MS))
 
@@ -161,6 +201,7 @@ function shutdown(signal: string): Promise<void> {
       ['instances', () => instances.stopAll('executor shutdown')],
       // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
       ['docker templates', () => host.runtimes.docker.discard()],
+      ['forwarding rules', () => peers.closeForwarding()],
       ['subscription', () => subscription.close()],
       ['redis', () => redis.quit()],
       ['state dir lock', () => stateLock.release()],

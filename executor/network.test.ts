@@ -1,58 +1,9 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import { InitlessError } from '../shared/errors.ts'
-import type { CommandRunner, RunOptions, RunResult } from './exec.ts'
-import {
-  createNetworkManager,
-  formatIp,
-  gatewayIp,
-  IpAllocator,
-  macFor,
-  parseCidr,
-  vethName,
-} from './network.ts'
+import { fakeRunner } from './exec-fake.ts'
+import { createNetworkManager, gatewayIp, IpAllocator, macFor, vethName } from './network.ts'
 import type { HelperRequest, SandboxHelper, SandboxHelpers } from './sandbox-helper.ts'
-
-describe('parseCidr', () => {
-  const valid: Array<[string, string, number]> = [
-    ['10.213.0.0/16', '10.213.0.0', 16],
-    ['10.213.0.1/16', '10.213.0.0', 16], // host bits are dropped
-    ['10.213.77.9/24', '10.213.77.0', 24],
-    ['192.168.1.5/30', '192.168.1.4', 30],
-    ['172.16.255.255/12', '172.16.0.0', 12],
-    ['10.255.255.255/8', '10.0.0.0', 8],
-    ['255.255.255.255/30', '255.255.255.252', 30],
-  ]
-  for (const [cidr, base, bits] of valid) {
-    test(`${cidr} -> ${base}/${bits}`, () => {
-      const c = parseCidr(cidr)
-      assert.equal(formatIp(c.base), base)
-      assert.equal(c.bits, bits)
-    })
-  }
-
-  const invalid = [
-    '10.0.0.0/7',
-    '10.0.0.0/31',
-    '10.0.0.0/32',
-    '256.0.0.0/16',
-    '10.0.0.300/24',
-    '10.0.0/16',
-    '10.0.0.0',
-    '10.0.0.0/',
-    '10.0.0.0/16 ',
-    'a.b.c.d/16',
-    '::1/64',
-    '',
-  ]
-  for (const cidr of invalid) {
-    test(`'${cidr}' is rejected`, () => {
-      assert.throws(() => parseCidr(cidr), {
-        message: `invalid subnet '${cidr}': expected an IPv4 CIDR between /8 and /30`,
-      })
-    })
-  }
-})
 
 test('gatewayIp is the first host address of the subnet', () => {
   assert.equal(gatewayIp('10.213.0.0/16'), '10.213.0.1')
@@ -142,28 +93,6 @@ describe('vethName', () => {
     assert.notEqual(vethName('initless-ab'), vethName('initless-ba'))
   })
 })
-
-interface Call {
-  readonly cmd: string
-  readonly args: readonly string[]
-  readonly options: RunOptions | undefined
-}
-
-/** A CommandRunner that records calls and answers from `answer` (default: exit 0, no output). */
-function fakeRunner(answer?: (call: Call, index: number) => Partial<RunResult> | Error | undefined): {
-  run: CommandRunner
-  calls: Call[]
-} {
-  const calls: Call[] = []
-  const run: CommandRunner = async (cmd, args, options) => {
-    const call = { cmd, args: [...args], options }
-    calls.push(call)
-    const a = answer?.(call, calls.length - 1)
-    if (a instanceof Error) throw a
-    return { code: 0, stdout: '', stderr: '', ms: 1, ...a }
-  }
-  return { run, calls }
-}
 
 const settings = { bridge: 'initless0', subnet: '10.213.0.0/16' }
 

@@ -6,13 +6,15 @@
  * (`/var/run/netns/initless-<id>`) with a veth pair: `eth0` inside, `ilv<id>` on the bridge, one
  * address from the subnet and a default route via the bridge. The bridge's own MAC is fixed
  * (macFor of its address), never the lowest of its ports' as Linux would pick. The gateway on the
- * same host reaches instances directly over the bridge; the subnet is never routed off the host.
+ * same host reaches instances directly over the bridge; gateways on other hosts through the routes
+ * the executors keep to each other's subnets (peers.ts).
  * `eth0`'s MAC is derived from its address (macFor), as Docker does: addresses are reused, and the
  * host's ARP cache keeps a freed address's MAC for 15-45 s. Two restores must never share a
  * namespace: both would bind the port and one would silently shadow the other.
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
+import { formatIp, parseCidr, type Cidr } from '../shared/subnet.ts'
 import type { CommandRunner } from './exec.ts'
 import type { SandboxHelpers } from './sandbox-helper.ts'
 
@@ -40,26 +42,6 @@ export interface NetworkManager {
 }
 
 export const NETNS_DIR = '/var/run/netns'
-
-interface Cidr {
-  readonly base: number
-  readonly bits: number
-}
-
-export function parseCidr(cidr: string): Cidr {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr)
-  const octets = m ? m.slice(1, 5).map(Number) : []
-  const bits = m ? Number(m[5]) : NaN
-  if (!m || octets.some((o) => o > 255) || bits < 8 || bits > 30) {
-    throw new Error(`invalid subnet '${cidr}': expected an IPv4 CIDR between /8 and /30`)
-  }
-  const ip = octets.reduce((acc, o) => acc * 256 + o, 0)
-  return { base: ip - (ip % 2 ** (32 - bits)), bits }
-}
-
-export function formatIp(n: number): string {
-  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.')
-}
 
 /**
  * The MAC of the instance that has `ip`: `02:42` (locally administered) then the address's four

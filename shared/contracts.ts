@@ -121,9 +121,27 @@ export interface ExecutorHeartbeat {
   readonly at: number
   readonly pid: number
   readonly functions: readonly string[]
+  /**
+   * The subnet its instances' addresses come from (INITLESS_SUBNET). While its heartbeat is fresh
+   * no other host may claim an overlapping one. Absent from executors older than the claim.
+   */
+  readonly subnet?: string
+  /**
+   * The machine's boot id and the executor's network namespace: executors that share it share the
+   * bridge and the host-wide address leases, so they may share the subnet too (a benchmark or a
+   * CLI bake beside the serving executor).
+   */
+  readonly network?: string
+  /**
+   * Where other hosts reach this host's instance subnet (INITLESS_ADVERTISE_ADDRESS); absent on a
+   * single host. Executors that have one route each other's subnets (executor/peers.ts).
+   */
+  readonly address?: string
 }
 
 export const HEARTBEAT_INTERVAL_MS = 1000
+/** An executor whose last heartbeat is older than this is considered gone (ms). */
+export const EXECUTOR_FRESH_MS = 3 * HEARTBEAT_INTERVAL_MS
 
 /**
  * What gateways learnt about a function's restores and requests (moving averages, ms), kept in

@@ -2,8 +2,15 @@
  * In-memory InstanceRegistry for unit tests. Same semantics as the Redis adapter (checked by the
  * shared cases in test/registry.test.ts), events delivered asynchronously like pub/sub.
  */
-import type { ExecutorHeartbeat, InstanceRecord, RegistryEvent, ScalingEstimates } from './contracts.ts'
+import {
+  EXECUTOR_FRESH_MS,
+  type ExecutorHeartbeat,
+  type InstanceRecord,
+  type RegistryEvent,
+  type ScalingEstimates,
+} from './contracts.ts'
 import { parseScalingEstimates, type InstanceRegistry, type RegistryListener } from './registry.ts'
+import { subnetsOverlap } from './subnet.ts'
 
 export interface FakeRegistry extends InstanceRegistry {
   /** While false every operation rejects, as the Redis adapter does while Redis is down. */
@@ -142,7 +149,21 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
     async beat(heartbeat) {
       await Promise.resolve()
       check()
+      const subnet = heartbeat.subnet
+      const other =
+        subnet === undefined
+          ? undefined
+          : [...heartbeats.values()].find(
+              (h) =>
+                h.hostId !== heartbeat.hostId &&
+                now() - h.at <= EXECUTOR_FRESH_MS &&
+                !(heartbeat.network !== undefined && h.network === heartbeat.network) &&
+                h.subnet !== undefined &&
+                subnetsOverlap(h.subnet, subnet),
+            )
+      if (other) return structuredClone(other)
       heartbeats.set(heartbeat.hostId, structuredClone(heartbeat))
+      return undefined
     },
     async executors() {
       await Promise.resolve()

@@ -10,6 +10,7 @@ import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import {
   EVENTS_CHANNEL,
+  EXECUTOR_FRESH_MS,
   INSTANCE_STATES,
   KEY_PREFIX,
   keys,
@@ -21,6 +22,7 @@ import {
   type RuntimeKind,
   type ScalingEstimates,
 } from './contracts.ts'
+import { subnetRange } from './subnet.ts'
 
 export interface RegistryListener {
   onEvent(event: RegistryEvent): void
@@ -59,7 +61,13 @@ export interface InstanceRegistry {
   /** Record the last time a request was routed to an instance (epoch ms). No event. */
   touch(fn: string, id: string, atMs: number): Promise<void>
   lastUse(fn: string): Promise<Map<string, number>>
-  beat(heartbeat: ExecutorHeartbeat): Promise<void>
+  /**
+   * Record an executor's heartbeat, unless its subnet overlaps the subnet of another host whose
+   * heartbeat is fresh (EXECUTOR_FRESH_MS) and which is not on the same network (same bridge):
+   * that host's heartbeat is returned and nothing is written. Atomic: of two executors claiming
+   * one subnet at once, one gets it.
+   */
+  beat(heartbeat: ExecutorHeartbeat): Promise<ExecutorHeartbeat | undefined>
   executors(): Promise<ExecutorHeartbeat[]>
   /** Publish a function-level event (scale-to-zero) for executors to act on. */
   publish(event: RegistryEvent): Promise<void>
@@ -183,6 +191,37 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1`
 
+// KEYS[1] executors hash. ARGV: hostId, heartbeat JSON, subnet's first and last address (or
+// '' when it has none), now, freshMs, network ('' when unknown). A fresh heartbeat of another
+// host whose subnet overlaps, and that is not on the same network, is returned instead of writing;
+// unreadable entries never block.
+const BEAT = `
+local function range(cidr)
+  if type(cidr) ~= 'string' then return nil end
+  local a, b, c, d, bits = string.match(cidr, '^(%d+)%.(%d+)%.(%d+)%.(%d+)/(%d+)$')
+  if not a then return nil end
+  local ip = ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
+  local size = 2 ^ (32 - tonumber(bits))
+  local first = ip - (ip % size)
+  return first, first + size - 1
+end
+if ARGV[3] ~= '' then
+  local first, last = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if all[i] ~= ARGV[1] then
+      local ok, h = pcall(cjson.decode, all[i + 1])
+      if ok and type(h) == 'table' and type(h.at) == 'number' and tonumber(ARGV[5]) - h.at <= tonumber(ARGV[6])
+        and not (ARGV[7] ~= '' and h.network == ARGV[7]) then
+        local f, l = range(h.subnet)
+        if f and f <= last and first <= l then return all[i + 1] end
+      end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return false`
+
 export interface RedisRegistryDeps {
   readonly redis: Redis
   readonly logger: Logger
@@ -287,7 +326,20 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
       return new Map(Object.entries(hash).map(([id, at]) => [id, Number(at)]))
     },
     async beat(heartbeat) {
-      await redis.hset(k(keys.executors()), heartbeat.hostId, JSON.stringify(heartbeat))
+      const range = heartbeat.subnet === undefined ? undefined : subnetRange(heartbeat.subnet)
+      const other = (await redis.eval(
+        BEAT,
+        1,
+        k(keys.executors()),
+        heartbeat.hostId,
+        JSON.stringify(heartbeat),
+        range?.first ?? '',
+        range?.last ?? '',
+        now(),
+        EXECUTOR_FRESH_MS,
+        heartbeat.network ?? '',
+      )) as string | null
+      return other === null ? undefined : (jsonObject(other) as ExecutorHeartbeat | undefined)
     },
     async executors() {
       const hash = await redis.hgetall(k(keys.executors()))

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict'
 import { after, describe, test } from 'node:test'
-import type { RegistryEvent } from '../shared/contracts.ts'
+import { EXECUTOR_FRESH_MS, type RegistryEvent } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createFakeRegistry } from '../shared/registry-fake.ts'
@@ -171,6 +171,45 @@ for (const impl of impls) {
       await r.reserve('fn-e', 2, 'e2')
       await new Promise((res) => setTimeout(res, 50))
       assert.equal(c.events.length, 2)
+    })
+
+    test('heartbeats claim their subnet: an overlapping one of another live host is refused', async () => {
+      const r = await impl.create()
+      const t = Date.now()
+      const a = { hostId: 'ha', at: t, pid: 1, functions: [], subnet: '10.213.0.0/16', address: '192.0.2.1' }
+      assert.equal(await r.beat(a), undefined)
+      // Another host on an overlapping subnet gets the holder back, and nothing is written.
+      const b = { hostId: 'hb', at: t, pid: 2, functions: ['fn'], subnet: '10.213.128.0/17' }
+      assert.deepEqual(await r.beat(b), a)
+      assert.deepEqual(
+        (await r.executors()).map((h) => h.hostId),
+        ['ha'],
+      )
+      // The holder beats on; a disjoint subnet is taken; a heartbeat without one never conflicts.
+      assert.equal(await r.beat({ ...a, at: t + 1 }), undefined)
+      assert.equal(await r.beat({ ...b, subnet: '10.214.0.0/16' }), undefined)
+      assert.equal(await r.beat({ hostId: 'hc', at: t, pid: 3, functions: [] }), undefined)
+      // Executors on one network (one bridge, one lease dir) share a subnet.
+      const onA = { ...b, hostId: 'ha-bench', subnet: '10.213.0.0/16', network: 'boot-1:net-1' }
+      assert.deepEqual(await r.beat(onA), { ...a, at: t + 1 })
+      assert.equal(await r.beat({ ...a, at: t + 2, network: 'boot-1:net-1' }), undefined)
+      assert.equal(await r.beat(onA), undefined)
+      const other = await r.beat({ ...onA, hostId: 'hx', network: 'boot-1:net-2' })
+      assert.ok(other?.hostId === 'ha' || other?.hostId === 'ha-bench', JSON.stringify(other))
+      // A holder silent for longer than EXECUTOR_FRESH_MS has given its subnet up.
+      assert.equal(await r.beat({ ...onA, at: t - EXECUTOR_FRESH_MS - 1000 }), undefined)
+      assert.equal(await r.beat({ ...a, at: t - EXECUTOR_FRESH_MS - 1000 }), undefined)
+      assert.equal(
+        await r.beat({ hostId: 'hd', at: t, pid: 4, functions: [], subnet: '10.213.0.0/24' }),
+        undefined,
+      )
+      assert.deepEqual((await r.executors()).map((h) => h.hostId).sort(), [
+        'ha',
+        'ha-bench',
+        'hb',
+        'hc',
+        'hd',
+      ])
     })
 
     test('scaling estimates: none, saved, replaced, per function', async () => {

@@ -1,14 +1,11 @@
 /** `/healthz` (the process answers), `/readyz` (Redis and a live executor) and `/metrics`. */
 import { Hono } from 'hono'
-import { HEARTBEAT_INTERVAL_MS } from '../../shared/contracts.ts'
+import { EXECUTOR_FRESH_MS } from '../../shared/contracts.ts'
 import { errorMessage } from '../../shared/errors.ts'
 import type { InstanceRegistry } from '../../shared/registry.ts'
 import type { GatewayMetrics } from '../metrics.ts'
 import { noCapacity } from '../pool-state.ts'
 import type { GatewayEnv } from '../request-context.ts'
-
-/** An executor whose last heartbeat is older than this is not counted (ms). */
-export const EXECUTOR_FRESH_MS = 3 * HEARTBEAT_INTERVAL_MS
 
 export function createHealthRoutes(deps: {
   readonly registry: Pick<InstanceRegistry, 'executors'>

@@ -54,9 +54,18 @@ function tail(text: string, lines: number): string {
   return text.split('\n').slice(-lines).join('\n')
 }
 
-/** Spawn `node --import tsx <script>` from the repo root and collect its output. */
-export function startProcess(name: string, script: string, env: Record<string, string>): ManagedProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, script)], {
+/**
+ * Spawn `node --import tsx <script>` from the repo root and collect its output. `wrap` runs it
+ * through another command that execs it (`nsenter --net=...`: another host's network).
+ */
+export function startProcess(
+  name: string,
+  script: string,
+  env: Record<string, string>,
+  wrap: readonly string[] = [],
+): ManagedProcess {
+  const argv = [...wrap, process.execPath, '--import', 'tsx', join(ROOT, script)]
+  const child = spawn(argv[0]!, argv.slice(1), {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

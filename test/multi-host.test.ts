@@ -1,0 +1,273 @@
+/**
+ * Two hosts on one registry. Host B is a network namespace this test makes (its own bridge and
+ * subnet, a link to the root namespace, Redis reached over that link); host A is the root namespace
+ * with the gateway. B's instance is reachable from A's gateway only through the route A's
+ * executor adds from B's heartbeat; a third executor claiming B's subnet is refused.
+ */
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { createServer, connect, type Server, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, describe, test } from 'node:test'
+import type { InstanceRecord } from '../shared/contracts.ts'
+import { createRedis, deleteKeys } from '../shared/redis.ts'
+import { createRedisRegistry } from '../shared/registry.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { agent, freePort, http, parseServerTiming, startProcess, type ManagedProcess } from './support/e2e.ts'
+import { REDIS_URL, requireServices } from './support/integration.ts'
+import { hostResources, NO_LEAKS } from './support/leaks.ts'
+
+const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
+const HOST_B_NS = 'ilhost-b'
+const LINK_A = '10.212.0.1'
+const LINK_B = '10.212.0.2'
+const SUBNET_A = '10.213.0.0/16'
+const SUBNET_B = '10.214.0.0/16'
+
+const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8' })
+const routes = (ns?: string) =>
+  sh('ip', [...(ns ? ['-n', ns] : []), 'route', 'show', 'proto', '213'])
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+const dockerUserRules = () => {
+  try {
+    return sh('iptables', ['-w', '-S', 'DOCKER-USER'])
+  } catch {
+    return undefined // no Docker chain on this host
+  }
+}
+
+/** Remove host B's namespace (and with it its link, bridge and routes) if it exists. */
+function dropHostB(): void {
+  try {
+    execFileSync('ip', ['netns', 'del', HOST_B_NS], { stdio: 'ignore' })
+  } catch {
+    // not there
+  }
+}
+
+async function until<T>(
+  what: string,
+  get: () => Promise<T> | T,
+  ok: (v: T) => boolean,
+  ms: number,
+): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const v = await get()
+    if (ok(v)) return v
+    if (Date.now() > deadline) throw new Error(`${what}: still ${JSON.stringify(v)} after ${ms} ms`)
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+
+/** Redis as host B sees it: a TCP relay on A's end of the link to the local Redis. */
+async function relayRedis(port: number): Promise<Server> {
+  const target = new URL(REDIS_URL)
+  const sockets = new Set<Socket>()
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port || 6379), target.hostname)
+    for (const s of [client, upstream]) {
+      sockets.add(s)
+      s.on('close', () => sockets.delete(s))
+      s.on('error', () => undefined)
+    }
+    client.pipe(upstream).pipe(client)
+  })
+  server.on('close', () => {
+    for (const s of sockets) s.destroy()
+  })
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, LINK_A, resolve))
+  return server
+}
+
+describe('several hosts', () => {
+  const tag = randomBytes(4).toString('hex')
+  const prefix = `test-hosts-${tag}`
+  const queueName = `test-hosts-${randomUUID()}`
+  const stateA = `/var/lib/initless-test/host-a-${tag}`
+  const stateB = `/var/lib/initless-test/host-b-${tag}`
+  const stateC = `/var/lib/initless-test/host-c-${tag}`
+  const procs: ManagedProcess[] = []
+  let relay: Server | undefined
+  let functionsDir = ''
+
+  after(async () => {
+    for (const p of procs.reverse()) await p.stop('SIGTERM', 60_000)
+    agent.destroy()
+    relay?.close()
+    const redis = createRedis(REDIS_URL, { name: 'initless-hosts-cleanup' })
+    await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`]).finally(() => redis.disconnect())
+    // Peer routes stay when an executor stops (a gateway may still use them): this test's go here.
+    execFileSync('ip', ['route', 'flush', 'proto', '213'])
+    dropHostB()
+    for (const dir of [stateA, stateB, stateC, functionsDir].filter(Boolean))
+      await rm(dir, { recursive: true, force: true })
+  })
+
+  test('a gateway on host A serves an instance on host B through the route its executor added', async (t) => {
+    if (!requireServices(t)) return
+    // Host B: a network namespace linked to the root one.
+    dropHostB()
+    for (const cmd of [
+      `netns add ${HOST_B_NS}`,
+      `link add ilhb-a type veth peer name ilhb-b netns ${HOST_B_NS}`,
+      `addr add ${LINK_A}/30 dev ilhb-a`,
+      'link set ilhb-a up',
+      `-n ${HOST_B_NS} addr add ${LINK_B}/30 dev ilhb-b`,
+      `-n ${HOST_B_NS} link set ilhb-b up`,
+      `-n ${HOST_B_NS} link set lo up`,
+    ])
+      execFileSync('ip', cmd.split(' '))
+    const redisPort = await freePort()
+    relay = await relayRedis(redisPort)
+
+    functionsDir = await mkdtemp(join(tmpdir(), 'initless-hosts-'))
+    await cp(join(FIXTURES, 'py-ok'), join(functionsDir, 'py-hosts'), { recursive: true })
+    const manifest = join(functionsDir, 'py-hosts', 'function.yaml')
+    await writeFile(
+      manifest,
+      (await readFile(manifest, 'utf8')).replace(
+        '  idleTimeout: 2s',
+        '  idleTimeout: 60s\n  minInstances: 1',
+      ),
+    )
+    const common = {
+      INITLESS_QUEUE_NAME: queueName,
+      INITLESS_KEY_PREFIX: prefix,
+      INITLESS_FUNCTIONS_DIR: functionsDir,
+      INITLESS_REAP_INTERVAL: '300ms',
+      INITLESS_LOG_LEVEL: 'info',
+    }
+
+    // Host B first: its reaper starts the function's one instance there.
+    const b = startProcess(
+      'executor-b',
+      'executor/main.ts',
+      {
+        ...common,
+        INITLESS_HOST_ID: `host-b-${tag}`,
+        INITLESS_STATE_DIR: stateB,
+        INITLESS_BRIDGE: 'initlessb0',
+        INITLESS_SUBNET: SUBNET_B,
+        INITLESS_ADVERTISE_ADDRESS: LINK_B,
+        INITLESS_REDIS_URL: `redis://${LINK_A}:${redisPort}`,
+      },
+      ['nsenter', `--net=/run/netns/${HOST_B_NS}`],
+    )
+    procs.push(b)
+    const redis = createRedis(REDIS_URL, { name: 'initless-hosts-test' })
+    t.after(() => redis.disconnect())
+    const registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix })
+    const [onB] = await until(
+      'an instance on host B',
+      () => registry.list('py-hosts'),
+      (l: InstanceRecord[]) => l.length === 1 && l[0]?.state === 'ready',
+      300_000,
+    ).catch((err: Error) => assert.fail(`${err.message}\n${b.output().slice(-3000)}`))
+    assert.equal(onB?.hostId, `host-b-${tag}`)
+    assert.match(onB?.address?.host ?? '', /^10\.214\./)
+    assert.deepEqual(routes(), [], 'no route to host B before host A has an executor')
+
+    // Host A: an executor in the root namespace, and the gateway.
+    const a = startProcess('executor-a', 'executor/main.ts', {
+      ...common,
+      INITLESS_HOST_ID: `host-a-${tag}`,
+      INITLESS_STATE_DIR: stateA,
+      INITLESS_SUBNET: SUBNET_A,
+      INITLESS_ADVERTISE_ADDRESS: LINK_A,
+      INITLESS_REDIS_URL: REDIS_URL,
+    })
+    procs.push(a)
+    await until(
+      'routes both ways',
+      () => [routes(), routes(HOST_B_NS)],
+      ([ra, rb]) => !!ra?.length && !!rb?.length,
+      10_000,
+    ).catch((err: Error) => assert.fail(`${err.message}\n${a.output().slice(-3000)}`))
+    assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
+    assert.deepEqual(routes(HOST_B_NS), [`${SUBNET_A} via ${LINK_A} dev ilhb-b`])
+    const rules = dockerUserRules()
+    if (rules !== undefined) {
+      assert.match(rules, new RegExp(`-A DOCKER-USER -d ${SUBNET_A} .*--comment initless -j ACCEPT`))
+      assert.match(rules, new RegExp(`-A DOCKER-USER -s ${SUBNET_A} .*--comment initless -j ACCEPT`))
+    }
+
+    const port = await freePort()
+    const gateway = startProcess('gateway', 'gateway/main.ts', {
+      ...common,
+      INITLESS_GATEWAY_HOST: '127.0.0.1',
+      INITLESS_GATEWAY_PORT: String(port),
+      INITLESS_ADMIN_TOKEN: randomBytes(24).toString('hex'),
+      INITLESS_REDIS_URL: REDIS_URL,
+    })
+    procs.push(gateway)
+    await until(
+      'gateway ready',
+      () => http(port, 'GET', '/readyz').catch(() => undefined),
+      (r) => r?.status === 200,
+      60_000,
+    )
+    await a.waitForLog((r) => r.msg === 'functions prepared', 300_000)
+
+    const res = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 10_000 })
+    assert.equal(res.status, 200, res.text)
+    assert.ok(parseServerTiming(res.headers['server-timing']).has('warm'), 'served by the instance on host B')
+    assert.deepEqual(
+      (await registry.list('py-hosts')).map((i) => i.id),
+      [onB.id],
+      'no other instance was started',
+    )
+
+    // Scaled to zero, the minimum is started again by whichever executor reserves it first: the
+    // gateway reaches it on either host.
+    const servedBy = new Set<string>()
+    let seen = new Set([onB.id])
+    for (let round = 0; round < 4; round++) {
+      await registry.publish({ type: 'function', fn: 'py-hosts', action: 'scale-to-zero' })
+      const [next] = await until(
+        `round ${round}: a new instance`,
+        () => registry.list('py-hosts'),
+        (l) => l.length === 1 && l[0]!.state === 'ready' && !seen.has(l[0]!.id),
+        60_000,
+      )
+      seen = new Set([...seen, next!.id])
+      servedBy.add(next!.hostId)
+      const again = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 10_000 })
+      assert.equal(again.status, 200, `round ${round} (${next!.hostId}): ${again.text}`)
+    }
+    t.diagnostic(`instances started on ${[...servedBy].join(', ')}`)
+
+    // A third executor on B's subnet, in another network: refused before it touches anything.
+    const c = startProcess('executor-c', 'executor/main.ts', {
+      ...common,
+      INITLESS_HOST_ID: `host-c-${tag}`,
+      INITLESS_STATE_DIR: stateC,
+      INITLESS_SUBNET: '10.214.128.0/17',
+      INITLESS_REDIS_URL: REDIS_URL,
+    })
+    procs.push(c)
+    const refused = await c.waitForLog((r) => r.msg === 'cannot start', 60_000)
+    assert.equal(refused.code, 'ERR_SUBNET_IN_USE')
+    assert.match(String(refused.err), new RegExp(`overlaps ${SUBNET_B} of host host-b-${tag}`))
+    assert.equal((await c.stop()).code, 1)
+    assert.equal(
+      c.records().some((r) => r.msg === 'reconciled'),
+      false,
+    )
+
+    // Stopping A removes its forwarding rules; its peer route stays for this host's gateway.
+    await gateway.stop()
+    await a.stop()
+    if (rules !== undefined)
+      assert.doesNotMatch(dockerUserRules() ?? '', new RegExp(SUBNET_A.replace(/\./g, '\\.')))
+    assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
+    await b.stop()
+    for (const dir of [stateA, stateB])
+      assert.deepEqual(hostResources({ runcRoot: '/run/initless/runc', stateDir: dir }), NO_LEAKS)
+  })
+})
