@@ -97,14 +97,18 @@ const timers: NodeJS.Timeout[] = []
 const peers = createPeerRouter({ run: host.run, self: { hostId: config.hostId, subnet }, logger })
 if (config.INITLESS_ADVERTISE_ADDRESS) await peers.openForwarding()
 let syncing = false
+/** Since when every heartbeat has been recorded (the reaper judges other hosts only after a while). */
+let beatingSince: number | undefined
 const beat = async () => {
   try {
     const other = await registry.beat(heartbeat())
+    beatingSince = other ? undefined : (beatingSince ?? Date.now())
     // Only after a silence longer than EXECUTOR_FRESH_MS (Redis out of reach) can another host
     // have claimed the subnet since this one started: both now hand out the same addresses.
     if (other)
       logger.error({ code: 'ERR_SUBNET_IN_USE', err: subnetInUse(other).message }, 'heartbeat refused')
   } catch (err) {
+    beatingSince = undefined
     logger.debug({ err: errorMessage(err) }, 'heartbeat failed')
   }
   if (syncing) return
@@ -125,6 +129,7 @@ const reaper = createReaper({
   now: Date.now,
   logger,
   hostId: config.hostId,
+  beatingSince: () => beatingSince,
 })
 let reaping = false
 timers.push(
@@ -182,6 +187,15 @@ void (async () => {
 })()
 logger.info({ hostId: config.hostId, functions: functions.map((f) => f.name) }, 'executor started')
 
+/** `promise`, or a rejection after `ms`. */
+function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref()
+  })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
 let shuttingDown: Promise<void> | undefined
 function shutdown(signal: string): Promise<void> {
   shuttingDown ??= (async () => {
@@ -194,16 +208,18 @@ function shutdown(signal: string): Promise<void> {
     // locks lapse and BullMQ hands the jobs to another executor (stalled-job recovery).
     if ((await Promise.race([worker.close(false).then(() => 'done' as const), deadline])) === 'timeout') {
       logger.warn('restores still running at the deadline: handing them back to the queue')
-      await worker.close(true).catch(() => undefined)
+      await within(worker.close(true), 5_000).catch(() => undefined)
     }
+    // With Redis out of reach its steps would wait for it: they get a few seconds, so that the
+    // instances are stopped (and nothing is left) whatever Redis does.
     const steps: [string, () => Promise<unknown>][] = [
       ['min instances', () => Promise.race([reaper.settled(), deadline])],
       ['instances', () => instances.stopAll('executor shutdown')],
       // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
       ['docker templates', () => host.runtimes.docker.discard()],
       ['forwarding rules', () => peers.closeForwarding()],
-      ['subscription', () => subscription.close()],
-      ['redis', () => redis.quit()],
+      ['subscription', () => within(subscription.close(), 5_000)],
+      ['redis', () => within(redis.quit(), 5_000).finally(() => redis.disconnect())],
       ['state dir lock', () => stateLock.release()],
     ]
     for (const [name, step] of steps) {

@@ -3,10 +3,10 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
-import type { ExecutorHeartbeat } from '../shared/contracts.ts'
+import { HOST_GONE_MS, type ExecutorHeartbeat } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { fakeRunner, type Call } from './exec-fake.ts'
-import { createPeerRouter, desiredPeerRoutes, networkIdentity, PEER_ROUTE_STALE_MS } from './peers.ts'
+import { createPeerRouter, desiredPeerRoutes, networkIdentity } from './peers.ts'
 
 const self = { hostId: 'host-a', subnet: '10.213.0.0/16' }
 const NOW = 1_800_000_000_000
@@ -28,7 +28,7 @@ describe('desiredPeerRoutes', () => {
         peer('host-c', '10.215.0.0/16', '192.0.2.3', 2_000),
         peer('host-b', '10.214.9.9/16', '192.0.2.2'),
         peer('host-d', '10.216.0.0/16', undefined), // a single host: nothing to route to
-        peer('host-e', '10.217.0.0/16', '192.0.2.5', PEER_ROUTE_STALE_MS + 1), // gone
+        peer('host-e', '10.217.0.0/16', '192.0.2.5', HOST_GONE_MS + 1), // gone
         peer('host-f', '10.213.128.0/17', '192.0.2.6'), // overlaps this host's own subnet
         peer('host-g', 'garbage', '192.0.2.7'),
         { hostId: 'host-h', at: NOW, pid: 1, functions: [] }, // an executor older than subnets

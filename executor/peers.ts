@@ -17,18 +17,13 @@
  */
 import { readFile, readlink, writeFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import type { ExecutorHeartbeat } from '../shared/contracts.ts'
+import { HOST_GONE_MS, type ExecutorHeartbeat } from '../shared/contracts.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { canonicalCidr, subnetsOverlap } from '../shared/subnet.ts'
 import type { CommandRunner } from './exec.ts'
 
 /** The routing protocol number of initless's routes (`ip route show proto 213`). */
 export const ROUTE_PROTO = '213'
-/**
- * A peer silent this long loses its route (ms). Longer than the registry's freshness: a peer whose
- * executor restarts or pauses keeps serving the instances it has, and they stay reachable.
- */
-export const PEER_ROUTE_STALE_MS = 30_000
 /** The kernel's table is read again at least this often, to repair routes removed by hand (ms). */
 const RESYNC_MS = 15_000
 /** The comment on initless's forwarding rules in DOCKER-USER. */
@@ -50,9 +45,9 @@ export interface PeerRoute {
 }
 
 /**
- * The routes this host should have: one per live peer that advertises an address, the freshest
- * heartbeat winning when two claim one subnet. Never a route for a subnet that overlaps this host's
- * own: its instances are on its bridge.
+ * The routes this host should have: one per peer that advertises an address and was heard from
+ * within HOST_GONE_MS, the freshest heartbeat winning when two claim one subnet. Never a route for
+ * a subnet that overlaps this host's own: its instances are on its bridge.
  */
 export function desiredPeerRoutes(
   self: { readonly hostId: string; readonly subnet: string },
@@ -61,7 +56,7 @@ export function desiredPeerRoutes(
 ): PeerRoute[] {
   const bySubnet = new Map<string, ExecutorHeartbeat & { subnet: string; address: string }>()
   for (const h of heartbeats) {
-    if (h.hostId === self.hostId || !h.subnet || !h.address || now - h.at > PEER_ROUTE_STALE_MS) continue
+    if (h.hostId === self.hostId || !h.subnet || !h.address || now - h.at > HOST_GONE_MS) continue
     let subnet: string
     try {
       subnet = canonicalCidr(h.subnet)

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
-import type { RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
+import { HOST_GONE_MS, type RestoreJobData, type RestoreJobResult } from '../shared/contracts.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { manifestSchema } from '../shared/manifest.ts'
@@ -115,5 +115,92 @@ describe('reaper: minInstances', () => {
     await reaper.tick()
     await reaper.settled()
     assert.equal(instances.started.length, 0)
+  })
+})
+
+type StartedInstance = ReturnType<InstanceManager['live']>[number]
+
+describe('reaper: the registry as the record of what runs', () => {
+  const ADDRESS = { host: '10.213.0.9', port: 8080 }
+  const PHASES = { queueMs: 0, sandboxMs: 1, restoreMs: 2, readyMs: 3 }
+  async function ready(registry: FakeRegistry, fn: string, id: string, hostId: string) {
+    assert.ok(await registry.reserve(fn, 10, id, hostId))
+    assert.ok(await registry.markReady(fn, id, ADDRESS, 'lazy', PHASES, hostId))
+  }
+
+  test('a live instance whose record is gone is stopped; the others are left alone', async () => {
+    const registry = createFakeRegistry()
+    await ready(registry, 'f', 'kept', 'h1')
+    await ready(registry, 'f', 'dropped', 'h1')
+    await registry.touch('f', 'kept', Date.now())
+    await registry.touch('f', 'dropped', Date.now())
+    await registry.remove('f', 'dropped') // by another host, while this one was out of reach
+    const live = ['kept', 'dropped'].map((id) => ({ id, fn: 'f' }) as StartedInstance)
+    const stops: string[] = []
+    const manager = {
+      live: () => live.filter((i) => !stops.includes(i.id)),
+      dead: () => Promise.resolve([]),
+      stop: (id: string) => {
+        stops.push(id)
+        return Promise.resolve()
+      },
+    } as Partial<InstanceManager> as InstanceManager
+    const fns = [fnDef('f', 0)]
+    const reaper = createReaper({
+      instances: manager,
+      registry,
+      functions: () => fns,
+      now: Date.now,
+      logger: createSilentLogger(),
+      hostId: 'h1',
+    })
+    assert.deepEqual(await reaper.tick(), [{ id: 'dropped', reason: 'unregistered' }])
+    assert.deepEqual(stops, ['dropped'])
+    // Redis unreachable: nothing is judged on missing data.
+    registry.setAvailable(false)
+    live.push({ id: 'unknown', fn: 'f' } as StartedInstance)
+    assert.deepEqual(await reaper.tick(), [])
+  })
+
+  test('records of a host silent for HOST_GONE_MS go, once this host has been heard as long', async () => {
+    let clock = 1_800_000_000_000
+    const registry = createFakeRegistry({ now: () => clock })
+    await ready(registry, 'f', 'on-b', 'host-b')
+    await registry.reserve('f', 10, 'b-starting', 'host-b')
+    await ready(registry, 'f', 'on-a', 'host-a')
+    await ready(registry, 'g', 'on-c', 'host-c')
+    const t0 = clock
+    await registry.beat({ hostId: 'host-b', at: t0, pid: 2, functions: ['f', 'g'] })
+    clock += HOST_GONE_MS + 1_000
+    await registry.beat({ hostId: 'host-a', at: clock, pid: 1, functions: ['f', 'g'] })
+    await registry.beat({ hostId: 'host-c', at: clock, pid: 3, functions: ['f', 'g'] })
+    let since: number | undefined = clock - 5_000
+    const reaper = createReaper({
+      instances: fakeInstances(registry, 'host-a').manager,
+      registry,
+      functions: () => [],
+      now: () => clock,
+      logger: createSilentLogger(),
+      hostId: 'host-a',
+      beatingSince: () => since,
+    })
+    const ids = async () => (await registry.listAll()).map((r) => r.id).sort()
+    const all = ['b-starting', 'on-a', 'on-b', 'on-c']
+    // This host has been heard for 5 s only (Redis may just be back): host B is not judged yet.
+    await reaper.tick()
+    assert.deepEqual(await ids(), all)
+    since = undefined // its last heartbeat failed
+    await reaper.tick()
+    assert.deepEqual(await ids(), all)
+    since = clock - HOST_GONE_MS
+    await reaper.tick()
+    // B's ready instance goes; its reservation is left to the stuck-reservation rule.
+    assert.deepEqual(await ids(), ['b-starting', 'on-a', 'on-c'])
+    assert.deepEqual(
+      registry.events
+        .filter((e) => e.type === 'instance' && e.state === 'gone')
+        .map((e) => e.type === 'instance' && e.id),
+      ['on-b'],
+    )
   })
 })

@@ -1,13 +1,15 @@
 /**
  * The reaper: every tick it removes dead instances (exited, OOM-killed: noticed within one tick),
  * stops instances idle past their function's idle timeout (scale to zero, down to minInstances)
- * and starts instances of functions below their minInstances. At start, `reconcile` cleans up
+ * or no longer in the registry, drops the records of hosts gone silent, and starts instances of
+ * functions below their minInstances. At start, `reconcile` cleans up
  * whatever a previous run of this host left behind.
  */
 import { randomBytes } from 'node:crypto'
 import { readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
+import { HOST_GONE_MS } from '../shared/contracts.ts'
 import { errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
@@ -31,11 +33,22 @@ export interface ReaperDeps {
   readonly logger: Logger
   /** This executor's host id: minInstances restores are reserved under it. */
   readonly hostId: string
+  /**
+   * Since when this executor's heartbeats have been recorded without a break (undefined: the last
+   * one was not). Other hosts are judged gone only once this one has been heard for HOST_GONE_MS
+   * itself: right after a Redis outage every heartbeat looks old. Without it, none is judged.
+   */
+  readonly beatingSince?: () => number | undefined
 }
+
+/** How often the registry is searched for instances of hosts gone silent (ms). */
+const GONE_HOSTS_EVERY_MS = 10_000
+
+export type StopReason = 'dead' | 'idle' | 'unregistered'
 
 export interface Reaper {
   /** One pass; returns the ids stopped, with why. Starts minInstances restores in the background. */
-  tick(): Promise<{ id: string; reason: 'dead' | 'idle' }[]>
+  tick(): Promise<{ id: string; reason: StopReason }[]>
   /** Resolves when no minInstances restore of this reaper is running (shutdown, tests). */
   settled(): Promise<void>
 }
@@ -44,6 +57,33 @@ export function createReaper(deps: ReaperDeps): Reaper {
   const log = deps.logger.child({ module: 'reaper' })
   /** minInstances restores running, by function: one at a time per function. */
   const topping = new Map<string, Promise<void>>()
+  let goneHostsAt = -Infinity
+
+  /**
+   * Drop the registry records of instances on hosts silent for HOST_GONE_MS (a machine that
+   * died; its executor's reconcile does it if it comes back): gateways would go on sending them
+   * requests that cannot connect. `starting` reservations are left to the stuck-reservation rule.
+   */
+  const dropGoneHosts = async () => {
+    const now = deps.now()
+    const since = deps.beatingSince?.()
+    if (since === undefined || now - since < HOST_GONE_MS || now - goneHostsAt < GONE_HOSTS_EVERY_MS) return
+    goneHostsAt = now
+    const beats = await deps.registry.executors()
+    const gone = new Map(
+      beats.filter((h) => h.hostId !== deps.hostId && now - h.at > HOST_GONE_MS).map((h) => [h.hostId, h.at]),
+    )
+    if (!gone.size) return
+    for (const rec of await deps.registry.listAll()) {
+      const at = gone.get(rec.hostId)
+      if (at === undefined || rec.state === 'starting') continue
+      if (await deps.registry.remove(rec.fn, rec.id))
+        log.warn(
+          { fn: rec.fn, id: rec.id, host: rec.hostId, silentMs: now - at },
+          'instance of a silent host removed from the registry',
+        )
+    }
+  }
 
   /**
    * Start one instance of a function below its minInstances, counted over all hosts. reserve()
@@ -83,7 +123,7 @@ export function createReaper(deps: ReaperDeps): Reaper {
     },
 
     async tick() {
-      const stopped: { id: string; reason: 'dead' | 'idle' }[] = []
+      const stopped: { id: string; reason: StopReason }[] = []
       for (const inst of await deps.instances.dead()) {
         log.warn({ fn: inst.fn, id: inst.id }, 'instance died')
         await deps.instances.stop(inst.id, 'dead')
@@ -103,16 +143,32 @@ export function createReaper(deps: ReaperDeps): Reaper {
           }
         }
       }
+      await dropGoneHosts().catch((err: unknown) =>
+        log.warn({ err: errorMessage(err) }, 'could not look for silent hosts'),
+      )
+      // Taken before the registry is read: an instance is live only once its record exists.
       const byFn = new Map<string, typeof live>()
       const live = deps.instances.live()
       for (const inst of live) byFn.set(inst.fn, [...(byFn.get(inst.fn) ?? []), inst])
-      for (const [fnName, list] of byFn) {
+      for (const [fnName, all] of byFn) {
         const fn = deps.functions().find((f) => f.name === fnName)
         const idleMs = fn?.manifest.scaling.idleTimeout ?? 0
         const keep = fn?.manifest.scaling.minInstances ?? 0
         const lastUse = await deps.registry.lastUse(fnName).catch(() => undefined)
-        if (!lastUse) continue // Redis unreachable: never reap on missing data.
-        const records = new Map((await deps.registry.list(fnName).catch(() => [])).map((r) => [r.id, r]))
+        const listed = await deps.registry.list(fnName).catch(() => undefined)
+        if (!lastUse || !listed) continue // Redis unreachable: never reap on missing data.
+        const records = new Map(listed.map((r) => [r.id, r]))
+        // Removed from the registry behind this executor's back (by the executors of other hosts
+        // while this one was out of Redis' reach, by a Redis that lost its data): no gateway
+        // will send it a request again, and without a record it would never count as idle.
+        const list = []
+        for (const inst of all) {
+          if (records.has(inst.id)) list.push(inst)
+          else {
+            await deps.instances.stop(inst.id, 'no longer in the registry')
+            stopped.push({ id: inst.id, reason: 'unregistered' })
+          }
+        }
         // Least recently used first, so the busiest instances survive down to minInstances.
         const idle = list
           .map((inst) => ({

@@ -13,7 +13,10 @@ import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis } from '../shared/redis.ts'
 
 export interface RestoreWorker {
-  /** Stop taking jobs; waits for running ones unless `force`. Idempotent. */
+  /**
+   * Stop taking jobs; waits for running ones (and for Redis) unless `force`, which may follow a
+   * graceful close that is taking too long. Idempotent.
+   */
   close(force?: boolean): Promise<void>
   readonly running: () => number
 }
@@ -76,10 +79,18 @@ export function createRestoreWorker(deps: RestoreWorkerDeps): RestoreWorker {
     if (final && deps.onFailed) void deps.onFailed(job.data, err).catch(() => undefined)
   })
   let closing: Promise<void> | undefined
+  let forced: Promise<void> | undefined
   return {
     close(force = false) {
-      closing ??= worker.close(force).finally(() => connection.disconnect())
-      return closing
+      if (!force) return (closing ??= worker.close(false).finally(() => connection.disconnect()))
+      // Not the graceful close under way: that one waits for running jobs, and for a Redis that
+      // may be out of reach (seen: an executor cut off from Redis never stopped). Dropping the
+      // connection first fails its pending commands at once.
+      forced ??= (() => {
+        connection.disconnect()
+        return worker.close(true)
+      })()
+      return forced
     },
     running: () => running,
   }

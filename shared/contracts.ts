@@ -142,6 +142,12 @@ export interface ExecutorHeartbeat {
 export const HEARTBEAT_INTERVAL_MS = 1000
 /** An executor whose last heartbeat is older than this is considered gone (ms). */
 export const EXECUTOR_FRESH_MS = 3 * HEARTBEAT_INTERVAL_MS
+/**
+ * A host silent this long has its instances dropped from the registry by the other executors and
+ * loses their routes to it (ms). Longer than EXECUTOR_FRESH_MS: an executor that restarts or
+ * pauses keeps its instances, which go on serving.
+ */
+export const HOST_GONE_MS = 30_000
 
 /**
  * What gateways learnt about a function's restores and requests (moving averages, ms), kept in

@@ -12,9 +12,9 @@ import { createServer, connect, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
-import type { InstanceRecord } from '../shared/contracts.ts'
+import { HOST_GONE_MS, type InstanceRecord } from '../shared/contracts.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
-import { createRedisRegistry } from '../shared/registry.ts'
+import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { agent, freePort, http, parseServerTiming, startProcess, type ManagedProcess } from './support/e2e.ts'
 import { REDIS_URL, requireServices } from './support/integration.ts'
@@ -65,24 +65,40 @@ async function until<T>(
   }
 }
 
+interface Relay {
+  /** Cut host B off Redis: open connections are reset, new ones refused. */
+  cut(): Promise<void>
+  /** Let it back in. */
+  heal(): Promise<void>
+  close(): Promise<void>
+}
+
 /** Redis as host B sees it: a TCP relay on A's end of the link to the local Redis. */
-async function relayRedis(port: number): Promise<Server> {
+function relayRedis(port: number): Relay {
   const target = new URL(REDIS_URL)
   const sockets = new Set<Socket>()
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname)
-    for (const s of [client, upstream]) {
-      sockets.add(s)
-      s.on('close', () => sockets.delete(s))
-      s.on('error', () => undefined)
-    }
-    client.pipe(upstream).pipe(client)
-  })
-  server.on('close', () => {
-    for (const s of sockets) s.destroy()
-  })
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, LINK_A, resolve))
-  return server
+  let server: Server | undefined
+  const listen = () =>
+    new Promise<void>((resolve, reject) => {
+      const s = createServer((client) => {
+        const upstream = connect(Number(target.port || 6379), target.hostname)
+        for (const sock of [client, upstream]) {
+          sockets.add(sock)
+          sock.on('close', () => sockets.delete(sock))
+          sock.on('error', () => undefined)
+        }
+        client.pipe(upstream).pipe(client)
+      })
+      s.once('error', reject).listen(port, LINK_A, () => resolve())
+      server = s
+    })
+  const cut = async () => {
+    const s = server
+    server = undefined
+    for (const sock of sockets) sock.resetAndDestroy()
+    if (s) await new Promise((r) => s.close(r))
+  }
+  return { cut, heal: listen, close: cut }
 }
 
 describe('several hosts', () => {
@@ -93,17 +109,32 @@ describe('several hosts', () => {
   const stateB = `/var/lib/initless-test/host-b-${tag}`
   const stateC = `/var/lib/initless-test/host-c-${tag}`
   const procs: ManagedProcess[] = []
-  let relay: Server | undefined
+  let relay: Relay | undefined
   let functionsDir = ''
+  // Set up by the first test, used by the next ones (they run in order).
+  let common: Record<string, string> = {}
+  let a: ManagedProcess | undefined
+  let b: ManagedProcess | undefined
+  let gateway: ManagedProcess | undefined
+  let registry: InstanceRegistry | undefined
+  let onB: InstanceRecord | undefined
+  let port = 0
+  let rules: string | undefined
+
+  const redis = createRedis(REDIS_URL, { name: 'initless-hosts-test', lazy: true })
 
   after(async () => {
     for (const p of procs.reverse()) await p.stop('SIGTERM', 60_000)
     agent.destroy()
-    relay?.close()
-    const redis = createRedis(REDIS_URL, { name: 'initless-hosts-cleanup' })
-    await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`]).finally(() => redis.disconnect())
-    // Peer routes stay when an executor stops (a gateway may still use them): this test's go here.
-    execFileSync('ip', ['route', 'flush', 'proto', '213'])
+    await relay?.close()
+    if (registry) await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
+    redis.disconnect()
+    // Peer routes stay when an executor stops (a gateway may still use them): this test's goes here.
+    try {
+      execFileSync('ip', ['route', 'del', SUBNET_B, 'proto', '213'], { stdio: 'ignore' })
+    } catch {
+      // not there
+    }
     dropHostB()
     for (const dir of [stateA, stateB, stateC, functionsDir].filter(Boolean))
       await rm(dir, { recursive: true, force: true })
@@ -124,7 +155,8 @@ describe('several hosts', () => {
     ])
       execFileSync('ip', cmd.split(' '))
     const redisPort = await freePort()
-    relay = await relayRedis(redisPort)
+    relay = relayRedis(redisPort)
+    await relay.heal()
 
     functionsDir = await mkdtemp(join(tmpdir(), 'initless-hosts-'))
     await cp(join(FIXTURES, 'py-ok'), join(functionsDir, 'py-hosts'), { recursive: true })
@@ -136,7 +168,7 @@ describe('several hosts', () => {
         '  idleTimeout: 60s\n  minInstances: 1',
       ),
     )
-    const common = {
+    common = {
       INITLESS_QUEUE_NAME: queueName,
       INITLESS_KEY_PREFIX: prefix,
       INITLESS_FUNCTIONS_DIR: functionsDir,
@@ -145,7 +177,7 @@ describe('several hosts', () => {
     }
 
     // Host B first: its reaper starts the function's one instance there.
-    const b = startProcess(
+    b = startProcess(
       'executor-b',
       'executor/main.ts',
       {
@@ -155,26 +187,26 @@ describe('several hosts', () => {
         INITLESS_BRIDGE: 'initlessb0',
         INITLESS_SUBNET: SUBNET_B,
         INITLESS_ADVERTISE_ADDRESS: LINK_B,
+        INITLESS_SHUTDOWN_TIMEOUT: '5s',
         INITLESS_REDIS_URL: `redis://${LINK_A}:${redisPort}`,
       },
       ['nsenter', `--net=/run/netns/${HOST_B_NS}`],
     )
     procs.push(b)
-    const redis = createRedis(REDIS_URL, { name: 'initless-hosts-test' })
-    t.after(() => redis.disconnect())
-    const registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix })
-    const [onB] = await until(
+    registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix })
+    const reg = registry
+    ;[onB] = await until(
       'an instance on host B',
-      () => registry.list('py-hosts'),
+      () => reg.list('py-hosts'),
       (l: InstanceRecord[]) => l.length === 1 && l[0]?.state === 'ready',
       300_000,
-    ).catch((err: Error) => assert.fail(`${err.message}\n${b.output().slice(-3000)}`))
+    ).catch((err: Error) => assert.fail(`${err.message}\n${b!.output().slice(-3000)}`))
     assert.equal(onB?.hostId, `host-b-${tag}`)
     assert.match(onB?.address?.host ?? '', /^10\.214\./)
     assert.deepEqual(routes(), [], 'no route to host B before host A has an executor')
 
     // Host A: an executor in the root namespace, and the gateway.
-    const a = startProcess('executor-a', 'executor/main.ts', {
+    a = startProcess('executor-a', 'executor/main.ts', {
       ...common,
       INITLESS_HOST_ID: `host-a-${tag}`,
       INITLESS_STATE_DIR: stateA,
@@ -188,17 +220,17 @@ describe('several hosts', () => {
       () => [routes(), routes(HOST_B_NS)],
       ([ra, rb]) => !!ra?.length && !!rb?.length,
       10_000,
-    ).catch((err: Error) => assert.fail(`${err.message}\n${a.output().slice(-3000)}`))
+    ).catch((err: Error) => assert.fail(`${err.message}\n${a!.output().slice(-3000)}`))
     assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
     assert.deepEqual(routes(HOST_B_NS), [`${SUBNET_A} via ${LINK_A} dev ilhb-b`])
-    const rules = dockerUserRules()
+    rules = dockerUserRules()
     if (rules !== undefined) {
       assert.match(rules, new RegExp(`-A DOCKER-USER -d ${SUBNET_A} .*--comment initless -j ACCEPT`))
       assert.match(rules, new RegExp(`-A DOCKER-USER -s ${SUBNET_A} .*--comment initless -j ACCEPT`))
     }
 
-    const port = await freePort()
-    const gateway = startProcess('gateway', 'gateway/main.ts', {
+    port = await freePort()
+    gateway = startProcess('gateway', 'gateway/main.ts', {
       ...common,
       INITLESS_GATEWAY_HOST: '127.0.0.1',
       INITLESS_GATEWAY_PORT: String(port),
@@ -218,31 +250,15 @@ describe('several hosts', () => {
     assert.equal(res.status, 200, res.text)
     assert.ok(parseServerTiming(res.headers['server-timing']).has('warm'), 'served by the instance on host B')
     assert.deepEqual(
-      (await registry.list('py-hosts')).map((i) => i.id),
+      (await reg.list('py-hosts')).map((i) => i.id),
       [onB.id],
       'no other instance was started',
     )
+  })
 
-    // Scaled to zero, the minimum is started again by whichever executor reserves it first: the
-    // gateway reaches it on either host.
-    const servedBy = new Set<string>()
-    let seen = new Set([onB.id])
-    for (let round = 0; round < 4; round++) {
-      await registry.publish({ type: 'function', fn: 'py-hosts', action: 'scale-to-zero' })
-      const [next] = await until(
-        `round ${round}: a new instance`,
-        () => registry.list('py-hosts'),
-        (l) => l.length === 1 && l[0]!.state === 'ready' && !seen.has(l[0]!.id),
-        60_000,
-      )
-      seen = new Set([...seen, next!.id])
-      servedBy.add(next!.hostId)
-      const again = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 10_000 })
-      assert.equal(again.status, 200, `round ${round} (${next!.hostId}): ${again.text}`)
-    }
-    t.diagnostic(`instances started on ${[...servedBy].join(', ')}`)
-
-    // A third executor on B's subnet, in another network: refused before it touches anything.
+  test("an executor claiming part of a live host's subnet is refused before it touches anything", async (t) => {
+    if (!requireServices(t)) return
+    assert.ok(registry, 'set up by the first test')
     const c = startProcess('executor-c', 'executor/main.ts', {
       ...common,
       INITLESS_HOST_ID: `host-c-${tag}`,
@@ -259,14 +275,94 @@ describe('several hosts', () => {
       c.records().some((r) => r.msg === 'reconciled'),
       false,
     )
+  })
 
+  test('a host cut off from Redis leaves the registry and the routes; back, it stops what nobody knows', async (t) => {
+    if (!requireServices(t)) return
+    assert.ok(registry && onB && a && b && relay, 'set up by the first test')
+    const [reg, gone, hostA] = [registry, onB, a]
+
+    // Host B loses Redis (a partition, a machine gone): after HOST_GONE_MS host A's executor drops
+    // B's instance from the registry and its route to B; the minimum comes back on A, and the
+    // gateway serves from there. B's instance itself runs on, unknown to everyone.
+    await relay.cut()
+    const silent = Date.now()
+    await until(
+      `host B's instance dropped`,
+      () => reg.list('py-hosts'),
+      (l) => !l.some((i) => i.id === gone.id),
+      HOST_GONE_MS + 45_000,
+    ).catch((err: Error) => assert.fail(`${err.message}\n${hostA.output().slice(-3000)}`))
+    assert.ok(Date.now() - silent >= HOST_GONE_MS, 'not before HOST_GONE_MS')
+    const dropped = await hostA.waitForLog(
+      (r) => r.msg === 'instance of a silent host removed from the registry',
+      1_000,
+    )
+    assert.equal(dropped.id, gone.id)
+    await until(
+      'route to host B removed',
+      () => routes(),
+      (r) => r.length === 0,
+      5_000,
+    )
+    const afterLoss = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 60_000 })
+    assert.equal(afterLoss.status, 200, afterLoss.text)
+    assert.ok((await reg.list('py-hosts')).every((i) => i.hostId === `host-a-${tag}`))
+
+    // B comes back: its reaper stops the instance the registry no longer has; A routes to B again.
+    await relay.heal()
+    await b.waitForLog(
+      (r) => r.msg === 'instance stopped' && r.id === gone.id && r.reason === 'no longer in the registry',
+      30_000,
+    )
+    await until(
+      'route to host B again',
+      () => routes(),
+      (r) => r.length === 1,
+      10_000,
+    )
+  })
+
+  test('scaled to zero, the minimum comes back on either host and is served', async (t) => {
+    if (!requireServices(t)) return
+    assert.ok(registry && onB, 'set up by the first test')
+    const reg = registry
+    // Scaled to zero, the minimum is started again by whichever executor reserves it first: the
+    // gateway reaches it on either host.
+    const servedBy = new Set<string>()
+    let seen = new Set([onB.id, ...(await reg.list('py-hosts')).map((i) => i.id)])
+    for (let round = 0; round < 4; round++) {
+      await reg.publish({ type: 'function', fn: 'py-hosts', action: 'scale-to-zero' })
+      const [next] = await until(
+        `round ${round}: a new instance`,
+        () => reg.list('py-hosts'),
+        (l) => l.length === 1 && l[0]!.state === 'ready' && !seen.has(l[0]!.id),
+        60_000,
+      )
+      seen = new Set([...seen, next!.id])
+      servedBy.add(next!.hostId)
+      const again = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 10_000 })
+      assert.equal(again.status, 200, `round ${round} (${next!.hostId}): ${again.text}`)
+    }
+    t.diagnostic(`instances started on ${[...servedBy].join(', ')}`)
+  })
+
+  test('stopped: the forwarding rules go, the peer route stays; cut off from Redis, B still stops cleanly', async (t) => {
+    if (!requireServices(t)) return
+    assert.ok(a && b && gateway && relay, 'set up by the first test')
     // Stopping A removes its forwarding rules; its peer route stays for this host's gateway.
     await gateway.stop()
     await a.stop()
     if (rules !== undefined)
       assert.doesNotMatch(dockerUserRules() ?? '', new RegExp(SUBNET_A.replace(/\./g, '\\.')))
     assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
-    await b.stop()
+    // Its graceful close waits for Redis: past INITLESS_SHUTDOWN_TIMEOUT it is forced, and the
+    // instances are stopped anyway (this hung until SIGKILL, and left B's instance running).
+    await relay.cut()
+    await new Promise((r) => setTimeout(r, 3_000)) // its clients now reconnecting, in vain
+    const exit = await b.stop('SIGTERM', 50_000)
+    assert.equal(exit.code, 0, b.output().slice(-3000))
+    assert.ok(b.records().some((r) => r.msg === 'stopped'))
     for (const dir of [stateA, stateB])
       assert.deepEqual(hostResources({ runcRoot: '/run/initless/runc', stateDir: dir }), NO_LEAKS)
   })
