@@ -1,5 +1,5 @@
 /**
- * `initless up` (build, bake and serve: the product command), `invoke`, `logs` and `scale`.
+ * `initless up` (build, bake and serve: the product command), `invoke`, `logs`, `hosts` and `scale`.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
@@ -8,14 +8,17 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
-import { loadExecutorConfig } from '../executor/config.ts'
+import { loadExecutorConfig, type ExecutorConfig } from '../executor/config.ts'
+import { desiredPeerRoutes, ROUTE_PROTO } from '../executor/peers.ts'
 import { lockStateDir } from '../executor/state-lock.ts'
 import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
+import { EXECUTOR_FRESH_MS, HOST_GONE_MS } from '../shared/contracts.ts'
 import { InitlessError } from '../shared/errors.ts'
 import { selectFunctions } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { formatAge } from '../shared/units.ts'
 import { bakeFunctions, buildFunctions, openHost, type CliIo } from './functions-commands.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -205,6 +208,47 @@ export function registerServeCommands(program: Command, io: CliIo): void {
     })
 
   program
+    .command('hosts')
+    .description('the executors sharing this Redis: subnet, advertised address, last heartbeat, routes')
+    .action(async () => {
+      const config = loadExecutorConfig(process.env)
+      const { redis, registry } = openRegistry(config)
+      try {
+        const now = Date.now()
+        const hosts = (await registry.executors())
+          .sort((a, b) => a.hostId.localeCompare(b.hostId))
+          .map((h) => ({ ...h, ageMs: Math.max(0, now - h.at), state: hostState(now - h.at) }))
+        // A host with only a gateway has no subnet of its own: it needs a route to every subnet.
+        const own = hosts.find((h) => h.hostId === config.hostId)?.subnet
+        const routes = desiredPeerRoutes({ hostId: config.hostId, subnet: own }, hosts, now)
+        const rows = hosts.map((h) => [
+          h.hostId === config.hostId ? `${h.hostId} (this host)` : h.hostId,
+          h.state,
+          formatAge(h.ageMs),
+          h.subnet ?? '-',
+          h.address ?? '-',
+          String(h.functions.length),
+        ])
+        io.print(
+          { hosts, routes },
+          hosts.length
+            ? [
+                table(['host', 'state', 'heard', 'subnet', 'address', 'functions'], rows),
+                '',
+                routes.length
+                  ? `routes a host without an executor needs (executors keep their own):\n${routes
+                      .map((r) => `  ip route replace ${r.subnet} via ${r.via} proto ${ROUTE_PROTO}`)
+                      .join('\n')}`
+                  : 'no host advertises an address: nothing to route',
+              ].join('\n')
+            : 'no executor has ever sent a heartbeat to this Redis',
+        )
+      } finally {
+        redis.disconnect()
+      }
+    })
+
+  program
     .command('scale <fn> <instances>')
     .description('0: scale the function to zero now; N: pre-warm N more instances')
     .action(async (fnName: string, n: string) => {
@@ -217,12 +261,7 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       const ctx = await openHost()
       const [fn] = selectFunctions(ctx.set, [fnName])
       const config = loadExecutorConfig(process.env)
-      const redis = createRedis(config.INITLESS_REDIS_URL, { name: 'initless-cli' })
-      const registry = createRedisRegistry({
-        redis,
-        logger: createSilentLogger(),
-        prefix: config.INITLESS_KEY_PREFIX,
-      })
+      const { redis, registry } = openRegistry(config)
       try {
         if (count === 0) {
           await registry.publish({ type: 'function', fn: fn!.name, action: 'scale-to-zero' })
@@ -259,6 +298,35 @@ export function registerServeCommands(program: Command, io: CliIo): void {
         redis.disconnect()
       }
     })
+}
+
+/** live: counted by gateways and for the subnet claim; silent: kept (routes, records); gone. */
+function hostState(ageMs: number): 'live' | 'silent' | 'gone' {
+  return ageMs <= EXECUTOR_FRESH_MS ? 'live' : ageMs <= HOST_GONE_MS ? 'silent' : 'gone'
+}
+
+/** Columns padded to their widest cell. */
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
+  return [header, ...rows]
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')
+}
+
+/** The registry of the configured Redis and key prefix; the caller disconnects `redis`. */
+function openRegistry(config: Pick<ExecutorConfig, 'INITLESS_REDIS_URL' | 'INITLESS_KEY_PREFIX'>) {
+  const redis = createRedis(config.INITLESS_REDIS_URL, { name: 'initless-cli' })
+  const registry = createRedisRegistry({
+    redis,
+    logger: createSilentLogger(),
+    prefix: config.INITLESS_KEY_PREFIX,
+  })
+  return { redis, registry }
 }
 
 export function parseServerTiming(header: string): { name: string; dur?: number; desc?: string }[] {

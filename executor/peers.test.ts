@@ -41,6 +41,18 @@ describe('desiredPeerRoutes', () => {
     ])
   })
 
+  test('a host with only a gateway (no subnet of its own) routes to every subnet', () => {
+    const routes = desiredPeerRoutes(
+      { hostId: 'gw-only' },
+      [peer('host-a', '10.213.0.0/16', '192.0.2.1'), peer('host-b', '10.214.0.0/16', '192.0.2.2')],
+      NOW,
+    )
+    assert.deepEqual(
+      routes.map((r) => r.hostId),
+      ['host-a', 'host-b'],
+    )
+  })
+
   test('two claims on one subnet: the freshest heartbeat wins', () => {
     const routes = desiredPeerRoutes(
       self,

@@ -47,10 +47,11 @@ export interface PeerRoute {
 /**
  * The routes this host should have: one per peer that advertises an address and was heard from
  * within HOST_GONE_MS, the freshest heartbeat winning when two claim one subnet. Never a route for
- * a subnet that overlaps this host's own: its instances are on its bridge.
+ * a subnet that overlaps this host's own (if it has one: a host with only a gateway has none): its
+ * instances are on its bridge.
  */
 export function desiredPeerRoutes(
-  self: { readonly hostId: string; readonly subnet: string },
+  self: { readonly hostId: string; readonly subnet?: string | undefined },
   heartbeats: readonly ExecutorHeartbeat[],
   now: number,
 ): PeerRoute[] {
@@ -63,7 +64,7 @@ export function desiredPeerRoutes(
     } catch {
       continue
     }
-    if (subnetsOverlap(subnet, self.subnet)) continue
+    if (self.subnet !== undefined && subnetsOverlap(subnet, self.subnet)) continue
     const seen = bySubnet.get(subnet)
     if (!seen || seen.at < h.at) bySubnet.set(subnet, { ...h, subnet, address: h.address })
   }

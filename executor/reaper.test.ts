@@ -120,6 +120,29 @@ describe('reaper: minInstances', () => {
 
 type StartedInstance = ReturnType<InstanceManager['live']>[number]
 
+/** A reaper on `hostId` whose instance manager has `ids` live (of function 'f'), recording stops. */
+function liveOn(registry: FakeRegistry, hostId: string, fns: FunctionDef[], ids: string[]) {
+  const live = ids.map((id) => ({ id, fn: 'f' }) as StartedInstance)
+  const stops: string[] = []
+  const manager = {
+    live: () => live.filter((i) => !stops.includes(i.id)),
+    dead: () => Promise.resolve([]),
+    stop: (id: string) => {
+      stops.push(id)
+      return Promise.resolve()
+    },
+  } as Partial<InstanceManager> as InstanceManager
+  const reaper = createReaper({
+    instances: manager,
+    registry,
+    functions: () => fns,
+    now: Date.now,
+    logger: createSilentLogger(),
+    hostId,
+  })
+  return { reaper, live, stops }
+}
+
 describe('reaper: the registry as the record of what runs', () => {
   const ADDRESS = { host: '10.213.0.9', port: 8080 }
   const PHASES = { queueMs: 0, sandboxMs: 1, restoreMs: 2, readyMs: 3 }
@@ -135,31 +158,31 @@ describe('reaper: the registry as the record of what runs', () => {
     await registry.touch('f', 'kept', Date.now())
     await registry.touch('f', 'dropped', Date.now())
     await registry.remove('f', 'dropped') // by another host, while this one was out of reach
-    const live = ['kept', 'dropped'].map((id) => ({ id, fn: 'f' }) as StartedInstance)
-    const stops: string[] = []
-    const manager = {
-      live: () => live.filter((i) => !stops.includes(i.id)),
-      dead: () => Promise.resolve([]),
-      stop: (id: string) => {
-        stops.push(id)
-        return Promise.resolve()
-      },
-    } as Partial<InstanceManager> as InstanceManager
-    const fns = [fnDef('f', 0)]
-    const reaper = createReaper({
-      instances: manager,
-      registry,
-      functions: () => fns,
-      now: Date.now,
-      logger: createSilentLogger(),
-      hostId: 'h1',
-    })
+    const { reaper, live, stops } = liveOn(registry, 'h1', [fnDef('f', 0)], ['kept', 'dropped'])
     assert.deepEqual(await reaper.tick(), [{ id: 'dropped', reason: 'unregistered' }])
     assert.deepEqual(stops, ['dropped'])
     // Redis unreachable: nothing is judged on missing data.
     registry.setAvailable(false)
     live.push({ id: 'unknown', fn: 'f' } as StartedInstance)
     assert.deepEqual(await reaper.tick(), [])
+  })
+
+  test('minInstances over several hosts: of two idle instances one is stopped, by its own host', async () => {
+    const registry = createFakeRegistry()
+    await ready(registry, 'f', 'on-h1', 'h1')
+    await ready(registry, 'f', 'on-h2', 'h2')
+    const hourAgo = Date.now() - 3_600_000
+    await registry.touch('f', 'on-h1', hourAgo) // the least recently used
+    await registry.touch('f', 'on-h2', hourAgo + 1_000)
+    const fns = [fnDef('f', 1)]
+    const h1 = liveOn(registry, 'h1', fns, ['on-h1'])
+    const h2 = liveOn(registry, 'h2', fns, ['on-h2'])
+    // Both look at the same registry before either stops anything.
+    const ticks = await Promise.all([h1.reaper.tick(), h2.reaper.tick()])
+    assert.deepEqual(ticks, [[{ id: 'on-h1', reason: 'idle' }], []])
+    await registry.remove('f', 'on-h1') // as instances.stop does
+    assert.deepEqual(await h2.reaper.tick(), [], 'the minimum stays')
+    assert.deepEqual(h2.stops, [])
   })
 
   test('records of a host silent for HOST_GONE_MS go, once this host has been heard as long', async () => {

@@ -169,16 +169,19 @@ export function createReaper(deps: ReaperDeps): Reaper {
             stopped.push({ id: inst.id, reason: 'unregistered' })
           }
         }
-        // Least recently used first, so the busiest instances survive down to minInstances.
-        const idle = list
-          .map((inst) => ({
-            inst,
-            last: lastUse.get(inst.id) ?? records.get(inst.id)?.readyAt ?? deps.now(),
-          }))
-          .filter((x) => deps.now() - x.last >= idleMs)
-          .sort((a, b) => a.last - b.last)
-        const removable = Math.max(0, list.length - keep)
-        for (const { inst } of idle.slice(0, removable)) {
+        // minInstances counts every host's ready instances. All executors rank them the same way,
+        // least recently used first (the busiest survive), and each stops its own among those
+        // past the minimum: two hosts with an idle instance each and a minimum of one stop one,
+        // not both, and do not keep both.
+        const now = deps.now()
+        const ready = listed.filter((r) => r.state === 'ready')
+        const idle = ready
+          .map((r) => ({ id: r.id, last: lastUse.get(r.id) ?? r.readyAt ?? now }))
+          .filter((x) => now - x.last >= idleMs)
+          .sort((a, b) => a.last - b.last || a.id.localeCompare(b.id))
+        const removable = new Set(idle.slice(0, Math.max(0, ready.length - keep)).map((x) => x.id))
+        for (const inst of list) {
+          if (!removable.has(inst.id)) continue
           await deps.instances.stop(inst.id, 'idle')
           stopped.push({ id: inst.id, reason: 'idle' })
         }

@@ -148,6 +148,22 @@ describe('initless CLI commands', () => {
     const missing = await cli(['invoke', 'nope'], 1)
     assert.match(missing.stdout, /HTTP 404/)
 
+    // The executor of `up` is the one host: live, its subnet claimed, nothing to route to.
+    const hosts = JSON.parse((await cli(['--json', 'hosts'])).stdout) as {
+      hosts: { hostId: string; state: string; subnet?: string; address?: string; functions: string[] }[]
+      routes: unknown[]
+    }
+    assert.deepEqual(
+      hosts.hosts.map((h) => [h.hostId, h.state, h.subnet, h.address, h.functions]),
+      [[`cli-${tag}`, 'live', '10.213.0.0/16', undefined, ['hello-node']]],
+    )
+    assert.deepEqual(hosts.routes, [])
+    const hostsText = (await cli(['hosts'])).stdout
+    assert.match(
+      hostsText,
+      new RegExp(`^cli-${tag} \\(this host\\) +live +\\d+s +10\\.213\\.0\\.0/16 +- +1$`, 'm'),
+    )
+    assert.match(hostsText, /no host advertises an address: nothing to route/)
     const logs = JSON.parse((await cli(['--json', 'logs', 'hello-node'])).stdout) as {
       instance: string
       output: string

@@ -5,13 +5,14 @@
  * executor adds from B's heartbeat; a third executor claiming B's subnet is refused.
  */
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
+import { promisify } from 'node:util'
 import { HOST_GONE_MS, type InstanceRecord } from '../shared/contracts.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
@@ -20,6 +21,7 @@ import { agent, freePort, http, parseServerTiming, startProcess, type ManagedPro
 import { REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
 
+const ROOT = join(import.meta.dirname, '..')
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
 const HOST_B_NS = 'ilhost-b'
 const LINK_A = '10.212.0.1'
@@ -27,6 +29,7 @@ const LINK_B = '10.212.0.2'
 const SUBNET_A = '10.213.0.0/16'
 const SUBNET_B = '10.214.0.0/16'
 
+const execFileAsync = promisify(execFile)
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8' })
 const routes = (ns?: string) =>
   sh('ip', [...(ns ? ['-n', ns] : []), 'route', 'show', 'proto', '213'])
@@ -223,6 +226,40 @@ describe('several hosts', () => {
     ).catch((err: Error) => assert.fail(`${err.message}\n${a!.output().slice(-3000)}`))
     assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
     assert.deepEqual(routes(HOST_B_NS), [`${SUBNET_A} via ${LINK_A} dev ilhb-b`])
+    // What `initless hosts` tells a host with only a gateway: both hosts live, a route to each.
+    // Not execFileSync: host B reaches Redis through this process (relayRedis).
+    const { stdout } = await execFileAsync(
+      process.execPath,
+      ['--import', 'tsx', join(ROOT, 'cli', 'main.ts'), '--json', 'hosts'],
+      {
+        cwd: ROOT,
+        encoding: 'utf8',
+        env: {
+          ...process.env,
+          ...common,
+          INITLESS_HOST_ID: `gateway-only-${tag}`,
+          INITLESS_REDIS_URL: REDIS_URL,
+        },
+      },
+    )
+    const listed = JSON.parse(stdout) as {
+      hosts: { hostId: string; state: string }[]
+      routes: { subnet: string; via: string }[]
+    }
+    assert.deepEqual(
+      listed.hosts.map((h) => [h.hostId, h.state]),
+      [
+        [`host-a-${tag}`, 'live'],
+        [`host-b-${tag}`, 'live'],
+      ],
+    )
+    assert.deepEqual(
+      listed.routes.map((r) => [r.subnet, r.via]),
+      [
+        [SUBNET_A, LINK_A],
+        [SUBNET_B, LINK_B],
+      ],
+    )
     rules = dockerUserRules()
     if (rules !== undefined) {
       assert.match(rules, new RegExp(`-A DOCKER-USER -d ${SUBNET_A} .*--comment initless -j ACCEPT`))
@@ -270,6 +307,12 @@ describe('several hosts', () => {
     const refused = await c.waitForLog((r) => r.msg === 'cannot start', 60_000)
     assert.equal(refused.code, 'ERR_SUBNET_IN_USE')
     assert.match(String(refused.err), new RegExp(`overlaps ${SUBNET_B} of host host-b-${tag}`))
+    await until(
+      'executor C exits',
+      () => c.isRunning(),
+      (running) => !running,
+      10_000,
+    )
     assert.equal((await c.stop()).code, 1)
     assert.equal(
       c.records().some((r) => r.msg === 'reconciled'),
