@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
 import { loadExecutorConfig, type ExecutorConfig } from '../executor/config.ts'
-import { desiredPeerRoutes, ROUTE_PROTO } from '../executor/peers.ts'
+import { desiredPeerRoutes, networkIdentity, ROUTE_PROTO } from '../executor/peers.ts'
 import { lockStateDir } from '../executor/state-lock.ts'
 import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
 import { EXECUTOR_FRESH_MS, HOST_GONE_MS } from '../shared/contracts.ts'
@@ -220,7 +220,11 @@ export function registerServeCommands(program: Command, io: CliIo): void {
           .map((h) => ({ ...h, ageMs: Math.max(0, now - h.at), state: hostState(now - h.at) }))
         // A host with only a gateway has no subnet of its own: it needs a route to every subnet.
         const own = hosts.find((h) => h.hostId === config.hostId)?.subnet
-        const routes = desiredPeerRoutes({ hostId: config.hostId, subnet: own }, hosts, now)
+        const routes = desiredPeerRoutes(
+          { hostId: config.hostId, subnet: own, network: await networkIdentity() },
+          hosts,
+          now,
+        )
         const rows = hosts.map((h) => [
           h.hostId === config.hostId ? `${h.hostId} (this host)` : h.hostId,
           h.state,

@@ -94,7 +94,7 @@ const worker = createRestoreWorker({
 })
 
 const timers: NodeJS.Timeout[] = []
-const peers = createPeerRouter({ run: host.run, self: { hostId: config.hostId, subnet }, logger })
+const peers = createPeerRouter({ run: host.run, self: { hostId: config.hostId, subnet, network }, logger })
 if (config.INITLESS_ADVERTISE_ADDRESS) await peers.openForwarding()
 let syncing = false
 /** Since when every heartbeat has been recorded (the reaper judges other hosts only after a while). */

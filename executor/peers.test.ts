@@ -53,6 +53,21 @@ describe('desiredPeerRoutes', () => {
     )
   })
 
+  test('an executor in this network namespace is no peer: its bridge is here', () => {
+    const routes = desiredPeerRoutes(
+      { ...self, network: 'boot:net:[1]' },
+      [
+        { ...peer('compose', '10.214.0.0/16', '192.0.2.1'), network: 'boot:net:[1]' },
+        { ...peer('host-b', '10.215.0.0/16', '192.0.2.2'), network: 'other:net:[1]' },
+      ],
+      NOW,
+    )
+    assert.deepEqual(
+      routes.map((r) => r.hostId),
+      ['host-b'],
+    )
+  })
+
   test('two claims on one subnet: the freshest heartbeat wins', () => {
     const routes = desiredPeerRoutes(
       self,
@@ -63,15 +78,21 @@ describe('desiredPeerRoutes', () => {
   })
 })
 
+interface Route {
+  dst: string
+  gateway?: string
+  protocol: string
+}
+
 /** A fake `ip` whose route table is `table`: answers `-j route show`, applies replace and del. */
-function fakeIp(table: { dst: string; gateway: string }[]) {
+function fakeIp(table: Route[]) {
   return fakeRunner((call) => {
     const a = call.args
     if (call.cmd === 'ip' && a[0] === '-j') return { stdout: JSON.stringify(table) }
     if (call.cmd === 'ip' && a[1] === 'replace') {
       const at = table.findIndex((r) => r.dst === a[2])
       if (at >= 0) table.splice(at, 1)
-      table.push({ dst: a[2]!, gateway: a[4]! })
+      table.push({ dst: a[2]!, gateway: a[4]!, protocol: a[6]! })
     }
     if (call.cmd === 'ip' && a[1] === 'del')
       table.splice(
@@ -85,26 +106,32 @@ const commands = (calls: Call[]) => calls.map((c) => [c.cmd, ...c.args].join(' '
 
 describe('createPeerRouter', () => {
   test('adds, moves and removes only its own routes, and reads the table again only when needed', async () => {
-    const table = [{ dst: '10.215.0.0/16', gateway: '192.0.2.3' }] // host-c's, which is gone
+    const table: Route[] = [
+      { dst: '10.213.0.0/16', protocol: 'kernel' }, // this host's bridge
+      { dst: '10.215.0.0/16', gateway: '192.0.2.3', protocol: '213' }, // host-c's, which is gone
+    ]
     const { run, calls } = fakeIp(table)
     const router = createPeerRouter({ run, self, logger: createSilentLogger() })
 
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.2')], NOW)
     assert.deepEqual(commands(calls), [
-      'ip -j route show proto 213',
+      'ip -j route show',
       'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213',
       'ip route del 10.215.0.0/16 proto 213',
     ])
-    assert.deepEqual(table, [{ dst: '10.214.0.0/16', gateway: '192.0.2.2' }])
+    assert.deepEqual(table, [
+      { dst: '10.213.0.0/16', protocol: 'kernel' },
+      { dst: '10.214.0.0/16', gateway: '192.0.2.2', protocol: '213' },
+    ])
 
     // Nothing changed: no command at all, until the table is due to be checked again.
     calls.length = 0
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.2')], NOW + 1_000)
     assert.deepEqual(calls, [])
-    table.length = 0 // removed by hand
+    table.pop() // removed by hand
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.2')], NOW + 16_000)
     assert.deepEqual(commands(calls), [
-      'ip -j route show proto 213',
+      'ip -j route show',
       'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213',
     ])
 
@@ -112,10 +139,28 @@ describe('createPeerRouter', () => {
     calls.length = 0
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.22', -17_000)], NOW + 17_000)
     assert.deepEqual(commands(calls), [
-      'ip -j route show proto 213',
+      'ip -j route show',
       'ip route replace 10.214.0.0/16 via 192.0.2.22 proto 213',
     ])
-    assert.deepEqual(table, [{ dst: '10.214.0.0/16', gateway: '192.0.2.22' }])
+    assert.deepEqual(table, [
+      { dst: '10.213.0.0/16', protocol: 'kernel' },
+      { dst: '10.214.0.0/16', gateway: '192.0.2.22', protocol: '213' },
+    ])
+  })
+
+  test('a subnet routed by someone else (a bridge here, the operator) is left alone', async () => {
+    const table: Route[] = [
+      { dst: '10.214.0.0/16', protocol: 'kernel' }, // another executor's bridge in this namespace
+      { dst: '10.216.0.0/16', gateway: '192.0.2.99', protocol: 'static' }, // the operator's
+    ]
+    const { run, calls } = fakeIp(table)
+    const router = createPeerRouter({ run, self, logger: createSilentLogger() })
+    await router.sync(
+      [peer('host-b', '10.214.0.0/16', '192.0.2.2'), peer('host-d', '10.216.0.0/16', '192.0.2.4')],
+      NOW,
+    )
+    assert.deepEqual(commands(calls), ['ip -j route show'])
+    assert.equal(table.length, 2)
   })
 
   test('a failing ip command fails the sync, and the next one tries again', async () => {
@@ -130,7 +175,7 @@ describe('createPeerRouter', () => {
     failing.calls.length = 0
     await router.sync(beats, NOW + 1_000)
     assert.deepEqual(commands(failing.calls), [
-      'ip -j route show proto 213',
+      'ip -j route show',
       'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213',
     ])
   })

@@ -48,16 +48,22 @@ export interface PeerRoute {
  * The routes this host should have: one per peer that advertises an address and was heard from
  * within HOST_GONE_MS, the freshest heartbeat winning when two claim one subnet. Never a route for
  * a subnet that overlaps this host's own (if it has one: a host with only a gateway has none): its
- * instances are on its bridge.
+ * instances are on its bridge; nor for an executor in the same network namespace (`network`).
  */
 export function desiredPeerRoutes(
-  self: { readonly hostId: string; readonly subnet?: string | undefined },
+  self: {
+    readonly hostId: string
+    readonly subnet?: string | undefined
+    readonly network?: string | undefined
+  },
   heartbeats: readonly ExecutorHeartbeat[],
   now: number,
 ): PeerRoute[] {
   const bySubnet = new Map<string, ExecutorHeartbeat & { subnet: string; address: string }>()
   for (const h of heartbeats) {
     if (h.hostId === self.hostId || !h.subnet || !h.address || now - h.at > HOST_GONE_MS) continue
+    // An executor in this network namespace has its bridge here: its subnet is a connected route.
+    if (self.network !== undefined && h.network === self.network) continue
     let subnet: string
     try {
       subnet = canonicalCidr(h.subnet)
@@ -84,7 +90,7 @@ export interface PeerRouter {
 
 export interface PeerRouterDeps {
   readonly run: CommandRunner
-  readonly self: { readonly hostId: string; readonly subnet: string }
+  readonly self: { readonly hostId: string; readonly subnet: string; readonly network?: string }
   readonly logger: Logger
   /** Where IPv4 forwarding is switched on (tests point it elsewhere). */
   readonly ipForwardPath?: string
@@ -93,17 +99,21 @@ export interface PeerRouterDeps {
 interface KernelRoute {
   readonly dst?: string
   readonly gateway?: string
+  readonly protocol?: string
 }
 
 export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
   const { run } = deps
   const log = deps.logger.child({ module: 'peers' })
-  const self = { hostId: deps.self.hostId, subnet: canonicalCidr(deps.self.subnet) }
+  const self = { ...deps.self, subnet: canonicalCidr(deps.self.subnet) }
   let applied: string | undefined
   let checkedAt = -Infinity
+  /** Subnets already reported as routed by someone else (said once, not every sync). */
+  const foreign = new Set<string>()
 
+  /** The main table: initless's routes are found by their protocol number. */
   const kernelRoutes = async (): Promise<KernelRoute[]> => {
-    const { stdout } = await run('ip', ['-j', 'route', 'show', 'proto', ROUTE_PROTO])
+    const { stdout } = await run('ip', ['-j', 'route', 'show'])
     const parsed: unknown = JSON.parse(stdout.trim() || '[]')
     return Array.isArray(parsed) ? (parsed as KernelRoute[]) : []
   }
@@ -127,9 +137,23 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
       const want = desiredPeerRoutes(self, heartbeats, now)
       const key = JSON.stringify(want)
       if (key === applied && now - checkedAt < RESYNC_MS) return
-      const have = await kernelRoutes()
+      const table = await kernelRoutes()
+      const have = table.filter((h) => h.protocol === ROUTE_PROTO)
       for (const r of want) {
         if (have.some((h) => h.dst === r.subnet && h.gateway === r.via)) continue
+        // `replace` matches a route by its destination only: it would take over a route the
+        // kernel, Docker or the operator made (a bridge's own subnet, routers that know it).
+        const other = table.find((h) => h.dst === r.subnet && h.protocol !== ROUTE_PROTO)
+        if (other) {
+          if (!foreign.has(r.subnet))
+            log.warn(
+              { subnet: r.subnet, peer: r.hostId, route: other },
+              'subnet already routed here: left alone',
+            )
+          foreign.add(r.subnet)
+          continue
+        }
+        foreign.delete(r.subnet)
         await run('ip', ['route', 'replace', r.subnet, 'via', r.via, 'proto', ROUTE_PROTO])
         log.info({ subnet: r.subnet, via: r.via, peer: r.hostId }, 'route to peer added')
       }
