@@ -13,7 +13,7 @@ import { canonicalCidr } from '../shared/subnet.ts'
 import { loadExecutorConfig } from './config.ts'
 import { createHost, createHostInstanceManager } from './host.ts'
 import { createPeerRouter, networkIdentity } from './peers.ts'
-import { createReaper, reconcile, snapshotUsage } from './reaper.ts'
+import { createReaper, reconcile, removeHostContainers, snapshotUsage } from './reaper.ts'
 import { lockStateDir } from './state-lock.ts'
 import { createRestoreWorker } from './worker.ts'
 
@@ -217,6 +217,9 @@ function shutdown(signal: string): Promise<void> {
       ['instances', () => instances.stopAll('executor shutdown')],
       // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
       ['docker templates', () => host.runtimes.docker.discard()],
+      // A preparation still running (a bake) may be exporting an image: its container would
+      // wait for the next start's reconcile (seen: left by a test that stopped a preparing host).
+      ['export containers', () => removeHostContainers(host.docker, config.hostId, ['exports'])],
       ['forwarding rules', () => peers.closeForwarding()],
       ['subscription', () => within(subscription.close(), 5_000)],
       ['redis', () => within(redis.quit(), 5_000).finally(() => redis.disconnect())],

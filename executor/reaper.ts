@@ -278,12 +278,7 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
     }
   }
   // Its instances' containers, and the containers of rootfs exports a crash cut short.
-  for (const label of [`initless.host=${deps.hostId}`, `${EXPORT_LABEL}=${deps.hostId}`]) {
-    for (const c of await deps.docker.listContainers(label)) {
-      await deps.docker.removeContainer(c.id)
-      report.dockerContainers++
-    }
-  }
+  report.dockerContainers += await removeHostContainers(deps.docker, deps.hostId, ['instances', 'exports'])
   for (const rec of await deps.registry.listAll()) {
     if (rec.hostId === deps.hostId && rec.state !== 'starting') {
       await deps.registry.remove(rec.fn, rec.id)
@@ -292,6 +287,26 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
   }
   log.info(report, 'reconciled')
   return report
+}
+
+/**
+ * Remove this host's Docker containers of the given kinds: the boot runtime's instances
+ * (`initless.host=<host id>`), rootfs exports (`initless.export=<host id>`). Returns how many.
+ */
+export async function removeHostContainers(
+  docker: Pick<DockerEngine, 'listContainers' | 'removeContainer'>,
+  hostId: string,
+  kinds: readonly ('instances' | 'exports')[],
+): Promise<number> {
+  let removed = 0
+  for (const kind of kinds) {
+    const label = kind === 'instances' ? `initless.host=${hostId}` : `${EXPORT_LABEL}=${hostId}`
+    for (const c of await docker.listContainers(label)) {
+      await docker.removeContainer(c.id)
+      removed++
+    }
+  }
+  return removed
 }
 
 /** Is a snapshot dir still used by a mount (overlay lowerdir) or a lazy-pages daemon? */

@@ -189,7 +189,12 @@ describe('executor process: kill -9 and restart', () => {
     assert.equal(report.dockerContainers, 1)
     assert.deepEqual(resources(), NO_LEAKS)
     assert.deepEqual(await registry!.list('py-ok'), [])
+    // An export under way when the executor is stopped (a bake it was preparing) goes with it.
+    const exporting = await exportOf(env.INITLESS_HOST_ID!)
+    after(() => exporting.remove({ force: true }).catch(() => undefined))
     await stop(second, 'SIGTERM')
+    assert.equal(await exists(exporting), false, 'the export container is removed at shutdown')
+    assert.equal(await exists(theirs), true)
     assert.deepEqual(resources(), NO_LEAKS)
   })
 
