@@ -110,6 +110,8 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
   let checkedAt = -Infinity
   /** Subnets already reported as routed by someone else (said once, not every sync). */
   const foreign = new Set<string>()
+  /** Routes the kernel refused (`<subnet> via <address>`), also said once. */
+  const failing = new Set<string>()
 
   /** The main table: initless's routes are found by their protocol number. */
   const kernelRoutes = async (): Promise<KernelRoute[]> => {
@@ -154,14 +156,28 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
           continue
         }
         foreign.delete(r.subnet)
-        await run('ip', ['route', 'replace', r.subnet, 'via', r.via, 'proto', ROUTE_PROTO])
-        log.info({ subnet: r.subnet, via: r.via, peer: r.hostId }, 'route to peer added')
+        const which = `${r.subnet} via ${r.via}`
+        try {
+          await run('ip', ['route', 'replace', r.subnet, 'via', r.via, 'proto', ROUTE_PROTO])
+          failing.delete(which)
+          log.info({ subnet: r.subnet, via: r.via, peer: r.hostId }, 'route to peer added')
+        } catch (err) {
+          // A peer advertising an address this host cannot reach: the others still get theirs,
+          // and it is tried again at every beat (said once).
+          if (!failing.has(which))
+            log.error(
+              { subnet: r.subnet, via: r.via, peer: r.hostId, err: errorMessage(err) },
+              'route to peer refused',
+            )
+          failing.add(which)
+        }
       }
       for (const h of have) {
         if (!h.dst || want.some((r) => r.subnet === h.dst)) continue
         await run('ip', ['route', 'del', h.dst, 'proto', ROUTE_PROTO], { okCodes: [0, 2] })
         log.info({ subnet: h.dst, via: h.gateway }, 'route to peer removed')
       }
+      if (want.some((r) => failing.has(`${r.subnet} via ${r.via}`))) return
       applied = key
       checkedAt = now
     },
