@@ -4,8 +4,15 @@
  */
 import { availableParallelism, hostname } from 'node:os'
 import { z } from 'zod'
-import { commonEnvSchema, envBool, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
-import { InitlessError } from '../shared/errors.ts'
+import {
+  commonEnvSchema,
+  configInvalid,
+  envBool,
+  envBytes,
+  envDuration,
+  envInt,
+  parseEnv,
+} from '../shared/config-schema.ts'
 import { subnetHas } from '../shared/subnet.ts'
 
 export const executorEnvSchema = commonEnvSchema.extend({
@@ -77,11 +84,12 @@ export interface ExecutorConfig extends ExecutorEnv {
 export function loadExecutorConfig(env: Record<string, string | undefined>): Readonly<ExecutorConfig> {
   const parsed = parseEnv(executorEnvSchema, env)
   const advertise = parsed.INITLESS_ADVERTISE_ADDRESS
-  if (advertise && subnetHas(parsed.INITLESS_SUBNET, advertise)) {
-    const problem = `  INITLESS_ADVERTISE_ADDRESS: ${advertise} is inside INITLESS_SUBNET ${parsed.INITLESS_SUBNET}: it must be this host's own address, which other hosts reach`
-    throw new InitlessError('ERR_CONFIG_INVALID', `invalid configuration:\n${problem}`, {
-      details: { problems: [problem] },
-    })
-  }
+  if (advertise && subnetHas(parsed.INITLESS_SUBNET, advertise))
+    throw configInvalid([
+      {
+        key: 'INITLESS_ADVERTISE_ADDRESS',
+        message: `${advertise} is inside INITLESS_SUBNET ${parsed.INITLESS_SUBNET}: it must be this host's own address, which other hosts reach`,
+      },
+    ])
   return Object.freeze({ ...parsed, hostId: parsed.INITLESS_HOST_ID ?? hostname() })
 }

@@ -81,11 +81,15 @@ export function parseEnv<S extends z.ZodObject<z.ZodRawShape>>(
     if (v !== undefined && v !== '') picked[key] = v
   }
   const result = schema.safeParse(picked)
-  const problems = result.success ? [] : result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`)
-  if (!result.success) {
-    throw new InitlessError('ERR_CONFIG_INVALID', `invalid configuration:\n${problems.join('\n')}`, {
-      details: { problems },
-    })
-  }
+  if (!result.success)
+    throw configInvalid(result.error.issues.map((i) => ({ key: i.path.join('.'), message: i.message })))
   return Object.freeze(result.data)
+}
+
+/** ERR_CONFIG_INVALID listing every problem, one `  KEY: message` line each. */
+export function configInvalid(problems: readonly { key: string; message: string }[]): InitlessError {
+  const lines = problems.map((p) => `  ${p.key}: ${p.message}`)
+  return new InitlessError('ERR_CONFIG_INVALID', `invalid configuration:\n${lines.join('\n')}`, {
+    details: { problems: lines },
+  })
 }
