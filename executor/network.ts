@@ -14,7 +14,7 @@
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { formatIp, parseCidr, type Cidr } from '../shared/subnet.ts'
+import { formatIp, parseCidr, parseIp, type Cidr } from '../shared/subnet.ts'
 import type { CommandRunner } from './exec.ts'
 import type { SandboxHelpers } from './sandbox-helper.ts'
 
@@ -123,7 +123,8 @@ export class IpAllocator {
   }
 
   #offset(ip: string): number | undefined {
-    const n = ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0)
+    const n = parseIp(ip)
+    if (n === undefined) return undefined
     const offset = n - this.#cidr.base
     return offset >= 2 && offset < 2 ** (32 - this.#cidr.bits) - 1 ? offset : undefined
   }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
-import { canonicalCidr, formatIp, parseCidr, subnetHas, subnetsOverlap } from './subnet.ts'
+import { canonicalCidr, formatIp, parseCidr, parseIp, subnetHas, subnetsOverlap } from './subnet.ts'
 
 describe('parseCidr', () => {
   const valid: Array<[string, string, number]> = [
@@ -72,4 +72,11 @@ test('subnetHas', () => {
   assert.equal(subnetHas('10.213.0.0/16', '10.212.255.255'), false)
   assert.equal(subnetHas('10.213.0.0/16', '10.213.0'), false)
   assert.equal(subnetHas('10.213.0.0/16', '10.213.0.256'), false)
+})
+
+test('parseIp', () => {
+  assert.equal(parseIp('10.213.0.1'), 10 * 2 ** 24 + 213 * 2 ** 16 + 1)
+  assert.equal(parseIp('0.0.0.0'), 0)
+  for (const bad of ['10.213.0', '10.213.0.256', '10.213.0.1.2', 'a.b.c.d', '10.213.0.-1', ''])
+    assert.equal(parseIp(bad), undefined, bad)
 })

@@ -36,13 +36,18 @@ export function subnetRange(cidr: string): { readonly first: number; readonly la
   return { first: c.base, last: c.base + 2 ** (32 - c.bits) - 1 }
 }
 
+/** A dotted IPv4 address as a number; undefined for anything else. */
+export function parseIp(ip: string): number | undefined {
+  const octets = ip.split('.').map(Number)
+  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) return undefined
+  return octets.reduce((acc, o) => acc * 256 + o, 0)
+}
+
 /** Is the IPv4 address `ip` in the subnet? */
 export function subnetHas(cidr: string, ip: string): boolean {
-  const octets = ip.split('.').map(Number)
-  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) return false
-  const n = octets.reduce((acc, o) => acc * 256 + o, 0)
+  const n = parseIp(ip)
   const { first, last } = subnetRange(cidr)
-  return first <= n && n <= last
+  return n !== undefined && first <= n && n <= last
 }
 
 /** Do two subnets share an address? Unparseable ones share nothing. */
