@@ -79,6 +79,8 @@ export function desiredPeerRoutes(
     .sort((a, b) => a.subnet.localeCompare(b.subnet))
 }
 
+const routeKey = (r: PeerRoute) => `${r.subnet} via ${r.via}`
+
 export interface PeerRouter {
   /** Bring the kernel's initless routes in line with the peers in `heartbeats`. */
   sync(heartbeats: readonly ExecutorHeartbeat[], now: number): Promise<void>
@@ -156,7 +158,7 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
           continue
         }
         foreign.delete(r.subnet)
-        const which = `${r.subnet} via ${r.via}`
+        const which = routeKey(r)
         try {
           await run('ip', ['route', 'replace', r.subnet, 'via', r.via, 'proto', ROUTE_PROTO])
           failing.delete(which)
@@ -177,7 +179,7 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
         await run('ip', ['route', 'del', h.dst, 'proto', ROUTE_PROTO], { okCodes: [0, 2] })
         log.info({ subnet: h.dst, via: h.gateway }, 'route to peer removed')
       }
-      if (want.some((r) => failing.has(`${r.subnet} via ${r.via}`))) return
+      if (want.some((r) => failing.has(routeKey(r)))) return
       applied = key
       checkedAt = now
     },
