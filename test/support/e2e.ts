@@ -77,8 +77,10 @@ export function startProcess(
   const exited = new Promise<Exit>((resolve) =>
     child.once('exit', (code, signal) => resolve((exit = { code, signal }))),
   )
-  // 'exit' may come before the last of the output has been read; 'close' comes after it.
+  // 'exit' may come before the last of the output has been read; 'close' comes after it. Bounded:
+  // a child of its own could hold the pipe open.
   const closed = new Promise<void>((resolve) => child.once('close', () => resolve()))
+  const drained = () => Promise.race([closed, delay(2_000)])
   const records = (from = 0): LogRecord[] => {
     const out: LogRecord[] = []
     for (const line of text.slice(from).split('\n')) {
@@ -104,9 +106,7 @@ export function startProcess(
         const found = records(from).find(match)
         if (found) return found
         if (exit) {
-          // Its last lines may still be on their way (bounded: a child of its own could hold
-          // the pipe open).
-          await Promise.race([closed, delay(2_000)])
+          await drained() // its last lines may still be on their way
           const last = records(from).find(match)
           if (last) return last
           throw new Error(
@@ -126,7 +126,7 @@ export function startProcess(
         const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
         const result = await exited
         clearTimeout(timer)
-        await Promise.race([closed, delay(2_000)]) // its last lines, for whoever reads them next
+        await drained() // its last lines, for whoever reads them next
         return result
       })()
       return stopping
