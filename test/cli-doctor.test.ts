@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdir, readdir } from 'node:fs/promises'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { promisify } from 'node:util'
@@ -35,19 +35,48 @@ async function doctor(
   }
 }
 
-/** Debian bookworm's own CRIU 3.17, unpacked (not installed) from the archive. */
+/**
+ * Debian bookworm's own CRIU 3.17, unpacked (not installed) from the archive with the libraries it
+ * links that the host lacks (provisioning installs none of them: initless's CRIU is built without
+ * nftables, and 3.17 links libnftables). Returns a wrapper that runs it with those libraries.
+ */
 async function debianCriu317(): Promise<string> {
   const dir = join(config.INITLESS_STATE_DIR, 'test-cache', 'criu-3.17')
-  const bin = join(dir, 'usr', 'sbin', 'criu')
-  if (existsSync(bin)) return bin
+  const wrapper = join(dir, 'criu')
+  if (existsSync(wrapper)) return wrapper
+  await rm(dir, { recursive: true, force: true })
   await mkdir(dir, { recursive: true })
-  await exec('apt-get', ['download', 'criu=3.17.1*'], { cwd: dir, timeout: 120_000 }).catch(() =>
-    exec('apt-get', ['download', 'criu'], { cwd: dir, timeout: 120_000 }),
+  // -o APT::Sandbox::User=root: `_apt` cannot write into the state dir (0700).
+  const download = (pkg: string) =>
+    exec('apt-get', ['download', '-o', 'APT::Sandbox::User=root', pkg], { cwd: dir, timeout: 120_000 })
+  await download('criu=3.17.1*').catch(() => download('criu'))
+  const { stdout } = await exec('apt-cache', [
+    'depends',
+    '--recurse',
+    ...['recommends', 'suggests', 'conflicts', 'breaks', 'replaces', 'enhances'].map((d) => `--no-${d}`),
+    'criu',
+  ])
+  const libraries = [...new Set(stdout.split('\n').filter((l) => /^lib[\w.+-]+$/.test(l)))]
+  for (const pkg of libraries) {
+    const installed = await exec('dpkg-query', ['-W', '-f=${Status}', pkg]).then(
+      (r) => r.stdout.endsWith('ok installed'),
+      () => false,
+    )
+    if (!installed) await download(pkg)
+  }
+  const debs = (await readdir(dir)).filter((f) => f.endsWith('.deb'))
+  assert.ok(
+    debs.some((f) => f.startsWith('criu_')),
+    'apt-get download criu produced no .deb',
   )
-  const deb = (await readdir(dir)).find((f) => f.endsWith('.deb'))
-  assert.ok(deb, 'apt-get download criu produced no .deb')
-  await exec('dpkg', ['-x', join(dir, deb), dir])
-  return bin
+  for (const deb of debs) await exec('dpkg', ['-x', join(dir, deb), join(dir, 'root')])
+  const libs = ['usr/lib/x86_64-linux-gnu', 'lib/x86_64-linux-gnu'].map((l) => join(dir, 'root', l))
+  await writeFile(
+    wrapper,
+    `#!/bin/sh\nLD_LIBRARY_PATH=${libs.join(':')} exec ${join(dir, 'root', 'usr', 'sbin', 'criu')} "$@"\n`,
+    { mode: 0o755 },
+  )
+  return wrapper
 }
 
 test('doctor: a healthy host passes every check, the restore probe included', async (t) => {

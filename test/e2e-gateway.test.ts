@@ -103,8 +103,17 @@ describe('e2e: real executor + real gateway, sample functions', () => {
     return { ...res, timing }
   }
 
+  const isReady = (fn: string) => (r: LogRecord) => r.msg === 'instance ready' && r.fn === fn
   const readyRecords = (stack: E2eStack, fn: string, from: number): LogRecord[] =>
-    stack.executor.records(from).filter((r) => r.msg === 'instance ready' && r.fn === fn)
+    stack.executor.records(from).filter(isReady(fn))
+  /**
+   * The ready records since `from`, once there is at least one. The gateway learns of an instance
+   * through Redis and may answer before the executor's log line has come through its pipe.
+   */
+  const awaitReadyRecords = async (stack: E2eStack, fn: string, from: number) => {
+    await stack.executor.waitForLog(isReady(fn), 10_000, from)
+    return readyRecords(stack, fn, from)
+  }
 
   const rememberInstances = (list: readonly InstanceRecord[]) => {
     for (const i of list) seen.add(i.id)
@@ -168,7 +177,7 @@ describe('e2e: real executor + real gateway, sample functions', () => {
       t.diagnostic(`${sample.fn} cold Server-Timing: ${String(cold.headers['server-timing'])}`)
 
       // Exactly one restore, and the phases in the header are the executor's own numbers.
-      const restores = readyRecords(stack, sample.fn, mark)
+      const restores = await awaitReadyRecords(stack, sample.fn, mark)
       assert.equal(restores.length, 1, `restores of ${sample.fn}: ${JSON.stringify(restores)}`)
       const restored = restores[0]!
       const round = (v: unknown) => Math.round(Number(v) * 10) / 10
@@ -240,7 +249,7 @@ describe('e2e: real executor + real gateway, sample functions', () => {
       60_000,
     )
     rememberInstances(list)
-    const restores = readyRecords(stack, fn, mark)
+    const restores = await awaitReadyRecords(stack, fn, mark)
     assert.equal(restores.length, 1, `restores: ${JSON.stringify(restores)}`)
     assert.deepEqual(list.map((i) => i.id).sort(), restores.map((r) => r.id).sort())
     assert.deepEqual(list.map((i) => i.id).sort(), [...enqueued].sort())
@@ -356,7 +365,7 @@ describe('e2e: real executor + real gateway, sample functions', () => {
     assert.equal(res.status, 200, res.text)
     assert.deepEqual(JSON.parse(res.text), { message: 'hello from node', method: 'GET', path: '/' })
     assert.equal([...res.timing.keys()][0], 'cold', String(res.headers['server-timing']))
-    const restores = readyRecords(stack, fn, mark)
+    const restores = await awaitReadyRecords(stack, fn, mark)
     assert.equal(restores.length, 1, `restores: ${JSON.stringify(restores)}`)
     const list = await stack.instances(fn)
     rememberInstances(list)
@@ -385,8 +394,7 @@ describe('e2e: real executor + real gateway, sample functions', () => {
           .join(',')}}`,
       ) ?? 0
 
-    const restoresOf = (fn: string) =>
-      stack.executor.records().filter((r) => r.msg === 'instance ready' && r.fn === fn).length
+    const restoresOf = (fn: string) => stack.executor.records().filter(isReady(fn)).length
     for (const { fn } of SAMPLES) {
       const tally = answered.get(fn)
       assert.ok(tally && tally.cold >= 1 && tally.warm >= 1, `${fn}: ${JSON.stringify(tally)}`)
