@@ -1,6 +1,6 @@
 /**
  * Executor configuration (also used by the CLI's doctor, build and bake). Every key, its default and
- * unit is listed in the README's configuration table.
+ * unit is listed in docs/configuration.md (pinned by cli/config-docs.test.ts).
  */
 import { availableParallelism, hostname } from 'node:os'
 import { z } from 'zod'

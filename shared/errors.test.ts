@@ -4,12 +4,8 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { ERRORS, InitlessError, isInitlessError } from './errors.ts'
 
-test("the README's error table lists every code, and only codes that exist, with their HTTP status", async () => {
-  const readme = await readFile(join(import.meta.dirname, '..', 'README.md'), 'utf8')
-  const section = readme.slice(
-    readme.indexOf('## Error codes'),
-    readme.indexOf('\n## ', readme.indexOf('## Error codes') + 1),
-  )
+test('the error table in docs/errors.md lists every code, and only codes that exist, with their HTTP status', async () => {
+  const section = await readFile(join(import.meta.dirname, '..', 'docs', 'errors.md'), 'utf8')
   const listed = new Map<string, string>()
   for (const row of section.split('\n').filter((l) => l.startsWith('| `ERR_'))) {
     const [codes, status] = row
@@ -21,12 +17,12 @@ test("the README's error table lists every code, and only codes that exist, with
   assert.deepEqual(
     [...listed.keys()].filter((c) => !(c in ERRORS)),
     [],
-    'codes in the README that do not exist',
+    'codes in docs/errors.md that do not exist',
   )
   assert.deepEqual(
     Object.keys(ERRORS).filter((c) => !listed.has(c)),
     [],
-    'codes missing from the README',
+    'codes missing from docs/errors.md',
   )
   // A status the gateway answers with is the one in the table; "—" marks codes no HTTP client sees.
   for (const [code, status] of listed)

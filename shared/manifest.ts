@@ -1,6 +1,6 @@
 /**
  * The function manifest (`functions/<name>/function.yaml`): schema, defaults and parsing.
- * Every field and its default is documented in the README; keep the two in step.
+ * Every field and its default is documented in docs/functions.md; keep the two in step.
  */
 import { createHash } from 'node:crypto'
 import { parse as parseYaml, YAMLParseError } from 'yaml'
