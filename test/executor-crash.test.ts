@@ -85,10 +85,10 @@ describe('executor process: kill -9 and restart', () => {
   async function jobResult(id: string, timeoutMs: number): Promise<RestoreJobResult> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const job = await queue!.getJob(id)
-      const state = await job?.getState()
-      if (state === 'completed') return job!.returnvalue
-      if (state === 'failed') throw new Error(`job failed: ${job?.failedReason}`)
+      // The state first, then the job: a job read before it completed has no return value yet.
+      const state = await queue!.getJobState(id)
+      if (state === 'completed') return (await queue!.getJob(id))!.returnvalue
+      if (state === 'failed') throw new Error(`job failed: ${(await queue!.getJob(id))?.failedReason}`)
       if (Date.now() > deadline) throw new Error(`job ${id} still ${state} after ${timeoutMs} ms`)
       await new Promise((r) => setTimeout(r, 200))
     }
@@ -204,6 +204,10 @@ describe('executor process: kill -9 and restart', () => {
     await waitLog(/"msg":"functions prepared"/, 120_000)
     const id = await enqueue('lazy')
     const result = await jobResult(id, 60_000)
+    // In use, as a gateway would mark it: py-ok is reaped after 2 s idle, and the second
+    // executor's start can take longer than that on a loaded machine.
+    const inUse = setInterval(() => void registry!.touch('py-ok', id, Date.now()), 250)
+    t.after(() => clearInterval(inUse))
 
     // Without the lock it would reconcile the dir: kill the instance's lazy-pages daemon, remove
     // its namespace, mount and cgroup.
@@ -223,6 +227,7 @@ describe('executor process: kill -9 and restart', () => {
     const res = await httpOnce(result.address.host, result.address.port, '/')
     assert.match(res.body, /^hello \d+\n$/)
     assert.equal((await registry!.get('py-ok', id))?.state, 'ready')
+    clearInterval(inUse)
     await stop(first, 'SIGTERM')
     assert.equal(first.exitCode, 0)
     assert.deepEqual(resources(), NO_LEAKS)
