@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
-import type { CliIo } from './functions-commands.ts'
+import type { CliIo } from './progress.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 

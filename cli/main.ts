@@ -11,6 +11,7 @@ import { formatDoctorReport, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
+import { createProgress, type CliIo } from './progress.ts'
 import { createLogger } from '../shared/logger.ts'
 
 export const EXIT_OK = 0
@@ -22,6 +23,7 @@ const program = new Command()
   .description('Serverless functions restored from CRIU snapshots instead of booted')
   .option('--json', 'print machine-readable JSON instead of text')
   .option('-q, --quiet', 'print only errors')
+  .option('-v, --verbose', 'print the raw output of long steps (docker build, bake)')
   .exitOverride()
 
 program
@@ -62,19 +64,28 @@ program
     }
   })
 
-const io = {
+// The global options are known once commander has parsed them: the lanes read them on each call.
+let lanes: ReturnType<typeof createProgress> | undefined
+const progress = () =>
+  (lanes ??= createProgress({
+    json: globalOpts().json ?? false,
+    quiet: globalOpts().quiet ?? false,
+    verbose: globalOpts().verbose ?? false,
+    write: (text) => process.stderr.write(text),
+    isTty: process.stderr.isTTY,
+  }))
+const io: CliIo = {
   print,
-  progress: (line: string) => {
-    const g = globalOpts()
-    if (!g.json && !g.quiet) console.error(line)
-  },
+  progress: (line) => progress().progress(line),
+  detail: (line) => progress().detail(line),
+  activity: (text) => progress().activity(text),
 }
 registerFunctionCommands(program, io)
 registerServeCommands(program, io)
 registerBenchCommand(program, io)
 
-function globalOpts(): { json?: boolean; quiet?: boolean } {
-  return program.opts<{ json?: boolean; quiet?: boolean }>()
+function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {
+  return program.opts<{ json?: boolean; quiet?: boolean; verbose?: boolean }>()
 }
 
 /** Print a command's result: JSON with --json, nothing with --quiet, else the text. */
@@ -87,6 +98,7 @@ export function print(data: unknown, text: string): void {
 try {
   await program.parseAsync(process.argv)
 } catch (err) {
+  lanes?.close()
   if (err instanceof CommanderError) {
     process.exitCode = err.exitCode === 0 ? EXIT_OK : EXIT_USAGE
   } else {

@@ -19,7 +19,8 @@ import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
 import { formatAge } from '../shared/units.ts'
-import { bakeFunctions, buildFunctions, openHost, type CliIo } from './functions-commands.ts'
+import { openHost, prepareFunctions } from './functions-commands.ts'
+import type { CliIo } from './progress.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
@@ -101,8 +102,7 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       const ctx = await openHost()
       for (const p of ctx.set.problems) io.progress(`warning: ${p.error.message}`)
       const fns = [...ctx.set.functions]
-      await buildFunctions(ctx, fns, io)
-      if (opts.bake) await bakeFunctions(ctx, fns, io)
+      await prepareFunctions(ctx, fns, io, { bake: opts.bake })
       await lock.release()
       const children = [
         startProcess('executor', 'executor/main.ts', io),

@@ -129,7 +129,11 @@ describe('initless CLI commands', () => {
       second.stderr,
       /^initless: state dir \S+ is in use by another executor \(pid \d+, host id cli-/m,
     )
-    assert.doesNotMatch(second.stderr + second.stdout, /building image/)
+    // `up` reports each function it prepared as one line: build (or up to date), bake, size.
+    const prepared =
+      /^hello-node +(build [\d.]+ s|image up to date) +(bake [\d.]+ s|snapshot up to date) +[\d.]+ [KMG]iB$/m
+    assert.match(upOutput, prepared)
+    assert.doesNotMatch(second.stderr + second.stdout, /^hello-node +(build|image)/m)
 
     const cold = JSON.parse((await cli(['--json', 'invoke', 'hello-node', '/'])).stdout) as {
       status: number
