@@ -44,6 +44,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 APT_PACKAGES=(
   docker.io runc containerd redis-server debootstrap iproute2 iptables ca-certificates curl xz-utils
   nginx-light docker-compose
+  # systemd-analyze: the tests verify the service units with systemd's own parser
+  systemd
   # CRIU build dependencies
   build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev uuid-dev libbsd-dev libaio-dev
