@@ -11,6 +11,7 @@ import { formatDoctorReport, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
+import { registerServiceCommands } from './service/commands.ts'
 import { createLogger } from '../shared/logger.ts'
 
 export const EXIT_OK = 0
@@ -72,6 +73,7 @@ const io = {
 registerFunctionCommands(program, io)
 registerServeCommands(program, io)
 registerBenchCommand(program, io)
+registerServiceCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean }>()
