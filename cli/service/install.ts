@@ -215,8 +215,8 @@ function noSystemd(plan: ServicePlan, what: string): InitlessError {
   )
 }
 
-const LOG_DIR = '/var/log/initless'
-const PID_DIR = '/run/initless'
+/** Where the commands for hosts without systemd put the processes' output and pid files. */
+export const BACKGROUND_DIRS = { log: '/var/log/initless', run: '/run/initless' }
 
 /** A word for sh: single-quoted unless it is plainly safe. */
 export function shellWord(s: string): string {
@@ -227,11 +227,15 @@ export function shellWord(s: string): string {
  * The commands that run executor and gateway without systemd, as the units would: from the
  * install's root, with the env file's settings (this shell's when there is none), in the background.
  */
-export function withoutSystemd(plan: Pick<ServicePlan, 'root' | 'envFile' | 'executor' | 'gateway'>): string {
+export function withoutSystemd(
+  plan: Pick<ServicePlan, 'root' | 'envFile' | 'executor' | 'gateway'>,
+  dirs = BACKGROUND_DIRS,
+): string {
   const env = shellWord(plan.envFile)
+  const [log, run] = [shellWord(dirs.log), shellWord(dirs.run)]
   const start = (name: string, argv: readonly string[]) =>
-    `  nohup ${argv.map(shellWord).join(' ')} >>${LOG_DIR}/${name}.log 2>&1 </dev/null & echo $! >${PID_DIR}/${name}.pid`
-  const pid = (name: string) => `$(cat ${PID_DIR}/${name}.pid)`
+    `  nohup ${argv.map(shellWord).join(' ')} >>${log}/${name}.log 2>&1 </dev/null & echo $! >${run}/${name}.pid`
+  const pid = (name: string) => `$(cat ${run}/${name}.pid)`
   return [
     'Run it in the foreground instead:',
     '  npx initless up',
@@ -239,7 +243,7 @@ export function withoutSystemd(plan: Pick<ServicePlan, 'root' | 'envFile' | 'exe
     "(this shell's INITLESS_* settings when that file does not exist):",
     `  cd ${shellWord(plan.root)}`,
     `  set -a; [ ! -f ${env} ] || . ${env}; set +a`,
-    `  mkdir -p ${LOG_DIR} ${PID_DIR}`,
+    `  mkdir -p ${log} ${run}`,
     start('executor', plan.executor),
     start('gateway', plan.gateway),
     'Stop them, the gateway first (the executor stops its instances before it exits):',
