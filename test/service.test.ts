@@ -9,7 +9,6 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -18,18 +17,11 @@ import { parseEnvFile, renderEnvFile, type Settings } from '../cli/service/env-f
 import { withoutSystemd } from '../cli/service/install.ts'
 import { planService, renderUnits, type ServicePlan } from '../cli/service/units.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
+import { freePort } from './support/e2e.ts'
 import { REDIS_URL, requireServices } from './support/integration.ts'
 
 const exec = promisify(execFile)
 const ROOT = join(import.meta.dirname, '..')
-
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  const port = (server.address() as { port: number }).port
-  await new Promise((r) => server.close(r))
-  return port
-}
 
 /** Poll `url` until it answers 200; fail with `context()` after `ms`. */
 async function until200(url: string, ms: number, context: () => Promise<string>): Promise<void> {

@@ -46,10 +46,10 @@ describe('initless service (the command line)', () => {
     )
   }
 
-  const where = ['--unit-dir', join(dir, 'units'), '--settings', join(dir, 'initless.env')]
+  const where = () => ['--unit-dir', unitDir, '--settings', envFile]
 
   test('without systemd: exit 1, what to run instead, nothing written', async () => {
-    const res = await cli(['service', 'install', '--unit-dir', unitDir, '--settings', envFile])
+    const res = await cli(['service', 'install', ...where()])
     assert.equal(res.code, 1, res.stderr)
     assert.match(
       res.stderr,
@@ -71,7 +71,7 @@ describe('initless service (the command line)', () => {
   })
 
   test('--dry-run prints the units and the env file without the token, and writes nothing', async () => {
-    const res = await cli(['service', 'install', '--dry-run', '--unit-dir', unitDir, '--settings', envFile], {
+    const res = await cli(['service', 'install', '--dry-run', ...where()], {
       INITLESS_ADMIN_TOKEN: TOKEN,
       INITLESS_GATEWAY_URL: 'http://127.0.0.1:8080',
     })
@@ -105,7 +105,7 @@ describe('initless service (the command line)', () => {
     })
 
   test('bad settings exit 2, every problem listed', async () => {
-    const res = await cli(['service', 'install', '--dry-run', ...where], {
+    const res = await cli(['service', 'install', '--dry-run', ...where()], {
       INITLESS_SUBNET: 'everywhere',
       INITLESS_GATEWAY_PORT: 'eighty',
     })

@@ -29,11 +29,8 @@ export function registerServiceCommands(program: Command, io: CliIo): void {
       'run initless as systemd services: the executor, the gateway and, if initless started it, Redis',
     )
 
-  service
-    .command('install')
+  withLocations(service.command('install'))
     .description('write the systemd units and the env file, then enable the units (docs/service.md)')
-    .option('--unit-dir <dir>', 'where the units go', DEFAULT_UNIT_DIR)
-    .option('--settings <file>', 'the env file of INITLESS_* settings the units read', DEFAULT_ENV_FILE)
     .option('--force', "rewrite the env file from this shell's INITLESS_* settings even if it exists")
     .option('--now', 'start the units too')
     .option('--no-redis', 'neither write nor depend on a Redis unit (Redis is looked after elsewhere)')
@@ -63,11 +60,8 @@ export function registerServiceCommands(program: Command, io: CliIo): void {
       },
     )
 
-  service
-    .command('uninstall')
+  withLocations(service.command('uninstall'))
     .description('stop, disable and remove the units initless wrote (never others); keep the env file')
-    .option('--unit-dir <dir>', 'where the units are', DEFAULT_UNIT_DIR)
-    .option('--settings <file>', 'the env file of INITLESS_* settings', DEFAULT_ENV_FILE)
     .option('--purge', 'remove the env file too')
     .option('--dry-run', 'say what would be removed; change nothing')
     .action(async (opts: { unitDir: string; settings: string; purge?: boolean; dryRun?: boolean }) => {
@@ -82,6 +76,13 @@ export function registerServiceCommands(program: Command, io: CliIo): void {
       )
       io.print(result, formatUninstall(result))
     })
+}
+
+/** Where the units and the env file are: the options both subcommands share. */
+function withLocations(command: Command): Command {
+  return command
+    .option('--unit-dir <dir>', 'the directory of the units', DEFAULT_UNIT_DIR)
+    .option('--settings <file>', 'the env file of INITLESS_* settings the units read', DEFAULT_ENV_FILE)
 }
 
 /** INITLESS_SYSTEMD_MARKER stands in for /run/systemd/system in tests, as in scripts/daemons.sh. */
