@@ -142,6 +142,7 @@ export function formatInstall(r: InstallResult): string {
         ? `# ${env.path} (would be written, mode 0600; secrets redacted)\n${env.text}`
         : `# ${env.path} exists and is kept (--force rewrites it); its settings, secrets redacted:\n${env.text}`,
       ...r.removed.map((name) => `# would remove ${name} (no longer needed)`),
+      ...r.conflicts.map((path) => `# would refuse: ${path} exists and initless did not write it`),
       `# ${describeRedis(r.redis)}`,
       ...(r.withoutSystemd ? ['', r.withoutSystemd] : []),
     ].join('\n')

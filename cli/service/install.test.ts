@@ -216,6 +216,9 @@ describe('service install refuses, leaving everything as it was', () => {
     assert.deepEqual(await files(), ['initless-gateway.service'])
     assert.equal(await exists(envFile), false)
     assert.deepEqual(manager.calls, [])
+    // A dry run shows it.
+    const dry = await installService(deps(manager), opts({ dryRun: true }))
+    assert.deepEqual(dry.conflicts, [join(unitDir, 'initless-gateway.service')])
   })
 
   test('a unit dir that does not exist, or is no directory', async () => {
@@ -238,6 +241,19 @@ describe('service install refuses, leaving everything as it was', () => {
       /INITLESS_SUBNET: .*\n.*INITLESS_MAX_BODY: /,
     )
     assert.deepEqual(await files(), [])
+    assert.equal(await exists(envFile), false)
+  })
+
+  test('a setting the env file cannot hold, even in a dry run', async () => {
+    for (const dryRun of [false, true])
+      await rejects(
+        installService(
+          deps(createFakeServiceManager(), { INITLESS_ADMIN_TOKEN: `${TOKEN}\nX=1` }),
+          opts({ dryRun }),
+        ),
+        'ERR_CONFIG_INVALID',
+        /INITLESS_ADMIN_TOKEN: a line break or NUL cannot be written/,
+      )
     assert.equal(await exists(envFile), false)
   })
 

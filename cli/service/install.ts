@@ -47,6 +47,8 @@ export interface InstallResult {
   readonly units: readonly { name: string; path: string; changed: boolean; text: string }[]
   /** Units of ours the new plan no longer has (initless-redis.service after a Redis change). */
   readonly removed: readonly string[]
+  /** Files with a planned unit's name that initless did not write: install refuses while they exist. */
+  readonly conflicts: readonly string[]
   readonly envFile: {
     readonly path: string
     readonly action: 'write' | 'keep'
@@ -69,6 +71,8 @@ export async function installService(deps: ServiceDeps, opts: InstallOptions): P
   const picked = keep
     ? { settings: parseEnvFile(existing, opts.envFile), ignored: [] }
     : pickSettings(deps.env, deps.cwd)
+  // Rendered first: a value the file cannot hold is refused before anything else.
+  const envText = keep ? undefined : renderEnvFile(picked.settings)
   const plan = planService({
     settings: picked.settings,
     root: deps.root,
@@ -94,10 +98,17 @@ export async function installService(deps: ServiceDeps, opts: InstallOptions): P
   const removed = MANAGED_UNITS.filter(
     (name) => !planned.some((u) => u.name === name) && isManaged(current.get(name) ?? ''),
   )
+  const conflicts = units
+    .filter((u) => {
+      const text = current.get(u.name)
+      return text !== undefined && !isManaged(text)
+    })
+    .map((u) => u.path)
   const result: InstallResult = {
     dryRun: opts.dryRun,
     units,
     removed,
+    conflicts,
     envFile: {
       path: opts.envFile,
       action: keep ? 'keep' : 'write',
@@ -112,26 +123,22 @@ export async function installService(deps: ServiceDeps, opts: InstallOptions): P
   }
   if (opts.dryRun) return result
 
-  const foreign = planned.filter((u) => {
-    const text = current.get(u.name)
-    return text !== undefined && !isManaged(text)
-  })
-  if (foreign.length)
+  if (conflicts.length)
     throw new InitlessError(
       'ERR_SERVICE_UNIT_CONFLICT',
-      `${foreign.map((u) => join(opts.unitDir, u.name)).join(', ')} ${foreign.length > 1 ? 'exist' : 'exists'} and ` +
-        `initless did not write ${foreign.length > 1 ? 'them' : 'it'} (no '# Managed by initless' first line): ` +
-        'move it away (after `systemctl disable --now` of the unit), then run install again',
+      `${conflicts.join(', ')} ${conflicts.length > 1 ? 'exist' : 'exists'} and initless did not write ` +
+        `${conflicts.length > 1 ? 'them' : 'it'} (no '# Managed by initless' first line): move it away ` +
+        '(after `systemctl disable --now` of the unit), then run install again',
     )
   await access(opts.unitDir, constants.W_OK).catch((err: unknown) => {
     throw fileError(err, `cannot write units to ${opts.unitDir}`)
   })
 
-  if (!keep) {
+  if (envText !== undefined) {
     await mkdir(dirname(opts.envFile), { recursive: true, mode: 0o755 }).catch((err: unknown) => {
       throw fileError(err, `cannot create ${dirname(opts.envFile)}`)
     })
-    await writeAtomic(opts.envFile, renderEnvFile(picked.settings), 0o600)
+    await writeAtomic(opts.envFile, envText, 0o600)
   }
   const redis = plan.redis
   if (redis.kind === 'own')
