@@ -12,6 +12,7 @@ import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
+import { registerServiceCommands } from './service/commands.ts'
 import { createLogger } from '../shared/logger.ts'
 
 export const EXIT_OK = 0
@@ -83,6 +84,7 @@ const io: CliIo = {
 registerFunctionCommands(program, io)
 registerServeCommands(program, io)
 registerBenchCommand(program, io)
+registerServiceCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean; verbose?: boolean }>()

@@ -44,6 +44,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 APT_PACKAGES=(
   docker.io runc containerd redis-server debootstrap iproute2 iptables ca-certificates curl xz-utils
   nginx-light docker-compose
+  # systemd-analyze: the tests verify the service units with systemd's own parser
+  systemd
   # CRIU build dependencies
   build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev uuid-dev libbsd-dev libaio-dev
@@ -190,14 +192,8 @@ changed=$(node -e '
 ') || fail "/etc/docker/daemon.json is not valid JSON" "fix or remove /etc/docker/daemon.json and re-run"
 done_step "$([ "$changed" = yes ] && echo 'experimental enabled' || echo 'experimental already on')"
 
-has_systemd() { [ -d /run/systemd/system ]; }
-wait_for() { # wait_for SECONDS CMD...
-  local deadline=$(($(date +%s) + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
+# has_systemd, wait_for, restart_docker, start_docker, start_redis
+. "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 step "Docker engine"
 if docker info >/dev/null 2>&1 && [ "$changed" != yes ]; then
@@ -205,17 +201,9 @@ if docker info >/dev/null 2>&1 && [ "$changed" != yes ]; then
 else
   if docker info >/dev/null 2>&1; then
     # Running, but without the new configuration: restart it so experimental takes effect.
-    if has_systemd; then systemctl restart docker; else
-      pkill -x dockerd || true
-      wait_for 30 bash -c '! pgrep -x dockerd' || fail "dockerd did not stop" "stop dockerd by hand and re-run"
-    fi
+    restart_docker || fail "the Docker engine did not restart" "stop dockerd (or systemctl restart docker) by hand and re-run"
   fi
-  if ! docker info >/dev/null 2>&1; then
-    if has_systemd; then systemctl start docker; else
-      pgrep -x containerd >/dev/null || true
-      setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
-    fi
-  fi
+  if ! docker info >/dev/null 2>&1; then start_docker; fi
   wait_for 60 docker info || fail "the Docker engine did not answer within 60 s (log: $LOG_DIR/dockerd.log)" \
     "read $LOG_DIR/dockerd.log; a stale /var/run/docker.pid can be removed once no dockerd runs"
   done_step "started"
@@ -228,12 +216,7 @@ step "Redis"
 if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
   done_step "answering on port $REDIS_PORT"
 else
-  if has_systemd && [ "$REDIS_PORT" = 6379 ]; then systemctl start redis-server; else
-    mkdir -p "$STATE_DIR/redis"
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
-      --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$REDIS_PORT.pid" \
-      --appendonly yes --save ''
-  fi
+  start_redis "$REDIS_PORT"
   wait_for 20 bash -c "redis-cli -p $REDIS_PORT ping | grep -q PONG" ||
     fail "Redis did not answer on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)" "read $LOG_DIR/redis.log"
   done_step "started on port $REDIS_PORT"

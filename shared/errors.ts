@@ -35,6 +35,14 @@ export const ERRORS = {
   // Commands the executor runs (runc, criu, ip, mount)
   ERR_COMMAND_FAILED: { status: 500, title: 'Command failed', retryable: true },
   ERR_COMMAND_TIMEOUT: { status: 500, title: 'Command timed out', retryable: true },
+  // `initless service`: systemd units
+  ERR_SERVICE_NO_SYSTEMD: { status: 500, title: 'systemd is not running on this host', retryable: false },
+  ERR_SERVICE_UNIT_CONFLICT: {
+    status: 500,
+    title: 'A unit initless did not write is in the way',
+    retryable: false,
+  },
+  ERR_SERVICE_FILE_FAILED: { status: 500, title: 'Unit or env file not read or written', retryable: false },
   // Gateway
   ERR_GATEWAY_BODY_TOO_LARGE: { status: 413, title: 'Request body too large', retryable: false },
   ERR_GATEWAY_NO_CAPACITY: { status: 503, title: 'No capacity', retryable: true },

@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { promisify } from 'node:util'
+
+const exec = promisify(execFile)
+const DAEMONS = join(import.meta.dirname, 'daemons.sh')
+const PROVISION = join(import.meta.dirname, 'provision.sh')
+
+/**
+ * provision.sh's choice between systemd and background daemons, run for real in bash with fake
+ * systemctl, dockerd, redis-server, pkill and pgrep first in PATH: each records its argv.
+ */
+describe('scripts/daemons.sh', () => {
+  let dir = ''
+  const calls = () => join(dir, 'calls.log')
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'initless-daemons-'))
+    await mkdir(join(dir, 'bin'))
+    await mkdir(join(dir, 'systemd-marker'))
+    for (const name of ['systemctl', 'dockerd', 'redis-server', 'pkill', 'pgrep']) {
+      const file = join(dir, 'bin', name)
+      // Every argument in brackets: an empty one ('') shows. pgrep finds nothing (dockerd stopped);
+      // dockerd takes a moment, so a caller that waited for it records itself after it.
+      await writeFile(
+        file,
+        `#!/bin/bash\n${name === 'dockerd' ? 'sleep 0.3\n' : ''}` +
+          `{ printf '%s' ${name}; for a in "$@"; do printf ' [%s]' "$a"; done; echo; } >>"$CALLS"\n` +
+          `echo "${name} output"\n${name === 'pgrep' ? 'exit 1\n' : ''}`,
+      )
+      await chmod(file, 0o755)
+    }
+  })
+  after(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true })
+  })
+
+  /** Run `script` after sourcing daemons.sh, with or without the systemd marker. */
+  async function run(script: string, opts: { systemd: boolean }): Promise<string[]> {
+    await rm(calls(), { force: true })
+    await rm(join(dir, 'log'), { recursive: true, force: true })
+    await mkdir(join(dir, 'log'))
+    await exec('bash', ['-c', `set -Eeuo pipefail; . ${DAEMONS}; ${script}; wait`], {
+      env: {
+        PATH: `${join(dir, 'bin')}:${process.env.PATH}`,
+        CALLS: calls(),
+        STATE_DIR: join(dir, 'state'),
+        LOG_DIR: join(dir, 'log'),
+        INITLESS_SYSTEMD_MARKER: join(dir, opts.systemd ? 'systemd-marker' : 'no-such-dir'),
+      },
+    })
+    return (await readFile(calls(), 'utf8').catch(() => '')).trimEnd().split('\n').filter(Boolean)
+  }
+
+  const ownRedis = (port: number) =>
+    `redis-server [--port] [${port}] [--bind] [127.0.0.1] [--daemonize] [yes] [--dir] [${dir}/state/redis] ` +
+    `[--logfile] [${dir}/log/redis.log] [--pidfile] [/run/initless-redis-${port}.pid] [--appendonly] [yes] [--save] []`
+
+  test('with systemd: Docker and Redis on 6379 are enabled and started by systemctl', async () => {
+    assert.deepEqual(await run('start_docker; start_redis 6379', { systemd: true }), [
+      'systemctl [enable] [--now] [docker]',
+      'systemctl [enable] [--now] [redis-server]',
+    ])
+  })
+
+  test('with systemd: a Redis on another port is initless’s own, daemonized', async () => {
+    assert.deepEqual(await run('start_redis 6380', { systemd: true }), [ownRedis(6380)])
+  })
+
+  test('with systemd: a restart of Docker goes through systemctl', async () => {
+    assert.deepEqual(await run('restart_docker', { systemd: true }), ['systemctl [restart] [docker]'])
+  })
+
+  test('without systemd: dockerd runs in the background logging to LOG_DIR, redis-server daemonizes', async () => {
+    assert.deepEqual(
+      await run('start_docker; echo returned >>"$CALLS"; start_redis 6379', { systemd: false }),
+      ['returned', ownRedis(6379), 'dockerd'],
+    )
+    assert.equal(await readFile(join(dir, 'log', 'dockerd.log'), 'utf8'), 'dockerd output\n')
+  })
+
+  test('without systemd: a restart of Docker stops dockerd and waits until it is gone', async () => {
+    assert.deepEqual(await run('restart_docker', { systemd: false }), [
+      'pkill [-x] [dockerd]',
+      'pgrep [-x] [dockerd]',
+    ])
+  })
+
+  test('provision.sh starts its daemons only through these functions', async () => {
+    const text = await readFile(PROVISION, 'utf8')
+    assert.match(text, /^\. "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)\/daemons\.sh"$/m)
+    const direct = text
+      .split('\n')
+      .filter((l) => /(?:^|[;&|(]|\bthen|\belse)\s*(?:systemctl|setsid|nohup|dockerd|redis-server)\s/.test(l))
+    assert.deepEqual(direct, [], 'lines of provision.sh that start a daemon themselves')
+  })
+})
