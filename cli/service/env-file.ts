@@ -44,7 +44,7 @@ export function pickSettings(
 
 const HEADER = `# initless settings for initless-executor.service and initless-gateway.service.
 # Written by \`initless service install\` (mode 0600: it may hold INITLESS_ADMIN_TOKEN); kept by later
-# installs unless --force. Every key and its default: README.md, "Configuration". After an edit:
+# installs unless --force. Every key and its default: docs/configuration.md. After an edit:
 #   systemctl restart initless-executor initless-gateway
 `
 
