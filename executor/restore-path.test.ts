@@ -8,6 +8,8 @@ import { fakeSandboxHelper } from './sandbox-helper-fake.ts'
 
 const V1: CgroupLayout = { v2: false, root: '/sys/fs/cgroup', hierarchies: ['memory', 'devices', 'pids'] }
 const V2: CgroupLayout = { v2: true, root: '/sys/fs/cgroup', hierarchies: [] }
+const DIRECT_V1: RestorePath = { direct: true, reason: 'cgroup v1', settled: true }
+const UNAVAILABLE = { direct: false, reason: 'cgroup v2, eBPF device filter unavailable' } as const
 
 test('probeRestorePath: direct on v1, and on v2 when the kernel takes the device filter; else runc', async () => {
   const cases: {
@@ -24,17 +26,11 @@ test('probeRestorePath: direct on v1, and on v2 when the kernel takes the device
       name: 'v1, with a helper',
       layout: V1,
       helper: () => undefined,
-      path: { direct: true, reason: 'cgroup v1', settled: true },
+      path: DIRECT_V1,
       text: 'direct (cgroup v1)',
       asked: false,
     },
-    {
-      name: 'v1, helper off',
-      layout: V1,
-      path: { direct: true, reason: 'cgroup v1', settled: true },
-      text: 'direct (cgroup v1)',
-      asked: false,
-    },
+    { name: 'v1, helper off', layout: V1, path: DIRECT_V1, text: 'direct (cgroup v1)', asked: false },
     {
       name: 'v2, helper off',
       layout: V2,
@@ -54,12 +50,7 @@ test('probeRestorePath: direct on v1, and on v2 when the kernel takes the device
       name: 'v2, the kernel refuses it (EPERM): settled',
       layout: V2,
       helper: () => 1,
-      path: {
-        direct: false,
-        reason: 'cgroup v2, eBPF device filter unavailable',
-        filterError: 'sandbox helper device-filter-check: errno 1',
-        settled: true,
-      },
+      path: { ...UNAVAILABLE, filterError: 'sandbox helper device-filter-check: errno 1', settled: true },
       text: 'runc restore (cgroup v2, eBPF device filter unavailable)',
       asked: true,
     },
@@ -69,8 +60,7 @@ test('probeRestorePath: direct on v1, and on v2 when the kernel takes the device
       helper: () =>
         new InitlessError('ERR_COMMAND_FAILED', 'sandbox helper device-filter-check: helper exited'),
       path: {
-        direct: false,
-        reason: 'cgroup v2, eBPF device filter unavailable',
+        ...UNAVAILABLE,
         filterError: 'sandbox helper device-filter-check: helper exited',
         settled: false,
       },

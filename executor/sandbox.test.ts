@@ -15,7 +15,7 @@ import { IpAllocator, type NetworkManager } from './network.ts'
 import { createMounter } from './rootfs.ts'
 import { formatRestorePath } from './restore-path.ts'
 import { createRunc } from './runc.ts'
-import type { HelperRequest } from './sandbox-helper.ts'
+import type { HelperRequest, SandboxHelper } from './sandbox-helper.ts'
 import { fakeSandboxHelper } from './sandbox-helper-fake.ts'
 import { createSandboxManager, type SandboxRequest } from './sandbox.ts'
 
@@ -45,6 +45,26 @@ async function fakeV1Root(dir: string): Promise<CgroupLayout> {
   for (const h of hierarchies) await mkdir(join(root, h), { recursive: true })
   return { v2: false, root, hierarchies }
 }
+
+/** A sandbox manager on the fake root, its commands recorded; `calls` for what runc was asked. */
+function managerOn(dir: string, layout: CgroupLayout, helper: SandboxHelper | undefined) {
+  const { run, calls } = fakeRunner()
+  const sandboxes = createSandboxManager({
+    stateDir: join(dir, 'state'),
+    network,
+    ips: new IpAllocator('10.251.0.0/24'),
+    mounter: createMounter({ run }),
+    runc: createRunc({ run, root: join(dir, 'runc') }),
+    helper,
+    withoutHelper: 'sandbox helper off',
+    readLayout: async () => layout,
+  })
+  return { sandboxes, calls }
+}
+
+/** The probe, and the cgroup made through the helper, as every v2 prepare with a helper starts. */
+const CHECK: HelperRequest = { op: 'device-filter-check', args: [...ALLOWED_DEVICES] }
+const MKDIR_V2: HelperRequest = { op: 'mkdir', args: ['<root>/initless/sb1'] }
 
 function request(id: string, forRestore: boolean): SandboxRequest {
   return {
@@ -79,8 +99,8 @@ test('prepare: direct restores where the cgroup gets what runc would set, runc r
       direct: true,
       restorePath: 'direct (cgroup v2, eBPF device filter)',
       requests: [
-        { op: 'device-filter-check', args: [...ALLOWED_DEVICES] },
-        { op: 'mkdir', args: ['<root>/initless/sb1'] },
+        CHECK,
+        MKDIR_V2,
         {
           op: 'write',
           args: [
@@ -105,10 +125,7 @@ test('prepare: direct restores where the cgroup gets what runc would set, runc r
       forRestore: true,
       direct: false,
       restorePath: 'runc restore (cgroup v2, eBPF device filter unavailable)',
-      requests: [
-        { op: 'device-filter-check', args: [...ALLOWED_DEVICES] },
-        { op: 'mkdir', args: ['<root>/initless/sb1'] },
-      ],
+      requests: [CHECK, MKDIR_V2],
     },
     {
       name: 'v2 without the helper',
@@ -125,7 +142,7 @@ test('prepare: direct restores where the cgroup gets what runc would set, runc r
       forRestore: false,
       direct: false,
       restorePath: 'direct (cgroup v2, eBPF device filter)',
-      requests: [{ op: 'mkdir', args: ['<root>/initless/sb1'] }],
+      requests: [MKDIR_V2],
     },
     {
       name: 'v1: device list written, no filter',
@@ -157,17 +174,7 @@ test('prepare: direct restores where the cgroup gets what runc would set, runc r
     try {
       const layout = await c.layout(dir)
       const fake = c.helper ? fakeSandboxHelper(c.helper) : undefined
-      const { run, calls } = fakeRunner()
-      const sandboxes = createSandboxManager({
-        stateDir: join(dir, 'state'),
-        network,
-        ips: new IpAllocator('10.251.0.0/24'),
-        mounter: createMounter({ run }),
-        runc: createRunc({ run, root: join(dir, 'runc') }),
-        helper: fake?.helper,
-        withoutHelper: 'sandbox helper off',
-        readLayout: async () => layout,
-      })
+      const { sandboxes, calls } = managerOn(dir, layout, fake?.helper)
       const sb = await sandboxes.prepare(request('sb1', c.forRestore))
       assert.equal(sb.direct !== undefined, c.direct, c.name)
       if (sb.direct) {
@@ -221,16 +228,7 @@ test('restorePath: probed once while the helper answers, again after it did not'
       died = false
       return new Error('helper exited')
     })
-    const { run } = fakeRunner()
-    const sandboxes = createSandboxManager({
-      stateDir: join(dir, 'state'),
-      network,
-      ips: new IpAllocator('10.251.0.0/24'),
-      mounter: createMounter({ run }),
-      runc: createRunc({ run, root: join(dir, 'runc') }),
-      helper: fake.helper,
-      readLayout: async () => layout,
-    })
+    const { sandboxes } = managerOn(dir, layout, fake.helper)
     assert.equal((await sandboxes.restorePath()).direct, false)
     assert.equal((await sandboxes.restorePath()).direct, true)
     assert.equal((await sandboxes.restorePath()).direct, true)
