@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { describe, test } from 'node:test'
 import type { EngineInfo } from '../executor/docker.ts'
 import type { CommandRunner, RunResult } from '../executor/exec.ts'
+import type { RestorePath } from '../executor/restore-path.ts'
 import type { SelfTestStep } from '../executor/selftest/selftest.ts'
 import { InitlessError } from '../shared/errors.ts'
 import { formatDoctorReport, runDoctor, type CheckResult, type DoctorDeps } from './doctor.ts'
@@ -51,6 +52,7 @@ function harness(
     nodeVersion?: string
     minFreeDisk?: number
     sandboxHelper?: DoctorDeps['sandboxHelper']
+    restorePath?: RestorePath
   } = {},
 ): Harness {
   const answers = { ...HEALTHY, ...over.answers }
@@ -87,6 +89,7 @@ function harness(
     },
     redisUrl: REDIS_URL,
     sandboxHelper: over.sandboxHelper ?? { setting: 'auto', path: HELPER },
+    restorePath: async () => over.restorePath ?? { direct: true, reason: 'cgroup v1', settled: true },
     ...(selfTest
       ? {
           selfTest: () => {
@@ -123,6 +126,7 @@ describe('runDoctor', () => {
         'criu check',
         'lazy pages',
         'sandbox helper',
+        'restore path',
         'redis',
         'kernel features',
         'disk',
@@ -141,6 +145,7 @@ describe('runDoctor', () => {
       'criu check': [true, 'Looks good', undefined],
       'lazy pages': [true, 'uffd-noncoop supported', undefined],
       'sandbox helper': [true, HELPER, undefined],
+      'restore path': [true, 'direct (cgroup v1)', undefined],
       redis: [true, 'Redis 7.0.15', undefined],
       'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
     })
@@ -159,6 +164,42 @@ describe('runDoctor', () => {
     // The engine is asked once for both Docker checks.
     assert.deepEqual(h.counts, { dockerInfo: 1, redisVersion: 1, selfTest: 1 })
     for (const r of results) assert.ok(r.ms >= 0)
+  })
+
+  test('restore path: says which path and why; a device filter the kernel refuses fails with the fix', async () => {
+    const cases: { path: RestorePath; ok: boolean; detail: RegExp }[] = [
+      {
+        path: { direct: true, reason: 'cgroup v1', settled: true },
+        ok: true,
+        detail: /^direct \(cgroup v1\)$/,
+      },
+      {
+        path: { direct: true, reason: 'cgroup v2, eBPF device filter', settled: true },
+        ok: true,
+        detail: /^direct \(cgroup v2, eBPF device filter\)$/,
+      },
+      {
+        path: { direct: false, reason: 'cgroup v2, sandbox helper off', settled: true },
+        ok: true,
+        detail: /^runc restore \(cgroup v2, sandbox helper off\)$/,
+      },
+      {
+        path: {
+          direct: false,
+          reason: 'cgroup v2, eBPF device filter unavailable',
+          filterError: 'sandbox helper device-filter-check: load the device filter: Operation not permitted',
+          settled: true,
+        },
+        ok: false,
+        detail: /^runc restore \(cgroup v2, eBPF device filter unavailable\): .*Operation not permitted$/,
+      },
+    ]
+    for (const c of cases) {
+      const r = byName(await runDoctor(harness({ selfTest: null, restorePath: c.path }).deps), 'restore path')
+      assert.equal(r.ok, c.ok, c.path.reason)
+      assert.match(r.detail, c.detail)
+      if (!c.ok) assert.match(r.fix!, /CONFIG_CGROUP_BPF.*runc restore/)
+    }
   })
 
   test('sandbox helper: missing fails with the provision fix; off passes without running one', async () => {

@@ -7,6 +7,7 @@ import { statfs, readFile } from 'node:fs/promises'
 import { compareVersions, parseCriuVersion } from '../executor/criu.ts'
 import type { EngineInfo } from '../executor/docker.ts'
 import type { CommandRunner } from '../executor/exec.ts'
+import { formatRestorePath, type RestorePath } from '../executor/restore-path.ts'
 import type { SelfTestStep } from '../executor/selftest/selftest.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
@@ -32,6 +33,8 @@ export interface DoctorDeps {
   readonly redisUrl: string
   /** INITLESS_SANDBOX_HELPER and the helper binary it resolves to (undefined: none found/off). */
   readonly sandboxHelper: { readonly setting: string; readonly path: string | undefined }
+  /** How restores run on this host and why (SandboxManager.restorePath). */
+  readonly restorePath: () => Promise<RestorePath>
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -152,6 +155,15 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         if (res.stdout !== '1\tok\n')
           throw new Error(`${path} answered ${JSON.stringify(res.stdout)} to a ping`)
         return path
+      },
+    },
+    {
+      name: 'restore path',
+      fix: 'a kernel with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and an executor with CAP_SYS_ADMIN; until then restores go through runc restore, ~100 ms slower (docs/cgroup-v2.md)',
+      run: async () => {
+        const path = await deps.restorePath()
+        if (path.filterError) throw new Error(`${formatRestorePath(path)}: ${path.filterError}`)
+        return formatRestorePath(path)
       },
     },
     {

@@ -49,6 +49,7 @@ program
         minFreeDisk: config.INITLESS_MIN_FREE_DISK,
         redisUrl: config.INITLESS_REDIS_URL,
         sandboxHelper: { setting: config.INITLESS_SANDBOX_HELPER, path: host.sandboxHelper },
+        restorePath: () => host.sandboxes.restorePath(),
         dockerInfo: () => host.docker.info(),
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {

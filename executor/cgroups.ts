@@ -3,12 +3,13 @@
  * Works for cgroup v1 (one hierarchy per controller, each mounted under /sys/fs/cgroup) and v2 (one
  * unified hierarchy at /sys/fs/cgroup). initless creates a sandbox's cgroups ahead (the container
  * bind-mounts them). For a container runc starts (a bake), runc sets the limits; for a restore CRIU
- * does directly, the executor sets them as runc would (cgroupLimitWrites) before CRIU runs.
+ * does directly, the executor sets them as runc would (applySandboxLimits: cgroupLimitWrites, and on
+ * v2 the device filter the sandbox helper attaches) before CRIU runs. docs/cgroup-v2.md: v2 details.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { access, mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { SandboxHelper } from './sandbox-helper.ts'
+import type { HelperRequest, SandboxHelper } from './sandbox-helper.ts'
 
 export const CGROUP_ROOT = '/sys/fs/cgroup'
 
@@ -16,10 +17,12 @@ export const CGROUP_ROOT = '/sys/fs/cgroup'
 export const SANDBOX_CGROUP_PARENT = '/initless'
 
 export interface CgroupLayout {
-  /** One unified hierarchy mounted at /sys/fs/cgroup. */
+  /** One unified hierarchy mounted at `root`. */
   readonly v2: boolean
+  /** Where the hierarchies are mounted on the host: /sys/fs/cgroup (tests use a directory of their own). */
+  readonly root: string
   /**
-   * Hierarchy directory names under /sys/fs/cgroup (v1: `memory`, `cpu`, `cpu,cpuacct`, `systemd`,
+   * Hierarchy directory names under `root` (v1: `memory`, `cpu`, `cpu,cpuacct`, `systemd`,
    * `unified`...); empty for v2.
    */
   readonly hierarchies: readonly string[]
@@ -42,7 +45,7 @@ export function parseCgroupLayout(mountinfo: string): CgroupLayout {
     )
       hierarchies.push(mountPoint.slice(CGROUP_ROOT.length + 1))
   }
-  return v2 ? { v2, hierarchies: [] } : { v2, hierarchies }
+  return v2 ? { v2, root: CGROUP_ROOT, hierarchies: [] } : { v2, root: CGROUP_ROOT, hierarchies }
 }
 
 export async function readCgroupLayout(): Promise<CgroupLayout> {
@@ -56,8 +59,16 @@ export function hierarchyWith(layout: CgroupLayout, controller: string): string 
 
 /** A cgroup's directory in every hierarchy. */
 export function cgroupDirs(layout: CgroupLayout, relPath: string): string[] {
-  if (layout.v2) return [join(CGROUP_ROOT, relPath)]
-  return layout.hierarchies.map((h) => join(CGROUP_ROOT, h, relPath))
+  if (layout.v2) return [join(layout.root, relPath)]
+  return layout.hierarchies.map((h) => join(layout.root, h, relPath))
+}
+
+/** A cgroup's directory in the hierarchy holding `controller` (v1), or in the unified one (v2). */
+function controllerDir(layout: CgroupLayout, controller: string, relPath: string): string {
+  if (layout.v2) return join(layout.root, relPath)
+  const h = hierarchyWith(layout, controller)
+  if (!h) throw new Error(`no cgroup v1 hierarchy with the ${controller} controller under ${layout.root}`)
+  return join(layout.root, h, relPath)
 }
 
 /**
@@ -77,24 +88,65 @@ export async function createCgroup(
 /**
  * Prepare the parent of every sandbox cgroup (`/initless`) once. v1's cpuset refuses a task in a
  * cgroup whose `cpuset.cpus`/`cpuset.mems` are empty, and a new cgroup starts empty: the parent
- * takes the root's and sets `cgroup.clone_children`, so each sandbox cgroup starts with them.
+ * takes the root's and sets `cgroup.clone_children`, so each sandbox cgroup starts with them. On v2
+ * a cgroup has a controller's files only if its parent enables it: see enableV2Controllers.
  */
 export async function prepareCgroupParent(layout: CgroupLayout, parent: string): Promise<void> {
   await createCgroup(layout, parent)
+  if (layout.v2) return enableV2Controllers(layout, parent)
   const h = hierarchyWith(layout, 'cpuset')
-  if (layout.v2 || !h) return
-  const dir = join(CGROUP_ROOT, h, parent)
+  if (!h) return
+  const dir = join(layout.root, h, parent)
   for (const file of ['cpuset.cpus', 'cpuset.mems']) {
     if ((await readFile(join(dir, file), 'utf8')).trim()) continue
-    await writeFile(join(dir, file), await readFile(join(CGROUP_ROOT, h, file), 'utf8'))
+    await writeFile(join(dir, file), await readFile(join(layout.root, h, file), 'utf8'))
   }
   await writeFile(join(dir, 'cgroup.clone_children'), '1')
+}
+
+/** The v2 controllers a sandbox cgroup's limits use (memory.max, pids.max, cpu.max). */
+export const V2_CONTROLLERS = ['cpu', 'memory', 'pids'] as const
+
+/**
+ * Enable V2_CONTROLLERS for the children of `parent` (relative to the v2 root): in the
+ * `cgroup.subtree_control` of the root and of every cgroup down to `parent`, top-down (a cgroup can
+ * enable only what its own parent enabled for it: its `cgroup.controllers`). Controllers already
+ * enabled are left alone, so a second executor's run writes nothing. runc does the same for the
+ * containers it starts; a restore CRIU does directly needs it done here.
+ */
+export async function enableV2Controllers(layout: CgroupLayout, parent: string): Promise<void> {
+  const parts = parent.split('/').filter(Boolean)
+  // The root and each ancestor down to `parent` itself (whose children are the sandboxes).
+  for (let depth = 0; depth <= parts.length; depth++) {
+    const dir = join(layout.root, ...parts.slice(0, depth))
+    const words = async (file: string) =>
+      (await readFile(join(dir, file), 'utf8')).split(/\s+/).filter(Boolean)
+    const enabled = await words('cgroup.subtree_control')
+    const missing = V2_CONTROLLERS.filter((c) => !enabled.includes(c))
+    if (!missing.length) continue
+    const available = await words('cgroup.controllers')
+    const absent = missing.filter((c) => !available.includes(c))
+    if (absent.length) {
+      throw new Error(
+        `cgroup v2 controller(s) ${absent.join(', ')} not available in ${dir} (cgroup.controllers: ${available.join(' ') || 'none'}); ` +
+          'on a host that mounts them as cgroup v1 hierarchies, the cgroup v2 layout cannot limit sandboxes',
+      )
+    }
+    const file = join(dir, 'cgroup.subtree_control')
+    // One write: the kernel applies `+a +b` as a whole or not at all.
+    await writeFile(file, missing.map((c) => `+${c}`).join(' ')).catch((err: NodeJS.ErrnoException) => {
+      // EBUSY: a non-root cgroup with processes of its own cannot enable domain controllers.
+      throw new Error(`enabling ${missing.join(', ')} in ${file}: ${err.message}`, { cause: err })
+    })
+  }
 }
 
 /**
  * What the device cgroup lets a container use: runc's default allow list (libcontainer/specconv
  * AllowedDevices) after denying everything. Creating nodes (`m`) is allowed; opening only the
- * nodes any container has (null, zero, full, random, urandom, tty, ptmx, its ptys, tun).
+ * nodes any container has (null, zero, full, random, urandom, tty, ptmx, its ptys, tun). v1 takes
+ * them as devices.allow writes; on v2 the sandbox helper compiles the same strings into the eBPF
+ * device filter (deviceFilterRequest).
  */
 export const ALLOWED_DEVICES = [
   'c *:* m',
@@ -118,28 +170,32 @@ export interface CgroupLimits {
 export interface CgroupWrite {
   readonly file: string
   readonly value: string
-  /** Skip the write when the file does not exist (v1 swap accounting is a kernel option). */
+  /** Skip the write when the file does not exist (swap accounting is a kernel option). */
   readonly optional?: boolean
 }
 
 /**
- * The writes that give a cgroup v1 sandbox the limits runc would set from its config.json: memory
- * (and memory+swap at the same value: no swap), pids, and the device allow list, in order (the
+ * The writes that give a sandbox the limits runc would set from its config.json, in order. v1:
+ * memory (and memory+swap at the same value: no swap), pids, and the device allow list (the
  * memory+swap limit may not go below the memory limit; the device list starts from "deny all").
- * Cgroup v2 controls devices with an eBPF program only runc attaches: undefined there.
+ * v2: memory.max, memory.swap.max 0 (runc's value for swap equal to the memory limit; the file
+ * exists only with swap accounting), pids.max; devices there are an eBPF program
+ * (deviceFilterRequest), no file.
  */
 export function cgroupLimitWrites(
   layout: CgroupLayout,
   relPath: string,
   limits: CgroupLimits,
-): CgroupWrite[] | undefined {
-  if (layout.v2) return undefined
-  const dir = (controller: string) => {
-    const h = hierarchyWith(layout, controller)
-    if (!h) throw new Error(`no cgroup v1 hierarchy with the ${controller} controller under ${CGROUP_ROOT}`)
-    return join(CGROUP_ROOT, h, relPath)
-  }
+): CgroupWrite[] {
+  const dir = (controller: string) => controllerDir(layout, controller, relPath)
   const memory = dir('memory')
+  if (layout.v2) {
+    return [
+      { file: join(memory, 'memory.max'), value: String(limits.memoryBytes) },
+      { file: join(memory, 'memory.swap.max'), value: '0', optional: true },
+      { file: join(dir('pids'), 'pids.max'), value: String(limits.pids) },
+    ]
+  }
   const devices = dir('devices')
   return [
     { file: join(memory, 'memory.limit_in_bytes'), value: String(limits.memoryBytes) },
@@ -148,6 +204,19 @@ export function cgroupLimitWrites(
     { file: join(devices, 'devices.deny'), value: 'a' },
     ...ALLOWED_DEVICES.map((rule) => ({ file: join(devices, 'devices.allow'), value: rule })),
   ]
+}
+
+/**
+ * The sandbox helper request that attaches the cgroup v2 device filter for `rules` (default: runc's,
+ * ALLOWED_DEVICES, the list v1 cgroups get as devices.allow writes) to the sandbox's cgroup.
+ */
+export function deviceFilterRequest(
+  layout: CgroupLayout,
+  relPath: string,
+  rules: readonly string[] = ALLOWED_DEVICES,
+): HelperRequest {
+  if (!layout.v2) throw new Error('the eBPF device filter is for cgroup v2; v1 takes devices.allow writes')
+  return { op: 'device-filter', args: [join(layout.root, relPath), ...rules] }
 }
 
 /** Write limits, in order; with the helper in one request (node: ~0.5 ms per write here). */
@@ -175,6 +244,24 @@ export async function applyCgroupWrites(
 }
 
 /**
+ * Give a sandbox cgroup what runc would set in it (for a restore CRIU does directly): the limit
+ * writes, and on v2 the device filter, which only the sandbox helper can attach (bpf(2)).
+ */
+export async function applySandboxLimits(
+  layout: CgroupLayout,
+  relPath: string,
+  limits: CgroupLimits,
+  helper?: SandboxHelper,
+): Promise<void> {
+  if (layout.v2 && !helper)
+    throw new Error(
+      'cgroup v2 device rules are an eBPF program only the sandbox helper attaches: none running',
+    )
+  await applyCgroupWrites(cgroupLimitWrites(layout, relPath, limits), helper)
+  if (layout.v2 && helper) await helper.request(deviceFilterRequest(layout, relPath))
+}
+
+/**
  * Mounts that show a container its own cgroup at /sys/fs/cgroup, as runc's `cgroup` mount does, but
  * made of bind mounts only: v2 binds the cgroup's directory; v1 binds `skeleton` (an empty
  * read-only directory with a mount point per hierarchy) and then each hierarchy's directory of the
@@ -185,12 +272,12 @@ export function containerCgroupMounts(
   relPath: string,
   skeleton: string,
 ): { destination: string; source: string }[] {
-  if (layout.v2) return [{ destination: CGROUP_ROOT, source: join(CGROUP_ROOT, relPath) }]
+  if (layout.v2) return [{ destination: CGROUP_ROOT, source: join(layout.root, relPath) }]
   return [
     { destination: CGROUP_ROOT, source: skeleton },
     ...layout.hierarchies.map((h) => ({
       destination: join(CGROUP_ROOT, h),
-      source: join(CGROUP_ROOT, h, relPath),
+      source: join(layout.root, h, relPath),
     })),
   ]
 }
@@ -220,14 +307,13 @@ const CPU_PERIOD_US = 100_000
  */
 export async function setCpuLimit(layout: CgroupLayout, relPath: string, cpus: number): Promise<void> {
   const quota = Math.round(cpus * CPU_PERIOD_US)
+  const dir = controllerDir(layout, 'cpu', relPath)
   if (layout.v2) {
-    await writeFile(join(CGROUP_ROOT, relPath, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`)
+    await writeFile(join(dir, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`)
     return
   }
-  const h = hierarchyWith(layout, 'cpu')
-  if (!h) throw new Error('no cgroup v1 hierarchy with the cpu controller under /sys/fs/cgroup')
-  await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_period_us'), String(CPU_PERIOD_US))
-  await writeFile(join(CGROUP_ROOT, h, relPath, 'cpu.cfs_quota_us'), String(quota))
+  await writeFile(join(dir, 'cpu.cfs_period_us'), String(CPU_PERIOD_US))
+  await writeFile(join(dir, 'cpu.cfs_quota_us'), String(quota))
 }
 
 /**

@@ -88,6 +88,10 @@ export function createHost(config: ExecutorConfig, logger: Logger): Host {
     mounter,
     runc,
     helper: helpers?.setup,
+    withoutHelper:
+      config.INITLESS_SANDBOX_HELPER === 'off'
+        ? 'sandbox helper off'
+        : 'no sandbox helper built from this source',
   })
   const store = createSnapshotStore({ stateDir: config.INITLESS_STATE_DIR })
   let versions: Promise<HostVersions> | undefined

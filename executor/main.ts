@@ -13,6 +13,7 @@ import { canonicalCidr } from '../shared/subnet.ts'
 import { loadExecutorConfig } from './config.ts'
 import { createHost, createHostInstanceManager } from './host.ts'
 import { createPeerRouter, networkIdentity } from './peers.ts'
+import { formatRestorePath } from './restore-path.ts'
 import { createReaper, reconcile, removeHostContainers, snapshotUsage } from './reaper.ts'
 import { lockStateDir } from './state-lock.ts'
 import { createRestoreWorker } from './worker.ts'
@@ -186,6 +187,14 @@ void (async () => {
   logger.info({ functions: functions.map((f) => f.name) }, 'functions prepared')
 })()
 logger.info({ hostId: config.hostId, functions: functions.map((f) => f.name) }, 'executor started')
+host.sandboxes.restorePath().then(
+  (path) =>
+    logger.info(
+      { restorePath: formatRestorePath(path), ...(path.filterError ? { err: path.filterError } : {}) },
+      'restore path',
+    ),
+  (err: unknown) => logger.warn({ err: errorMessage(err) }, 'restore path unknown'),
+)
 
 /** `promise`, or a rejection after `ms`. */
 function within<T>(promise: Promise<T>, ms: number): Promise<T> {

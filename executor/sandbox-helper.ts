@@ -52,6 +52,10 @@ export type HelperRequest =
   | { op: 'mkdir'; args: string[] }
   /** Triples: file, value, `1` if a missing file is skipped else `0`. */
   | { op: 'write'; args: string[] }
+  /** Attach a cgroup v2 device filter allowing `rules` (devices.allow syntax) to a cgroup. */
+  | { op: 'device-filter'; args: [cgroupDir: string, ...rules: string[]] }
+  /** Build and load the filter for `rules` without attaching it: does this kernel take it? */
+  | { op: 'device-filter-check'; args: string[] }
   | { op: 'ping'; args: [] }
 
 export interface SpawnRequest {

@@ -14,8 +14,7 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Manifest } from '../shared/manifest.ts'
 import {
-  applyCgroupWrites,
-  cgroupLimitWrites,
+  applySandboxLimits,
   containerCgroupMounts,
   createCgroup,
   destroyCgroup,
@@ -29,6 +28,7 @@ import {
 import { criuConfigText, type ExternalMount } from './criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
+import { probeRestorePath, type RestorePath } from './restore-path.ts'
 import type { Mounter } from './rootfs.ts'
 import type { SandboxHelper } from './sandbox-helper.ts'
 import type { Runc } from './runc.ts'
@@ -72,14 +72,19 @@ export interface Sandbox {
   readonly cpus: number
   /**
    * Set when the sandbox is ready for `criu restore` run directly (criu.ts): its cgroup already has
-   * the limits runc would set. Unset on cgroup v2 hosts (device rules there are an eBPF program
-   * only runc attaches): those restore through `runc restore`.
+   * the limits and device rules runc would set. Unset where the restore path is `runc restore`
+   * (SandboxManager.restorePath: cgroup v2 without the sandbox helper's eBPF device filter).
    */
   readonly direct?: { readonly externalMounts: readonly ExternalMount[] }
 }
 
 export interface SandboxManager {
   prepare(req: SandboxRequest): Promise<Sandbox>
+  /**
+   * How this host's restores run (direct or through runc) and why; probed once (again only after a
+   * helper that did not answer).
+   */
+  restorePath(): Promise<RestorePath>
   /**
    * The CRIU work dir a sandbox with this id gets, created now: a restore starts its lazy-pages
    * daemon there while the rest of the sandbox is being prepared.
@@ -120,8 +125,15 @@ export function createSandboxManager(deps: {
   ips: IpAllocator
   mounter: Mounter
   runc: Runc
-  /** Creates the sandbox cgroup and writes its limits in one request each (else node's fs). */
+  /**
+   * Creates the sandbox cgroup and writes its limits in one request each (else node's fs); on
+   * cgroup v2 attaches the device filter, without which restores go through runc.
+   */
   helper?: SandboxHelper | undefined
+  /** Why there is no helper (`sandbox helper off`), for restorePath's reason. */
+  withoutHelper?: string
+  /** The host's cgroup layout (default: from /proc/self/mountinfo; tests pass a fake root). */
+  readLayout?: () => Promise<CgroupLayout>
 }): SandboxManager {
   const { network, ips, mounter, runc, helper } = deps
   let bridge: Promise<void> | undefined
@@ -136,10 +148,26 @@ export function createSandboxManager(deps: {
   const sandboxDir = (id: string) => join(instancesDir(deps.stateDir), id)
   let layoutRead: Promise<CgroupLayout> | undefined
   const cgroupLayout = () =>
-    (layoutRead ??= readCgroupLayout().catch((err: unknown) => {
+    (layoutRead ??= (deps.readLayout ?? readCgroupLayout)().catch((err: unknown) => {
       layoutRead = undefined
       throw err
     }))
+  let pathProbe: Promise<RestorePath> | undefined
+  const restorePath = () =>
+    (pathProbe ??= cgroupLayout()
+      .then((layout) =>
+        probeRestorePath({ layout, helper, withoutHelper: deps.withoutHelper ?? 'no sandbox helper' }),
+      )
+      .then(
+        (path) => {
+          if (!path.settled) pathProbe = undefined
+          return path
+        },
+        (err: unknown) => {
+          pathProbe = undefined
+          throw err
+        },
+      ))
   let dirsReady: Promise<CgroupLayout> | undefined
   const ensureDirs = () =>
     (dirsReady ??= (async () => {
@@ -153,9 +181,12 @@ export function createSandboxManager(deps: {
       throw err
     }))
   return {
+    restorePath,
+
     async prepare(req) {
       await ensureBridge()
       const cgroups = await ensureDirs()
+      const direct = req.forRestore && (await restorePath()).direct
       const dir = sandboxDir(req.id)
       const bundle = join(dir, 'bundle')
       const rootfs = join(bundle, 'rootfs')
@@ -166,9 +197,6 @@ export function createSandboxManager(deps: {
       try {
         await mkdir(dir, { recursive: true, mode: 0o700 })
         await mkdir(criuWorkDir, { recursive: true })
-        const limitWrites = req.forRestore
-          ? cgroupLimitWrites(cgroups, cgroupPath(req.id), { memoryBytes: req.memoryBytes, pids: req.pids })
-          : undefined
         // Namespace, rootfs and cgroup are independent: set them up side by side (without the
         // sandbox helper the first two run commands while the cgroup is written).
         const [ns] = await Promise.all([
@@ -182,7 +210,10 @@ export function createSandboxManager(deps: {
           (async () => {
             // Created ahead: the container's /sys/fs/cgroup binds its directories.
             await createCgroup(cgroups, cgroupPath(req.id), helper)
-            if (limitWrites) await applyCgroupWrites(limitWrites, helper)
+            if (direct) {
+              const limits = { memoryBytes: req.memoryBytes, pids: req.pids }
+              await applySandboxLimits(cgroups, cgroupPath(req.id), limits, helper)
+            }
           })(),
         ])
         netns = ns
@@ -218,7 +249,7 @@ export function createSandboxManager(deps: {
           netns: ns,
           lowers: req.lowers,
           cpus: req.cpus,
-          ...(limitWrites ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
+          ...(direct ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
         }
         await Promise.all([
           writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),

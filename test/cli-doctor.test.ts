@@ -5,6 +5,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { promisify } from 'node:util'
+import { readCgroupLayout } from '../executor/cgroups.ts'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { requireServices } from './support/integration.ts'
 
@@ -96,6 +97,8 @@ test('doctor: a healthy host passes every check, the restore probe included', as
     'criu version',
     'criu check',
     'lazy pages',
+    'sandbox helper',
+    'restore path',
     'redis',
     'kernel features',
     'disk',
@@ -104,6 +107,12 @@ test('doctor: a healthy host passes every check, the restore probe included', as
     assert.ok(names.includes(n), `doctor reports ${n}`)
   }
   assert.match(checks.find((c) => c.name === 'restore probe')!.detail, /lazy restore answers/)
+  // Restores are direct here: on v1 by cgroup writes, on v2 through the helper's device filter.
+  const { v2 } = await readCgroupLayout()
+  assert.equal(
+    checks.find((c) => c.name === 'restore path')?.detail,
+    v2 ? 'direct (cgroup v2, eBPF device filter)' : 'direct (cgroup v1)',
+  )
 })
 
 test('doctor: a stopped Docker engine, a stopped Redis and an old CRIU are each named with a fix', async (t) => {

@@ -112,11 +112,29 @@ describe('executor: restore worker, registry, reaper', () => {
         readFile(`/proc/${inst.pid}/root${CGROUP_ROOT}/${p}`, 'utf8').then((s) => s.trim())
       const host = (p: string) => readFile(`${CGROUP_ROOT}/${p}`, 'utf8').then((s) => s.trim())
       const cg = cgroupPath(r.instanceId)
+      // CRIU restored it directly (cgroup v1, or v2 with the device filter): the executor set what
+      // runc would have (no swap, pids, devices), checked below.
+      assert.ok(inst.sandbox?.direct, 'restored by criu restore, not runc restore')
+      /** Whether a process in the instance's device cgroup may open `dev` (`opened` or the error). */
+      const opens = (procs: string, dev: string) =>
+        execFileAsync('sh', ['-c', `echo $$ > ${procs} && exec 3<${dev}`]).then(
+          () => 'opened',
+          (err: { stderr?: string }) => err.stderr ?? 'failed',
+        )
       // py-ok: default resources, 512Mi and 1 CPU.
       if (layout.v2) {
         assert.equal(await inside('memory.max'), String(512 * 1024 * 1024))
         assert.equal(await inside('cpu.max'), '100000 100000')
         assert.equal(await host(`${cg}/cpu.max`), '100000 100000')
+        assert.deepEqual((await inside('cgroup.procs')).split('\n'), [String(inst.pid)])
+        assert.equal(await host(`${cg}/pids.max`), '4096')
+        // memory.swap.max exists only with swap accounting.
+        const swap = await host(`${cg}/memory.swap.max`).catch(() => undefined)
+        if (swap !== undefined) assert.equal(swap, '0')
+        // The device filter holds: in that cgroup /dev/null opens, /dev/kmsg (c 1:11) does not.
+        const procs = `${CGROUP_ROOT}${cg}/cgroup.procs`
+        assert.equal(await opens(procs, '/dev/null'), 'opened')
+        assert.match(await opens(procs, '/dev/kmsg'), /Operation not permitted/)
       } else {
         const cpu = hierarchyWith(layout, 'cpu')!
         const memory = hierarchyWith(layout, 'memory')!
@@ -125,23 +143,15 @@ describe('executor: restore worker, registry, reaper', () => {
         assert.equal(await host(`${cpu}${cg}/cpu.cfs_quota_us`), '100000')
         // The container's /sys/fs/cgroup is its own cgroup, not the host's root (pids as the reader sees them).
         assert.deepEqual((await inside(`${memory}/cgroup.procs`)).split('\n'), [String(inst.pid)])
-        // CRIU restored it directly: the executor set what runc would have (no swap, pids, devices).
         const pids = hierarchyWith(layout, 'pids')!
         const devices = hierarchyWith(layout, 'devices')!
         assert.equal(await host(`${memory}${cg}/memory.memsw.limit_in_bytes`), String(512 * 1024 * 1024))
         assert.equal(await host(`${pids}${cg}/pids.max`), '4096')
         assert.deepEqual((await host(`${devices}${cg}/devices.list`)).split('\n'), [...ALLOWED_DEVICES])
         // And it holds: in that cgroup /dev/null opens, /dev/kmsg (c 1:11) does not.
-        const opens = (dev: string) =>
-          execFileAsync('sh', [
-            '-c',
-            `echo $$ > ${CGROUP_ROOT}/${devices}${cg}/cgroup.procs && exec 3<${dev}`,
-          ]).then(
-            () => 'opened',
-            (err: { stderr?: string }) => err.stderr ?? 'failed',
-          )
-        assert.equal(await opens('/dev/null'), 'opened')
-        assert.match(await opens('/dev/kmsg'), /Operation not permitted/)
+        const procs = `${CGROUP_ROOT}/${devices}${cg}/cgroup.procs`
+        assert.equal(await opens(procs, '/dev/null'), 'opened')
+        assert.match(await opens(procs, '/dev/kmsg'), /Operation not permitted/)
       }
     } finally {
       await ex.instances.stop(r.instanceId, 'test')

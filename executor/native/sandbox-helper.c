@@ -10,6 +10,8 @@
  *   <tag> umount <target>
  *   <tag> mkdir <dir>...                       (an existing one is fine)
  *   <tag> write <file> <value> <optional>...   (triples; optional 1: a missing file is skipped)
+ *   <tag> device-filter <cgroup dir> <rule>...  (attach a cgroup v2 device filter, see below)
+ *   <tag> device-filter-check <rule>...         (build and load it only: is it available here?)
  *   <tag> spawn <group|session> <output> <fd3|-> <program> <args...>
  *   <tag> ping
  * Every request gets one answer line: `<tag> ok` (spawn: `<tag> pid <pid>`) or
@@ -27,6 +29,14 @@
  * whose outer end <veth> is up on <bridge>, and inside: lo up, <ip>/<bits> on eth0, eth0 up, a default
  * route via <gateway>. On failure nothing of it is left behind.
  *
+ * device-filter gives a cgroup v2 cgroup what cgroup v1's devices.deny `a` followed by one
+ * devices.allow per <rule> gives a v1 cgroup: a BPF_PROG_TYPE_CGROUP_DEVICE program that denies
+ * every device access no rule allows, attached to the cgroup's directory with BPF_F_ALLOW_MULTI
+ * (programs on its ancestors keep applying: an access passes only if all of them allow it). A
+ * <rule> is written as for devices.allow: `<c|b> <major|*>:<minor|*> <access>`, access made of r
+ * (open for reading), w (open for writing) and m (mknod). The helper keeps no reference to the
+ * program: the cgroup holds it, and removing the cgroup releases it.
+ *
  * Build: cc -O2 -Wall -Wextra -o initless-sandbox-helper sandbox-helper.c (scripts/provision.sh).
  */
 #define _GNU_SOURCE
@@ -34,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/bpf.h>
 #include <linux/if.h>
 #include <linux/if_link.h>
 #include <linux/netlink.h>
@@ -51,9 +62,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -461,6 +474,190 @@ static int do_writes(char **f, int n) {
   return 0;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* cgroup v2 device filter (see the top): rules parsed, compiled to eBPF, loaded, attached. */
+
+#define DEV_ANY (-1L)
+#define MAX_DEV_RULES 64
+/* The kernel's device numbers: 12 bits of major, 20 of minor (MINORBITS). */
+#define MAX_MAJOR 0xfffL
+#define MAX_MINOR 0xfffffL
+#define DEV_ACC_ALL (BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE | BPF_DEVCG_ACC_MKNOD)
+
+struct dev_rule {
+  int32_t type;   /* BPF_DEVCG_DEV_CHAR or BPF_DEVCG_DEV_BLOCK */
+  int32_t access; /* BPF_DEVCG_ACC_* bits */
+  long major, minor; /* DEV_ANY for `*` */
+};
+
+/* A device number or `*`, then the character `stop`; advances *p past both. */
+static int parse_dev_number(const char **p, char stop, long max, long *out) {
+  const char *s = *p;
+  if (*s == '*') {
+    *out = DEV_ANY;
+    s++;
+  } else {
+    long v = 0;
+    if (*s < '0' || *s > '9') return -1;
+    for (; *s >= '0' && *s <= '9'; s++)
+      if ((v = v * 10 + (*s - '0')) > max) return -1;
+    *out = v;
+  }
+  if (*s != stop) return -1;
+  *p = s + 1;
+  return 0;
+}
+
+/* `<c|b> <major|*>:<minor|*> <access>`, exactly as cgroup v1's devices.allow takes it. */
+static int parse_dev_rule(const char *text, struct dev_rule *r) {
+  const char *p = text;
+  if ((p[0] != 'c' && p[0] != 'b') || p[1] != ' ') goto bad;
+  r->type = p[0] == 'c' ? BPF_DEVCG_DEV_CHAR : BPF_DEVCG_DEV_BLOCK;
+  p += 2;
+  if (parse_dev_number(&p, ':', MAX_MAJOR, &r->major) < 0 || parse_dev_number(&p, ' ', MAX_MINOR, &r->minor) < 0)
+    goto bad;
+  r->access = 0;
+  for (; *p; p++) {
+    int32_t bit = *p == 'r'   ? BPF_DEVCG_ACC_READ
+                  : *p == 'w' ? BPF_DEVCG_ACC_WRITE
+                  : *p == 'm' ? BPF_DEVCG_ACC_MKNOD
+                              : 0;
+    if (!bit || (r->access & bit)) goto bad;
+    r->access |= bit;
+  }
+  if (!r->access) goto bad;
+  return 0;
+bad:
+  return fail(EINVAL, "bad device rule '%s' (want <c|b> <major|*>:<minor|*> <access of r, w, m>; "
+              "major <= %ld, minor <= %ld)", text, MAX_MAJOR, MAX_MINOR);
+}
+
+static struct bpf_insn insn(uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
+  struct bpf_insn i = {.code = code, .dst_reg = dst, .src_reg = src, .off = off, .imm = imm};
+  return i;
+}
+
+#define MAX_DEV_INSNS (6 + MAX_DEV_RULES * 8 + 2)
+
+/*
+ * The filter program; returns its length. The kernel calls it with struct bpf_cgroup_dev_ctx in R1
+ * (access_type = access << 16 | type, major, minor) and allows the access iff it returns 1. Rules
+ * are tried in order; a rule allows when the type matches, the requested access bits are a subset
+ * of the rule's, and major and minor match (`*`: any). Nothing matching: 0, denied.
+ */
+static int build_dev_filter(const struct dev_rule *rules, int n, struct bpf_insn *out) {
+  int k = 0;
+  out[k++] = insn(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_2, BPF_REG_1, 0, 0);
+  out[k++] = insn(BPF_ALU | BPF_AND | BPF_K, BPF_REG_2, 0, 0, 0xffff); /* R2: device type */
+  out[k++] = insn(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_3, BPF_REG_1, 0, 0);
+  out[k++] = insn(BPF_ALU | BPF_RSH | BPF_K, BPF_REG_3, 0, 0, 16); /* R3: requested access */
+  out[k++] = insn(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_4, BPF_REG_1, 4, 0); /* R4: major */
+  out[k++] = insn(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_5, BPF_REG_1, 8, 0); /* R5: minor */
+  for (int i = 0; i < n; i++) {
+    const struct dev_rule *r = &rules[i];
+    int partial = r->access != DEV_ACC_ALL;
+    int next = k + 1 + (partial ? 3 : 0) + (r->major != DEV_ANY) + (r->minor != DEV_ANY) + 2;
+    /* A jump's offset counts from the instruction after it; every miss goes to the next rule. */
+    out[k] = insn(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_2, 0, (int16_t)(next - k - 1), r->type);
+    k++;
+    if (partial) {
+      out[k++] = insn(BPF_ALU | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_3, 0, 0);
+      out[k++] = insn(BPF_ALU | BPF_AND | BPF_K, BPF_REG_1, 0, 0, r->access);
+      out[k] = insn(BPF_JMP | BPF_JNE | BPF_X, BPF_REG_1, BPF_REG_3, (int16_t)(next - k - 1), 0);
+      k++;
+    }
+    if (r->major != DEV_ANY) {
+      out[k] = insn(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_4, 0, (int16_t)(next - k - 1), (int32_t)r->major);
+      k++;
+    }
+    if (r->minor != DEV_ANY) {
+      out[k] = insn(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_5, 0, (int16_t)(next - k - 1), (int32_t)r->minor);
+      k++;
+    }
+    out[k++] = insn(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1);
+    out[k++] = insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+  }
+  out[k++] = insn(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0);
+  out[k++] = insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+  return k;
+}
+
+static int bpf_call(int cmd, union bpf_attr *a) { return (int)syscall(SYS_bpf, cmd, a, sizeof *a); }
+
+/* Parse the rules, build their program and load it; returns its fd or -1 (fail() says why). */
+static int load_dev_filter(char **texts, int n) {
+  if (n > MAX_DEV_RULES) return fail(E2BIG, "%d device rules, at most %d", n, MAX_DEV_RULES);
+  struct dev_rule rules[MAX_DEV_RULES];
+  for (int i = 0; i < n; i++)
+    if (parse_dev_rule(texts[i], &rules[i]) < 0) return -1;
+  struct bpf_insn prog[MAX_DEV_INSNS];
+  int count = build_dev_filter(rules, n, prog);
+  static char log[4096];
+  log[0] = 0;
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.prog_type = BPF_PROG_TYPE_CGROUP_DEVICE;
+  a.insns = (uint64_t)(uintptr_t)prog;
+  a.insn_cnt = (uint32_t)count;
+  a.license = (uint64_t)(uintptr_t) "Apache-2.0";
+  snprintf(a.prog_name, sizeof a.prog_name, "initless_dev");
+  /* Kernels before 5.11 charge programs to RLIMIT_MEMLOCK: lift it for the load only, so that the
+     processes the helper spawns (CRIU) inherit the usual limit. */
+  struct rlimit saved, unlimited = {RLIM_INFINITY, RLIM_INFINITY};
+  int lifted = getrlimit(RLIMIT_MEMLOCK, &saved) == 0 && setrlimit(RLIMIT_MEMLOCK, &unlimited) == 0;
+  int fd = bpf_call(BPF_PROG_LOAD, &a);
+  int e = errno;
+  if (fd < 0 && e != EPERM && e != ENOSYS) {
+    /* Load again with the verifier's log, to say why. */
+    a.log_buf = (uint64_t)(uintptr_t)log;
+    a.log_size = sizeof log;
+    a.log_level = 1;
+    log[0] = 0;
+    fd = bpf_call(BPF_PROG_LOAD, &a);
+    e = errno;
+  }
+  if (lifted) setrlimit(RLIMIT_MEMLOCK, &saved);
+  if (fd < 0) {
+    char *last = log;
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) last = line;
+    return fail(e, "load the device filter (BPF_PROG_TYPE_CGROUP_DEVICE, %d instructions)%s%s", count,
+                *last ? ": " : "", last);
+  }
+  return fd;
+}
+
+static int device_filter(char **f, int n) {
+  if (n < 1) return fail(EINVAL, "device-filter takes <cgroup dir> <rule>...");
+  int prog = load_dev_filter(f + 1, n - 1);
+  if (prog < 0) return -1;
+  int cg = open(f[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg < 0) {
+    close(prog);
+    return fail(errno, "open cgroup %s", f[0]);
+  }
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.target_fd = (uint32_t)cg;
+  a.attach_bpf_fd = (uint32_t)prog;
+  a.attach_type = BPF_CGROUP_DEVICE;
+  a.attach_flags = BPF_F_ALLOW_MULTI;
+  int rc = bpf_call(BPF_PROG_ATTACH, &a);
+  int e = errno;
+  close(prog);
+  close(cg);
+  /* EBADF: the directory is not a cgroup of the v2 (unified) hierarchy. */
+  if (rc < 0)
+    return fail(e, "attach the device filter to %s%s", f[0], e == EBADF ? " (not a cgroup v2 directory)" : "");
+  return 0;
+}
+
+static int device_filter_check(char **f, int n) {
+  int prog = load_dev_filter(f, n);
+  if (prog < 0) return -1;
+  close(prog);
+  return 0;
+}
+
 static int ping(char **f, int n) {
   (void)f;
   (void)n;
@@ -479,6 +676,8 @@ static const struct {
     {"umount", 1, do_umount},
     {"mkdir", -1, do_mkdirs},
     {"write", -1, do_writes},
+    {"device-filter", -1, device_filter},
+    {"device-filter-check", -1, device_filter_check},
     {"ping", 0, ping},
 };
 
