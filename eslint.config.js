@@ -11,6 +11,7 @@ export default tseslint.config(
       'coverage/**',
       '.initless/**',
       'test/fixtures/**',
+      'dist/**',
     ],
   },
   js.configs.recommended,

@@ -123,8 +123,8 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
     // info: the benchmark reads 'instance ready' (pooled or not) and 'restore enqueued' records.
     INITLESS_LOG_LEVEL: 'info',
   }
-  const executor = startProcess('executor', 'executor/main.ts', env)
-  const gateway = startProcess('gateway', 'gateway/main.ts', env)
+  const executor = startProcess('executor', 'executor', env)
+  const gateway = startProcess('gateway', 'gateway', env)
 
   const admin = async <T>(method: string, path: string, body?: unknown) => {
     const res = await probe(

@@ -6,7 +6,6 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
 import { loadExecutorConfig, type ExecutorConfig } from '../executor/config.ts'
 import { desiredPeerRoutes, networkIdentity, ROUTE_PROTO } from '../executor/peers.ts'
@@ -18,10 +17,10 @@ import { selectFunctions } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { packageRoot } from '../shared/package-root.ts'
 import { formatAge } from '../shared/units.ts'
 import { bakeFunctions, buildFunctions, openHost, type CliIo } from './functions-commands.ts'
-
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+import { builtEntry, type ProcessName } from './launcher.ts'
 
 function gatewayUrl(): string {
   const host = process.env.INITLESS_GATEWAY_HOST ?? '127.0.0.1'
@@ -30,9 +29,9 @@ function gatewayUrl(): string {
 }
 
 /** Start a process of ours, prefixing each of its output lines with its name. */
-function startProcess(name: string, entry: string, io: CliIo): ChildProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, entry)], {
-    cwd: ROOT,
+function startProcess(name: ProcessName, io: CliIo): ChildProcess {
+  const child = spawn(process.execPath, [builtEntry(name)], {
+    cwd: packageRoot(),
     env: process.env,
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -104,10 +103,7 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       await buildFunctions(ctx, fns, io)
       if (opts.bake) await bakeFunctions(ctx, fns, io)
       await lock.release()
-      const children = [
-        startProcess('executor', 'executor/main.ts', io),
-        startProcess('gateway', 'gateway/main.ts', io),
-      ]
+      const children = [startProcess('executor', io), startProcess('gateway', io)]
       let stopping = false
       const stop = async (code: number) => {
         if (stopping) return

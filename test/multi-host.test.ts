@@ -17,6 +17,7 @@ import { HOST_GONE_MS, type InstanceRecord } from '../shared/contracts.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createSilentLogger } from '../shared/logger.ts'
+import { builtEntry } from '../cli/launcher.ts'
 import { agent, freePort, http, parseServerTiming, startProcess, type ManagedProcess } from './support/e2e.ts'
 import { REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
@@ -182,7 +183,7 @@ describe('several hosts', () => {
     // Host B first: its reaper starts the function's one instance there.
     b = startProcess(
       'executor-b',
-      'executor/main.ts',
+      'executor',
       {
         ...common,
         INITLESS_HOST_ID: `host-b-${tag}`,
@@ -209,7 +210,7 @@ describe('several hosts', () => {
     assert.deepEqual(routes(), [], 'no route to host B before host A has an executor')
 
     // Host A: an executor in the root namespace, and the gateway.
-    a = startProcess('executor-a', 'executor/main.ts', {
+    a = startProcess('executor-a', 'executor', {
       ...common,
       INITLESS_HOST_ID: `host-a-${tag}`,
       INITLESS_STATE_DIR: stateA,
@@ -229,20 +230,16 @@ describe('several hosts', () => {
     // What `initless hosts` says in host A's network: both hosts live; a route to B only (A's
     // subnet is on a bridge here).
     // Not execFileSync: host B reaches Redis through this process (relayRedis).
-    const { stdout } = await execFileAsync(
-      process.execPath,
-      ['--import', 'tsx', join(ROOT, 'cli', 'main.ts'), '--json', 'hosts'],
-      {
-        cwd: ROOT,
-        encoding: 'utf8',
-        env: {
-          ...process.env,
-          ...common,
-          INITLESS_HOST_ID: `gateway-only-${tag}`,
-          INITLESS_REDIS_URL: REDIS_URL,
-        },
+    const { stdout } = await execFileAsync(process.execPath, [builtEntry('cli'), '--json', 'hosts'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: {
+        ...process.env,
+        ...common,
+        INITLESS_HOST_ID: `gateway-only-${tag}`,
+        INITLESS_REDIS_URL: REDIS_URL,
       },
-    )
+    })
     const listed = JSON.parse(stdout) as {
       hosts: { hostId: string; state: string }[]
       routes: { subnet: string; via: string }[]
@@ -265,7 +262,7 @@ describe('several hosts', () => {
     }
 
     port = await freePort()
-    gateway = startProcess('gateway', 'gateway/main.ts', {
+    gateway = startProcess('gateway', 'gateway', {
       ...common,
       INITLESS_GATEWAY_HOST: '127.0.0.1',
       INITLESS_GATEWAY_PORT: String(port),
@@ -294,7 +291,7 @@ describe('several hosts', () => {
   test("an executor claiming part of a live host's subnet is refused before it touches anything", async (t) => {
     if (!requireServices(t)) return
     assert.ok(registry, 'set up by the first test')
-    const c = startProcess('executor-c', 'executor/main.ts', {
+    const c = startProcess('executor-c', 'executor', {
       ...common,
       INITLESS_HOST_ID: `host-c-${tag}`,
       INITLESS_STATE_DIR: stateC,

@@ -1,6 +1,6 @@
 /**
- * End-to-end stack for tests: the REAL executor and gateway processes (`node --import tsx
- * executor/main.ts` and `gateway/main.ts`), started from the repo root on the default state dir (so
+ * End-to-end stack for tests: the REAL executor and gateway processes (`node
+ * dist/executor/main.js` and `dist/gateway/main.js`, as production runs them), started from the repo root on the default state dir (so
  * the sample snapshots baked there are reused), isolated from everything else on the shared Redis
  * by a unique queue name, registry key prefix and host id. Their output is collected, parsed as
  * pino JSON lines and shown when a test fails. Plus a small node:http client that can send raw
@@ -12,6 +12,7 @@ import { Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:ht
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
+import { builtEntry, type ProcessName } from '../../cli/launcher.ts'
 import type { InstanceRecord } from '../../shared/contracts.ts'
 import { createRedis, deleteKeys } from '../../shared/redis.ts'
 import { REDIS_URL } from './integration.ts'
@@ -55,16 +56,16 @@ function tail(text: string, lines: number): string {
 }
 
 /**
- * Spawn `node --import tsx <script>` from the repo root and collect its output. `wrap` runs it
+ * Spawn `node dist/<entry>/main.js` from the repo root and collect its output. `wrap` runs it
  * through another command that execs it (`nsenter --net=...`: another host's network).
  */
 export function startProcess(
   name: string,
-  script: string,
+  entry: ProcessName,
   env: Record<string, string>,
   wrap: readonly string[] = [],
 ): ManagedProcess {
-  const argv = [...wrap, process.execPath, '--import', 'tsx', join(ROOT, script)]
+  const argv = [...wrap, process.execPath, builtEntry(entry)]
   const child = spawn(argv[0]!, argv.slice(1), {
     cwd: ROOT,
     env: { ...process.env, ...env },
@@ -268,8 +269,8 @@ export async function startE2eStack(
   // The default state dir and functions dir: never inherit overrides from the caller's shell.
   for (const key of ['INITLESS_STATE_DIR', 'INITLESS_FUNCTIONS_DIR', 'INITLESS_RUNC_ROOT'])
     if (!(key in env)) env[key] = ''
-  const executor = startProcess('executor', 'executor/main.ts', env)
-  const gateway = startProcess('gateway', 'gateway/main.ts', env)
+  const executor = startProcess('executor', 'executor', env)
+  const gateway = startProcess('gateway', 'gateway', env)
   const logs = (lines = 80) =>
     `--- executor ---\n${tail(executor.output(), lines)}\n--- gateway ---\n${tail(gateway.output(), lines)}`
 
