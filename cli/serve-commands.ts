@@ -1,11 +1,9 @@
 /**
  * `initless up` (build, bake and serve: the product command), `invoke`, `logs`, `hosts` and `scale`.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import type { Command } from 'commander'
 import { loadExecutorConfig, type ExecutorConfig } from '../executor/config.ts'
 import { desiredPeerRoutes, networkIdentity, ROUTE_PROTO } from '../executor/peers.ts'
@@ -17,72 +15,11 @@ import { selectFunctions } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
-import { packageRoot } from '../shared/package-root.ts'
 import { formatAge } from '../shared/units.ts'
 import { bakeFunctions, buildFunctions, openHost, type CliIo } from './functions-commands.ts'
-import { builtEntry, type ProcessName } from './launcher.ts'
+import { gatewayUrl as launcherGatewayUrl, startStack } from './launcher.ts'
 
-function gatewayUrl(): string {
-  const host = process.env.INITLESS_GATEWAY_HOST ?? '127.0.0.1'
-  const port = process.env.INITLESS_GATEWAY_PORT ?? '8080'
-  return process.env.INITLESS_GATEWAY_URL ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`
-}
-
-/** Start a process of ours, prefixing each of its output lines with its name. */
-function startProcess(name: ProcessName, io: CliIo): ChildProcess {
-  const child = spawn(process.execPath, [builtEntry(name)], {
-    cwd: packageRoot(),
-    env: process.env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  for (const stream of [child.stdout, child.stderr]) {
-    if (stream) createInterface({ input: stream }).on('line', (line) => io.progress(`[${name}] ${line}`))
-  }
-  return child
-}
-
-async function waitReady(url: string, timeoutMs: number, isAlive: () => boolean): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const ok = await fetch(`${url}/readyz`).then(
-      (r) => r.ok,
-      () => false,
-    )
-    if (ok) return
-    if (!isAlive())
-      throw new InitlessError(
-        'ERR_INTERNAL',
-        'the gateway or the executor exited during start-up (see its output above)',
-      )
-    if (Date.now() > deadline)
-      throw new InitlessError(
-        'ERR_GATEWAY_TIMEOUT',
-        `the gateway at ${url} was not ready within ${timeoutMs} ms`,
-      )
-    await new Promise((r) => setTimeout(r, 200))
-  }
-}
-
-function stopAll(children: ChildProcess[], deadlineMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const running = children.filter((c) => c.exitCode === null && c.signalCode === null)
-    if (!running.length) return resolve()
-    let left = running.length
-    const timer = setTimeout(() => {
-      for (const c of running) c.kill('SIGKILL')
-      resolve()
-    }, deadlineMs)
-    for (const c of running) {
-      c.once('exit', () => {
-        if (--left === 0) {
-          clearTimeout(timer)
-          resolve()
-        }
-      })
-      c.kill('SIGTERM')
-    }
-  })
-}
+const gatewayUrl = () => launcherGatewayUrl(process.env)
 
 export function registerServeCommands(program: Command, io: CliIo): void {
   program
@@ -103,20 +40,27 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       await buildFunctions(ctx, fns, io)
       if (opts.bake) await bakeFunctions(ctx, fns, io)
       await lock.release()
-      const children = [startProcess('executor', io), startProcess('gateway', io)]
       let stopping = false
+      let stopStack: (() => Promise<unknown>) | undefined
       const stop = async (code: number) => {
         if (stopping) return
         stopping = true
         io.progress('stopping initless…')
-        await stopAll(children, 30_000)
+        await stopStack?.()
         process.exit(code)
       }
       process.on('SIGINT', () => void stop(0))
       process.on('SIGTERM', () => void stop(0))
-      for (const c of children) c.once('exit', (code) => !stopping && void stop(code ?? 1))
       const url = gatewayUrl()
-      await waitReady(url, 120_000, () => children.every((c) => c.exitCode === null))
+      const stack = await startStack({
+        url,
+        keepOutput: false,
+        onLine: (name, line) => io.progress(`[${name}] ${line}`),
+        readyTimeoutMs: 120_000,
+        defer: (stopIt) => (stopStack = stopIt),
+      })
+      for (const p of [stack.executor, stack.gateway])
+        void p.exited().then((exit) => !stopping && void stop(exit.code ?? 1))
       const names = fns.map((f) => f.name)
       io.print(
         { url, functions: names },

@@ -167,7 +167,11 @@ describe('e2e: real executor + real gateway, sample functions', () => {
       }
       t.diagnostic(`${sample.fn} cold Server-Timing: ${String(cold.headers['server-timing'])}`)
 
-      // Exactly one restore, and the phases in the header are the executor's own numbers.
+      // Exactly one restore, and the phases in the header are the executor's own numbers. The
+      // executor logs 'instance ready' just after the registry has it: the answer can come first.
+      await stack.executor
+        .waitForLog((r) => r.msg === 'instance ready' && r.fn === sample.fn, 5_000, mark)
+        .catch(() => undefined)
       const restores = readyRecords(stack, sample.fn, mark)
       assert.equal(restores.length, 1, `restores of ${sample.fn}: ${JSON.stringify(restores)}`)
       const restored = restores[0]!

@@ -181,10 +181,8 @@ describe('several hosts', () => {
     }
 
     // Host B first: its reaper starts the function's one instance there.
-    b = startProcess(
-      'executor-b',
-      'executor',
-      {
+    b = startProcess('executor-b', 'executor', {
+      env: {
         ...common,
         INITLESS_HOST_ID: `host-b-${tag}`,
         INITLESS_STATE_DIR: stateB,
@@ -194,8 +192,8 @@ describe('several hosts', () => {
         INITLESS_SHUTDOWN_TIMEOUT: '5s',
         INITLESS_REDIS_URL: `redis://${LINK_A}:${redisPort}`,
       },
-      ['nsenter', `--net=/run/netns/${HOST_B_NS}`],
-    )
+      wrap: ['nsenter', `--net=/run/netns/${HOST_B_NS}`],
+    })
     procs.push(b)
     registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix })
     const reg = registry
@@ -211,12 +209,14 @@ describe('several hosts', () => {
 
     // Host A: an executor in the root namespace, and the gateway.
     a = startProcess('executor-a', 'executor', {
-      ...common,
-      INITLESS_HOST_ID: `host-a-${tag}`,
-      INITLESS_STATE_DIR: stateA,
-      INITLESS_SUBNET: SUBNET_A,
-      INITLESS_ADVERTISE_ADDRESS: LINK_A,
-      INITLESS_REDIS_URL: REDIS_URL,
+      env: {
+        ...common,
+        INITLESS_HOST_ID: `host-a-${tag}`,
+        INITLESS_STATE_DIR: stateA,
+        INITLESS_SUBNET: SUBNET_A,
+        INITLESS_ADVERTISE_ADDRESS: LINK_A,
+        INITLESS_REDIS_URL: REDIS_URL,
+      },
     })
     procs.push(a)
     await until(
@@ -263,11 +263,13 @@ describe('several hosts', () => {
 
     port = await freePort()
     gateway = startProcess('gateway', 'gateway', {
-      ...common,
-      INITLESS_GATEWAY_HOST: '127.0.0.1',
-      INITLESS_GATEWAY_PORT: String(port),
-      INITLESS_ADMIN_TOKEN: randomBytes(24).toString('hex'),
-      INITLESS_REDIS_URL: REDIS_URL,
+      env: {
+        ...common,
+        INITLESS_GATEWAY_HOST: '127.0.0.1',
+        INITLESS_GATEWAY_PORT: String(port),
+        INITLESS_ADMIN_TOKEN: randomBytes(24).toString('hex'),
+        INITLESS_REDIS_URL: REDIS_URL,
+      },
     })
     procs.push(gateway)
     await until(
@@ -292,11 +294,13 @@ describe('several hosts', () => {
     if (!requireServices(t)) return
     assert.ok(registry, 'set up by the first test')
     const c = startProcess('executor-c', 'executor', {
-      ...common,
-      INITLESS_HOST_ID: `host-c-${tag}`,
-      INITLESS_STATE_DIR: stateC,
-      INITLESS_SUBNET: '10.214.128.0/17',
-      INITLESS_REDIS_URL: REDIS_URL,
+      env: {
+        ...common,
+        INITLESS_HOST_ID: `host-c-${tag}`,
+        INITLESS_STATE_DIR: stateC,
+        INITLESS_SUBNET: '10.214.128.0/17',
+        INITLESS_REDIS_URL: REDIS_URL,
+      },
     })
     procs.push(c)
     const refused = await c.waitForLog((r) => r.msg === 'cannot start', 60_000)
