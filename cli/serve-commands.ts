@@ -1,20 +1,20 @@
 /**
  * `initless up` (build, bake and serve: the product command), `invoke`, `logs`, `hosts` and `scale`.
  */
-import { randomBytes, randomUUID } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Command } from 'commander'
 import { loadExecutorConfig, type ExecutorConfig } from '../executor/config.ts'
 import { desiredPeerRoutes, networkIdentity, ROUTE_PROTO } from '../executor/peers.ts'
 import { lockStateDir } from '../executor/state-lock.ts'
-import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
+import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { EXECUTOR_FRESH_MS, HOST_GONE_MS } from '../shared/contracts.ts'
 import { InitlessError } from '../shared/errors.ts'
 import { selectFunctions } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatAge } from '../shared/units.ts'
 import { bakeFunctions, buildFunctions, openHost, type CliIo } from './functions-commands.ts'
 import { gatewayUrl as launcherGatewayUrl, startStack } from './launcher.ts'
@@ -217,19 +217,17 @@ export function registerServeCommands(program: Command, io: CliIo): void {
           logger: createSilentLogger(),
           queueName: config.INITLESS_QUEUE_NAME,
         })
+        const restores = createRestoreClient({ registry, queue })
         const started: string[] = []
         try {
           for (let i = 0; i < count; i++) {
-            const instanceId = `i${randomBytes(6).toString('hex')}`
-            if (!(await registry.reserve(fn!.name, fn!.manifest.scaling.maxInstances, instanceId))) break
-            await queue.enqueue({
+            const id = await restores.start({
               fn: fn!.name,
-              instanceId,
-              traceId: randomUUID(),
-              enqueuedAt: Date.now(),
+              maxInstances: fn!.manifest.scaling.maxInstances,
               reason: 'prewarm',
             })
-            started.push(instanceId)
+            if (!id) break
+            started.push(id)
           }
         } finally {
           await queue.close()

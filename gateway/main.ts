@@ -6,7 +6,7 @@
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
-import { createBullmqRestoreQueue } from './bullmq-restore-queue.ts'
+import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { loadGatewayConfig, type GatewayConfig } from './config.ts'
 import { createHttpProxyForwarder } from './http-proxy-forwarder.ts'
 import { startGateway } from './start.ts'
