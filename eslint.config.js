@@ -2,6 +2,53 @@
 import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
+/** Import patterns (gitignore syntax, matched against the specifier) that test code matches. */
+const TEST_CODE = [
+  { group: ['**/test/**', '../test', '../../test'], message: 'production code never imports test/' },
+  {
+    group: ['**/*-fake', '**/*-fake.ts', '**/test-support', '**/test-support.ts'],
+    message: 'fakes and test support are for tests',
+  },
+]
+
+/** no-restricted-imports per production folder: what each may not import. */
+function boundaries() {
+  const production = { ignores: ['**/*.test.ts', '**/*-fake.ts', 'gateway/test-support.ts'] }
+  const rule = (/** @type {{ group: string[], message: string }[]} */ patterns) => ({
+    'no-restricted-imports': ['error', { patterns: [...patterns, ...TEST_CODE] }],
+  })
+  const other = (/** @type {string} */ dir, /** @type {string} */ why) => ({
+    group: [`../${dir}/**`, `../../${dir}/**`],
+    message: why,
+  })
+  return [
+    {
+      ...production,
+      files: ['gateway/**/*.ts'],
+      rules: rule([
+        other('executor', 'gateway/ and executor/ never import each other: share through shared/'),
+      ]),
+    },
+    {
+      ...production,
+      files: ['executor/**/*.ts'],
+      rules: rule([
+        other('gateway', 'gateway/ and executor/ never import each other: share through shared/'),
+      ]),
+    },
+    {
+      ...production,
+      files: ['shared/**/*.ts'],
+      rules: rule(
+        ['gateway', 'executor', 'cli'].map((d) =>
+          other(d, 'shared/ is imported by the processes, never the reverse'),
+        ),
+      ),
+    },
+    { ...production, files: ['cli/**/*.ts'], rules: rule([]) },
+  ]
+}
+
 export default tseslint.config(
   {
     ignores: [
@@ -11,6 +58,7 @@ export default tseslint.config(
       'coverage/**',
       '.initless/**',
       'test/fixtures/**',
+      'dist/**',
     ],
   },
   js.configs.recommended,
@@ -45,6 +93,10 @@ export default tseslint.config(
     files: ['cli/**', 'bin/**', 'scripts/**', 'bench/**', '**/main.ts'],
     rules: { 'no-console': 'off' },
   },
+  // Boundaries: gateway/ and executor/ never import each other (they share through shared/),
+  // shared/ imports neither, and production code never imports test code (test/, fakes, test
+  // support). The CLI and bench are composition roots and may import both processes' modules.
+  ...boundaries(),
   {
     files: ['**/*.test.ts', 'test/**'],
     rules: {

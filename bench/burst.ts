@@ -5,7 +5,7 @@
  * up. Runs with the function's own restore policy and no pre-started sandbox, as the sample ships.
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
-import { parseServerTiming } from '../test/support/e2e.ts'
+import { parseServerTiming } from '../shared/server-timing.ts'
 import { percentile, round } from './env.ts'
 import { probe } from './probe.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'

@@ -5,7 +5,7 @@
  * against the instance's registry record (runtime) and the executor's 'instance ready' log (pooled).
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
-import { parseServerTiming } from '../test/support/e2e.ts'
+import { parseServerTiming } from '../shared/server-timing.ts'
 import { medianOf, percentile, round } from './env.ts'
 import { probe } from './probe.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'

@@ -9,7 +9,7 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { InstanceAddress } from '../shared/contracts.ts'
-import { freePort } from '../test/support/e2e.ts'
+import { freePort } from '../cli/launcher.ts'
 import { probe } from './probe.ts'
 
 export interface Nginx {

@@ -13,17 +13,18 @@ import { execFileSync } from 'node:child_process'
 import { cp, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { Queue, QueueEvents } from 'bullmq'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { createHost, createHostInstanceManager } from '../executor/host.ts'
 import { httpOnce } from '../executor/probe.ts'
 import { createRestoreWorker } from '../executor/worker.ts'
-import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
+import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
+import type { RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
-import { createRedis } from '../shared/redis.ts'
+import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
 import { benchEnvironment, medianOf, percentile, round } from './env.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
@@ -70,13 +71,9 @@ const worker = createRestoreWorker({
   start: (j) => instances.start(j),
   logger,
 })
-const queue = new Queue<RestoreJobData, RestoreJobResult>(queueName, {
-  connection: createRedis(config.INITLESS_REDIS_URL, { blocking: true }),
-})
-const events = new QueueEvents(queueName, {
-  connection: createRedis(config.INITLESS_REDIS_URL, { blocking: true }),
-})
-await events.waitUntilReady()
+const queue = createBullmqRestoreQueue({ redisUrl: config.INITLESS_REDIS_URL, logger, queueName })
+await queue.ready()
+const restores = createRestoreClient({ registry, queue })
 
 interface Run {
   readonly totalMs: number
@@ -86,23 +83,17 @@ interface Run {
 async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
   const runtime: RuntimeKind = variant === 'lazy+pool' ? 'lazy' : variant
   if (variant === 'lazy+pool') await instances.fillPools()
-  const instanceId = `i${randomBytes(6).toString('hex')}`
   const started = performance.now()
-  await registry.reserve(fn.name, 100, instanceId)
-  const job = await queue.add(
-    'restore',
+  const result = await restores.restore(
     {
       fn: fn.name,
-      instanceId,
-      traceId: 'bench',
-      enqueuedAt: Date.now(),
+      maxInstances: 100,
       reason: 'bench',
-      runtime,
-      noPool: variant !== 'lazy+pool',
+      traceId: 'bench',
+      options: { runtime, noPool: variant !== 'lazy+pool' },
     },
-    { jobId: instanceId, attempts: 1 },
+    300_000,
   )
-  const result = await job.waitUntilFinished(events, 300_000)
   const totalMs = performance.now() - started
   if (variant === 'lazy+pool' && !result.pooled)
     throw new Error(`${fn.name}: the pooled run did not use the pool`)
@@ -255,11 +246,8 @@ try {
   await worker.close()
   await instances.stopAll('bench over')
   await host.runtimes.docker.discard()
-  await events.close()
-  await queue.obliterate({ force: true })
   await queue.close()
-  const keys = await redis.keys(`${prefix}:*`)
-  if (keys.length) await redis.del(...keys)
+  await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
   redis.disconnect()
 }
 if (failed) {

@@ -18,7 +18,6 @@ import { chooseRuntime } from '../executor/runtimes.ts'
 import { createSnapshotStore } from '../executor/snapshot-store.ts'
 import type { RuntimeKind } from '../shared/contracts.ts'
 import { loadFunctionDefs } from '../shared/functions.ts'
-import { REDIS_URL } from '../test/support/integration.ts'
 import { runBurst } from './burst.ts'
 import { renderChart } from './chart.ts'
 import { coldRun, runColdStartMatrix, VARIANTS, type ColdStartRow, type Variant } from './cold-start.ts'
@@ -162,7 +161,7 @@ try {
     functions: allFns,
     ...(sections.has('warm') ? { warmFunction: warmFn } : {}),
     stateDir: settings.stateDir,
-    redisUrl: REDIS_URL,
+    redisUrl: process.env.INITLESS_REDIS_URL ?? 'redis://127.0.0.1:6379',
     prepareTimeoutMs,
     progress,
     defer: (c) => cleanups.push(c),

@@ -1,6 +1,6 @@
 /**
- * The system under test: the REAL executor and gateway processes (test/support/e2e.ts starts them
- * the same way), isolated from everything else on the machine by their own queue, registry key
+ * The system under test: the REAL executor and gateway processes, started by the stack launcher
+ * (cli/launcher.ts, as `initless up` and the integration tests start them), isolated from everything else on the machine by their own queue, registry key
  * prefix, host id, port, state dir and functions dir.
  *
  * The functions dir is generated: a copy of each sample folder whose manifest differs only in what
@@ -11,20 +11,20 @@
  * function.yaml, so the images are Docker's cached builds of the samples (same image ids).
  */
 import { execFile } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
 import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
+import { isolatedStack, startStack, type LogRecord, type ManagedProcess } from '../cli/launcher.ts'
 import { instanceCgroupsIn } from '../executor/cgroups.ts'
-import type { InstanceRecord } from '../shared/contracts.ts'
-import { createRedis, deleteKeys } from '../shared/redis.ts'
-import { MANIFEST_FILE } from '../shared/manifest.ts'
 import type { StartOverride } from '../gateway/instance-pool.ts'
-import { freePort, ROOT, RUNC_ROOT, startProcess, type ManagedProcess } from '../test/support/e2e.ts'
-import { probe } from './probe.ts'
+import type { InstanceRecord } from '../shared/contracts.ts'
+import { MANIFEST_FILE } from '../shared/manifest.ts'
+import { packageRoot } from '../shared/package-root.ts'
 
 const run = promisify(execFile)
+/** The runc root of the default configuration (INITLESS_RUNC_ROOT), which the executor uses. */
+const RUNC_ROOT = '/run/initless/runc'
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export interface BenchStackOptions {
@@ -88,7 +88,7 @@ async function generateFunctions(dir: string, fns: readonly string[], warm?: str
   await rm(dir, { recursive: true, force: true })
   await mkdir(dir, { recursive: true, mode: 0o700 })
   for (const fn of fns) {
-    const src = join(ROOT, 'functions', fn)
+    const src = join(packageRoot(), 'functions', fn)
     await cp(src, join(dir, fn), { recursive: true })
     const raw = parseYaml(await readFile(join(src, MANIFEST_FILE), 'utf8')) as Record<string, unknown>
     const text = stringifyYaml(benchManifest(raw, fn === warm))
@@ -101,52 +101,48 @@ async function generateFunctions(dir: string, fns: readonly string[], warm?: str
 
 /** Start executor + gateway on generated functions; resolves once every function is prepared. */
 export async function startBenchStack(opts: BenchStackOptions): Promise<BenchStack> {
-  const tag = randomBytes(4).toString('hex')
   const functionsDir = join(opts.stateDir, 'bench-functions')
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 })
   await generateFunctions(functionsDir, opts.functions, opts.warmFunction)
-  const port = await freePort()
-  const adminToken = randomBytes(24).toString('hex')
-  const queueName = `bench-${randomUUID()}`
-  const prefix = `bench-${tag}`
-  const hostId = `bench-${tag}`
-  const env: Record<string, string> = {
-    INITLESS_QUEUE_NAME: queueName,
-    INITLESS_KEY_PREFIX: prefix,
-    INITLESS_HOST_ID: hostId,
-    INITLESS_STATE_DIR: opts.stateDir,
-    INITLESS_FUNCTIONS_DIR: functionsDir,
-    INITLESS_GATEWAY_HOST: '127.0.0.1',
-    INITLESS_GATEWAY_PORT: String(port),
-    INITLESS_ADMIN_TOKEN: adminToken,
-    INITLESS_REDIS_URL: opts.redisUrl,
-    // info: the benchmark reads 'instance ready' (pooled or not) and 'restore enqueued' records.
-    INITLESS_LOG_LEVEL: 'info',
+  const iso = await isolatedStack('bench', opts.redisUrl)
+  const { port, hostId } = iso
+  // Relay build and bake progress: on a fresh state dir this is the long part.
+  const relay = (line: string) => {
+    if (!line.startsWith('{')) return
+    const r = (() => {
+      try {
+        return JSON.parse(line) as LogRecord
+      } catch {
+        return undefined
+      }
+    })()
+    if (typeof r?.msg === 'string' && /build|bak|snapshot|prepar|fail/i.test(r.msg))
+      opts.progress(`[executor] ${r.msg}${typeof r.fn === 'string' ? ` (${r.fn})` : ''}`)
   }
-  const executor = startProcess('executor', 'executor/main.ts', env)
-  const gateway = startProcess('gateway', 'gateway/main.ts', env)
-
-  const admin = async <T>(method: string, path: string, body?: unknown) => {
-    const res = await probe(
-      '127.0.0.1',
-      port,
-      {
-        method,
-        path: `/admin${path}`,
-        headers: {
-          authorization: `Bearer ${adminToken}`,
-          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      },
-      10_000,
-    )
-    return { status: res.status, body: JSON.parse(res.body) as T }
-  }
-  const instances = async (fn: string) => {
-    const res = await admin<{ instances: InstanceRecord[] }>('GET', '/instances')
-    if (res.status !== 200) throw new Error(`GET /admin/instances: ${res.status} ${JSON.stringify(res.body)}`)
-    return res.body.instances.filter((i) => i.fn === fn)
+  const stack = await startStack({
+    env: {
+      ...iso.env,
+      INITLESS_STATE_DIR: opts.stateDir,
+      INITLESS_FUNCTIONS_DIR: functionsDir,
+      // info: the benchmark reads 'instance ready' (pooled or not) and 'restore enqueued' records.
+      INITLESS_LOG_LEVEL: 'info',
+    },
+    adminToken: iso.adminToken,
+    onLine: (name, line) => name === 'executor' && relay(line),
+    prepareTimeoutMs: opts.prepareTimeoutMs,
+    defer: (stop) => opts.defer(async () => void (await stop())),
+    cleanup: { redisUrl: opts.redisUrl, patterns: iso.redisKeys },
+    // The gateway first (it drains); then the executor stops instances, pools, templates.
+    stopTimeoutMs: { gateway: 30_000, executor: 90_000 },
+  })
+  const admin = <T>(method: string, path: string, body?: unknown) => stack.admin<T>(method, path, body)
+  const instances = (fn: string) => stack.instances(fn)
+  const failed = stack.executor
+    .records()
+    .filter((r) => r.msg === 'prepare failed' || r.msg === 'function skipped')
+  if (failed.length) {
+    await stack.stop()
+    throw new Error(`executor could not prepare: ${JSON.stringify(failed)}\n${stack.logs(40)}`)
   }
   const dockerRunning = async (fn: string) => {
     const out = await run('docker', [
@@ -170,14 +166,13 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
     return list.some((c) => c.bundle.startsWith(`${opts.stateDir}/`))
   }
 
-  let stopping: Promise<void> | undefined
-  const stack: BenchStack = {
+  return {
     port,
     hostId,
     stateDir: opts.stateDir,
     functionsDir,
-    executor,
-    gateway,
+    executor: stack.executor,
+    gateway: stack.gateway,
     admin,
     instances,
     async setStartOverride(fn, override) {
@@ -209,63 +204,8 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
         await delay(50)
       }
     },
-    stop() {
-      stopping ??= (async () => {
-        // The gateway first (it drains); then the executor stops instances, pools, templates.
-        await gateway.stop('SIGTERM', 30_000)
-        await executor.stop('SIGTERM', 90_000)
-        const redis = createRedis(opts.redisUrl, { name: 'initless-bench-cleanup' })
-        try {
-          await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
-        } finally {
-          redis.disconnect()
-        }
-      })()
-      return stopping
+    async stop() {
+      await stack.stop()
     },
   }
-
-  opts.defer(() => stack.stop())
-  try {
-    // Relay build and bake progress: on a fresh state dir this is the long part.
-    let seen = 0
-    const relay = () => {
-      const records = executor.records()
-      for (const r of records.slice(seen)) {
-        if (typeof r.msg === 'string' && /build|bak|snapshot|prepar|fail/i.test(r.msg))
-          opts.progress(`[executor] ${r.msg}${typeof r.fn === 'string' ? ` (${r.fn})` : ''}`)
-      }
-      seen = records.length
-    }
-    const timer = setInterval(relay, 2000)
-    try {
-      await Promise.all([
-        executor.waitForLog((r) => r.msg === 'functions prepared', opts.prepareTimeoutMs),
-        gateway.waitForLog((r) => r.msg === 'gateway listening', 60_000),
-      ])
-    } finally {
-      clearInterval(timer)
-      relay()
-    }
-    const failed = executor
-      .records()
-      .filter((r) => r.msg === 'prepare failed' || r.msg === 'function skipped')
-    if (failed.length) throw new Error(`executor could not prepare: ${JSON.stringify(failed)}`)
-    const deadline = Date.now() + 30_000
-    for (;;) {
-      const res = await probe('127.0.0.1', port, { method: 'GET', path: '/readyz' }, 5_000).catch(
-        () => undefined,
-      )
-      if (res?.status === 200) break
-      if (Date.now() > deadline) throw new Error(`gateway /readyz never answered 200 (last: ${res?.status})`)
-      await delay(100)
-    }
-  } catch (err) {
-    const tail = (p: ManagedProcess) => p.output().split('\n').slice(-40).join('\n')
-    await stack.stop().catch(() => undefined)
-    throw new Error(
-      `${err instanceof Error ? err.message : String(err)}\n--- executor ---\n${tail(executor)}\n--- gateway ---\n${tail(gateway)}`,
-    )
-  }
-  return stack
 }

@@ -1,6 +1,10 @@
 #!/usr/bin/env node
-// Entry point of the `initless` CLI: runs the TypeScript sources through tsx's loader.
-import { register } from 'tsx/esm/api'
+// Entry point of the `initless` CLI: runs the compiled JavaScript in dist/ (`npm run build`).
+import { existsSync } from 'node:fs'
 
-register()
-await import('../cli/main.ts')
+const main = new URL('../dist/cli/main.js', import.meta.url)
+if (!existsSync(main)) {
+  console.error('initless: not built yet (no dist/cli/main.js): run `npm run build` first')
+  process.exit(2)
+}
+await import(main.href)

@@ -5,11 +5,9 @@
  */
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
+import { packageRoot } from '../shared/package-root.ts'
 import type { CliIo } from './progress.ts'
-
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
 export function registerBenchCommand(program: Command, _io: CliIo): void {
   program
@@ -23,8 +21,10 @@ export function registerBenchCommand(program: Command, _io: CliIo): void {
     .allowExcessArguments()
     .action(async (_opts: unknown, cmd: Command) => {
       const args = cmd.args
-      const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), ...args], {
-        cwd: ROOT,
+      const root = packageRoot()
+      // The benchmark is a development tool (autocannon, vega): it runs from its sources with tsx.
+      const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench', 'run.ts'), ...args], {
+        cwd: root,
         stdio: 'inherit',
         // Recorded in the results as the command that produced them.
         env: { ...process.env, INITLESS_BENCH_COMMAND: ['npx initless bench', ...args].join(' ') },

@@ -1,90 +1,26 @@
 /**
  * `initless up` (build, bake and serve: the product command), `invoke`, `logs`, `hosts` and `scale`.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
 import type { Command } from 'commander'
 import { loadExecutorConfig, type ExecutorConfig } from '../executor/config.ts'
 import { desiredPeerRoutes, networkIdentity, ROUTE_PROTO } from '../executor/peers.ts'
 import { lockStateDir } from '../executor/state-lock.ts'
-import { createBullmqRestoreQueue } from '../gateway/bullmq-restore-queue.ts'
+import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { EXECUTOR_FRESH_MS, HOST_GONE_MS } from '../shared/contracts.ts'
 import { InitlessError } from '../shared/errors.ts'
 import { selectFunctions } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatAge } from '../shared/units.ts'
 import { openHost, prepareFunctions } from './functions-commands.ts'
+import { gatewayUrl as launcherGatewayUrl, startStack } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
-
-function gatewayUrl(): string {
-  const host = process.env.INITLESS_GATEWAY_HOST ?? '127.0.0.1'
-  const port = process.env.INITLESS_GATEWAY_PORT ?? '8080'
-  return process.env.INITLESS_GATEWAY_URL ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`
-}
-
-/** Start a process of ours, prefixing each of its output lines with its name. */
-function startProcess(name: string, entry: string, io: CliIo): ChildProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, entry)], {
-    cwd: ROOT,
-    env: process.env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  for (const stream of [child.stdout, child.stderr]) {
-    if (stream) createInterface({ input: stream }).on('line', (line) => io.progress(`[${name}] ${line}`))
-  }
-  return child
-}
-
-async function waitReady(url: string, timeoutMs: number, isAlive: () => boolean): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const ok = await fetch(`${url}/readyz`).then(
-      (r) => r.ok,
-      () => false,
-    )
-    if (ok) return
-    if (!isAlive())
-      throw new InitlessError(
-        'ERR_INTERNAL',
-        'the gateway or the executor exited during start-up (see its output above)',
-      )
-    if (Date.now() > deadline)
-      throw new InitlessError(
-        'ERR_GATEWAY_TIMEOUT',
-        `the gateway at ${url} was not ready within ${timeoutMs} ms`,
-      )
-    await new Promise((r) => setTimeout(r, 200))
-  }
-}
-
-function stopAll(children: ChildProcess[], deadlineMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const running = children.filter((c) => c.exitCode === null && c.signalCode === null)
-    if (!running.length) return resolve()
-    let left = running.length
-    const timer = setTimeout(() => {
-      for (const c of running) c.kill('SIGKILL')
-      resolve()
-    }, deadlineMs)
-    for (const c of running) {
-      c.once('exit', () => {
-        if (--left === 0) {
-          clearTimeout(timer)
-          resolve()
-        }
-      })
-      c.kill('SIGTERM')
-    }
-  })
-}
+const gatewayUrl = () => launcherGatewayUrl(process.env)
 
 export function registerServeCommands(program: Command, io: CliIo): void {
   program
@@ -104,23 +40,27 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       const fns = [...ctx.set.functions]
       await prepareFunctions(ctx, fns, io, { bake: opts.bake })
       await lock.release()
-      const children = [
-        startProcess('executor', 'executor/main.ts', io),
-        startProcess('gateway', 'gateway/main.ts', io),
-      ]
       let stopping = false
+      let stopStack: (() => Promise<unknown>) | undefined
       const stop = async (code: number) => {
         if (stopping) return
         stopping = true
         io.progress('stopping initless…')
-        await stopAll(children, 30_000)
+        await stopStack?.()
         process.exit(code)
       }
       process.on('SIGINT', () => void stop(0))
       process.on('SIGTERM', () => void stop(0))
-      for (const c of children) c.once('exit', (code) => !stopping && void stop(code ?? 1))
       const url = gatewayUrl()
-      await waitReady(url, 120_000, () => children.every((c) => c.exitCode === null))
+      const stack = await startStack({
+        url,
+        keepOutput: false,
+        onLine: (name, line) => io.progress(`[${name}] ${line}`),
+        readyTimeoutMs: 120_000,
+        defer: (stopIt) => (stopStack = stopIt),
+      })
+      for (const p of [stack.executor, stack.gateway])
+        void p.exited().then((exit) => !stopping && void stop(exit.code ?? 1))
       const names = fns.map((f) => f.name)
       io.print(
         { url, functions: names },
@@ -277,19 +217,17 @@ export function registerServeCommands(program: Command, io: CliIo): void {
           logger: createSilentLogger(),
           queueName: config.INITLESS_QUEUE_NAME,
         })
+        const restores = createRestoreClient({ registry, queue })
         const started: string[] = []
         try {
           for (let i = 0; i < count; i++) {
-            const instanceId = `i${randomBytes(6).toString('hex')}`
-            if (!(await registry.reserve(fn!.name, fn!.manifest.scaling.maxInstances, instanceId))) break
-            await queue.enqueue({
+            const id = await restores.start({
               fn: fn!.name,
-              instanceId,
-              traceId: randomUUID(),
-              enqueuedAt: Date.now(),
+              maxInstances: fn!.manifest.scaling.maxInstances,
               reason: 'prewarm',
             })
-            started.push(instanceId)
+            if (!id) break
+            started.push(id)
           }
         } finally {
           await queue.close()

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Entry point of the initless image (run under tini, which reaps the restored instances that
 # re-parent to PID 1 and forwards signals).
-#   gateway              node --import tsx gateway/main.ts
-#   executor             node --import tsx executor/main.ts
+#   gateway              node dist/gateway/main.js
+#   executor             node dist/executor/main.js
 #   healthcheck          the image's HEALTHCHECK: gateway -> GET /healthz answers 200;
 #                        executor -> its heartbeat in Redis is fresh; anything else -> healthy
 #   anything else        the initless CLI: node bin/initless.mjs "$@" (doctor, build, bake, ...)
@@ -32,7 +32,7 @@ case "${1:-}" in
     role=$1
     shift
     echo "$role" >"$ROLE_FILE"
-    exec node --import tsx "$role/main.ts" "$@"
+    exec node "dist/$role/main.js" "$@"
     ;;
   healthcheck)
     role=$(cat "$ROLE_FILE" 2>/dev/null || echo cli)
@@ -48,12 +48,12 @@ case "${1:-}" in
         ;;
       executor)
         # Fresh = newer than three heartbeat intervals, the gateway's own /readyz rule.
-        exec node --import tsx --input-type=module -e '
-          import { loadExecutorConfig } from "./executor/config.ts"
-          import { HEARTBEAT_INTERVAL_MS } from "./shared/contracts.ts"
-          import { createSilentLogger } from "./shared/logger.ts"
-          import { createRedis } from "./shared/redis.ts"
-          import { createRedisRegistry } from "./shared/registry.ts"
+        exec node --input-type=module -e '
+          import { loadExecutorConfig } from "./dist/executor/config.js"
+          import { HEARTBEAT_INTERVAL_MS } from "./dist/shared/contracts.js"
+          import { createSilentLogger } from "./dist/shared/logger.js"
+          import { createRedis } from "./dist/shared/redis.js"
+          import { createRedisRegistry } from "./dist/shared/registry.js"
           const config = loadExecutorConfig(process.env)
           const redis = createRedis(config.INITLESS_REDIS_URL, { name: "initless-healthcheck" })
           redis.options.retryStrategy = () => null

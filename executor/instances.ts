@@ -66,6 +66,40 @@ export interface InstanceManager {
   poolSize(fn: string): number
 }
 
+/**
+ * The sandbox an instance of `fn` is restored into: an overlay over the snapshot's upper dir and
+ * the image's rootfs (unpacked once per image), with the manifest's process and limits.
+ */
+export async function prepareRestoreSandbox(
+  deps: Pick<InstanceManagerDeps, 'stateDir' | 'docker' | 'sandboxes'>,
+  opts: { id: string; fn: FunctionDef; image: ImageConfig; snapshot: Snapshot },
+): Promise<Sandbox> {
+  const rootfs = await ensureImageRootfs(deps.stateDir, opts.image.id, (id, dir) =>
+    deps.docker.exportRootfs(id, dir),
+  )
+  const m = opts.fn.manifest
+  return deps.sandboxes.prepare({
+    id: opts.id,
+    fn: opts.fn.name,
+    lowers: [opts.snapshot.upperDir, rootfs],
+    process: processSpecFor(opts.image, m),
+    ...sandboxLimits(m),
+    forRestore: true,
+  })
+}
+
+/** Release all a started instance holds: its lazy-pages daemon, sandbox and container. */
+export async function releaseInstance(
+  deps: Pick<InstanceManagerDeps, 'docker' | 'sandboxes' | 'runtimes'>,
+  inst: StartedInstance,
+): Promise<void> {
+  // Stopped, never removed: its container holds the checkpoint the next restore starts from.
+  if (inst.runtime === 'docker') return deps.runtimes.docker?.stop(inst)
+  killLazyPages(inst.lazyDaemon)
+  if (inst.sandbox) await deps.sandboxes.destroy(inst.sandbox)
+  if (inst.containerId) await deps.docker.removeContainer(inst.containerId)
+}
+
 export function createInstanceManager(deps: InstanceManagerDeps): InstanceManager {
   const log = deps.logger.child({ module: 'instances' })
   const live = new Map<string, StartedInstance>()
@@ -117,29 +151,8 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     return { prep: await prepare(fn), recheck: false }
   }
 
-  async function lowersFor(image: ImageConfig, snapshot: Snapshot): Promise<string[]> {
-    const rootfs = await ensureImageRootfs(deps.stateDir, image.id, (id, dir) =>
-      deps.docker.exportRootfs(id, dir),
-    )
-    return [snapshot.upperDir, rootfs]
-  }
-
-  async function newSandbox(
-    id: string,
-    fn: FunctionDef,
-    image: ImageConfig,
-    snapshot: Snapshot,
-  ): Promise<Sandbox> {
-    const m = fn.manifest
-    return deps.sandboxes.prepare({
-      id,
-      fn: fn.name,
-      lowers: await lowersFor(image, snapshot),
-      process: processSpecFor(image, m),
-      ...sandboxLimits(m),
-      forRestore: true,
-    })
-  }
+  const newSandbox = (id: string, fn: FunctionDef, image: ImageConfig, snapshot: Snapshot) =>
+    prepareRestoreSandbox(deps, { id, fn, image, snapshot })
 
   function takePooled(fn: string, snapshot: Snapshot): PooledSandbox | undefined {
     const pool = pools.get(fn)
@@ -230,13 +243,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     }
   }
 
-  async function release(inst: StartedInstance): Promise<void> {
-    // Stopped, never removed: its container holds the checkpoint the next restore starts from.
-    if (inst.runtime === 'docker') return deps.runtimes.docker?.stop(inst)
-    killLazyPages(inst.lazyDaemon)
-    if (inst.sandbox) await deps.sandboxes.destroy(inst.sandbox)
-    if (inst.containerId) await deps.docker.removeContainer(inst.containerId)
-  }
+  const release = (inst: StartedInstance) => releaseInstance(deps, inst)
 
   async function startPrepared(
     job: RestoreJobData,

@@ -8,7 +8,12 @@
  */
 import { UnrecoverableError, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
-import { RESTORE_QUEUE, type RestoreJobData, type RestoreJobResult } from '../shared/contracts.ts'
+import {
+  encodeRestoreFailure,
+  RESTORE_QUEUE,
+  type RestoreJobData,
+  type RestoreJobResult,
+} from '../shared/contracts.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis } from '../shared/redis.ts'
 
@@ -53,12 +58,12 @@ export function createRestoreWorker(deps: RestoreWorkerDeps): RestoreWorker {
           { err: errorMessage(err), code: isInitlessError(err) ? err.code : undefined },
           'restore job failed',
         )
-        // The gateway reads the catalogue code at the start of the failure reason.
-        if (isInitlessError(err)) {
-          if (!err.retryable) throw new UnrecoverableError(`${err.code}: ${err.message}`)
-          throw new Error(`${err.code}: ${err.message}`, { cause: err })
-        }
-        throw err
+        // The failure reason carries the typed envelope producers decode (RestoreFailure).
+        const failure = isInitlessError(err)
+          ? { code: err.code, message: err.message, retryable: err.retryable }
+          : { code: 'ERR_RESTORE_FAILED', message: errorMessage(err), retryable: true }
+        if (!failure.retryable) throw new UnrecoverableError(encodeRestoreFailure(failure))
+        throw new Error(encodeRestoreFailure(failure), { cause: err })
       } finally {
         running--
       }

@@ -7,7 +7,7 @@ import type { Manifest } from '../shared/manifest.ts'
 import { createFakeRegistry, type FakeRegistry } from '../shared/registry-fake.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import { createInstancePool, type InstancePool, type InstancePoolDeps, type Lease } from './instance-pool.ts'
-import { createFakeRestoreQueue, type FakeRestoreQueue } from './restore-queue-fake.ts'
+import { createFakeRestoreQueue, type FakeRestoreQueue } from '../shared/restore-queue-fake.ts'
 import { TEST_PHASES, testManifest } from './test-support.ts'
 
 const ADDRESS = { host: '127.0.0.1', port: 1 }
@@ -308,7 +308,11 @@ describe('instance pool', () => {
     const { pool, queue, registry } = await setup()
     const waiting = pool.acquire(testManifest('nosnap'), { traceId: 'a' })
     const [job] = await queue.waitForJobs(1)
-    queue.fail(job!.instanceId, 'ERR_SNAPSHOT_NOT_FOUND: no snapshot for nosnap')
+    queue.fail(job!.instanceId, {
+      code: 'ERR_SNAPSHOT_NOT_FOUND',
+      message: 'no snapshot for nosnap',
+      retryable: false,
+    })
     await assert.rejects(
       waiting,
       (err) => isInitlessError(err, 'ERR_SNAPSHOT_NOT_FOUND') && err.status === 503,

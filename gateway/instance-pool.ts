@@ -9,13 +9,13 @@
  * another gateway or a pre-warm started. The restore queue's outcome is used for what the registry
  * cannot say: that a restore failed (and why), plus a nudge to re-read the record on completion.
  */
-import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
-import type { InstanceRecord, RegistryEvent, RestoreReason, RuntimeKind } from '../shared/contracts.ts'
+import type { InstanceRecord, RegistryEvent, RestoreJobOptions, RestoreReason } from '../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../shared/errors.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import type { InstanceRegistry, RegistrySubscription } from '../shared/registry.ts'
-import { restoreFailure, type RestoreOutcome, type RestoreQueue } from './restore-queue.ts'
+import { createRestoreClient } from '../shared/restore-client.ts'
+import { restoreFailure, type RestoreOutcome, type RestoreQueue } from '../shared/restore-queue.ts'
 import { coveredWaiters, ewma, instancesToStart, pickInstance } from './scaling.ts'
 import {
   applyRecord,
@@ -39,10 +39,7 @@ export type { Lease, PoolStats }
  * Forces how the restores this gateway starts for one function run, instead of the function's
  * restore policy and pool (benchmarks, diagnostics). Carried in the job (RestoreJobData).
  */
-export interface StartOverride {
-  readonly runtime?: RuntimeKind
-  readonly noPool?: boolean
-}
+export type StartOverride = RestoreJobOptions
 
 export interface InstancePool {
   /** Subscribe to registry events and restore outcomes, start the periodic refresh. */
@@ -84,6 +81,7 @@ export interface InstancePoolDeps {
   readonly queue: RestoreQueue
   readonly logger: Logger
   readonly now?: () => number
+  /** Default: the restore client's one format (shared/restore-client.ts). */
   readonly newInstanceId?: (fn: string) => string
   /** Full registry re-read, in ms. Default 5000. */
   readonly refreshIntervalMs?: number
@@ -111,10 +109,15 @@ const MIN_SERVICE_MS = 0.5
 
 /** Create the pool. Nothing happens until start(). */
 export function createInstancePool(deps: InstancePoolDeps): InstancePool {
-  const { registry, queue } = deps
+  const { registry } = deps
   const log = deps.logger.child({ module: 'instance-pool' })
   const now = deps.now ?? Date.now
-  const newId = deps.newInstanceId ?? ((fn: string) => `${fn}-${randomBytes(6).toString('hex')}`)
+  const restores = createRestoreClient({
+    registry,
+    queue: deps.queue,
+    now,
+    ...(deps.newInstanceId ? { newInstanceId: deps.newInstanceId } : {}),
+  })
   const maxRetries = deps.maxRestoreRetries ?? 2
   const retryAfterMs = deps.retryAfterMs ?? 1000
   const touchIntervalMs = deps.touchIntervalMs ?? 1000
@@ -183,11 +186,25 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     reason: RestoreReason,
     traceId: string,
   ): Promise<string | undefined> => {
-    const id = newId(s.fn)
+    const id = restores.newInstanceId(s.fn)
     s.starting.set(id, { isPending: true })
     s.generation++
     try {
-      if (!(await registry.reserve(s.fn, s.manifest.scaling.maxInstances, id))) {
+      const started = await restores.start({
+        fn: s.fn,
+        maxInstances: s.manifest.scaling.maxInstances,
+        reason,
+        traceId,
+        instanceId: id,
+        ...(overrides.has(s.fn) ? { options: overrides.get(s.fn) } : {}),
+        onReserved: () => {
+          if (closing) throw new Error('gateway is shutting down')
+          const entry = s.starting.get(id)
+          if (entry) entry.isPending = false
+          ours.set(id, { fn: s.fn, since: now() })
+        },
+      })
+      if (!started) {
         s.starting.delete(id)
         s.generation++
         s.fullUntil = now() + FULL_BACKOFF_MS
@@ -195,26 +212,14 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
         refresh(s).catch((err) => log.debug({ fn: s.fn, err: errorMessage(err) }, 'registry refresh failed'))
         return undefined
       }
-      if (closing) throw new Error('gateway is shutting down')
-      const entry = s.starting.get(id)
-      if (entry) entry.isPending = false
-      ours.set(id, { fn: s.fn, since: now() })
-      await queue.enqueue({
-        fn: s.fn,
-        instanceId: id,
-        traceId,
-        enqueuedAt: now(),
-        reason,
-        ...overrides.get(s.fn),
-      })
       log.info(
         { fn: s.fn, instanceId: id, reason, traceId, restoreMs: s.restoreMs, serviceMs: s.serviceMs },
         'restore enqueued',
       )
       return id
     } catch (err) {
+      // The restore client withdrew the reservation.
       ours.delete(id)
-      registry.withdraw(s.fn, id).catch(() => undefined)
       log.warn({ fn: s.fn, instanceId: id, err: errorMessage(err) }, 'could not start instance')
       startFailed(
         s,
@@ -340,8 +345,11 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     if (o.ok) return void check(s, o.instanceId)
     ours.delete(o.instanceId)
     registry.withdraw(s.fn, o.instanceId).catch(() => undefined)
-    const err = restoreFailure(s.fn, o.instanceId, o.reason)
-    log.warn({ fn: s.fn, instanceId: o.instanceId, code: err.code, reason: o.reason }, 'restore failed')
+    const err = restoreFailure(s.fn, o.instanceId, o.failure)
+    log.warn(
+      { fn: s.fn, instanceId: o.instanceId, code: err.code, reason: o.failure.message },
+      'restore failed',
+    )
     startFailed(s, o.instanceId, err)
   }
 
@@ -380,7 +388,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
 
   return {
     async start() {
-      stopOutcomes = queue.onOutcome(onOutcome)
+      stopOutcomes = restores.onOutcome(onOutcome)
       subscription = await registry.subscribe({ onEvent, onResync: refreshAll })
       timer = setInterval(refreshAll, deps.refreshIntervalMs ?? 5000)
       timer.unref()

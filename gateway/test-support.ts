@@ -15,7 +15,7 @@ import { createGateway, type Gateway, type GatewayAppDeps } from './app.ts'
 import { createStaticCatalog } from './catalog.ts'
 import type { Forwarder } from './forwarder.ts'
 import { createInstancePool, type InstancePool, type InstancePoolDeps } from './instance-pool.ts'
-import { createFakeRestoreQueue, type FakeRestoreQueue } from './restore-queue-fake.ts'
+import { createFakeRestoreQueue, type FakeRestoreQueue } from '../shared/restore-queue-fake.ts'
 import { createUpstreamAgents, type UpstreamAgents } from './upstream-agents.ts'
 import { createWebForwarder } from './web-forwarder.ts'
 

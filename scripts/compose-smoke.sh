@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the container deployment (Dockerfile + compose.yaml), end to end on this host:
-#   1. docker-compose build (the initless image and the Redis image, FROM $INITLESS_BASE_IMAGE)
+#   1. docker-compose build (the initless image and the Redis image, FROM $INITLESS_BASE_IMAGE);
+#      the image must hold the compiled JavaScript only: no tsx, no TypeScript, no compiler
 #   2. Redis up; `initless doctor` (restore probe included) in a throwaway container with the
 #      executor's container flags
 #   3. executor + gateway up with only hello-node; wait for /readyz and for the bake
@@ -119,6 +120,25 @@ compose build >"$WORK/build.log" 2>&1 || {
 }
 done_step "$(docker image inspect -f '{{.Size}}' "$INITLESS_IMAGE" | awk '{printf "%d MB", $1/1e6}')"
 
+# The final stage ships dist/ alone: the processes below can only run as compiled JavaScript.
+step "image: compiled JavaScript only"
+docker run --rm --entrypoint sh "$INITLESS_IMAGE" -c '
+  cd /opt/initless || exit 1
+  for f in dist/gateway/main.js dist/executor/main.js dist/cli/main.js; do
+    [ -f "$f" ] || { echo "missing $f"; exit 1; }
+  done
+  for d in node_modules/tsx node_modules/typescript node_modules/esbuild; do
+    [ ! -e "$d" ] || { echo "dev dependency present: $d"; exit 1; }
+  done
+  ts=$(find / -xdev -path /proc -prune -o -path /opt/initless/node_modules -prune -o \
+    \( -name "*.ts" -o -name "*.test.*" \) -type f -print | grep -v "\.d\.ts$" | head -n 5)
+  [ -z "$ts" ] || { echo "TypeScript sources or tests present: $ts"; exit 1; }
+  for c in gcc cc tsc tsx; do
+    ! command -v "$c" >/dev/null || { echo "compiler present: $(command -v "$c")"; exit 1; }
+  done
+' >"$WORK/contents.log" 2>&1 || { cat "$WORK/contents.log" >&2; fail "the image holds more than it should"; }
+done_step "no tsx, no TypeScript sources, no compiler"
+
 step "redis"
 compose up -d redis >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "redis did not start"; }
 for _ in $(seq 1 60); do
@@ -160,6 +180,14 @@ for _ in $(seq 1 240); do
 done
 curl -fsS --max-time 2 "$url/readyz" >"$WORK/readyz.json" 2>/dev/null || fail "$url/readyz did not answer 200 within 120 s"
 done_step "$(cat "$WORK/readyz.json")"
+
+step "gateway runs the compiled JavaScript"
+healthz=$(curl -sS -o /dev/null --max-time 5 -w '%{http_code}' "$url/healthz") || fail "$url/healthz did not answer"
+[ "$healthz" = 200 ] || fail "$url/healthz answered $healthz"
+docker top "$(compose ps -q gateway)" -o args >"$WORK/gateway-top.txt" || fail "docker top failed"
+grep -q 'node dist/gateway/main.js' "$WORK/gateway-top.txt" ||
+  fail "the gateway container does not run node dist/gateway/main.js: $(cat "$WORK/gateway-top.txt")"
+done_step "gateway /healthz: $healthz from node dist/gateway/main.js"
 
 # Wait for the bake, so the request below is a cold start from the snapshot, not the first bake.
 step "hello-node baked"

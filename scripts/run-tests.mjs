@@ -2,7 +2,9 @@
 // Runs the test suite with node:test through tsx. Unit tests live beside the code (*.test.ts);
 // integration tests live in test/ and talk to the real Redis, Docker, runc and CRIU. All files run
 // one at a time: the integration tests share Redis, Docker and the host's network namespaces.
-import { spawn } from 'node:child_process'
+// Before integration tests it builds dist/ (incremental): they start the gateway, the executor and
+// the CLI from the compiled JavaScript, as production does, and must never run a stale build.
+import { spawn, spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join, relative } from 'node:path'
 
@@ -33,6 +35,16 @@ if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)))
 if (!files.length) {
   console.error('run-tests: no test files matched')
   process.exit(1)
+}
+if (files.some((f) => f.startsWith('test/'))) {
+  const build = spawnSync(process.execPath, [join(root, 'scripts', 'build.mjs')], {
+    cwd: root,
+    stdio: 'inherit',
+  })
+  if (build.status !== 0) {
+    console.error('run-tests: npm run build failed')
+    process.exit(1)
+  }
 }
 // One process per file, the file run directly (no `--test` parent): with a parent, Node's
 // --test-force-exit lets the child exit before the parent has every verdict, and the parent then

@@ -12,8 +12,19 @@ export type RuntimeKind = (typeof RUNTIME_KINDS)[number]
 
 export type RestoreReason = 'demand' | 'prewarm' | 'min-instances' | 'bench'
 
-/** Payload of a restore job. The job id is the instance id the gateway reserved. */
-export interface RestoreJobData {
+/**
+ * How a restore runs, when not as the function's restore policy and pool decide (benchmarks,
+ * diagnostics, tests). Carried in the job.
+ */
+export interface RestoreJobOptions {
+  /** Forces a runtime instead of the function's restore policy. */
+  readonly runtime?: RuntimeKind
+  /** Skip the pre-started pool (benchmarks measure both). */
+  readonly noPool?: boolean
+}
+
+/** Payload of a restore job. The job id is the instance id the producer reserved. */
+export interface RestoreJobData extends RestoreJobOptions {
   readonly fn: string
   /** Instance id reserved in the registry before enqueueing (state `starting`). */
   readonly instanceId: string
@@ -22,10 +33,43 @@ export interface RestoreJobData {
   /** Epoch ms when the gateway enqueued the job: the queue-wait phase starts here. */
   readonly enqueuedAt: number
   readonly reason: RestoreReason
-  /** Forces a runtime instead of the function's restore policy (benchmarks, admin). */
-  readonly runtime?: RuntimeKind
-  /** Skip the pre-started pool (benchmarks measure both). */
-  readonly noPool?: boolean
+}
+
+/** How a restore job ended for good when it failed: the executor's error, as the producer sees it. */
+export interface RestoreFailure {
+  /** A code of the catalogue in shared/errors.ts (ERR_*). */
+  readonly code: string
+  readonly message: string
+  /** Whether another restore may succeed (false: a bad manifest, a missing function). */
+  readonly retryable: boolean
+}
+
+/** Marks a failed job's reason as a RestoreFailure (BullMQ carries a failure as one string). */
+const FAILURE_TAG = 'initless-restore-failure'
+
+/** The failed job's reason that carries `failure`. */
+export function encodeRestoreFailure(failure: RestoreFailure): string {
+  return JSON.stringify({ [FAILURE_TAG]: 1, ...failure })
+}
+
+/**
+ * The RestoreFailure a failed job's reason carries. A reason that carries none (BullMQ's own, such
+ * as a job that stalled too often) is a retryable ERR_RESTORE_FAILED with the reason as message.
+ */
+export function decodeRestoreFailure(reason: string): RestoreFailure {
+  try {
+    const v = JSON.parse(reason) as Record<string, unknown>
+    if (
+      v?.[FAILURE_TAG] === 1 &&
+      typeof v.code === 'string' &&
+      typeof v.message === 'string' &&
+      typeof v.retryable === 'boolean'
+    )
+      return { code: v.code, message: v.message, retryable: v.retryable }
+  } catch {
+    // not an envelope
+  }
+  return { code: 'ERR_RESTORE_FAILED', message: reason, retryable: true }
 }
 
 /** Durations of each phase of a cold start, in milliseconds. */

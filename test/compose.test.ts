@@ -1,6 +1,7 @@
 /**
  * The container deployment end to end: scripts/compose-smoke.sh builds the image (Dockerfile) and
- * the Redis image, runs `initless doctor` inside a container with the executor's flags, brings up
+ * the Redis image, checks the image holds only the compiled JavaScript (no tsx, no TypeScript
+ * sources, no compiler), runs `initless doctor` inside a container with the executor's flags, brings up
  * compose.yaml with hello-node, sends a cold request through the gateway and tears everything down.
  * A first build takes minutes (CRIU, Debian's npm); later runs reuse Docker's build cache.
  */
@@ -29,11 +30,21 @@ function runSmoke(): Promise<{ code: number | null; output: string }> {
   })
 }
 
-test('compose: the image builds, doctor passes in a container, hello-node answers through compose', async (t) => {
+test('compose: the image builds without tsx or sources, doctor passes in a container, hello-node answers through compose', async (t) => {
   if (!requireServices(t)) return
   const { code, output } = await runSmoke()
   const tail = output.split('\n').slice(-80).join('\n')
   assert.equal(code, 0, `scripts/compose-smoke.sh failed:\n${tail}`)
+  assert.match(
+    output,
+    /no tsx, no TypeScript sources, no compiler/,
+    'the image ships compiled JavaScript only',
+  )
+  assert.match(
+    output,
+    /gateway \/healthz: 200 from node dist\/gateway\/main\.js/,
+    'the gateway in the image answers from the compiled JavaScript',
+  )
   assert.match(output, /all checks passed/, 'initless doctor passed inside the container')
   assert.match(output, /"message":"hello from node"/, 'hello-node answered through the gateway')
   assert.match(output, /server-timing: cold\b/i, 'the first request was a cold start')

@@ -13,6 +13,7 @@ import type { RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
+import { builtEntry } from '../cli/launcher.ts'
 import { isCI, REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
 
@@ -37,7 +38,7 @@ describe('executor process: kill -9 and restart', () => {
   const logs: string[] = []
 
   function startExecutor(): ChildProcess {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'executor', 'main.ts')], {
+    const child = spawn(process.execPath, [builtEntry('executor')], {
       cwd: ROOT,
       env: { ...process.env, ...env, INITLESS_FUNCTIONS_DIR: functionsDir },
       stdio: ['ignore', 'pipe', 'pipe'],

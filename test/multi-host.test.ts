@@ -17,6 +17,7 @@ import { HOST_GONE_MS, type InstanceRecord } from '../shared/contracts.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createSilentLogger } from '../shared/logger.ts'
+import { builtEntry } from '../cli/launcher.ts'
 import { agent, freePort, http, parseServerTiming, startProcess, type ManagedProcess } from './support/e2e.ts'
 import { REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
@@ -180,10 +181,8 @@ describe('several hosts', () => {
     }
 
     // Host B first: its reaper starts the function's one instance there.
-    b = startProcess(
-      'executor-b',
-      'executor/main.ts',
-      {
+    b = startProcess('executor-b', 'executor', {
+      env: {
         ...common,
         INITLESS_HOST_ID: `host-b-${tag}`,
         INITLESS_STATE_DIR: stateB,
@@ -193,8 +192,8 @@ describe('several hosts', () => {
         INITLESS_SHUTDOWN_TIMEOUT: '5s',
         INITLESS_REDIS_URL: `redis://${LINK_A}:${redisPort}`,
       },
-      ['nsenter', `--net=/run/netns/${HOST_B_NS}`],
-    )
+      wrap: ['nsenter', `--net=/run/netns/${HOST_B_NS}`],
+    })
     procs.push(b)
     registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix })
     const reg = registry
@@ -209,13 +208,15 @@ describe('several hosts', () => {
     assert.deepEqual(routes(), [], 'no route to host B before host A has an executor')
 
     // Host A: an executor in the root namespace, and the gateway.
-    a = startProcess('executor-a', 'executor/main.ts', {
-      ...common,
-      INITLESS_HOST_ID: `host-a-${tag}`,
-      INITLESS_STATE_DIR: stateA,
-      INITLESS_SUBNET: SUBNET_A,
-      INITLESS_ADVERTISE_ADDRESS: LINK_A,
-      INITLESS_REDIS_URL: REDIS_URL,
+    a = startProcess('executor-a', 'executor', {
+      env: {
+        ...common,
+        INITLESS_HOST_ID: `host-a-${tag}`,
+        INITLESS_STATE_DIR: stateA,
+        INITLESS_SUBNET: SUBNET_A,
+        INITLESS_ADVERTISE_ADDRESS: LINK_A,
+        INITLESS_REDIS_URL: REDIS_URL,
+      },
     })
     procs.push(a)
     await until(
@@ -229,20 +230,16 @@ describe('several hosts', () => {
     // What `initless hosts` says in host A's network: both hosts live; a route to B only (A's
     // subnet is on a bridge here).
     // Not execFileSync: host B reaches Redis through this process (relayRedis).
-    const { stdout } = await execFileAsync(
-      process.execPath,
-      ['--import', 'tsx', join(ROOT, 'cli', 'main.ts'), '--json', 'hosts'],
-      {
-        cwd: ROOT,
-        encoding: 'utf8',
-        env: {
-          ...process.env,
-          ...common,
-          INITLESS_HOST_ID: `gateway-only-${tag}`,
-          INITLESS_REDIS_URL: REDIS_URL,
-        },
+    const { stdout } = await execFileAsync(process.execPath, [builtEntry('cli'), '--json', 'hosts'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: {
+        ...process.env,
+        ...common,
+        INITLESS_HOST_ID: `gateway-only-${tag}`,
+        INITLESS_REDIS_URL: REDIS_URL,
       },
-    )
+    })
     const listed = JSON.parse(stdout) as {
       hosts: { hostId: string; state: string }[]
       routes: { subnet: string; via: string }[]
@@ -265,12 +262,14 @@ describe('several hosts', () => {
     }
 
     port = await freePort()
-    gateway = startProcess('gateway', 'gateway/main.ts', {
-      ...common,
-      INITLESS_GATEWAY_HOST: '127.0.0.1',
-      INITLESS_GATEWAY_PORT: String(port),
-      INITLESS_ADMIN_TOKEN: randomBytes(24).toString('hex'),
-      INITLESS_REDIS_URL: REDIS_URL,
+    gateway = startProcess('gateway', 'gateway', {
+      env: {
+        ...common,
+        INITLESS_GATEWAY_HOST: '127.0.0.1',
+        INITLESS_GATEWAY_PORT: String(port),
+        INITLESS_ADMIN_TOKEN: randomBytes(24).toString('hex'),
+        INITLESS_REDIS_URL: REDIS_URL,
+      },
     })
     procs.push(gateway)
     await until(
@@ -294,12 +293,14 @@ describe('several hosts', () => {
   test("an executor claiming part of a live host's subnet is refused before it touches anything", async (t) => {
     if (!requireServices(t)) return
     assert.ok(registry, 'set up by the first test')
-    const c = startProcess('executor-c', 'executor/main.ts', {
-      ...common,
-      INITLESS_HOST_ID: `host-c-${tag}`,
-      INITLESS_STATE_DIR: stateC,
-      INITLESS_SUBNET: '10.214.128.0/17',
-      INITLESS_REDIS_URL: REDIS_URL,
+    const c = startProcess('executor-c', 'executor', {
+      env: {
+        ...common,
+        INITLESS_HOST_ID: `host-c-${tag}`,
+        INITLESS_STATE_DIR: stateC,
+        INITLESS_SUBNET: '10.214.128.0/17',
+        INITLESS_REDIS_URL: REDIS_URL,
+      },
     })
     procs.push(c)
     const refused = await c.waitForLog((r) => r.msg === 'cannot start', 60_000)

@@ -7,7 +7,8 @@ import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
 const exec = promisify(execFile)
-const CLI = join(import.meta.dirname, '..', '..', 'bin', 'initless.mjs')
+// The sources through tsx, as every unit test runs: the bin needs a build (dist/).
+const CLI = join(import.meta.dirname, '..', 'main.ts')
 const TOKEN = 'token-0123456789abcdef'
 
 /**
@@ -29,7 +30,7 @@ describe('initless service (the command line)', () => {
   })
 
   async function cli(args: string[], env: Record<string, string> = {}) {
-    return exec(process.execPath, [CLI, ...args], {
+    return exec(process.execPath, ['--import', 'tsx', CLI, ...args], {
       env: {
         PATH: process.env.PATH,
         INITLESS_SYSTEMD_MARKER: join(dir, 'no-systemd'),

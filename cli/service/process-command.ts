@@ -4,8 +4,7 @@
  * hosts without systemd both come from here.
  */
 import { join } from 'node:path'
-
-export type ProcessName = 'executor' | 'gateway'
+import { entryPath, type ProcessName } from '../launcher.ts'
 
 /**
  * argv of `proc`: the compiled `dist/<proc>/main.js` when the install has one (`npm run build`),
@@ -13,11 +12,11 @@ export type ProcessName = 'executor' | 'gateway'
  * resolved from the working directory, which must be `root`.
  */
 export function processCommand(
-  proc: ProcessName,
+  proc: Exclude<ProcessName, 'cli'>,
   root: string,
   deps: { readonly node: string; readonly exists: (path: string) => boolean },
 ): string[] {
-  const built = join(root, 'dist', proc, 'main.js')
+  const built = entryPath(root, proc)
   if (deps.exists(built)) return [deps.node, built]
   return [deps.node, '--import', 'tsx', join(root, proc, 'main.ts')]
 }

@@ -5,7 +5,7 @@
  * run it; it leaves nothing behind, whatever fails.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { errorMessage } from '../../shared/errors.ts'
@@ -35,11 +35,19 @@ export interface SelfTestDeps {
 }
 
 const SOURCE = fileURLToPath(new URL('./probe-server.c', import.meta.url))
+/**
+ * The probe compiled ahead (the image's build stage puts it beside this module, so the final image
+ * needs no compiler). Without it the probe is compiled here from SOURCE.
+ */
+const PREBUILT = fileURLToPath(new URL('./probe-server', import.meta.url))
 
-/** Compile the probe statically (cached by source hash) into a one-file rootfs. */
+/** The static probe in a one-file rootfs, cached by the hash of the binary or of its source. */
 async function prepareProbeRootfs(deps: SelfTestDeps): Promise<string> {
-  const source = await readFile(SOURCE)
-  const hash = createHash('sha256').update(source).digest('hex').slice(0, 16)
+  const prebuilt = await readFile(PREBUILT).catch(() => undefined)
+  const hash = createHash('sha256')
+    .update(prebuilt ?? (await readFile(SOURCE)))
+    .digest('hex')
+    .slice(0, 16)
   const rootfs = join(deps.workDir, `probe-rootfs-${hash}`)
   if (
     await stat(join(rootfs, 'probe-server')).then(
@@ -51,7 +59,11 @@ async function prepareProbeRootfs(deps: SelfTestDeps): Promise<string> {
   const tmp = `${rootfs}.tmp-${process.pid}`
   await rm(tmp, { recursive: true, force: true })
   for (const d of ['proc', 'dev', 'sys', 'etc', 'tmp']) await mkdir(join(tmp, d), { recursive: true })
-  await deps.run('gcc', ['-O2', '-static', '-o', join(tmp, 'probe-server'), SOURCE], { timeoutMs: 120_000 })
+  if (prebuilt) await copyFile(PREBUILT, join(tmp, 'probe-server'))
+  else
+    await deps.run('gcc', ['-O2', '-static', '-o', join(tmp, 'probe-server'), SOURCE], {
+      timeoutMs: 120_000,
+    })
   await chmod(join(tmp, 'tmp'), 0o1777)
   await writeFile(join(tmp, 'etc', 'hosts'), '127.0.0.1 localhost\n')
   await rm(rootfs, { recursive: true, force: true })

@@ -1,19 +1,21 @@
 /**
- * An executor assembled in-process from the real parts — Docker, runc, CRIU, Redis, BullMQ — with
- * a unique queue name and registry prefix per test, plus a producer to enqueue restores the way the
- * gateway does (reserve in the registry, then enqueue with the instance id as job id).
+ * An executor started in-process with startExecutor (executor/start.ts, the same wiring as the
+ * executor process) on a test host's adapters, with a unique queue name, registry prefix and host
+ * id per test, plus the restore client the gateway uses (shared/restore-client.ts) to reserve an
+ * instance, enqueue its restore and await it. Its reaper runs only when a test ticks it.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { Queue, QueueEvents } from 'bullmq'
-import { createHostInstanceManager } from '../../executor/host.ts'
+import { loadExecutorConfig } from '../../executor/config.ts'
 import type { InstanceManager } from '../../executor/instances.ts'
-import { createReaper, type Reaper } from '../../executor/reaper.ts'
-import { createRestoreWorker, type RestoreWorker } from '../../executor/worker.ts'
-import type { RestoreJobData, RestoreJobResult, RuntimeKind } from '../../shared/contracts.ts'
+import type { Reaper } from '../../executor/reaper.ts'
+import { startExecutor } from '../../executor/start.ts'
+import { createBullmqRestoreQueue } from '../../shared/bullmq-restore-queue.ts'
+import type { RestoreJobOptions, RestoreJobResult } from '../../shared/contracts.ts'
 import type { FunctionDef } from '../../shared/functions.ts'
 import { createSilentLogger } from '../../shared/logger.ts'
-import { createRedis, type Redis } from '../../shared/redis.ts'
-import { createRedisRegistry, type InstanceRegistry } from '../../shared/registry.ts'
+import { createRedis, deleteKeys } from '../../shared/redis.ts'
+import type { InstanceRegistry } from '../../shared/registry.ts'
+import { createRestoreClient } from '../../shared/restore-client.ts'
 import type { TestHost } from './host.ts'
 import { REDIS_URL } from './integration.ts'
 
@@ -24,84 +26,65 @@ export interface TestExecutor {
   readonly instances: InstanceManager
   readonly reaper: Reaper
   /** Reserve an instance and enqueue its restore; resolves with the job's result. */
-  restore(fn: string, opts?: { runtime?: RuntimeKind; noPool?: boolean }): Promise<RestoreJobResult>
+  restore(fn: string, opts?: RestoreJobOptions): Promise<RestoreJobResult>
   close(): Promise<void>
 }
 
+/** Resolves once every function is prepared (built, baked, pools filled). */
 export async function createTestExecutor(
   th: TestHost,
   functions: readonly FunctionDef[],
 ): Promise<TestExecutor> {
-  const logger = createSilentLogger()
   const queueName = `test-${randomUUID()}`
   const prefix = `test-${randomBytes(6).toString('hex')}`
-  const redis = createRedis(REDIS_URL)
-  const connections: Redis[] = [
-    redis,
-    createRedis(REDIS_URL, { blocking: true }),
-    createRedis(REDIS_URL, { blocking: true }),
-  ]
-  const registry = createRedisRegistry({ redis, logger, prefix })
-  const hostId = `test-${th.config.hostId}`
-  const instances = createHostInstanceManager(th.host, {
-    hostId,
-    functions: () => functions,
-    registry,
-    logger,
+  const config = loadExecutorConfig({
+    ...process.env,
+    INITLESS_STATE_DIR: th.config.INITLESS_STATE_DIR,
+    INITLESS_HOST_ID: `test-${th.config.hostId}`,
+    INITLESS_REDIS_URL: REDIS_URL,
+    INITLESS_QUEUE_NAME: queueName,
+    INITLESS_KEY_PREFIX: prefix,
+    INITLESS_RESTORE_CONCURRENCY: '4',
+    // The tests tick the reaper themselves.
+    INITLESS_REAP_INTERVAL: '24h',
   })
-  const worker: RestoreWorker = createRestoreWorker({
-    redisUrl: REDIS_URL,
-    queueName,
-    concurrency: 4,
-    start: (job) => instances.start(job),
-    onFailed: async (job) => {
-      await registry.withdraw(job.fn, job.instanceId)
-    },
+  const logger = createSilentLogger()
+  const executor = await startExecutor(config, {
     logger,
+    host: th.host,
+    redis: createRedis(REDIS_URL, { name: 'initless-test-executor' }),
+    functions,
   })
-  const queue = new Queue<RestoreJobData, RestoreJobResult>(queueName, { connection: connections[1]! })
-  const events = new QueueEvents(queueName, { connection: connections[2]! })
-  await events.waitUntilReady()
-  const reaper = createReaper({
-    instances,
-    registry,
-    functions: () => functions,
-    now: Date.now,
-    logger,
-    hostId,
-  })
+  await executor.prepared
+  const { registry } = executor
+  const queue = createBullmqRestoreQueue({ redisUrl: REDIS_URL, logger, queueName })
+  await queue.ready()
+  const restores = createRestoreClient({ registry, queue })
   return {
     queueName,
     prefix,
     registry,
-    instances,
-    reaper,
-    async restore(fn, opts = {}) {
-      const manifest = functions.find((f) => f.name === fn)?.manifest
-      const instanceId = `i${randomBytes(6).toString('hex')}`
-      const reserved = await registry.reserve(fn, manifest?.scaling.maxInstances ?? 5, instanceId)
-      if (!reserved) throw new Error(`${fn}: no room for another instance`)
-      const job = await queue.add(
-        'restore',
-        { fn, instanceId, traceId: randomUUID(), enqueuedAt: Date.now(), reason: 'demand', ...opts },
-        { jobId: instanceId, attempts: 1 },
-      )
-      return job.waitUntilFinished(events, 180_000)
-    },
+    instances: executor.instances,
+    reaper: executor.reaper,
+    restore: (fn, options = {}) =>
+      restores.restore(
+        {
+          fn,
+          maxInstances: functions.find((f) => f.name === fn)?.manifest.scaling.maxInstances ?? 5,
+          reason: 'demand',
+          options,
+        },
+        180_000,
+      ),
     async close() {
-      await worker.close()
-      await instances.stopAll('test over')
-      await events.close()
-      await queue.obliterate({ force: true }).catch(() => undefined)
+      await executor.close()
       await queue.close()
-      for (const fn of functions) {
-        await redis.del(
-          `${prefix}:instances:${fn.name}`,
-          `${prefix}:lastuse:${fn.name}`,
-          `${prefix}:inflight:${fn.name}`,
-        )
+      const redis = createRedis(REDIS_URL, { name: 'initless-test-cleanup' })
+      try {
+        await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
+      } finally {
+        redis.disconnect()
       }
-      for (const c of connections) c.disconnect()
     },
   }
 }

@@ -5,11 +5,10 @@
 import { randomBytes } from 'node:crypto'
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { processSpecFor } from '../../executor/bake.ts'
 import { loadExecutorConfig, type ExecutorConfig } from '../../executor/config.ts'
 import type { ImageConfig } from '../../executor/docker.ts'
 import { createHost, type Host, type HostRuntimes } from '../../executor/host.ts'
-import { ensureImageRootfs } from '../../executor/rootfs.ts'
+import { prepareRestoreSandbox, releaseInstance } from '../../executor/instances.ts'
 import type { StartedInstance } from '../../executor/runtimes.ts'
 import type { Snapshot } from '../../executor/snapshot-store.ts'
 import type { FunctionDef } from '../../shared/functions.ts'
@@ -35,6 +34,7 @@ export async function createTestHost(env: Record<string, string> = {}): Promise<
   const config = loadExecutorConfig({ ...process.env, INITLESS_STATE_DIR: stateDir, ...env })
   const host = createHost(config, createSilentLogger())
   const runtimes = host.runtimes
+  const deps = { stateDir, docker: host.docker, sandboxes: host.sandboxes, runtimes }
   return {
     config,
     host,
@@ -49,30 +49,15 @@ export async function createTestHost(env: Record<string, string> = {}): Promise<
         hostLabel: `test-${config.hostId}`,
         prepare: async () => {
           if (!snapshot) throw new Error('no snapshot')
-          const rootfs = await ensureImageRootfs(stateDir, image.id, (id, dir) =>
-            host.docker.exportRootfs(id, dir),
-          )
-          const m = fn.manifest
-          return host.sandboxes.prepare({
-            id: instanceId,
-            fn: fn.name,
-            lowers: [snapshot.upperDir, rootfs],
-            process: processSpecFor(image, m),
-            memoryBytes: m.resources.memory,
-            cpus: m.resources.cpus,
-            pids: m.resources.pids,
-            forRestore: true,
-          })
+          return prepareRestoreSandbox(deps, { id: instanceId, fn, image, snapshot })
         },
       })
     },
     async stop(inst) {
-      // Stopped, kept: the container holds the checkpoint (runtimes.docker.discard removes it).
-      if (inst.runtime === 'docker') return runtimes.docker.stop(inst)
+      // A test lets the lazy-pages daemon finish pushing the pages before the instance goes.
       if (inst.lazyDaemon)
         await Promise.race([inst.lazyDaemon.exited, new Promise((r) => setTimeout(r, 20_000))])
-      if (inst.sandbox) await host.sandboxes.destroy(inst.sandbox)
-      if (inst.containerId) await host.docker.removeContainer(inst.containerId)
+      await releaseInstance(deps, inst)
     },
     async dispose() {
       await runtimes.docker.discard()

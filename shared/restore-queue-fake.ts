@@ -1,13 +1,19 @@
 /** In-memory RestoreQueue for unit tests: records jobs; the test decides how each one ends. */
-import type { RestoreJobData } from '../shared/contracts.ts'
+import {
+  decodeRestoreFailure,
+  type RestoreFailure,
+  type RestoreJobData,
+  type RestoreJobResult,
+} from './contracts.ts'
 import type { RestoreOutcome, RestoreQueue } from './restore-queue.ts'
 
 export interface FakeRestoreQueue extends RestoreQueue {
   /** Every job enqueued so far, in order. */
   readonly jobs: readonly RestoreJobData[]
   /** Report a job as completed (the test marks the instance ready in the registry itself). */
-  complete(instanceId: string): void
-  fail(instanceId: string, reason: string): void
+  complete(instanceId: string, result?: RestoreJobResult): void
+  /** Report a job as failed; a string is a failure without an envelope (BullMQ's own). */
+  fail(instanceId: string, failure: RestoreFailure | string): void
   /** While false, enqueue rejects like a queue whose Redis is down. */
   setAvailable(isAvailable: boolean): void
   /** Called for every job enqueued from now on (a test's stand-in executor). */
@@ -18,6 +24,20 @@ export interface FakeRestoreQueue extends RestoreQueue {
 
 export function createFakeRestoreQueue(): FakeRestoreQueue {
   const jobs: RestoreJobData[] = []
+  /** A result for a job the test completes without giving one. */
+  const resultOf = (instanceId: string): RestoreJobResult => {
+    const job = jobs.find((j) => j.instanceId === instanceId)
+    return {
+      instanceId,
+      fn: job?.fn ?? '',
+      address: { host: '127.0.0.1', port: 0 },
+      hostId: 'fake',
+      runtime: job?.runtime ?? 'lazy',
+      pooled: false,
+      phases: { queueMs: 0, sandboxMs: 0, restoreMs: 0, readyMs: 0 },
+      snapshotBytes: 0,
+    }
+  }
   const listeners = new Set<(o: RestoreOutcome) => void>()
   const waiting = new Set<() => void>()
   const jobListeners = new Set<(job: RestoreJobData) => void>()
@@ -44,8 +64,13 @@ export function createFakeRestoreQueue(): FakeRestoreQueue {
       jobListeners.add(listener)
       return () => jobListeners.delete(listener)
     },
-    complete: (instanceId) => emit({ instanceId, ok: true }),
-    fail: (instanceId, reason) => emit({ instanceId, ok: false, reason }),
+    complete: (instanceId, result) => emit({ instanceId, ok: true, result: result ?? resultOf(instanceId) }),
+    fail: (instanceId, failure) =>
+      emit({
+        instanceId,
+        ok: false,
+        failure: typeof failure === 'string' ? decodeRestoreFailure(failure) : failure,
+      }),
     setAvailable(v) {
       isAvailable = v
     },

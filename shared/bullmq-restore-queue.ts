@@ -1,12 +1,18 @@
 /**
- * BullMQ adapter for the RestoreQueue port: the only gateway file that imports bullmq.
+ * BullMQ adapter for the RestoreQueue port: the producers' only file that imports bullmq (the
+ * executor's consumer is executor/worker.ts).
  * Producer connection fails fast while Redis is down (enableOfflineQueue false) so a cold request
  * is answered 503 instead of hanging; QueueEvents reads the events stream and needs
  * maxRetriesPerRequest null (BullMQ forces it for blocking connections).
  */
 import { Queue, QueueEvents, type ConnectionOptions } from 'bullmq'
 import type { Logger } from 'pino'
-import { RESTORE_QUEUE, type RestoreJobData } from '../shared/contracts.ts'
+import {
+  decodeRestoreFailure,
+  RESTORE_QUEUE,
+  type RestoreJobData,
+  type RestoreJobResult,
+} from './contracts.ts'
 import type { RestoreOutcome, RestoreQueue } from './restore-queue.ts'
 
 export interface BullmqRestoreQueueDeps {
@@ -52,9 +58,12 @@ export function createBullmqRestoreQueue(deps: BullmqRestoreQueueDeps): BullmqRe
     isQueueDown = true
   })
   events.on('error', (err) => log.debug({ err: err.message }, 'queue events connection error'))
-  events.on('completed', ({ jobId }) => emit({ instanceId: jobId, ok: true }))
+  // BullMQ's QueueEvents parses the return value it declares as a string.
+  events.on('completed', ({ jobId, returnvalue }) =>
+    emit({ instanceId: jobId, ok: true, result: returnvalue as unknown as RestoreJobResult }),
+  )
   events.on('failed', ({ jobId, failedReason }) =>
-    emit({ instanceId: jobId, ok: false, reason: failedReason }),
+    emit({ instanceId: jobId, ok: false, failure: decodeRestoreFailure(failedReason) }),
   )
 
   let closing: Promise<void> | undefined

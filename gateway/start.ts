@@ -1,0 +1,108 @@
+/**
+ * The gateway process as a library: given its configuration and its clients, it loads the
+ * function catalogue, starts the instance pool, listens, and returns a close() that shuts it all
+ * down within the deadline. gateway/main.ts builds the real clients; tests may build their own.
+ */
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from 'pino'
+import { errorMessage } from '../shared/errors.ts'
+import type { Redis } from '../shared/redis.ts'
+import { createRedisRegistry } from '../shared/registry.ts'
+import { createShutdown, type ShutdownResult } from '../shared/shutdown.ts'
+import { createGateway } from './app.ts'
+import type { BullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
+import { loadFunctionCatalog } from './catalog.ts'
+import type { GatewayConfig } from './config.ts'
+import type { Forwarder } from './forwarder.ts'
+import { createInstancePool } from './instance-pool.ts'
+import { createGatewayMetrics } from './metrics.ts'
+import { drainServer } from './shutdown.ts'
+
+export interface GatewayDeps {
+  readonly logger: Logger
+  /** The registry's connection. */
+  readonly redis: Redis
+  readonly queue: Pick<BullmqRestoreQueue, 'enqueue' | 'onOutcome' | 'ready' | 'close'>
+  readonly forwarder: Forwarder & { close(): void }
+  /** Closes what the forwarder's connections come from (upstream agents). */
+  readonly closeUpstream?: () => void
+  /** The server failed after it started listening (the process should exit). */
+  readonly onFatal?: (err: Error) => void
+}
+
+export interface RunningGateway {
+  readonly address: AddressInfo
+  /** Drain requests, then close the pool, the proxy, the queue and Redis. Idempotent. */
+  close(): Promise<ShutdownResult>
+}
+
+/** Start the gateway; resolves once it listens. It owns the clients in `deps` from then on. */
+export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Promise<RunningGateway> {
+  const { logger, redis, queue, forwarder } = deps
+  // While Redis is down commands fail after two reconnect attempts instead of waiting (cold
+  // requests get 503); ioredis keeps reconnecting forever.
+  let isRedisDown = false
+  redis.on('error', (err: Error) => {
+    if (!isRedisDown) logger.warn({ err: err.message }, 'redis connection lost')
+    isRedisDown = true
+  })
+  redis.on('ready', () => {
+    if (isRedisDown) logger.info('redis connection restored')
+    isRedisDown = false
+  })
+  const registry = createRedisRegistry({ redis, logger, prefix: config.INITLESS_KEY_PREFIX })
+  const catalog = await loadFunctionCatalog({ dir: config.INITLESS_FUNCTIONS_DIR, logger })
+  const pool = createInstancePool({
+    registry,
+    queue,
+    logger,
+    refreshIntervalMs: config.INITLESS_REGISTRY_REFRESH,
+    maxRestoreRetries: config.INITLESS_RESTORE_RETRIES,
+    retryAfterMs: config.INITLESS_RETRY_AFTER,
+  })
+  logger.info({ redis: new URL(config.INITLESS_REDIS_URL).host }, 'waiting for redis')
+  await Promise.all([pool.start(), queue.ready()])
+  const { listener } = createGateway({
+    catalog,
+    pool,
+    registry,
+    forwarder,
+    logger,
+    metrics: createGatewayMetrics({ stats: () => pool.stats(), processMetrics: true }),
+    options: {
+      maxBodyBytes: config.INITLESS_MAX_BODY,
+      adminToken: config.INITLESS_ADMIN_TOKEN,
+      trustProxy: config.INITLESS_TRUST_PROXY,
+    },
+  })
+
+  const server = createServer(listener)
+  const address = await new Promise<AddressInfo>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(config.INITLESS_GATEWAY_PORT, config.INITLESS_GATEWAY_HOST, () => {
+      server.off('error', reject)
+      resolve(server.address() as AddressInfo)
+    })
+  })
+  server.on('error', (err) => {
+    logger.fatal({ err: errorMessage(err) }, 'server error')
+    deps.onFatal?.(err)
+  })
+  logger.info({ host: address.address, port: address.port }, 'gateway listening')
+
+  // In-flight requests get most of the deadline; the rest closes clients that never hang up.
+  const graceMs = Math.max(0, config.INITLESS_SHUTDOWN_TIMEOUT - 1000)
+  const close = createShutdown({
+    logger,
+    deadlineMs: config.INITLESS_SHUTDOWN_TIMEOUT,
+    steps: [
+      { name: 'http server', run: () => drainServer(server, graceMs) },
+      { name: 'instance pool', run: () => pool.close() },
+      { name: 'proxy', run: () => (forwarder.close(), deps.closeUpstream?.()) },
+      { name: 'restore queue', run: () => queue.close() },
+      { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
+    ],
+  })
+  return { address, close }
+}
