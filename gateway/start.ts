@@ -8,14 +8,14 @@ import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { errorMessage } from '../shared/errors.ts'
 import type { Redis } from '../shared/redis.ts'
-import { createRedisRegistry } from '../shared/registry.ts'
+import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createShutdown, type ShutdownResult } from '../shared/shutdown.ts'
 import { createGateway } from './app.ts'
 import type { BullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
-import { loadFunctionCatalog } from './catalog.ts'
+import { loadFunctionCatalog, type FunctionCatalog } from './catalog.ts'
 import type { GatewayConfig } from './config.ts'
 import type { Forwarder } from './forwarder.ts'
-import { createInstancePool } from './instance-pool.ts'
+import { createInstancePool, type InstancePool } from './instance-pool.ts'
 import { createGatewayMetrics } from './metrics.ts'
 import { drainServer } from './shutdown.ts'
 
@@ -27,12 +27,16 @@ export interface GatewayDeps {
   readonly forwarder: Forwarder & { close(): void }
   /** Closes what the forwarder's connections come from (upstream agents). */
   readonly closeUpstream?: () => void
+  /** The functions served. Default: those in INITLESS_FUNCTIONS_DIR. */
+  readonly catalog?: FunctionCatalog
   /** The server failed after it started listening (the process should exit). */
   readonly onFatal?: (err: Error) => void
 }
 
 export interface RunningGateway {
   readonly address: AddressInfo
+  readonly pool: InstancePool
+  readonly registry: InstanceRegistry
   /** Drain requests, then close the pool, the proxy, the queue and Redis. Idempotent. */
   close(): Promise<ShutdownResult>
 }
@@ -52,7 +56,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     isRedisDown = false
   })
   const registry = createRedisRegistry({ redis, logger, prefix: config.INITLESS_KEY_PREFIX })
-  const catalog = await loadFunctionCatalog({ dir: config.INITLESS_FUNCTIONS_DIR, logger })
+  const catalog = deps.catalog ?? (await loadFunctionCatalog({ dir: config.INITLESS_FUNCTIONS_DIR, logger }))
   const pool = createInstancePool({
     registry,
     queue,
@@ -104,5 +108,5 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
       { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
     ],
   })
-  return { address, close }
+  return { address, pool, registry, close }
 }

@@ -184,7 +184,8 @@ done_step "$(cat "$WORK/readyz.json")"
 step "gateway runs the compiled JavaScript"
 healthz=$(curl -sS -o /dev/null --max-time 5 -w '%{http_code}' "$url/healthz") || fail "$url/healthz did not answer"
 [ "$healthz" = 200 ] || fail "$url/healthz answered $healthz"
-docker top "$(compose ps -q gateway)" -o args >"$WORK/gateway-top.txt" || fail "docker top failed"
+# `-o args` alone is refused by Docker 20.10 ("Couldn't find PID field in ps output").
+docker top "$(compose ps -q gateway)" -o pid,args >"$WORK/gateway-top.txt" || fail "docker top failed"
 grep -q 'node dist/gateway/main.js' "$WORK/gateway-top.txt" ||
   fail "the gateway container does not run node dist/gateway/main.js: $(cat "$WORK/gateway-top.txt")"
 done_step "gateway /healthz: $healthz from node dist/gateway/main.js"

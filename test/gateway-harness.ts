@@ -1,23 +1,28 @@
 /**
  * Integration harness for the gateway tests: a Redis reachability check (skip by hand, fail in CI),
  * a stand-in executor (a real BullMQ worker on the restore queue that starts a real HTTP server per
- * instance and marks it ready in the registry), and a gateway wired like gateway/main.ts but with
- * a unique key prefix and queue name, served by its node:http listener on 127.0.0.1:0.
+ * instance and marks it ready in the registry), and the gateway started as gateway/main.ts starts it,
+ * with a unique key prefix and queue name, listening on 127.0.0.1:0.
  */
 import { randomUUID } from 'node:crypto'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { UnrecoverableError, Worker, type Job } from 'bullmq'
-import type { ExecutorHeartbeat, RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
+import {
+  encodeRestoreFailure,
+  type ExecutorHeartbeat,
+  type RestoreFailure,
+  type RestoreJobData,
+  type RestoreJobResult,
+} from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import { createRedis, deleteKeys, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
-import { createGateway } from '../gateway/app.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { createStaticCatalog } from '../gateway/catalog.ts'
 import { createHttpProxyForwarder } from '../gateway/http-proxy-forwarder.ts'
-import { createInstancePool, type InstancePool } from '../gateway/instance-pool.ts'
+import { loadGatewayConfig } from '../gateway/config.ts'
+import type { InstancePool } from '../gateway/instance-pool.ts'
+import { startGateway as startGatewayProcess } from '../gateway/start.ts'
 import { startEchoServer, TEST_PHASES, type EchoServer } from '../gateway/test-support.ts'
 import { createUpstreamAgents } from '../gateway/upstream-agents.ts'
 import { isCI, REDIS_URL } from './support/integration.ts'
@@ -64,8 +69,8 @@ export async function cleanUp(redis: Redis, iso: Isolation): Promise<void> {
 export interface ExecutorOptions {
   /** Time a restore takes, ms (or per job). Default 30. */
   readonly restoreMs?: number | ((job: RestoreJobData) => number)
-  /** Decide per job whether it fails: return an error message (prefix a code to keep it). */
-  readonly failWith?: (job: RestoreJobData) => string | undefined
+  /** Decide per job whether it fails, and how (reported as the executor's worker reports it). */
+  readonly failWith?: (job: RestoreJobData) => RestoreFailure | undefined
 }
 
 export interface FakeExecutor {
@@ -100,7 +105,8 @@ export function startFakeExecutor(
       const failure = opts.failWith?.(data)
       if (failure) {
         await registry.withdraw(data.fn, data.instanceId)
-        throw failure.startsWith('ERR_SNAPSHOT') ? new UnrecoverableError(failure) : new Error(failure)
+        const reason = encodeRestoreFailure(failure)
+        throw failure.retryable ? new Error(reason) : new UnrecoverableError(reason)
       }
       const server = await startEchoServer(data.instanceId)
       servers.set(data.instanceId, server)
@@ -158,7 +164,10 @@ export interface RunningGateway {
   close(): Promise<void>
 }
 
-/** A gateway process minus the signal handling: real Redis, real BullMQ, http-proxy, a socket. */
+/**
+ * The gateway as gateway/main.ts starts it (startGateway: real Redis, real BullMQ, http-proxy, a
+ * socket on 127.0.0.1:0), minus the signal handling, serving `manifests`.
+ */
 export async function startGateway(
   iso: Isolation,
   manifests: readonly Manifest[],
@@ -170,45 +179,34 @@ export async function startGateway(
 ): Promise<RunningGateway> {
   const url = opts.redisUrl ?? REDIS_URL
   const logger = createSilentLogger()
+  const config = loadGatewayConfig({
+    INITLESS_REDIS_URL: url,
+    INITLESS_KEY_PREFIX: iso.prefix,
+    INITLESS_QUEUE_NAME: iso.queueName,
+    INITLESS_GATEWAY_HOST: '127.0.0.1',
+    INITLESS_GATEWAY_PORT: '0',
+    INITLESS_MAX_BODY: String(opts.maxBodyBytes ?? 1024 * 1024),
+    INITLESS_REGISTRY_REFRESH: `${opts.refreshIntervalMs ?? 500}ms`,
+    // Tests close with requests possibly in flight: cut them off at once.
+    INITLESS_SHUTDOWN_TIMEOUT: '1s',
+  })
   const redis = createRedis(url, { name: 'test-gateway' })
-  redis.on('error', () => undefined)
-  const registry = createRedisRegistry({ redis, logger, prefix: iso.prefix })
-  const queue = createBullmqRestoreQueue({ redisUrl: url, logger, queueName: iso.queueName })
-  const pool = createInstancePool({
-    registry,
-    queue,
-    logger,
-    refreshIntervalMs: opts.refreshIntervalMs ?? 500,
-  })
-  await Promise.all([pool.start(), queue.ready()])
   const agents = createUpstreamAgents()
-  const forwarder = createHttpProxyForwarder({ agents, logger })
-  const { listener } = createGateway({
-    catalog: createStaticCatalog(manifests),
-    pool,
-    registry,
-    forwarder,
+  const gateway = await startGatewayProcess(config, {
     logger,
-    options: { maxBodyBytes: opts.maxBodyBytes ?? 1024 * 1024, trustProxy: false },
+    redis,
+    queue: createBullmqRestoreQueue({ redisUrl: url, logger, queueName: iso.queueName }),
+    forwarder: createHttpProxyForwarder({ agents, logger }),
+    closeUpstream: () => agents.close(),
+    catalog: createStaticCatalog(manifests),
   })
-  // Served as gateway/main.ts serves it: the direct lane for function requests, hono for the rest.
-  const server = createServer(listener)
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
   return {
-    url: `http://127.0.0.1:${port}`,
-    pool,
-    registry,
+    url: `http://127.0.0.1:${gateway.address.port}`,
+    pool: gateway.pool,
+    registry: gateway.registry,
     redis,
     async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve())
-        server.closeAllConnections()
-      })
-      await pool.close()
-      forwarder.close()
-      agents.close()
-      await queue.close()
+      await gateway.close()
       redis.disconnect()
     },
   }

@@ -62,9 +62,9 @@ describe('gateway over real Redis and BullMQ', { skip }, () => {
       restoreMs: (job) => (['late', 'abort', 'tiny', 'burst'].includes(job.fn) ? SLOW_RESTORE_MS : 30),
       failWith: (job) =>
         job.fn === 'broken'
-          ? 'runc restore exited with status 1'
+          ? { code: 'ERR_RESTORE_FAILED', message: 'runc restore exited with status 1', retryable: true }
           : job.fn === 'nosnap'
-            ? 'ERR_SNAPSHOT_NOT_FOUND: no snapshot for nosnap'
+            ? { code: 'ERR_SNAPSHOT_NOT_FOUND', message: 'no snapshot for nosnap', retryable: false }
             : undefined,
     })
     gw = await startGateway(
