@@ -5,6 +5,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/provision.sh
+. scripts/node-path.sh
 bash scripts/npm-deps.sh
 if [ "$#" -gt 0 ]; then
   exec node scripts/run-tests.mjs "$@"

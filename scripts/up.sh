@@ -4,5 +4,6 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/provision.sh
+. scripts/node-path.sh
 bash scripts/npm-deps.sh
 exec node bin/initless.mjs up "$@"
