@@ -51,6 +51,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 APT_PACKAGES=(
   docker.io runc containerd redis-server debootstrap iproute2 iptables ca-certificates curl xz-utils
   nginx-light docker-compose
+  # pgrep/pkill below (restarting dockerd); not in a minimal Debian
+  procps
   # CRIU build dependencies
   build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev uuid-dev libbsd-dev libaio-dev
@@ -242,7 +244,6 @@ else
   fi
   if ! docker info >/dev/null 2>&1; then
     if has_systemd; then systemctl start docker; else
-      pgrep -x containerd >/dev/null || true
       setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
     fi
   fi
