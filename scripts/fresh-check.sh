@@ -4,9 +4,10 @@
 #   1. a clean clone of REF of this repository
 #   2. a new container from the local Debian 12 base image (debootstrap minbase: nothing but
 #      Debian's required packages) with the privileges of a machine's root and its own state: its
-#      own cgroup namespace, /run, /tmp, and /var/lib/{docker,containerd,initless} on host
-#      directories (not on the container's overlay), so it runs its own Docker engine, Redis,
-#      CRIU and initless; only the kernel (and /lib/modules, read-only) is the host's
+#      own cgroup namespace, /run, and /var (the image's, copied) and /tmp on host directories,
+#      since the overlay mounts that Docker and initless make do not work on the container's own
+#      overlay root; it runs its own Docker engine, Redis, CRIU and initless; only the kernel (and
+#      /lib/modules, read-only) is the host's
 #   3. the machine's own set-up, as any real machine has it: shared mount propagation, rw cgroup
 #      mounts (plus cgroup2 at /sys/fs/cgroup/unified when the host has one), the host's locally
 #      added CA certificates (a TLS-intercepting proxy's) with Debian's ca-certificates. Nothing
@@ -33,7 +34,7 @@ KEEP=0
 RUN_UP=1
 RUN_TEST=1
 IMAGE=${INITLESS_BASE_IMAGE:-initless/debian:bookworm}
-usage() { sed -n '2,25p' "$0"; }
+usage() { sed -n '2,26p' "$0"; }
 while (($#)); do
   case "$1" in
     --ref) REF=${2:?--ref needs a value}; shift ;;
@@ -78,7 +79,7 @@ RUN=$BASE_DIR/$run_id
 LOGS=$RUN/logs
 MACHINE=$RUN/machine
 NAME=initless-fresh-$run_id
-mkdir -p "$LOGS" "$MACHINE"/{docker,containerd,initless,tmp}
+mkdir -p "$LOGS" "$MACHINE/tmp"
 chmod 1777 "$MACHINE/tmp"
 REPORT=$LOGS/report.txt
 report() { printf '%s\n' "$*" | tee -a "$REPORT"; }
@@ -91,7 +92,7 @@ cleanup() {
   if [ "$KEEP" = 1 ]; then
     echo "fresh-check: kept container $NAME and $RUN (remove: docker rm -f $NAME; rm -rf $RUN)"
   else
-    docker rm -f "$NAME" >/dev/null 2>&1
+    docker rm -f "$NAME" ${seed:+"$seed"} >/dev/null 2>&1
     # The container's mounts died with its mount namespace; never delete through a mount.
     if grep -q " $RUN/" /proc/self/mountinfo; then
       echo "fresh-check: something is mounted under $RUN: left in place" >&2
@@ -113,6 +114,12 @@ git clone --quiet --no-checkout "$REPO" "$RUN/src"
 git -C "$RUN/src" fetch --quiet "$REPO" "$sha"
 git -C "$RUN/src" checkout --quiet --detach "$sha"
 
+# The machine's /var starts as the image's: every state dir (Docker's, containerd's, initless's
+# and the tests' /var/lib/initless-*) is then on the host's file system.
+seed=$(docker create "$IMAGE" true)
+docker export "$seed" | tar -x -p --numeric-owner -C "$MACHINE" var
+docker rm "$seed" >/dev/null
+
 # A machine's root holds every capability. `--privileged` asks for every capability the kernel
 # knows, which fails where the host's own bounding set lacks one (here: CAP_SYS_RESOURCE): then the
 # same privileges are given one by one, without the capabilities the host lacks.
@@ -132,8 +139,7 @@ fi
 docker run -d --name "$NAME" --hostname initless-fresh --label initless.fresh-check="$run_id" \
   "${privileges[@]}" --cgroupns private --init --shm-size 2g \
   --tmpfs /run:rw,nosuid,nodev,exec,mode=755,size=1g \
-  -v "$MACHINE/docker:/var/lib/docker" -v "$MACHINE/containerd:/var/lib/containerd" \
-  -v "$MACHINE/initless:/var/lib/initless" -v "$MACHINE/tmp:/tmp" -v "$RUN/src:$SRC" \
+  -v "$MACHINE/var:/var" -v "$MACHINE/tmp:/tmp" -v "$RUN/src:$SRC" \
   -v /lib/modules:/lib/modules:ro \
   "$IMAGE" sleep infinity >/dev/null
 
