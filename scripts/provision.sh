@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Provision a Debian 12 host for initless: Docker engine (experimental), runc, CRIU 4.2.1 built from
-# Debian's source tarball, Redis, and the locally built Debian base image. Idempotent: every step
-# checks first and does nothing when its result is already there.
+# Provision a Debian 12 host for initless: Node.js >= 20 (when the host has none), Docker engine
+# (experimental), runc, CRIU 4.2.1 built from Debian's source tarball, Redis, and the locally built
+# Debian base image. Idempotent: every step checks first and does nothing when its result is already
+# there.
 #
 # Usage: sudo scripts/provision.sh [--no-base-image]
 # Environment (all optional):
@@ -20,7 +21,7 @@ BUILD_BASE_IMAGE=1
 for arg in "$@"; do
   case "$arg" in
     --no-base-image) BUILD_BASE_IMAGE=0 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "provision: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +39,12 @@ CRIU_PREFIX=/usr/local/lib/initless/criu-$CRIU_VERSION-$CRIU_BUILD
 # /usr/local/sbin precedes /usr/sbin in root's PATH, so runc (which looks criu up in PATH) finds it.
 CRIU_BIN=/usr/local/sbin/criu
 
+# Node.js for hosts without a Node >= 20 (Debian 12's nodejs is 18): the npm registry's `node`
+# package, which installs the official Linux build (node-linux-<arch>) of this version.
+NODE_VERSION=20.20.2
+# Its `node` lands in $NODE_PREFIX/bin, ahead of Debian's /usr/bin/node in PATH (scripts/node-path.sh).
+NODE_PREFIX=/usr/local
+
 export DEBIAN_FRONTEND=noninteractive
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
@@ -46,6 +53,8 @@ APT_PACKAGES=(
   nginx-light docker-compose
   # systemd-analyze: the tests verify the service units with systemd's own parser
   systemd
+  # pgrep/pkill below (restarting dockerd); not in a minimal Debian
+  procps
   # CRIU build dependencies
   build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev uuid-dev libbsd-dev libaio-dev
@@ -75,31 +84,54 @@ fi
 mkdir -p "$STATE_DIR" "$LOG_DIR"
 chmod 0700 "$STATE_DIR"
 
+apt_updated=0
+# apt_install PACKAGE...: installs those not installed yet (apt-get update first, once per run);
+# sets `installed` to how many it installed.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then missing+=("$p"); fi
+  done
+  installed=${#missing[@]}
+  ((installed)) || return 0
+  echo "    installing: ${missing[*]}"
+  if [ "${INITLESS_SKIP_APT_UPDATE:-0}" != 1 ] && [ "$apt_updated" = 0 ]; then
+    apt-get update -qq || echo "    warning: apt-get update reported errors; trying to install anyway"
+    apt_updated=1
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOG_DIR/apt.log" 2>&1 ||
+    fail "apt-get install ${missing[*]} failed (log: $LOG_DIR/apt.log)" \
+      "check that Debian's archive is reachable (apt-get update), then re-run"
+}
+
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
 step "Node.js"
-node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
-[ "$node_major" -ge 20 ] || fail "Node.js >= 20 is required (found: $(node --version 2>/dev/null || echo none))" \
-  "install Node.js 20 or newer (Debian 12's nodejs package is 18: use NodeSource or the machine image's Node)"
-done_step "$(node --version)"
+if [ "$(node_major)" -ge 20 ]; then
+  done_step "$(node --version) at $(command -v node)"
+else
+  echo "    found: $(node --version 2>/dev/null || echo none); installing Node.js $NODE_VERSION"
+  apt_install nodejs npm ca-certificates
+  # The official build trusts only the CAs compiled into it, where Debian's node uses the system's
+  # store: npm keeps working behind a TLS-intercepting proxy the host trusts only when pointed at
+  # the system bundle (the Dockerfile does the same). An npm CA set by the admin is left alone.
+  if [ "$(npm config get cafile)" = null ] && [ "$(npm config get ca)" = null ]; then
+    npm config set --location=global cafile /etc/ssl/certs/ca-certificates.crt
+  fi
+  npm install -g --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error "node@$NODE_VERSION" \
+    >"$LOG_DIR/node-install.log" 2>&1 ||
+    fail "npm install -g node@$NODE_VERSION failed (log: $LOG_DIR/node-install.log)" \
+      "check that the npm registry is reachable (npm ping), then re-run"
+  hash -r
+  [ "$(node_major)" -ge 20 ] || fail "node in PATH is $(node --version 2>/dev/null || echo missing) after installing $NODE_VERSION into $NODE_PREFIX/bin" \
+    "put $NODE_PREFIX/bin ahead of /usr/bin in PATH, or install Node.js 20 or newer yourself"
+  done_step "installed $(node --version) at $(command -v node)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "apt packages"
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  [[ $p == \#* ]] && continue
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then missing+=("$p"); fi
-done
-if ((${#missing[@]})); then
-  echo "    installing: ${missing[*]}"
-  if [ "${INITLESS_SKIP_APT_UPDATE:-0}" != 1 ]; then
-    apt-get update -qq || echo "    warning: apt-get update reported errors; trying to install anyway"
-  fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$LOG_DIR/apt.log" 2>&1 ||
-    fail "apt-get install ${missing[*]} failed (log: $LOG_DIR/apt.log)" \
-      "check that Debian's archive is reachable (apt-get update), then re-run"
-  done_step "installed ${#missing[@]}"
-else
-  done_step "all ${#APT_PACKAGES[@]} present"
-fi
+apt_install "${APT_PACKAGES[@]}"
+if ((installed)); then done_step "installed $installed"; else done_step "all ${#APT_PACKAGES[@]} present"; fi
 
 # ---------------------------------------------------------------------------------------------
 step "CRIU $CRIU_VERSION"

@@ -4,6 +4,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/provision.sh
+. scripts/node-path.sh
 bash scripts/npm-deps.sh
 npm run --silent build
 exec node bin/initless.mjs up "$@"
