@@ -5,7 +5,6 @@
  * functions below their minInstances. At start, `reconcile` cleans up
  * whatever a previous run of this host left behind.
  */
-import { randomBytes } from 'node:crypto'
 import { readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
@@ -13,6 +12,7 @@ import { HOST_GONE_MS } from '../shared/contracts.ts'
 import { errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
+import { newInstanceId } from '../shared/restore-client.ts'
 import { destroyCgroup, readCgroupLayout } from './cgroups.ts'
 import { EXPORT_LABEL, type DockerEngine } from './docker.ts'
 import type { InstanceManager } from './instances.ts'
@@ -95,7 +95,7 @@ export function createReaper(deps: ReaperDeps): Reaper {
   const topUp = async (fn: FunctionDef) => {
     const min = fn.manifest.scaling.minInstances
     if (min === 0 || topping.has(fn.name)) return
-    const id = `${fn.name}-${randomBytes(6).toString('hex')}`
+    const id = newInstanceId(fn.name)
     if (!(await deps.registry.reserve(fn.name, min, id, deps.hostId).catch(() => false))) return
     const job = {
       fn: fn.name,
