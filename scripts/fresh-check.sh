@@ -133,6 +133,13 @@ else
     --security-opt systempaths=unconfined --device-cgroup-rule 'a *:* rwm')
   missing=$(capsh --decode="$(printf '%x' $((cap_all & ~cap_bnd)))" | sed 's/^.*=//')
   for cap in ${missing//,/ }; do privileges+=(--cap-drop "${cap#cap_}"); done
+  # --privileged also gives the host's devices. Here its character devices (/dev/kmsg, /dev/fuse,
+  # /dev/net/tun, /dev/userfaultfd, ...: a test opens /dev/kmsg to prove the device cgroup denies
+  # it), but not its terminals, nor those Docker creates anyway, nor its disks.
+  while IFS= read -r dev; do privileges+=(--device "$dev"); done < <(
+    find /dev -maxdepth 2 -type c ! -path '/dev/pts/*' ! -name 'tty*' ! -name 'vcs*' \
+      ! -name console ! -name ptmx ! -name null ! -name zero ! -name full ! -name random ! -name urandom
+  )
 fi
 # cgroupns private: the machine sees its own cgroup as the root (as a host sees its own), and its
 # Docker engine and initless create their cgroups under it, never beside the host's.
