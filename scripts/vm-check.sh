@@ -123,7 +123,7 @@ boot() { # boot DISK
     -drive "file=$1,if=virtio,format=qcow2,discard=unmap" \
     -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$SSH_PORT-:22" -device virtio-net-pci,netdev=net0,romfile= \
     -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-pci,rng=rng0 \
-    -display none -monitor none -serial "file:$CONSOLE" -daemonize -pidfile "$PIDFILE" \
+    -vga none -display none -monitor none -serial "file:$CONSOLE" -daemonize -pidfile "$PIDFILE" \
     >"$VM_DIR/qemu.log" 2>&1 || die "qemu did not start" "$VM_DIR/qemu.log"
   local deadline=$(($(date +%s) + BOOT_TIMEOUT_S))
   until vm_ssh true 2>/dev/null; do
@@ -369,9 +369,10 @@ done_step
 guest_facts | tee "$RESULTS/guest.txt" | sed 's/^/    /'
 cat "$RESULTS/guest.txt" >>"$RESULTS/summary.txt"
 
-step "npm ci"
-vm_ssh "cd $GUEST_REPO && npm ci --no-audit --no-fund --loglevel=error" >"$RESULTS/npm-ci.log" 2>&1 ||
-  die "npm ci failed in the VM" "$RESULTS/npm-ci.log"
+# The ref's own way (what up.sh runs) when it has one: how dependencies are installed is the ref's.
+step "npm dependencies"
+vm_ssh "cd $GUEST_REPO && if [ -f scripts/npm-deps.sh ]; then bash scripts/npm-deps.sh; else npm ci --no-audit --no-fund; fi" \
+  >"$RESULTS/npm-ci.log" 2>&1 || die "installing npm dependencies failed in the VM" "$RESULTS/npm-ci.log"
 done_step
 
 step "initless doctor"
