@@ -255,10 +255,11 @@ guest_facts() {
   vm_ssh 'echo "kernel: $(uname -r)"; echo "init: $(ps -p 1 -o comm=) $(systemctl --version | head -1)"
     echo "cgroup: $(stat -fc %T /sys/fs/cgroup) controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
     echo "node: $(node --version 2>/dev/null || echo none)"
-    echo "docker: $(docker info --format "{{.ServerVersion}} cgroup {{.CgroupVersion}} driver {{.CgroupDriver}}" 2>/dev/null || echo none)"
+    echo "docker: $(docker info --format "{{.ServerVersion}} cgroup {{.CgroupVersion}} driver {{.CgroupDriver}}" 2>/dev/null || echo none), unit $(systemctl is-active docker)"
+    echo "apparmor: kernel $(cat /sys/module/apparmor/parameters/enabled 2>/dev/null || echo off), parser $(command -v apparmor_parser || echo missing)"
     echo "runc: $(runc --version 2>/dev/null | head -1 || echo none)"
     echo "criu: $(criu --version 2>/dev/null | head -1 || echo none)"
-    echo "redis: $(redis-cli ping 2>/dev/null || echo none) $(systemctl is-active redis-server 2>/dev/null)"'
+    echo "redis: $(redis-cli ping 2>/dev/null || echo none), unit $(systemctl is-active redis-server 2>/dev/null)"'
 }
 
 # One cold start of hello-node the simplest way the ref allows: `initless up` over a functions
@@ -300,7 +301,9 @@ chmod 0700 "$VM_DIR"
 case "$ACTION" in
   ssh)
     vm_running || die "no VM is running" "start one: $0 --keep-running"
-    exec ssh "${SSH_OPTS[@]}" -t root@127.0.0.1 "$@"
+    tty=()
+    [ -t 0 ] && tty=(-t)
+    exec ssh "${SSH_OPTS[@]}" "${tty[@]}" root@127.0.0.1 "$@"
     ;;
   stop)
     shutdown_vm
