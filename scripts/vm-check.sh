@@ -9,6 +9,7 @@
 # Usage: sudo scripts/vm-check.sh [--ref REF] [--reprovision] [--rebuild-image] [--keep-running]
 #        sudo scripts/vm-check.sh ssh [COMMAND...]   # a shell in (or a command on) a running VM
 #        sudo scripts/vm-check.sh stop               # power off a VM left running
+#        sudo scripts/vm-check.sh resume             # boot the last check's disk again, keep it up
 #   --ref REF          commit, branch or tag of this repository to check (default HEAD; only
 #                      committed content is copied)
 #   --reprovision      provision a new overlay from this ref instead of reusing the kept one
@@ -43,7 +44,7 @@ REBUILD_IMAGE=0
 KEEP_RUNNING=0
 ACTION=check
 case "${1:-}" in
-  ssh | stop) ACTION=$1; shift ;;
+  ssh | stop | resume) ACTION=$1; shift ;;
 esac
 if [ "$ACTION" = check ]; then
   while (($#)); do
@@ -52,7 +53,7 @@ if [ "$ACTION" = check ]; then
       --reprovision) REPROVISION=1; shift ;;
       --rebuild-image) REBUILD_IMAGE=1; REPROVISION=1; shift ;;
       --keep-running) KEEP_RUNNING=1; shift ;;
-      -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+      -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
       *) echo "vm-check: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
   done
@@ -307,6 +308,14 @@ case "$ACTION" in
     ;;
   stop)
     shutdown_vm
+    exit 0
+    ;;
+  resume)
+    exec 9>"$VM_DIR/.lock"
+    flock -n 9 || die "a vm-check runs on $VM_DIR"
+    [ -f "$RUN_DISK" ] || die "no disk of an earlier check at $RUN_DISK" "run a check first"
+    boot "$RUN_DISK"
+    log "the VM of the last check runs: $0 ssh | $0 stop"
     exit 0
     ;;
 esac
