@@ -59,6 +59,11 @@ APT_PACKAGES=(
   build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev uuid-dev libbsd-dev libaio-dev
 )
+# Where the kernel has AppArmor on (Debian's stock kernel does), dockerd loads its docker-default
+# profile with apparmor_parser and refuses to create any container without it ("AppArmor enabled
+# on system but the docker-default profile could not be loaded"); docker.io only recommends the
+# apparmor package, which --no-install-recommends leaves out.
+if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then APT_PACKAGES+=(apparmor); fi
 
 step_name=""
 step_start=0
