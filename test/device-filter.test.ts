@@ -95,9 +95,13 @@ function startWorker(): Worker {
 
 /** The program's symbol while the kernel holds it (JIT-compiled programs are listed by name). */
 const kallsymsCount = () => readFileSync('/proc/kallsyms', 'utf8').split('_initless_dev').length - 1
+const sysctl = (name: string) => {
+  // The bpf_jit_* files exist in the initial network namespace only (not in a container's).
+  const path = `/proc/sys/net/core/${name}`
+  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined
+}
 const kallsymsShowPrograms = () =>
-  readFileSync('/proc/sys/net/core/bpf_jit_enable', 'utf8').trim() !== '0' &&
-  readFileSync('/proc/sys/net/core/bpf_jit_kallsyms', 'utf8').trim() === '1'
+  (sysctl('bpf_jit_enable') ?? '0') !== '0' && sysctl('bpf_jit_kallsyms') === '1'
 
 /** The helper's open files, as /proc shows them (a leaked program or cgroup fd would be one). */
 const openFiles = (pid: number) =>
