@@ -2,10 +2,10 @@
  * `initless service install|uninstall`: the thin commands over install.ts, wired to the real
  * systemctl, the CLI's environment and this install's location.
  */
-import { existsSync, readFileSync } from 'node:fs'
-import { delimiter, dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { existsSync } from 'node:fs'
+import { delimiter, join, resolve } from 'node:path'
 import type { Command } from 'commander'
+import { packageRoot } from '../../shared/package-root.ts'
 import type { CliIo } from '../progress.ts'
 import {
   installService,
@@ -93,21 +93,11 @@ function realDeps(): ServiceDeps {
     manager: manager(),
     env: process.env,
     cwd: process.cwd(),
-    root: installRoot(),
+    root: packageRoot(),
     node: process.execPath,
     redisServer: findInPath('redis-server', process.env.PATH ?? '') ?? '/usr/bin/redis-server',
     exists: existsSync,
   }
-}
-
-/** The directory of initless's package.json, above this file wherever the CLI runs from. */
-function installRoot(): string {
-  for (let dir = dirname(fileURLToPath(import.meta.url)); dir !== dirname(dir); dir = dirname(dir)) {
-    const pkg = join(dir, 'package.json')
-    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'initless')
-      return dir
-  }
-  throw new Error("cannot find initless's package.json above the CLI")
 }
 
 /** The first `name` in the directories of PATH (systemd wants absolute paths in ExecStart). */
