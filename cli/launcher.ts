@@ -17,12 +17,12 @@ import { createRedis, deleteKeys } from '../shared/redis.ts'
 
 export type ProcessName = 'gateway' | 'executor' | 'cli'
 
-/** The compiled entry of a process; a clear error when the build is missing. */
 /** Where the build puts a process's entry point under an install's root. */
 export function entryPath(root: string, name: ProcessName): string {
   return join(root, 'dist', name, 'main.js')
 }
 
+/** The compiled entry of a process; a clear error when the build is missing. */
 export function builtEntry(name: ProcessName): string {
   const entry = entryPath(packageRoot(), name)
   if (!existsSync(entry))
