@@ -75,6 +75,7 @@ const progress = () =>
     verbose: globalOpts().verbose ?? false,
     write: (text) => process.stderr.write(text),
     isTty: process.stderr.isTTY,
+    columns: process.stderr.columns,
   }))
 const io: CliIo = {
   print,

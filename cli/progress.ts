@@ -22,6 +22,8 @@ export interface ProgressOptions {
   readonly write: (text: string) => void
   /** A terminal gets the spinner; a pipe or a file only whole lines. */
   readonly isTty: boolean
+  /** The terminal's width: the spinner line is cut to it. */
+  readonly columns?: number
   readonly intervalMs?: number
 }
 
@@ -41,7 +43,7 @@ export function createProgress(opts: ProgressOptions): Omit<CliIo, 'print'> & { 
     const secs = Math.floor((performance.now() - started) / 1000)
     // One terminal line: a long activity is cut rather than wrapped (a wrapped line is not erased).
     const line = `${FRAMES[frame++ % FRAMES.length]} ${text ?? ''} (${secs} s)`
-    opts.write(`\r\x1b[K${line.slice(0, (process.stderr.columns || 100) - 1)}`)
+    opts.write(`\r\x1b[K${line.slice(0, (opts.columns || 100) - 1)}`)
   }
   const stop = () => {
     clear()
