@@ -102,6 +102,25 @@ export interface SandboxManager {
   ): Promise<void>
 }
 
+/**
+ * `make()` run once and shared by every caller; a failure, or a result `keep` rejects, is
+ * forgotten once it is known, so the next call tries again.
+ */
+function once<T>(make: () => Promise<T>, keep: (value: T) => boolean = () => true): () => Promise<T> {
+  let running: Promise<T> | undefined
+  return () =>
+    (running ??= make().then(
+      (value) => {
+        if (!keep(value)) running = undefined
+        return value
+      },
+      (err: unknown) => {
+        running = undefined
+        throw err
+      },
+    ))
+}
+
 /** A function's resource limits, as a sandbox request takes them. */
 export function sandboxLimits(m: Manifest): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids'> {
   return { memoryBytes: m.resources.memory, cpus: m.resources.cpus, pids: m.resources.pids }
@@ -136,50 +155,28 @@ export function createSandboxManager(deps: {
   readLayout?: () => Promise<CgroupLayout>
 }): SandboxManager {
   const { network, ips, mounter, runc, helper } = deps
-  let bridge: Promise<void> | undefined
-  const ensureBridge = () =>
-    (bridge ??= network.ensureBridge().catch((err: unknown) => {
-      bridge = undefined
-      throw err
-    }))
+  const ensureBridge = once(() => network.ensureBridge())
 
   const emptyDir = join(deps.stateDir, 'empty')
   const cgroupSkeleton = join(deps.stateDir, 'cgroupfs')
   const sandboxDir = (id: string) => join(instancesDir(deps.stateDir), id)
-  let layoutRead: Promise<CgroupLayout> | undefined
-  const cgroupLayout = () =>
-    (layoutRead ??= (deps.readLayout ?? readCgroupLayout)().catch((err: unknown) => {
-      layoutRead = undefined
-      throw err
-    }))
-  let pathProbe: Promise<RestorePath> | undefined
-  const restorePath = () =>
-    (pathProbe ??= cgroupLayout()
-      .then((layout) =>
-        probeRestorePath({ layout, helper, withoutHelper: deps.withoutHelper ?? 'no sandbox helper' }),
-      )
-      .then(
-        (path) => {
-          if (!path.settled) pathProbe = undefined
-          return path
-        },
-        (err: unknown) => {
-          pathProbe = undefined
-          throw err
-        },
-      ))
-  let dirsReady: Promise<CgroupLayout> | undefined
-  const ensureDirs = () =>
-    (dirsReady ??= (async () => {
-      await mkdir(emptyDir, { recursive: true, mode: 0o555 })
-      const layout = await cgroupLayout()
-      await ensureCgroupSkeleton(layout, cgroupSkeleton)
-      await prepareCgroupParent(layout, SANDBOX_CGROUP_PARENT)
-      return layout
-    })().catch((err: unknown) => {
-      dirsReady = undefined
-      throw err
-    }))
+  const cgroupLayout = once(deps.readLayout ?? readCgroupLayout)
+  const restorePath = once(
+    async () =>
+      probeRestorePath({
+        layout: await cgroupLayout(),
+        helper,
+        withoutHelper: deps.withoutHelper ?? 'no sandbox helper',
+      }),
+    (path) => path.settled,
+  )
+  const ensureDirs = once(async () => {
+    await mkdir(emptyDir, { recursive: true, mode: 0o555 })
+    const layout = await cgroupLayout()
+    await ensureCgroupSkeleton(layout, cgroupSkeleton)
+    await prepareCgroupParent(layout, SANDBOX_CGROUP_PARENT)
+    return layout
+  })
   return {
     restorePath,
 
