@@ -1,7 +1,8 @@
 /**
  * The system under test: the REAL executor and gateway processes, started by the stack launcher
- * (cli/launcher.ts, as `initless up` and the integration tests start them), isolated from everything else on the machine by their own queue, registry key
- * prefix, host id, port, state dir and functions dir.
+ * (cli/launcher.ts, as `initless up` and the integration tests start them), isolated from
+ * everything else on the machine by their own queue, registry key prefix, host id, port, state dir
+ * and functions dir.
  *
  * The functions dir is generated: a copy of each sample folder whose manifest differs only in what
  * the benchmark needs (see benchManifest). Its own state dir keeps those snapshots apart from the
@@ -16,6 +17,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import { isolatedStack, startStack, type LogRecord, type ManagedProcess } from '../cli/launcher.ts'
+import { DEFAULT_RUNC_ROOT as RUNC_ROOT } from '../executor/config.ts'
 import { instanceCgroupsIn } from '../executor/cgroups.ts'
 import type { StartOverride } from '../gateway/instance-pool.ts'
 import type { InstanceRecord } from '../shared/contracts.ts'
@@ -23,8 +25,6 @@ import { MANIFEST_FILE } from '../shared/manifest.ts'
 import { packageRoot } from '../shared/package-root.ts'
 
 const run = promisify(execFile)
-/** The runc root of the default configuration (INITLESS_RUNC_ROOT), which the executor uses. */
-const RUNC_ROOT = '/run/initless/runc'
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export interface BenchStackOptions {

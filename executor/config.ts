@@ -15,6 +15,9 @@ import {
 } from '../shared/config-schema.ts'
 import { subnetHas } from '../shared/subnet.ts'
 
+/** runc's state of initless's bake containers unless INITLESS_RUNC_ROOT says otherwise. */
+export const DEFAULT_RUNC_ROOT = '/run/initless/runc'
+
 export const executorEnvSchema = commonEnvSchema.extend({
   /** Identity of this host in the registry; defaults to the machine's hostname. */
   INITLESS_HOST_ID: z
@@ -33,7 +36,7 @@ export const executorEnvSchema = commonEnvSchema.extend({
     .string()
     .regex(/^(?:auto|off|\/.*)$/, 'expected auto, off or an absolute path')
     .default('auto'),
-  INITLESS_RUNC_ROOT: z.string().regex(/^\//, 'expected an absolute path').default('/run/initless/runc'),
+  INITLESS_RUNC_ROOT: z.string().regex(/^\//, 'expected an absolute path').default(DEFAULT_RUNC_ROOT),
   INITLESS_BRIDGE: z
     .string()
     .regex(/^[A-Za-z0-9_.-]{1,15}$/, 'expected a device name of at most 15 characters')

@@ -18,7 +18,7 @@ export { parseServerTiming } from '../../shared/server-timing.ts'
 
 export const ROOT = join(import.meta.dirname, '..', '..')
 export const STATE_DIR = '/var/lib/initless'
-export const RUNC_ROOT = '/run/initless/runc'
+export { DEFAULT_RUNC_ROOT as RUNC_ROOT } from '../../executor/config.ts'
 
 export interface HttpResponse {
   readonly status: number
