@@ -124,6 +124,11 @@ export interface InstanceRecord {
   readonly createdAt: number
   readonly readyAt?: number
   readonly phases?: ColdStartPhases
+  /**
+   * The function version it runs (shared/function-registry.ts), set when it became ready. Absent
+   * for functions served without the registry (static function lists in tests).
+   */
+  readonly version?: string
 }
 
 /** Events published on {@link EVENTS_CHANNEL} whenever the registry changes. */
@@ -140,6 +145,8 @@ export type RegistryEvent =
 
 export const KEY_PREFIX = 'initless'
 export const EVENTS_CHANNEL = `${KEY_PREFIX}:events`
+/** The function registry's changes (FunctionEvent), apart from the busier instance events. */
+export const FUNCTION_EVENTS_CHANNEL = `${KEY_PREFIX}:function-events`
 
 /** Redis key layout. One place, so a key never drifts between producer and consumer. */
 export const keys = {
@@ -157,6 +164,12 @@ export const keys = {
   scaling: () => `${KEY_PREFIX}:scaling`,
   /** STRING: set while a re-bake of fn is requested. */
   rebake: (fn: string) => `${KEY_PREFIX}:rebake:${fn}`,
+  /** SET of deployed function names (the function registry). */
+  deployed: () => `${KEY_PREFIX}:deployed`,
+  /** HASH `active` -> version id, `activatedAt`, `v:<version>` -> JSON FunctionVersion. */
+  deployment: (fn: string) => `${KEY_PREFIX}:deployment:${fn}`,
+  /** STRING: the build context (tar) of one version. */
+  context: (fn: string, version: string) => `${KEY_PREFIX}:context:${fn}:${version}`,
 } as const
 
 export interface ExecutorHeartbeat {

@@ -25,6 +25,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
   const now = options.now ?? Date.now
   const instances = new Map<string, Map<string, InstanceRecord>>()
   const lastUse = new Map<string, Map<string, number>>()
+  const inflight = new Map<string, Map<string, number>>()
   const fns = new Set<string>()
   const heartbeats = new Map<string, ExecutorHeartbeat>()
   const rebakes = new Set<string>()
@@ -51,6 +52,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
     if (!cur || (onlyStarting && cur.state !== 'starting')) return false
     instances.get(fn)?.delete(id)
     lastUse.get(fn)?.delete(id)
+    inflight.get(fn)?.delete(id)
     publish({ type: 'instance', fn, id, state: 'gone' })
     return true
   }
@@ -73,7 +75,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
       publish({ type: 'instance', fn, id: instanceId, state: 'starting' })
       return true
     },
-    async markReady(fn, id, address, runtime, phases, hostId) {
+    async markReady(fn, id, address, runtime, phases, hostId, version) {
       await Promise.resolve()
       check()
       const cur = instances.get(fn)?.get(id)
@@ -86,6 +88,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
         phases: { ...phases },
         hostId,
         readyAt: now(),
+        ...(version ? { version } : {}),
       }
       hash(fn).set(id, record)
       publish({ type: 'instance', fn, id, state: 'ready', record: structuredClone(record) })
@@ -98,6 +101,33 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
       if (!cur) return false
       hash(fn).set(id, { ...cur, state: 'draining' })
       publish({ type: 'instance', fn, id, state: 'draining' })
+      return true
+    },
+    async addInflight(fn, id, delta) {
+      await Promise.resolve()
+      check()
+      if (!instances.get(fn)?.has(id)) return
+      let h = inflight.get(fn)
+      if (!h) inflight.set(fn, (h = new Map<string, number>()))
+      const n = (h.get(id) ?? 0) + Math.round(delta)
+      if (n > 0) h.set(id, n)
+      else h.delete(id)
+    },
+    async inflight(fn, id) {
+      await Promise.resolve()
+      check()
+      return inflight.get(fn)?.get(id) ?? 0
+    },
+    async forget(fn) {
+      await Promise.resolve()
+      check()
+      if (instances.get(fn)?.size) return false
+      instances.delete(fn)
+      lastUse.delete(fn)
+      inflight.delete(fn)
+      fns.delete(fn)
+      estimates.delete(fn)
+      rebakes.delete(fn)
       return true
     },
     async withdraw(fn, id) {

@@ -48,8 +48,23 @@ export interface InstanceRegistry {
     runtime: RuntimeKind,
     phases: ColdStartPhases,
     hostId: string,
+    /** The function version the instance runs (function registry), when it has one. */
+    version?: string,
   ): Promise<boolean>
   markDraining(fn: string, id: string): Promise<boolean>
+  /**
+   * Add `delta` to the requests in flight on an instance, summed over gateways. Gateways count
+   * only instances they no longer route to (draining, or of a version no longer active), so that
+   * the executor stops them once their last request is done. No effect once the record is gone.
+   */
+  addInflight(fn: string, id: string, delta: number): Promise<void>
+  /** The summed in-flight count of a draining instance (0 when none was reported). */
+  inflight(fn: string, id: string): Promise<number>
+  /**
+   * Drop every key a deleted function left (instance hashes, learnt times, re-bake flag), if it
+   * has no instance record left. False while it still has some.
+   */
+  forget(fn: string): Promise<boolean>
   /** Remove a record only while it is still `starting` (a restore that will not happen). */
   withdraw(fn: string, id: string): Promise<boolean>
   remove(fn: string, id: string): Promise<boolean>
@@ -160,6 +175,7 @@ r.runtime = ARGV[3]
 r.phases = cjson.decode(ARGV[4])
 r.hostId = ARGV[5]
 r.readyAt = tonumber(ARGV[6])
+if ARGV[9] ~= '' then r.version = ARGV[9] end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(r))
 redis.call('PUBLISH', ARGV[7], cjson.encode({type = 'instance', fn = ARGV[8], id = ARGV[1], state = 'ready', record = r}))
 return 1`
@@ -183,6 +199,22 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`
+
+// KEYS[1] instances, KEYS[2] inflight. ARGV: id, delta. Never resurrects a removed instance; a
+// count that reaches 0 is deleted.
+const ADD_INFLIGHT = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1`
+
+// KEYS: instances, lastuse, inflight, functions set, scaling hash, rebake flag. ARGV: fn.
+const FORGET = `
+if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 return 1`
 
 // KEYS[1] instances, KEYS[2] lastuse. ARGV: id, atMs. A touch never resurrects a removed instance.
@@ -277,7 +309,7 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
         ],
       )
     },
-    markReady(fn, id, address, runtime, phases, hostId) {
+    markReady(fn, id, address, runtime, phases, hostId, version = '') {
       return run(
         MARK_READY,
         [k(keys.instances(fn))],
@@ -290,9 +322,29 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
           now(),
           channel,
           fn,
+          version,
         ],
       )
     },
+    async addInflight(fn, id, delta) {
+      await run(ADD_INFLIGHT, [k(keys.instances(fn)), k(keys.inflight(fn))], [id, Math.round(delta)])
+    },
+    async inflight(fn, id) {
+      return Math.max(0, Number((await redis.hget(k(keys.inflight(fn)), id)) ?? 0))
+    },
+    forget: (fn) =>
+      run(
+        FORGET,
+        [
+          k(keys.instances(fn)),
+          k(keys.lastUse(fn)),
+          k(keys.inflight(fn)),
+          k(keys.functions()),
+          k(keys.scaling()),
+          k(keys.rebake(fn)),
+        ],
+        [fn],
+      ),
     markDraining: (fn, id) =>
       run(MARK_DRAINING, [k(keys.instances(fn))], [id, channel, instanceEvent(fn, id, 'draining')]),
     withdraw: (fn, id) => removeWith(fn, id, true),

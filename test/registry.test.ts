@@ -124,6 +124,27 @@ for (const impl of impls) {
       await c.sub.close()
     })
 
+    test('versions, shared in-flight counts of draining instances, and forget', async () => {
+      const r = await impl.create()
+      await r.reserve('fn-v', 5, 'i1')
+      assert.equal(await r.markReady('fn-v', 'i1', ADDR, 'lazy', PHASES, 'h', 'v7'), true)
+      assert.equal((await r.get('fn-v', 'i1'))?.version, 'v7')
+      assert.equal(await r.inflight('fn-v', 'i1'), 0)
+      await r.addInflight('fn-v', 'i1', 2)
+      await r.addInflight('fn-v', 'i1', -1)
+      assert.equal(await r.inflight('fn-v', 'i1'), 1)
+      await r.addInflight('fn-v', 'nope', 3)
+      assert.equal(await r.inflight('fn-v', 'nope'), 0, 'no count for an instance that is not there')
+      await r.saveScalingEstimates('fn-v', { at: 1, restoreMs: 5 })
+      await r.requestRebake('fn-v')
+      assert.equal(await r.forget('fn-v'), false, 'not while an instance record is left')
+      await r.remove('fn-v', 'i1')
+      assert.equal(await r.inflight('fn-v', 'i1'), 0, 'the count goes with the record')
+      assert.equal(await r.forget('fn-v'), true)
+      assert.deepEqual(await r.functions(), [])
+      assert.equal(await r.scalingEstimates('fn-v'), undefined)
+    })
+
     test('an event is published only once its change is readable', async () => {
       const r = await impl.create()
       const seen: string[] = []
