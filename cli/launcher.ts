@@ -8,12 +8,14 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { join } from 'node:path'
+import { isAbsolute, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { InstanceRecord } from '../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../shared/errors.ts'
 import { packageRoot } from '../shared/package-root.ts'
+import { loadFunctionDefs } from '../shared/functions.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
+import { deployFunction, describeDeploy, describeFailure, type AdminTarget } from './deploy-client.ts'
 
 export type ProcessName = 'gateway' | 'executor' | 'cli'
 
@@ -201,7 +203,7 @@ export async function isolatedStack(kind: string, redisUrl: string): Promise<Iso
     port,
     adminToken,
     hostId,
-    redisKeys: [`${prefix}:*`, `bull:${queueName}:*`],
+    redisKeys: [`${prefix}:*`, `bull:${queueName}:*`, `bull:${queueName}-deploy:*`],
   }
 }
 
@@ -221,6 +223,16 @@ export interface StackOptions {
    * Without it only the gateway's /readyz is waited for.
    */
   readonly prepareTimeoutMs?: number
+  /**
+   * Once ready, deploy every function folder of this directory through the admin API (needs
+   * `adminToken`), as `initless up` does: a folder whose deploy fails is reported and skipped.
+   * Default: INITLESS_FUNCTIONS_DIR of `env` or the process, else `functions`; false: none.
+   */
+  readonly deployFrom?: string | false
+  /** Each deploy's outcome line (default: nowhere). */
+  readonly onDeploy?: (line: string) => void
+  /** Keep the stack up when a folder's deploy fails (`initless up`); default: fail the start. */
+  readonly allowDeployFailures?: boolean
   /** How long /readyz may take to answer 200 (after the preparation, when waited for). */
   readonly readyTimeoutMs?: number
   /** Called with stop() as soon as the processes exist (so that a signal handler can run it). */
@@ -335,12 +347,47 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     if (opts.prepareTimeoutMs !== undefined)
       await executor.waitForLog((r) => r.msg === 'functions prepared', opts.prepareTimeoutMs)
     await waitReady(stack, opts.readyTimeoutMs ?? 30_000)
+    if (opts.deployFrom !== false && opts.adminToken) {
+      const lines: string[] = []
+      const { failed } = await deployAll(
+        { url, token: opts.adminToken },
+        opts.deployFrom ?? (env.INITLESS_FUNCTIONS_DIR || process.env.INITLESS_FUNCTIONS_DIR || 'functions'),
+        (line) => (lines.push(line), opts.onDeploy?.(line)),
+      )
+      if (failed.length && !opts.allowDeployFailures)
+        throw new InitlessError(
+          'ERR_DEPLOY_FAILED',
+          `deploys failed: ${failed.join(', ')}\n${lines.join('\n')}`,
+        )
+    }
   } catch (err) {
     await stack.stop().catch(() => undefined)
     if (opts.keepOutput === false) throw err // its output went to onLine
     throw new Error(`${errorMessage(err)}\n${logs()}`, { cause: err })
   }
   return stack
+}
+
+/** Deploy every function folder of `dir` (relative to the package root); failures are reported. */
+export async function deployAll(
+  target: AdminTarget,
+  dir: string,
+  report: (line: string) => void,
+): Promise<{ deployed: string[]; failed: string[] }> {
+  const set = await loadFunctionDefs(isAbsolute(dir) ? dir : join(packageRoot(), dir))
+  for (const p of set.problems) report(`warning: ${p.error.message}`)
+  const deployed: string[] = []
+  const failed: string[] = []
+  for (const fn of set.functions) {
+    try {
+      report(describeDeploy(await deployFunction(target, fn)))
+      deployed.push(fn.name)
+    } catch (err) {
+      report(describeFailure(fn.name, err))
+      failed.push(fn.name)
+    }
+  }
+  return { deployed, failed }
 }
 
 async function waitReady(stack: Stack, timeoutMs: number): Promise<void> {

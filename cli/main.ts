@@ -10,6 +10,7 @@ import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
+import { registerLifecycleCommands } from './lifecycle-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
 import { registerServiceCommands } from './service/commands.ts'
@@ -85,6 +86,7 @@ const io: CliIo = {
 }
 registerFunctionCommands(program, io)
 registerServeCommands(program, io)
+registerLifecycleCommands(program, io)
 registerBenchCommand(program, io)
 registerServiceCommands(program, io)
 

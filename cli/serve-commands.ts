@@ -1,6 +1,7 @@
 /**
  * `initless up` (build, bake and serve: the product command), `invoke`, `logs`, `hosts` and `scale`.
  */
+import { randomBytes } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Command } from 'commander'
@@ -16,7 +17,7 @@ import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatAge } from '../shared/units.ts'
-import { openHost, prepareFunctions } from './functions-commands.ts'
+import { openHost } from './functions-commands.ts'
 import { gatewayUrl as launcherGatewayUrl, startStack } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
@@ -25,21 +26,13 @@ const gatewayUrl = () => launcherGatewayUrl(process.env)
 export function registerServeCommands(program: Command, io: CliIo): void {
   program
     .command('up')
-    .description('build and bake every function, then run the executor and the gateway until Ctrl-C')
-    .option('--no-bake', 'serve without baking first (functions are baked on their first request)')
-    .action(async (opts: { bake: boolean }) => {
-      // Refuse before building and baking when an executor already serves this state dir, and
-      // keep one from starting on it meanwhile (its reconciliation would remove the bake's
-      // sandbox). Released just before our executor starts and takes it.
+    .description('run the executor and the gateway, deploy every function folder, serve until Ctrl-C')
+    .action(async () => {
+      // Refuse at once when an executor already serves this state dir (ERR_STATE_DIR_IN_USE names it).
       const config = loadExecutorConfig(process.env)
-      const lock = await lockStateDir(config.INITLESS_STATE_DIR, {
-        hostId: `${config.hostId} (initless up, preparing)`,
-      })
-      const ctx = await openHost()
-      for (const p of ctx.set.problems) io.progress(`warning: ${p.error.message}`)
-      const fns = [...ctx.set.functions]
-      await prepareFunctions(ctx, fns, io, { bake: opts.bake })
-      await lock.release()
+      await (
+        await lockStateDir(config.INITLESS_STATE_DIR, { hostId: `${config.hostId} (initless up)` })
+      ).release()
       let stopping = false
       let stopStack: (() => Promise<unknown>) | undefined
       const stop = async (code: number) => {
@@ -51,22 +44,31 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       }
       process.on('SIGINT', () => void stop(0))
       process.on('SIGTERM', () => void stop(0))
+      // The deploys go through the admin API: without a token of the operator's, one for this run.
+      const adminToken = process.env.INITLESS_ADMIN_TOKEN || randomBytes(24).toString('hex')
       const url = gatewayUrl()
       const stack = await startStack({
         url,
+        env: { INITLESS_ADMIN_TOKEN: adminToken },
+        adminToken,
         keepOutput: false,
         onLine: (name, line) => io.progress(`[${name}] ${line}`),
+        onDeploy: (line) => io.progress(line),
+        allowDeployFailures: true,
         readyTimeoutMs: 120_000,
         defer: (stopIt) => (stopStack = stopIt),
       })
       for (const p of [stack.executor, stack.gateway])
         void p.exited().then((exit) => !stopping && void stop(exit.code ?? 1))
-      const names = fns.map((f) => f.name)
+      const names = (
+        await stack.admin<{ functions: { name: string }[] }>('GET', '/functions')
+      ).body.functions.map((f) => f.name)
       io.print(
         { url, functions: names },
         [
           `initless is up at ${url}`,
           ...names.map((n) => `  ${url}/fn/${n}/`),
+          ...(process.env.INITLESS_ADMIN_TOKEN ? [] : [`admin token of this run: ${adminToken}`]),
           'Ctrl-C stops everything.',
         ].join('\n'),
       )

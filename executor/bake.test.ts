@@ -3,6 +3,7 @@ import { describe, test } from 'node:test'
 import { isInitlessError } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import { manifestHash, parseManifest } from '../shared/manifest.ts'
+import { bakedManifest } from '../shared/versions.ts'
 import { processSpecFor, snapshotIdentity } from './bake.ts'
 import { WORKING_SET_VERSION } from './working-set.ts'
 import { SANDBOX_LAYOUT_VERSION } from './oci-spec.ts'
@@ -137,7 +138,7 @@ describe('snapshotIdentity', () => {
     const f = fn()
     assert.deepEqual(snapshotIdentity(f, image(), versions), {
       fn: 'hello',
-      manifestHash: manifestHash(f.manifest),
+      manifestHash: manifestHash(bakedManifest(f.manifest)),
       imageId: 'sha256:abcd',
       criuVersion: '4.2.1',
       kernel: '6.1.0-18-amd64',
@@ -155,10 +156,16 @@ describe('snapshotIdentity', () => {
     )
   })
 
-  test('follows manifest changes', () => {
+  test('follows manifest changes, except in the live fields (scaling, timeouts, description)', () => {
     const a = snapshotIdentity(fn(), image(), versions)
-    const b = snapshotIdentity(fn('scaling:\n  concurrency: 2'), image(), versions)
+    const b = snapshotIdentity(fn('resources:\n  memory: 256Mi'), image(), versions)
     assert.notEqual(a.manifestHash, b.manifestHash)
     assert.deepEqual(snapshotIdentity(fn(), image(), versions), a)
+    const live = snapshotIdentity(
+      fn('scaling:\n  concurrency: 2\ntimeouts:\n  request: 5s'),
+      image(),
+      versions,
+    )
+    assert.equal(live.manifestHash, a.manifestHash, 'a live change keeps the snapshot')
   })
 })

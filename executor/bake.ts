@@ -11,6 +11,7 @@ import { InitlessError, errorMessage, isInitlessError, type ErrorCode } from '..
 import type { FunctionDef } from '../shared/functions.ts'
 import { manifestHash, type Manifest } from '../shared/manifest.ts'
 import { formatBytes } from '../shared/units.ts'
+import { bakedManifest } from '../shared/versions.ts'
 import type { Criu } from './criu.ts'
 import type { DockerEngine, ImageConfig } from './docker.ts'
 import { tail } from './exec.ts'
@@ -64,7 +65,8 @@ export function snapshotIdentity(
 ): SnapshotIdentity {
   return {
     fn: fn.name,
-    manifestHash: manifestHash(fn.manifest),
+    // Live fields (scaling, timeouts) change without a new snapshot (shared/versions.ts).
+    manifestHash: manifestHash(bakedManifest(fn.manifest)),
     imageId: image.id,
     ...versions,
     layout: SANDBOX_LAYOUT_VERSION,

@@ -76,6 +76,16 @@ export const executorEnvSchema = commonEnvSchema.extend({
   INITLESS_MIN_FREE_DISK: envBytes('5Gi'),
   /** Shutdown deadline: in-flight restores past it are handed back to the queue. */
   INITLESS_SHUTDOWN_TIMEOUT: envDuration('20s'),
+  /**
+   * Versions kept per function, the active one included: older ones lose their image, snapshot
+   * and build context (rollback goes back only to kept versions).
+   */
+  INITLESS_KEEP_VERSIONS: envInt(3, 1, 100),
+  /**
+   * After an instance is marked draining, how long gateways get to hear it before its shared
+   * in-flight count decides when it stops: above the gateways' INITLESS_REGISTRY_REFRESH.
+   */
+  INITLESS_DRAIN_GRACE: envDuration('6s'),
 })
 
 export type ExecutorEnv = z.infer<typeof executorEnvSchema>

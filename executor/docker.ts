@@ -57,6 +57,10 @@ export interface DockerEngine {
   ): Promise<string>
   inspectImage(ref: string): Promise<ImageConfig | undefined>
   tagImage(id: string, repo: string, tag: string): Promise<void>
+  /** Every `repo:tag` reference of images in `repo`. */
+  imageRefs(repo: string): Promise<string[]>
+  /** Untag `ref`, deleting the image once no tag and no container holds it. Missing: no error. */
+  removeImage(ref: string): Promise<void>
   /** Unpack the image's filesystem into `dir` (through a created, never started, container). */
   exportRootfs(imageId: string, dir: string): Promise<void>
   /** Create and start a container on the default bridge; resolves with its id and address. */
@@ -224,6 +228,21 @@ export function createDockerEngine(
 
     async tagImage(id, repo, tag) {
       await docker.getImage(id).tag({ repo, tag })
+    },
+
+    async imageRefs(repo) {
+      const images = await docker.listImages({ filters: { reference: [repo] } })
+      return images.flatMap((i) => (i.RepoTags ?? []).filter((t) => t.startsWith(`${repo}:`)))
+    },
+
+    async removeImage(ref) {
+      try {
+        await docker.getImage(ref).remove({ noprune: false })
+      } catch (err) {
+        // 404: already gone; 409: a container (an instance booted from it) still uses it.
+        const status = statusOf(err)
+        if (status !== 404 && status !== 409) throw engineError(`remove image ${ref}`, err)
+      }
     },
 
     async exportRootfs(imageId, dir) {

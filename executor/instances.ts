@@ -122,17 +122,17 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     return { image: built.image, snapshot }
   }
 
-  /** Concurrent demand for one function shares one build/bake. */
+  /** Concurrent demand for one function (one version: one folder) shares one build/bake. */
   function prepare(fn: FunctionDef): Promise<Prepared> {
-    let p = preparing.get(fn.name)
+    let p = preparing.get(fn.dir)
     if (!p) {
       p = doPrepare(fn)
         .then((prep) => {
           prepared.set(fn.name, { def: fn, prep })
           return prep
         })
-        .finally(() => preparing.delete(fn.name))
-      preparing.set(fn.name, p)
+        .finally(() => preparing.delete(fn.dir))
+      preparing.set(fn.dir, p)
     }
     return p
   }
@@ -277,7 +277,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     const phases = { queueMs: Math.max(0, pickedAt - job.enqueuedAt), ...inst.phases }
     const address = { host: inst.ip, port: inst.port }
     const stillWanted = await deps.registry
-      .markReady(fn.name, inst.id, address, inst.runtime, phases, deps.hostId)
+      .markReady(fn.name, inst.id, address, inst.runtime, phases, deps.hostId, fn.version)
       .catch(async (err: unknown) => {
         await manager.stop(inst.id, 'registry unreachable')
         throw err

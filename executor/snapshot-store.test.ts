@@ -132,14 +132,20 @@ describe('snapshot store', () => {
     assert.equal(await store.find(ID), undefined)
   })
 
-  test('committing a second snapshot retires the first', async () => {
+  test('committing a second snapshot keeps the first; retire() removes what is not kept', async () => {
     const { store, root } = freshStore()
     const first = await bake(store, ID, 1000)
     const id2 = { ...ID, imageId: 'sha256:2222' }
     const second = await bake(store, id2, 2000)
-    assert.equal(await store.find(ID), undefined)
+    assert.deepEqual(await store.find(ID), first.snapshot)
     assert.deepEqual(await store.find(id2), second.snapshot)
     assert.deepEqual(await store.latest('hello'), second.snapshot)
+    // Too young to retire: a bake just committed is not recorded as kept anywhere yet.
+    assert.deepEqual(await store.retire('hello', new Set([second.snapshot.meta.key]), Date.now()), [])
+    assert.deepEqual(await store.retire('hello', new Set([second.snapshot.meta.key]), 0), [
+      first.snapshot.meta.key,
+    ])
+    assert.equal(await store.find(ID), undefined)
     const names = await readdir(join(root, 'hello'))
     assert.equal(names.length, 2)
     assert.ok(names.includes(second.snapshot.meta.key))
@@ -164,8 +170,10 @@ describe('snapshot store', () => {
     const again = await bake(store, ID, 2000)
     assert.equal(await store.usable(first.snapshot), false, 'same path, new contents')
     assert.equal(await store.usable(again.snapshot), true)
-    await bake(store, { ...ID, imageId: 'sha256:2222' }, 3000)
-    assert.equal(await store.usable(again.snapshot), false, 'retired by a newer bake')
+    const newer = await bake(store, { ...ID, imageId: 'sha256:2222' }, 3000)
+    assert.equal(await store.usable(again.snapshot), true, 'a newer bake of other inputs keeps it')
+    await store.retire('hello', new Set([newer.snapshot.meta.key]), 0)
+    assert.equal(await store.usable(again.snapshot), false, 'retired')
     const { snapshot } = await bake(store, { ...ID, kernel: 'other' })
     await store.markBroken(snapshot, 'restore failed')
     assert.equal(await store.usable(snapshot), false)
@@ -204,6 +212,7 @@ describe('snapshot store', () => {
     await bake(store, ID, 1000)
     await bake(store, { ...ID, imageId: 'sha256:2' }, 2000)
     const current = await bake(store, { ...ID, imageId: 'sha256:3' }, 3000)
+    await store.retire('hello', new Set([current.snapshot.meta.key]), 0)
     const retired = (await readdir(fnDir)).filter((n) => n.startsWith('.retired-')).map((n) => join(fnDir, n))
     assert.equal(retired.length, 2)
     const [inUse, unused] = retired as [string, string]

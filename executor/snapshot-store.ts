@@ -71,6 +71,12 @@ export interface SnapshotStore {
   verify(snapshot: Snapshot): Promise<void>
   remove(fn: string): Promise<void>
   /**
+   * Retire the function's snapshots whose key is not in `keep` and that were made more than
+   * `minAgeMs` ago (a bake just committed is not recorded anywhere yet); collect() deletes them
+   * once no instance uses them. Returns the retired keys.
+   */
+  retire(fn: string, keep: ReadonlySet<string>, minAgeMs: number): Promise<string[]>
+  /**
    * Delete replaced snapshots no instance uses any more, and bakes abandoned for over an hour.
    * Replaced snapshots are not deleted at once: a running instance's overlay and a lazy-pages
    * daemon may still read them.
@@ -155,11 +161,9 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
           const meta: SnapshotMeta = { ...partial, key, sizeBytes, files }
           await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
           const final = join(fnDir, key)
-          // Retire every older snapshot of the function: only one is ever current.
-          for (const name of await readdir(fnDir)) {
-            if (!name.startsWith('.'))
-              await rename(join(fnDir, name), join(fnDir, `.retired-${name}-${Date.now()}`))
-          }
+          // Snapshots of other inputs stay: kept versions of the function restore from them
+          // (rollback). retire() removes what the function registry no longer keeps.
+          if (await exists(final)) await rename(final, join(fnDir, `.retired-${key}-${Date.now()}`))
           await rename(dir, final)
           return { meta, dir: final, imagesDir: join(final, 'images'), upperDir: join(final, 'upper') }
         },
@@ -201,6 +205,19 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
           `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
         )
       }
+    },
+
+    async retire(fn, keep, minAgeMs) {
+      const fnDir = join(root, fn)
+      const retired: string[] = []
+      for (const name of await readdir(fnDir).catch(() => [] as string[])) {
+        if (name.startsWith('.') || keep.has(name)) continue
+        const snap = await load(join(fnDir, name))
+        if (snap && Date.now() - snap.meta.createdAt < minAgeMs) continue
+        await rename(join(fnDir, name), join(fnDir, `.retired-${name}-${Date.now()}`))
+        retired.push(name)
+      }
+      return retired
     },
 
     async remove(fn) {

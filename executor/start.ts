@@ -8,14 +8,16 @@
 import type { Logger } from 'pino'
 import { HEARTBEAT_INTERVAL_MS, type ExecutorHeartbeat } from '../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../shared/errors.ts'
-import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
+import type { FunctionDef } from '../shared/functions.ts'
 import type { Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createShutdown, within, type ShutdownResult } from '../shared/shutdown.ts'
 import { canonicalCidr } from '../shared/subnet.ts'
 import type { ExecutorConfig } from './config.ts'
+import { createRegistryFollower } from './follow-registry.ts'
 import { createHostInstanceManager, type Host } from './host.ts'
 import type { InstanceManager } from './instances.ts'
+import type { Lifecycle } from './lifecycle.ts'
 import { createPeerRouter, networkIdentity } from './peers.ts'
 import { formatRestorePath } from './restore-path.ts'
 import { createReaper, reconcile, removeHostContainers, snapshotUsage, type Reaper } from './reaper.ts'
@@ -33,7 +35,10 @@ export interface ExecutorDeps {
   readonly host: Host
   /** The registry's connection; closed by close(). */
   readonly redis: Redis
-  /** The functions to serve. Default: those in INITLESS_FUNCTIONS_DIR (problems are logged). */
+  /**
+   * A fixed set of functions to serve (tests). Default: the function registry's active versions,
+   * followed live (deploys, rollbacks, deletes).
+   */
   readonly functions?: readonly FunctionDef[]
 }
 
@@ -41,6 +46,8 @@ export interface RunningExecutor {
   readonly registry: InstanceRegistry
   readonly instances: InstanceManager
   readonly reaper: Reaper
+  /** Follows the function registry (absent when serving a fixed set of functions). */
+  readonly lifecycle?: Lifecycle
   /** Resolves once every function was prepared (or failed to) and the pools were filled. */
   readonly prepared: Promise<void>
   /**
@@ -61,7 +68,13 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const stateLock = await lockStateDir(config.INITLESS_STATE_DIR, { hostId: config.hostId })
   redis.on('error', (err: Error) => logger.debug({ err: err.message }, 'redis connection error'))
   const registry = createRedisRegistry({ redis, logger, prefix: config.INITLESS_KEY_PREFIX })
-  const functions = deps.functions ?? (await loadFunctions(config.INITLESS_FUNCTIONS_DIR, logger))
+  const follower = deps.functions
+    ? undefined
+    : await createRegistryFollower(config, { redis, host, logger }).catch(async (err: unknown) => {
+        await stateLock.release()
+        throw err
+      })
+  const functions = (): readonly FunctionDef[] => deps.functions ?? follower?.source.functions() ?? []
 
   // This host's heartbeat; the first one claims the subnet before any address is handed out from it.
   const subnet = canonicalCidr(config.INITLESS_SUBNET)
@@ -70,7 +83,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     hostId: config.hostId,
     at: Date.now(),
     pid: process.pid,
-    functions: functions.map((f) => f.name),
+    functions: functions().map((f) => f.name),
     subnet,
     network,
     ...(config.INITLESS_ADVERTISE_ADDRESS ? { address: config.INITLESS_ADVERTISE_ADDRESS } : {}),
@@ -82,17 +95,19 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
         `last heartbeat ${Date.now() - holder.at} ms ago): every host needs a subnet of its own`,
     )
   const holder = await registry.beat(heartbeat()).catch(async (err: unknown) => {
+    await follower?.close()
     await stateLock.release()
     throw err
   })
   if (holder) {
+    await follower?.close()
     await stateLock.release()
     throw subnetInUse(holder)
   }
 
   const instances = createHostInstanceManager(host, {
     hostId: config.hostId,
-    functions: () => functions,
+    functions,
     registry,
     logger,
   })
@@ -107,6 +122,8 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     registry,
     logger,
   })
+  // The active versions are this host's definitions before the first restore job is taken.
+  const lifecycle = await follower?.start(instances, registry)
   const worker = createRestoreWorker({
     redisUrl: config.INITLESS_REDIS_URL,
     queueName: config.INITLESS_QUEUE_NAME,
@@ -150,7 +167,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const reaper = createReaper({
     instances,
     registry,
-    functions: () => functions,
+    functions,
     now: Date.now,
     logger,
     hostId: config.hostId,
@@ -179,7 +196,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const subscription = await registry.subscribe({
     onEvent(event) {
       if (event.type !== 'function') return
-      const fn = functions.find((f) => f.name === event.fn)
+      const fn = functions().find((f) => f.name === event.fn)
       if (!fn) return
       if (event.action === 'scale-to-zero') {
         const ids = instances
@@ -202,15 +219,15 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   // Build, bake and pre-start pools in the background: restores that arrive first wait for the
   // same preparation (it is shared per function), they never start a second one.
   const prepared = (async () => {
-    for (const fn of functions) {
+    for (const fn of functions()) {
       await instances
         .prepare(fn)
         .catch((err: unknown) => logger.error({ fn: fn.name, err: errorMessage(err) }, 'prepare failed'))
     }
     await instances.fillPools()
-    logger.info({ functions: functions.map((f) => f.name) }, 'functions prepared')
+    logger.info({ functions: functions().map((f) => f.name) }, 'functions prepared')
   })()
-  logger.info({ hostId: config.hostId, functions: functions.map((f) => f.name) }, 'executor started')
+  logger.info({ hostId: config.hostId, functions: functions().map((f) => f.name) }, 'executor started')
   host.sandboxes.restorePath().then(
     (path) =>
       logger.info(
@@ -225,6 +242,8 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     deadlineMs: config.INITLESS_SHUTDOWN_TIMEOUT,
     steps: [
       { name: 'timers', run: () => timers.forEach((t) => clearInterval(t)) },
+      // No new versions, drains or clean-ups: the instances step below stops whatever runs.
+      { name: 'function registry', timeoutMs: REDIS_CLOSE_MS, run: () => follower?.close() },
       // Running restores may finish within the deadline; past it the worker closes without
       // waiting: their locks lapse and BullMQ hands the jobs to another executor (stalled jobs).
       {
@@ -264,6 +283,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     instances,
     reaper,
     prepared,
+    ...(lifecycle ? { lifecycle } : {}),
     close() {
       closing ??= shutdown().then((result) => {
         logger.info('stopped')
@@ -272,11 +292,4 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
       return closing
     },
   }
-}
-
-async function loadFunctions(dir: string, logger: Logger): Promise<readonly FunctionDef[]> {
-  const set = await loadFunctionDefs(dir)
-  for (const p of set.problems)
-    logger.error({ fn: p.name, file: p.file, err: p.error.message }, 'function skipped')
-  return set.functions
 }

@@ -16,6 +16,7 @@ import { problemResponse } from './problem.ts'
 import { requestContext, type GatewayEnv } from './request-context.ts'
 import { createAdminRoutes } from './routes/admin.ts'
 import { createHealthRoutes } from './routes/health.ts'
+import type { LifecycleRouteDeps } from './routes/lifecycle.ts'
 import { createInvoke, createInvokeRoutes } from './routes/invoke.ts'
 
 export interface GatewayAppDeps {
@@ -27,6 +28,8 @@ export interface GatewayAppDeps {
   readonly registry: Pick<InstanceRegistry, 'executors' | 'listAll' | 'publish' | 'requestRebake'>
   readonly forwarder: Forwarder
   readonly logger: Logger
+  /** The admin API's deploy, versions, rollback and delete routes. */
+  readonly lifecycle?: LifecycleRouteDeps
   readonly options: {
     /** Largest request body proxied, in bytes. */
     readonly maxBodyBytes: number
@@ -76,6 +79,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
       pool: deps.pool,
       registry: deps.registry,
       adminToken: deps.options.adminToken,
+      ...(deps.lifecycle ? { lifecycle: deps.lifecycle } : {}),
     }),
   )
   app.route('/', createHealthRoutes({ registry: deps.registry, metrics, now: deps.now ?? Date.now }))

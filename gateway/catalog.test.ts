@@ -1,48 +1,48 @@
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { Writable } from 'node:stream'
-import { after, test } from 'node:test'
-import { createLogger } from '../shared/logger.ts'
-import { loadFunctionCatalog } from './catalog.ts'
+import { test } from 'node:test'
+import { createFakeFunctionRegistry } from '../shared/function-registry-fake.ts'
+import { createFunctionWatcher } from '../shared/function-watcher.ts'
+import { createSilentLogger } from '../shared/logger.ts'
+import { parseManifest } from '../shared/manifest.ts'
+import { createWatchedCatalog } from './catalog.ts'
 
-test('loads valid manifests, logs and skips invalid ones', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'initless-catalog-'))
-  after(() => rm(dir, { recursive: true, force: true }))
-  const write = async (name: string, text: string) => {
-    await mkdir(join(dir, name))
-    await writeFile(join(dir, name, 'function.yaml'), text)
-  }
-  await write('hello', 'port: 8080\nscaling:\n  concurrency: 4\n')
-  await write('broken', 'port: not-a-port\n')
-  await write('mismatch', 'name: other\nport: 80\n')
-  await mkdir(join(dir, 'no-manifest'))
-  await writeFile(join(dir, 'README.md'), 'not a function')
-
-  const lines: string[] = []
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString())
-      cb()
-    },
+test('the watched catalog serves active versions only, and follows activations and deletes', async () => {
+  const functions = createFakeFunctionRegistry()
+  const watcher = createFunctionWatcher({
+    registry: functions,
+    logger: createSilentLogger(),
+    refreshIntervalMs: 60_000,
   })
-  const catalog = await loadFunctionCatalog({ dir, logger: createLogger({ destination: sink }) })
+  await watcher.start()
+  const catalog = createWatchedCatalog(watcher)
+  const m = (text: string) => parseManifest(text, 'hello/function.yaml', 'hello')
+  const v = (version: string, text: string, state: 'pending' | 'ready' = 'ready') => ({
+    version,
+    manifest: m(text),
+    state,
+    createdAt: 1,
+    contextBytes: 1,
+    bakedOn: {},
+  })
+  await functions.putVersion('hello', v('aaa', 'port: 80\n', 'pending'))
+  await watcher.refresh()
+  assert.equal(catalog.get('hello'), undefined, 'a function without an active version is not served')
+  assert.deepEqual(catalog.list(), [])
+  await functions.putVersion('hello', v('aaa', 'port: 80\n'))
+  await functions.activate('hello', 'aaa')
+  await watcher.refresh()
+  assert.equal(catalog.get('hello')?.port, 80)
+  assert.equal(catalog.version('hello'), 'aaa')
+  await functions.putVersion('hello', v('bbb', 'port: 81\n'))
+  await functions.activate('hello', 'bbb')
+  await watcher.refresh()
+  assert.equal(catalog.get('hello')?.port, 81)
   assert.deepEqual(
-    catalog.list().map((m) => m.name),
+    catalog.list().map((x) => x.name),
     ['hello'],
   )
-  assert.equal(catalog.get('hello')?.scaling.concurrency, 4)
-  assert.equal(catalog.get('broken'), undefined)
-  const skipped = lines.filter((l) => l.includes('invalid manifest skipped'))
-  assert.equal(skipped.length, 2)
-  assert.ok(skipped.some((l) => l.includes('broken') && l.includes('port')))
-})
-
-test('a missing folder is an empty catalog', async () => {
-  const catalog = await loadFunctionCatalog({
-    dir: join(tmpdir(), 'initless-does-not-exist-' + process.pid),
-    logger: createLogger({ level: 'silent' }),
-  })
-  assert.deepEqual(catalog.list(), [])
+  await functions.remove('hello')
+  await watcher.refresh()
+  assert.equal(catalog.get('hello'), undefined)
+  await watcher.close()
 })

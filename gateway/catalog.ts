@@ -1,63 +1,35 @@
 /**
- * The functions the gateway knows: name -> validated manifest. Filled once at start-up by the
- * composition root from the functions folder; routes only read it.
+ * The functions the gateway serves: name -> the active version's manifest. In a running gateway
+ * it follows the function registry live (createWatchedCatalog over a FunctionWatcher): a deploy,
+ * a rollback or a delete changes what the next request sees, without a restart. Routes only read it.
  */
-import { readdir, readFile } from 'node:fs/promises'
-import { join } from 'node:path'
-import type { Logger } from 'pino'
-import { errorMessage, isInitlessError } from '../shared/errors.ts'
-import { FUNCTION_NAME_RE, MANIFEST_FILE, parseManifest, type Manifest } from '../shared/manifest.ts'
+import type { FunctionWatcher } from '../shared/function-watcher.ts'
+import type { Manifest } from '../shared/manifest.ts'
 
 export interface FunctionCatalog {
   get(name: string): Manifest | undefined
   list(): readonly Manifest[]
+  /** The active version of `name` (undefined for catalogs without versions). */
+  version(name: string): string | undefined
 }
 
-/** A catalog over a fixed set of manifests (also the fake for tests). */
+/** A catalog over a fixed set of manifests, without versions (tests, harnesses). */
 export function createStaticCatalog(manifests: Iterable<Manifest>): FunctionCatalog {
   const byName = new Map<string, Manifest>()
   for (const m of manifests) byName.set(m.name, m)
   const sorted = [...byName.values()].sort((a, b) => a.name.localeCompare(b.name))
-  return { get: (name) => byName.get(name), list: () => sorted }
+  return { get: (name) => byName.get(name), list: () => sorted, version: () => undefined }
 }
 
-/**
- * Read every `<dir>/<name>/function.yaml`. An invalid manifest is logged with its problems and
- * skipped; the others still load. A missing folder yields an empty catalog.
- */
-export async function loadFunctionCatalog(deps: { dir: string; logger: Logger }): Promise<FunctionCatalog> {
-  const log = deps.logger.child({ module: 'catalog' })
-  let entries: string[]
-  try {
-    entries = (await readdir(deps.dir, { withFileTypes: true }))
-      .filter((e) => e.isDirectory())
-      .map((e) => e.name)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      log.warn({ dir: deps.dir }, 'functions folder not found')
-      return createStaticCatalog([])
-    }
-    throw err
+/** The function registry's active versions, as the watcher holds them. */
+export function createWatchedCatalog(watcher: Pick<FunctionWatcher, 'active' | 'list'>): FunctionCatalog {
+  return {
+    get: (name) => watcher.active(name)?.manifest,
+    list: () =>
+      watcher
+        .list()
+        .map((r) => watcher.active(r.name)?.manifest)
+        .filter((m): m is Manifest => m !== undefined),
+    version: (name) => watcher.active(name)?.version,
   }
-  const manifests: Manifest[] = []
-  for (const name of entries.sort()) {
-    if (!FUNCTION_NAME_RE.test(name)) continue
-    const file = join(deps.dir, name, MANIFEST_FILE)
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-        log.error({ file, err: errorMessage(err) }, 'manifest unreadable')
-      continue
-    }
-    try {
-      manifests.push(parseManifest(text, file, name))
-    } catch (err) {
-      const problems = isInitlessError(err) ? err.details.problems : undefined
-      log.error({ file, err: errorMessage(err), problems }, 'invalid manifest skipped')
-    }
-  }
-  log.info({ functions: manifests.map((m) => m.name) }, 'functions loaded')
-  return createStaticCatalog(manifests)
 }

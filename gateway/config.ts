@@ -39,6 +39,13 @@ export const gatewayEnvSchema = commonEnvSchema.extend({
     'An enqueue of a restore not acknowledged by Redis within this fails the cold start (503), in ms. ' +
       'Default 2s = 2000 ms.',
   ),
+  INITLESS_MAX_CONTEXT: envBytes('64Mi').describe(
+    'Largest build context a deploy may upload (tar, gzip accepted; unpacked size too), in bytes. ' +
+      'Default 64Mi = 67108864 bytes.',
+  ),
+  INITLESS_DEPLOY_TIMEOUT: envDuration('15m').describe(
+    'How long a deploy request waits for its build and bake, in ms. Default 15m = 900000 ms.',
+  ),
   INITLESS_RETRY_AFTER: envDuration('1s').describe(
     'Retry-After of 503 no-capacity answers, in ms (sent rounded up to seconds). Default 1s = 1000 ms.',
   ),

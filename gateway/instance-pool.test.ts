@@ -12,6 +12,14 @@ import { TEST_PHASES, testManifest } from './test-support.ts'
 
 const ADDRESS = { host: '127.0.0.1', port: 1 }
 
+async function untilAsync(check: () => Promise<boolean>, what: string) {
+  const deadline = Date.now() + 2000
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`)
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
 interface Setup {
   pool: InstancePool
   registry: FakeRegistry
@@ -493,6 +501,45 @@ describe('instance pool', () => {
     assert.equal((await registry.lastUse('busy')).get(job.instanceId), 11_500)
   })
 
+  test('after setVersion only the active version takes requests; the old one drains its in-flight count', async () => {
+    const { pool, queue, registry } = await setup()
+    const m = testManifest('ver')
+    pool.setVersion('ver', 'v1')
+    const first = pool.acquire(m, { traceId: 'a' })
+    const [job1] = await queue.waitForJobs(1)
+    assert.ok(job1)
+    await registry.markReady('ver', job1.instanceId, ADDRESS, 'lazy', TEST_PHASES, 'h', 'v1')
+    queue.complete(job1.instanceId)
+    const onOld = await first
+    assert.equal(onOld.instanceId, job1.instanceId)
+
+    pool.setVersion('ver', 'v2')
+    await untilAsync(async () => (await registry.inflight('ver', job1.instanceId)) === 1, 'in-flight shared')
+    const second = pool.acquire(m, { traceId: 'b' })
+    const jobs = await queue.waitForJobs(2)
+    const job2 = jobs[1]
+    assert.ok(job2, 'the old instance takes no new request: a restore of the new version starts')
+    assert.equal(pool.tryAcquire(m), undefined, 'nothing to hand out until the new version is ready')
+    await registry.markReady('ver', job2.instanceId, ADDRESS, 'lazy', TEST_PHASES, 'h', 'v2')
+    queue.complete(job2.instanceId)
+    const onNew = await second
+    assert.equal(onNew.instanceId, job2.instanceId)
+    onNew.release()
+    onOld.release()
+    await untilAsync(
+      async () => (await registry.inflight('ver', job1.instanceId)) === 0,
+      'in-flight back to 0',
+    )
+  })
+
+  test('forget fails the waiters of a deleted function with 404', async () => {
+    const { pool } = await setup()
+    const waiting = pool.acquire(testManifest('gone'), { traceId: 'a' })
+    await new Promise((r) => setTimeout(r, 5))
+    pool.forget('gone')
+    assert.equal(await codeOf(waiting), 'ERR_FUNCTION_NOT_FOUND')
+  })
+
   test('close fails the waiters and refuses new requests', async () => {
     const { pool } = await setup()
     const waiting = pool.acquire(testManifest('closing'), { traceId: 'a' })
@@ -511,9 +558,17 @@ function pick(
   r: FakeRegistry,
 ): Pick<
   InstanceRegistry,
-  'reserve' | 'withdraw' | 'get' | 'list' | 'touch' | 'scalingEstimates' | 'saveScalingEstimates'
+  | 'reserve'
+  | 'withdraw'
+  | 'get'
+  | 'list'
+  | 'touch'
+  | 'addInflight'
+  | 'scalingEstimates'
+  | 'saveScalingEstimates'
 > {
   return {
+    addInflight: (...a) => r.addInflight(...a),
     scalingEstimates: (...a) => r.scalingEstimates(...a),
     saveScalingEstimates: (...a) => r.saveScalingEstimates(...a),
     reserve: (...a) => r.reserve(...a),

@@ -20,6 +20,7 @@ import { coveredWaiters, ewma, instancesToStart, pickInstance } from './scaling.
 import {
   applyRecord,
   clientClosed,
+  isCurrentVersion,
   createFnState,
   forgetMissing,
   learntTimes,
@@ -60,6 +61,14 @@ export interface InstancePool {
   /** Set (or with `undefined` clear) the start override of `fn`. Held by this gateway only. */
   setStartOverride(fn: string, override: StartOverride | undefined): void
   startOverride(fn: string): StartOverride | undefined
+  /**
+   * Route `fn`'s requests only to instances of `version` from now on (an activation in the
+   * function registry). Instances of other versions take no new requests; those with requests in
+   * flight here are reported to the registry until they are done (drained).
+   */
+  setVersion(fn: string, version: string | undefined): void
+  /** The function was deleted: its waiting requests fail with ERR_FUNCTION_NOT_FOUND. */
+  forget(fn: string): void
   /** Called when a restore this gateway enqueued became ready (its record carries the phases). */
   onRestored(listener: (record: InstanceRecord) => void): () => void
   /** Stop; waiting requests fail with 503. Idempotent. */
@@ -74,6 +83,7 @@ export interface InstancePoolDeps {
     | 'get'
     | 'list'
     | 'touch'
+    | 'addInflight'
     | 'subscribe'
     | 'scalingEstimates'
     | 'saveScalingEstimates'
@@ -127,6 +137,8 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   const ours = new Map<string, { fn: string; since: number }>()
   const restoredListeners = new Set<(record: InstanceRecord) => void>()
   const overrides = new Map<string, StartOverride>()
+  /** Active version per function (setVersion), applied to its state when that is created. */
+  const versions = new Map<string, string>()
   let subscription: RegistrySubscription | undefined
   let stopOutcomes: (() => void) | undefined
   let timer: NodeJS.Timeout | undefined
@@ -135,6 +147,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   const lease = (s: FnState, id: string, startedAt: number, hasWaited: boolean): Lease => {
     const leasedAt = now()
     return createLease(s, id, { startedAt, hasWaited, now: leasedAt }, (isDead) => {
+      if (s.retired.has(id)) reportInflight(s, id, -1)
       if (isDead) {
         log.warn({ fn: s.fn, instanceId: id }, 'instance refused connection')
         s.ready.delete(id)
@@ -153,6 +166,25 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
       dispatch(s)
       scale(s)
     })
+  }
+
+  const reportInflight = (s: FnState, id: string, delta: number) => {
+    if (delta < 0 && !s.inflight.get(id)) s.retired.delete(id)
+    registry
+      .addInflight(s.fn, id, delta)
+      .catch((err: unknown) =>
+        log.warn({ fn: s.fn, instanceId: id, err: errorMessage(err) }, 'in-flight count not shared'),
+      )
+  }
+
+  /** Stop routing to an instance; requests still on it are counted in the registry until done. */
+  const retire = (s: FnState, id: string) => {
+    s.ready.delete(id)
+    const n = s.inflight.get(id) ?? 0
+    if (n > 0 && !s.retired.has(id)) {
+      s.retired.add(id)
+      reportInflight(s, id, n)
+    }
   }
 
   /** Hand free slots to waiters, oldest first. */
@@ -247,6 +279,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   }
 
   const apply = (s: FnState, r: InstanceRecord) => {
+    if (s.ready.has(r.id) && (r.state === 'draining' || !isCurrentVersion(s, r))) retire(s, r.id)
     if (!applyRecord(s, r, now())) return
     const mine = ours.get(r.id)
     if (!mine) return
@@ -294,7 +327,10 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
 
   const stateFor = (manifest: Manifest): FnState => {
     let s = fns.get(manifest.name)
-    if (!s) fns.set(manifest.name, (s = createFnState(manifest)))
+    if (!s) {
+      fns.set(manifest.name, (s = createFnState(manifest)))
+      s.version = versions.get(manifest.name)
+    }
     s.manifest = manifest
     return s
   }
@@ -322,7 +358,8 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     } else if (e.state === 'starting') {
       apply(s, { id: e.id, fn: e.fn, state: 'starting', hostId: '', createdAt: 0 })
     } else {
-      s.ready.delete(e.id)
+      if (e.state === 'draining') retire(s, e.id)
+      else s.ready.delete(e.id)
       const starting = s.starting.get(e.id)
       // Our restore's reservation vanished: the executor gave up. Keep counting it until the job's
       // outcome says why, so the failure is charged to the waiters instead of silently replaced.
@@ -435,6 +472,30 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     },
 
     startOverride: (fn) => overrides.get(fn),
+
+    setVersion(fn, version) {
+      if (version === undefined) versions.delete(fn)
+      else versions.set(fn, version)
+      const s = fns.get(fn)
+      if (!s || s.version === version) return
+      s.version = version
+      for (const entry of [...s.ready.values()]) if (!isCurrentVersion(s, entry)) retire(s, entry.id)
+      s.generation++
+      log.info({ fn, version }, 'routing to version')
+      if (s.isLoaded)
+        refresh(s).catch((err) => log.warn({ fn, err: errorMessage(err) }, 'registry refresh failed'))
+    },
+
+    forget(fn) {
+      versions.delete(fn)
+      const s = fns.get(fn)
+      if (!s) return
+      fns.delete(fn)
+      for (const w of [...s.waiters])
+        s.removeWaiter(w)?.settle({
+          error: new InitlessError('ERR_FUNCTION_NOT_FOUND', `function ${fn} was deleted`),
+        })
+    },
 
     onRestored(listener) {
       restoredListeners.add(listener)

@@ -15,6 +15,8 @@ export interface GatewayMetrics {
   upstream(fn: string, ms: number): void
   waited(fn: string, start: StartKind, ms: number): void
   coldStart(fn: string, phases: ColdStartPhases): void
+  /** A deploy or rollback ended: its status (`deployed`, `unchanged`, ...), or `failed:<step>`. */
+  lifecycle(fn: string, outcome: string): void
 }
 
 const PHASES = ['queueMs', 'sandboxMs', 'restoreMs', 'readyMs'] as const
@@ -23,6 +25,8 @@ export function createGatewayMetrics(deps: {
   readonly stats: () => readonly PoolStats[]
   /** Also export process metrics (CPU, memory, event loop): the composition root turns this on. */
   readonly processMetrics?: boolean
+  /** The active version of every deployed function (the function registry), when followed. */
+  readonly activeVersions?: () => readonly { readonly fn: string; readonly version: string }[]
 }): GatewayMetrics {
   const registry = new Registry()
   if (deps.processMetrics) collectDefaultMetrics({ register: registry })
@@ -100,8 +104,25 @@ export function createGatewayMetrics(deps: {
       }
     },
   })
+  const lifecycle = new Counter({
+    name: 'initless_gateway_lifecycle_total',
+    help: 'Deploys and rollbacks through this gateway, by outcome (deployed, unchanged, updated, activated, rolled-back, deleted, failed:<step>)',
+    labelNames: ['function', 'outcome'] as const,
+    registers: [registry],
+  })
+  new Gauge({
+    name: 'initless_function_active_version_info',
+    help: 'The active version of each deployed function (value 1), as this gateway follows the function registry',
+    labelNames: ['function', 'version'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const a of deps.activeVersions?.() ?? []) this.set({ function: a.fn, version: a.version }, 1)
+    },
+  })
   return {
     registry,
+    lifecycle: (fn, outcome) => lifecycle.inc({ function: fn, outcome }),
     invocation: (fn, status, start) => invocations.inc({ function: fn, status: String(status), start }),
     upstream: (fn, ms) => upstream.observe({ function: fn }, ms / 1000),
     waited: (fn, start, ms) => waited.observe({ function: fn, start }, ms / 1000),

@@ -35,6 +35,8 @@ export interface ReadyEntry {
   /** Local epoch ms at which this gateway learnt the instance was ready. */
   readonly readyAt: number
   readonly phases?: ColdStartPhases
+  /** The function version it runs (unset without the function registry). */
+  readonly version?: string
 }
 
 export interface StartingEntry {
@@ -62,6 +64,16 @@ export interface FnState {
   /** Instances that refused connections: ignored until the registry drops them or the ttl ends. */
   readonly dead: Map<string, number>
   readonly lastTouch: Map<string, number>
+  /**
+   * The active version: only its instances take requests. Undefined: any instance (functions
+   * served without the function registry).
+   */
+  version: string | undefined
+  /**
+   * Instances this gateway no longer routes to while it still has requests on them: their count is
+   * shared in the registry (addInflight) so the executor stops them only once they are done.
+   */
+  readonly retired: Set<string>
   /** FIFO of requests waiting for a slot. */
   readonly waiters: Waiter[]
   /** Bumped on every change from events or local starts; a refresh that raced one is dropped. */
@@ -90,6 +102,8 @@ export function createFnState(manifest: Manifest): FnState {
     starting: new Map(),
     dead: new Map(),
     lastTouch: new Map(),
+    version: undefined,
+    retired: new Set(),
     waiters,
     generation: 0,
     isLoaded: false,
@@ -222,18 +236,24 @@ export function createLease(
   }
 }
 
+/** Whether an instance runs the version requests go to (any, without the function registry). */
+export function isCurrentVersion(s: Pick<FnState, 'version'>, r: { readonly version?: string }): boolean {
+  return s.version === undefined || r.version === s.version
+}
+
 /** Bring one instance's local state in line with its registry record. True: it just became ready. */
 export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean {
   if (r.state === 'starting') {
     if (!s.ready.has(r.id) && !s.starting.has(r.id)) s.starting.set(r.id, { isPending: false })
   } else if (r.state === 'ready' && r.address && !s.dead.has(r.id)) {
     s.starting.delete(r.id)
-    if (s.ready.has(r.id)) return false
+    if (s.ready.has(r.id) || !isCurrentVersion(s, r)) return false
     s.ready.set(r.id, {
       id: r.id,
       address: r.address,
       readyAt: now,
       ...(r.phases ? { phases: r.phases } : {}),
+      ...(r.version ? { version: r.version } : {}),
     })
     return true
   } else if (r.state === 'draining') {

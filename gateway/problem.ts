@@ -16,6 +16,10 @@ export interface Problem {
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json'
 
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
 /** Render `err` as a problem response, logging it at a level that matches its status. */
 export function problemResponse(err: unknown, requestId: string, log: RequestLog): Response {
   const known = isInitlessError(err) ? err : undefined
@@ -28,6 +32,8 @@ export function problemResponse(err: unknown, requestId: string, log: RequestLog
     detail: known ? known.message : 'internal error',
     code,
     requestId,
+    // RFC 9457 extension members an error chose to show (a failed deploy's step and output).
+    ...(isPlainObject(known?.details.problem) ? known.details.problem : {}),
   }
   if (!known) log.error({ err }, 'unhandled error')
   else if (spec.status >= 500)

@@ -12,7 +12,12 @@ import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.t
 import { createShutdown, type ShutdownResult } from '../shared/shutdown.ts'
 import { createGateway } from './app.ts'
 import type { BullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
-import { loadFunctionCatalog, type FunctionCatalog } from './catalog.ts'
+import { createStaticCatalog, createWatchedCatalog, type FunctionCatalog } from './catalog.ts'
+import { createBullmqDeployQueue } from '../shared/bullmq-deploy-queue.ts'
+import { DEPLOY_QUEUE_SUFFIX } from '../shared/deploy-queue.ts'
+import { activeVersion, createRedisFunctionRegistry } from '../shared/function-registry.ts'
+import { createFunctionWatcher } from '../shared/function-watcher.ts'
+import { createDeploys } from './deploys.ts'
 import type { GatewayConfig } from './config.ts'
 import type { Forwarder } from './forwarder.ts'
 import { createInstancePool, type InstancePool } from './instance-pool.ts'
@@ -27,7 +32,10 @@ export interface GatewayDeps {
   readonly forwarder: Forwarder & { close(): void }
   /** Closes what the forwarder's connections come from (upstream agents). */
   readonly closeUpstream?: () => void
-  /** The functions served. Default: those in INITLESS_FUNCTIONS_DIR. */
+  /**
+   * A fixed set of functions to serve (tests). Default: the function registry's active versions,
+   * followed live, with the admin API's deploy, rollback and delete routes.
+   */
   readonly catalog?: FunctionCatalog
   /** The server failed after it started listening (the process should exit). */
   readonly onFatal?: (err: Error) => void
@@ -56,7 +64,24 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     isRedisDown = false
   })
   const registry = createRedisRegistry({ redis, logger, prefix: config.INITLESS_KEY_PREFIX })
-  const catalog = deps.catalog ?? (await loadFunctionCatalog({ dir: config.INITLESS_FUNCTIONS_DIR, logger }))
+  const functions = deps.catalog
+    ? undefined
+    : createRedisFunctionRegistry({ redis, logger, prefix: config.INITLESS_KEY_PREFIX })
+  const watcher = functions
+    ? createFunctionWatcher({
+        registry: functions,
+        logger,
+        refreshIntervalMs: config.INITLESS_REGISTRY_REFRESH,
+      })
+    : undefined
+  const deployQueue = functions
+    ? createBullmqDeployQueue({
+        redisUrl: config.INITLESS_REDIS_URL,
+        queueName: config.INITLESS_QUEUE_NAME + DEPLOY_QUEUE_SUFFIX,
+        logger,
+      })
+    : undefined
+  const catalog = deps.catalog ?? (watcher ? createWatchedCatalog(watcher) : createStaticCatalog([]))
   const pool = createInstancePool({
     registry,
     queue,
@@ -66,14 +91,42 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     retryAfterMs: config.INITLESS_RETRY_AFTER,
   })
   logger.info({ redis: new URL(config.INITLESS_REDIS_URL).host }, 'waiting for redis')
-  await Promise.all([pool.start(), queue.ready()])
+  // Requests go to the active version from the moment this gateway hears of an activation.
+  watcher?.onChange(({ fn, after }) => {
+    if (after) pool.setVersion(fn, activeVersion(after)?.version)
+    else pool.forget(fn)
+  })
+  await Promise.all([pool.start(), queue.ready(), watcher?.start(), deployQueue?.ready()])
+  for (const r of watcher?.list() ?? []) pool.setVersion(r.name, r.active)
+  const metrics = createGatewayMetrics({
+    stats: () => pool.stats(),
+    processMetrics: true,
+    activeVersions: () =>
+      (watcher?.list() ?? []).flatMap((r) => (r.active ? [{ fn: r.name, version: r.active }] : [])),
+  })
   const { listener } = createGateway({
     catalog,
     pool,
     registry,
     forwarder,
     logger,
-    metrics: createGatewayMetrics({ stats: () => pool.stats(), processMetrics: true }),
+    ...(functions && deployQueue
+      ? {
+          lifecycle: {
+            functions,
+            maxContextBytes: config.INITLESS_MAX_CONTEXT,
+            onOutcome: (fn: string, outcome: string) => metrics.lifecycle(fn, outcome),
+            seen: (fn: string) => watcher?.refreshOne(fn) ?? Promise.resolve(),
+            deploys: createDeploys({
+              functions,
+              queue: deployQueue,
+              maxContextBytes: config.INITLESS_MAX_CONTEXT,
+              deployTimeoutMs: config.INITLESS_DEPLOY_TIMEOUT,
+            }),
+          },
+        }
+      : {}),
+    metrics,
     options: {
       maxBodyBytes: config.INITLESS_MAX_BODY,
       adminToken: config.INITLESS_ADMIN_TOKEN,
@@ -105,6 +158,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
       { name: 'instance pool', run: () => pool.close() },
       { name: 'proxy', run: () => (forwarder.close(), deps.closeUpstream?.()) },
       { name: 'restore queue', run: () => queue.close() },
+      { name: 'function registry', run: () => Promise.all([watcher?.close(), deployQueue?.close()]) },
       { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
     ],
   })

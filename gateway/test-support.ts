@@ -18,6 +18,7 @@ import { createInstancePool, type InstancePool, type InstancePoolDeps } from './
 import { createFakeRestoreQueue, type FakeRestoreQueue } from '../shared/restore-queue-fake.ts'
 import { createUpstreamAgents, type UpstreamAgents } from './upstream-agents.ts'
 import { createWebForwarder } from './web-forwarder.ts'
+import type { LifecycleRouteDeps } from './routes/lifecycle.ts'
 
 export interface ManifestOptions {
   readonly concurrency?: number
@@ -159,6 +160,8 @@ export interface TestGatewayOptions {
   readonly poolRegistry?: (r: FakeRegistry) => InstancePoolDeps['registry']
   readonly appRegistry?: GatewayAppDeps['registry'] & Partial<InstanceRegistry>
   readonly now?: () => number
+  /** The admin API's lifecycle routes (deploy, versions, rollback, delete). */
+  readonly lifecycle?: LifecycleRouteDeps
 }
 
 /** A gateway app on the fakes, proxying with the web forwarder to real echo servers. */
@@ -194,6 +197,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     logger,
     options: { maxBodyBytes: 1024 * 1024, trustProxy: false, ...o.options },
     ...(o.now ? { now: o.now } : {}),
+    ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
   })
   return {
     app,

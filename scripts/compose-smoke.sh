@@ -30,6 +30,8 @@ export INITLESS_COMPOSE_SUBNET=${INITLESS_COMPOSE_SUBNET:-10.219.0.0/16}
 export INITLESS_COMPOSE_HOST_ID=${INITLESS_COMPOSE_HOST_ID:-compose-smoke}
 export INITLESS_BASE_IMAGE=${INITLESS_BASE_IMAGE:-initless/debian:bookworm}
 export INITLESS_IMAGE=${INITLESS_IMAGE:-initless/initless:local}
+# The admin API's token: the compose file's deploy service deploys the functions through it.
+export INITLESS_ADMIN_TOKEN=${INITLESS_ADMIN_TOKEN:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 PROJECT=${INITLESS_SMOKE_PROJECT:-initless-smoke}
 RUN_DIR=/run/$PROJECT
 export INITLESS_COMPOSE_RUN_DIR=$RUN_DIR
@@ -190,16 +192,19 @@ grep -q 'node dist/gateway/main.js' "$WORK/gateway-top.txt" ||
   fail "the gateway container does not run node dist/gateway/main.js: $(cat "$WORK/gateway-top.txt")"
 done_step "gateway /healthz: $healthz from node dist/gateway/main.js"
 
-# Wait for the bake, so the request below is a cold start from the snapshot, not the first bake.
-step "hello-node baked"
+# Wait for the deploy service (build, bake, activate), so the request below is a cold start from
+# the snapshot, not a 404 before the deploy.
+step "hello-node deployed"
 for _ in $(seq 1 300); do
-  compose logs --no-color executor 2>/dev/null | grep -q '"msg":"functions prepared"' && break
+  curl -fsS --max-time 2 -H "authorization: Bearer $INITLESS_ADMIN_TOKEN" "$url/admin/functions" 2>/dev/null |
+    grep -q '"name":"hello-node"' && break
   sleep 1
 done
-compose logs --no-color executor 2>/dev/null | grep -q '"msg":"functions prepared"' ||
-  fail "the executor did not finish preparing hello-node within 300 s"
-compose logs --no-color executor 2>/dev/null | grep -q '"msg":"prepare failed"' &&
-  fail "the executor could not prepare hello-node (logs below)"
+curl -fsS --max-time 2 -H "authorization: Bearer $INITLESS_ADMIN_TOKEN" "$url/admin/functions" 2>/dev/null |
+  grep -q '"name":"hello-node"' || {
+  compose logs --no-color deploy >&2 || true
+  fail "the deploy service did not deploy hello-node within 300 s"
+}
 done_step
 
 step "cold request through the gateway"

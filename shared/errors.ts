@@ -21,6 +21,10 @@ export const ERRORS = {
   ERR_FUNCTION_NAME_INVALID: { status: 404, title: 'Invalid function name', retryable: false },
   ERR_IMAGE_BUILD_FAILED: { status: 500, title: 'Image build failed', retryable: false },
   ERR_IMAGE_NOT_FOUND: { status: 500, title: 'Function image not built', retryable: false },
+  // Deploys, versions and rollbacks (function registry)
+  ERR_DEPLOY_CONTEXT_INVALID: { status: 400, title: 'Invalid build context', retryable: false },
+  ERR_DEPLOY_FAILED: { status: 422, title: 'Deploy failed', retryable: false },
+  ERR_VERSION_NOT_FOUND: { status: 404, title: 'Function version not found', retryable: false },
   // Snapshots
   ERR_SNAPSHOT_NOT_FOUND: { status: 503, title: 'No valid snapshot', retryable: false },
   ERR_SNAPSHOT_CORRUPT: { status: 503, title: 'Snapshot is corrupt', retryable: false },

@@ -14,6 +14,7 @@ import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { FUNCTION_EVENTS_CHANNEL, KEY_PREFIX, keys } from './contracts.ts'
 import type { Manifest } from './manifest.ts'
+import { subscribeChannel } from './redis.ts'
 import type { RegistrySubscription } from './registry.ts'
 
 export const VERSION_STATES = ['pending', 'ready', 'failed'] as const
@@ -264,33 +265,15 @@ export function createRedisFunctionRegistry(deps: RedisFunctionRegistryDeps): Fu
     async context(name, version) {
       return (await redis.getBuffer(k(keys.context(name, version)))) ?? undefined
     },
-    async subscribe(listener) {
-      // A subscribed connection runs nothing else; ioredis re-subscribes after a reconnect.
-      const sub = redis.duplicate({
-        enableOfflineQueue: true,
-        maxRetriesPerRequest: null,
-        commandTimeout: undefined,
-      })
-      let isSubscribed = false
-      sub.on('error', (err: Error) => log.debug({ err: err.message }, 'subscriber connection error'))
-      sub.on('ready', () => {
-        if (isSubscribed) listener.onResync?.()
-      })
-      sub.on('message', (ch: string, message: string) => {
-        if (ch !== channel) return
-        const e = parseFunctionEvent(message)
-        if (e) listener.onEvent(e)
-        else log.warn({ message: message.slice(0, 200) }, 'ignored malformed function event')
-      })
-      await sub.subscribe(channel)
-      isSubscribed = true
-      return {
-        close() {
-          sub.removeAllListeners('message')
-          sub.disconnect()
-          return Promise.resolve()
+    subscribe: (listener) =>
+      subscribeChannel(redis, channel, {
+        onMessage(message) {
+          const e = parseFunctionEvent(message)
+          if (e) listener.onEvent(e)
+          else log.warn({ message: message.slice(0, 200) }, 'ignored malformed function event')
         },
-      }
-    },
+        ...(listener.onResync ? { onResync: () => listener.onResync?.() } : {}),
+        onError: (err) => log.debug({ err: err.message }, 'subscriber connection error'),
+      }),
   }
 }

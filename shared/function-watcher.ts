@@ -31,6 +31,8 @@ export interface FunctionWatcher {
   onChange(listener: (change: FunctionChange) => void): () => void
   /** Re-read every function now. */
   refresh(): Promise<void>
+  /** Re-read one function now (after a change made here: answer only once this process sees it). */
+  refreshOne(name: string): Promise<void>
   close(): Promise<void>
 }
 
@@ -49,7 +51,7 @@ export function createFunctionWatcher(deps: FunctionWatcherDeps): FunctionWatche
   const generations = new Map<string, number>()
   const listeners = new Set<(change: FunctionChange) => void>()
   /** Per function: a read in flight, and whether another event came meanwhile. */
-  const reading = new Map<string, { again: boolean }>()
+  const reading = new Map<string, { again: boolean; done: Promise<void> }>()
   let subscription: RegistrySubscription | undefined
   let timer: NodeJS.Timeout | undefined
   let isClosed = false
@@ -84,27 +86,33 @@ export function createFunctionWatcher(deps: FunctionWatcherDeps): FunctionWatche
     }
   }
 
-  /** Re-read one function; events that arrive during the read cause one more read after it. */
-  const readOne = async (fn: string): Promise<void> => {
+  /**
+   * Re-read one function; resolves once a read that started after this call is applied. Events
+   * that arrive during a read cause one more read after it (one, however many arrive).
+   */
+  const readOne = (fn: string): Promise<void> => {
     const running = reading.get(fn)
     if (running) {
       running.again = true
-      return
+      return running.done
     }
-    const state = { again: false }
+    const state: { again: boolean; done: Promise<void> } = { again: false, done: Promise.resolve() }
     reading.set(fn, state)
-    try {
-      do {
-        state.again = false
-        const record = await deps.registry.get(fn)
-        if (isClosed) return
-        apply(fn, record)
-      } while (state.again)
-    } catch (err) {
-      log.warn({ fn, err: errorMessage(err) }, 'function read failed')
-    } finally {
-      reading.delete(fn)
-    }
+    state.done = (async () => {
+      try {
+        do {
+          state.again = false
+          const record = await deps.registry.get(fn)
+          if (isClosed) return
+          apply(fn, record)
+        } while (state.again)
+      } catch (err) {
+        log.warn({ fn, err: errorMessage(err) }, 'function read failed')
+      } finally {
+        reading.delete(fn)
+      }
+    })()
+    return state.done
   }
 
   const refresh = async () => {
@@ -145,6 +153,7 @@ export function createFunctionWatcher(deps: FunctionWatcherDeps): FunctionWatche
       return () => listeners.delete(listener)
     },
     refresh,
+    refreshOne: readOne,
     async close() {
       isClosed = true
       clearInterval(timer)

@@ -13,6 +13,8 @@ export interface FunctionDef {
   readonly dir: string
   readonly manifestFile: string
   readonly manifest: Manifest
+  /** The function registry's version this definition is (unset for a folder read directly). */
+  readonly version?: string
 }
 
 export interface FunctionProblem {

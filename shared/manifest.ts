@@ -204,8 +204,8 @@ function manifestError(file: string, problems: ManifestProblem[]): InitlessError
   })
 }
 
-/** A stable hash of the validated manifest: part of every snapshot's identity. */
-export function manifestHash(m: Manifest): string {
+/** A stable hash of a validated manifest (or of its baked fields: part of every snapshot's identity). */
+export function manifestHash(m: object): string {
   return createHash('sha256').update(canonicalJson(m)).digest('hex')
 }
 

@@ -41,3 +41,47 @@ export async function deleteKeys(client: Redis, patterns: readonly string[]): Pr
     } while (cursor !== '0')
   }
 }
+
+/** A subscription to one channel: close() drops its connection. */
+export interface ChannelSubscription {
+  close(): Promise<void>
+}
+
+/**
+ * Subscribe to `channel` on a duplicate of `redis` (a subscribed connection can run nothing
+ * else). It queues commands while disconnected and retries forever; ioredis re-subscribes on
+ * reconnect, and `onResync` is called then: messages may have been missed meanwhile.
+ */
+export async function subscribeChannel(
+  redis: Redis,
+  channel: string,
+  handlers: {
+    readonly onMessage: (message: string) => void
+    readonly onResync?: () => void
+    readonly onError?: (err: Error) => void
+  },
+): Promise<ChannelSubscription> {
+  const sub = redis.duplicate({
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: null,
+    commandTimeout: undefined,
+  })
+  let isSubscribed = false
+  sub.on('error', (err: Error) => handlers.onError?.(err))
+  sub.on('ready', () => {
+    if (isSubscribed) handlers.onResync?.()
+  })
+  sub.on('message', (ch: string, message: string) => {
+    if (ch === channel) handlers.onMessage(message)
+  })
+  await sub.subscribe(channel)
+  isSubscribed = true
+  return {
+    close() {
+      // No QUIT: while Redis is down it would wait for a reconnect that may never come.
+      sub.removeAllListeners('message')
+      sub.disconnect()
+      return Promise.resolve()
+    },
+  }
+}

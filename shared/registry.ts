@@ -22,6 +22,7 @@ import {
   type RuntimeKind,
   type ScalingEstimates,
 } from './contracts.ts'
+import { subscribeChannel } from './redis.ts'
 import { subnetRange } from './subnet.ts'
 
 export interface RegistryListener {
@@ -420,35 +421,15 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
         .publish(channel, JSON.stringify(event))
         .exec()
     },
-    async subscribe(listener) {
-      // A subscribed connection can run nothing else, so each subscription owns a duplicate. It
-      // queues commands while disconnected and retries forever: ioredis re-subscribes on reconnect.
-      const sub = redis.duplicate({
-        enableOfflineQueue: true,
-        maxRetriesPerRequest: null,
-        commandTimeout: undefined,
-      })
-      let isSubscribed = false
-      sub.on('error', (err: Error) => log.debug({ err: err.message }, 'subscriber connection error'))
-      sub.on('ready', () => {
-        if (isSubscribed) listener.onResync?.()
-      })
-      sub.on('message', (ch: string, message: string) => {
-        if (ch !== channel) return
-        const event = parseRegistryEvent(message)
-        if (event) listener.onEvent(event)
-        else log.warn({ message: message.slice(0, 200) }, 'ignored malformed registry event')
-      })
-      await sub.subscribe(channel)
-      isSubscribed = true
-      return {
-        close() {
-          // No QUIT: while Redis is down it would wait for a reconnect that may never come.
-          sub.removeAllListeners('message')
-          sub.disconnect()
-          return Promise.resolve()
+    subscribe: (listener) =>
+      subscribeChannel(redis, channel, {
+        onMessage(message) {
+          const event = parseRegistryEvent(message)
+          if (event) listener.onEvent(event)
+          else log.warn({ message: message.slice(0, 200) }, 'ignored malformed registry event')
         },
-      }
-    },
+        ...(listener.onResync ? { onResync: () => listener.onResync?.() } : {}),
+        onError: (err) => log.debug({ err: err.message }, 'subscriber connection error'),
+      }),
   }
 }

@@ -15,6 +15,7 @@ import { createRedis, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { builtEntry } from '../cli/launcher.ts'
 import { isCI, REDIS_URL, requireServices } from './support/integration.ts'
+import { registerFunctions } from './support/functions.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
 
 const ROOT = join(import.meta.dirname, '..')
@@ -102,6 +103,7 @@ describe('executor process: kill -9 and restart', () => {
     redis = createRedis(REDIS_URL)
     registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix: env.INITLESS_KEY_PREFIX })
     queue = new Queue(env.INITLESS_QUEUE_NAME!, { connection: createRedis(REDIS_URL, { blocking: true }) })
+    await registerFunctions(redis, env.INITLESS_KEY_PREFIX!, functionsDir)
   })
   after(async () => {
     for (const c of children) await stop(c, 'SIGKILL')

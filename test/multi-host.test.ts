@@ -21,6 +21,7 @@ import { builtEntry } from '../cli/launcher.ts'
 import { agent, freePort, http, parseServerTiming, startProcess, type ManagedProcess } from './support/e2e.ts'
 import { REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
+import { registerFunctions } from './support/functions.ts'
 
 const ROOT = join(import.meta.dirname, '..')
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
@@ -131,7 +132,9 @@ describe('several hosts', () => {
     for (const p of procs.reverse()) await p.stop('SIGTERM', 60_000)
     agent.destroy()
     await relay?.close()
-    if (registry) await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
+    await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`, `bull:${queueName}-deploy:*`]).catch(
+      () => undefined,
+    )
     redis.disconnect()
     // Peer routes stay when an executor stops (a gateway may still use them): this test's goes here.
     try {
@@ -172,6 +175,7 @@ describe('several hosts', () => {
         '  idleTimeout: 60s\n  minInstances: 1',
       ),
     )
+    await registerFunctions(redis, prefix, functionsDir)
     common = {
       INITLESS_QUEUE_NAME: queueName,
       INITLESS_KEY_PREFIX: prefix,

@@ -12,12 +12,15 @@ import type { FunctionCatalog } from '../catalog.ts'
 import type { InstancePool } from '../instance-pool.ts'
 import { noCapacity } from '../pool-state.ts'
 import type { GatewayEnv } from '../request-context.ts'
+import { createLifecycleRoutes, type LifecycleRouteDeps } from './lifecycle.ts'
 
 export interface AdminRouteDeps {
   readonly catalog: FunctionCatalog
   readonly pool: Pick<InstancePool, 'prewarm' | 'stats' | 'setStartOverride' | 'startOverride'>
   readonly registry: Pick<InstanceRegistry, 'listAll' | 'publish' | 'requestRebake'>
   readonly adminToken?: string | undefined
+  /** Deploy, versions, rollback, delete (absent: a gateway without the function registry). */
+  readonly lifecycle?: LifecycleRouteDeps
 }
 
 const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).strict()
@@ -58,6 +61,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     }
     await next()
   })
+  if (deps.lifecycle) app.route('/', createLifecycleRoutes(deps.lifecycle))
 
   app.get('/functions', (c) => {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
@@ -66,6 +70,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
       const startOverride = deps.pool.startOverride(m.name) ?? null
       return {
         name: m.name,
+        version: deps.catalog.version(m.name) ?? null,
         scaling: m.scaling,
         timeouts: m.timeouts,
         ready,

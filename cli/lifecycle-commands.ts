@@ -1,0 +1,118 @@
+/**
+ * `initless deploy`, `versions`, `rollback` and `delete`: the function lifecycle against a running
+ * stack, through the gateway's admin API (INITLESS_GATEWAY_URL or host/port, INITLESS_ADMIN_TOKEN).
+ */
+import type { Command } from 'commander'
+import { InitlessError } from '../shared/errors.ts'
+import { loadFunctionDefs, selectFunctions } from '../shared/functions.ts'
+import { formatAge } from '../shared/units.ts'
+import {
+  adminCall,
+  deployFunction,
+  describeDeploy,
+  describeFailure,
+  type AdminTarget,
+  type DeployAnswer,
+} from './deploy-client.ts'
+import { gatewayUrl } from './launcher.ts'
+import type { CliIo } from './progress.ts'
+
+function target(): AdminTarget {
+  const token = process.env.INITLESS_ADMIN_TOKEN
+  if (!token)
+    throw new InitlessError(
+      'ERR_CONFIG_INVALID',
+      'INITLESS_ADMIN_TOKEN is not set: the lifecycle commands use the gateway admin API',
+    )
+  return { url: gatewayUrl(process.env), token }
+}
+
+interface VersionsAnswer {
+  readonly fn: string
+  readonly active: string | null
+  readonly versions: readonly {
+    readonly version: string
+    readonly state: string
+    readonly isActive: boolean
+    readonly createdAt: number
+    readonly image: { readonly tag: string } | null
+    readonly bakedOn: Readonly<Record<string, unknown>>
+    readonly failure?: { readonly step: string; readonly message: string }
+  }[]
+}
+
+export function registerLifecycleCommands(program: Command, io: CliIo): void {
+  program
+    .command('deploy [functions...]')
+    .description('deploy function folders to the running stack: build, bake, then activate (no restart)')
+    .action(async (names: string[]) => {
+      const t = target()
+      const set = await loadFunctionDefs(process.env.INITLESS_FUNCTIONS_DIR || 'functions')
+      const fns = selectFunctions(set, names)
+      if (!names.length) for (const p of set.problems) io.progress(`warning: ${p.error.message}`)
+      const results: (DeployAnswer | { fn: string; error: string; step?: unknown; output?: unknown })[] = []
+      let failed = 0
+      for (const fn of fns) {
+        io.activity(`${fn.name}  deploying`)
+        try {
+          const r = await deployFunction(t, fn)
+          results.push(r)
+          io.progress(describeDeploy(r))
+        } catch (err) {
+          failed++
+          const problem = (err as { details?: { problem?: Record<string, unknown> } }).details?.problem
+          results.push({
+            fn: fn.name,
+            error: String((err as Error).message),
+            step: problem?.step,
+            output: problem?.output,
+          })
+          io.progress(describeFailure(fn.name, err))
+        } finally {
+          io.activity(undefined)
+        }
+      }
+      io.print(results, `${fns.length - failed} of ${fns.length} deployed`)
+      if (failed) process.exitCode = 1
+    })
+
+  program
+    .command('versions <function>')
+    .description('list the versions a function keeps, the active one marked')
+    .action(async (fn: string) => {
+      const r = await adminCall<VersionsAnswer>(target(), 'GET', `/functions/${fn}/versions`)
+      const text = [
+        `${'  VERSION'.padEnd(16)} ${'STATE'.padEnd(8)} ${'AGE'.padEnd(6)} ${'HOSTS'.padEnd(6)} IMAGE`,
+        ...r.versions.map(
+          (v) =>
+            `${v.isActive ? '* ' : '  '}${v.version.padEnd(14)} ${v.state.padEnd(8)} ${formatAge(Date.now() - v.createdAt).padEnd(6)} ${String(Object.keys(v.bakedOn).length).padEnd(6)} ${v.image?.tag ?? '-'}${v.failure ? `  (${v.failure.step}: ${v.failure.message.split('\n')[0]})` : ''}`,
+        ),
+      ].join('\n')
+      io.print(r, text)
+    })
+
+  program
+    .command('rollback <function> [version]')
+    .description(
+      're-activate a kept version (default: the one before the active one); builds and bakes nothing',
+    )
+    .action(async (fn: string, version: string | undefined) => {
+      const r = await adminCall<{ version: string; previous: string | null; ms: number }>(
+        target(),
+        'POST',
+        `/functions/${fn}/rollback`,
+        { json: version === undefined ? {} : { version } },
+      )
+      io.print(r, `${fn}: ${r.previous ?? 'none'} -> ${r.version} in ${r.ms} ms`)
+    })
+
+  program
+    .command('delete <function>')
+    .description(
+      'delete a function: 404 from now on; in-flight requests finish; instances, snapshots and images go',
+    )
+    .action(async (fn: string) => {
+      const r = await adminCall<{ fn: string }>(target(), 'DELETE', `/functions/${fn}`)
+      io.print(r, `${fn} deleted`)
+    })
+}
