@@ -10,12 +10,12 @@ import { createFunctionWatcher, type FunctionWatcher } from '../shared/function-
 import type { Redis } from '../shared/redis.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
 import type { ExecutorConfig } from './config.ts'
-import { createDeployWorker, type DeployWorker } from './deploy-worker.ts'
-import { createDeployer } from './deployer.ts'
-import { createFunctionSource, type FunctionSource } from './function-source.ts'
+import { createDeployWorker, type DeployWorker } from './functions/deploy-worker.ts'
+import { createDeployer } from './functions/deployer.ts'
+import { createFunctionSource, type FunctionSource } from './functions/function-source.ts'
 import type { Host } from './host.ts'
-import type { InstanceManager } from './instances.ts'
-import { createLifecycle, type Lifecycle } from './lifecycle.ts'
+import type { InstanceManager } from './instances/instances.ts'
+import { createLifecycle, type Lifecycle } from './functions/lifecycle.ts'
 
 /** Full re-read of the function registry (ms); events make changes visible at once. */
 const FUNCTIONS_REFRESH_MS = 5000

@@ -16,13 +16,19 @@ import { canonicalCidr } from '../shared/subnet.ts'
 import type { ExecutorConfig } from './config.ts'
 import { createRegistryFollower } from './follow-registry.ts'
 import { createHostInstanceManager, type Host } from './host.ts'
-import type { InstanceManager } from './instances.ts'
-import type { Lifecycle } from './lifecycle.ts'
-import { createPeerRouter, networkIdentity } from './peers.ts'
-import { formatRestorePath } from './restore-path.ts'
-import { createReaper, reconcile, removeHostContainers, snapshotUsage, type Reaper } from './reaper.ts'
-import { lockStateDir } from './state-lock.ts'
-import { createRestoreWorker } from './worker.ts'
+import type { InstanceManager } from './instances/instances.ts'
+import type { Lifecycle } from './functions/lifecycle.ts'
+import { createPeerRouter, networkIdentity } from './cluster/peers.ts'
+import { formatRestorePath } from './sandbox/restore-path.ts'
+import {
+  createReaper,
+  reconcile,
+  removeHostContainers,
+  snapshotUsage,
+  type Reaper,
+} from './instances/reaper.ts'
+import { lockStateDir } from './cluster/state-lock.ts'
+import { createRestoreWorker } from './instances/worker.ts'
 
 /** Retired snapshots are collected this often (ms). */
 const SNAPSHOT_COLLECT_MS = 30_000

@@ -5,7 +5,7 @@
  *   fields (scaling, timeouts, description) without a build or a bake;
  * - finds the version kept and ready: activates it (as a rollback does);
  * - or stores the context and a `pending` version and waits for an executor's deploy job (build,
- *   bake, record, activate: executor/deployer.ts).
+ *   bake, record, activate: executor/functions/deployer.ts).
  * The active version serves throughout; a failure names its step.
  */
 import { randomUUID } from 'node:crypto'

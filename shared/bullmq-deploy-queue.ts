@@ -1,6 +1,6 @@
 /**
  * BullMQ adapter for the DeployQueue port, the producer side (the gateway). The consumer is
- * executor/deploy-worker.ts. A job's outcome is awaited through QueueEvents.
+ * executor/functions/deploy-worker.ts. A job's outcome is awaited through QueueEvents.
  */
 import { randomBytes } from 'node:crypto'
 import { Queue, QueueEvents } from 'bullmq'

@@ -1,5 +1,5 @@
 /**
- * A DeployQueue for unit tests whose "executor" does what executor/deployer.ts records: the
+ * A DeployQueue for unit tests whose "executor" does what executor/functions/deployer.ts records: the
  * version becomes `ready` with an image and is activated, or, when `fail` says so, `failed`
  * with a bake failure. It checks that the version and its build context were stored first.
  */

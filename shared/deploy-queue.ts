@@ -1,7 +1,7 @@
 /**
  * The deploy queue: the gateway's admin API hands a new function version (its build context is in
  * the function registry already) to an executor, which builds, bakes, records and activates it
- * (executor/deployer.ts). One job per deploy; its failure names the step that failed.
+ * (executor/functions/deployer.ts). One job per deploy; its failure names the step that failed.
  */
 import type { DeployFailure, DeployStep } from './function-registry.ts'
 import { InitlessError } from './errors.ts'

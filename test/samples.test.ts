@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
-import { httpOnce } from '../executor/probe.ts'
+import { httpOnce } from '../executor/adapters/probe.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { requireServices, isCI } from './support/integration.ts'
 import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './support/leaks.ts'
