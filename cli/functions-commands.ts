@@ -8,6 +8,7 @@ import { createHost, type Host } from '../executor/host.ts'
 import { loadFunctionDefs, selectFunctions, type FunctionDef, type FunctionSet } from '../shared/functions.ts'
 import { createLogger } from '../shared/logger.ts'
 import { formatAge, formatBytes } from '../shared/units.ts'
+import { hasAdminTarget, printDeployments } from './lifecycle-commands.ts'
 import { formatDuration, type CliIo } from './progress.ts'
 
 export interface HostContext {
@@ -155,8 +156,13 @@ export function registerFunctionCommands(program: Command, io: CliIo): void {
 
   program
     .command('functions')
-    .description('list functions: image, snapshot size and age, state')
-    .action(async () => {
+    .description(
+      "list functions: with INITLESS_ADMIN_TOKEN the running stack's (active version, versions kept, hosts); " +
+        'else the folders here (image, snapshot size and age, state)',
+    )
+    .option('--local', "list the function folders and this host's images and snapshots, not the stack")
+    .action(async (opts: { local?: boolean }) => {
+      if (!opts.local && hasAdminTarget()) return printDeployments(io)
       const ctx = await openHost()
       const rows = []
       for (const fn of ctx.set.functions) {

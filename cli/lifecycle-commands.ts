@@ -41,6 +41,51 @@ interface VersionsAnswer {
   }[]
 }
 
+interface DeploymentsAnswer {
+  readonly deployments: readonly {
+    readonly fn: string
+    readonly active: string | null
+    readonly activatedAt: number | null
+    readonly versions: readonly {
+      readonly version: string
+      readonly state: string
+      readonly isActive: boolean
+      readonly hosts: readonly string[]
+      readonly failedStep?: string
+    }[]
+  }[]
+}
+
+/** Whether the lifecycle commands can reach a stack (an admin token is configured). */
+export function hasAdminTarget(): boolean {
+  return Boolean(process.env.INITLESS_ADMIN_TOKEN)
+}
+
+/** `initless functions` against a running stack: the function registry's view. */
+export async function printDeployments(io: CliIo): Promise<void> {
+  const r = await adminCall<DeploymentsAnswer>(target(), 'GET', '/deployments')
+  const rows = r.deployments.map((d) => {
+    const active = d.versions.find((v) => v.isActive)
+    const pending = d.versions.some((v) => v.state === 'pending')
+    return {
+      name: d.fn,
+      active: d.active ?? '-',
+      kept: d.versions.length,
+      hosts: active?.hosts.join(',') || '-',
+      state: pending ? 'deploying' : active ? 'serving' : 'no active version',
+      age: d.activatedAt === null ? '-' : formatAge(Date.now() - d.activatedAt),
+    }
+  })
+  const text = [
+    `${'NAME'.padEnd(18)} ${'ACTIVE'.padEnd(13)} ${'KEPT'.padEnd(5)} ${'STATE'.padEnd(17)} ${'ACTIVATED'.padEnd(9)} BAKED ON`,
+    ...rows.map(
+      (x) =>
+        `${x.name.padEnd(18)} ${x.active.padEnd(13)} ${String(x.kept).padEnd(5)} ${x.state.padEnd(17)} ${x.age.padEnd(9)} ${x.hosts}`,
+    ),
+  ].join('\n')
+  io.print(r.deployments, text)
+}
+
 export function registerLifecycleCommands(program: Command, io: CliIo): void {
   program
     .command('deploy [functions...]')

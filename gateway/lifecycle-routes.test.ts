@@ -61,6 +61,14 @@ describe('admin lifecycle routes', () => {
         [first.version, false],
       ],
     )
+    const list = await g.app.request('/admin/deployments', { headers: auth })
+    const deployments = (
+      (await list.json()) as { deployments: { fn: string; active: string; versions: unknown[] }[] }
+    ).deployments
+    assert.deepEqual(
+      deployments.map((d) => [d.fn, d.active, d.versions.length]),
+      [['hello', v2.version, 2]],
+    )
     const back = await g.app.request('/admin/functions/hello/rollback', {
       method: 'POST',
       headers: auth,

@@ -15,7 +15,7 @@ import type { GatewayEnv } from '../request-context.ts'
 
 export interface LifecycleRouteDeps {
   readonly deploys: Deploys
-  readonly functions: Pick<FunctionRegistry, 'get'>
+  readonly functions: Pick<FunctionRegistry, 'get' | 'list'>
   readonly maxContextBytes: number
   /** Counts each outcome (metrics). */
   readonly onOutcome?: (fn: string, outcome: string) => void
@@ -79,6 +79,25 @@ export function createLifecycleRoutes(deps: LifecycleRouteDeps): Hono<GatewayEnv
     deps.onOutcome?.(name, result.status)
     log.info({ ...result }, 'deploy done')
     return c.json(result, result.status === 'deployed' ? 201 : 200)
+  })
+
+  // Every deployed function of the registry: active version, versions kept, hosts baked on.
+  app.get('/deployments', async (c) => {
+    const records = await deps.functions.list()
+    return c.json({
+      deployments: records.map((r) => ({
+        fn: r.name,
+        active: r.active ?? null,
+        activatedAt: r.activatedAt ?? null,
+        versions: r.versions.map((v) => ({
+          version: v.version,
+          state: v.state,
+          isActive: v.version === r.active,
+          hosts: Object.keys(v.bakedOn).sort(),
+          ...(v.failure ? { failedStep: v.failure.step } : {}),
+        })),
+      })),
+    })
   })
 
   app.get('/functions/:name/versions', async (c) => {
