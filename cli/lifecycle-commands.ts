@@ -14,6 +14,7 @@ import {
   type AdminTarget,
   type DeployAnswer,
 } from './deploy-client.ts'
+import { startDevLoop } from './dev-loop.ts'
 import { gatewayUrl } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
@@ -119,6 +120,36 @@ export function registerLifecycleCommands(program: Command, io: CliIo): void {
       }
       io.print(results, `${fns.length - failed} of ${fns.length} deployed`)
       if (failed) process.exitCode = 1
+    })
+
+  program
+    .command('dev [functions...]')
+    .description('deploy, then watch the function folders and redeploy a function when its folder changes')
+    .action(async (names: string[]) => {
+      const t = target()
+      const dir = process.env.INITLESS_FUNCTIONS_DIR || 'functions'
+      const deployOne = async (fn: string) => {
+        const set = await loadFunctionDefs(dir)
+        const [def] = selectFunctions(set, [fn])
+        if (!def) throw new InitlessError('ERR_FUNCTION_NOT_FOUND', `no function folder ${fn}`)
+        return describeDeploy(await deployFunction(t, def))
+      }
+      const initial = selectFunctions(await loadFunctionDefs(dir), names)
+      for (const fn of initial)
+        io.progress(await deployOne(fn.name).catch((err: unknown) => describeFailure(fn.name, err)))
+      const loop = startDevLoop({
+        dir,
+        only: names,
+        deploy: (fn) => deployOne(fn).catch((err: unknown) => describeFailure(fn, err)),
+        print: (line) => io.progress(line),
+      })
+      io.progress(`watching ${dir} for changes (Ctrl-C stops)`)
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve)
+        process.once('SIGTERM', resolve)
+      })
+      loop.close()
+      await loop.settled()
     })
 
   program
