@@ -7,7 +7,10 @@
  */
 import assert from 'node:assert/strict'
 import { randomBytes, randomUUID } from 'node:crypto'
+import { execFile } from 'node:child_process'
 import { rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { after, before, describe, test } from 'node:test'
 import {
   asyncFunctionsDir,
@@ -17,10 +20,11 @@ import {
   waitInvocation,
   type View,
 } from './support/async.ts'
-import { freePort, startE2eStack, type E2eStack } from './support/e2e.ts'
+import { freePort, ROOT, startE2eStack, type E2eStack } from './support/e2e.ts'
 import { requireServices } from './support/integration.ts'
 
 const BACKLOG = 1000
+const exec = promisify(execFile)
 
 describe('asynchronous invocations', () => {
   let stack: E2eStack | undefined
@@ -152,6 +156,7 @@ describe('asynchronous invocations', () => {
       ],
     )
     const [a1, a2, a3] = v.attempts
+    assert.ok(a1!.sentAt! >= a1!.startedAt && a1!.endedAt! >= a1!.sentAt!, JSON.stringify(a1))
     // async.backoff 500ms doubling, jitter 0.5: waits in [250, 500] then [500, 1000] ms.
     assert.ok(a2!.startedAt - a1!.endedAt! >= 240, `first backoff ${a2!.startedAt - a1!.endedAt!} ms`)
     assert.ok(a3!.startedAt - a2!.endedAt! >= 490, `second backoff ${a3!.startedAt - a2!.endedAt!} ms`)
@@ -271,6 +276,37 @@ describe('asynchronous invocations', () => {
       assert.equal(refused.res.headers['content-type'], 'application/problem+json')
       assert.equal(refused.json.code, 'ERR_ASYNC_CALLBACK_REFUSED')
     }
+  })
+
+  test('the CLI: invoke --async, invocations --state dead, redrive, purge', async (t) => {
+    if (!isReady) return t.skip('no stack')
+    const env = {
+      ...process.env,
+      INITLESS_GATEWAY_URL: stack!.url,
+      INITLESS_ADMIN_TOKEN: stack!.adminToken,
+    }
+    const cli = async (...args: string[]) => {
+      const { stdout } = await exec(
+        process.execPath,
+        [join(ROOT, 'dist', 'cli', 'main.js'), '--json', ...args],
+        {
+          env,
+          timeout: 60_000,
+        },
+      )
+      return JSON.parse(stdout) as Record<string, unknown>
+    }
+    const invoked = (await cli('invoke', 'async-rec', '/fail', '-X', 'POST', '--async')) as { id: string }
+    assert.match(invoked.id, /^async-rec\./)
+    await waitInvocation(stack!, invoked.id, (v) => v.state === 'dead')
+    const dead = (await cli('invocations', 'async-rec', '--state', 'dead')) as unknown as View[]
+    assert.ok(dead.some((v) => v.id === invoked.id))
+    const redriven = (await cli('redrive', invoked.id)) as { redriven: string[] }
+    assert.deepEqual(redriven.redriven, [invoked.id])
+    await waitInvocation(stack!, invoked.id, (v) => v.state === 'dead' && v.attempts.length === 8)
+    const purged = (await cli('purge', 'async-rec', '--state', 'dead')) as { purged: number }
+    assert.ok(purged.purged >= 1)
+    assert.equal((await stack!.request('GET', `/invocations/${invoked.id}`)).status, 404)
   })
 
   test('refusals: unknown function 404, body over async.maxBody 413, queue full 503 with Retry-After', async (t) => {

@@ -47,6 +47,7 @@ describe('an attempt', async () => {
     assert.equal(echo.headers['x-invocation-attempt'], '2')
     assert.equal(echo.headers['x-request-id'], 'req-1')
     assert.equal(g.queue.jobs.length, 1, 'one restore')
+    assert.equal(typeof outcome.sentAt, 'number')
   })
 
   test('a function status is an outcome; a connection cut mid-answer is a retryable error', async () => {

@@ -15,6 +15,7 @@ export interface AttemptDeps {
   readonly pool: Pick<InstancePool, 'acquire' | 'tryAcquire'>
   /** A forwarder that sends a fetch Request and returns a Response (web-forwarder.ts). */
   readonly forwarder: Forwarder
+  readonly now?: () => number
 }
 
 export type RunAttempt = (inv: InvocationData, attempt: number) => Promise<AttemptOutcome>
@@ -22,6 +23,7 @@ export type RunAttempt = (inv: InvocationData, attempt: number) => Promise<Attem
 const NULL_BODY_METHODS = new Set(['GET', 'HEAD'])
 
 export function createAttemptRunner(deps: AttemptDeps): RunAttempt {
+  const now = deps.now ?? Date.now
   return async (inv, attempt) => {
     const manifest = deps.catalog.get(inv.fn)
     if (!manifest)
@@ -40,6 +42,7 @@ export function createAttemptRunner(deps: AttemptDeps): RunAttempt {
       return failure(err)
     }
     const body = Buffer.from(request.body, 'base64')
+    const sentAt = now()
     let isDead = false
     try {
       const fetchRequest = new Request(`http://invocation${request.path}`, {
@@ -69,6 +72,7 @@ export function createAttemptRunner(deps: AttemptDeps): RunAttempt {
       response.headers.forEach((v, k) => (headers[k] = v))
       return {
         kind: 'response',
+        sentAt,
         result: {
           status: result.status,
           headers,
@@ -79,7 +83,7 @@ export function createAttemptRunner(deps: AttemptDeps): RunAttempt {
       }
     } catch (err) {
       isDead = isInitlessError(err) && err.details.isRefused === true
-      return failure(err)
+      return { ...failure(err), sentAt }
     } finally {
       if (isDead) lease.markDead()
       else lease.release()

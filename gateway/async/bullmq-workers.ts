@@ -119,6 +119,7 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
       e: 'end',
       at: now(),
       next,
+      ...(outcome.sentAt === undefined ? {} : { sentAt: outcome.sentAt }),
       ...(result ? { status: result.status } : {}),
       ...(outcome.kind === 'error' ? { code: outcome.code, error: outcome.message } : {}),
     })

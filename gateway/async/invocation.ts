@@ -45,14 +45,20 @@ export interface InvocationResult {
 }
 
 /** How one attempt ended. */
-export type AttemptOutcome =
+export type AttemptOutcome = (
   | { readonly kind: 'response'; readonly result: InvocationResult }
   | { readonly kind: 'error'; readonly code: string; readonly message: string; readonly retryable: boolean }
+) & {
+  /** Epoch ms the request was sent to an instance (after any wait for one); absent if never. */
+  readonly sentAt?: number
+}
 
 /** One attempt as recorded (the invocation's attempt log). */
 export interface AttemptRecord {
   readonly attempt: number
   readonly startedAt: number
+  /** When it was sent to an instance: the wait for one (a cold start) lies before. */
+  readonly sentAt?: number
   /** Absent while it runs, or when the gateway running it died (it is then tried again). */
   readonly endedAt?: number
   readonly status?: number
@@ -146,6 +152,7 @@ export type LogEntry =
       readonly e: 'end'
       readonly at: number
       readonly next: 'retry' | 'succeeded' | 'failed' | 'dead'
+      readonly sentAt?: number
       readonly status?: number
       readonly code?: string
       readonly error?: string
@@ -174,6 +181,7 @@ export function readLog(rows: readonly string[]): {
         ...open,
         endedAt: entry.at,
         next: entry.next,
+        ...(entry.sentAt === undefined ? {} : { sentAt: entry.sentAt }),
         ...(entry.status === undefined ? {} : { status: entry.status }),
         ...(entry.code === undefined ? {} : { code: entry.code }),
         ...(entry.error === undefined ? {} : { error: entry.error }),

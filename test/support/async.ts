@@ -30,6 +30,7 @@ export interface View {
   readonly state: string
   readonly attempts: {
     readonly startedAt: number
+    readonly sentAt?: number
     readonly endedAt?: number
     readonly status?: number
     readonly code?: string
