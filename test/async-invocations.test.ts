@@ -265,6 +265,25 @@ describe('asynchronous invocations', () => {
     await waitInvocation(stack!, down.json.id!, (x) => x.callback?.deliveredAt !== undefined, 30_000)
     assert.ok(late.received.some((r) => r.body.id === down.json.id))
 
+    // A target that always answers 500: given up after INITLESS_CALLBACK_RETRIES (5), and counted.
+    const failing = await startCallbackReceiver(0, 500)
+    t.after(() => failing.close())
+    const failed = await accept('/async-function/async-rec/record', {
+      'x-callback-url': `http://127.0.0.1:${failing.port}/`,
+    })
+    const given = await waitInvocation(
+      stack!,
+      failed.json.id!,
+      (x) => x.callback?.error !== undefined,
+      30_000,
+    )
+    assert.equal(given.callback?.deliveredAt, undefined)
+    assert.equal(failing.received.filter((r) => r.body.id === failed.json.id).length, 6)
+    assert.match(
+      (await stack!.request('GET', '/metrics')).text,
+      /initless_async_callback_failures_total\{function="async-rec"\} 1/,
+    )
+
     for (const url of [
       'http://127.0.0.2:9/',
       'http://169.254.169.254/latest',
@@ -304,6 +323,9 @@ describe('asynchronous invocations', () => {
     const redriven = (await cli('redrive', invoked.id)) as { redriven: string[] }
     assert.deepEqual(redriven.redriven, [invoked.id])
     await waitInvocation(stack!, invoked.id, (v) => v.state === 'dead' && v.attempts.length === 8)
+    const all = (await cli('redrive', 'async-rec')) as { redriven: string[] }
+    assert.ok(all.redriven.includes(invoked.id), 'a function-wide redrive takes every dead one')
+    await waitInvocation(stack!, invoked.id, (v) => v.state === 'dead' && v.attempts.length === 12)
     const purged = (await cli('purge', 'async-rec', '--state', 'dead')) as { purged: number }
     assert.ok(purged.purged >= 1)
     assert.equal((await stack!.request('GET', `/invocations/${invoked.id}`)).status, 404)

@@ -91,15 +91,18 @@ export interface CallbackReceiver {
   close(): Promise<void>
 }
 
-/** An HTTP server on 127.0.0.1 (on `port`, or any free one) that records the callbacks it gets. */
-export async function startCallbackReceiver(port = 0): Promise<CallbackReceiver> {
+/**
+ * An HTTP server on 127.0.0.1 (on `port`, or any free one) that records the callbacks it gets and
+ * answers them with `status`.
+ */
+export async function startCallbackReceiver(port = 0, status = 204): Promise<CallbackReceiver> {
   const received: CallbackReceiver['received'][number][] = []
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('end', () => {
       received.push({ headers: req.headers, body: JSON.parse(Buffer.concat(chunks).toString()) as View })
-      res.writeHead(204).end()
+      res.writeHead(status).end()
     })
   })
   await new Promise<void>((resolve, reject) => {
