@@ -353,4 +353,13 @@ describe('asynchronous invocations', () => {
     for (const a of answers.filter((x) => x.res.status === 202))
       await waitInvocation(stack!, a.json.id!, (v) => v.state === 'succeeded')
   })
+
+  test('the gateway stops cleanly with its workers running (SIGTERM, exit code 0)', async (t) => {
+    if (!isReady) return t.skip('no stack')
+    for (let i = 0; i < 3; i++) await accept('/async-function/async-rec/record?sleep=0.5')
+    await new Promise((r) => setTimeout(r, 100))
+    const exits = await stack!.stop()
+    assert.equal(exits.gateway.code, 0, stack!.logs(40))
+    assert.equal(exits.executor.code, 0, stack!.logs(40))
+  })
 })
