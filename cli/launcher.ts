@@ -199,11 +199,12 @@ export async function isolatedStack(kind: string, redisUrl: string): Promise<Iso
       INITLESS_GATEWAY_PORT: String(port),
       INITLESS_ADMIN_TOKEN: adminToken,
       INITLESS_REDIS_URL: redisUrl,
+      INITLESS_ASYNC_PREFIX: `{${prefix}}`,
     },
     port,
     adminToken,
     hostId,
-    redisKeys: [`${prefix}:*`, `bull:${queueName}:*`, `bull:${queueName}-deploy:*`],
+    redisKeys: [`${prefix}:*`, `bull:${queueName}:*`, `{${prefix}}:*`, `bull:${queueName}-deploy:*`],
   }
 }
 

@@ -11,6 +11,7 @@ import { formatDoctorReport, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerLifecycleCommands } from './lifecycle-commands.ts'
+import { registerAsyncCommands } from './async-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
 import { registerServiceCommands } from './service/commands.ts'
@@ -89,6 +90,7 @@ registerServeCommands(program, io)
 registerLifecycleCommands(program, io)
 registerBenchCommand(program, io)
 registerServiceCommands(program, io)
+registerAsyncCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean; verbose?: boolean }>()

@@ -21,6 +21,8 @@ import { createDeploys } from './deploys.ts'
 import type { GatewayConfig } from './config.ts'
 import type { Forwarder } from './forwarder.ts'
 import { createInstancePool, type InstancePool } from './instance-pool.ts'
+import type { BullmqInvocations } from './async/bullmq-invocations.ts'
+import { startAsyncRole } from './async/role.ts'
 import { createGatewayMetrics } from './metrics.ts'
 import { drainServer } from './shutdown.ts'
 
@@ -37,6 +39,16 @@ export interface GatewayDeps {
    * followed live, with the admin API's deploy, rollback and delete routes.
    */
   readonly catalog?: FunctionCatalog
+  /**
+   * Asynchronous invocations: their store (its own Redis may differ from the registry's) and a
+   * forwarder that sends a fetch Request (web-forwarder.ts). Absent: no asynchronous invocations.
+   */
+  readonly async?: {
+    readonly invocations: BullmqInvocations
+    readonly forwarder: Forwarder
+    /** The store's Redis, for the workers' connections. */
+    readonly redisUrl: string
+  }
   /** The server failed after it started listening (the process should exit). */
   readonly onFatal?: (err: Error) => void
 }
@@ -104,6 +116,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     activeVersions: () =>
       (watcher?.list() ?? []).flatMap((r) => (r.active ? [{ fn: r.name, version: r.active }] : [])),
   })
+  const asyncRole = deps.async && startAsyncRole(config, { ...deps.async, catalog, pool, logger, metrics })
   const { listener } = createGateway({
     catalog,
     pool,
@@ -127,6 +140,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
         }
       : {}),
     metrics,
+    ...(asyncRole ? { async: asyncRole.routes } : {}),
     options: {
       maxBodyBytes: config.INITLESS_MAX_BODY,
       adminToken: config.INITLESS_ADMIN_TOKEN,
@@ -155,10 +169,18 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     deadlineMs: config.INITLESS_SHUTDOWN_TIMEOUT,
     steps: [
       { name: 'http server', run: () => drainServer(server, graceMs) },
+      // Before the pool: running attempts need it to finish. Past the deadline their locks lapse
+      // and another gateway runs them again.
+      {
+        name: 'async workers',
+        run: () => asyncRole?.workers?.close(),
+        onTimeout: () => asyncRole?.workers?.close(true),
+      },
       { name: 'instance pool', run: () => pool.close() },
       { name: 'proxy', run: () => (forwarder.close(), deps.closeUpstream?.()) },
       { name: 'restore queue', run: () => queue.close() },
       { name: 'function registry', run: () => Promise.all([watcher?.close(), deployQueue?.close()]) },
+      { name: 'async queues', run: () => deps.async?.invocations.close() },
       { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
     ],
   })

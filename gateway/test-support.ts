@@ -162,6 +162,7 @@ export interface TestGatewayOptions {
   readonly now?: () => number
   /** The admin API's lifecycle routes (deploy, versions, rollback, delete). */
   readonly lifecycle?: LifecycleRouteDeps
+  readonly async?: GatewayAppDeps['async']
 }
 
 /** A gateway app on the fakes, proxying with the web forwarder to real echo servers. */
@@ -198,6 +199,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     options: { maxBodyBytes: 1024 * 1024, trustProxy: false, ...o.options },
     ...(o.now ? { now: o.now } : {}),
     ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
+    ...(o.async ? { async: o.async } : {}),
   })
   return {
     app,
