@@ -51,7 +51,13 @@ async function tagAt(port: number): Promise<string | undefined> {
 
 const dir = await mkdtemp(join(tmpdir(), 'initless-bench-life-'))
 const iso = await isolatedStack('bench-life', redisUrl)
-const env = { ...iso.env, INITLESS_FUNCTIONS_DIR: join(dir, 'none'), INITLESS_LOG_LEVEL: 'warn' }
+const env = {
+  ...iso.env,
+  INITLESS_FUNCTIONS_DIR: join(dir, 'none'),
+  INITLESS_LOG_LEVEL: 'warn',
+  INITLESS_DRAIN_GRACE: '1s',
+  INITLESS_REGISTRY_REFRESH: '500ms',
+}
 const stack = await startStack({
   env,
   adminToken: iso.adminToken,
@@ -81,7 +87,7 @@ try {
     const [a, b] = await Promise.all([seen(iso.port), seen(port2)])
     rows.push({ rollbackMs, switchMs: [a, b], betweenMs: Math.abs(a - b) })
     // Let the previous version's instances drain before the next switch.
-    await new Promise((r) => setTimeout(r, 500))
+    await new Promise((r) => setTimeout(r, 1500))
   }
   const result = {
     date: new Date().toISOString(),

@@ -117,6 +117,12 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
       (watcher?.list() ?? []).flatMap((r) => (r.active ? [{ fn: r.name, version: r.active }] : [])),
   })
   const asyncRole = deps.async && startAsyncRole(config, { ...deps.async, catalog, pool, logger, metrics })
+  // Asynchronous invocations of functions deployed (or deleted) while this gateway runs.
+  watcher?.onChange(({ fn, after }) => {
+    const manifest = activeVersion(after)?.manifest
+    if (manifest) asyncRole?.workers?.follow(manifest)
+    else if (!after) asyncRole?.workers?.forget(fn)
+  })
   const { listener } = createGateway({
     catalog,
     pool,

@@ -69,7 +69,8 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
       await Promise.resolve()
       check()
       const h = hash(fn)
-      if (h.has(instanceId) || h.size >= maxInstances) return false
+      const counted = [...h.values()].filter((r) => r.state !== 'draining').length
+      if (h.has(instanceId) || counted >= maxInstances) return false
       h.set(instanceId, { id: instanceId, fn, state: 'starting', hostId, createdAt: now() })
       fns.add(fn)
       publish({ type: 'instance', fn, id: instanceId, state: 'starting' })

@@ -38,7 +38,7 @@ export interface RegistrySubscription {
 export interface InstanceRegistry {
   /**
    * Atomically create a `starting` record for `instanceId` if `fn` has fewer than `maxInstances`
-   * records in any state. False when the function is full or the id is taken.
+   * records that are not draining. False when the function is full or the id is taken.
    */
   reserve(fn: string, maxInstances: number, instanceId: string, hostId?: string): Promise<boolean>
   /** False when the reservation no longer exists (withdrawn or removed): the caller must stop the instance. */
@@ -154,9 +154,16 @@ export function parseRegistryEvent(message: string): RegistryEvent | undefined {
 
 // KEYS[1] instances hash, KEYS[2] functions set.
 // ARGV: id, maxInstances, record JSON, fn, channel, event JSON.
+// Draining instances (an old version's, finishing their last requests) take no new requests and
+// are on their way out: they do not count, so a new version can start while they drain.
 const RESERVE = `
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+local n = 0
+for _, json in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, r = pcall(cjson.decode, json)
+  if not (ok and type(r) == 'table' and r.state == 'draining') then n = n + 1 end
+end
+if n >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])

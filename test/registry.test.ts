@@ -124,6 +124,16 @@ for (const impl of impls) {
       await c.sub.close()
     })
 
+    test('draining instances do not count toward maxInstances', async () => {
+      const r = await impl.create()
+      assert.equal(await r.reserve('fn-d', 1, 'old'), true)
+      assert.equal(await r.reserve('fn-d', 1, 'new'), false, 'full')
+      await r.markReady('fn-d', 'old', ADDR, 'lazy', PHASES, 'h', 'v1')
+      await r.markDraining('fn-d', 'old')
+      assert.equal(await r.reserve('fn-d', 1, 'new'), true, 'the draining one leaves room')
+      assert.equal(await r.reserve('fn-d', 1, 'third'), false)
+    })
+
     test('versions, shared in-flight counts of draining instances, and forget', async () => {
       const r = await impl.create()
       await r.reserve('fn-v', 5, 'i1')

@@ -60,6 +60,13 @@ export interface AsyncWorkersDeps {
 }
 
 export interface AsyncWorkers {
+  /**
+   * Consume the queue of a function deployed while this gateway runs (function registry), or take
+   * a changed `async.concurrency` of one it consumes.
+   */
+  follow(manifest: Manifest): void
+  /** Stop consuming a deleted function's queue (its running attempts finish). */
+  forget(fn: string): void
   /** Stop taking jobs and wait for the running ones; `force`: stop at once (their locks lapse). */
   close(force?: boolean): Promise<void>
 }
@@ -150,8 +157,14 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
     throw new Error(reason)
   }
 
-  const workers: Worker[] = []
-  for (const m of deps.functions) {
+  const workers = new Map<string, Worker<InvocationData, FinishedInvocation>>()
+  const follow = (m: Manifest) => {
+    const existing = workers.get(m.name)
+    if (existing) {
+      // async.concurrency is a live field: a deploy may change it on a running function.
+      existing.concurrency = m.async.concurrency
+      return
+    }
     const w = new Worker<InvocationData, FinishedInvocation>(invocationQueueName(m.name), runJob, {
       ...settings,
       concurrency: m.async.concurrency,
@@ -161,8 +174,9 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
       if (job && job.finishedOn)
         log.warn({ fn: m.name, invocationId: job.id, reason: err.message }, 'invocation dead')
     })
-    workers.push(w)
+    workers.set(m.name, w)
   }
+  for (const m of deps.functions) follow(m)
 
   const addInvocationLog = (fn: string, id: string, entry: LogEntry) =>
     Job.addJobLog(deps.invocations.queue(fn), id, JSON.stringify(entry)).catch((err: unknown) =>
@@ -198,12 +212,18 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
 
   let closing: Promise<void> | undefined
   return {
+    follow,
+    forget(fn) {
+      const w = workers.get(fn)
+      workers.delete(fn)
+      void w?.close().catch((err: unknown) => log.warn({ fn, err: errorMessage(err) }, 'worker close failed'))
+    },
     close(force = false) {
       if (force)
-        return Promise.allSettled([...workers, callbackWorker].map((w) => w.close(true))).then(
+        return Promise.allSettled([...workers.values(), callbackWorker].map((w) => w.close(true))).then(
           () => undefined,
         )
-      closing ??= Promise.allSettled([...workers, callbackWorker].map((w) => w.close())).then(
+      closing ??= Promise.allSettled([...workers.values(), callbackWorker].map((w) => w.close())).then(
         async (results) => {
           for (const r of results)
             if (r.status === 'rejected') log.warn({ err: String(r.reason) }, 'worker close failed')
