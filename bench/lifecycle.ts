@@ -46,7 +46,7 @@ async function writeVersion(dir: string, tag: string) {
 async function tagAt(port: number): Promise<string | undefined> {
   const res = await fetch(`http://127.0.0.1:${port}/fn/${FN}/`)
   const text = await res.text()
-  return res.ok ? (JSON.parse(text) as { tag?: string }).tag : undefined
+  return res.ok ? (JSON.parse(text) as { tag?: string }).tag : `HTTP ${res.status} ${text.slice(0, 200)}`
 }
 
 const dir = await mkdtemp(join(tmpdir(), 'initless-bench-life-'))
@@ -65,6 +65,7 @@ const stack = await startStack({
 })
 const port2 = await freePort()
 const second = startProcess('gateway-2', 'gateway', { env: { ...env, INITLESS_GATEWAY_PORT: String(port2) } })
+await second.waitForLog((r) => r.msg === 'gateway listening', 30_000)
 try {
   const admin = { url: stack.url, token: iso.adminToken }
   const v1 = await deployFunction(admin, await writeVersion(dir, 'v1'))
@@ -79,9 +80,15 @@ try {
     const rollbackMs = performance.now() - t0
     const want = tagOf[res.body.version]
     const seen = async (port: number) => {
+      let last: string | undefined
       for (;;) {
-        if ((await tagAt(port)) === want) return performance.now() - t0
-        if (performance.now() - t0 > 10_000) throw new Error(`gateway on ${port} never switched`)
+        last = await tagAt(port)
+        if (last === want) return performance.now() - t0
+        if (performance.now() - t0 > 10_000)
+          throw new Error(
+            `gateway on ${port} never switched to ${want} (last: ${last ?? 'an error'})\n` +
+              `${second.output().slice(-3000)}\n${stack.logs(30)}`,
+          )
       }
     }
     const [a, b] = await Promise.all([seen(iso.port), seen(port2)])
