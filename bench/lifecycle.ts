@@ -64,7 +64,9 @@ const stack = await startStack({
   cleanup: { redisUrl, patterns: iso.redisKeys },
 })
 const port2 = await freePort()
-const second = startProcess('gateway-2', 'gateway', { env: { ...env, INITLESS_GATEWAY_PORT: String(port2) } })
+const second = startProcess('gateway-2', 'gateway', {
+  env: { ...env, INITLESS_GATEWAY_PORT: String(port2), INITLESS_LOG_LEVEL: 'info' },
+})
 await second.waitForLog((r) => r.msg === 'gateway listening', 30_000)
 try {
   const admin = { url: stack.url, token: iso.adminToken }
