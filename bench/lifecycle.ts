@@ -78,7 +78,12 @@ try {
   const rows: { rollbackMs: number; switchMs: [number, number]; betweenMs: number }[] = []
   for (let i = 0; i < n; i++) {
     const t0 = performance.now()
-    const res = await stack.admin<{ version: string }>('POST', `/functions/${FN}/rollback`, {})
+    // Back and forth: the version that is not active (a plain rollback only goes back in time).
+    const target = i % 2 === 0 ? v1.version : v2.version
+    const res = await stack.admin<{ version: string }>('POST', `/functions/${FN}/rollback`, {
+      version: target,
+    })
+    if (res.status !== 200) throw new Error(`rollback answered ${res.status}: ${JSON.stringify(res.body)}`)
     const rollbackMs = performance.now() - t0
     const want = tagOf[res.body.version]
     const seen = async (port: number) => {
