@@ -127,43 +127,90 @@ interface Running {
 const LOST_CHILD_POLL_MS = 20
 
 /**
+ * The requests a helper process has not answered yet, and the processes it spawned that have not
+ * exited: matches each answer line to its request by tag.
+ */
+function createRequestTable() {
+  const pending = new Map<string, Pending>()
+  const running = new Map<string, Running>()
+  return {
+    add(tag: string, p: Pending) {
+      pending.set(tag, p)
+    },
+    /** Something still needs the helper: an answer, or the exit of a process kept alive for. */
+    isBusy(): boolean {
+      if (pending.size > 0) return true
+      for (const r of running.values()) if (r.keepAlive) return true
+      return false
+    },
+    /** One answer line: `<tag>\t(ok|pid|err|exit)\t...`. */
+    answer(line: string) {
+      const [tag = '', status = '', ...rest] = line.split('\t')
+      if (status === 'exit') {
+        const r = running.get(tag)
+        if (!r) return
+        running.delete(tag)
+        const [code = '', signal = ''] = rest
+        r.resolve({ code: code === '-1' ? null : Number(code), signal: Number(signal) || null })
+        return
+      }
+      const p = pending.get(tag)
+      if (!p) return
+      pending.delete(tag)
+      clearTimeout(p.timer)
+      if (status === 'err') {
+        const [errno, ...message] = rest
+        p.reject(
+          new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${message.join(' ')}`, {
+            details: { ...p.details, errno: Number(errno) },
+          }),
+        )
+      } else {
+        if (status === 'pid' && p.onExit) running.set(tag, { ...p.onExit, pid: Number(rest[0]) })
+        p.resolve(rest)
+      }
+    },
+    /**
+     * The helper is gone: every request fails; its spawned processes live on (init adopts them),
+     * their exits are noticed by polling and reported with an unknown status.
+     */
+    failAll(why: string) {
+      for (const [tag, p] of pending) {
+        pending.delete(tag)
+        clearTimeout(p.timer)
+        p.reject(
+          new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${why}`, { details: p.details }),
+        )
+      }
+      for (const [tag, r] of running) {
+        running.delete(tag)
+        const poll = setInterval(() => {
+          if (isProcessAlive(r.pid)) return
+          clearInterval(poll)
+          r.resolve({ code: null, signal: null })
+        }, LOST_CHILD_POLL_MS)
+        if (!r.keepAlive) poll.unref()
+      }
+    },
+  }
+}
+
+/**
  * A client of one helper process, started at the first request and again after it died. Requests
  * are answered in order; a request not answered within `timeoutMs` kills the process (every pending
- * request fails with it). If the helper dies, its spawned processes live on (init adopts them);
- * their exits are then noticed by polling and reported with an unknown status.
+ * request fails with it).
  */
 export function createSandboxHelper(opts: { path: string; timeoutMs?: number }): SandboxHelper {
   const timeoutMs = opts.timeoutMs ?? 30_000
   let child: ChildProcessWithoutNullStreams | undefined
   let nextTag = 1
-  const pending = new Map<string, Pending>()
-  const running = new Map<string, Running>()
+  const table = createRequestTable()
   let stderr = ''
-
-  const failAll = (why: string) => {
-    for (const [tag, p] of pending) {
-      pending.delete(tag)
-      clearTimeout(p.timer)
-      p.reject(
-        new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${why}`, { details: p.details }),
-      )
-    }
-    for (const [tag, r] of running) {
-      running.delete(tag)
-      const poll = setInterval(() => {
-        if (isProcessAlive(r.pid)) return
-        clearInterval(poll)
-        r.resolve({ code: null, signal: null })
-      }, LOST_CHILD_POLL_MS)
-      if (!r.keepAlive) poll.unref()
-    }
-  }
 
   // Idle, the helper must not keep the executor (or a test) alive; busy, it must.
   const updateRef = () => {
     if (!child) return
-    let busy = pending.size > 0
-    if (!busy) for (const r of running.values()) if ((busy = r.keepAlive)) break
+    const busy = table.isBusy()
     // The process and its two readable pipes each hold the event loop (stdin, idle, does not).
     const handles = [child, child.stdout, child.stderr] as unknown as ({
       ref?(): void
@@ -175,34 +222,6 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     }
   }
 
-  const onLine = (line: string) => {
-    const [tag = '', status = '', ...rest] = line.split('\t')
-    if (status === 'exit') {
-      const r = running.get(tag)
-      if (!r) return
-      running.delete(tag)
-      const [code = '', signal = ''] = rest
-      r.resolve({ code: code === '-1' ? null : Number(code), signal: Number(signal) || null })
-      return updateRef()
-    }
-    const p = pending.get(tag)
-    if (!p) return
-    pending.delete(tag)
-    clearTimeout(p.timer)
-    if (status === 'err') {
-      const [errno, ...message] = rest
-      p.reject(
-        new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${message.join(' ')}`, {
-          details: { ...p.details, errno: Number(errno) },
-        }),
-      )
-    } else {
-      if (status === 'pid' && p.onExit) running.set(tag, { ...p.onExit, pid: Number(rest[0]) })
-      p.resolve(rest)
-    }
-    updateRef()
-  }
-
   const start = (): ChildProcessWithoutNullStreams => {
     const proc = spawn(opts.path, [], { stdio: ['pipe', 'pipe', 'pipe'] })
     stderr = ''
@@ -210,11 +229,14 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
       stderr = (stderr + d).slice(-2000)
     })
     proc.stdin.on('error', () => {}) // EPIPE when it died: reported by 'exit'
-    createInterface({ input: proc.stdout }).on('line', onLine)
+    createInterface({ input: proc.stdout }).on('line', (line) => {
+      table.answer(line)
+      updateRef()
+    })
     const gone = (why: string) => {
       if (child !== proc) return
       child = undefined
-      failAll(why)
+      table.failAll(why)
     }
     proc.on('error', (err) => gone(errorMessage(err)))
     proc.on('exit', (code, signal) =>
@@ -229,13 +251,10 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     details: Record<string, unknown>,
     onExit?: Omit<Running, 'pid'>,
   ) => {
-    for (const f of fields) {
-      if (/[\t\n]/.test(f)) {
-        return Promise.reject(
-          new InitlessError('ERR_INTERNAL', `sandbox helper ${what}: an argument contains a tab or newline`),
-        )
-      }
-    }
+    if (fields.some((f) => /[\t\n]/.test(f)))
+      return Promise.reject(
+        new InitlessError('ERR_INTERNAL', `sandbox helper ${what}: an argument contains a tab or newline`),
+      )
     child ??= start()
     const proc = child
     const tag = String(nextTag++)
@@ -244,16 +263,9 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
         // A stuck kernel call: end the process; every request it held fails.
         proc.kill('SIGKILL')
         if (child === proc) child = undefined
-        failAll(`no answer within ${timeoutMs} ms`)
+        table.failAll(`no answer within ${timeoutMs} ms`)
       }, timeoutMs)
-      pending.set(tag, {
-        what,
-        details,
-        resolve,
-        reject,
-        timer,
-        ...(onExit ? { onExit } : {}),
-      })
+      table.add(tag, { what, details, resolve, reject, timer, ...(onExit ? { onExit } : {}) })
       updateRef()
       proc.stdin.write(`${[tag, ...fields].join('\t')}\n`)
     })
@@ -281,7 +293,7 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     close() {
       const proc = child
       child = undefined
-      failAll('helper closed')
+      table.failAll('helper closed')
       proc?.stdin?.end()
     },
   }

@@ -64,7 +64,10 @@ export interface Runtime {
 }
 
 /** Kill a pooled sandbox's daemon (if any) and release the sandbox. */
-export async function discardPooled(sandboxes: SandboxManager, pooled: PooledSandbox): Promise<void> {
+export async function discardPooled(
+  sandboxes: Pick<SandboxManager, 'destroy'>,
+  pooled: PooledSandbox,
+): Promise<void> {
   killLazyPages(pooled.lazyDaemon)
   await sandboxes.destroy(pooled.sandbox)
 }

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { removeContainerdCopies } from './docker-checkpoint.ts'
+import { removeContainerdCopies } from './containerd-copies.ts'
 
 test("removeContainerdCopies: containerd's copies written since the given time or stale, nothing else", async () => {
   const dir = await mkdtemp(join(tmpdir(), 'initless-ctrd-'))
