@@ -9,7 +9,7 @@ import { InitlessError } from '../shared/errors.ts'
 import { formatDoctorReport, runDoctor, type CheckResult, type DoctorDeps } from './doctor.ts'
 
 const CRIU = '/usr/local/sbin/criu'
-const HELPER = '/usr/local/lib/initless/sandbox-helper-0123456789ab/initless-sandbox-helper'
+const HELPER = '/usr/local/lib/initless/initless-sandbox-helper'
 const RUNC = '/usr/bin/runc'
 const REDIS_URL = 'redis://127.0.0.1:6379'
 
@@ -208,7 +208,7 @@ describe('runDoctor', () => {
       'sandbox helper',
     )
     assert.equal(missing.ok, false)
-    assert.match(missing.detail, /none built from this source.*60-80 ms/)
+    assert.match(missing.detail, /none installed.*60-80 ms/)
     assert.match(missing.fix!, /provision\.sh.*sandbox-helper\.c/)
     const h = harness({ selfTest: null, sandboxHelper: { setting: 'off', path: undefined } })
     const off = byName(await runDoctor(h.deps), 'sandbox helper')
@@ -221,6 +221,15 @@ describe('runDoctor', () => {
     )
     assert.equal(broken.ok, false)
     assert.match(broken.detail, /answered "" to a ping/)
+    const built = byName(
+      await runDoctor(
+        harness({ selfTest: null, sandboxHelper: { setting: 'auto', path: HELPER, buildId: '0123456789ab' } })
+          .deps,
+      ),
+      'sandbox helper',
+    )
+    assert.equal(built.ok, true)
+    assert.equal(built.detail, `${HELPER} (build 0123456789ab)`)
   })
 
   test('an old Node.js fails', async () => {

@@ -31,8 +31,15 @@ export interface DoctorDeps {
   readonly dockerInfo: () => Promise<EngineInfo>
   readonly redisVersion: () => Promise<string>
   readonly redisUrl: string
-  /** INITLESS_SANDBOX_HELPER and the helper binary it resolves to (undefined: none found/off). */
-  readonly sandboxHelper: { readonly setting: string; readonly path: string | undefined }
+  /**
+   * INITLESS_SANDBOX_HELPER, the helper binary it resolves to (undefined: none installed, or off)
+   * and the build id installed with it (scripts/build-native.sh).
+   */
+  readonly sandboxHelper: {
+    readonly setting: string
+    readonly path: string | undefined
+    readonly buildId?: string
+  }
   /** How restores run on this host and why (SandboxManager.restorePath). */
   readonly restorePath: () => Promise<RestorePath>
   /** The end-to-end restore probe; omitted with --quick. */
@@ -142,19 +149,20 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     },
     {
       name: 'sandbox helper',
-      fix: `${PROVISION}: it builds the helper from this checkout's executor/native/sandbox-helper.c`,
+      fix: `${PROVISION}: it builds and installs the helper from executor/native/sandbox-helper.c (scripts/build-native.sh)`,
       run: async () => {
         const { setting, path } = deps.sandboxHelper
         if (setting === 'off')
           return 'off (INITLESS_SANDBOX_HELPER=off): sandboxes prepared with ip and mount(8)'
         if (!path)
           throw new Error(
-            'none built from this source: sandboxes are prepared with ip and mount(8), 60-80 ms more per cold start',
+            'none installed: sandboxes are prepared with ip and mount(8), 60-80 ms more per cold start',
           )
         const res = await deps.run(path, [], { input: '1\tping\n', timeoutMs: 10_000 })
         if (res.stdout !== '1\tok\n')
           throw new Error(`${path} answered ${JSON.stringify(res.stdout)} to a ping`)
-        return path
+        const { buildId } = deps.sandboxHelper
+        return buildId ? `${path} (build ${buildId})` : path
       },
     },
     {

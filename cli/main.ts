@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
+import { nativeBuildId } from '../executor/adapters/native.ts'
 import { createHostAdapters, createSandboxes, createSelfTest } from '../executor/wiring.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
@@ -49,7 +50,11 @@ program
         stateDir: config.INITLESS_STATE_DIR,
         minFreeDisk: config.INITLESS_MIN_FREE_DISK,
         redisUrl: config.INITLESS_REDIS_URL,
-        sandboxHelper: { setting: config.INITLESS_SANDBOX_HELPER, path: adapters.helperPath },
+        sandboxHelper: {
+          setting: config.INITLESS_SANDBOX_HELPER,
+          path: adapters.helperPath,
+          ...(adapters.helperPath ? { buildId: nativeBuildId(adapters.helperPath) } : {}),
+        },
         restorePath: () => sandboxes.restorePath(),
         dockerInfo: () => adapters.docker.info(),
         redisVersion: async () => {

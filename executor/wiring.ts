@@ -12,7 +12,8 @@ import { runCommand, type CommandRunner } from './adapters/exec.ts'
 import { createNetworkManager, IpAllocator, type NetworkManager } from './adapters/network.ts'
 import { createMounter, type Mounter } from './adapters/rootfs.ts'
 import { createRunc, type Runc } from './adapters/runc.ts'
-import { createSandboxHelpers, installedHelperPath, type SandboxHelpers } from './adapters/sandbox-helper.ts'
+import { installedHelperPath, installedProbeServer, NATIVE_DIR } from './adapters/native.ts'
+import { createSandboxHelpers, type SandboxHelpers } from './adapters/sandbox-helper.ts'
 import type { ExecutorConfig } from './config.ts'
 import { createDockerCheckpointRuntime, type DockerCheckpointRuntime } from './runtimes/docker-checkpoint.ts'
 import { createBootRuntime, createRuncRestoreRuntime, type Runtime } from './runtimes/runtimes.ts'
@@ -59,7 +60,7 @@ export function createHostAdapters(config: ExecutorConfig, logger: Logger): Host
   const helperPath = sandboxHelperPath(config)
   if (!helperPath && config.INITLESS_SANDBOX_HELPER === 'auto') {
     logger.warn(
-      'no sandbox helper built from this source (run scripts/provision.sh): sandboxes are prepared with ip and mount, 60-80 ms slower',
+      `no sandbox helper installed in ${NATIVE_DIR} (run scripts/provision.sh): sandboxes are prepared with ip and mount, 60-80 ms slower`,
     )
   }
   const helpers = helperPath ? createSandboxHelpers(helperPath) : undefined
@@ -93,9 +94,7 @@ export function createSandboxes(
     runc: a.runc,
     helper: a.helpers?.setup,
     withoutHelper:
-      config.INITLESS_SANDBOX_HELPER === 'off'
-        ? 'sandbox helper off'
-        : 'no sandbox helper built from this source',
+      config.INITLESS_SANDBOX_HELPER === 'off' ? 'sandbox helper off' : 'no sandbox helper installed',
   })
 }
 
@@ -155,13 +154,13 @@ export function createRuntimes(
 /** The end-to-end restore self-test (`initless doctor`), on this host's bridge and state dir. */
 export function createSelfTest(
   config: ExecutorConfig,
-  a: Pick<HostAdapters, 'run' | 'runc' | 'criu' | 'network'>,
+  a: Pick<HostAdapters, 'runc' | 'criu' | 'network'>,
   sandboxes: SandboxManager,
 ): () => Promise<SelfTestStep[]> {
   return async () => {
     await a.network.ensureBridge()
     return runRestoreSelfTest({
-      run: a.run,
+      probeServer: installedProbeServer(),
       runc: a.runc,
       criu: a.criu,
       sandboxes,

@@ -4,41 +4,13 @@
  * process. On this VM class a process start costs 5-20 ms; the three `ip`/`mount` runs of a sandbox
  * were 60-85 ms of a cold start without the pre-started pool.
  *
- * provision.sh compiles the helper into a directory named after the SHA-256 of its source, so an
- * executor only ever uses a helper built from the source it ships with (`installedHelperPath`). A
- * host without it (not provisioned by this version) falls back to iproute2 and mount(8).
+ * scripts/build-native.sh builds and installs it (native.ts: `installedHelperPath`); a host
+ * without it falls back to iproute2 and mount(8).
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { createHash } from 'node:crypto'
-import { readFileSync, statSync } from 'node:fs'
-import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
 import { isProcessAlive } from './process.ts'
-
-/** The helper's C source; its hash names the install directory. */
-export const HELPER_SOURCE = new URL('../native/sandbox-helper.c', import.meta.url)
-
-/** Where provision.sh installs helpers (one directory per source hash). */
-export const HELPER_INSTALL_ROOT = '/usr/local/lib/initless'
-
-export const HELPER_BINARY = 'initless-sandbox-helper'
-
-/** The install path of a helper built from this executor's source (whether or not it exists). */
-export function helperPathFor(source: Buffer | string, root = HELPER_INSTALL_ROOT): string {
-  const hash = createHash('sha256').update(source).digest('hex').slice(0, 12)
-  return join(root, `sandbox-helper-${hash}`, HELPER_BINARY)
-}
-
-/** The installed helper built from this source, or undefined when this host has none. */
-export function installedHelperPath(root = HELPER_INSTALL_ROOT): string | undefined {
-  const path = helperPathFor(readFileSync(HELPER_SOURCE), root)
-  try {
-    return statSync(path).isFile() ? path : undefined
-  } catch {
-    return undefined
-  }
-}
 
 /** One operation of the helper's protocol (see the C source) with its arguments. */
 export type HelperRequest =

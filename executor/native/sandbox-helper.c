@@ -37,7 +37,7 @@
  * (open for reading), w (open for writing) and m (mknod). The helper keeps no reference to the
  * program: the cgroup holds it, and removing the cgroup releases it.
  *
- * Build: cc -O2 -Wall -Wextra -o initless-sandbox-helper sandbox-helper.c (scripts/provision.sh).
+ * Build: the Makefile beside it, driven by scripts/build-native.sh (provisioning, the image build).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
