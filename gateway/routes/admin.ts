@@ -3,7 +3,7 @@
  * the whole group answers 404, as if it did not exist.
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { Hono } from 'hono'
+import { Hono, type MiddlewareHandler } from 'hono'
 import { z } from 'zod'
 import { RUNTIME_KINDS, type RegistryEvent } from '../../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
@@ -33,6 +33,18 @@ export function isTokenValid(header: string | undefined, token: string): boolean
   return timingSafeEqual(digest(m?.[1] ?? ''), digest(token)) && m !== null
 }
 
+/** The admin API's guard: 404 without a configured token, 401 without the right bearer token. */
+export function adminAuth(adminToken: string | undefined): MiddlewareHandler<GatewayEnv> {
+  return async (c, next) => {
+    if (!adminToken)
+      throw new InitlessError('ERR_GATEWAY_NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`)
+    if (!isTokenValid(c.req.header('authorization'), adminToken)) {
+      throw new InitlessError('ERR_GATEWAY_UNAUTHORIZED', 'a valid admin bearer token is required')
+    }
+    await next()
+  }
+}
+
 /** Routes mounted at /admin. */
 export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>()
@@ -50,14 +62,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     return m
   }
 
-  app.use('*', async (c, next) => {
-    if (!adminToken)
-      throw new InitlessError('ERR_GATEWAY_NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`)
-    if (!isTokenValid(c.req.header('authorization'), adminToken)) {
-      throw new InitlessError('ERR_GATEWAY_UNAUTHORIZED', 'a valid admin bearer token is required')
-    }
-    await next()
-  })
+  app.use('*', adminAuth(adminToken))
 
   app.get('/functions', (c) => {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
