@@ -8,7 +8,7 @@ import { isProcessAlive } from '../adapters/process.ts'
 import { createFakeCriu } from '../adapters/criu-fake.ts'
 import { createFakeDocker } from '../adapters/docker-fake.ts'
 import { createFakeRunc } from '../adapters/runc-fake.ts'
-import { createFakeSandboxes } from '../sandbox/sandbox-fake.ts'
+import { createFakeSandboxes, sandboxRequest } from '../sandbox/sandbox-fake.ts'
 import type { Snapshot } from '../snapshots/snapshot-store.ts'
 import { FAKE_IMAGE, fakeSnapshot, startFakeFunction, type FakeFunction } from './function-fake.ts'
 import { createBootRuntime, createRuncRestoreRuntime } from './runtimes.ts'
@@ -81,7 +81,10 @@ describe('runc restore runtimes (lazy, eager) over fake runc, CRIU and sandboxes
       const def = fn.def({ readinessTimeout: '300ms' })
       const snapshot: Snapshot = fakeSnapshot(def.name, 1 << 20)
       const pooled = c.pooled
-        ? await runtime.prime!(await sb.sandboxes.prepare({ ...request(id), fn: def.name }), snapshot)
+        ? await runtime.prime!(
+            await sb.sandboxes.prepare({ ...sandboxRequest(id, true), fn: def.name }),
+            snapshot,
+          )
         : undefined
       fn.setReady(!c.notReady)
       try {
@@ -95,7 +98,7 @@ describe('runc restore runtimes (lazy, eager) over fake runc, CRIU and sandboxes
           prepare: async () => {
             if (c.failPrepare)
               throw new InitlessError('ERR_SANDBOX_SETUP_FAILED', 'ip: RTNETLINK answers: File exists')
-            return sb.sandboxes.prepare({ ...request(id), fn: def.name })
+            return sb.sandboxes.prepare({ ...sandboxRequest(id, true), fn: def.name })
           },
         })
         if (c.code) {
@@ -137,19 +140,6 @@ describe('runc restore runtimes (lazy, eager) over fake runc, CRIU and sandboxes
     })
   }
 })
-
-function request(id: string) {
-  return {
-    id,
-    fn: 'fn',
-    lowers: ['/snap/upper', '/rootfs'],
-    process: { args: ['/app'], env: [], cwd: '/', uid: 0, gid: 0 },
-    memoryBytes: 1 << 28,
-    cpus: 1,
-    pids: 64,
-    forRestore: true,
-  }
-}
 
 const bootCases: { name: string; ready: boolean; failRun?: boolean; code?: string }[] = [
   { name: 'boot answers', ready: true },

@@ -4,6 +4,20 @@ import { join } from 'node:path'
 import type { RestorePath } from './restore-path.ts'
 import type { Sandbox, SandboxManager, SandboxRequest } from './sandbox.ts'
 
+/** A sandbox request as the tests make them: a small function restored or booted in it. */
+export function sandboxRequest(id: string, forRestore: boolean): SandboxRequest {
+  return {
+    id,
+    fn: 'hello',
+    lowers: ['/snapshots/hello/upper', '/images/hello/rootfs'],
+    process: { args: ['node', 'server.js'], env: [], cwd: '/', uid: 0, gid: 0 },
+    memoryBytes: 128 * 1024 * 1024,
+    cpus: 0.5,
+    pids: 64,
+    forRestore,
+  }
+}
+
 export interface FakeSandboxes {
   readonly sandboxes: SandboxManager
   readonly requests: SandboxRequest[]

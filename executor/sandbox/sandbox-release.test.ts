@@ -16,7 +16,8 @@ import type { NetworkManager } from '../adapters/network.ts'
 import { createMounter } from '../adapters/rootfs.ts'
 import { createRunc } from '../adapters/runc.ts'
 import { fakeSandboxHelper } from '../adapters/sandbox-helper-fake.ts'
-import { createSandboxManager, type SandboxRequest } from './sandbox.ts'
+import { sandboxRequest } from './sandbox-fake.ts'
+import { createSandboxManager } from './sandbox.ts'
 
 type Step = 'netns' | 'mount' | 'cgroup' | 'runc-delete' | 'umount' | 'none'
 
@@ -35,19 +36,6 @@ const cases: Case[] = [
   { name: 'destroy: umount fails, every other step still runs', fails: 'umount', in: 'destroy' },
   { name: 'destroy: nothing fails', fails: 'none', in: 'destroy' },
 ]
-
-function request(id: string): SandboxRequest {
-  return {
-    id,
-    fn: 'hello',
-    lowers: ['/snapshots/hello/upper', '/images/hello/rootfs'],
-    process: { args: ['node', 'server.js'], env: [], cwd: '/', uid: 0, gid: 0 },
-    memoryBytes: 128 * 1024 * 1024,
-    cpus: 0.5,
-    pids: 64,
-    forRestore: false,
-  }
-}
 
 for (const c of cases) {
   test(c.name, async () => {
@@ -95,9 +83,9 @@ for (const c of cases) {
         (await Promise.all(hierarchies.map((h) => readdir(join(root, h, 'initless')).catch(() => [])))).flat()
 
       if (c.in === 'prepare') {
-        await assert.rejects(sandboxes.prepare(request('sb1')))
+        await assert.rejects(sandboxes.prepare(sandboxRequest('sb1', false)))
       } else {
-        const sb = await sandboxes.prepare(request('sb1'))
+        const sb = await sandboxes.prepare(sandboxRequest('sb1', false))
         assert.deepEqual(created, ['initless-sb1'])
         assert.ok((await cgroupsOf()).includes('sb1'))
         const destroying = sandboxes.destroy(sb)
