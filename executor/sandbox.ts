@@ -25,7 +25,7 @@ import {
   setCpuLimit,
   type CgroupLayout,
 } from './cgroups.ts'
-import { criuConfigText, type ExternalMount } from './criu.ts'
+import { criuDumpConfigText, type ExternalMount } from './criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from './network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import { probeRestorePath, type RestorePath } from './restore-path.ts'
@@ -251,7 +251,7 @@ export function createSandboxManager(deps: {
         await Promise.all([
           writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
           // What a checkpoint of this sandbox needs; a restore rewrites it (restoreIntoSandbox).
-          writeFile(criuConfig, criuConfigText({ lazy: false }), { mode: 0o600 }),
+          writeFile(criuConfig, criuDumpConfigText(), { mode: 0o600 }),
           writeFile(join(dir, 'sandbox.json'), JSON.stringify(sandbox)),
         ])
         return sandbox
