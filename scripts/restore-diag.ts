@@ -137,6 +137,15 @@ try {
   const layout = await readCgroupLayout()
   report.cgroup = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).trim()
   report.sandboxCgroup = cgroupDirs(layout, cgroupPath(sb.id))
+  // The limits of the cgroup the process landed in (cgroup v2: the one line `0::<path>`).
+  const v2Path = /^0::(\S+)$/m.exec(String(report.cgroup))?.[1]
+  if (layout.v2 && v2Path) {
+    const limit = (file: string) =>
+      readFile(join(layout.root, v2Path, file), 'utf8').then((t) => t.trim(), errorMessage)
+    report.limits = Object.fromEntries(
+      await Promise.all(['memory.max', 'pids.max', 'cpu.max'].map(async (f) => [f, await limit(f)])),
+    )
+  }
   const m = fn.manifest
   report.readyMs = Math.round(
     await waitReady(sb.netns.ip, m.port, {
