@@ -7,7 +7,7 @@ import { statfs, readFile } from 'node:fs/promises'
 import { compareVersions, parseCriuVersion } from '../executor/criu.ts'
 import type { EngineInfo } from '../executor/docker.ts'
 import type { CommandRunner } from '../executor/exec.ts'
-import { formatRestorePath, type RestorePath } from '../executor/restore-path.ts'
+import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/restore-path.ts'
 import type { SelfTestStep } from '../executor/selftest/selftest.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
@@ -35,6 +35,8 @@ export interface DoctorDeps {
   readonly sandboxHelper: { readonly setting: string; readonly path: string | undefined }
   /** How restores run on this host and why (SandboxManager.restorePath). */
   readonly restorePath: () => Promise<RestorePath>
+  /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
+  readonly thpMode: () => Promise<string | undefined>
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -164,6 +166,16 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         const path = await deps.restorePath()
         if (path.filterError) throw new Error(`${formatRestorePath(path)}: ${path.filterError}`)
         return formatRestorePath(path)
+      },
+    },
+    {
+      name: 'lazy restores',
+      fix: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (and transparent_hugepage=madvise on the kernel command line), or direct restores with the sandbox helper; until then give functions restore policy eager (docs/cgroup-v2-vm.md)',
+      run: async () => {
+        const [path, thp] = await Promise.all([deps.restorePath(), deps.thpMode()])
+        const hazard = lazyRestoreHazard(path, deps.sandboxHelper.path !== undefined, thp)
+        if (hazard) throw new Error(hazard)
+        return `transparent huge pages ${thp ?? 'not built in'}${thp === 'always' ? ', CRIU spawned with them off' : ''}`
       },
     },
     {

@@ -5,6 +5,7 @@
 import { Command, CommanderError } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { createHost } from '../executor/host.ts'
+import { readThpMode } from '../executor/restore-path.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
@@ -50,6 +51,7 @@ program
         redisUrl: config.INITLESS_REDIS_URL,
         sandboxHelper: { setting: config.INITLESS_SANDBOX_HELPER, path: host.sandboxHelper },
         restorePath: () => host.sandboxes.restorePath(),
+        thpMode: () => readThpMode(),
         dockerInfo: () => host.docker.info(),
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {

@@ -17,7 +17,7 @@ import type { ExecutorConfig } from './config.ts'
 import { createHostInstanceManager, type Host } from './host.ts'
 import type { InstanceManager } from './instances.ts'
 import { createPeerRouter, networkIdentity } from './peers.ts'
-import { formatRestorePath } from './restore-path.ts'
+import { formatRestorePath, lazyRestoreHazard, readThpMode } from './restore-path.ts'
 import { createReaper, reconcile, removeHostContainers, snapshotUsage, type Reaper } from './reaper.ts'
 import { lockStateDir } from './state-lock.ts'
 import { createRestoreWorker } from './worker.ts'
@@ -212,11 +212,14 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   })()
   logger.info({ hostId: config.hostId, functions: functions.map((f) => f.name) }, 'executor started')
   host.sandboxes.restorePath().then(
-    (path) =>
+    async (path) => {
       logger.info(
         { restorePath: formatRestorePath(path), ...(path.filterError ? { err: path.filterError } : {}) },
         'restore path',
-      ),
+      )
+      const hazard = lazyRestoreHazard(path, host.sandboxHelper !== undefined, await readThpMode())
+      if (hazard) logger.warn({ err: hazard }, 'lazy restores will fail on this host (see initless doctor)')
+    },
     (err: unknown) => logger.warn({ err: errorMessage(err) }, 'restore path unknown'),
   )
 

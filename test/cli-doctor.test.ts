@@ -99,6 +99,7 @@ test('doctor: a healthy host passes every check, the restore probe included', as
     'lazy pages',
     'sandbox helper',
     'restore path',
+    'lazy restores',
     'redis',
     'kernel features',
     'disk',
