@@ -53,6 +53,7 @@ function harness(
     minFreeDisk?: number
     sandboxHelper?: DoctorDeps['sandboxHelper']
     restorePath?: RestorePath
+    thpMode?: string
   } = {},
 ): Harness {
   const answers = { ...HEALTHY, ...over.answers }
@@ -90,6 +91,7 @@ function harness(
     redisUrl: REDIS_URL,
     sandboxHelper: over.sandboxHelper ?? { setting: 'auto', path: HELPER },
     restorePath: async () => over.restorePath ?? { direct: true, reason: 'cgroup v1', settled: true },
+    thpMode: async () => over.thpMode ?? 'madvise',
     ...(selfTest
       ? {
           selfTest: () => {
@@ -127,6 +129,7 @@ describe('runDoctor', () => {
         'lazy pages',
         'sandbox helper',
         'restore path',
+        'lazy restores',
         'redis',
         'kernel features',
         'disk',
@@ -146,6 +149,7 @@ describe('runDoctor', () => {
       'lazy pages': [true, 'uffd-noncoop supported', undefined],
       'sandbox helper': [true, HELPER, undefined],
       'restore path': [true, 'direct (cgroup v1)', undefined],
+      'lazy restores': [true, 'transparent huge pages madvise', undefined],
       redis: [true, 'Redis 7.0.15', undefined],
       'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
     })
@@ -199,6 +203,47 @@ describe('runDoctor', () => {
       assert.equal(r.ok, c.ok, c.path.reason)
       assert.match(r.detail, c.detail)
       if (!c.ok) assert.match(r.fix!, /CONFIG_CGROUP_BPF.*runc restore/)
+    }
+  })
+
+  test('lazy restores: THP always fails unless CRIU is spawned by the sandbox helper', async () => {
+    const RUNC_V2: RestorePath = { direct: false, reason: 'cgroup v2, sandbox helper off', settled: true }
+    const NO_HELPER = { setting: 'off', path: undefined }
+    const cases: {
+      thpMode?: string
+      restorePath?: RestorePath
+      sandboxHelper?: DoctorDeps['sandboxHelper']
+      ok: boolean
+      detail: RegExp
+    }[] = [
+      {
+        thpMode: 'madvise',
+        restorePath: RUNC_V2,
+        sandboxHelper: NO_HELPER,
+        ok: true,
+        detail: /pages madvise$/,
+      },
+      { thpMode: 'always', ok: true, detail: /always, CRIU spawned with them off$/ },
+      {
+        thpMode: 'always',
+        restorePath: RUNC_V2,
+        sandboxHelper: NO_HELPER,
+        ok: false,
+        detail: /and runc restore:/,
+      },
+      {
+        thpMode: 'always',
+        sandboxHelper: NO_HELPER,
+        ok: false,
+        detail: /criu restore is started without the sandbox helper/,
+      },
+    ]
+    for (const c of cases) {
+      const r = byName(await runDoctor(harness({ selfTest: null, ...c }).deps), 'lazy restores')
+      assert.equal(r.ok, c.ok, JSON.stringify(c))
+      assert.match(r.detail, c.detail)
+      if (!c.ok)
+        assert.match(r.fix!, /echo madvise > \/sys\/kernel\/mm\/transparent_hugepage\/enabled.*eager/)
     }
   })
 

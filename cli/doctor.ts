@@ -7,7 +7,7 @@ import { statfs, readFile } from 'node:fs/promises'
 import { compareVersions, parseCriuVersion } from '../executor/adapters/criu.ts'
 import type { EngineInfo } from '../executor/adapters/docker.ts'
 import type { CommandRunner } from '../executor/adapters/exec.ts'
-import { formatRestorePath, type RestorePath } from '../executor/sandbox/restore-path.ts'
+import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
@@ -42,6 +42,8 @@ export interface DoctorDeps {
   }
   /** How restores run on this host and why (SandboxManager.restorePath). */
   readonly restorePath: () => Promise<RestorePath>
+  /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
+  readonly thpMode: () => Promise<string | undefined>
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -172,6 +174,16 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         const path = await deps.restorePath()
         if (path.filterError) throw new Error(`${formatRestorePath(path)}: ${path.filterError}`)
         return formatRestorePath(path)
+      },
+    },
+    {
+      name: 'lazy restores',
+      fix: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (and transparent_hugepage=madvise on the kernel command line), or direct restores with the sandbox helper; until then give functions restore policy eager (docs/cgroup-v2-vm.md)',
+      run: async () => {
+        const [path, thp] = await Promise.all([deps.restorePath(), deps.thpMode()])
+        const hazard = lazyRestoreHazard(path, deps.sandboxHelper.path !== undefined, thp)
+        if (hazard) throw new Error(hazard)
+        return `transparent huge pages ${thp ?? 'not built in'}${thp === 'always' ? ', CRIU spawned with them off' : ''}`
       },
     },
     {

@@ -5,6 +5,7 @@
 import { Command, CommanderError } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { nativeBuildId } from '../executor/adapters/native.ts'
+import { readThpMode } from '../executor/sandbox/restore-path.ts'
 import { createHostAdapters, createSandboxes, createSelfTest } from '../executor/wiring.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
@@ -57,6 +58,7 @@ program
           ...(adapters.helperPath ? { buildId: nativeBuildId(adapters.helperPath) } : {}),
         },
         restorePath: () => sandboxes.restorePath(),
+        thpMode: () => readThpMode(),
         dockerInfo: () => adapters.docker.info(),
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {

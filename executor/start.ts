@@ -24,7 +24,7 @@ import { createInstanceManager, type InstanceManager } from './instances/instanc
 import { createReaper, type Reaper } from './instances/reaper.ts'
 import { reconcile, removeHostContainers, snapshotUsage } from './instances/reconcile.ts'
 import { createRestoreWorker, type RestoreWorker } from './instances/worker.ts'
-import { formatRestorePath } from './sandbox/restore-path.ts'
+import { formatRestorePath, lazyRestoreHazard, readThpMode } from './sandbox/restore-path.ts'
 import type { SandboxManager } from './sandbox/sandbox.ts'
 import type { SnapshotStore } from './snapshots/snapshot-store.ts'
 import {
@@ -99,13 +99,20 @@ async function prepareAll(
   logger.info({ functions: functions.map((f) => f.name) }, 'functions prepared')
 }
 
-function logRestorePath(sandboxes: Pick<SandboxManager, 'restorePath'>, logger: Logger): void {
+function logRestorePath(
+  sandboxes: Pick<SandboxManager, 'restorePath'>,
+  hasHelper: boolean,
+  logger: Logger,
+): void {
   sandboxes.restorePath().then(
-    (path) =>
+    async (path) => {
       logger.info(
         { restorePath: formatRestorePath(path), ...(path.filterError ? { err: path.filterError } : {}) },
         'restore path',
-      ),
+      )
+      const hazard = lazyRestoreHazard(path, hasHelper, await readThpMode())
+      if (hazard) logger.warn({ err: hazard }, 'lazy restores will fail on this host (see initless doctor)')
+    },
     (err: unknown) => logger.warn({ err: errorMessage(err) }, 'restore path unknown'),
   )
 }
@@ -268,7 +275,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
 
   const prepared = prepareAll(instances, functions, logger)
   logger.info({ hostId, functions: functions.map((f) => f.name) }, 'executor started')
-  logRestorePath(sandboxes, logger)
+  logRestorePath(sandboxes, adapters.helperPath !== undefined, logger)
 
   const steps = shutdownSteps({
     hostId,

@@ -176,6 +176,24 @@ describe('sandbox helper', () => {
     )
   })
 
+  test('spawns processes with transparent huge pages disabled (CRIU lazy restores need it)', async (t) => {
+    if (!requireServices(t)) return
+    const thpLine = (status: string) => /^THP_enabled:\s*(\d)$/m.exec(status)?.[1]
+    // The control: this process, started by node, has THP as the host gives it.
+    const own = thpLine(await readFile('/proc/self/status', 'utf8'))
+    if (own === undefined) return t.skip('the kernel reports no THP_enabled (built without THP)')
+    assert.equal(own, '1')
+    const out = join(dir, 'thp.out')
+    const p = await get().spawn({
+      argv: ['cat', '/proc/self/status'],
+      output: out,
+      mode: 'group',
+      keepAlive: true,
+    })
+    assert.deepEqual(await p.exited, { code: 0, signal: null })
+    assert.equal(thpLine(await readFile(out, 'utf8')), '0')
+  })
+
   test('bad requests get errors; the helper keeps serving', async (t) => {
     if (!requireServices(t)) return
     const h = get()

@@ -34,7 +34,7 @@ export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
 }
 
 /**
- * The CRIU config file runc hands to CRIU (annotation `org.criu.config`) for a dump or a restore.
+ * The CRIU config file runc hands to CRIU (annotation `org.criu.config`) for a checkpoint.
  *
  * `network-lock skip`: by default CRIU locks the container's network with iptables during a dump
  * and unlocks it at the end of every restore (two iptables-restore runs to lock, two plus a shell
@@ -42,10 +42,26 @@ export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
  * method recorded at dump, so it must be set for the dump. Nothing needs the lock: a bake dumps a
  * process no client is connected to, and a restore lands in a brand-new namespace no one can reach
  * until the executor reports it ready.
- * `lazy-pages` only for a lazy restore (never for a dump).
  */
-export function criuConfigText(opts: { lazy: boolean }): string {
-  const lines = ['network-lock skip']
+export function criuDumpConfigText(): string {
+  return 'network-lock skip\n'
+}
+
+/**
+ * The CRIU config file of a `runc restore` (the fallback path: criuRestoreArgs is the direct one),
+ * which CRIU reads after runc's RPC options and lets override them:
+ * - `mntns-compat-mode`: the old mount engine, as the direct path uses. CRIU's default mount-v2
+ *   engine copies the sharing of the masked paths' `/dev/null` binds with
+ *   `move_mount(MOVE_MOUNT_SET_GROUP)` from a file, which fails (`EINVAL`) where the host's `/dev`
+ *   is a shared mount (every systemd host). Restores only: in a dump's config it fails the dump.
+ * - `cgroup-root <cgroupRoot>`: the restored tasks go to the sandbox's cgroup, where runc set the
+ *   limits and device rules. runc 1.1 names the cgroup to CRIU only on cgroup v1; on v2 CRIU
+ *   would recreate the checkpointed container's cgroup and put every restore of a snapshot there,
+ *   without limits. On v1 runc names the same path per controller.
+ * - `lazy-pages` only for a lazy restore.
+ */
+export function criuRestoreConfigText(opts: { lazy: boolean; cgroupRoot: string }): string {
+  const lines = ['network-lock skip', 'mntns-compat-mode', `cgroup-root ${opts.cgroupRoot}`]
   if (opts.lazy) lines.push('lazy-pages')
   return `${lines.join('\n')}\n`
 }
@@ -152,8 +168,8 @@ export interface Criu {
    * listening in `workDir` first.
    */
   restore(req: CriuRestoreRequest): Promise<number>
-  /** Write the CRIU config file runc passes to restores (lazy or eager). */
-  writeRestoreConfig(path: string, opts: { lazy: boolean }): Promise<void>
+  /** Write the CRIU config file runc passes to a restore (criuRestoreConfigText). */
+  writeRestoreConfig(path: string, opts: { lazy: boolean; cgroupRoot: string }): Promise<void>
   /**
    * Start `criu lazy-pages` for one restore and resolve once its socket exists, i.e. once
    * `runc restore` may connect. One daemon serves exactly one restore.
@@ -340,7 +356,7 @@ export function createCriu(deps: {
     },
 
     async writeRestoreConfig(path, opts) {
-      await writeFile(path, criuConfigText(opts), { mode: 0o600 })
+      await writeFile(path, criuRestoreConfigText(opts), { mode: 0o600 })
     },
 
     async startLazyPages(imagesDir, workDir, opts = {}) {

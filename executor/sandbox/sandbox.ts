@@ -25,7 +25,7 @@ import {
   setCpuLimit,
   type CgroupLayout,
 } from '../adapters/cgroups.ts'
-import { criuConfigText, type ExternalMount } from '../adapters/criu.ts'
+import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from '../adapters/network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import { probeRestorePath, type RestorePath } from './restore-path.ts'
@@ -340,7 +340,7 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
         await Promise.all([
           writeFile(join(at.bundle, 'config.json'), JSON.stringify(spec)),
           // What a checkpoint of this sandbox needs; a restore rewrites it (restoreIntoSandbox).
-          writeFile(at.criuConfig, criuConfigText({ lazy: false }), { mode: 0o600 }),
+          writeFile(at.criuConfig, criuDumpConfigText(), { mode: 0o600 }),
           writeFile(join(at.dir, 'sandbox.json'), JSON.stringify(sandbox)),
         ])
         return sandbox
