@@ -5,6 +5,8 @@
 import { Command, CommanderError } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { createHost } from '../executor/host.ts'
+import { createFirewall } from '../executor/adapters/firewall.ts'
+import { canonicalCidr } from '../shared/subnet.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
@@ -51,6 +53,14 @@ program
         redisUrl: config.INITLESS_REDIS_URL,
         sandboxHelper: { setting: config.INITLESS_SANDBOX_HELPER, path: host.sandboxHelper },
         restorePath: () => host.sandboxes.restorePath(),
+        networkPolicy: {
+          bridge: config.INITLESS_BRIDGE,
+          status: () =>
+            createFirewall({
+              run: host.run,
+              settings: { bridge: config.INITLESS_BRIDGE, subnet: canonicalCidr(config.INITLESS_SUBNET) },
+            }).status(),
+        },
         dockerInfo: () => host.docker.info(),
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {

@@ -17,6 +17,7 @@ import type { ExecutorConfig } from './config.ts'
 import { createHostInstanceManager, type Host } from './host.ts'
 import type { InstanceManager } from './instances/instances.ts'
 import { createPeerRouter, networkIdentity } from './cluster/peers.ts'
+import { applyNetworkPolicy } from './sandbox/network-policy.ts'
 import { formatRestorePath } from './sandbox/restore-path.ts'
 import {
   createReaper,
@@ -112,6 +113,16 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     docker: host.docker,
     registry,
     logger,
+  })
+  // Before the first instance exists: no instance ever runs outside the policy.
+  const policy = await applyNetworkPolicy({
+    run: host.run,
+    bridge: config.INITLESS_BRIDGE,
+    subnet,
+    logger,
+  }).catch(async (err: unknown) => {
+    await stateLock.release()
+    throw err
   })
   const worker = createRestoreWorker({
     redisUrl: config.INITLESS_REDIS_URL,
@@ -255,6 +266,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
         run: () => removeHostContainers(host.docker, config.hostId, ['exports']),
       },
       { name: 'forwarding rules', timeoutMs: Infinity, run: () => peers.closeForwarding() },
+      { name: 'network policy', timeoutMs: Infinity, run: () => policy.remove() },
       { name: 'subscription', timeoutMs: REDIS_CLOSE_MS, run: () => subscription.close() },
       {
         name: 'redis',
