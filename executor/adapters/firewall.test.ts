@@ -29,6 +29,7 @@ const APPLIED = `*filter
 -A INITLESS-FWD-initless0 -o initless0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment initless -j ACCEPT
 -A INITLESS-FWD-initless0 -i initless0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment initless -j ACCEPT
 -A INITLESS-FWD-initless0 -i initless0 -o initless0 -m comment --comment initless -j DROP
+-A INITLESS-FWD-initless0 -i initless0 -m realm --realm 0xd5 -m comment --comment initless -j DROP
 -A INITLESS-FWD-initless0 -d 169.254.0.0/16 -i initless0 -m comment --comment initless -j DROP
 -A INITLESS-FWD-initless0 -i initless0 -m conntrack --ctstate DNAT -m comment --comment initless -j DROP
 -A INITLESS-FWD-initless0 -i initless0 -m physdev --physdev-in ild+ -m comment --comment initless -j DROP
@@ -70,15 +71,16 @@ const edits = (script: string) => lines(script).filter((l) => /^-[DI] /.test(l))
 
 describe('policyRules', () => {
   const fwd = set.chains.find((c) => c.name === 'INITLESS-FWD-initless0')?.rules.map((r) => r.join(' ')) ?? []
-  test('replies pass first, then instance-to-instance, link-local, DNAT and denied egress drop', () => {
+  test('replies pass first, then instance-to-instance (here, other hosts), link-local, DNAT, denied egress drop', () => {
     assert.match(fwd[0] ?? '', /^-o initless0 -m conntrack --ctstate RELATED,ESTABLISHED .*-j ACCEPT$/)
     assert.match(fwd[1] ?? '', /^-i initless0 -m conntrack --ctstate RELATED,ESTABLISHED .*-j ACCEPT$/)
     assert.match(fwd[2] ?? '', /^-i initless0 -o initless0 .*-j DROP$/)
-    assert.match(fwd[3] ?? '', new RegExp(`-d ${LINK_LOCAL} .*-j DROP$`))
-    assert.match(fwd[4] ?? '', /--ctstate DNAT .*-j DROP$/)
-    assert.match(fwd[5] ?? '', /--physdev-in ild\+ .*-j DROP$/)
-    assert.match(fwd[6] ?? '', /^-i initless0 -m comment --comment initless -j ACCEPT$/)
-    assert.match(fwd[7] ?? '', /^-o initless0 -m comment --comment initless -j ACCEPT$/)
+    assert.match(fwd[3] ?? '', /^-i initless0 -m realm --realm 0xd5 .*-j DROP$/)
+    assert.match(fwd[4] ?? '', new RegExp(`-d ${LINK_LOCAL} .*-j DROP$`))
+    assert.match(fwd[5] ?? '', /--ctstate DNAT .*-j DROP$/)
+    assert.match(fwd[6] ?? '', /--physdev-in ild\+ .*-j DROP$/)
+    assert.match(fwd[7] ?? '', /^-i initless0 -m comment --comment initless -j ACCEPT$/)
+    assert.match(fwd[8] ?? '', /^-o initless0 -m comment --comment initless -j ACCEPT$/)
   })
   test('every rule and jump carries the comment', () => {
     for (const r of [...set.chains.flatMap((c) => c.rules), ...set.jumps.map((j) => j.args)])
@@ -113,7 +115,7 @@ describe('parseSave', () => {
   test('reads chains and their rules per table, quoted words unquoted', () => {
     const t = parseSave(`${APPLIED}*mangle\n:X - [0:0]\n-A X -m comment --comment "a b" -j RETURN\nCOMMIT\n`)
     assert.equal(t.get('filter')?.get('FORWARD')?.length, 2)
-    assert.equal(t.get('filter')?.get('INITLESS-FWD-initless0')?.length, 8)
+    assert.equal(t.get('filter')?.get('INITLESS-FWD-initless0')?.length, 9)
     assert.deepEqual(t.get('nat')?.get('PREROUTING'), [])
     assert.deepEqual((t as Map<string, Map<string, string[][]>>).get('mangle')?.get('X'), [
       ['-m', 'comment', '--comment', 'a b', '-j', 'RETURN'],

@@ -3,7 +3,7 @@
  *
  * What an instance may reach (docs/security.md "Network policy"):
  * - never another instance (bridged traffic between ports of the bridge, seen by iptables through
- *   br_netfilter), the host's own services (INPUT from the bridge, and DNAT'ed ports such as
+ *   br_netfilter; other hosts' instances: routes of realm 213, peers.ts), the host's own services (INPUT from the bridge, and DNAT'ed ports such as
  *   Docker's published ones), nor link-local addresses (169.254.0.0/16: cloud metadata);
  * - replies to connections opened to it (the executor's probes, gateways on this or other hosts);
  * - the rest (the internet) only if its function allows egress (`network.egress`, default allow),
@@ -23,6 +23,11 @@ import type { CommandRunner } from './exec.ts'
 import { DENY_VETH_PREFIX } from './network.ts'
 
 export const POLICY_COMMENT = 'initless'
+/**
+ * The routing realm of the routes to other hosts' instance subnets (cluster/peers.ts): new
+ * connections from instances along them are instance to instance, across hosts.
+ */
+export const PEER_ROUTE_REALM = '213'
 /** Link-local addresses, where clouds serve instance metadata (and credentials). */
 export const LINK_LOCAL = '169.254.0.0/16'
 
@@ -68,6 +73,8 @@ export function policyRules(s: FirewallSettings): PolicyRuleSet {
     ['-i', b, ...replies],
     // From here on, only new connections.
     ['-i', b, '-o', b, '-j', 'DROP'],
+    // iptables-save prints the realm in hex: kept so, status() compares rule by rule.
+    ['-i', b, '-m', 'realm', '--realm', `0x${Number(PEER_ROUTE_REALM).toString(16)}`, '-j', 'DROP'],
     ['-i', b, '-d', LINK_LOCAL, '-j', 'DROP'],
     // A host port forwarded by DNAT (Docker's published ports) is a service of the host.
     ['-i', b, '-m', 'conntrack', '--ctstate', 'DNAT', '-j', 'DROP'],
