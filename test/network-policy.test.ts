@@ -57,10 +57,10 @@ type Outcome = 'open' | 'timeout' | 'refused' | 'unreachable'
 
 /** Connect to host:port from inside the network namespace `ns` (1.5 s); what happened. */
 function probeFrom(ns: string, host: string, port: number): Promise<Outcome> {
+  // create_connection resolves both families, and a link-local IPv6 address with its %eth0 scope.
   const code = `import socket, errno
-s = socket.socket(); s.settimeout(1.5)
 try:
-    s.connect((${JSON.stringify(host)}, ${port})); print("open")
+    socket.create_connection((${JSON.stringify(host)}, ${port}), timeout=1.5); print("open")
 except socket.timeout: print("timeout")
 except ConnectionRefusedError: print("refused")
 except OSError as e: print("unreachable" if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else "error %s" % e)`
@@ -92,11 +92,13 @@ describe('network policy', () => {
   let functionsDir = ''
   let outsideServer: ChildProcess | undefined
   let hostService: Server | undefined
+  let hostService6: Server | undefined
   const stateDir = `/var/lib/initless-test/netpol-${tag}`
   after(async () => {
     await stack?.stop()
     outsideServer?.kill()
     hostService?.close()
+    hostService6?.close()
     quiet('ip', ['netns', 'del', OUTSIDE_NS])
     quiet('ip', ['link', 'del', OUTSIDE_VETH])
     quiet('ip', ['link', 'del', BRIDGE])
@@ -153,6 +155,10 @@ while True:
     hostService = createServer((c) => c.end())
     await new Promise<void>((resolve) => hostService?.listen(0, '0.0.0.0', resolve))
     const hostPort = (hostService.address() as { port: number }).port
+    // And one on IPv6 (Node's default for a server given no host), reached over link-local.
+    hostService6 = createServer((c) => c.end())
+    await new Promise<void>((resolve) => hostService6?.listen(0, '::', resolve))
+    const hostPort6 = (hostService6.address() as { port: number }).port
 
     functionsDir = await mkdtemp(join(tmpdir(), 'initless-netpol-'))
     for (const [name, egress] of [
@@ -191,6 +197,10 @@ while True:
     const allowNs = `${NETNS_PREFIX}${allow.id}`
     const denyNs = `${NETNS_PREFIX}${deny.id}`
     const bridgeIp = `10.237.${r}.1`
+    const bridgeIp6 = /inet6 (fe80::[0-9a-f:]+)\//.exec(
+      sh('ip', ['-6', '-o', 'addr', 'show', 'dev', BRIDGE]),
+    )?.[1]
+    assert.ok(bridgeIp6, 'the bridge has a link-local IPv6 address')
 
     // Controls: every target answers from the host, so a timeout below is the policy's doing.
     for (const [host, port] of [
@@ -198,6 +208,7 @@ while True:
       [LINK_LOCAL_IP, PORT],
       ['127.0.0.1', hostPort],
       [bridgeIp, hostPort],
+      [`${bridgeIp6}%${BRIDGE}`, hostPort6],
       [allow.address.host, allow.address.port],
       [deny.address.host, deny.address.port],
     ] as const)
@@ -214,6 +225,8 @@ while True:
       [allowNs, bridgeIp, hostPort, 'timeout'],
       [allowNs, OUTSIDE_HOST_IP, hostPort, 'timeout'],
       [denyNs, bridgeIp, hostPort, 'timeout'],
+      // the host over IPv6 (link-local: instances have no other IPv6 address)
+      [allowNs, `${bridgeIp6}%eth0`, hostPort6, 'timeout'],
       // each other
       [allowNs, deny.address.host, deny.address.port, 'timeout'],
       [denyNs, allow.address.host, allow.address.port, 'timeout'],

@@ -6,6 +6,7 @@ import {
   LINK_LOCAL,
   parseSave,
   policyRules,
+  policyRules6,
   policyStatus,
   reconcileScript,
   removalScript,
@@ -46,6 +47,21 @@ COMMIT
 :INITLESS-NAT-initless0 - [0:0]
 -A POSTROUTING -s 10.213.0.0/16 -m comment --comment initless -j INITLESS-NAT-initless0
 -A INITLESS-NAT-initless0 ! -o initless0 -m comment --comment initless -j MASQUERADE
+COMMIT
+`
+
+/** The same for ip6tables (no Docker rules there). */
+const APPLIED6 = `*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:INITLESS-FWD-initless0 - [0:0]
+:INITLESS-IN-initless0 - [0:0]
+-A INPUT -i initless0 -m comment --comment initless -j INITLESS-IN-initless0
+-A FORWARD -m comment --comment initless -j INITLESS-FWD-initless0
+-A INITLESS-FWD-initless0 -i initless0 -m comment --comment initless -j DROP
+-A INITLESS-FWD-initless0 -o initless0 -m comment --comment initless -j DROP
+-A INITLESS-IN-initless0 -m comment --comment initless -j DROP
 COMMIT
 `
 
@@ -247,10 +263,11 @@ describe('policyStatus', () => {
 })
 
 describe('createFirewall', () => {
-  const make = (opts: { saved: string; ports?: string; netfilter?: boolean }) => {
+  const make = (opts: { saved: string; saved6?: string; ports?: string; netfilter?: boolean }) => {
     const sysctls: string[] = []
     const fake = fakeRunner((call) => {
       if (call.cmd === 'iptables-save') return { stdout: opts.saved }
+      if (call.cmd === 'ip6tables-save') return { stdout: opts.saved6 ?? '' }
       if (call.cmd === 'ip') return { stdout: opts.ports ?? '', code: 0 }
       return undefined
     })
@@ -263,24 +280,37 @@ describe('createFirewall', () => {
     return { fw, calls: fake.calls, sysctls }
   }
 
-  test('apply: br_netfilter loaded if missing, forwarding on, one iptables-restore', async () => {
+  test('apply: br_netfilter loaded if missing, forwarding on, one restore per family', async () => {
     const { fw, calls, sysctls } = make({ saved: DOCKER_ONLY, netfilter: false })
     await fw.apply()
     assert.deepEqual(
       calls.map((c) => [c.cmd, ...c.args].join(' ')),
-      ['modprobe br_netfilter', 'iptables-save', 'iptables-restore -w --noflush'],
+      [
+        'modprobe br_netfilter',
+        'iptables-save',
+        'iptables-restore -w --noflush',
+        'ip6tables-save',
+        'ip6tables-restore -w --noflush',
+      ],
     )
-    assert.deepEqual(sysctls, ['net.bridge.bridge-nf-call-iptables=1', 'net.ipv4.ip_forward=1'])
+    assert.deepEqual(sysctls, [
+      'net.bridge.bridge-nf-call-iptables=1',
+      'net.bridge.bridge-nf-call-ip6tables=1',
+      'net.ipv4.ip_forward=1',
+    ])
     assert.equal(calls[2]?.options?.input, reconcileScript(set, DOCKER_ONLY))
+    assert.equal(calls[4]?.options?.input, reconcileScript(policyRules6(settings), ''))
   })
 
   test('apply: br_netfilter already there, no modprobe', async () => {
-    const { fw, calls } = make({ saved: APPLIED })
+    const { fw, calls } = make({ saved: APPLIED, saved6: APPLIED6 })
     await fw.apply()
     assert.deepEqual(
       calls.map((c) => c.cmd),
-      ['iptables-save', 'iptables-restore'],
+      ['iptables-save', 'iptables-restore', 'ip6tables-save', 'ip6tables-restore'],
     )
+    // Applied already: the chains are refilled, no jump is touched.
+    assert.deepEqual(edits(String(calls[3]?.options?.input)), [])
   })
 
   test('remove: kept while other instances are on the bridge', async () => {
@@ -289,10 +319,18 @@ describe('createFirewall', () => {
     assert.ok(!calls.some((c) => c.cmd === 'iptables-restore'))
   })
 
-  test('remove: the removal script when the bridge is empty', async () => {
-    const { fw, calls } = make({ saved: APPLIED })
+  test('remove: the removal script per family when the bridge is empty', async () => {
+    const { fw, calls } = make({ saved: APPLIED, saved6: APPLIED6 })
     assert.deepEqual(await fw.remove(), { removed: true })
-    assert.equal(calls.at(-1)?.options?.input, removalScript(set, APPLIED))
+    const restores = calls.filter((c) => c.cmd.endsWith('-restore'))
+    assert.deepEqual(
+      restores.map((c) => [c.cmd, c.options?.input]),
+      [
+        ['iptables-restore', removalScript(set, APPLIED)],
+        ['ip6tables-restore', removalScript(policyRules6(settings), APPLIED6)],
+      ],
+    )
+    assert.match(String(restores[1]?.options?.input), /^-X INITLESS-IN-initless0$/m)
   })
 
   test('remove: nothing left of ours, no iptables-restore', async () => {
@@ -302,7 +340,13 @@ describe('createFirewall', () => {
   })
 
   test("status reads the kernel's rules", async () => {
-    assert.equal((await make({ saved: APPLIED }).fw.status()).applied, true)
-    assert.equal((await make({ saved: DOCKER_ONLY }).fw.status()).applied, false)
+    assert.deepEqual(await make({ saved: APPLIED, saved6: APPLIED6 }).fw.status(), {
+      applied: true,
+      problems: [],
+    })
+    const v6missing = await make({ saved: APPLIED }).fw.status()
+    assert.equal(v6missing.applied, false)
+    assert.match(v6missing.problems[0] ?? '', /^chain INITLESS-FWD-initless0 missing \(IPv6\)$/)
+    assert.equal((await make({ saved: DOCKER_ONLY, saved6: APPLIED6 }).fw.status()).applied, false)
   })
 })

@@ -101,6 +101,33 @@ export function policyRules(s: FirewallSettings): PolicyRuleSet {
   }
 }
 
+/**
+ * IPv6: instances get no IPv6 address or route, but every veth has a link-local one, and services
+ * listening on `::` (Node's default) would answer on it: all IPv6 from and to the bridge drops.
+ */
+export function policyRules6(s: FirewallSettings): PolicyRuleSet {
+  const c = policyChainNames(s.bridge)
+  const b = s.bridge
+  const drop = [...mark, '-j', 'DROP']
+  return {
+    chains: [
+      {
+        table: 'filter',
+        name: c.forward,
+        rules: [
+          ['-i', b, ...drop],
+          ['-o', b, ...drop],
+        ],
+      },
+      { table: 'filter', name: c.input, rules: [drop] },
+    ],
+    jumps: [
+      { table: 'filter', chain: 'FORWARD', args: [...mark, '-j', c.forward] },
+      { table: 'filter', chain: 'INPUT', args: ['-i', b, ...mark, '-j', c.input] },
+    ],
+  }
+}
+
 /** The rules of one table in `iptables-save` output: chain -> its `-A` lines' arguments, in order. */
 export function parseSave(text: string): Map<Table, Map<string, string[][]>> {
   const tables = new Map<Table, Map<string, string[][]>>()
@@ -235,21 +262,26 @@ const hasBridgeNetfilter = () =>
     () => false,
   )
 
-/** The real firewall: iptables-save to read, one iptables-restore --noflush to write. */
+/** The real firewall: per family, `*tables-save` to read, one `*tables-restore --noflush` to write. */
 export function createFirewall(deps: FirewallDeps): Firewall {
   const { run, settings } = deps
-  const set = policyRules(settings)
+  const families = [
+    { cmd: 'iptables', set: policyRules(settings) },
+    { cmd: 'ip6tables', set: policyRules6(settings) },
+  ]
   const sysctl = deps.sysctl ?? writeSysctl
-  const save = async () => (await run('iptables-save', [])).stdout
-  const restore = (script: string) => run('iptables-restore', ['-w', '--noflush'], { input: script })
+  const save = async (cmd: string) => (await run(`${cmd}-save`, [])).stdout
+  const restore = (cmd: string, script: string) =>
+    run(`${cmd}-restore`, ['-w', '--noflush'], { input: script })
 
   return {
     async apply() {
       // Without br_netfilter, traffic between two ports of the bridge never meets iptables.
       if (!(await (deps.bridgeNetfilter ?? hasBridgeNetfilter)())) await run('modprobe', ['br_netfilter'])
       await sysctl('net.bridge.bridge-nf-call-iptables', '1')
+      await sysctl('net.bridge.bridge-nf-call-ip6tables', '1')
       await sysctl('net.ipv4.ip_forward', '1')
-      await restore(reconcileScript(set, await save()))
+      for (const f of families) await restore(f.cmd, reconcileScript(f.set, await save(f.cmd)))
     },
 
     async remove() {
@@ -259,13 +291,20 @@ export function createFirewall(deps: FirewallDeps): Firewall {
       const left = ports.stdout.split('\n').filter((l) => l.trim()).length
       if (ports.code === 0 && left > 0)
         return { removed: false, reason: `${left} other instance(s) still on ${settings.bridge}` }
-      const script = removalScript(set, await save())
-      if (script) await restore(script)
+      for (const f of families) {
+        const script = removalScript(f.set, await save(f.cmd))
+        if (script) await restore(f.cmd, script)
+      }
       return { removed: true }
     },
 
     async status() {
-      return policyStatus(set, await save())
+      const problems: string[] = []
+      for (const f of families) {
+        const s = policyStatus(f.set, await save(f.cmd))
+        problems.push(...s.problems.map((p) => (f.cmd === 'iptables' ? p : `${p} (IPv6)`)))
+      }
+      return { applied: problems.length === 0, problems }
     },
   }
 }
