@@ -15,7 +15,8 @@ import { connect, createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
-import { policyChainNames } from '../executor/adapters/firewall.ts'
+import { runCommand, type CommandRunner } from '../executor/adapters/exec.ts'
+import { createFirewall, policyChainNames } from '../executor/adapters/firewall.ts'
 import { NETNS_PREFIX } from '../executor/sandbox/sandbox.ts'
 import { requireServices } from './support/integration.ts'
 import { startE2eStack, type E2eStack } from './support/e2e.ts'
@@ -247,6 +248,118 @@ while True:
       saved.split('\n').filter((l) => l.includes(OTHER_CHAIN)),
       othersBefore,
       "the test's own rules are untouched",
+    )
+  })
+})
+
+/**
+ * The firewall module against a real kernel, in a network namespace `H` the test makes as the
+ * host (its own iptables): an instance namespace on H's bridge, and a peer namespace behind a
+ * route of realm 213 to "another host's instances", as cluster/peers.ts adds it.
+ */
+describe('network policy in a namespace of its own', () => {
+  const t2 = randomBytes(3).toString('hex')
+  const [H, I, P] = ['h', 'i', 'p'].map((x) => `ilnp-${x}-${t2}`) as [string, string, string]
+  let server: ChildProcess | undefined
+  after(() => {
+    server?.kill()
+    for (const ns of [I, P, H]) quiet('ip', ['netns', 'del', ns])
+  })
+
+  test("instances reach no other host's instances; reconciliation repairs; removal leaves others' rules", async (t) => {
+    if (!requireServices(t)) return
+    const inH: CommandRunner = (cmd, args, opts) => runCommand('ip', ['netns', 'exec', H, cmd, ...args], opts)
+    const ipH = (...args: string[]) => sh('ip', ['-n', H, ...args])
+    for (const ns of [H, I, P]) sh('ip', ['netns', 'add', ns])
+    ipH('link', 'set', 'lo', 'up')
+    ipH('link', 'add', 'brT', 'type', 'bridge')
+    ipH('addr', 'add', '10.50.1.1/24', 'dev', 'brT')
+    ipH('link', 'set', 'brT', 'up')
+    ipH('link', 'add', 'ilv0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', I)
+    ipH('link', 'set', 'ilv0', 'master', 'brT', 'up')
+    for (const cmd of [
+      ['addr', 'add', '10.50.1.2/24', 'dev', 'eth0'],
+      ['link', 'set', 'eth0', 'up'],
+      ['route', 'add', 'default', 'via', '10.50.1.1'],
+    ])
+      sh('ip', ['-n', I, ...cmd])
+    ipH('link', 'add', 'vp0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', P)
+    ipH('addr', 'add', '10.9.0.1/24', 'dev', 'vp0')
+    ipH('link', 'set', 'vp0', 'up')
+    for (const cmd of [
+      ['addr', 'add', '10.9.0.2/24', 'dev', 'eth0'],
+      ['link', 'set', 'eth0', 'up'],
+      ['link', 'set', 'lo', 'up'],
+      ['addr', 'add', '10.60.0.1/32', 'dev', 'lo'],
+      ['route', 'add', '10.50.1.0/24', 'via', '10.9.0.1'],
+    ])
+      sh('ip', ['-n', P, ...cmd])
+    // "Another host's instance subnet", routed as peers.ts routes it.
+    ipH('route', 'add', '10.60.0.0/16', 'via', '10.9.0.2', 'proto', '213', 'realm', '213')
+    server = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        P,
+        'python3',
+        '-c',
+        `import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${PORT})); s.listen(64); print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.close()`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    await new Promise((resolve) => server?.stdout?.once('data', resolve))
+    // A rule of someone else's in H, in a built-in chain, marked like ours.
+    const theirs = ['FORWARD', '-s', '10.61.0.9/32', '-m', 'comment', '--comment', 'initless', '-j', 'ACCEPT']
+    await inH('iptables', ['-w', '-A', ...theirs])
+
+    const firewall = createFirewall({
+      run: inH,
+      settings: { bridge: 'brT', subnet: '10.50.1.0/24' },
+      sysctl: async (key, value) => void (await inH('sysctl', ['-q', '-w', `${key}=${value}`])),
+    })
+    assert.equal((await firewall.status()).applied, false)
+    await firewall.apply()
+    assert.deepEqual(await firewall.status(), { applied: true, problems: [] })
+    assert.equal(await probeFrom(I, '10.9.0.2', PORT), 'open', 'egress to an ordinary address')
+    assert.equal(await probeFrom(I, '10.60.0.1', PORT), 'timeout', "another host's instance")
+
+    // Tampered with: a rule of ours deleted, our FORWARD jump duplicated behind someone's rule.
+    const chains = policyChainNames('brT')
+    await inH('iptables', ['-w', '-D', chains.forward, '4'])
+    await inH('iptables', [
+      '-w',
+      '-A',
+      'FORWARD',
+      '-m',
+      'comment',
+      '--comment',
+      'initless',
+      '-j',
+      chains.forward,
+    ])
+    const tampered = await firewall.status()
+    assert.deepEqual(tampered.problems, [`chain ${chains.forward} differs from the policy`])
+    assert.equal(await probeFrom(I, '10.60.0.1', PORT), 'open', 'the realm rule was the one deleted')
+    await firewall.apply()
+    assert.deepEqual(await firewall.status(), { applied: true, problems: [] })
+    const forward = (await inH('iptables', ['-w', '-S', 'FORWARD'])).stdout.split('\n')
+    assert.equal(forward.filter((l) => l.includes(chains.forward)).length, 1, 'one jump, the duplicate gone')
+    assert.equal(await probeFrom(I, '10.60.0.1', PORT), 'timeout')
+
+    assert.deepEqual(await firewall.remove(), { removed: false, reason: '1 other instance(s) still on brT' })
+    ipH('link', 'del', 'ilv0')
+    assert.deepEqual(await firewall.remove(), { removed: true })
+    const saved = (await inH('iptables-save', [])).stdout + (await inH('ip6tables-save', [])).stdout
+    assert.ok(!saved.includes('INITLESS-'), saved)
+    assert.deepEqual(
+      saved.split('\n').filter((l) => l.includes('--comment initless')),
+      [`-A ${theirs.join(' ')}`],
+      'the rule of someone else is untouched',
     )
   })
 })
