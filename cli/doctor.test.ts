@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { describe, test } from 'node:test'
 import type { EngineInfo } from '../executor/adapters/docker.ts'
 import type { CommandRunner, RunResult } from '../executor/adapters/exec.ts'
+import type { PolicyStatus } from '../executor/adapters/firewall.ts'
 import type { RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { InitlessError } from '../shared/errors.ts'
@@ -275,6 +276,54 @@ describe('runDoctor', () => {
     )
     assert.equal(built.ok, true)
     assert.equal(built.detail, `${HELPER} (build 0123456789ab)`)
+  })
+
+  test('network policy: applied, not set (no executor), incomplete (fails with the fix), unreadable', async () => {
+    const cases: { name: string; status: () => Promise<PolicyStatus>; ok: boolean; detail: RegExp }[] = [
+      {
+        name: 'applied',
+        status: async () => ({ applied: true, problems: [] }),
+        ok: true,
+        detail: /^applied on initless0$/,
+      },
+      {
+        name: 'nothing set',
+        status: async () => ({
+          applied: false,
+          problems: [
+            'chain INITLESS-FWD-initless0 missing',
+            'FORWARD does not jump to INITLESS-FWD-initless0 first',
+          ],
+        }),
+        ok: true,
+        detail: /^not set on initless0 \(no executor running/,
+      },
+      {
+        name: 'tampered',
+        status: async () => ({
+          applied: false,
+          problems: ['chain INITLESS-IN-initless0 differs from the policy'],
+        }),
+        ok: false,
+        detail: /^incomplete on initless0: chain INITLESS-IN-initless0 differs/,
+      },
+      {
+        name: 'no iptables',
+        status: () => Promise.reject(new Error('spawn iptables-save ENOENT')),
+        ok: false,
+        detail: /iptables-save failed: spawn iptables-save ENOENT/,
+      },
+    ]
+    for (const c of cases) {
+      const { deps } = harness({ selfTest: null })
+      const r = byName(
+        await runDoctor({ ...deps, networkPolicy: { bridge: 'initless0', status: c.status } }),
+        'network policy',
+      )
+      assert.equal(r.ok, c.ok, c.name)
+      assert.match(r.detail, c.detail, c.name)
+      if (!r.ok) assert.match(r.fix!, /provision\.sh.*restart the executor/)
+    }
   })
 
   test('an old Node.js fails', async () => {

@@ -7,6 +7,7 @@ import { statfs, readFile } from 'node:fs/promises'
 import { compareVersions, parseCriuVersion } from '../executor/adapters/criu.ts'
 import type { EngineInfo } from '../executor/adapters/docker.ts'
 import type { CommandRunner } from '../executor/adapters/exec.ts'
+import type { PolicyStatus } from '../executor/adapters/firewall.ts'
 import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { errorMessage } from '../shared/errors.ts'
@@ -44,6 +45,8 @@ export interface DoctorDeps {
   readonly restorePath: () => Promise<RestorePath>
   /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
   readonly thpMode: () => Promise<string | undefined>
+  /** The instances' network policy as the kernel holds it (firewall.ts); omitted: not checked. */
+  readonly networkPolicy?: { readonly bridge: string; readonly status: () => Promise<PolicyStatus> }
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -176,6 +179,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         return formatRestorePath(path)
       },
     },
+    ...(deps.networkPolicy ? [networkPolicyCheck(deps.networkPolicy)] : []),
     {
       name: 'lazy restores',
       fix: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (and transparent_hugepage=madvise on the kernel command line), or direct restores with the sandbox helper; until then give functions restore policy eager (docs/cgroup-v2-vm.md)',
@@ -273,6 +277,27 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     }
   }
   return results
+}
+
+/**
+ * The executor sets the policy at start and removes it at shutdown: no rule at all is a host
+ * without a running executor; some rules but not all is a policy tampered with (or Docker's
+ * restart putting its FORWARD jump first), which the executor's next start repairs.
+ */
+function networkPolicyCheck(p: NonNullable<DoctorDeps['networkPolicy']>): Check {
+  return {
+    name: 'network policy',
+    fix: `${PROVISION} (iptables), then restart the executor: it rewrites its rules at start (docs/security.md)`,
+    run: async () => {
+      const s = await p.status().catch((err: unknown) => {
+        throw new Error(`iptables-save failed: ${errorMessage(err)}`)
+      })
+      if (s.applied) return `applied on ${p.bridge}`
+      if (s.problems.length && s.problems.every((x) => /missing|does not jump/.test(x)))
+        return `not set on ${p.bridge} (no executor running: it sets the rules at start)`
+      throw new Error(`incomplete on ${p.bridge}: ${s.problems.join('; ')}`)
+    },
+  }
 }
 
 export function formatDoctorReport(results: readonly CheckResult[]): string {

@@ -4,9 +4,11 @@
  */
 import { Command, CommanderError } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
+import { createFirewall } from '../executor/adapters/firewall.ts'
 import { nativeBuildId } from '../executor/adapters/native.ts'
 import { readThpMode } from '../executor/sandbox/restore-path.ts'
 import { createHostAdapters, createSandboxes, createSelfTest } from '../executor/wiring.ts'
+import { canonicalCidr } from '../shared/subnet.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
@@ -60,6 +62,14 @@ program
         restorePath: () => sandboxes.restorePath(),
         thpMode: () => readThpMode(),
         dockerInfo: () => adapters.docker.info(),
+        networkPolicy: {
+          bridge: config.INITLESS_BRIDGE,
+          status: () =>
+            createFirewall({
+              run: adapters.run,
+              settings: { bridge: config.INITLESS_BRIDGE, subnet: canonicalCidr(config.INITLESS_SUBNET) },
+            }).status(),
+        },
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {
             throw redisError ?? err

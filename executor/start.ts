@@ -27,6 +27,7 @@ import { createRestoreWorker, type RestoreWorker } from './instances/worker.ts'
 import { formatRestorePath, lazyRestoreHazard, readThpMode } from './sandbox/restore-path.ts'
 import type { SandboxManager } from './sandbox/sandbox.ts'
 import type { SnapshotStore } from './snapshots/snapshot-store.ts'
+import { applyNetworkPolicy, type NetworkPolicy } from './sandbox/network-policy.ts'
 import {
   createBuilder,
   createHostAdapters,
@@ -146,6 +147,7 @@ function shutdownSteps(p: {
   readonly runtimes: Pick<Runtimes, 'docker'>
   readonly docker: Pick<DockerEngine, 'listContainers' | 'removeContainer'>
   readonly peers: Pick<PeerRouter, 'closeForwarding'>
+  readonly policy: Pick<NetworkPolicy, 'remove'>
   readonly subscription: RegistrySubscription
   readonly redis: Redis
   readonly stateLock: StateDirLock
@@ -176,6 +178,7 @@ function shutdownSteps(p: {
       run: () => removeHostContainers(p.docker, p.hostId, ['exports']),
     },
     { name: 'forwarding rules', timeoutMs: Infinity, run: () => p.peers.closeForwarding() },
+    { name: 'network policy', timeoutMs: Infinity, run: () => p.policy.remove() },
     { name: 'subscription', timeoutMs: REDIS_CLOSE_MS, run: () => p.subscription.close() },
     {
       name: 'redis',
@@ -239,6 +242,16 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     logger,
   })
   await reconcile({ hostId, stateDir: config.INITLESS_STATE_DIR, ...adapters, registry, logger })
+  // Before the first instance exists: no instance ever runs outside the policy.
+  const policy = await applyNetworkPolicy({
+    run: adapters.run,
+    bridge: config.INITLESS_BRIDGE,
+    subnet,
+    logger,
+  }).catch(async (err: unknown) => {
+    await stateLock.release()
+    throw err
+  })
   const worker = createRestoreWorker({
     redisUrl: config.INITLESS_REDIS_URL,
     queueName: config.INITLESS_QUEUE_NAME,
@@ -287,6 +300,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     runtimes,
     docker: adapters.docker,
     peers,
+    policy,
     subscription,
     redis,
     stateLock,

@@ -49,7 +49,7 @@ export DEBIAN_FRONTEND=noninteractive
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 APT_PACKAGES=(
-  docker.io runc containerd redis-server debootstrap iproute2 iptables ca-certificates curl xz-utils
+  docker.io runc containerd redis-server debootstrap iproute2 iptables kmod ca-certificates curl xz-utils
   nginx-light docker-compose
   # systemd-analyze: the tests verify the service units with systemd's own parser
   systemd

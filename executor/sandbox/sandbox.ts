@@ -12,7 +12,7 @@
  */
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { Manifest } from '../../shared/manifest.ts'
+import type { Egress, Manifest } from '../../shared/manifest.ts'
 import {
   applySandboxLimits,
   containerCgroupMounts,
@@ -26,7 +26,7 @@ import {
   type CgroupLayout,
 } from '../adapters/cgroups.ts'
 import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
-import type { IpAllocator, NamespaceHandle, NetworkManager } from '../adapters/network.ts'
+import { vethName, type IpAllocator, type NamespaceHandle, type NetworkManager } from '../adapters/network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import { probeRestorePath, type RestorePath } from './restore-path.ts'
 import type { Mounter } from '../adapters/rootfs.ts'
@@ -54,6 +54,8 @@ export interface SandboxRequest {
   readonly pids: number
   /** A restore's sandbox gets its CPU limit once CRIU is done (limitCpu), not from runc. */
   readonly forRestore: boolean
+  /** The function's network.egress (default allow): it names the instance's veth (firewall.ts). */
+  readonly egress?: Egress
 }
 
 export interface Sandbox {
@@ -122,8 +124,9 @@ function once<T>(make: () => Promise<T>, keep: (value: T) => boolean = () => tru
 }
 
 /** A function's resource limits, as a sandbox request takes them. */
-export function sandboxLimits(m: Manifest): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids'> {
-  return { memoryBytes: m.resources.memory, cpus: m.resources.cpus, pids: m.resources.pids }
+export function sandboxLimits(m: Manifest): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'egress'> {
+  const { memory, cpus, pids } = m.resources
+  return { memoryBytes: memory, cpus, pids, egress: m.network.egress }
 }
 
 export function instancesDir(stateDir: string): string {
@@ -257,7 +260,7 @@ async function destroySandbox(
   await attempt(async () => {
     for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
   })
-  await attempt(() => network.destroy(sb.netns.name))
+  await attempt(() => network.destroy(sb.netns.name, sb.netns.veth))
   const keep = opts?.keepUpperAt
   if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
   await attempt(() => rm(sb.dir, { recursive: true, force: true }))
@@ -313,7 +316,7 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
         // before a failure is handled: a release running beside a step still at work would miss
         // what that step makes after it.
         const [ns] = await allSettled<[NamespaceHandle, void, void]>([
-          network.create(nsName, ip),
+          network.create(nsName, ip, req.egress),
           mounter.mountOverlay({
             lowers: req.lowers,
             upper: join(at.dir, 'upper'),
@@ -349,7 +352,7 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
           id: req.id,
           dir: at.dir,
           rootfs: at.rootfs,
-          netns: netns ?? { name: nsName, path: '', ip },
+          netns: netns ?? { name: nsName, path: '', ip, veth: vethName(nsName, req.egress) },
         })
         throw err
       }
