@@ -3,13 +3,14 @@ import { tmpdir } from 'node:os'
 import { describe, test } from 'node:test'
 import type { EngineInfo } from '../executor/adapters/docker.ts'
 import type { CommandRunner, RunResult } from '../executor/adapters/exec.ts'
+import type { PolicyStatus } from '../executor/adapters/firewall.ts'
 import type { RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { InitlessError } from '../shared/errors.ts'
 import { formatDoctorReport, runDoctor, type CheckResult, type DoctorDeps } from './doctor.ts'
 
 const CRIU = '/usr/local/sbin/criu'
-const HELPER = '/usr/local/lib/initless/sandbox-helper-0123456789ab/initless-sandbox-helper'
+const HELPER = '/usr/local/lib/initless/initless-sandbox-helper'
 const RUNC = '/usr/bin/runc'
 const REDIS_URL = 'redis://127.0.0.1:6379'
 
@@ -53,6 +54,7 @@ function harness(
     minFreeDisk?: number
     sandboxHelper?: DoctorDeps['sandboxHelper']
     restorePath?: RestorePath
+    thpMode?: string
   } = {},
 ): Harness {
   const answers = { ...HEALTHY, ...over.answers }
@@ -90,6 +92,7 @@ function harness(
     redisUrl: REDIS_URL,
     sandboxHelper: over.sandboxHelper ?? { setting: 'auto', path: HELPER },
     restorePath: async () => over.restorePath ?? { direct: true, reason: 'cgroup v1', settled: true },
+    thpMode: async () => over.thpMode ?? 'madvise',
     ...(selfTest
       ? {
           selfTest: () => {
@@ -127,6 +130,7 @@ describe('runDoctor', () => {
         'lazy pages',
         'sandbox helper',
         'restore path',
+        'lazy restores',
         'redis',
         'kernel features',
         'disk',
@@ -146,6 +150,7 @@ describe('runDoctor', () => {
       'lazy pages': [true, 'uffd-noncoop supported', undefined],
       'sandbox helper': [true, HELPER, undefined],
       'restore path': [true, 'direct (cgroup v1)', undefined],
+      'lazy restores': [true, 'transparent huge pages madvise', undefined],
       redis: [true, 'Redis 7.0.15', undefined],
       'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
     })
@@ -202,13 +207,54 @@ describe('runDoctor', () => {
     }
   })
 
+  test('lazy restores: THP always fails unless CRIU is spawned by the sandbox helper', async () => {
+    const RUNC_V2: RestorePath = { direct: false, reason: 'cgroup v2, sandbox helper off', settled: true }
+    const NO_HELPER = { setting: 'off', path: undefined }
+    const cases: {
+      thpMode?: string
+      restorePath?: RestorePath
+      sandboxHelper?: DoctorDeps['sandboxHelper']
+      ok: boolean
+      detail: RegExp
+    }[] = [
+      {
+        thpMode: 'madvise',
+        restorePath: RUNC_V2,
+        sandboxHelper: NO_HELPER,
+        ok: true,
+        detail: /pages madvise$/,
+      },
+      { thpMode: 'always', ok: true, detail: /always, CRIU spawned with them off$/ },
+      {
+        thpMode: 'always',
+        restorePath: RUNC_V2,
+        sandboxHelper: NO_HELPER,
+        ok: false,
+        detail: /and runc restore:/,
+      },
+      {
+        thpMode: 'always',
+        sandboxHelper: NO_HELPER,
+        ok: false,
+        detail: /criu restore is started without the sandbox helper/,
+      },
+    ]
+    for (const c of cases) {
+      const r = byName(await runDoctor(harness({ selfTest: null, ...c }).deps), 'lazy restores')
+      assert.equal(r.ok, c.ok, JSON.stringify(c))
+      assert.match(r.detail, c.detail)
+      if (!c.ok)
+        assert.match(r.fix!, /echo madvise > \/sys\/kernel\/mm\/transparent_hugepage\/enabled.*eager/)
+    }
+  })
+
   test('sandbox helper: missing fails with the provision fix; off passes without running one', async () => {
     const missing = byName(
       await runDoctor(harness({ selfTest: null, sandboxHelper: { setting: 'auto', path: undefined } }).deps),
       'sandbox helper',
     )
     assert.equal(missing.ok, false)
-    assert.match(missing.detail, /none built from this source.*60-80 ms/)
+    assert.match(missing.detail, /none installed.*60-80 ms/)
     assert.match(missing.fix!, /provision\.sh.*sandbox-helper\.c/)
     const h = harness({ selfTest: null, sandboxHelper: { setting: 'off', path: undefined } })
     const off = byName(await runDoctor(h.deps), 'sandbox helper')
@@ -221,6 +267,63 @@ describe('runDoctor', () => {
     )
     assert.equal(broken.ok, false)
     assert.match(broken.detail, /answered "" to a ping/)
+    const built = byName(
+      await runDoctor(
+        harness({ selfTest: null, sandboxHelper: { setting: 'auto', path: HELPER, buildId: '0123456789ab' } })
+          .deps,
+      ),
+      'sandbox helper',
+    )
+    assert.equal(built.ok, true)
+    assert.equal(built.detail, `${HELPER} (build 0123456789ab)`)
+  })
+
+  test('network policy: applied, not set (no executor), incomplete (fails with the fix), unreadable', async () => {
+    const cases: { name: string; status: () => Promise<PolicyStatus>; ok: boolean; detail: RegExp }[] = [
+      {
+        name: 'applied',
+        status: async () => ({ applied: true, problems: [] }),
+        ok: true,
+        detail: /^applied on initless0$/,
+      },
+      {
+        name: 'nothing set',
+        status: async () => ({
+          applied: false,
+          problems: [
+            'chain INITLESS-FWD-initless0 missing',
+            'FORWARD does not jump to INITLESS-FWD-initless0 first',
+          ],
+        }),
+        ok: true,
+        detail: /^not set on initless0 \(no executor running/,
+      },
+      {
+        name: 'tampered',
+        status: async () => ({
+          applied: false,
+          problems: ['chain INITLESS-IN-initless0 differs from the policy'],
+        }),
+        ok: false,
+        detail: /^incomplete on initless0: chain INITLESS-IN-initless0 differs/,
+      },
+      {
+        name: 'no iptables',
+        status: () => Promise.reject(new Error('spawn iptables-save ENOENT')),
+        ok: false,
+        detail: /iptables-save failed: spawn iptables-save ENOENT/,
+      },
+    ]
+    for (const c of cases) {
+      const { deps } = harness({ selfTest: null })
+      const r = byName(
+        await runDoctor({ ...deps, networkPolicy: { bridge: 'initless0', status: c.status } }),
+        'network policy',
+      )
+      assert.equal(r.ok, c.ok, c.name)
+      assert.match(r.detail, c.detail, c.name)
+      if (!r.ok) assert.match(r.fix!, /provision\.sh.*restart the executor/)
+    }
   })
 
   test('an old Node.js fails', async () => {

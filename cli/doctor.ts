@@ -7,7 +7,8 @@ import { statfs, readFile } from 'node:fs/promises'
 import { compareVersions, parseCriuVersion } from '../executor/adapters/criu.ts'
 import type { EngineInfo } from '../executor/adapters/docker.ts'
 import type { CommandRunner } from '../executor/adapters/exec.ts'
-import { formatRestorePath, type RestorePath } from '../executor/sandbox/restore-path.ts'
+import type { PolicyStatus } from '../executor/adapters/firewall.ts'
+import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
@@ -31,10 +32,21 @@ export interface DoctorDeps {
   readonly dockerInfo: () => Promise<EngineInfo>
   readonly redisVersion: () => Promise<string>
   readonly redisUrl: string
-  /** INITLESS_SANDBOX_HELPER and the helper binary it resolves to (undefined: none found/off). */
-  readonly sandboxHelper: { readonly setting: string; readonly path: string | undefined }
+  /**
+   * INITLESS_SANDBOX_HELPER, the helper binary it resolves to (undefined: none installed, or off)
+   * and the build id installed with it (scripts/build-native.sh).
+   */
+  readonly sandboxHelper: {
+    readonly setting: string
+    readonly path: string | undefined
+    readonly buildId?: string
+  }
   /** How restores run on this host and why (SandboxManager.restorePath). */
   readonly restorePath: () => Promise<RestorePath>
+  /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
+  readonly thpMode: () => Promise<string | undefined>
+  /** The instances' network policy as the kernel holds it (firewall.ts); omitted: not checked. */
+  readonly networkPolicy?: { readonly bridge: string; readonly status: () => Promise<PolicyStatus> }
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -142,19 +154,20 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     },
     {
       name: 'sandbox helper',
-      fix: `${PROVISION}: it builds the helper from this checkout's executor/native/sandbox-helper.c`,
+      fix: `${PROVISION}: it builds and installs the helper from executor/native/sandbox-helper.c (scripts/build-native.sh)`,
       run: async () => {
         const { setting, path } = deps.sandboxHelper
         if (setting === 'off')
           return 'off (INITLESS_SANDBOX_HELPER=off): sandboxes prepared with ip and mount(8)'
         if (!path)
           throw new Error(
-            'none built from this source: sandboxes are prepared with ip and mount(8), 60-80 ms more per cold start',
+            'none installed: sandboxes are prepared with ip and mount(8), 60-80 ms more per cold start',
           )
         const res = await deps.run(path, [], { input: '1\tping\n', timeoutMs: 10_000 })
         if (res.stdout !== '1\tok\n')
           throw new Error(`${path} answered ${JSON.stringify(res.stdout)} to a ping`)
-        return path
+        const { buildId } = deps.sandboxHelper
+        return buildId ? `${path} (build ${buildId})` : path
       },
     },
     {
@@ -164,6 +177,17 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         const path = await deps.restorePath()
         if (path.filterError) throw new Error(`${formatRestorePath(path)}: ${path.filterError}`)
         return formatRestorePath(path)
+      },
+    },
+    ...(deps.networkPolicy ? [networkPolicyCheck(deps.networkPolicy)] : []),
+    {
+      name: 'lazy restores',
+      fix: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (and transparent_hugepage=madvise on the kernel command line), or direct restores with the sandbox helper; until then give functions restore policy eager (docs/cgroup-v2-vm.md)',
+      run: async () => {
+        const [path, thp] = await Promise.all([deps.restorePath(), deps.thpMode()])
+        const hazard = lazyRestoreHazard(path, deps.sandboxHelper.path !== undefined, thp)
+        if (hazard) throw new Error(hazard)
+        return `transparent huge pages ${thp ?? 'not built in'}${thp === 'always' ? ', CRIU spawned with them off' : ''}`
       },
     },
     {
@@ -253,6 +277,27 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     }
   }
   return results
+}
+
+/**
+ * The executor sets the policy at start and removes it at shutdown: no rule at all is a host
+ * without a running executor; some rules but not all is a policy tampered with (or Docker's
+ * restart putting its FORWARD jump first), which the executor's next start repairs.
+ */
+function networkPolicyCheck(p: NonNullable<DoctorDeps['networkPolicy']>): Check {
+  return {
+    name: 'network policy',
+    fix: `${PROVISION} (iptables), then restart the executor: it rewrites its rules at start (docs/security.md)`,
+    run: async () => {
+      const s = await p.status().catch((err: unknown) => {
+        throw new Error(`iptables-save failed: ${errorMessage(err)}`)
+      })
+      if (s.applied) return `applied on ${p.bridge}`
+      if (s.problems.length && s.problems.every((x) => /missing|does not jump/.test(x)))
+        return `not set on ${p.bridge} (no executor running: it sets the rules at start)`
+      throw new Error(`incomplete on ${p.bridge}: ${s.problems.join('; ')}`)
+    },
+  }
 }
 
 export function formatDoctorReport(results: readonly CheckResult[]): string {

@@ -9,13 +9,16 @@ import { createRedisFunctionRegistry, type FunctionRegistry } from '../shared/fu
 import { createFunctionWatcher, type FunctionWatcher } from '../shared/function-watcher.ts'
 import type { Redis } from '../shared/redis.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
+import type { DockerEngine } from './adapters/docker.ts'
 import type { ExecutorConfig } from './config.ts'
 import { createDeployWorker, type DeployWorker } from './functions/deploy-worker.ts'
 import { createDeployer } from './functions/deployer.ts'
 import { createFunctionSource, type FunctionSource } from './functions/function-source.ts'
-import type { Host } from './host.ts'
 import type { InstanceManager } from './instances/instances.ts'
 import { createLifecycle, type Lifecycle } from './functions/lifecycle.ts'
+import type { Baker } from './snapshots/bake.ts'
+import type { ImageBuilder } from './snapshots/build.ts'
+import type { SnapshotStore } from './snapshots/snapshot-store.ts'
 
 /** Full re-read of the function registry (ms); events make changes visible at once. */
 const FUNCTIONS_REFRESH_MS = 5000
@@ -31,9 +34,16 @@ export interface RegistryFollower {
 
 export async function createRegistryFollower(
   config: ExecutorConfig,
-  deps: { readonly redis: Redis; readonly host: Host; readonly logger: Logger },
+  deps: {
+    readonly redis: Redis
+    readonly store: SnapshotStore
+    readonly docker: DockerEngine
+    readonly builder: ImageBuilder
+    readonly baker: Baker
+    readonly logger: Logger
+  },
 ): Promise<RegistryFollower> {
-  const { host, logger } = deps
+  const { logger } = deps
   const functions = createRedisFunctionRegistry({
     redis: deps.redis,
     logger,
@@ -59,9 +69,9 @@ export async function createRegistryFollower(
         source,
         registry,
         instances,
-        store: host.store,
-        docker: host.docker,
-        baker: host.baker,
+        store: deps.store,
+        docker: deps.docker,
+        baker: deps.baker,
         logger,
         drainGraceMs: config.INITLESS_DRAIN_GRACE,
       })
@@ -70,8 +80,8 @@ export async function createRegistryFollower(
         hostId: config.hostId,
         functions,
         source,
-        builder: host.builder,
-        baker: host.baker,
+        builder: deps.builder,
+        baker: deps.baker,
         keepVersions: config.INITLESS_KEEP_VERSIONS,
         logger,
       })

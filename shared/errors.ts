@@ -16,6 +16,7 @@ export const ERRORS = {
   ERR_MANIFEST_INVALID: { status: 500, title: 'Invalid function manifest', retryable: false },
   ERR_STATE_DIR_IN_USE: { status: 500, title: 'State dir in use by another executor', retryable: false },
   ERR_SUBNET_IN_USE: { status: 500, title: 'Instance subnet claimed by another host', retryable: false },
+  ERR_NETWORK_POLICY: { status: 500, title: 'Network policy could not be applied', retryable: false },
   // Functions and images
   ERR_FUNCTION_NOT_FOUND: { status: 404, title: 'Function not found', retryable: false },
   ERR_FUNCTION_NAME_INVALID: { status: 404, title: 'Invalid function name', retryable: false },

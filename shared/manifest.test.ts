@@ -52,6 +52,7 @@ describe('parseManifest: defaults', () => {
           resultTTL: 24 * 3_600_000,
           queueLimit: 100_000,
         },
+        network: { egress: 'allow' },
         timeouts: { start: 30_000, request: 60_000 },
       },
     )
@@ -171,6 +172,18 @@ describe('parseManifest: defects', () => {
   }
   // Each manifest has exactly one defect; the folder is 'hello' so `name` defaults.
   const defects: Defect[] = [
+    {
+      name: 'network.egress not allow or deny',
+      yaml: 'port: 8080\nnetwork:\n  egress: none\n',
+      field: 'network.egress',
+      message: /Expected 'allow' \| 'deny', received 'none'/,
+    },
+    {
+      name: 'unknown network field',
+      yaml: 'port: 8080\nnetwork:\n  ingress: deny\n',
+      field: 'network',
+      message: /unknown field\(s\) 'ingress'/,
+    },
     {
       name: 'YAML syntax error',
       yaml: 'port: [1, 2\nreadiness: {}\n',
@@ -467,6 +480,13 @@ describe('manifestHash and canonicalJson', () => {
       assert.notEqual(manifestHash(parseManifest(yaml, FILE, dir)), base)
     })
   }
+
+  test('ignores the network section: the policy is the host firewall, not the snapshot', () => {
+    const base = manifestHash(parseManifest(BASE, FILE, 'hello'))
+    const yaml = `${BASE}\nnetwork:\n  egress: deny`
+    assert.equal(parseManifest(yaml, FILE, 'hello').network.egress, 'deny')
+    assert.equal(manifestHash(parseManifest(yaml, FILE, 'hello')), base)
+  })
 
   test('ignores the async section: it does not change what is baked', () => {
     const base = manifestHash(parseManifest(BASE, FILE, 'hello'))

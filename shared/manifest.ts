@@ -50,6 +50,10 @@ const bodySize = z.union([z.string(), z.number()]).transform((v, ctx) => {
 
 const httpPath = z.string().regex(/^\/[^\s]*$/, 'expected a path starting with / and without spaces')
 
+/** What an instance may reach outside its host (docs/security.md, executor/adapters/firewall.ts). */
+export const EGRESS_POLICIES = ['allow', 'deny'] as const
+export type Egress = (typeof EGRESS_POLICIES)[number]
+
 export const RESTORE_POLICIES = ['auto', 'lazy', 'eager', 'boot'] as const
 export type RestorePolicy = (typeof RESTORE_POLICIES)[number]
 
@@ -153,6 +157,13 @@ export const manifestSchema = z
       })
       .strict()
       .default({}),
+    network: z
+      .object({
+        /** allow: the internet, as from a Docker container; deny: nothing outside its namespace. */
+        egress: z.enum(EGRESS_POLICIES).default('allow'),
+      })
+      .strict()
+      .default({}),
     timeouts: z
       .object({
         /** How long a request may wait for an instance (cold start included). */
@@ -238,12 +249,12 @@ function manifestError(file: string, problems: ManifestProblem[]): InitlessError
 
 /**
  * A stable hash of a validated manifest, or of its baked fields (shared/versions.ts): part of
- * every snapshot's identity. The `async` section is left out: it governs the gateway's queue, not
- * what is baked, and leaving it out keeps the hash of a manifest without one what it was before
- * the section existed.
+ * every snapshot's identity. The `async` and `network` sections are left out: they govern the
+ * gateway's queue and the host's firewall, not what is baked, and leaving them out keeps the hash
+ * of a manifest without them what it was before they existed (no re-bake).
  */
 export function manifestHash(m: object): string {
-  const { async: _async, ...baked } = m as { async?: unknown }
+  const { async: _async, network: _network, ...baked } = m as { async?: unknown; network?: unknown }
   return createHash('sha256').update(canonicalJson(baked)).digest('hex')
 }
 

@@ -229,8 +229,8 @@ describe('several hosts', () => {
       ([ra, rb]) => !!ra?.length && !!rb?.length,
       10_000,
     ).catch((err: Error) => assert.fail(`${err.message}\n${a!.output().slice(-3000)}`))
-    assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
-    assert.deepEqual(routes(HOST_B_NS), [`${SUBNET_A} via ${LINK_A} dev ilhb-b`])
+    assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a realm 213`])
+    assert.deepEqual(routes(HOST_B_NS), [`${SUBNET_A} via ${LINK_A} dev ilhb-b realm 213`])
     // What `initless hosts` says in host A's network: both hosts live; a route to B only (A's
     // subnet is on a bridge here).
     // Not execFileSync: host B reaches Redis through this process (relayRedis).
@@ -411,7 +411,7 @@ describe('several hosts', () => {
     await a.stop()
     if (rules !== undefined)
       assert.doesNotMatch(dockerUserRules() ?? '', new RegExp(SUBNET_A.replace(/\./g, '\\.')))
-    assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a`])
+    assert.deepEqual(routes(), [`${SUBNET_B} via ${LINK_B} dev ilhb-a realm 213`])
     // Its graceful close waits for Redis: past INITLESS_SHUTDOWN_TIMEOUT it is forced, and the
     // instances are stopped anyway (this hung until SIGKILL, and left B's instance running).
     await relay.cut()

@@ -89,8 +89,14 @@ describe('vethName', () => {
   test('is stable and differs between names', () => {
     assert.equal(vethName('initless-abc'), vethName('initless-abc'))
     const names = Array.from({ length: 200 }, (_, i) => `initless-${i}`)
-    assert.equal(new Set(names.map(vethName)).size, names.length)
+    assert.equal(new Set(names.map((n) => vethName(n))).size, names.length)
     assert.notEqual(vethName('initless-ab'), vethName('initless-ba'))
+  })
+
+  test('an instance denied egress gets the prefix the firewall matches, same hash', () => {
+    assert.match(vethName('initless-abc', 'deny'), /^ild[0-9a-f]{8}$/)
+    assert.equal(vethName('initless-abc', 'deny').slice(3), vethName('initless-abc').slice(3))
+    assert.equal(vethName('initless-abc', 'allow'), vethName('initless-abc'))
   })
 })
 
@@ -102,7 +108,12 @@ describe('createNetworkManager', () => {
     const net = createNetworkManager({ run, settings })
     const handle = await net.create('initless-abc', '10.213.0.7')
     const veth = vethName('initless-abc')
-    assert.deepEqual(handle, { name: 'initless-abc', path: '/var/run/netns/initless-abc', ip: '10.213.0.7' })
+    assert.deepEqual(handle, {
+      name: 'initless-abc',
+      path: '/var/run/netns/initless-abc',
+      ip: '10.213.0.7',
+      veth,
+    })
     assert.deepEqual(calls, [
       {
         cmd: 'ip',
@@ -191,9 +202,14 @@ describe('createNetworkManager', () => {
     const helpers: SandboxHelpers = { setup: lane('setup'), teardown: lane('teardown') }
     const net = createNetworkManager({ run, settings, helpers })
     const handle = await net.create('initless-abc', '10.213.0.7')
-    assert.deepEqual(handle, { name: 'initless-abc', path: '/var/run/netns/initless-abc', ip: '10.213.0.7' })
-    await net.destroy('initless-abc')
     const veth = vethName('initless-abc')
+    assert.deepEqual(handle, {
+      name: 'initless-abc',
+      path: '/var/run/netns/initless-abc',
+      ip: '10.213.0.7',
+      veth,
+    })
+    await net.destroy('initless-abc')
     assert.deepEqual(seen, [
       {
         lane: 'setup',
@@ -212,6 +228,29 @@ describe('createNetworkManager', () => {
       { lane: 'teardown', req: { op: 'netns-delete', args: ['/var/run/netns/initless-abc', veth] } },
     ])
     assert.deepEqual(calls, [])
+  })
+
+  test('an instance denied egress: its ild veth is created and deleted by name', async () => {
+    const seen: HelperRequest[] = []
+    const lane: SandboxHelper = {
+      request: async (req) => void seen.push(req),
+      spawn: () => Promise.reject(new Error('not used')),
+      processId: () => undefined,
+      close: () => {},
+    }
+    const net = createNetworkManager({
+      run: fakeRunner().run,
+      settings,
+      helpers: { setup: lane, teardown: lane },
+    })
+    const handle = await net.create('initless-d', '10.213.0.9', 'deny')
+    const veth = vethName('initless-d', 'deny')
+    assert.equal(handle.veth, veth)
+    await net.destroy(handle.name, handle.veth)
+    assert.deepEqual(
+      seen.map((r) => r.args[1]),
+      [veth, veth],
+    )
   })
 
   test('destroy deletes the namespace, then the host veth, tolerating both being gone', async () => {

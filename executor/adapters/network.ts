@@ -15,6 +15,7 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { formatIp, parseCidr, parseIp, type Cidr } from '../../shared/subnet.ts'
+import type { Egress } from '../../shared/manifest.ts'
 import type { CommandRunner } from './exec.ts'
 import type { SandboxHelpers } from './sandbox-helper.ts'
 
@@ -30,13 +31,16 @@ export interface NamespaceHandle {
   /** Path runc joins (`linux.namespaces[].path`). */
   readonly path: string
   readonly ip: string
+  /** The host end of its veth pair (its prefix carries the egress policy: vethName). */
+  readonly veth?: string
 }
 
 /** The port the sandbox code uses; `createNetworkManager` is the real one. */
 export interface NetworkManager {
   ensureBridge(): Promise<void>
-  create(name: string, ip: string): Promise<NamespaceHandle>
-  destroy(name: string): Promise<void>
+  create(name: string, ip: string, egress?: Egress): Promise<NamespaceHandle>
+  /** `veth` defaults to the name an instance allowed egress gets. */
+  destroy(name: string, veth?: string): Promise<void>
   /** Namespaces whose name starts with `prefix` (reconciliation). */
   list(prefix: string): Promise<string[]>
 }
@@ -144,12 +148,20 @@ function dropLeasesFromBeforeBoot(dir: string): void {
   }
 }
 
-/** veth names are limited to 15 characters; derive a stable one from the namespace name. */
-export function vethName(nsName: string): string {
+/**
+ * veth names are limited to 15 characters; derive a stable one from the namespace name. The prefix
+ * says the function's egress policy: the firewall matches `ild+` bridge ports (firewall.ts), so a
+ * restore pays no firewall change of its own.
+ */
+export function vethName(nsName: string, egress: Egress = 'allow'): string {
   let h = 2166136261
   for (const ch of nsName) h = Math.imul(h ^ ch.charCodeAt(0), 16777619) >>> 0
-  return `ilv${h.toString(16).padStart(8, '0')}`
+  return `${egress === 'deny' ? DENY_VETH_PREFIX : ALLOW_VETH_PREFIX}${h.toString(16).padStart(8, '0')}`
 }
+
+/** Host-side veth prefixes: instances allowed egress, and instances denied it. */
+export const ALLOW_VETH_PREFIX = 'ilv'
+export const DENY_VETH_PREFIX = 'ild'
 
 /**
  * The real network manager. With the sandbox helper, namespaces are created and deleted by its
@@ -180,15 +192,15 @@ export function createNetworkManager(deps: {
       await run('ip', ['link', 'set', settings.bridge, 'address', macFor(gw), 'up'])
     },
 
-    async create(name, ip) {
-      const veth = vethName(name)
+    async create(name, ip, egress) {
+      const veth = vethName(name, egress)
       const path = `${NETNS_DIR}/${name}`
       if (helpers) {
         await helpers.setup.request({
           op: 'netns-create',
           args: [path, veth, macFor(ip), `${ip}/${bits}`, gw, settings.bridge],
         })
-        return { name, path, ip }
+        return { name, path, ip, veth }
       }
       // Host side: the namespace, and a veth pair whose inner end is created inside it already.
       await run('ip', ['-batch', '-'], {
@@ -212,19 +224,19 @@ export function createNetworkManager(deps: {
         await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })
         throw err
       }
-      return { name, path, ip }
+      return { name, path, ip, veth }
     },
 
-    async destroy(name) {
+    async destroy(name, veth = vethName(name)) {
       if (helpers) {
         return helpers.teardown.request({
           op: 'netns-delete',
-          args: [`${NETNS_DIR}/${name}`, vethName(name)],
+          args: [`${NETNS_DIR}/${name}`, veth],
         })
       }
       // Deleting the namespace takes its veth pair with it once no process holds the namespace.
       await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })
-      await run('ip', ['link', 'del', vethName(name)], { okCodes: [0, 1, 2, 255] })
+      await run('ip', ['link', 'del', veth], { okCodes: [0, 1, 2, 255] })
     },
 
     async list(prefix) {

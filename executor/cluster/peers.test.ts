@@ -82,6 +82,7 @@ interface Route {
   dst: string
   gateway?: string
   protocol: string
+  flow?: { to: string }
 }
 
 /** A fake `ip` whose route table is `table`: answers `-j route show`, applies replace and del. */
@@ -92,7 +93,7 @@ function fakeIp(table: Route[]) {
     if (call.cmd === 'ip' && a[1] === 'replace') {
       const at = table.findIndex((r) => r.dst === a[2])
       if (at >= 0) table.splice(at, 1)
-      table.push({ dst: a[2]!, gateway: a[4]!, protocol: a[6]! })
+      table.push({ dst: a[2]!, gateway: a[4]!, protocol: a[6]!, flow: { to: a[8]! } })
     }
     if (call.cmd === 'ip' && a[1] === 'del')
       table.splice(
@@ -108,7 +109,7 @@ describe('createPeerRouter', () => {
   test('adds, moves and removes only its own routes, and reads the table again only when needed', async () => {
     const table: Route[] = [
       { dst: '10.213.0.0/16', protocol: 'kernel' }, // this host's bridge
-      { dst: '10.215.0.0/16', gateway: '192.0.2.3', protocol: '213' }, // host-c's, which is gone
+      { dst: '10.215.0.0/16', gateway: '192.0.2.3', protocol: '213', flow: { to: '213' } }, // host-c's, which is gone
     ]
     const { run, calls } = fakeIp(table)
     const router = createPeerRouter({ run, self, logger: createSilentLogger() })
@@ -116,12 +117,12 @@ describe('createPeerRouter', () => {
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.2')], NOW)
     assert.deepEqual(commands(calls), [
       'ip -j route show',
-      'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213',
+      'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213 realm 213',
       'ip route del 10.215.0.0/16 proto 213',
     ])
     assert.deepEqual(table, [
       { dst: '10.213.0.0/16', protocol: 'kernel' },
-      { dst: '10.214.0.0/16', gateway: '192.0.2.2', protocol: '213' },
+      { dst: '10.214.0.0/16', gateway: '192.0.2.2', protocol: '213', flow: { to: '213' } },
     ])
 
     // Nothing changed: no command at all, until the table is due to be checked again.
@@ -132,7 +133,7 @@ describe('createPeerRouter', () => {
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.2')], NOW + 16_000)
     assert.deepEqual(commands(calls), [
       'ip -j route show',
-      'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213',
+      'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213 realm 213',
     ])
 
     // host-b moved to another address: the route follows at the next beat.
@@ -140,11 +141,11 @@ describe('createPeerRouter', () => {
     await router.sync([peer('host-b', '10.214.0.0/16', '192.0.2.22', -17_000)], NOW + 17_000)
     assert.deepEqual(commands(calls), [
       'ip -j route show',
-      'ip route replace 10.214.0.0/16 via 192.0.2.22 proto 213',
+      'ip route replace 10.214.0.0/16 via 192.0.2.22 proto 213 realm 213',
     ])
     assert.deepEqual(table, [
       { dst: '10.213.0.0/16', protocol: 'kernel' },
-      { dst: '10.214.0.0/16', gateway: '192.0.2.22', protocol: '213' },
+      { dst: '10.214.0.0/16', gateway: '192.0.2.22', protocol: '213', flow: { to: '213' } },
     ])
   })
 
@@ -178,15 +179,15 @@ describe('createPeerRouter', () => {
     await router.sync(beats, NOW)
     assert.deepEqual(commands(failing.calls), [
       'ip -j route show',
-      'ip route replace 10.214.0.0/16 via 198.51.100.7 proto 213',
-      'ip route replace 10.215.0.0/16 via 192.0.2.3 proto 213',
+      'ip route replace 10.214.0.0/16 via 198.51.100.7 proto 213 realm 213',
+      'ip route replace 10.215.0.0/16 via 192.0.2.3 proto 213 realm 213',
     ])
     failing.calls.length = 0
     fail = false
     await router.sync(beats, NOW + 1_000) // not skipped: the table is not as wanted yet
     assert.deepEqual(commands(failing.calls).slice(0, 2), [
       'ip -j route show',
-      'ip route replace 10.214.0.0/16 via 198.51.100.7 proto 213',
+      'ip route replace 10.214.0.0/16 via 198.51.100.7 proto 213 realm 213',
     ])
   })
 
@@ -203,7 +204,7 @@ describe('createPeerRouter', () => {
     await router.sync(beats, NOW + 1_000)
     assert.deepEqual(commands(calls), [
       'ip -j route show',
-      'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213',
+      'ip route replace 10.214.0.0/16 via 192.0.2.2 proto 213 realm 213',
     ])
   })
 

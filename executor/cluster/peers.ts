@@ -21,6 +21,7 @@ import { HOST_GONE_MS, type ExecutorHeartbeat } from '../../shared/contracts.ts'
 import { errorMessage } from '../../shared/errors.ts'
 import { canonicalCidr, subnetsOverlap } from '../../shared/subnet.ts'
 import type { CommandRunner } from '../adapters/exec.ts'
+import { PEER_ROUTE_REALM } from '../adapters/firewall.ts'
 
 /** The routing protocol number of initless's routes (`ip route show proto 213`). */
 export const ROUTE_PROTO = '213'
@@ -102,6 +103,8 @@ interface KernelRoute {
   readonly dst?: string
   readonly gateway?: string
   readonly protocol?: string
+  /** `realm` of the route (`ip -j` prints it as flow.to). */
+  readonly flow?: { readonly to?: string }
 }
 
 export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
@@ -144,7 +147,10 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
       const table = await kernelRoutes()
       const have = table.filter((h) => h.protocol === ROUTE_PROTO)
       for (const r of want) {
-        if (have.some((h) => h.dst === r.subnet && h.gateway === r.via)) continue
+        // The realm marks the route as leading to other hosts' instances: the network policy drops
+        // new connections from this host's instances along it (firewall.ts).
+        if (have.some((h) => h.dst === r.subnet && h.gateway === r.via && h.flow?.to === PEER_ROUTE_REALM))
+          continue
         // `replace` matches a route by its destination only: it would take over a route the
         // kernel, Docker or the operator made (a bridge's own subnet, routers that know it).
         const other = table.find((h) => h.dst === r.subnet && h.protocol !== ROUTE_PROTO)
@@ -160,7 +166,17 @@ export function createPeerRouter(deps: PeerRouterDeps): PeerRouter {
         foreign.delete(r.subnet)
         const which = routeKey(r)
         try {
-          await run('ip', ['route', 'replace', r.subnet, 'via', r.via, 'proto', ROUTE_PROTO])
+          await run('ip', [
+            'route',
+            'replace',
+            r.subnet,
+            'via',
+            r.via,
+            'proto',
+            ROUTE_PROTO,
+            'realm',
+            PEER_ROUTE_REALM,
+          ])
           failing.delete(which)
           log.info({ subnet: r.subnet, via: r.via, peer: r.hostId }, 'route to peer added')
         } catch (err) {

@@ -31,7 +31,7 @@ export interface OciSpecInput {
   readonly pids: number
   /**
    * CRIU configuration file runc hands to CRIU (`org.criu.config`) on checkpoint and on restore
-   * (criu.ts criuConfigText: what a dump gets, and `lazy-pages` only in a lazy restore's).
+   * (criu.ts: criuDumpConfigText for a checkpoint, criuRestoreConfigText for a restore).
    */
   readonly criuConfig?: string
 }

@@ -104,18 +104,98 @@ export async function directorySize(dir: string): Promise<number> {
   return total
 }
 
-export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
-  const root = join(deps.stateDir, 'snapshots')
+function snapshotAt(meta: SnapshotMeta, dir: string): Snapshot {
+  return { meta, dir, imagesDir: join(dir, 'images'), upperDir: join(dir, 'upper') }
+}
 
-  async function load(dir: string): Promise<Snapshot | undefined> {
-    if (await exists(join(dir, 'broken'))) return undefined
-    try {
-      const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as SnapshotMeta
-      return { meta, dir, imagesDir: join(dir, 'images'), upperDir: join(dir, 'upper') }
-    } catch {
-      return undefined
+/** The snapshot in `dir`, or undefined when it is broken, incomplete or unreadable. */
+async function load(dir: string): Promise<Snapshot | undefined> {
+  if (await exists(join(dir, 'broken'))) return undefined
+  try {
+    return snapshotAt(JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as SnapshotMeta, dir)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A snapshot being written in `dir` (a temporary name in `fnDir`): commit writes its meta, retires
+ * every older snapshot of the function (only one is ever current) and renames it into place.
+ */
+function pendingSnapshot(fnDir: string, dir: string, key: string): PendingSnapshot {
+  return {
+    dir,
+    imagesDir: join(dir, 'images'),
+    upperDir: join(dir, 'upper'),
+    async commit(partial) {
+      const sizeBytes = await directorySize(dir)
+      const files: Record<string, number> = {}
+      for (const name of await readdir(join(dir, 'images')))
+        files[name] = (await stat(join(dir, 'images', name))).size
+      const meta: SnapshotMeta = { ...partial, key, sizeBytes, files }
+      await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
+      const final = join(fnDir, key)
+      // Snapshots of other inputs stay: kept versions of the function restore from them
+      // (rollback). retire() removes what the function registry no longer keeps.
+      if (await exists(final)) await rename(final, join(fnDir, `.retired-${key}-${Date.now()}`))
+      await rename(dir, final)
+      return snapshotAt(meta, final)
+    },
+    async discard() {
+      await rm(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Compare a snapshot's image files with the sizes its meta recorded. */
+async function verifyFiles(snapshot: Snapshot): Promise<void> {
+  const expected = snapshot.meta.files
+  if (!expected) return
+  const problems: string[] = []
+  await Promise.all(
+    Object.entries(expected).map(async ([name, size]) => {
+      const actual = await stat(join(snapshot.imagesDir, name)).then(
+        (s) => s.size,
+        () => -1,
+      )
+      if (actual !== size)
+        problems.push(actual < 0 ? `${name} is missing` : `${name} has ${actual} bytes, expected ${size}`)
+    }),
+  )
+  if (problems.length) {
+    throw new InitlessError(
+      'ERR_SNAPSHOT_CORRUPT',
+      `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
+    )
+  }
+}
+
+/** Retired snapshots, and temporary ones abandoned for ABANDONED_MS, that nothing uses any more. */
+async function collectUnused(root: string, isInUse: (dir: string) => boolean): Promise<string[]> {
+  const removed: string[] = []
+  for (const fn of await readdir(root).catch(() => [] as string[])) {
+    for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
+      const dir = join(root, fn, name)
+      const retired = name.startsWith('.retired-')
+      const abandoned =
+        name.startsWith('.tmp-') &&
+        Date.now() -
+          (await stat(dir).then(
+            (s) => s.mtimeMs,
+            () => Date.now(),
+          )) >
+          ABANDONED_MS
+      if ((retired || abandoned) && !isInUse(dir)) {
+        await rm(dir, { recursive: true, force: true })
+        removed.push(dir)
+      }
     }
   }
+  return removed
+}
+
+export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
+  const root = join(deps.stateDir, 'snapshots')
 
   const store: SnapshotStore = {
     snapshotKey(id) {
@@ -149,29 +229,7 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       const key = store.snapshotKey(id)
       const dir = join(fnDir, `.tmp-${key}-${randomBytes(4).toString('hex')}`)
       await mkdir(join(dir, 'images'), { recursive: true, mode: 0o700 })
-      const pending: PendingSnapshot = {
-        dir,
-        imagesDir: join(dir, 'images'),
-        upperDir: join(dir, 'upper'),
-        async commit(partial) {
-          const sizeBytes = await directorySize(dir)
-          const files: Record<string, number> = {}
-          for (const name of await readdir(join(dir, 'images')))
-            files[name] = (await stat(join(dir, 'images', name))).size
-          const meta: SnapshotMeta = { ...partial, key, sizeBytes, files }
-          await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
-          const final = join(fnDir, key)
-          // Snapshots of other inputs stay: kept versions of the function restore from them
-          // (rollback). retire() removes what the function registry no longer keeps.
-          if (await exists(final)) await rename(final, join(fnDir, `.retired-${key}-${Date.now()}`))
-          await rename(dir, final)
-          return { meta, dir: final, imagesDir: join(final, 'images'), upperDir: join(final, 'upper') }
-        },
-        async discard() {
-          await rm(dir, { recursive: true, force: true })
-        },
-      }
-      return pending
+      return pendingSnapshot(fnDir, dir, key)
     },
 
     async usable(snapshot) {
@@ -185,27 +243,7 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       )
     },
 
-    async verify(snapshot) {
-      const expected = snapshot.meta.files
-      if (!expected) return
-      const problems: string[] = []
-      await Promise.all(
-        Object.entries(expected).map(async ([name, size]) => {
-          const actual = await stat(join(snapshot.imagesDir, name)).then(
-            (s) => s.size,
-            () => -1,
-          )
-          if (actual !== size)
-            problems.push(actual < 0 ? `${name} is missing` : `${name} has ${actual} bytes, expected ${size}`)
-        }),
-      )
-      if (problems.length) {
-        throw new InitlessError(
-          'ERR_SNAPSHOT_CORRUPT',
-          `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
-        )
-      }
-    },
+    verify: verifyFiles,
 
     async retire(fn, keep, minAgeMs) {
       const fnDir = join(root, fn)
@@ -224,28 +262,7 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       await rm(join(root, fn), { recursive: true, force: true })
     },
 
-    async collect(isInUse) {
-      const removed: string[] = []
-      for (const fn of await readdir(root).catch(() => [] as string[])) {
-        for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
-          const dir = join(root, fn, name)
-          const retired = name.startsWith('.retired-')
-          const abandoned =
-            name.startsWith('.tmp-') &&
-            Date.now() -
-              (await stat(dir).then(
-                (s) => s.mtimeMs,
-                () => Date.now(),
-              )) >
-              ABANDONED_MS
-          if ((retired || abandoned) && !isInUse(dir)) {
-            await rm(dir, { recursive: true, force: true })
-            removed.push(dir)
-          }
-        }
-      }
-      return removed
-    },
+    collect: (isInUse) => collectUnused(root, isInUse),
   }
   return store
 }
