@@ -163,6 +163,13 @@ export function vethName(nsName: string, egress: Egress = 'allow'): string {
 export const ALLOW_VETH_PREFIX = 'ilv'
 export const DENY_VETH_PREFIX = 'ild'
 
+/** The egress policy a host-side veth was named for (vethName), if it is one of ours. */
+export function vethEgress(veth: string): Egress | undefined {
+  if (veth.startsWith(DENY_VETH_PREFIX)) return 'deny'
+  if (veth.startsWith(ALLOW_VETH_PREFIX)) return 'allow'
+  return undefined
+}
+
 /**
  * The real network manager. With the sandbox helper, namespaces are created and deleted by its
  * system calls; without it, by iproute2 (two `ip -batch` runs per create). The bridge and listings

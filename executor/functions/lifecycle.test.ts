@@ -10,6 +10,7 @@ import { createFakeRegistry } from '../../shared/registry-fake.ts'
 import { createLifecycle } from './lifecycle.ts'
 import type { FunctionSource } from './function-source.ts'
 import type { StartedInstance } from '../runtimes/runtimes.ts'
+import type { Sandbox } from '../sandbox/sandbox.ts'
 import type { SnapshotIdentity } from '../snapshots/snapshot-store.ts'
 
 const MANIFEST = parseManifest('port: 8080\ntimeouts:\n  request: 400ms\n', 'hello/function.yaml', 'hello')
@@ -104,8 +105,8 @@ async function setup() {
     sweepIntervalMs: 20,
     pollMs: 5,
   })
-  /** An instance of `v` running on this host, ready in the registry. */
-  const instance = async (id: string, v: string) => {
+  /** An instance of `v` running on this host, ready in the registry; `veth`: its sandbox's. */
+  const instance = async (id: string, v: string, veth?: string) => {
     live.set(id, {
       id,
       fn: 'hello',
@@ -115,6 +116,7 @@ async function setup() {
       pooled: false,
       phases: PHASES,
       snapshotBytes: 1,
+      ...(veth ? { sandbox: { netns: { veth } } as unknown as Sandbox } : {}),
     })
     assert.equal(await registry.reserve('hello', 10, id, 'h1'), true)
     assert.equal(
@@ -180,6 +182,33 @@ describe('lifecycle', () => {
     await s.functions.activate('hello', 'bbb')
     await until(() => s.stopped.includes('i-stuck'), 'stopped at the deadline')
     assert.ok(Date.now() - t0 >= 400, 'waited for timeouts.request')
+    await s.lifecycle.close()
+    await s.watcher.close()
+  })
+
+  test('a live change of network.egress drains the instances made for the old policy only', async () => {
+    const s = await setup()
+    await s.functions.putVersion('hello', version('aaa', 1))
+    await s.functions.activate('hello', 'aaa')
+    await s.watcher.start()
+    await s.lifecycle.start()
+    await s.instance('i-allow', 'aaa', 'ilv00000001')
+    await s.functions.putVersion('hello', {
+      ...version('aaa', 1),
+      manifest: { ...MANIFEST, description: 'x' },
+    })
+    await until(() => s.active.get('hello')?.manifest.description === 'x', 'live field applied')
+    await new Promise((r) => setTimeout(r, 100))
+    assert.equal(s.stopped.length, 0, 'another live field keeps the instances')
+
+    const deny = { ...MANIFEST, network: { ...MANIFEST.network, egress: 'deny' as const } }
+    await s.functions.putVersion('hello', { ...version('aaa', 1), manifest: deny })
+    await until(() => s.active.get('hello')?.manifest.network.egress === 'deny', 'egress applied')
+    assert.equal(s.active.get('hello')?.version, 'aaa', 'same version: no build, no bake')
+    await until(() => s.stopped.includes('i-allow'), 'instance of the old egress drained')
+    await s.instance('i-deny', 'aaa', 'ild00000002')
+    await new Promise((r) => setTimeout(r, 100))
+    assert.ok(!s.stopped.includes('i-deny'), 'an instance of the new egress stays')
     await s.lifecycle.close()
     await s.watcher.close()
   })

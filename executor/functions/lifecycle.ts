@@ -4,7 +4,10 @@
  * other version are drained: marked `draining` (gateways stop sending them requests), given
  * the drain grace for every gateway to hear of it, then stopped once the requests the gateways
  * still had on them are done (their summed count in the instance registry), at the latest after
- * the function's request timeout. A deleted function is drained the same way, then its snapshots,
+ * the function's request timeout. Instances whose sandbox was made for another egress policy than
+ * the active manifest's (`network.egress` is a live field: a deploy changes it without a new
+ * version) are drained the same way, so none keeps the old policy. A deleted function is drained
+ * the same way, then its snapshots,
  * images, build contexts and registry keys are removed. Versions dropped by retention lose their
  * snapshots, images and contexts here.
  */
@@ -17,6 +20,7 @@ import type { InstanceRegistry } from '../../shared/registry.ts'
 import type { Baker } from '../snapshots/bake.ts'
 import { IMAGE_REPO_PREFIX } from '../snapshots/build.ts'
 import type { DockerEngine, ImageConfig } from '../adapters/docker.ts'
+import { vethEgress } from '../adapters/network.ts'
 import type { FunctionSource } from './function-source.ts'
 import type { InstanceManager } from '../instances/instances.ts'
 import type { SnapshotStore } from '../snapshots/snapshot-store.ts'
@@ -95,16 +99,29 @@ export function createLifecycle(deps: LifecycleDeps): Lifecycle {
     return p
   }
 
-  /** Drain this host's instances of `fn` that do not run its active version (all when deleted). */
+  /**
+   * Drain this host's instances of `fn` that do not run its active version, or run it under another
+   * egress policy (all when deleted).
+   */
   const drainStale = async (fn: string, record: FunctionRecord | undefined) => {
     const active = activeVersion(record)
+    const egress = active?.manifest.network.egress
+    const otherEgress = new Set(
+      deps.instances
+        .live()
+        .filter((i) => {
+          const veth = i.sandbox?.netns.veth
+          return veth !== undefined && egress !== undefined && vethEgress(veth) !== egress
+        })
+        .map((i) => i.id),
+    )
     const mine = new Set(deps.instances.live().map((i) => i.id))
     const stale = (await deps.registry.list(fn)).filter(
       (r) =>
         mine.has(r.id) &&
         r.hostId === deps.hostId &&
         r.state !== 'starting' &&
-        (active === undefined || r.version !== active.version),
+        (active === undefined || r.version !== active.version || otherEgress.has(r.id)),
     )
     const timeoutMs =
       active?.manifest.timeouts.request ?? record?.versions[0]?.manifest.timeouts.request ?? 60_000
@@ -173,12 +190,17 @@ export function createLifecycle(deps: LifecycleDeps): Lifecycle {
     if (was !== is || !change.after || change.before?.versions.length !== change.after.versions.length)
       void sync(change.fn)
     else {
-      // Live fields (scaling, timeouts) changed: the new definition applies from now on.
+      // Live fields changed: the new definition applies from now on; instances and pooled
+      // sandboxes made for another egress policy go (drainStale, pools.ts).
       const active = activeVersion(change.after)
       if (active)
-        void enqueue(change.fn, async () =>
-          deps.source.setActive(change.fn, await deps.source.materialize(change.fn, active)),
-        )
+        void enqueue(change.fn, async () => {
+          deps.source.setActive(change.fn, await deps.source.materialize(change.fn, active))
+          if (active.manifest.network.egress !== activeVersion(change.before)?.manifest.network.egress) {
+            void deps.instances.fillPools()
+            await drainStale(change.fn, change.after)
+          }
+        })
     }
   }
 

@@ -42,6 +42,8 @@ interface World {
   readonly bakes: number[]
   readonly broken: string[]
   start(opts?: Partial<RestoreJobData>): ReturnType<InstanceManager['start']>
+  /** Serve `def` from now on (a live change of its manifest, as the function registry makes). */
+  redefine(def: FunctionDef): void
 }
 
 interface WorldOptions {
@@ -71,6 +73,7 @@ function world(o: WorldOptions = {}): World {
     },
   })
   const def = fn.def({ policy: o.policy ?? 'auto', poolSize: o.poolSize ?? 0 })
+  let current = def
   const bakes: number[] = []
   const broken: string[] = []
   let snapshot: Snapshot = fakeSnapshot(def.name, o.snapshotBytes ?? MiB)
@@ -79,7 +82,7 @@ function world(o: WorldOptions = {}): World {
     hostId: HOST,
     stateDir: root,
     lazyThreshold: 64 * MiB,
-    functions: () => [def],
+    functions: () => [current],
     registry,
     builder: { build: async (f) => ({ fn: f.name, tag: 't', image: FAKE_IMAGE, built: false, ms: 1 }) },
     baker: {
@@ -111,6 +114,7 @@ function world(o: WorldOptions = {}): World {
     def,
     bakes,
     broken,
+    redefine: (d) => void (current = d),
     async start(job = {}) {
       const instanceId = `i${nextId++}`
       assert.ok(await registry.reserve(def.name, 5, instanceId, HOST))
@@ -224,6 +228,27 @@ describe('instance manager: pools, stops and withdrawn reservations', () => {
       w.criu.cleanup()
     }
     assert.deepEqual(w.sandboxes.live(), [], 'stopAll releases instances and pooled sandboxes')
+  })
+
+  test('a live change of network.egress empties the pool: no sandbox serves the old policy', async () => {
+    const w = world({ poolSize: 1, snapshotBytes: 100 * MiB })
+    try {
+      await w.manager.fillPools()
+      assert.equal(w.manager.poolSize(w.def.name), 1)
+      assert.equal(w.sandboxes.requests.at(-1)?.egress, 'allow')
+      w.redefine({ ...w.def, manifest: { ...w.def.manifest, network: { egress: 'deny' } } })
+      const result = await w.start()
+      assert.equal(result.pooled, false, 'the sandbox made for egress allow is not taken')
+      assert.equal(w.sandboxes.requests.at(-1)?.egress, 'deny')
+      await w.manager.fillPools()
+      assert.equal(w.manager.poolSize(w.def.name), 1)
+      assert.equal(w.sandboxes.requests.at(-1)?.egress, 'deny', 'refilled under the new policy')
+      assert.equal((await w.start()).pooled, true)
+    } finally {
+      await w.manager.stopAll('test over')
+      w.criu.cleanup()
+    }
+    assert.deepEqual(w.sandboxes.live(), [], 'the old pooled sandbox was released too')
   })
 
   test('stop releases the sandbox, the lazy-pages daemon and the registry record', async () => {

@@ -122,7 +122,7 @@ async function startWith(
     })
   }
   const snapshot = prep.snapshot
-  const pooled = kind !== 'boot' && snapshot && !job.noPool ? pools.take(fn.name, snapshot) : undefined
+  const pooled = kind !== 'boot' && snapshot && !job.noPool ? pools.take(fn, snapshot) : undefined
   const started = deps.runtimes[kind].start({
     ...common,
     ...(snapshot ? { snapshot } : {}),

@@ -1,7 +1,9 @@
 /**
  * The pre-started pools: per function, `scaling.poolSize` sandboxes prepared ahead over its current
  * snapshot (for a lazy restore with its lazy-pages daemon started too), so a cold start skips
- * preparing one. A pool belongs to one snapshot: when the snapshot changes its sandboxes go.
+ * preparing one. A pool belongs to one snapshot and one egress policy (the veth's name carries it):
+ * when either changes its sandboxes go. The egress is a live field (a deploy may change it without
+ * a new snapshot), and a sandbox made for the old policy must never serve the new one.
  */
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
@@ -29,13 +31,18 @@ export interface SandboxPoolsDeps {
 }
 
 export interface SandboxPools {
-  /** A pooled sandbox layered over `snapshot`, if one is ready. */
-  take(fn: string, snapshot: Snapshot): PooledSandbox | undefined
+  /** A pooled sandbox layered over `snapshot` under `fn`'s egress policy, if one is ready. */
+  take(fn: FunctionDef, snapshot: Snapshot): PooledSandbox | undefined
   /** Fill a function's pool to its size; one fill per function at a time. Never rejects. */
   fill(fn: FunctionDef): Promise<void>
   size(fn: string): number
   /** Release every pooled sandbox (shutdown). */
   drain(): Promise<void>
+}
+
+/** What a pooled sandbox was made for: the snapshot and the egress policy. */
+function poolKey(fn: FunctionDef, snapshot: Snapshot): string {
+  return `${snapshot.meta.key}/${fn.manifest.network.egress}`
 }
 
 /** Create the pools of one instance manager. */
@@ -47,16 +54,17 @@ export function createSandboxPools(deps: SandboxPoolsDeps): SandboxPools {
     for (const p of list.splice(0)) await discardPooled(deps.sandboxes, p).catch(() => undefined)
   }
 
-  /** The pool for `snapshot`, emptied of sandboxes layered over an older one. */
-  async function poolFor(fn: string, snapshot: Snapshot) {
-    let pool = pools.get(fn)
-    if (pool && pool.key !== snapshot.meta.key) {
+  /** The pool for `snapshot`, emptied of sandboxes made for another snapshot or egress. */
+  async function poolFor(fn: FunctionDef, snapshot: Snapshot) {
+    const key = poolKey(fn, snapshot)
+    let pool = pools.get(fn.name)
+    if (pool && pool.key !== key) {
       await discardAll(pool.sandboxes)
       pool = undefined
     }
     if (!pool) {
-      pool = { key: snapshot.meta.key, sandboxes: [] }
-      pools.set(fn, pool)
+      pool = { key, sandboxes: [] }
+      pools.set(fn.name, pool)
     }
     return pool
   }
@@ -67,7 +75,7 @@ export function createSandboxPools(deps: SandboxPoolsDeps): SandboxPools {
     try {
       const prep = await deps.prepare(fn)
       if (!prep.snapshot) return
-      const pool = await poolFor(fn.name, prep.snapshot)
+      const pool = await poolFor(fn, prep.snapshot)
       const kind = chooseRuntime(fn.manifest.restore.policy, prep.snapshot.meta.sizeBytes, deps.lazyThreshold)
       const runtime = kind === 'lazy' || kind === 'eager' ? deps.runtimes[kind] : undefined
       while (pool.sandboxes.length < want) {
@@ -92,8 +100,8 @@ export function createSandboxPools(deps: SandboxPoolsDeps): SandboxPools {
 
   return {
     take(fn, snapshot) {
-      const pool = pools.get(fn)
-      if (!pool || pool.key !== snapshot.meta.key) return undefined
+      const pool = pools.get(fn.name)
+      if (!pool || pool.key !== poolKey(fn, snapshot)) return undefined
       return pool.sandboxes.shift()
     },
     fill(fn) {
