@@ -125,6 +125,25 @@ function logRestorePath(
   )
 }
 
+/** The restore queue's worker: a failed job withdraws its reservation. */
+function restoreWorker(
+  config: ExecutorConfig,
+  instances: Pick<InstanceManager, 'start'>,
+  registry: Pick<InstanceRegistry, 'withdraw'>,
+  logger: Logger,
+): RestoreWorker {
+  return createRestoreWorker({
+    redisUrl: config.INITLESS_REDIS_URL,
+    queueName: config.INITLESS_QUEUE_NAME,
+    concurrency: config.INITLESS_RESTORE_CONCURRENCY,
+    start: (job) => instances.start(job),
+    onFailed: async (job) => {
+      await registry.withdraw(job.fn, job.instanceId)
+    },
+    logger,
+  })
+}
+
 /** This host's heartbeat record as of now. */
 function heartbeatRecord(
   config: ExecutorConfig,
@@ -267,16 +286,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   }).catch(release)
   // The active versions are this host's definitions before the first restore job is taken.
   const lifecycle = await follower?.start(instances, registry)
-  const worker = createRestoreWorker({
-    redisUrl: config.INITLESS_REDIS_URL,
-    queueName: config.INITLESS_QUEUE_NAME,
-    concurrency: config.INITLESS_RESTORE_CONCURRENCY,
-    start: (job) => instances.start(job),
-    onFailed: async (job) => {
-      await registry.withdraw(job.fn, job.instanceId)
-    },
-    logger,
-  })
+  const worker = restoreWorker(config, instances, registry, logger)
 
   if (config.INITLESS_ADVERTISE_ADDRESS) await peers.openForwarding()
   void heartbeat.beat()

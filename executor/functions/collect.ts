@@ -1,0 +1,60 @@
+/**
+ * What a function leaves on this host once versions are dropped (retention) or the function is
+ * deleted: snapshots, images, unpacked build contexts and, after a delete, its instance keys.
+ */
+import type { Logger } from 'pino'
+import type { FunctionRecord } from '../../shared/function-registry.ts'
+import type { InstanceRegistry } from '../../shared/registry.ts'
+import type { DockerEngine, ImageConfig } from '../adapters/docker.ts'
+import type { Baker } from '../snapshots/bake.ts'
+import { IMAGE_REPO_PREFIX } from '../snapshots/build.ts'
+import type { SnapshotStore } from '../snapshots/snapshot-store.ts'
+import type { FunctionSource } from './function-source.ts'
+
+export interface CollectDeps {
+  readonly source: Pick<FunctionSource, 'removeContexts'>
+  readonly registry: Pick<InstanceRegistry, 'forget'>
+  readonly store: Pick<SnapshotStore, 'retire' | 'remove' | 'snapshotKey'>
+  readonly docker: Pick<DockerEngine, 'imageRefs' | 'removeImage'>
+  readonly baker: Pick<Baker, 'identity'>
+  readonly logger: Logger
+}
+
+/** Snapshots younger than this are never retired: a bake just committed is not recorded yet (ms). */
+const RETIRE_MIN_AGE_MS = 10 * 60_000
+
+/** Remove snapshots, images and contexts of versions the record no longer keeps. */
+export async function collectVersions(deps: CollectDeps, fn: string, record: FunctionRecord): Promise<void> {
+  const keepKeys = new Set<string>()
+  const keepTags = new Set<string>()
+  for (const v of record.versions) {
+    if (!v.image) continue
+    keepTags.add(v.image.tag)
+    const def = { name: fn, dir: '', manifestFile: '', manifest: v.manifest, version: v.version }
+    const identity = await deps.baker.identity(def, { id: v.image.id } as ImageConfig)
+    keepKeys.add(deps.store.snapshotKey(identity))
+  }
+  const retired = await deps.store.retire(fn, keepKeys, RETIRE_MIN_AGE_MS)
+  const repo = `${IMAGE_REPO_PREFIX}${fn}`
+  const images: string[] = []
+  // While a deploy is under way its image may be built but not recorded yet.
+  const isDeploying = record.versions.some((v) => v.state === 'pending')
+  for (const ref of isDeploying ? [] : await deps.docker.imageRefs(repo)) {
+    if (keepTags.has(ref) || ref === `${repo}:latest`) continue
+    await deps.docker.removeImage(ref)
+    images.push(ref)
+  }
+  const contexts = await deps.source.removeContexts(fn, new Set(record.versions.map((v) => v.version)))
+  if (retired.length || images.length || contexts.length)
+    deps.logger.info({ fn, snapshots: retired, images, contexts }, 'dropped versions collected')
+}
+
+/** After a delete (its instances stopped): everything of the function on this host, then its keys. */
+export async function removeFunctionFiles(deps: CollectDeps, fn: string): Promise<void> {
+  await deps.store.remove(fn)
+  const repo = `${IMAGE_REPO_PREFIX}${fn}`
+  for (const ref of await deps.docker.imageRefs(repo)) await deps.docker.removeImage(ref)
+  await deps.source.removeContexts(fn, new Set())
+  await deps.registry.forget(fn)
+  deps.logger.info({ fn }, 'deleted function removed from this host')
+}
