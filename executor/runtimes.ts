@@ -15,6 +15,7 @@ import { isProcessAlive, readPidFile } from './process.ts'
 import { waitReady } from './probe.ts'
 import type { Runc } from './runc.ts'
 import { cgroupPath, type Sandbox, type SandboxManager } from './sandbox.ts'
+import { resolveSeccomp } from './seccomp.ts'
 import type { Snapshot } from './snapshot-store.ts'
 
 export interface StartRequest {
@@ -255,6 +256,8 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
       const m = req.fn.manifest
       const t0 = performance.now()
       const env = Object.entries(m.env).map(([k, v]) => `${k}=${v}`)
+      // The same filter a restored instance has (the checkpoint's), not Docker's default.
+      const { profile } = await resolveSeccomp(req.fn)
       const { id, ip } = await deps.docker.runContainer({
         name: `initless-${req.instanceId}`,
         image: req.image.id,
@@ -263,6 +266,7 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
         memoryBytes: m.resources.memory,
         cpus: m.resources.cpus,
         pids: m.resources.pids,
+        seccomp: profile ?? 'unconfined',
         labels: {
           'initless.instance': req.instanceId,
           'initless.fn': req.fn.name,

@@ -13,6 +13,7 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Manifest } from '../shared/manifest.ts'
+import type { SeccompProfileFile } from '../shared/seccomp.ts'
 import {
   applySandboxLimits,
   containerCgroupMounts,
@@ -54,6 +55,11 @@ export interface SandboxRequest {
   readonly pids: number
   /** A restore's sandbox gets its CPU limit once CRIU is done (limitCpu), not from runc. */
   readonly forRestore: boolean
+  /**
+   * The system-call filter runc installs when it runs the process (a bake; a restore gets the
+   * filter dumped with the process from CRIU). Unset: none.
+   */
+  readonly seccomp?: SeccompProfileFile
 }
 
 export interface Sandbox {
@@ -232,6 +238,7 @@ export function createSandboxManager(deps: {
           // A restore gets its CPU limit afterwards (limitCpu): CRIU's work is not the function's.
           criuConfig,
           ...(req.forRestore ? {} : { cpus: req.cpus }),
+          ...(req.seccomp ? { seccomp: req.seccomp } : {}),
         })
         const sandbox: Sandbox = {
           id: req.id,

@@ -35,6 +35,7 @@ const ID: SnapshotIdentity = {
   kernel: '6.1.0-18-amd64',
   layout: 2,
   prefetch: 1,
+  seccomp: '0123456789abcdef',
 }
 
 /** Fill a pending snapshot with 1000 bytes of images and 24 bytes of upper layer, then commit it. */
@@ -102,6 +103,7 @@ describe('snapshot store', () => {
     ['kernel', { kernel: '6.12.0' }],
     ['layout', { layout: 3 }],
     ['prefetch', { prefetch: 0 }],
+    ['seccomp', { seccomp: 'unconfined' }],
     ['fn', { fn: 'other' }],
   ]
   for (const [field, change] of changed) {

@@ -21,6 +21,8 @@ export interface SnapshotIdentity {
   readonly layout: number
   /** WORKING_SET_VERSION of the working-set profile applied to its pagemaps (0: none). */
   readonly prefetch: number
+  /** The system-call filter dumped with the process (seccomp.ts seccompId). */
+  readonly seccomp: string
 }
 
 export interface SnapshotMeta extends SnapshotIdentity {
@@ -113,9 +115,9 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
 
   const store: SnapshotStore = {
     snapshotKey(id) {
-      const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch } = id
+      const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp } = id
       return createHash('sha256')
-        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch }))
+        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp }))
         .digest('hex')
         .slice(0, 20)
     },

@@ -43,6 +43,7 @@ describe('parseManifest: defaults', () => {
           queueLimit: 1000,
         },
         restore: { policy: 'auto' },
+        security: { seccomp: 'default' },
         timeouts: { start: 30_000, request: 60_000 },
       },
     )
