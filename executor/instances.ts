@@ -63,6 +63,11 @@ export interface InstanceManager {
   fillPools(): Promise<void>
   /** Stop everything (shutdown). */
   stopAll(reason: string): Promise<void>
+  /**
+   * Check every current snapshot's checksums now (the scheduled scrub), one at a time; a corrupt
+   * one is marked broken and re-baked. Resolves with what was found.
+   */
+  scrub(): Promise<{ fn: string; ok: boolean; ms: number; problem?: string }[]>
   poolSize(fn: string): number
 }
 
@@ -118,8 +123,27 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
   async function doPrepare(fn: FunctionDef): Promise<Prepared> {
     const built = await deps.builder.build(fn)
     if (fn.manifest.restore.policy === 'boot') return { image: built.image, snapshot: undefined }
-    const { snapshot } = await deps.baker.bake(fn, built.image)
+    const { snapshot, baked } = await deps.baker.bake(fn, built.image)
+    // A snapshot found on disk gets its checksums checked now, off the first restore's path (a
+    // restore arriving meanwhile waits for this same check; later ones cost a stat per file).
+    if (!baked) void deps.store.verify(snapshot).catch((err: unknown) => snapshotFailed(fn, snapshot, err))
     return { image: built.image, snapshot }
+  }
+
+  /**
+   * A snapshot that does not restore, or is corrupt, is never tried again: mark it, and re-bake in
+   * the background.
+   */
+  async function snapshotFailed(fn: FunctionDef, snapshot: Snapshot, err: unknown): Promise<void> {
+    log.error(
+      { fn: fn.name, snapshot: snapshot.meta.key, err: errorMessage(err) },
+      'snapshot unusable; re-baking',
+    )
+    await deps.store.markBroken(snapshot, errorMessage(err))
+    const current = prepared.get(fn.name)?.prep.snapshot
+    if (current?.dir === snapshot.dir && current.meta.createdAt === snapshot.meta.createdAt)
+      prepared.delete(fn.name)
+    void prepare(fn).catch((e: unknown) => log.error({ fn: fn.name, err: errorMessage(e) }, 're-bake failed'))
   }
 
   /** Concurrent demand for one function shares one build/bake. */
@@ -259,17 +283,12 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       inst = await startWith(kind, job, fn, prep)
     } catch (err) {
       if (kind === 'boot' || job.runtime !== undefined || !prep.snapshot) throw err
-      // A snapshot that does not restore is never tried again: mark it, re-bake in the background,
-      // and serve this request by booting.
+      // Served by booting; the snapshot is re-baked in the background.
       log.error(
         { fn: fn.name, id: job.instanceId, err: errorMessage(err) },
         'restore failed; falling back to boot',
       )
-      await deps.store.markBroken(prep.snapshot, errorMessage(err))
-      prepared.delete(fn.name)
-      void prepare(fn).catch((e: unknown) =>
-        log.error({ fn: fn.name, err: errorMessage(e) }, 're-bake failed'),
-      )
+      await snapshotFailed(fn, prep.snapshot, err)
       kind = 'boot'
       inst = await startWith('boot', job, fn, { image: prep.image, snapshot: undefined })
     }
@@ -355,6 +374,23 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     },
 
     poolSize: (fn) => pools.get(fn)?.sandboxes.length ?? 0,
+
+    async scrub() {
+      const results: { fn: string; ok: boolean; ms: number; problem?: string }[] = []
+      for (const fn of deps.functions()) {
+        const snapshot = prepared.get(fn.name)?.prep.snapshot
+        if (!snapshot) continue
+        const t0 = performance.now()
+        try {
+          await deps.store.scrub(snapshot)
+          results.push({ fn: fn.name, ok: true, ms: performance.now() - t0 })
+        } catch (err) {
+          results.push({ fn: fn.name, ok: false, ms: performance.now() - t0, problem: errorMessage(err) })
+          await snapshotFailed(fn, snapshot, err)
+        }
+      }
+      return results
+    },
 
     async stopAll(reason) {
       await Promise.all([...live.keys()].map((id) => manager.stop(id, reason).catch(() => undefined)))

@@ -6,10 +6,11 @@
  * A snapshot appears only complete (written under a temporary name, renamed into place).
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { InitlessError } from '../shared/errors.ts'
 import { canonicalJson } from '../shared/manifest.ts'
+import { checksumProblems, checksumSnapshot, type SnapshotChecksums } from './snapshot-checksums.ts'
 
 export interface SnapshotIdentity {
   readonly fn: string
@@ -37,6 +38,8 @@ export interface SnapshotMeta extends SnapshotIdentity {
   readonly workingSetPages?: number
   /** Size of every CRIU image file: a truncated or replaced file is caught before a restore. */
   readonly files?: Readonly<Record<string, number>>
+  /** Checksum of every file of the snapshot (snapshot-checksums.ts). */
+  readonly checksums?: SnapshotChecksums
 }
 
 export interface Snapshot {
@@ -69,8 +72,16 @@ export interface SnapshotStore {
    * path) and not marked broken: a stat and a small read.
    */
   usable(snapshot: Snapshot): Promise<boolean>
-  /** Throws ERR_SNAPSHOT_CORRUPT when an image file is missing or its size changed (~1 ms). */
+  /**
+   * Throws ERR_SNAPSHOT_CORRUPT when the snapshot is not intact; called before every restore. An
+   * image file missing or of another size fails at once (a stat each, ~1 ms). The checksums of
+   * every file are checked the first time this store sees the snapshot (unless it baked it) and
+   * again whenever an image file's inode times changed since; the restores that arrive meanwhile
+   * wait for that one check.
+   */
   verify(snapshot: Snapshot): Promise<void>
+  /** Check every file's checksum now, whatever was checked before (the scrub); same errors. */
+  scrub(snapshot: Snapshot): Promise<void>
   remove(fn: string): Promise<void>
   /**
    * Delete replaced snapshots no instance uses any more, and bakes abandoned for over an hour.
@@ -100,8 +111,72 @@ export async function directorySize(dir: string): Promise<number> {
   return total
 }
 
+/** What identifies one image file's inode and its last change: any write changes it. */
+function stampOf(s: { size: number; ino: number; mtimeMs: number; ctimeMs: number }): string {
+  return `${s.size}:${s.ino}:${s.mtimeMs}:${s.ctimeMs}`
+}
+
+function corrupt(snapshot: Snapshot, problems: string[]): InitlessError {
+  return new InitlessError(
+    'ERR_SNAPSHOT_CORRUPT',
+    `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
+    { details: { fn: snapshot.meta.fn, key: snapshot.meta.key, problems } },
+  )
+}
+
 export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
   const root = join(deps.stateDir, 'snapshots')
+  /**
+   * Snapshots whose checksums matched in this process (or that it baked), by directory and bake
+   * time, with the image files' stamps at that moment; and the checks under way.
+   */
+  const verified = new Map<string, Map<string, string>>()
+  const checking = new Map<string, Promise<void>>()
+  const identityOf = (s: Snapshot) => `${s.dir}\0${s.meta.createdAt}`
+
+  /** The image files' sizes against meta.files, and their stamps. */
+  async function statImages(
+    snapshot: Snapshot,
+  ): Promise<{ problems: string[]; stamps: Map<string, string> }> {
+    const problems: string[] = []
+    const stamps = new Map<string, string>()
+    await Promise.all(
+      Object.entries(snapshot.meta.files ?? {}).map(async ([name, size]) => {
+        const st = await stat(join(snapshot.imagesDir, name)).catch(() => undefined)
+        if (!st) problems.push(`${name} is missing`)
+        else if (st.size !== size) problems.push(`${name} has ${st.size} bytes, expected ${size}`)
+        else stamps.set(name, stampOf(st))
+      }),
+    )
+    return { problems, stamps }
+  }
+
+  function sameStamps(a: Map<string, string>, b: Map<string, string>): boolean {
+    if (a.size !== b.size) return false
+    for (const [k, v] of a) if (b.get(k) !== v) return false
+    return true
+  }
+
+  /** Hash every file against meta.checksums; one check per snapshot at a time. */
+  function checkContents(snapshot: Snapshot): Promise<void> {
+    const id = identityOf(snapshot)
+    let running = checking.get(id)
+    if (!running) {
+      running = (async () => {
+        const expected = snapshot.meta.checksums
+        // Stamps taken before the reads: a write while hashing shows at the next restore.
+        const { problems, stamps } = await statImages(snapshot)
+        if (!problems.length && expected) problems.push(...(await checksumProblems(snapshot.dir, expected)))
+        if (problems.length) {
+          verified.delete(id)
+          throw corrupt(snapshot, problems)
+        }
+        verified.set(id, stamps)
+      })().finally(() => checking.delete(id))
+      checking.set(id, running)
+    }
+    return running
+  }
 
   async function load(dir: string): Promise<Snapshot | undefined> {
     if (await exists(join(dir, 'broken'))) return undefined
@@ -152,9 +227,19 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
         async commit(partial) {
           const sizeBytes = await directorySize(dir)
           const files: Record<string, number> = {}
-          for (const name of await readdir(join(dir, 'images')))
-            files[name] = (await stat(join(dir, 'images', name))).size
-          const meta: SnapshotMeta = { ...partial, key, sizeBytes, files }
+          const stamps = new Map<string, string>()
+          // Process memory, secrets included: only root reads a snapshot. The layer keeps the
+          // modes the function's files had (they are its filesystem) below the 0700 directory.
+          await chmod(dir, 0o700)
+          await chmod(join(dir, 'images'), 0o700)
+          for (const name of await readdir(join(dir, 'images'))) {
+            await chmod(join(dir, 'images', name), 0o600)
+            const st = await stat(join(dir, 'images', name))
+            files[name] = st.size
+            stamps.set(name, stampOf(st))
+          }
+          const checksums = await checksumSnapshot(dir)
+          const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
           await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
           const final = join(fnDir, key)
           // Retire every older snapshot of the function: only one is ever current.
@@ -163,7 +248,15 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
               await rename(join(fnDir, name), join(fnDir, `.retired-${name}-${Date.now()}`))
           }
           await rename(dir, final)
-          return { meta, dir: final, imagesDir: join(final, 'images'), upperDir: join(final, 'upper') }
+          const snapshot = {
+            meta,
+            dir: final,
+            imagesDir: join(final, 'images'),
+            upperDir: join(final, 'upper'),
+          }
+          // Its checksums were just taken from these very files.
+          verified.set(identityOf(snapshot), stamps)
+          return snapshot
         },
         async discard() {
           await rm(dir, { recursive: true, force: true })
@@ -184,25 +277,17 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
     },
 
     async verify(snapshot) {
-      const expected = snapshot.meta.files
-      if (!expected) return
-      const problems: string[] = []
-      await Promise.all(
-        Object.entries(expected).map(async ([name, size]) => {
-          const actual = await stat(join(snapshot.imagesDir, name)).then(
-            (s) => s.size,
-            () => -1,
-          )
-          if (actual !== size)
-            problems.push(actual < 0 ? `${name} is missing` : `${name} has ${actual} bytes, expected ${size}`)
-        }),
-      )
-      if (problems.length) {
-        throw new InitlessError(
-          'ERR_SNAPSHOT_CORRUPT',
-          `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
-        )
-      }
+      const { problems, stamps } = await statImages(snapshot)
+      if (problems.length) throw corrupt(snapshot, problems)
+      const known = verified.get(identityOf(snapshot))
+      if (known && sameStamps(known, stamps)) return
+      await checkContents(snapshot)
+    },
+
+    async scrub(snapshot) {
+      // A check already under way is as fresh as one started now.
+      verified.delete(identityOf(snapshot))
+      await checkContents(snapshot)
     },
 
     async remove(fn) {

@@ -167,6 +167,15 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
         .finally(() => (reaping = false))
     }, config.INITLESS_REAP_INTERVAL),
   )
+  if (config.INITLESS_SNAPSHOT_SCRUB_INTERVAL > 0)
+    timers.push(
+      setInterval(() => {
+        void instances
+          .scrub()
+          .then((results) => logger.info({ results }, 'snapshots scrubbed'))
+          .catch((err: unknown) => logger.warn({ err: errorMessage(err) }, 'snapshot scrub failed'))
+      }, config.INITLESS_SNAPSHOT_SCRUB_INTERVAL),
+    )
   timers.push(
     setInterval(() => {
       void snapshotUsage()
