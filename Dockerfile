@@ -124,7 +124,7 @@ RUN PATH=/opt/node/bin:$PATH npm ci --omit=dev --ignore-scripts --no-audit --no-
 
 # ---------------------------------------------------------------------------------------------
 # The build: every dependency (TypeScript is a dev dependency), `npm run build` into dist/, the
-# restore self-test's static probe beside its module (dist/executor/selftest/probe-server: the
+# restore self-test's static probe beside its module (dist/executor/native/probe-server: the
 # doctor needs no compiler at run time), and the sandbox helper where the executor looks for it:
 # a directory named after its source's SHA-256, as scripts/provision.sh installs it on a host.
 FROM node AS build
@@ -139,7 +139,7 @@ COPY executor ./executor
 COPY gateway ./gateway
 COPY cli ./cli
 RUN node scripts/build.mjs \
- && gcc -O2 -static -o dist/executor/selftest/probe-server executor/selftest/probe-server.c \
+ && gcc -O2 -static -o dist/executor/native/probe-server executor/native/probe-server.c \
  && h=$(sha256sum executor/native/sandbox-helper.c | cut -c1-12) \
  && mkdir -p "/out/usr/local/lib/initless/sandbox-helper-$h" \
  && gcc -O2 -Wall -Wextra -Werror -o "/out/usr/local/lib/initless/sandbox-helper-$h/initless-sandbox-helper" \

@@ -18,8 +18,14 @@ function boundaries() {
     'no-restricted-imports': ['error', { patterns: [...patterns, ...TEST_CODE] }],
   })
   const other = (/** @type {string} */ dir, /** @type {string} */ why) => ({
-    group: [`../${dir}/**`, `../../${dir}/**`],
+    group: [`../${dir}/**`, `../../${dir}/**`, `../../../${dir}/**`],
     message: why,
+  })
+  const apart = other('gateway', 'gateway/ and executor/ never import each other: share through shared/')
+  /** The executor's wings above `wing` in its layering (adapters < sandbox < the rest). */
+  const above = (/** @type {string} */ wing, /** @type {string[]} */ wings) => ({
+    group: [...wings.map((w) => `../${w}/**`), '../*.ts'],
+    message: `executor/${wing}/ imports only the wings below it and shared/ (adapters < sandbox < snapshots, runtimes < instances)`,
   })
   return [
     {
@@ -29,12 +35,16 @@ function boundaries() {
         other('executor', 'gateway/ and executor/ never import each other: share through shared/'),
       ]),
     },
+    { ...production, files: ['executor/**/*.ts'], rules: rule([apart]) },
     {
       ...production,
-      files: ['executor/**/*.ts'],
-      rules: rule([
-        other('gateway', 'gateway/ and executor/ never import each other: share through shared/'),
-      ]),
+      files: ['executor/adapters/**/*.ts'],
+      rules: rule([apart, above('adapters', ['sandbox', 'snapshots', 'runtimes', 'instances', 'cluster'])]),
+    },
+    {
+      ...production,
+      files: ['executor/sandbox/**/*.ts'],
+      rules: rule([apart, above('sandbox', ['snapshots', 'runtimes', 'instances', 'cluster'])]),
     },
     {
       ...production,

@@ -14,7 +14,7 @@ import {
   SANDBOX_CGROUP_PARENT,
   sandboxCgroupProcs,
   type CgroupLayout,
-} from '../executor/cgroups.ts'
+} from '../executor/adapters/cgroups.ts'
 
 /** /proc/<pid>/stat times are in clock ticks of USER_HZ, 100 on Linux for every architecture. */
 const USER_HZ = 100

@@ -8,6 +8,7 @@ import type { ColdStartRow, Phase } from './cold-start.ts'
 import { PHASES } from './cold-start.ts'
 import type { BenchEnvironment } from './env.ts'
 import { round } from './env.ts'
+import { describeBusy, type QuietVerdict } from './quiet.ts'
 import type { WarmResult } from './warm.ts'
 
 export interface TargetResult {
@@ -35,6 +36,8 @@ export interface BenchResult extends BenchEnvironment {
   readonly warmSetup: Omit<WarmResult, 'rows'> | null
   readonly targets: readonly TargetResult[]
   readonly method: readonly string[]
+  /** The quiet-machine gate's verdict (bench/quiet.ts); absent in results older than the gate. */
+  readonly quiet?: QuietVerdict
 }
 
 /** Cold-start targets: p50 through the gateway, ms. */
@@ -240,6 +243,12 @@ const suffix = (u: TargetResult['unit']) => (u === 'ms' ? ' ms' : u === 'x' ? 'x
 const fmt = (v: number | null | undefined, unit = '') =>
   v === null || v === undefined || !Number.isFinite(v) ? '-' : `${v}${unit}`
 
+export function quietLine(q: QuietVerdict): string {
+  return q.comparable
+    ? `Quiet machine: load ${q.load1m} <= ${q.maxLoad} and no other initless, CRIU or VM process running when measuring began.`
+    : `**NOT COMPARABLE: measured on a busy machine** (--allow-busy): ${describeBusy(q)}.`
+}
+
 export function renderMarkdown(r: BenchResult): string {
   const m = r.machine
   const v = r.versions
@@ -252,6 +261,7 @@ export function renderMarkdown(r: BenchResult): string {
       `CRIU ${v.criu}, runc ${v.runc}, Docker ${v.docker}, Node ${v.node}` +
       `${r.warmSetup ? `, nginx ${r.warmSetup.nginxVersion}` : ''}.`,
     '',
+    ...(r.quiet ? [quietLine(r.quiet), ''] : []),
     '## Targets',
     '',
     '| target | measured | limit | verdict | basis |',

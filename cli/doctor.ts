@@ -4,12 +4,12 @@
  * old CRIU and read the report.
  */
 import { statfs, readFile } from 'node:fs/promises'
-import { compareVersions, parseCriuVersion } from '../executor/criu.ts'
-import type { EngineInfo } from '../executor/docker.ts'
-import type { CommandRunner } from '../executor/exec.ts'
-import { formatRestorePath, type RestorePath } from '../executor/restore-path.ts'
-import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/seccomp-profile.ts'
-import type { SelfTestStep } from '../executor/selftest/selftest.ts'
+import { compareVersions, parseCriuVersion } from '../executor/adapters/criu.ts'
+import type { EngineInfo } from '../executor/adapters/docker.ts'
+import type { CommandRunner } from '../executor/adapters/exec.ts'
+import { formatRestorePath, type RestorePath } from '../executor/sandbox/restore-path.ts'
+import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
+import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/seccomp-profile.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
 

@@ -28,7 +28,7 @@ export const executorEnvSchema = commonEnvSchema.extend({
   INITLESS_RUNC: z.string().default('runc'),
   INITLESS_CRIU: z.string().default('criu'),
   /**
-   * The sandbox helper (executor/sandbox-helper.ts): `auto` uses the one provision.sh built from
+   * The sandbox helper (executor/adapters/sandbox-helper.ts): `auto` uses the one provision.sh built from
    * this executor's source if present, else iproute2 and mount(8); `off` always uses those; an
    * absolute path names a helper binary to use.
    */
@@ -47,7 +47,7 @@ export const executorEnvSchema = commonEnvSchema.extend({
     .default('10.213.0.0/16'),
   /**
    * Several hosts: the IPv4 address other hosts reach this one at. Announced with this host's
-   * subnet in its heartbeat; the other executors route the subnet to it (executor/peers.ts).
+   * subnet in its heartbeat; the other executors route the subnet to it (executor/cluster/peers.ts).
    */
   INITLESS_ADVERTISE_ADDRESS: z
     .string()
@@ -61,7 +61,7 @@ export const executorEnvSchema = commonEnvSchema.extend({
   INITLESS_LAZY_THRESHOLD: envBytes('8Mi'),
   /**
    * Working-set prefetch: bakes profile which pages a lazily restored instance touches first and
-   * make those restore eagerly (executor/working-set.ts).
+   * make those restore eagerly (executor/snapshots/working-set.ts).
    */
   INITLESS_PREFETCH: envBool(true),
   /**

@@ -15,12 +15,18 @@ import { createShutdown, within, type ShutdownResult } from '../shared/shutdown.
 import { canonicalCidr } from '../shared/subnet.ts'
 import type { ExecutorConfig } from './config.ts'
 import { createHostInstanceManager, type Host } from './host.ts'
-import type { InstanceManager } from './instances.ts'
-import { createPeerRouter, networkIdentity } from './peers.ts'
-import { formatRestorePath } from './restore-path.ts'
-import { createReaper, reconcile, removeHostContainers, snapshotUsage, type Reaper } from './reaper.ts'
-import { lockStateDir } from './state-lock.ts'
-import { createRestoreWorker } from './worker.ts'
+import type { InstanceManager } from './instances/instances.ts'
+import { createPeerRouter, networkIdentity } from './cluster/peers.ts'
+import { formatRestorePath } from './sandbox/restore-path.ts'
+import {
+  createReaper,
+  reconcile,
+  removeHostContainers,
+  snapshotUsage,
+  type Reaper,
+} from './instances/reaper.ts'
+import { lockStateDir } from './cluster/state-lock.ts'
+import { createRestoreWorker } from './instances/worker.ts'
 
 /** Retired snapshots are collected this often (ms). */
 const SNAPSHOT_COLLECT_MS = 30_000

@@ -20,7 +20,7 @@ if (result.status !== 0) {
   process.exit(result.status ?? 1)
 }
 /** C sources the compiled modules locate with `new URL('./…', import.meta.url)`. */
-const ASSETS = ['executor/native/sandbox-helper.c', 'executor/selftest/probe-server.c']
+const ASSETS = ['executor/native/sandbox-helper.c', 'executor/native/probe-server.c']
 for (const asset of ASSETS) {
   mkdirSync(dirname(join(root, 'dist', asset)), { recursive: true })
   copyFileSync(join(root, asset), join(root, 'dist', asset))

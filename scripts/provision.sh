@@ -193,7 +193,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # The executor's sandbox helper (executor/native/sandbox-helper.c), installed in a directory named
 # after its source's SHA-256: an executor uses only a helper built from the source it ships with
-# (executor/sandbox-helper.ts), and a changed source builds a new one.
+# (executor/adapters/sandbox-helper.ts), and a changed source builds a new one.
 step "sandbox helper"
 helper_src=$(cd "$(dirname "$0")/.." && pwd)/executor/native/sandbox-helper.c
 helper_hash=$(sha256sum "$helper_src" | cut -c1-12)

@@ -1,6 +1,6 @@
 /**
  * BullMQ adapter for the RestoreQueue port: the producers' only file that imports bullmq (the
- * executor's consumer is executor/worker.ts).
+ * executor's consumer is executor/instances/worker.ts).
  * Producer connection fails fast while Redis is down (enableOfflineQueue false) so a cold request
  * is answered 503 instead of hanging; QueueEvents reads the events stream and needs
  * maxRetriesPerRequest null (BullMQ forces it for blocking connections).

@@ -178,7 +178,7 @@ export interface ExecutorHeartbeat {
   readonly network?: string
   /**
    * Where other hosts reach this host's instance subnet (INITLESS_ADVERTISE_ADDRESS); absent on a
-   * single host. Executors that have one route each other's subnets (executor/peers.ts).
+   * single host. Executors that have one route each other's subnets (executor/cluster/peers.ts).
    */
   readonly address?: string
 }

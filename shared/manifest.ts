@@ -125,7 +125,7 @@ export const manifestSchema = z
     security: z
       .object({
         /**
-         * The system-call filter: `default` (executor/seccomp-profile.ts), `unconfined`, or a
+         * The system-call filter: `default` (executor/sandbox/seccomp-profile.ts), `unconfined`, or a
          * profile file in the function's folder (shared/seccomp.ts).
          */
         seccomp: seccompSetting.default('default'),

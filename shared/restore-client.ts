@@ -2,7 +2,7 @@
  * The restore protocol, written once for every producer (the gateway's pool, `initless scale`,
  * tests, benchmarks): reserve an instance id in the registry (bounded by the function's
  * maxInstances), enqueue a restore job with that id as job id, and, when asked, await the job's
- * outcome. The executor's side is executor/worker.ts.
+ * outcome. The executor's side is executor/instances/worker.ts.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { RestoreJobOptions, RestoreJobResult, RestoreReason } from './contracts.ts'

@@ -10,7 +10,7 @@ import { join, relative, sep } from 'node:path'
 import { z } from 'zod'
 import { InitlessError } from './errors.ts'
 
-/** `default`: initless's profile (executor/seccomp-profile.ts); `unconfined`: no filter. */
+/** `default`: initless's profile (executor/sandbox/seccomp-profile.ts); `unconfined`: no filter. */
 export const SECCOMP_KEYWORDS = ['default', 'unconfined'] as const
 
 /** A relative path to a `.json` file inside the function's folder: no `..` segment, no leading `/`. */

@@ -1,5 +1,5 @@
 /**
- * IPv4 subnets: the instance address plan of a host (executor/network.ts) and the claim every
+ * IPv4 subnets: the instance address plan of a host (executor/adapters/network.ts) and the claim every
  * executor makes on its subnet in the registry, so two hosts never hand out the same addresses.
  */
 

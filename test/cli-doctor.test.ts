@@ -5,7 +5,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { promisify } from 'node:util'
-import { readCgroupLayout } from '../executor/cgroups.ts'
+import { readCgroupLayout } from '../executor/adapters/cgroups.ts'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { requireServices } from './support/integration.ts'
 

@@ -2,12 +2,16 @@ import assert from 'node:assert/strict'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import { after, before, describe, test } from 'node:test'
-import type { Baker } from '../executor/bake.ts'
-import type { BuiltImage, ImageBuilder } from '../executor/build.ts'
-import { CONTAINERD_TMP, DOCKER_CHECKPOINT_LABEL, templateName } from '../executor/docker-checkpoint.ts'
-import { createInstanceManager } from '../executor/instances.ts'
-import { httpOnce } from '../executor/probe.ts'
-import type { StartedInstance } from '../executor/runtimes.ts'
+import type { Baker } from '../executor/snapshots/bake.ts'
+import type { BuiltImage, ImageBuilder } from '../executor/snapshots/build.ts'
+import {
+  CONTAINERD_TMP,
+  DOCKER_CHECKPOINT_LABEL,
+  templateName,
+} from '../executor/runtimes/docker-checkpoint.ts'
+import { createInstanceManager } from '../executor/instances/instances.ts'
+import { httpOnce } from '../executor/adapters/probe.ts'
+import type { StartedInstance } from '../executor/runtimes/runtimes.ts'
 import { isInitlessError } from '../shared/errors.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createSilentLogger } from '../shared/logger.ts'

@@ -19,7 +19,7 @@ import {
   type HttpResponse,
   type LogRecord,
 } from './support/e2e.ts'
-import { rootMount } from '../executor/cgroups.ts'
+import { rootMount } from '../executor/adapters/cgroups.ts'
 import { requireServices } from './support/integration.ts'
 import { hostResources } from './support/leaks.ts'
 

@@ -5,9 +5,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
-import { ALLOWED_DEVICES, CGROUP_ROOT, hierarchyWith, readCgroupLayout } from '../executor/cgroups.ts'
-import { httpOnce } from '../executor/probe.ts'
-import { cgroupPath } from '../executor/sandbox.ts'
+import {
+  ALLOWED_DEVICES,
+  CGROUP_ROOT,
+  hierarchyWith,
+  readCgroupLayout,
+} from '../executor/adapters/cgroups.ts'
+import { httpOnce } from '../executor/adapters/probe.ts'
+import { cgroupPath } from '../executor/sandbox/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createTestExecutor, type TestExecutor } from './support/executor.ts'
 import { flipMiddleByte } from './support/files.ts'

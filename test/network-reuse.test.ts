@@ -11,7 +11,7 @@ import { connect } from 'node:net'
 import { test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { createHost } from '../executor/host.ts'
-import { gatewayIp, macFor, vethName } from '../executor/network.ts'
+import { gatewayIp, macFor, vethName } from '../executor/adapters/network.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { requireServices } from './support/integration.ts'
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { createDockerEngine, dockerOptions } from '../executor/docker.ts'
+import { createDockerEngine, dockerOptions } from '../executor/adapters/docker.ts'
 import { requireServices } from './support/integration.ts'
 
 const config = loadExecutorConfig(process.env)

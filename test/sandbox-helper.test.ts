@@ -12,8 +12,8 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
 import { sandboxHelperPath } from '../executor/host.ts'
-import { macFor, NETNS_DIR } from '../executor/network.ts'
-import { createSandboxHelper, type SandboxHelper } from '../executor/sandbox-helper.ts'
+import { macFor, NETNS_DIR } from '../executor/adapters/network.ts'
+import { createSandboxHelper, type SandboxHelper } from '../executor/adapters/sandbox-helper.ts'
 import { isInitlessError } from '../shared/errors.ts'
 import { requireServices } from './support/integration.ts'
 
@@ -190,7 +190,7 @@ describe('sandbox helper', () => {
   test('an idle helper does not keep the executor process alive', async (t) => {
     if (!requireServices(t)) return
     const script = [
-      `import { createSandboxHelper } from ${JSON.stringify(new URL('../executor/sandbox-helper.ts', import.meta.url).href)}`,
+      `import { createSandboxHelper } from ${JSON.stringify(new URL('../executor/adapters/sandbox-helper.ts', import.meta.url).href)}`,
       `const h = createSandboxHelper({ path: ${JSON.stringify(sandboxHelperPath({ INITLESS_SANDBOX_HELPER: 'auto' }))} })`,
       `await h.request({ op: 'ping', args: [] })`,
       `const p = await h.spawn({ argv: ['true'], output: '/dev/null', mode: 'group', keepAlive: false })`,

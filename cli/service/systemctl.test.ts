@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { fakeRunner } from '../../executor/exec-fake.ts'
+import { fakeRunner } from '../../executor/adapters/exec-fake.ts'
 import { InitlessError, isInitlessError } from '../../shared/errors.ts'
 import { createSystemctl } from './systemctl.ts'
 

@@ -3,7 +3,7 @@
  * throws ERR_COMMAND_FAILED with systemctl's own message.
  */
 import { access } from 'node:fs/promises'
-import { runCommand, type CommandRunner } from '../../executor/exec.ts'
+import { runCommand, type CommandRunner } from '../../executor/adapters/exec.ts'
 import type { ServiceManager } from './service-manager.ts'
 
 /** systemd creates this directory at boot; its presence is how sd_booted(3) and provision.sh tell. */

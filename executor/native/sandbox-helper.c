@@ -1,7 +1,7 @@
 /*
  * initless sandbox helper: the sandbox set-up steps that would otherwise cost one process start
  * each (`ip -batch` twice and `mount` per sandbox, 5-20 ms apiece on a VM), done with system calls
- * by one long-lived process the executor starts once (executor/sandbox-helper.ts).
+ * by one long-lived process the executor starts once (executor/adapters/sandbox-helper.ts).
  *
  * Protocol, on stdin/stdout, one request per line, fields separated by tabs:
  *   <tag> netns-create <nsfile> <veth> <mac> <ip>/<bits> <gateway> <bridge>

@@ -6,8 +6,8 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto'
 import { loadExecutorConfig } from '../../executor/config.ts'
-import type { InstanceManager } from '../../executor/instances.ts'
-import type { Reaper } from '../../executor/reaper.ts'
+import type { InstanceManager } from '../../executor/instances/instances.ts'
+import type { Reaper } from '../../executor/instances/reaper.ts'
 import { startExecutor } from '../../executor/start.ts'
 import { createBullmqRestoreQueue } from '../../shared/bullmq-restore-queue.ts'
 import type { RestoreJobOptions, RestoreJobResult } from '../../shared/contracts.ts'

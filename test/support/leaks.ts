@@ -6,8 +6,8 @@
  */
 import { execFileSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
-import { instanceCgroupsIn } from '../../executor/cgroups.ts'
-import { isCriuWorkUnder } from '../../executor/process.ts'
+import { instanceCgroupsIn } from '../../executor/adapters/cgroups.ts'
+import { isCriuWorkUnder } from '../../executor/adapters/process.ts'
 
 export interface HostResources {
   readonly containers: string[]

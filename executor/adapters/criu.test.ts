@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, test } from 'node:test'
+import { isInitlessError } from '../../shared/errors.ts'
+import { createCriu, criuRestoreArgs, DESCRIPTORS_FILE, type CriuRestoreRequest } from './criu.ts'
+import type { CommandRunner } from './exec.ts'
+import type { ProcessExit, SandboxHelper, SpawnRequest } from './sandbox-helper.ts'
+
+const req: CriuRestoreRequest = {
+  imagesDir: '/state/snapshots/fn/k/images',
+  workDir: '/state/instances/i1/criu',
+  root: '/state/instances/i1/bundle/rootfs',
+  pidFile: '/state/instances/i1/pid',
+  netnsPath: '/var/run/netns/initless-i1',
+  cgroupRoot: '/initless/i1',
+  externalMounts: [
+    { key: '/sys/firmware', source: '/state/empty' },
+    { key: '/dev/null', source: '/dev/null' },
+  ],
+  lazy: true,
+  outputPath: '/sb/output.log',
+}
+
+/** The value following `flag` (each occurrence). */
+function values(args: string[], flag: string): string[] {
+  return args.flatMap((a, i) => (a === flag ? [args[i + 1] ?? ''] : []))
+}
+
+test('criuRestoreArgs: what runc sends CRIU for `runc restore -d`, as options', () => {
+  const args = criuRestoreArgs(req, ['/dev/null', 'pipe:[77]', 'pipe:[77]'])
+  assert.equal(args[0], 'restore')
+  assert.deepEqual(values(args, '--images-dir'), [req.imagesDir])
+  assert.deepEqual(values(args, '--work-dir'), [req.workDir])
+  assert.deepEqual(values(args, '--root'), [req.root])
+  assert.deepEqual(values(args, '--pidfile'), [req.pidFile])
+  assert.deepEqual(values(args, '--cgroup-root'), ['/initless/i1'])
+  assert.deepEqual(values(args, '--network-lock'), ['skip'])
+  // The namespace arrives as fd 3 under runc's key; the stdio pipes as the fds they were.
+  assert.deepEqual(values(args, '--inherit-fd'), ['fd[3]:extRootNetNS', 'fd[1]:pipe:[77]', 'fd[2]:pipe:[77]'])
+  assert.deepEqual(values(args, '--ext-mount-map'), ['/sys/firmware:/state/empty', '/dev/null:/dev/null'])
+  for (const flag of [
+    '--restore-detached',
+    '--evasive-devices',
+    '--mntns-compat-mode',
+    '--manage-cgroups=soft',
+    '--lazy-pages',
+  ])
+    assert.ok(args.includes(flag), flag)
+  assert.ok(args.includes('-v2'))
+})
+
+test('criuRestoreArgs: an eager restore has no --lazy-pages; the log level can be raised', () => {
+  const args = criuRestoreArgs({ ...req, lazy: false, logLevel: 4 }, ['/dev/null', '/dev/null', '/dev/null'])
+  assert.ok(!args.includes('--lazy-pages'))
+  assert.ok(args.includes('-v4') && !args.includes('-v2'))
+  assert.deepEqual(values(args, '--inherit-fd'), ['fd[3]:extRootNetNS'])
+})
+
+describe('restore through the sandbox helper', () => {
+  /** A helper whose spawned `criu` "exits" with `exit`, recording what it was asked to start. */
+  function fakeHelper(exit: ProcessExit) {
+    const spawned: SpawnRequest[] = []
+    const helper: SandboxHelper = {
+      request: () => Promise.reject(new Error('not used')),
+      spawn: async (r) => {
+        spawned.push(r)
+        return { pid: 2 ** 22 + 1, exited: Promise.resolve(exit) }
+      },
+      processId: () => undefined,
+      close: () => {},
+    }
+    return { helper, spawned }
+  }
+  const noRun: CommandRunner = () => Promise.reject(new Error('no command may run'))
+
+  async function snapshotDir(): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), 'initless-criu-'))
+    await writeFile(join(dir, DESCRIPTORS_FILE), JSON.stringify(['/dev/null', 'pipe:[9]', 'pipe:[9]']))
+    return dir
+  }
+
+  test('starts criu in its own session (and process group) with the output log and the namespace as fd 3', async () => {
+    const dir = await snapshotDir()
+    const { helper, spawned } = fakeHelper({ code: 0, signal: null })
+    const ms = await createCriu({ run: noRun, bin: '/x/criu', helper }).restore({
+      ...req,
+      imagesDir: dir,
+      workDir: dir,
+    })
+    assert.ok(ms >= 0)
+    assert.equal(spawned.length, 1)
+    const s = spawned[0]!
+    assert.deepEqual(s.argv, [
+      '/x/criu',
+      ...criuRestoreArgs({ ...req, imagesDir: dir, workDir: dir }, ['/dev/null', 'pipe:[9]', 'pipe:[9]']),
+    ])
+    assert.equal(s.output, req.outputPath)
+    assert.equal(s.fd3, req.netnsPath)
+    assert.equal(s.mode, 'session')
+    assert.equal(s.keepAlive, true)
+    await rm(dir, { recursive: true })
+  })
+
+  test('a failed criu is ERR_COMMAND_FAILED with the tail of restore.log', async () => {
+    const dir = await snapshotDir()
+    await writeFile(join(dir, 'restore.log'), '(00.001) Error (criu/mount.c:1): mnt: no such mount\n')
+    for (const [exit, says] of [
+      [{ code: 1, signal: null }, /restore: exit 1/],
+      [{ code: null, signal: 9 }, /restore: exit on signal 9/],
+      [{ code: null, signal: null }, /sandbox helper died/],
+    ] as const) {
+      const { helper } = fakeHelper(exit)
+      await assert.rejects(
+        createCriu({ run: noRun, helper }).restore({ ...req, imagesDir: dir, workDir: dir }),
+        (err: unknown) =>
+          isInitlessError(err) &&
+          err.code === 'ERR_COMMAND_FAILED' &&
+          says.test(err.message) &&
+          err.message.includes('mnt: no such mount'),
+      )
+    }
+    await rm(dir, { recursive: true })
+  })
+})

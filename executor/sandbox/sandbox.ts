@@ -1,0 +1,308 @@
+/**
+ * Sandboxes: everything an instance needs before its process exists — a network namespace with its
+ * own address, a copy-on-write rootfs, a cgroup path, a runc bundle and a CRIU work dir. Preparing
+ * one is the part of a cold start the pre-started pool takes off the request path.
+ *
+ * Layout of one sandbox (all under <state>/instances/<id>, mode 0700):
+ *   bundle/config.json   runc bundle; bundle/rootfs is the overlay mount point
+ *   upper/ work/         overlay upper and work dirs
+ *   criu/                CRIU work dir (restore.log, lazy-pages.socket)
+ *   output.log           the function's stdout and stderr
+ *   sandbox.json         what reconciliation needs after an executor crash
+ */
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Manifest } from '../../shared/manifest.ts'
+import type { SeccompProfileFile } from '../../shared/seccomp.ts'
+import {
+  applySandboxLimits,
+  containerCgroupMounts,
+  createCgroup,
+  destroyCgroup,
+  ensureCgroupSkeleton,
+  prepareCgroupParent,
+  readCgroupLayout,
+  SANDBOX_CGROUP_PARENT,
+  setCpuLimit,
+  type CgroupLayout,
+} from '../adapters/cgroups.ts'
+import { criuConfigText, type ExternalMount } from '../adapters/criu.ts'
+import type { IpAllocator, NamespaceHandle, NetworkManager } from '../adapters/network.ts'
+import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
+import { probeRestorePath, type RestorePath } from './restore-path.ts'
+import type { Mounter } from '../adapters/rootfs.ts'
+import type { SandboxHelper } from '../adapters/sandbox-helper.ts'
+import type { Runc } from '../adapters/runc.ts'
+
+export const NETNS_PREFIX = 'initless-'
+
+export interface ProcessSpec {
+  readonly args: readonly string[]
+  readonly env: readonly string[]
+  readonly cwd: string
+  readonly uid: number
+  readonly gid: number
+}
+
+export interface SandboxRequest {
+  readonly id: string
+  readonly fn: string
+  /** Overlay lower dirs, top-most first (snapshot layer, then the image's rootfs). */
+  readonly lowers: readonly string[]
+  readonly process: ProcessSpec
+  readonly memoryBytes: number
+  readonly cpus: number
+  readonly pids: number
+  /** A restore's sandbox gets its CPU limit once CRIU is done (limitCpu), not from runc. */
+  readonly forRestore: boolean
+  /**
+   * The system-call filter runc installs when it runs the process (a bake; a restore gets the
+   * filter dumped with the process from CRIU). Unset: none.
+   */
+  readonly seccomp?: SeccompProfileFile
+}
+
+export interface Sandbox {
+  readonly id: string
+  readonly fn: string
+  readonly dir: string
+  readonly bundle: string
+  readonly rootfs: string
+  readonly criuWorkDir: string
+  readonly criuConfig: string
+  readonly logFile: string
+  readonly pidFile: string
+  readonly netns: NamespaceHandle
+  readonly lowers: readonly string[]
+  /** CPU limit; a restore's sandbox gets it only when CRIU is done (SandboxManager.limitCpu). */
+  readonly cpus: number
+  /**
+   * Set when the sandbox is ready for `criu restore` run directly (criu.ts): its cgroup already has
+   * the limits and device rules runc would set. Unset where the restore path is `runc restore`
+   * (SandboxManager.restorePath: cgroup v2 without the sandbox helper's eBPF device filter).
+   */
+  readonly direct?: { readonly externalMounts: readonly ExternalMount[] }
+}
+
+export interface SandboxManager {
+  prepare(req: SandboxRequest): Promise<Sandbox>
+  /**
+   * How this host's restores run (direct or through runc) and why; probed once (again only after a
+   * helper that did not answer).
+   */
+  restorePath(): Promise<RestorePath>
+  /**
+   * The CRIU work dir a sandbox with this id gets, created now: a restore starts its lazy-pages
+   * daemon there while the rest of the sandbox is being prepared.
+   */
+  workDir(id: string): Promise<string>
+  /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
+  limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
+  /**
+   * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
+   * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
+   */
+  destroy(
+    sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct'>,
+    opts?: { keepUpperAt?: string },
+  ): Promise<void>
+}
+
+/**
+ * `make()` run once and shared by every caller; a failure, or a result `keep` rejects, is
+ * forgotten once it is known, so the next call tries again.
+ */
+function once<T>(make: () => Promise<T>, keep: (value: T) => boolean = () => true): () => Promise<T> {
+  let running: Promise<T> | undefined
+  return () =>
+    (running ??= make().then(
+      (value) => {
+        if (!keep(value)) running = undefined
+        return value
+      },
+      (err: unknown) => {
+        running = undefined
+        throw err
+      },
+    ))
+}
+
+/** A function's resource limits, as a sandbox request takes them. */
+export function sandboxLimits(m: Manifest): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids'> {
+  return { memoryBytes: m.resources.memory, cpus: m.resources.cpus, pids: m.resources.pids }
+}
+
+export function instancesDir(stateDir: string): string {
+  return join(stateDir, 'instances')
+}
+
+export function cgroupPath(id: string): string {
+  return `${SANDBOX_CGROUP_PARENT}/${id}`
+}
+
+export function netnsName(id: string): string {
+  return `${NETNS_PREFIX}${id}`
+}
+
+export function createSandboxManager(deps: {
+  stateDir: string
+  network: NetworkManager
+  ips: IpAllocator
+  mounter: Mounter
+  runc: Runc
+  /**
+   * Creates the sandbox cgroup and writes its limits in one request each (else node's fs); on
+   * cgroup v2 attaches the device filter, without which restores go through runc.
+   */
+  helper?: SandboxHelper | undefined
+  /** Why there is no helper (`sandbox helper off`), for restorePath's reason. */
+  withoutHelper?: string
+  /** The host's cgroup layout (default: from /proc/self/mountinfo; tests pass a fake root). */
+  readLayout?: () => Promise<CgroupLayout>
+}): SandboxManager {
+  const { network, ips, mounter, runc, helper } = deps
+  const ensureBridge = once(() => network.ensureBridge())
+
+  const emptyDir = join(deps.stateDir, 'empty')
+  const cgroupSkeleton = join(deps.stateDir, 'cgroupfs')
+  const sandboxDir = (id: string) => join(instancesDir(deps.stateDir), id)
+  const cgroupLayout = once(deps.readLayout ?? readCgroupLayout)
+  const restorePath = once(
+    async () =>
+      probeRestorePath({
+        layout: await cgroupLayout(),
+        helper,
+        withoutHelper: deps.withoutHelper ?? 'no sandbox helper',
+      }),
+    (path) => path.settled,
+  )
+  const ensureDirs = once(async () => {
+    await mkdir(emptyDir, { recursive: true, mode: 0o555 })
+    const layout = await cgroupLayout()
+    await ensureCgroupSkeleton(layout, cgroupSkeleton)
+    await prepareCgroupParent(layout, SANDBOX_CGROUP_PARENT)
+    return layout
+  })
+  return {
+    restorePath,
+
+    async prepare(req) {
+      await ensureBridge()
+      const cgroups = await ensureDirs()
+      const direct = req.forRestore && (await restorePath()).direct
+      const dir = sandboxDir(req.id)
+      const bundle = join(dir, 'bundle')
+      const rootfs = join(bundle, 'rootfs')
+      const criuWorkDir = join(dir, 'criu')
+      const ip = ips.allocate()
+      const nsName = netnsName(req.id)
+      let netns: NamespaceHandle | undefined
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o700 })
+        await mkdir(criuWorkDir, { recursive: true })
+        // Namespace, rootfs and cgroup are independent: set them up side by side (without the
+        // sandbox helper the first two run commands while the cgroup is written).
+        const [ns] = await Promise.all([
+          network.create(nsName, ip),
+          mounter.mountOverlay({
+            lowers: req.lowers,
+            upper: join(dir, 'upper'),
+            work: join(dir, 'work'),
+            target: rootfs,
+          }),
+          (async () => {
+            // Created ahead: the container's /sys/fs/cgroup binds its directories.
+            await createCgroup(cgroups, cgroupPath(req.id), helper)
+            if (direct) {
+              const limits = { memoryBytes: req.memoryBytes, pids: req.pids }
+              await applySandboxLimits(cgroups, cgroupPath(req.id), limits, helper)
+            }
+          })(),
+        ])
+        netns = ns
+        const criuConfig = join(dir, 'criu.conf')
+        const spec = buildOciSpec({
+          hostname: req.fn,
+          rootfs,
+          args: req.process.args,
+          env: req.process.env,
+          cwd: req.process.cwd,
+          uid: req.process.uid,
+          gid: req.process.gid,
+          netnsPath: ns.path,
+          emptyDir,
+          cgroupsPath: cgroupPath(req.id),
+          cgroupMounts: containerCgroupMounts(cgroups, cgroupPath(req.id), cgroupSkeleton),
+          memoryBytes: req.memoryBytes,
+          pids: req.pids,
+          // A restore gets its CPU limit afterwards (limitCpu): CRIU's work is not the function's.
+          criuConfig,
+          ...(req.forRestore ? {} : { cpus: req.cpus }),
+          ...(req.seccomp ? { seccomp: req.seccomp } : {}),
+        })
+        const sandbox: Sandbox = {
+          id: req.id,
+          fn: req.fn,
+          dir,
+          bundle,
+          rootfs,
+          criuWorkDir,
+          criuConfig,
+          logFile: join(dir, 'output.log'),
+          pidFile: join(dir, 'pid'),
+          netns: ns,
+          lowers: req.lowers,
+          cpus: req.cpus,
+          ...(direct ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
+        }
+        await Promise.all([
+          writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
+          // What a checkpoint of this sandbox needs; a restore rewrites it (restoreIntoSandbox).
+          writeFile(criuConfig, criuConfigText({ lazy: false }), { mode: 0o600 }),
+          writeFile(join(dir, 'sandbox.json'), JSON.stringify(sandbox)),
+        ])
+        return sandbox
+      } catch (err) {
+        await this.destroy({ id: req.id, dir, rootfs, netns: netns ?? { name: nsName, path: '', ip } })
+        throw err
+      }
+    },
+
+    async workDir(id) {
+      const dir = join(sandboxDir(id), 'criu')
+      await mkdir(dir, { recursive: true, mode: 0o700 })
+      return dir
+    },
+
+    async limitCpu(sb) {
+      await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
+    },
+
+    async destroy(sb, opts) {
+      const errors: unknown[] = []
+      const attempt = async (step: () => Promise<unknown>) => {
+        try {
+          await step()
+        } catch (err) {
+          errors.push(err)
+        }
+      }
+      // Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
+      // A sandbox CRIU restored into directly never held a runc container: its cgroup holds it.
+      if (!sb.direct) await attempt(() => runc.delete(sb.id))
+      await attempt(async () => destroyCgroup(await cgroupLayout(), cgroupPath(sb.id)))
+      await attempt(() => mounter.unmount(sb.rootfs))
+      // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
+      await attempt(async () => {
+        for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
+      })
+      await attempt(() => network.destroy(sb.netns.name))
+      const keep = opts?.keepUpperAt
+      if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
+      await attempt(() => rm(sb.dir, { recursive: true, force: true }))
+      ips.release(sb.netns.ip)
+      if (errors.length)
+        throw new AggregateError(errors, `destroying sandbox ${sb.id} left ${errors.length} problem(s)`)
+    },
+  }
+}

@@ -1,0 +1,321 @@
+/**
+ * The snapshot store: <state>/snapshots/<fn>/<key>/ holding CRIU's images (`images/`), the overlay
+ * layer the function wrote before its checkpoint (`upper/`) and `meta.json`. The key hashes what a
+ * restore depends on — manifest, image, CRIU version and kernel — so a snapshot whose inputs changed
+ * is never found, only rebuilt. The store is 0700: snapshots hold process memory, secrets included.
+ * A snapshot appears only complete (written under a temporary name, renamed into place).
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { InitlessError } from '../../shared/errors.ts'
+import { canonicalJson } from '../../shared/manifest.ts'
+import { checksumProblems, checksumSnapshot, type SnapshotChecksums } from './snapshot-checksums.ts'
+
+export interface SnapshotIdentity {
+  readonly fn: string
+  readonly manifestHash: string
+  readonly imageId: string
+  readonly criuVersion: string
+  readonly kernel: string
+  /** SANDBOX_LAYOUT_VERSION of the sandbox the checkpoint was taken in. */
+  readonly layout: number
+  /** WORKING_SET_VERSION of the working-set profile applied to its pagemaps (0: none). */
+  readonly prefetch: number
+  /** The system-call filter dumped with the process (seccomp.ts seccompId). */
+  readonly seccomp: string
+}
+
+export interface SnapshotMeta extends SnapshotIdentity {
+  readonly key: string
+  readonly sizeBytes: number
+  readonly bakeMs: number
+  readonly warmupRequests: number
+  /** Epoch ms. */
+  readonly createdAt: number
+  readonly port: number
+  /** Pages the working-set profile made eager for lazy restores (working-set.ts). */
+  readonly workingSetPages?: number
+  /** Size of every CRIU image file: a truncated or replaced file is caught before a restore. */
+  readonly files?: Readonly<Record<string, number>>
+  /** Checksum of every file of the snapshot (snapshot-checksums.ts). */
+  readonly checksums?: SnapshotChecksums
+}
+
+export interface Snapshot {
+  readonly meta: SnapshotMeta
+  readonly dir: string
+  readonly imagesDir: string
+  readonly upperDir: string
+}
+
+export interface PendingSnapshot {
+  readonly dir: string
+  readonly imagesDir: string
+  readonly upperDir: string
+  /** Write meta.json and move the snapshot into place, replacing older ones of the function. */
+  commit(meta: Omit<SnapshotMeta, 'key' | 'sizeBytes'>): Promise<Snapshot>
+  discard(): Promise<void>
+}
+
+export interface SnapshotStore {
+  snapshotKey(id: SnapshotIdentity): string
+  /** The valid snapshot for exactly these inputs, if baked and not marked broken. */
+  find(id: SnapshotIdentity): Promise<Snapshot | undefined>
+  /** Newest complete snapshot of a function, whatever its inputs (for listings). */
+  latest(fn: string): Promise<Snapshot | undefined>
+  begin(id: SnapshotIdentity): Promise<PendingSnapshot>
+  /** A snapshot that failed to restore is never used again; the next bake replaces it. */
+  markBroken(snapshot: Snapshot, reason: string): Promise<void>
+  /**
+   * Still the snapshot in its place (a re-bake of the same inputs replaces it under the same
+   * path) and not marked broken: a stat and a small read.
+   */
+  usable(snapshot: Snapshot): Promise<boolean>
+  /**
+   * Throws ERR_SNAPSHOT_CORRUPT when the snapshot is not intact; called before every restore. An
+   * image file missing or of another size fails at once (a stat each, ~1 ms). The checksums of
+   * every file are checked the first time this store sees the snapshot (unless it baked it) and
+   * again whenever an image file's inode times changed since; the restores that arrive meanwhile
+   * wait for that one check.
+   */
+  verify(snapshot: Snapshot): Promise<void>
+  /** Check every file's checksum now, whatever was checked before (the scrub); same errors. */
+  scrub(snapshot: Snapshot): Promise<void>
+  remove(fn: string): Promise<void>
+  /**
+   * Delete replaced snapshots no instance uses any more, and bakes abandoned for over an hour.
+   * Replaced snapshots are not deleted at once: a running instance's overlay and a lazy-pages
+   * daemon may still read them.
+   */
+  collect(isInUse: (dir: string) => boolean): Promise<string[]>
+}
+
+const ABANDONED_MS = 3_600_000
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  )
+}
+
+/** Total bytes of the regular files below `dir`. */
+export async function directorySize(dir: string): Promise<number> {
+  let total = 0
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) total += await directorySize(path)
+    else if (entry.isFile()) total += (await stat(path)).size
+  }
+  return total
+}
+
+/** What identifies one image file's inode and its last change: any write changes it. */
+function stampOf(s: { size: number; ino: number; mtimeMs: number; ctimeMs: number }): string {
+  return `${s.size}:${s.ino}:${s.mtimeMs}:${s.ctimeMs}`
+}
+
+function corrupt(snapshot: Snapshot, problems: string[]): InitlessError {
+  return new InitlessError(
+    'ERR_SNAPSHOT_CORRUPT',
+    `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
+    { details: { fn: snapshot.meta.fn, key: snapshot.meta.key, problems } },
+  )
+}
+
+export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
+  const root = join(deps.stateDir, 'snapshots')
+  /**
+   * Snapshots whose checksums matched in this process (or that it baked), by directory and bake
+   * time, with the image files' stamps at that moment; and the checks under way.
+   */
+  const verified = new Map<string, Map<string, string>>()
+  const checking = new Map<string, Promise<void>>()
+  const identityOf = (s: Snapshot) => `${s.dir}\0${s.meta.createdAt}`
+
+  /** The image files' sizes against meta.files, and their stamps. */
+  async function statImages(
+    snapshot: Snapshot,
+  ): Promise<{ problems: string[]; stamps: Map<string, string> }> {
+    const problems: string[] = []
+    const stamps = new Map<string, string>()
+    await Promise.all(
+      Object.entries(snapshot.meta.files ?? {}).map(async ([name, size]) => {
+        const st = await stat(join(snapshot.imagesDir, name)).catch(() => undefined)
+        if (!st) problems.push(`${name} is missing`)
+        else if (st.size !== size) problems.push(`${name} has ${st.size} bytes, expected ${size}`)
+        else stamps.set(name, stampOf(st))
+      }),
+    )
+    return { problems, stamps }
+  }
+
+  function sameStamps(a: Map<string, string>, b: Map<string, string>): boolean {
+    if (a.size !== b.size) return false
+    for (const [k, v] of a) if (b.get(k) !== v) return false
+    return true
+  }
+
+  /** Hash every file against meta.checksums; one check per snapshot at a time. */
+  function checkContents(snapshot: Snapshot): Promise<void> {
+    const id = identityOf(snapshot)
+    let running = checking.get(id)
+    if (!running) {
+      running = (async () => {
+        const expected = snapshot.meta.checksums
+        // Stamps taken before the reads: a write while hashing shows at the next restore.
+        const { problems, stamps } = await statImages(snapshot)
+        if (!problems.length && expected) problems.push(...(await checksumProblems(snapshot.dir, expected)))
+        if (problems.length) {
+          verified.delete(id)
+          throw corrupt(snapshot, problems)
+        }
+        verified.set(id, stamps)
+      })().finally(() => checking.delete(id))
+      checking.set(id, running)
+    }
+    return running
+  }
+
+  async function load(dir: string): Promise<Snapshot | undefined> {
+    if (await exists(join(dir, 'broken'))) return undefined
+    try {
+      const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as SnapshotMeta
+      return { meta, dir, imagesDir: join(dir, 'images'), upperDir: join(dir, 'upper') }
+    } catch {
+      return undefined
+    }
+  }
+
+  const store: SnapshotStore = {
+    snapshotKey(id) {
+      const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp } = id
+      return createHash('sha256')
+        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp }))
+        .digest('hex')
+        .slice(0, 20)
+    },
+
+    async find(id) {
+      const snap = await load(join(root, id.fn, store.snapshotKey(id)))
+      return snap && snap.meta.manifestHash === id.manifestHash && snap.meta.imageId === id.imageId
+        ? snap
+        : undefined
+    },
+
+    async latest(fn) {
+      const dir = join(root, fn)
+      const names = await readdir(dir).catch(() => [] as string[])
+      const snaps = (
+        await Promise.all(names.filter((n) => !n.startsWith('.')).map((n) => load(join(dir, n))))
+      ).filter((s): s is Snapshot => s !== undefined)
+      return snaps.sort((a, b) => b.meta.createdAt - a.meta.createdAt)[0]
+    },
+
+    async begin(id) {
+      await mkdir(root, { recursive: true, mode: 0o700 })
+      const fnDir = join(root, id.fn)
+      await mkdir(fnDir, { recursive: true, mode: 0o700 })
+      const key = store.snapshotKey(id)
+      const dir = join(fnDir, `.tmp-${key}-${randomBytes(4).toString('hex')}`)
+      await mkdir(join(dir, 'images'), { recursive: true, mode: 0o700 })
+      const pending: PendingSnapshot = {
+        dir,
+        imagesDir: join(dir, 'images'),
+        upperDir: join(dir, 'upper'),
+        async commit(partial) {
+          const sizeBytes = await directorySize(dir)
+          const files: Record<string, number> = {}
+          const stamps = new Map<string, string>()
+          // Process memory, secrets included: only root reads a snapshot. The layer keeps the
+          // modes the function's files had (they are its filesystem) below the 0700 directory.
+          await chmod(dir, 0o700)
+          await chmod(join(dir, 'images'), 0o700)
+          for (const name of await readdir(join(dir, 'images'))) {
+            await chmod(join(dir, 'images', name), 0o600)
+            const st = await stat(join(dir, 'images', name))
+            files[name] = st.size
+            stamps.set(name, stampOf(st))
+          }
+          const checksums = await checksumSnapshot(dir)
+          const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
+          await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
+          const final = join(fnDir, key)
+          // Retire every older snapshot of the function: only one is ever current.
+          for (const name of await readdir(fnDir)) {
+            if (!name.startsWith('.'))
+              await rename(join(fnDir, name), join(fnDir, `.retired-${name}-${Date.now()}`))
+          }
+          await rename(dir, final)
+          const snapshot = {
+            meta,
+            dir: final,
+            imagesDir: join(final, 'images'),
+            upperDir: join(final, 'upper'),
+          }
+          // Its checksums were just taken from these very files.
+          verified.set(identityOf(snapshot), stamps)
+          return snapshot
+        },
+        async discard() {
+          await rm(dir, { recursive: true, force: true })
+        },
+      }
+      return pending
+    },
+
+    async usable(snapshot) {
+      const current = await load(snapshot.dir)
+      return current?.meta.createdAt === snapshot.meta.createdAt && current.meta.key === snapshot.meta.key
+    },
+
+    async markBroken(snapshot, reason) {
+      await writeFile(join(snapshot.dir, 'broken'), `${new Date().toISOString()} ${reason}\n`).catch(
+        () => undefined,
+      )
+    },
+
+    async verify(snapshot) {
+      const { problems, stamps } = await statImages(snapshot)
+      if (problems.length) throw corrupt(snapshot, problems)
+      const known = verified.get(identityOf(snapshot))
+      if (known && sameStamps(known, stamps)) return
+      await checkContents(snapshot)
+    },
+
+    async scrub(snapshot) {
+      // A check already under way is as fresh as one started now.
+      verified.delete(identityOf(snapshot))
+      await checkContents(snapshot)
+    },
+
+    async remove(fn) {
+      await rm(join(root, fn), { recursive: true, force: true })
+    },
+
+    async collect(isInUse) {
+      const removed: string[] = []
+      for (const fn of await readdir(root).catch(() => [] as string[])) {
+        for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
+          const dir = join(root, fn, name)
+          const retired = name.startsWith('.retired-')
+          const abandoned =
+            name.startsWith('.tmp-') &&
+            Date.now() -
+              (await stat(dir).then(
+                (s) => s.mtimeMs,
+                () => Date.now(),
+              )) >
+              ABANDONED_MS
+          if ((retired || abandoned) && !isInUse(dir)) {
+            await rm(dir, { recursive: true, force: true })
+            removed.push(dir)
+          }
+        }
+      }
+      return removed
+    },
+  }
+  return store
+}

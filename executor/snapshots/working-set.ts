@@ -1,0 +1,283 @@
+/**
+ * Working-set prefetch for lazy restores.
+ *
+ * A lazy restore leaves every private anonymous page of the snapshot to `criu lazy-pages`, which
+ * serves a page when the process first touches it (a userfaultfd round trip: ~170 us each on this
+ * machine class; flask-table's first request touched ~800 pages, ~140 ms). Most of those pages are
+ * the same on every restore: the interpreter, the server's accept loop, the request path. So the
+ * bake profiles them: it restores the fresh snapshot lazily once, sends the readiness probe and the
+ * warm-up requests, and records the pages the daemon had to serve on demand (its `#PF` log lines).
+ * Those pages then lose CRIU's lazy flag (PE_LAZY) in the snapshot's pagemap images: every later
+ * lazy restore reads them eagerly, in bulk, before the process resumes, and leaves only the rest
+ * to the daemon. The page data itself does not move (pages-*.img keeps pagemap order), so the
+ * images stay valid for eager restores, which ignore the flag.
+ *
+ * CRIU image files: two 32-bit magics, then entries, each a 32-bit little-endian length and a
+ * protobuf message. pagemap-<pid>.img holds one pagemap_head, then pagemap_entry messages
+ * (images/pagemap.proto: vaddr=1, compat_nr_pages=2, in_parent=3, flags=4, nr_pages=5).
+ */
+import { randomBytes } from 'node:crypto'
+import { readdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { FunctionDef } from '../../shared/functions.ts'
+import { killLazyPages, type Criu, type LazyPagesDaemon } from '../adapters/criu.ts'
+import { waitReady } from '../adapters/probe.ts'
+import { isProcessAlive, readPidFile } from '../adapters/process.ts'
+import type { Runc } from '../adapters/runc.ts'
+import { restoreIntoSandbox } from '../runtimes/runtimes.ts'
+import { sandboxLimits, type ProcessSpec, type SandboxManager } from '../sandbox/sandbox.ts'
+import { warmUp } from './warmup.ts'
+
+/** Version of the profile and rewrite below: part of a snapshot's identity (a change re-bakes). */
+export const WORKING_SET_VERSION = 1
+
+export const PAGE_SIZE = 4096n
+/** pagemap_entry flags (criu/include/pagemap.h). */
+export const PE_PARENT = 1
+export const PE_LAZY = 2
+export const PE_PRESENT = 4
+
+export interface CriuImage {
+  /** The 8 magic bytes at the start. */
+  readonly magic: Buffer
+  readonly entries: Buffer[]
+}
+
+export function decodeCriuImage(buf: Buffer): CriuImage {
+  if (buf.length < 8) throw new Error('not a CRIU image: shorter than its magic')
+  const entries: Buffer[] = []
+  let off = 8
+  while (off < buf.length) {
+    if (off + 4 > buf.length) throw new Error(`truncated CRIU image: entry header at ${off}`)
+    const len = buf.readUInt32LE(off)
+    off += 4
+    if (off + len > buf.length) throw new Error(`truncated CRIU image: entry of ${len} bytes at ${off}`)
+    entries.push(buf.subarray(off, off + len))
+    off += len
+  }
+  return { magic: buf.subarray(0, 8), entries }
+}
+
+export function encodeCriuImage(image: CriuImage): Buffer {
+  const parts: Buffer[] = [image.magic]
+  for (const e of image.entries) {
+    const len = Buffer.alloc(4)
+    len.writeUInt32LE(e.length)
+    parts.push(len, e)
+  }
+  return Buffer.concat(parts)
+}
+
+export interface PagemapEntry {
+  readonly vaddr: bigint
+  readonly nrPages: bigint
+  readonly flags: number
+  readonly inParent?: boolean
+}
+
+function readVarint(buf: Buffer, at: number): [bigint, number] {
+  let value = 0n
+  let shift = 0n
+  for (let i = at; i < buf.length; i++) {
+    const b = buf[i]!
+    value |= BigInt(b & 0x7f) << shift
+    if ((b & 0x80) === 0) return [value, i + 1]
+    shift += 7n
+    if (shift > 63n) break
+  }
+  throw new Error('malformed protobuf varint')
+}
+
+function writeVarint(out: number[], v: bigint): void {
+  let value = v
+  while (value >= 0x80n) {
+    out.push(Number(value & 0x7fn) | 0x80)
+    value >>= 7n
+  }
+  out.push(Number(value))
+}
+
+export function decodePagemapEntry(msg: Buffer): PagemapEntry {
+  let vaddr: bigint | undefined
+  let compat: bigint | undefined
+  let nrPages: bigint | undefined
+  let flags: number | undefined
+  let inParent: boolean | undefined
+  let at = 0
+  while (at < msg.length) {
+    const [key, next] = readVarint(msg, at)
+    const field = Number(key >> 3n)
+    if ((key & 7n) !== 0n) throw new Error(`pagemap_entry field ${field}: unexpected wire type`)
+    const [value, after] = readVarint(msg, next)
+    at = after
+    if (field === 1) vaddr = value
+    else if (field === 2) compat = value
+    else if (field === 3) inParent = value !== 0n
+    else if (field === 4) flags = Number(value)
+    else if (field === 5) nrPages = value
+  }
+  if (vaddr === undefined) throw new Error('pagemap_entry without vaddr')
+  // Older images: no flags means present (or in the parent), no nr_pages means the 32-bit count.
+  const f = flags ?? (inParent ? PE_PARENT : PE_PRESENT)
+  return { vaddr, nrPages: nrPages ?? compat ?? 0n, flags: f, ...(inParent ? { inParent } : {}) }
+}
+
+export function encodePagemapEntry(e: PagemapEntry): Buffer {
+  const out: number[] = []
+  out.push(0x08)
+  writeVarint(out, e.vaddr)
+  // compat_nr_pages is required; CRIU 4 writes 0 there and the count in nr_pages.
+  out.push(0x10, 0x00)
+  if (e.inParent) out.push(0x18, 0x01)
+  out.push(0x20)
+  writeVarint(out, BigInt(e.flags))
+  out.push(0x28)
+  writeVarint(out, e.nrPages)
+  return Buffer.from(out)
+}
+
+/**
+ * Split every lazy entry so the pages in `hot` (page-aligned addresses) lose PE_LAZY. Order, page
+ * counts and non-lazy entries are unchanged. Returns the new entries and how many pages turned eager.
+ */
+export function markEager(
+  entries: readonly PagemapEntry[],
+  hot: ReadonlySet<bigint>,
+): { entries: PagemapEntry[]; eagerPages: number } {
+  const out: PagemapEntry[] = []
+  let eagerPages = 0
+  for (const e of entries) {
+    if ((e.flags & PE_LAZY) === 0 || e.nrPages === 0n) {
+      out.push(e)
+      continue
+    }
+    let runStart = e.vaddr
+    let runHot: boolean | undefined
+    let runPages = 0n
+    const flush = () => {
+      if (runPages === 0n) return
+      out.push({ ...e, vaddr: runStart, nrPages: runPages, flags: runHot ? e.flags & ~PE_LAZY : e.flags })
+      if (runHot) eagerPages += Number(runPages)
+    }
+    for (let i = 0n; i < e.nrPages; i++) {
+      const addr = e.vaddr + i * PAGE_SIZE
+      const isHot = hot.has(addr)
+      if (runHot !== undefined && isHot !== runHot) {
+        flush()
+        runStart = addr
+        runPages = 0n
+      }
+      runHot = isHot
+      runPages++
+    }
+    flush()
+  }
+  return { entries: out, eagerPages }
+}
+
+/**
+ * Pages each process had served on demand, from a `criu lazy-pages -v4` log:
+ * `uffd: <pid>-<uffd>: #PF at 0x<address>` (pid as in the snapshot's process tree).
+ */
+export function parseFaults(log: string): Map<number, Set<bigint>> {
+  const faults = new Map<number, Set<bigint>>()
+  for (const m of log.matchAll(/uffd: (\d+)-\d+: #PF at 0x([0-9a-f]+)/g)) {
+    const pid = Number(m[1])
+    const page = BigInt(`0x${m[2]!}`) & ~(PAGE_SIZE - 1n)
+    let set = faults.get(pid)
+    if (!set) faults.set(pid, (set = new Set()))
+    set.add(page)
+  }
+  return faults
+}
+
+/**
+ * Rewrite the snapshot's pagemap-<pid>.img files so the given pages restore eagerly. Each file is
+ * replaced atomically. Returns the number of pages that turned eager.
+ */
+export async function applyWorkingSet(imagesDir: string, faults: Map<number, Set<bigint>>): Promise<number> {
+  let total = 0
+  const names = new Set(await readdir(imagesDir))
+  for (const [pid, pages] of faults) {
+    const name = `pagemap-${pid}.img`
+    if (!names.has(name)) continue
+    const file = join(imagesDir, name)
+    const image = decodeCriuImage(await readFile(file))
+    const [head, ...rest] = image.entries
+    if (!head) continue
+    const { entries, eagerPages } = markEager(rest.map(decodePagemapEntry), pages)
+    if (eagerPages === 0) continue
+    total += eagerPages
+    const tmp = `${file}.tmp`
+    await writeFile(
+      tmp,
+      encodeCriuImage({ magic: image.magic, entries: [head, ...entries.map(encodePagemapEntry)] }),
+      {
+        mode: 0o600,
+      },
+    )
+    await rename(tmp, file)
+  }
+  return total
+}
+
+/** How many profiling restores a bake runs: the second catches pages the first one's faster start reached first. */
+export const PROFILE_ROUNDS = 2
+
+export interface ProfileDeps {
+  readonly runc: Runc
+  readonly criu: Criu
+  readonly sandboxes: SandboxManager
+}
+
+export interface ProfileRequest {
+  readonly fn: FunctionDef
+  readonly process: ProcessSpec
+  /** The image's unpacked rootfs (the lowest overlay layer). */
+  readonly rootfs: string
+  /** The fresh snapshot: its images are rewritten in place. */
+  readonly imagesDir: string
+  readonly upperDir: string
+}
+
+/**
+ * Restore the snapshot lazily with a verbose lazy-pages daemon, send the readiness probe and the
+ * warm-up requests, and make every page served on demand eager in the snapshot (see the top of
+ * this file). Returns the number of pages that turned eager over all rounds.
+ */
+export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest): Promise<number> {
+  const m = req.fn.manifest
+  let total = 0
+  for (let round = 0; round < PROFILE_ROUNDS; round++) {
+    const sb = await deps.sandboxes.prepare({
+      id: `ws-${req.fn.name}-${randomBytes(4).toString('hex')}`,
+      fn: req.fn.name,
+      lowers: [req.upperDir, req.rootfs],
+      process: req.process,
+      ...sandboxLimits(m),
+      forRestore: true,
+    })
+    let daemon: LazyPagesDaemon | undefined
+    try {
+      daemon = await deps.criu.startLazyPages(req.imagesDir, sb.criuWorkDir, { verbose: true })
+      await restoreIntoSandbox(deps, sb, req.imagesDir, true, daemon)
+      const pid = await readPidFile(sb.pidFile)
+      const isAlive = () => isProcessAlive(pid)
+      await waitReady(sb.netns.ip, m.port, {
+        path: m.readiness.path,
+        expect: m.readiness.expect,
+        timeoutMs: m.readiness.timeout,
+        intervalMs: 1,
+        isAlive,
+      })
+      await warmUp(m, sb.netns.ip, isAlive)
+      // Every fault of the answered requests is in the log by now.
+      const log = await readFile(join(sb.criuWorkDir, 'lazy-pages.log'), 'utf8')
+      total += await applyWorkingSet(req.imagesDir, parseFaults(log))
+    } finally {
+      killLazyPages(daemon)
+      await deps.sandboxes.destroy(sb)
+    }
+  }
+  return total
+}
