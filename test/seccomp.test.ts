@@ -17,11 +17,14 @@ import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './supp
 const EPERM = 1
 const fixtures = await loadFunctionDefs(join(import.meta.dirname, 'fixtures', 'functions'))
 const probe = fixtures.functions.find((f) => f.name === 'seccomp-probe')!
-const unconfined: FunctionDef = {
+const variant = (name: string, seccomp: string): FunctionDef => ({
   ...probe,
-  name: 'seccomp-probe-unconfined',
-  manifest: { ...probe.manifest, name: 'seccomp-probe-unconfined', security: { seccomp: 'unconfined' } },
-}
+  name,
+  manifest: { ...probe.manifest, name, security: { seccomp } },
+})
+const unconfined = variant('seccomp-probe-unconfined', 'unconfined')
+// A profile file in the function's folder: allows everything but the kernel keyring.
+const ownProfile = variant('seccomp-probe-own', 'deny-keyring.json')
 
 async function callsOf(inst: StartedInstance): Promise<Record<string, number>> {
   const res = await httpOnce(inst.ip, inst.port, '/calls', { timeoutMs: 10_000 })
@@ -55,6 +58,21 @@ describe('seccomp: the default filter survives checkpoint and restore', () => {
       try {
         if (inst.pid !== undefined) assert.equal(await readSeccompMode(inst.pid), 2, `${kind}: Seccomp`)
         assert.deepEqual(await callsOf(inst), { unshare: EPERM, keyctl: EPERM, mount: EPERM }, kind)
+      } finally {
+        await th.stop(inst)
+      }
+    }
+  })
+
+  test("a function's own profile file: installed at bake, restored, given to Docker for a boot", async (t) => {
+    if (!requireServices(t) || !th) return
+    const { image } = await th.host.builder.build(ownProfile)
+    const { snapshot } = await th.host.baker.bake(ownProfile, image, { force: true })
+    for (const kind of ['eager', 'boot'] as const) {
+      const inst = await th.start(kind, ownProfile, image, kind === 'boot' ? undefined : snapshot)
+      try {
+        if (inst.pid !== undefined) assert.equal(await readSeccompMode(inst.pid), 2, `${kind}: Seccomp`)
+        assert.deepEqual(await callsOf(inst), { unshare: 0, keyctl: EPERM, mount: EPERM }, kind)
       } finally {
         await th.stop(inst)
       }
