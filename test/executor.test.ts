@@ -323,6 +323,32 @@ describe('executor: restore worker, registry, reaper', () => {
     await ex.instances.stop(again.instanceId, 'test')
   })
 
+  test('the scrub re-reads every current snapshot; a corrupt one is marked broken and re-baked', async (t) => {
+    if (!requireServices(t) || !ex) return
+    const fn = functions.find((f) => f.name === 'py-ok')!
+    const { snapshot } = await ex.instances.prepare(fn)
+    const clean = await ex.instances.scrub()
+    assert.ok(clean.length && clean.every((r) => r.ok), JSON.stringify(clean))
+    assert.ok(clean.some((r) => r.fn === 'py-ok'))
+    const pages = (await readdir(snapshot!.imagesDir)).find((n) => n.startsWith('pages-'))!
+    await flipMiddleByte(join(snapshot!.imagesDir, pages))
+    const found = await ex.instances.scrub()
+    const bad = found.find((r) => r.fn === 'py-ok')!
+    assert.equal(bad.ok, false)
+    assert.match(bad.problem ?? '', /sha256 checksum mismatch/)
+    await waitFor(
+      'a new snapshot',
+      async () => {
+        const p = await ex!.instances.prepare(fn)
+        return p.snapshot && p.snapshot.meta.createdAt !== snapshot!.meta.createdAt ? p : undefined
+      },
+      60_000,
+    )
+    const again = await ex.restore('py-ok')
+    assert.equal(again.runtime, 'eager', 'the re-baked snapshot restores')
+    await ex.instances.stop(again.instanceId, 'test')
+  })
+
   test('a restore uses the last preparation while its snapshot is current; a re-bake takes over at once', async (t) => {
     if (!requireServices(t) || !ex || !th) return
     const fn = functions.find((f) => f.name === 'py-ok')!
