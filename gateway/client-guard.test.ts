@@ -71,9 +71,11 @@ describe('client guard', () => {
     problemOf(a, 408, 'ERR_GATEWAY_REQUEST_TIMEOUT')
   })
 
-  test('an HTTP/1.1 request without a Host header, or with two, is a 400', async () => {
+  test('a request without a Host header (HTTP/1.1 or 1.0), or with two, is a 400', async () => {
     const none = await rawExchange(port, 'GET / HTTP/1.1\r\n\r\n')
     assert.match(problemOf(none, 400, 'ERR_GATEWAY_BAD_REQUEST').detail, /needs a Host header/)
+    const old = await rawExchange(port, 'GET / HTTP/1.0\r\n\r\n')
+    assert.match(problemOf(old, 400, 'ERR_GATEWAY_BAD_REQUEST').detail, /needs a Host header/)
     const two = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n')
     assert.match(problemOf(two, 400, 'ERR_GATEWAY_BAD_REQUEST').detail, /2 Host headers/)
   })

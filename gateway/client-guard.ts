@@ -132,15 +132,14 @@ export function createClientGuard(opts: ClientGuardOptions, logger: Logger): Cli
       return (req: IncomingMessage, res: ServerResponse) => {
         if (answered.has(req.socket)) return void req.socket.destroy()
         const hosts = hostHeaders(req.rawHeaders)
-        // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header; anything else is a 400.
-        if (hosts !== 1 && (hosts > 1 || req.httpVersionMajor > 1 || req.httpVersionMinor >= 1))
+        // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header. HTTP/1.0 clients send one
+        // too, and the app needs it (without one, @hono/node-server answers a bare 400).
+        if (hosts !== 1)
           return answer(
             res,
             new InitlessError(
               'ERR_GATEWAY_BAD_REQUEST',
-              hosts
-                ? `${hosts} Host headers: exactly one is allowed`
-                : 'an HTTP/1.1 request needs a Host header',
+              hosts ? `${hosts} Host headers: exactly one is allowed` : 'a request needs a Host header',
             ),
           )
         if (req.httpVersionMajor !== 1)

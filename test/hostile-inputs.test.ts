@@ -150,6 +150,13 @@ const HTTP_CASES: HttpCase[] = [
     detail: /needs a Host header/,
   },
   {
+    name: 'no Host in HTTP/1.0',
+    send: 'GET /healthz HTTP/1.0\r\n\r\n',
+    status: 400,
+    code: 'ERR_GATEWAY_BAD_REQUEST',
+    detail: /needs a Host header/,
+  },
+  {
     name: 'two Host headers',
     send: 'GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n',
     status: 400,
