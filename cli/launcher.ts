@@ -197,11 +197,12 @@ export async function isolatedStack(kind: string, redisUrl: string): Promise<Iso
       INITLESS_GATEWAY_PORT: String(port),
       INITLESS_ADMIN_TOKEN: adminToken,
       INITLESS_REDIS_URL: redisUrl,
+      INITLESS_ASYNC_PREFIX: `{${prefix}}`,
     },
     port,
     adminToken,
     hostId,
-    redisKeys: [`${prefix}:*`, `bull:${queueName}:*`],
+    redisKeys: [`${prefix}:*`, `bull:${queueName}:*`, `{${prefix}}:*`],
   }
 }
 

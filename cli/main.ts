@@ -10,6 +10,7 @@ import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
+import { registerAsyncCommands } from './async-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
 import { registerServiceCommands } from './service/commands.ts'
@@ -87,6 +88,7 @@ registerFunctionCommands(program, io)
 registerServeCommands(program, io)
 registerBenchCommand(program, io)
 registerServiceCommands(program, io)
+registerAsyncCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean; verbose?: boolean }>()

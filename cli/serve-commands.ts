@@ -78,13 +78,15 @@ export function registerServeCommands(program: Command, io: CliIo): void {
     .option('-d, --data <body>', 'request body (sent as POST unless --method is given)')
     .option('-X, --method <method>', 'HTTP method')
     .option('-H, --header <header...>', "extra header, 'Name: value'")
+    .option('--async', 'hand it over asynchronously: prints the invocation id (GET /invocations/<id>)')
     .action(
       async (
         fn: string,
         path: string | undefined,
-        opts: { data?: string; method?: string; header?: string[] },
+        opts: { data?: string; method?: string; header?: string[]; async?: boolean },
       ) => {
-        const url = `${gatewayUrl()}/fn/${encodeURIComponent(fn)}${path ? (path.startsWith('/') ? path : `/${path}`) : '/'}`
+        const lane = opts.async ? 'async-function' : 'fn'
+        const url = `${gatewayUrl()}/${lane}/${encodeURIComponent(fn)}${path ? (path.startsWith('/') ? path : `/${path}`) : '/'}`
         const headers: Record<string, string> = {}
         for (const h of opts.header ?? []) {
           const i = h.indexOf(':')
@@ -98,6 +100,11 @@ export function registerServeCommands(program: Command, io: CliIo): void {
         })
         const body = await res.text()
         const ms = performance.now() - started
+        if (opts.async && res.status === 202) {
+          const id = res.headers.get('x-invocation-id') ?? ''
+          io.print({ status: res.status, id, location: res.headers.get('location') }, `accepted: ${id}`)
+          return
+        }
         const timing = parseServerTiming(res.headers.get('server-timing') ?? '')
         io.print(
           {

@@ -14,6 +14,7 @@ import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
 import { createGatewayListener } from './node-listener.ts'
 import { problemResponse } from './problem.ts'
 import { requestContext, type GatewayEnv } from './request-context.ts'
+import { createAsyncAdminRoutes, createAsyncRoutes, type AsyncRouteDeps } from './async/routes.ts'
 import { createAdminRoutes } from './routes/admin.ts'
 import { createHealthRoutes } from './routes/health.ts'
 import { createInvoke, createInvokeRoutes } from './routes/invoke.ts'
@@ -36,6 +37,8 @@ export interface GatewayAppDeps {
   }
   /** Default: a fresh registry per app. */
   readonly metrics?: GatewayMetrics
+  /** Asynchronous invocations; absent: `/async-function` is 404 and `Prefer: respond-async` ignored. */
+  readonly async?: Omit<AsyncRouteDeps, 'catalog' | 'maxBodyBytes' | 'trustProxy'>
   readonly now?: () => number
 }
 
@@ -68,6 +71,23 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
   })
   const app = new Hono<GatewayEnv>()
   app.use('*', requestContext(logger))
+  if (deps.async) {
+    const asyncDeps = {
+      ...deps.async,
+      catalog: deps.catalog,
+      maxBodyBytes: deps.options.maxBodyBytes,
+      trustProxy: deps.options.trustProxy,
+    }
+    app.route('/', createAsyncRoutes(asyncDeps))
+    app.route(
+      '/admin',
+      createAsyncAdminRoutes({
+        catalog: deps.catalog,
+        store: deps.async.store,
+        adminToken: deps.options.adminToken,
+      }),
+    )
+  }
   app.route('/', createInvokeRoutes(invoke))
   app.route(
     '/admin',

@@ -3,6 +3,7 @@
  * Every default is written out with its unit; durations and sizes accept units (`10s`, `10Mi`).
  */
 import { z } from 'zod'
+import { addressList } from './async/callback-target.ts'
 import { commonEnvSchema, envBool, envBytes, envDuration, envInt, parseEnv } from '../shared/config-schema.ts'
 
 export const gatewayEnvSchema = commonEnvSchema.extend({
@@ -56,6 +57,71 @@ export const gatewayEnvSchema = commonEnvSchema.extend({
   ),
   INITLESS_RETRY_AFTER: envDuration('1s').describe(
     'Retry-After of 503 no-capacity answers, in ms (sent rounded up to seconds). Default 1s = 1000 ms.',
+  ),
+  INITLESS_SUBNET: z
+    .string()
+    .regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, 'expected an IPv4 CIDR')
+    .default('10.213.0.0/16')
+    .describe(
+      'The instance subnet: callbacks never reach it unless INITLESS_CALLBACK_ALLOW lists it. Default 10.213.0.0/16.',
+    ),
+  INITLESS_ASYNC_REDIS_URL: z
+    .string()
+    .url()
+    .optional()
+    .describe(
+      'Redis for asynchronous invocations (give it appendfsync always). Default: INITLESS_REDIS_URL.',
+    ),
+  INITLESS_ASYNC_PREFIX: z
+    .string()
+    .regex(/^\{[A-Za-z0-9_-]{1,62}\}$/, 'expected a Redis Cluster hash tag like {initless}')
+    .default('{initless}')
+    .describe('BullMQ key prefix of the invocation and callback queues, hash-tagged. Default {initless}.'),
+  INITLESS_ASYNC_WORKER: envBool(true).describe(
+    'Run asynchronous invocations in this gateway (false: it only accepts them). Default true.',
+  ),
+  INITLESS_ASYNC_LOCK: envDuration('15s').describe(
+    "A running invocation's lock, renewed every half of it; a dead gateway's invocations run again " +
+      'after it expires, in ms. Default 15s = 15000 ms.',
+  ),
+  INITLESS_ASYNC_STALLED_INTERVAL: envDuration('5s').describe(
+    'How often workers look for invocations whose lock expired, in ms. Default 5s = 5000 ms.',
+  ),
+  INITLESS_ASYNC_MAX_STALLED: envInt(2, 0, 100).describe(
+    'Times an invocation is handed back after its gateway died before it ends dead (count). Default 2.',
+  ),
+  INITLESS_ASYNC_DEAD_TTL: envDuration('168h').describe(
+    'How long dead invocations are kept for redrive, in ms. Default 168h = 604800000 ms.',
+  ),
+  INITLESS_CALLBACK_ALLOW: z
+    .string()
+    .default('')
+    .transform((v, ctx) => {
+      const entries = v
+        .split(',')
+        .map((e) => e.trim())
+        .filter(Boolean)
+      try {
+        addressList(entries)
+      } catch (err) {
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          message: err instanceof Error ? err.message : String(err),
+        })
+        return z.NEVER
+      }
+      return entries
+    })
+    .describe(
+      'Addresses and CIDRs callbacks may reach, comma-separated. Empty: any address but loopback, ' +
+        'link-local, multicast and the instance subnet.',
+    ),
+  INITLESS_CALLBACK_TIMEOUT: envDuration('10s').describe(
+    'A callback not answered within this is retried, in ms. Default 10s = 10000 ms.',
+  ),
+  INITLESS_CALLBACK_RETRIES: envInt(5, 0, 50).describe('Retries of a failed callback (count). Default 5.'),
+  INITLESS_CALLBACK_BACKOFF: envDuration('1s').describe(
+    'Delay before the first callback retry, doubling after each, in ms. Default 1s = 1000 ms.',
   ),
 })
 

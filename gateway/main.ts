@@ -9,8 +9,10 @@ import { createRedis } from '../shared/redis.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { loadGatewayConfig, type GatewayConfig } from './config.ts'
 import { createHttpProxyForwarder } from './http-proxy-forwarder.ts'
+import { createBullmqInvocations } from './async/bullmq-invocations.ts'
 import { startGateway } from './start.ts'
 import { createUpstreamAgents } from './upstream-agents.ts'
+import { createWebForwarder } from './web-forwarder.ts'
 
 let config: GatewayConfig
 try {
@@ -22,6 +24,7 @@ try {
 
 const logger = createLogger({ level: config.INITLESS_LOG_LEVEL, name: 'gateway' })
 const agents = createUpstreamAgents()
+const asyncRedisUrl = config.INITLESS_ASYNC_REDIS_URL ?? config.INITLESS_REDIS_URL
 const gateway = await startGateway(config, {
   logger,
   redis: createRedis(config.INITLESS_REDIS_URL, { name: 'initless-gateway' }),
@@ -32,6 +35,18 @@ const gateway = await startGateway(config, {
     enqueueTimeoutMs: config.INITLESS_REDIS_TIMEOUT,
   }),
   forwarder: createHttpProxyForwarder({ agents, logger }),
+  async: {
+    invocations: createBullmqInvocations({
+      redisUrl: asyncRedisUrl,
+      prefix: config.INITLESS_ASYNC_PREFIX,
+      logger,
+      timeoutMs: config.INITLESS_REDIS_TIMEOUT,
+      deadTtlMs: config.INITLESS_ASYNC_DEAD_TTL,
+      retryAfterMs: config.INITLESS_RETRY_AFTER,
+    }),
+    forwarder: createWebForwarder({ agents }),
+    redisUrl: asyncRedisUrl,
+  },
   closeUpstream: () => agents.close(),
   onFatal: () => process.exit(1),
 }).catch((err: unknown) => {

@@ -62,7 +62,8 @@ export function createGatewayListener(deps: GatewayListenerDeps): RequestListene
     const target = incoming.url ?? ''
     const { headers } = incoming
     const host = headers.host
-    if (!target.startsWith('/fn/') || !isDirectTarget(target, host)) {
+    // A Prefer header may ask for an asynchronous invocation (routes in async/routes.ts).
+    if (!target.startsWith('/fn/') || headers.prefer !== undefined || !isDirectTarget(target, host)) {
       return void viaHono(incoming, outgoing)
     }
     const requestId = requestIdFrom(nodeHeader(headers, 'x-request-id'))

@@ -17,6 +17,8 @@ import { loadFunctionCatalog, type FunctionCatalog } from './catalog.ts'
 import type { GatewayConfig } from './config.ts'
 import type { Forwarder } from './forwarder.ts'
 import { createInstancePool, type InstancePool } from './instance-pool.ts'
+import type { BullmqInvocations } from './async/bullmq-invocations.ts'
+import { startAsyncRole } from './async/role.ts'
 import { createGatewayMetrics } from './metrics.ts'
 import { drainServer } from './shutdown.ts'
 
@@ -30,6 +32,16 @@ export interface GatewayDeps {
   readonly closeUpstream?: () => void
   /** The functions served. Default: those in INITLESS_FUNCTIONS_DIR. */
   readonly catalog?: FunctionCatalog
+  /**
+   * Asynchronous invocations: their store (its own Redis may differ from the registry's) and a
+   * forwarder that sends a fetch Request (web-forwarder.ts). Absent: no asynchronous invocations.
+   */
+  readonly async?: {
+    readonly invocations: BullmqInvocations
+    readonly forwarder: Forwarder
+    /** The store's Redis, for the workers' connections. */
+    readonly redisUrl: string
+  }
   /** The server failed after it started listening (the process should exit). */
   readonly onFatal?: (err: Error) => void
 }
@@ -68,13 +80,16 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
   })
   logger.info({ redis: new URL(config.INITLESS_REDIS_URL).host }, 'waiting for redis')
   await Promise.all([pool.start(), queue.ready()])
+  const metrics = createGatewayMetrics({ stats: () => pool.stats(), processMetrics: true })
+  const asyncRole = deps.async && startAsyncRole(config, { ...deps.async, catalog, pool, logger, metrics })
   const { listener } = createGateway({
     catalog,
     pool,
     registry,
     forwarder,
     logger,
-    metrics: createGatewayMetrics({ stats: () => pool.stats(), processMetrics: true }),
+    metrics,
+    ...(asyncRole ? { async: asyncRole.routes } : {}),
     options: {
       maxBodyBytes: config.INITLESS_MAX_BODY,
       adminToken: config.INITLESS_ADMIN_TOKEN,
@@ -112,9 +127,17 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     deadlineMs: config.INITLESS_SHUTDOWN_TIMEOUT,
     steps: [
       { name: 'http server', run: () => drainServer(server, graceMs) },
+      // Before the pool: running attempts need it to finish. Past the deadline their locks lapse
+      // and another gateway runs them again.
+      {
+        name: 'async workers',
+        run: () => asyncRole?.workers?.close(),
+        onTimeout: () => asyncRole?.workers?.close(true),
+      },
       { name: 'instance pool', run: () => pool.close() },
       { name: 'proxy', run: () => (forwarder.close(), deps.closeUpstream?.()) },
       { name: 'restore queue', run: () => queue.close() },
+      { name: 'async queues', run: () => deps.async?.invocations.close() },
       { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
     ],
   })

@@ -159,6 +159,7 @@ export interface TestGatewayOptions {
   readonly poolRegistry?: (r: FakeRegistry) => InstancePoolDeps['registry']
   readonly appRegistry?: GatewayAppDeps['registry'] & Partial<InstanceRegistry>
   readonly now?: () => number
+  readonly async?: GatewayAppDeps['async']
 }
 
 /** A gateway app on the fakes, proxying with the web forwarder to real echo servers. */
@@ -194,6 +195,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     logger,
     options: { maxBodyBytes: 1024 * 1024, trustProxy: false, ...o.options },
     ...(o.now ? { now: o.now } : {}),
+    ...(o.async ? { async: o.async } : {}),
   })
   return {
     app,

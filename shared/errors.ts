@@ -58,6 +58,16 @@ export const ERRORS = {
   ERR_GATEWAY_TOO_MANY_CONNECTIONS: { status: 429, title: 'Too many connections', retryable: true },
   // 499 (nginx's "client closed request"): logged and counted, never seen by the gone client.
   ERR_GATEWAY_CLIENT_CLOSED: { status: 499, title: 'Client closed request', retryable: false },
+  // Asynchronous invocations
+  ERR_ASYNC_QUEUE_FULL: { status: 503, title: 'Asynchronous queue full', retryable: true },
+  ERR_ASYNC_UNAVAILABLE: { status: 503, title: 'Asynchronous queue unavailable', retryable: true },
+  ERR_ASYNC_CALLBACK_REFUSED: { status: 400, title: 'Callback URL refused', retryable: false },
+  ERR_ASYNC_IDEMPOTENCY_CONFLICT: {
+    status: 422,
+    title: 'Idempotency key reused for another request',
+    retryable: false,
+  },
+  ERR_INVOCATION_NOT_FOUND: { status: 404, title: 'Invocation not found', retryable: false },
   // Internal
   ERR_SHUTDOWN_TIMEOUT: { status: 500, title: 'Shutdown deadline passed', retryable: false },
   ERR_INTERNAL: { status: 500, title: 'Internal error', retryable: false },

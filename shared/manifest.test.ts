@@ -44,6 +44,15 @@ describe('parseManifest: defaults', () => {
         },
         restore: { policy: 'auto' },
         security: { seccomp: 'default' },
+        async: {
+          concurrency: 8,
+          retries: 3,
+          backoff: 1000,
+          maxBody: MiB,
+          maxResult: 256 * 1024,
+          resultTTL: 24 * 3_600_000,
+          queueLimit: 100_000,
+        },
         timeouts: { start: 30_000, request: 60_000 },
       },
     )
@@ -459,6 +468,12 @@ describe('manifestHash and canonicalJson', () => {
       assert.notEqual(manifestHash(parseManifest(yaml, FILE, dir)), base)
     })
   }
+
+  test('ignores the async section: it does not change what is baked', () => {
+    const base = manifestHash(parseManifest(BASE, FILE, 'hello'))
+    const yaml = `${BASE}\nasync:\n  retries: 7\n  concurrency: 2`
+    assert.equal(manifestHash(parseManifest(yaml, FILE, 'hello')), base)
+  })
 
   test('canonicalJson sorts keys recursively, keeps array order and drops undefined', () => {
     assert.equal(

@@ -36,6 +36,19 @@ const bytes = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return n
 })
 
+/** A size that may be small (request and result bodies): at least 0, at most 64Mi. */
+const bodySize = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const n = parseBytes(v)
+  if (n === undefined || n > 64 * 1024 * 1024) {
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: 'expected a size of at most 64Mi, like 256Ki or 1Mi',
+    })
+    return z.NEVER
+  }
+  return n
+})
+
 const httpPath = z.string().regex(/^\/[^\s]*$/, 'expected a path starting with / and without spaces')
 
 export const RESTORE_POLICIES = ['auto', 'lazy', 'eager', 'boot'] as const
@@ -132,6 +145,25 @@ export const manifestSchema = z
       })
       .strict()
       .default({}),
+    async: z
+      .object({
+        /** Asynchronous invocations one gateway runs at once (the rest wait in the queue). */
+        concurrency: z.number().int().min(1).max(1000).default(8),
+        /** Attempts after the first one that failed with a retryable outcome. */
+        retries: z.number().int().min(0).max(20).default(3),
+        /** Delay before the first retry; it doubles for each further one (with jitter). */
+        backoff: duration('duration').default('1s'),
+        /** Largest request body accepted for an asynchronous invocation. */
+        maxBody: bodySize.default('1Mi'),
+        /** Largest response body kept as the result (longer ones are cut and marked truncated). */
+        maxResult: bodySize.default('256Ki'),
+        /** How long a finished invocation (and its idempotency key) is kept. */
+        resultTTL: duration('duration').default('24h'),
+        /** Invocations that may wait (queued or between attempts); beyond: 503. */
+        queueLimit: z.number().int().min(1).max(10_000_000).default(100_000),
+      })
+      .strict()
+      .default({}),
     timeouts: z
       .object({
         /** How long a request may wait for an instance (cold start included). */
@@ -215,9 +247,14 @@ function manifestError(file: string, problems: ManifestProblem[]): InitlessError
   })
 }
 
-/** A stable hash of the validated manifest: part of every snapshot's identity. */
+/**
+ * A stable hash of the validated manifest: part of every snapshot's identity. The `async` section
+ * is left out: it governs the gateway's queue, not what is baked, and leaving it out keeps the
+ * hash of a manifest without one what it was before the section existed (no re-bake).
+ */
 export function manifestHash(m: Manifest): string {
-  return createHash('sha256').update(canonicalJson(m)).digest('hex')
+  const { async: _async, ...baked } = m
+  return createHash('sha256').update(canonicalJson(baked)).digest('hex')
 }
 
 export function canonicalJson(value: unknown): string {

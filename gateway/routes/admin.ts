@@ -3,7 +3,7 @@
  * the whole group answers 404, as if it did not exist.
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { Hono } from 'hono'
+import { Hono, type MiddlewareHandler } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
 import { z } from 'zod'
 import { RUNTIME_KINDS, type RegistryEvent } from '../../shared/contracts.ts'
@@ -37,6 +37,18 @@ export function isTokenValid(header: string | undefined, token: string): boolean
   return timingSafeEqual(digest(m?.[1] ?? ''), digest(token)) && m !== null
 }
 
+/** The admin API's guard: 404 without a configured token, 401 without the right bearer token. */
+export function adminAuth(adminToken: string | undefined): MiddlewareHandler<GatewayEnv> {
+  return async (c, next) => {
+    if (!adminToken)
+      throw new InitlessError('ERR_GATEWAY_NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`)
+    if (!isTokenValid(c.req.header('authorization'), adminToken)) {
+      throw new InitlessError('ERR_GATEWAY_UNAUTHORIZED', 'a valid admin bearer token is required')
+    }
+    await next()
+  }
+}
+
 /** Routes mounted at /admin. */
 export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>()
@@ -54,14 +66,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     return m
   }
 
-  app.use('*', async (c, next) => {
-    if (!adminToken)
-      throw new InitlessError('ERR_GATEWAY_NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`)
-    if (!isTokenValid(c.req.header('authorization'), adminToken)) {
-      throw new InitlessError('ERR_GATEWAY_UNAUTHORIZED', 'a valid admin bearer token is required')
-    }
-    await next()
-  })
+  app.use('*', adminAuth(adminToken))
   // Admin bodies are a few bytes of JSON: a larger one is refused before it is read whole.
   app.use(
     '*',
