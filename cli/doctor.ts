@@ -7,7 +7,7 @@ import { statfs, readFile } from 'node:fs/promises'
 import { compareVersions, parseCriuVersion } from '../executor/adapters/criu.ts'
 import type { EngineInfo } from '../executor/adapters/docker.ts'
 import type { CommandRunner } from '../executor/adapters/exec.ts'
-import { formatRestorePath, type RestorePath } from '../executor/sandbox/restore-path.ts'
+import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/seccomp-profile.ts'
 import { errorMessage } from '../shared/errors.ts'
@@ -32,10 +32,19 @@ export interface DoctorDeps {
   readonly dockerInfo: () => Promise<EngineInfo>
   readonly redisVersion: () => Promise<string>
   readonly redisUrl: string
-  /** INITLESS_SANDBOX_HELPER and the helper binary it resolves to (undefined: none found/off). */
-  readonly sandboxHelper: { readonly setting: string; readonly path: string | undefined }
+  /**
+   * INITLESS_SANDBOX_HELPER, the helper binary it resolves to (undefined: none installed, or off)
+   * and the build id installed with it (scripts/build-native.sh).
+   */
+  readonly sandboxHelper: {
+    readonly setting: string
+    readonly path: string | undefined
+    readonly buildId?: string
+  }
   /** How restores run on this host and why (SandboxManager.restorePath). */
   readonly restorePath: () => Promise<RestorePath>
+  /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
+  readonly thpMode: () => Promise<string | undefined>
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -162,19 +171,20 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     },
     {
       name: 'sandbox helper',
-      fix: `${PROVISION}: it builds the helper from this checkout's executor/native/sandbox-helper.c`,
+      fix: `${PROVISION}: it builds and installs the helper from executor/native/sandbox-helper.c (scripts/build-native.sh)`,
       run: async () => {
         const { setting, path } = deps.sandboxHelper
         if (setting === 'off')
           return 'off (INITLESS_SANDBOX_HELPER=off): sandboxes prepared with ip and mount(8)'
         if (!path)
           throw new Error(
-            'none built from this source: sandboxes are prepared with ip and mount(8), 60-80 ms more per cold start',
+            'none installed: sandboxes are prepared with ip and mount(8), 60-80 ms more per cold start',
           )
         const res = await deps.run(path, [], { input: '1\tping\n', timeoutMs: 10_000 })
         if (res.stdout !== '1\tok\n')
           throw new Error(`${path} answered ${JSON.stringify(res.stdout)} to a ping`)
-        return path
+        const { buildId } = deps.sandboxHelper
+        return buildId ? `${path} (build ${buildId})` : path
       },
     },
     {
@@ -184,6 +194,16 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         const path = await deps.restorePath()
         if (path.filterError) throw new Error(`${formatRestorePath(path)}: ${path.filterError}`)
         return formatRestorePath(path)
+      },
+    },
+    {
+      name: 'lazy restores',
+      fix: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (and transparent_hugepage=madvise on the kernel command line), or direct restores with the sandbox helper; until then give functions restore policy eager (docs/cgroup-v2-vm.md)',
+      run: async () => {
+        const [path, thp] = await Promise.all([deps.restorePath(), deps.thpMode()])
+        const hazard = lazyRestoreHazard(path, deps.sandboxHelper.path !== undefined, thp)
+        if (hazard) throw new Error(hazard)
+        return `transparent huge pages ${thp ?? 'not built in'}${thp === 'always' ? ', CRIU spawned with them off' : ''}`
       },
     },
     {

@@ -4,21 +4,44 @@
  */
 import type { Command } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { createHost, type Host } from '../executor/host.ts'
+import type { Baker } from '../executor/snapshots/bake.ts'
+import type { ImageBuilder } from '../executor/snapshots/build.ts'
+import type { SnapshotStore } from '../executor/snapshots/snapshot-store.ts'
+import {
+  createBuilder,
+  createHostAdapters,
+  createHostBaker,
+  createSandboxes,
+  createStore,
+} from '../executor/wiring.ts'
 import { loadFunctionDefs, selectFunctions, type FunctionDef, type FunctionSet } from '../shared/functions.ts'
 import { createLogger } from '../shared/logger.ts'
 import { formatAge, formatBytes } from '../shared/units.ts'
 import { formatDuration, type CliIo } from './progress.ts'
 
+/** What the build, bake and functions commands use of the executor's units. */
+export interface FunctionTools {
+  readonly builder: ImageBuilder
+  readonly baker: Baker
+  readonly store: SnapshotStore
+}
+
 export interface HostContext {
-  readonly host: Host
+  readonly host: FunctionTools
   readonly set: FunctionSet
 }
 
 export async function openHost(): Promise<HostContext> {
   const config = loadExecutorConfig(process.env)
   const logger = createLogger({ level: process.env.INITLESS_LOG_LEVEL ?? 'warn', name: 'initless-cli' })
-  const host = createHost(config, logger)
+  const adapters = createHostAdapters(config, logger)
+  const store = createStore(config)
+  const sandboxes = createSandboxes(config, adapters)
+  const host = {
+    builder: createBuilder(config, adapters, logger),
+    baker: createHostBaker(config, adapters, sandboxes, store, logger),
+    store,
+  }
   const set = await loadFunctionDefs(config.INITLESS_FUNCTIONS_DIR)
   return { host, set }
 }
@@ -49,7 +72,7 @@ export interface PreparedFunction {
  * 15 MiB`. Docker's build output and the bake's steps are the spinner's text and `-v`'s detail.
  */
 export async function prepareFunction(
-  ctx: { readonly host: Pick<Host, 'builder' | 'baker'> },
+  ctx: { readonly host: Pick<FunctionTools, 'builder' | 'baker'> },
   fn: FunctionDef,
   io: CliIo,
   opts: { bake: boolean; forceBuild?: boolean; forceBake?: boolean },
@@ -102,7 +125,7 @@ export async function prepareFunction(
 
 /** prepareFunction for each function in turn. */
 export async function prepareFunctions(
-  ctx: { readonly host: Pick<Host, 'builder' | 'baker'> },
+  ctx: { readonly host: Pick<FunctionTools, 'builder' | 'baker'> },
   fns: readonly FunctionDef[],
   io: CliIo,
   opts: { bake: boolean; forceBuild?: boolean; forceBake?: boolean },

@@ -4,7 +4,9 @@
  */
 import { Command, CommanderError } from 'commander'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { createHost } from '../executor/host.ts'
+import { nativeBuildId } from '../executor/adapters/native.ts'
+import { readThpMode } from '../executor/sandbox/restore-path.ts'
+import { createHostAdapters, createSandboxes, createSelfTest } from '../executor/wiring.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, runDoctor } from './doctor.ts'
@@ -34,7 +36,8 @@ program
   .option('--quick', 'skip the end-to-end restore probe')
   .action(async (opts: { quick?: boolean }) => {
     const config = loadExecutorConfig(process.env)
-    const host = createHost(config, createLogger({ level: 'warn', name: 'initless-cli' }))
+    const adapters = createHostAdapters(config, createLogger({ level: 'warn', name: 'initless-cli' }))
+    const sandboxes = createSandboxes(config, adapters)
     const redis = createRedis(config.INITLESS_REDIS_URL, { lazy: true, name: 'initless-doctor' })
     // One connection attempt, no retry loop: the doctor reports, it does not wait for Redis.
     redis.options.retryStrategy = () => null
@@ -42,23 +45,28 @@ program
     redis.on('error', (err) => (redisError = err))
     try {
       const results = await runDoctor({
-        run: host.run,
+        run: adapters.run,
         nodeVersion: process.version,
         criuBin: config.INITLESS_CRIU,
         runcBin: config.INITLESS_RUNC,
         stateDir: config.INITLESS_STATE_DIR,
         minFreeDisk: config.INITLESS_MIN_FREE_DISK,
         redisUrl: config.INITLESS_REDIS_URL,
-        sandboxHelper: { setting: config.INITLESS_SANDBOX_HELPER, path: host.sandboxHelper },
-        restorePath: () => host.sandboxes.restorePath(),
-        dockerInfo: () => host.docker.info(),
+        sandboxHelper: {
+          setting: config.INITLESS_SANDBOX_HELPER,
+          path: adapters.helperPath,
+          ...(adapters.helperPath ? { buildId: nativeBuildId(adapters.helperPath) } : {}),
+        },
+        restorePath: () => sandboxes.restorePath(),
+        thpMode: () => readThpMode(),
+        dockerInfo: () => adapters.docker.info(),
         redisVersion: async () => {
           await redis.connect().catch((err: unknown) => {
             throw redisError ?? err
           })
           return redisVersion(redis)
         },
-        ...(opts.quick ? {} : { selfTest: () => host.selfTest() }),
+        ...(opts.quick ? {} : { selfTest: createSelfTest(config, adapters, sandboxes) }),
       })
       print(results, formatDoctorReport(results))
       if (results.some((r) => !r.ok)) process.exitCode = EXIT_FAILED

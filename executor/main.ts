@@ -1,19 +1,17 @@
 /**
- * Composition root of the executor: reads the configuration, builds the real clients (the host's
- * adapters, Redis) and wires the signals. The executor itself is startExecutor (start.ts).
+ * Entry point of the executor process: reads the configuration, builds the Redis client and wires
+ * the signals. The executor itself, and the wiring of its units, is startExecutor (start.ts).
  */
 import { errorMessage } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { loadExecutorConfig } from './config.ts'
-import { createHost } from './host.ts'
 import { startExecutor } from './start.ts'
 
 const config = loadExecutorConfig(process.env)
 const logger = createLogger({ level: config.INITLESS_LOG_LEVEL, name: 'executor' })
 const executor = await startExecutor(config, {
   logger,
-  host: createHost(config, logger),
   redis: createRedis(config.INITLESS_REDIS_URL, { name: 'initless-executor' }),
 }).catch((err: unknown) => {
   logger.fatal({ code: (err as { code?: unknown }).code, err: errorMessage(err) }, 'cannot start')

@@ -191,23 +191,13 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# The executor's sandbox helper (executor/native/sandbox-helper.c), installed in a directory named
-# after its source's SHA-256: an executor uses only a helper built from the source it ships with
-# (executor/adapters/sandbox-helper.ts), and a changed source builds a new one.
-step "sandbox helper"
-helper_src=$(cd "$(dirname "$0")/.." && pwd)/executor/native/sandbox-helper.c
-helper_hash=$(sha256sum "$helper_src" | cut -c1-12)
-helper_dir=/usr/local/lib/initless/sandbox-helper-$helper_hash
-if [ -x "$helper_dir/initless-sandbox-helper" ]; then
-  done_step "already built at $helper_dir"
+# The executor's C programs (executor/native: the sandbox helper and the self-test's probe server),
+# installed in /usr/local/lib/initless with a build-id file; a changed source builds them again.
+step "native programs"
+if out=$(bash "$(dirname "$0")/build-native.sh" 2>"$LOG_DIR/native-build.log"); then
+  done_step "${out#build-native: }"
 else
-  mkdir -p "$helper_dir"
-  cc -O2 -Wall -Wextra -Werror -o "$helper_dir/initless-sandbox-helper.tmp" "$helper_src" \
-    >"$LOG_DIR/sandbox-helper-build.log" 2>&1 ||
-    fail "building the sandbox helper failed (log: $LOG_DIR/sandbox-helper-build.log)" "install build-essential and re-run"
-  mv "$helper_dir/initless-sandbox-helper.tmp" "$helper_dir/initless-sandbox-helper"
-  # Helpers of other sources stay (22 KB each): another checkout on this host may use one.
-  done_step "built at $helper_dir"
+  fail "building the sandbox helper failed (log: $LOG_DIR/native-build.log)" "install build-essential and re-run"
 fi
 
 # ---------------------------------------------------------------------------------------------

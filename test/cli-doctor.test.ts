@@ -99,6 +99,7 @@ test('doctor: a healthy host passes every check, the restore probe included', as
     'lazy pages',
     'sandbox helper',
     'restore path',
+    'lazy restores',
     'redis',
     'kernel features',
     'disk',
@@ -138,7 +139,13 @@ test('doctor: a stopped Docker engine, a stopped Redis and an old CRIU are each 
   assert.equal(criu.ok, false)
   assert.match(criu.detail, /CRIU 3\.17\.1 .* older than 4\.2/)
   assert.match(criu.fix!, /4\.2\.1/)
-  assert.equal(byName.get('criu check')!.ok, false, "3.17's own check fails on this kernel")
+  // 3.17's own check fails on this project's 6.18 hosts (`Unexpected rt vDSO area bounds`) and
+  // passes on Debian 12's 6.1: doctor reports what the binary itself says.
+  const ownCheck = await exec(oldCriu, ['check']).then(
+    () => true,
+    () => false,
+  )
+  assert.equal(byName.get('criu check')!.ok, ownCheck)
   // What is healthy stays healthy.
   assert.equal(byName.get('runc')!.ok, true)
   assert.equal(byName.get('node')!.ok, true)

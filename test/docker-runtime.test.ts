@@ -3,7 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import { after, before, describe, test } from 'node:test'
 import type { Baker } from '../executor/snapshots/bake.ts'
-import type { BuiltImage, ImageBuilder } from '../executor/snapshots/build.ts'
+import type { BuiltImage } from '../executor/snapshots/build.ts'
 import {
   CONTAINERD_TMP,
   DOCKER_CHECKPOINT_LABEL,
@@ -160,7 +160,7 @@ describe('docker runtime: Docker checkpoint API, one template container per func
       lazyThreshold: th.config.INITLESS_LAZY_THRESHOLD,
       functions: () => [managed],
       registry,
-      builder: { build: () => Promise.resolve(image) } as unknown as ImageBuilder,
+      builder: { build: () => Promise.resolve(image) },
       baker: {} as Baker,
       store: th.host.store,
       docker: th.host.docker,

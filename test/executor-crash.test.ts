@@ -5,14 +5,16 @@ import { cp, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { Queue } from 'bullmq'
 import Docker from 'dockerode'
 import { EXPORT_LABEL } from '../executor/adapters/docker.ts'
 import { httpOnce } from '../executor/adapters/probe.ts'
-import type { RestoreJobData, RestoreJobResult } from '../shared/contracts.ts'
+import { createBullmqRestoreQueue, type BullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
+import type { RestoreJobResult } from '../shared/contracts.ts'
 import { createSilentLogger } from '../shared/logger.ts'
-import { createRedis, type Redis } from '../shared/redis.ts'
+import { createRedis, deleteKeys, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
+import { createRestoreClient, type RestoreClient } from '../shared/restore-client.ts'
+import type { RestoreOutcome } from '../shared/restore-queue.ts'
 import { builtEntry } from '../cli/launcher.ts'
 import { isCI, REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
@@ -33,7 +35,10 @@ describe('executor process: kill -9 and restart', () => {
   let functionsDir = ''
   let redis: Redis | undefined
   let registry: InstanceRegistry | undefined
-  let queue: Queue<RestoreJobData, RestoreJobResult> | undefined
+  let queue: BullmqRestoreQueue | undefined
+  let restores: RestoreClient | undefined
+  /** Every restore outcome seen since before(), by instance id. */
+  const outcomes = new Map<string, RestoreOutcome>()
   const children: ChildProcess[] = []
   const logs: string[] = []
 
@@ -67,31 +72,38 @@ describe('executor process: kill -9 and restart', () => {
     await exited
   }
   async function enqueue(runtime?: 'lazy' | 'eager'): Promise<string> {
-    const instanceId = `i${randomBytes(6).toString('hex')}`
-    assert.equal(await registry!.reserve('py-ok', 5, instanceId), true)
-    await queue!.add(
-      'restore',
-      {
-        fn: 'py-ok',
-        instanceId,
-        traceId: randomUUID(),
-        enqueuedAt: Date.now(),
-        reason: 'demand',
-        ...(runtime ? { runtime } : {}),
-      },
-      { jobId: instanceId, attempts: 1 },
-    )
+    const instanceId = await restores!.start({
+      fn: 'py-ok',
+      maxInstances: 5,
+      reason: 'demand',
+      ...(runtime ? { options: { runtime } } : {}),
+    })
+    assert.ok(instanceId, 'py-ok has room for another instance')
     return instanceId
   }
   async function jobResult(id: string, timeoutMs: number): Promise<RestoreJobResult> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      // The state first, then the job: a job read before it completed has no return value yet.
-      const state = await queue!.getJobState(id)
-      if (state === 'completed') return (await queue!.getJob(id))!.returnvalue
-      if (state === 'failed') throw new Error(`job failed: ${(await queue!.getJob(id))?.failedReason}`)
-      if (Date.now() > deadline) throw new Error(`job ${id} still ${state} after ${timeoutMs} ms`)
+      const outcome = outcomes.get(id)
+      if (outcome?.ok) return outcome.result
+      if (outcome) throw new Error(`job failed: ${outcome.failure.code}: ${outcome.failure.message}`)
+      if (Date.now() > deadline) throw new Error(`job ${id} did not end within ${timeoutMs} ms`)
       await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+  /**
+   * Whatever a test that failed half-way left (a killed executor's instances, sandboxes, daemons):
+   * a fresh executor on the state dir reconciles it, and its clean shutdown leaves nothing.
+   */
+  async function cleanUpLeftovers(): Promise<void> {
+    // Namespaces are listed host-wide (other tests' too): the state dir's own resources decide.
+    const left = resources()
+    if (left.containers.length + left.mounts.length + left.criu.length === 0) return
+    const sweeper = startExecutor()
+    try {
+      await waitLog(/"msg":"reconciled"/, 60_000)
+    } finally {
+      await stop(sweeper, 'SIGTERM')
     }
   }
 
@@ -101,16 +113,21 @@ describe('executor process: kill -9 and restart', () => {
     await cp(join(FIXTURES, 'py-ok'), join(functionsDir, 'py-ok'), { recursive: true })
     redis = createRedis(REDIS_URL)
     registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix: env.INITLESS_KEY_PREFIX })
-    queue = new Queue(env.INITLESS_QUEUE_NAME!, { connection: createRedis(REDIS_URL, { blocking: true }) })
+    queue = createBullmqRestoreQueue({
+      redisUrl: REDIS_URL,
+      logger: createSilentLogger(),
+      queueName: env.INITLESS_QUEUE_NAME!,
+    })
+    await queue.ready()
+    queue.onOutcome((o) => outcomes.set(o.instanceId, o))
+    restores = createRestoreClient({ registry, queue })
   })
   after(async () => {
     for (const c of children) await stop(c, 'SIGKILL')
-    await queue?.obliterate({ force: true }).catch(() => undefined)
+    if (functionsDir) await cleanUpLeftovers()
     await queue?.close()
-    ;(await queue?.client)?.disconnect()
     if (redis) {
-      const keys = await redis.keys(`${env.INITLESS_KEY_PREFIX}:*`)
-      if (keys.length) await redis.del(...keys)
+      await deleteKeys(redis, [`${env.INITLESS_KEY_PREFIX}:*`, `bull:${env.INITLESS_QUEUE_NAME!}:*`])
       redis.disconnect()
     }
     await rm(functionsDir, { recursive: true, force: true })

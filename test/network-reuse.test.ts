@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { createHost } from '../executor/host.ts'
+import { createHostAdapters } from '../executor/wiring.ts'
 import { gatewayIp, macFor, vethName } from '../executor/adapters/network.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { requireServices } from './support/integration.ts'
@@ -74,7 +74,7 @@ function neighbour(ip: string): Promise<string> {
 
 test('an address handed to a new namespace right after its previous one is gone answers at once', async (t) => {
   if (!requireServices(t)) return
-  const host = createHost(config, createSilentLogger())
+  const host = createHostAdapters(config, createSilentLogger())
   await host.network.ensureBridge()
   // Another instance stays on the bridge throughout, as others do in production. Alone, the
   // namespace's going would take the bridge's carrier with it, and the kernel drops a device's
@@ -113,7 +113,7 @@ test('the bridge keeps its own MAC while ports with lower ones come and go', asy
   // an instance that learned the old one (its ARP entry for the gateway) then answered nowhere
   // for up to 45 s (1-2 s stalls of first requests to pooled instances, and 30 s silences).
   if (!requireServices(t)) return
-  const host = createHost(config, createSilentLogger())
+  const host = createHostAdapters(config, createSilentLogger())
   await host.network.ensureBridge()
   const bridgeMac = () => readFileSync(`/sys/class/net/${config.INITLESS_BRIDGE}/address`, 'utf8').trim()
   const gw = gatewayIp(config.INITLESS_SUBNET)

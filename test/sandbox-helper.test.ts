@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { loadExecutorConfig } from '../executor/config.ts'
-import { sandboxHelperPath } from '../executor/host.ts'
+import { sandboxHelperPath } from '../executor/wiring.ts'
 import { macFor, NETNS_DIR } from '../executor/adapters/network.ts'
 import { createSandboxHelper, type SandboxHelper } from '../executor/adapters/sandbox-helper.ts'
 import { isInitlessError } from '../shared/errors.ts'
@@ -174,6 +174,24 @@ describe('sandbox helper', () => {
       h.spawn({ argv: ['no-such-program-initless'], output: out, mode: 'group', keepAlive: false }),
       /spawn no-such-program-initless .*No such file or directory/,
     )
+  })
+
+  test('spawns processes with transparent huge pages disabled (CRIU lazy restores need it)', async (t) => {
+    if (!requireServices(t)) return
+    const thpLine = (status: string) => /^THP_enabled:\s*(\d)$/m.exec(status)?.[1]
+    // The control: this process, started by node, has THP as the host gives it.
+    const own = thpLine(await readFile('/proc/self/status', 'utf8'))
+    if (own === undefined) return t.skip('the kernel reports no THP_enabled (built without THP)')
+    assert.equal(own, '1')
+    const out = join(dir, 'thp.out')
+    const p = await get().spawn({
+      argv: ['cat', '/proc/self/status'],
+      output: out,
+      mode: 'group',
+      keepAlive: true,
+    })
+    assert.deepEqual(await p.exited, { code: 0, signal: null })
+    assert.equal(thpLine(await readFile(out, 'utf8')), '0')
   })
 
   test('bad requests get errors; the helper keeps serving', async (t) => {

@@ -1,10 +1,17 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { isInitlessError } from '../../shared/errors.ts'
-import { createCriu, criuRestoreArgs, DESCRIPTORS_FILE, type CriuRestoreRequest } from './criu.ts'
+import {
+  createCriu,
+  criuDumpConfigText,
+  criuRestoreArgs,
+  criuRestoreConfigText,
+  DESCRIPTORS_FILE,
+  type CriuRestoreRequest,
+} from './criu.ts'
 import type { CommandRunner } from './exec.ts'
 import type { ProcessExit, SandboxHelper, SpawnRequest } from './sandbox-helper.ts'
 
@@ -56,6 +63,51 @@ test('criuRestoreArgs: an eager restore has no --lazy-pages; the log level can b
   assert.ok(!args.includes('--lazy-pages'))
   assert.ok(args.includes('-v4') && !args.includes('-v2'))
   assert.deepEqual(values(args, '--inherit-fd'), ['fd[3]:extRootNetNS'])
+})
+
+/** The options of a CRIU config file, one `option [value]` per line. */
+function configLines(text: string): string[] {
+  assert.ok(text.endsWith('\n'))
+  return text.trimEnd().split('\n')
+}
+
+test('criuDumpConfigText: no network lock, and nothing only restores may have', () => {
+  assert.deepEqual(configLines(criuDumpConfigText()), ['network-lock skip'])
+})
+
+test("criuRestoreConfigText: runc restores get the old mount engine and the sandbox's cgroup", () => {
+  assert.deepEqual(configLines(criuRestoreConfigText({ lazy: false, cgroupRoot: '/initless/i1' })), [
+    'network-lock skip',
+    'mntns-compat-mode',
+    'cgroup-root /initless/i1',
+  ])
+  assert.deepEqual(configLines(criuRestoreConfigText({ lazy: true, cgroupRoot: '/initless/i2' })), [
+    'network-lock skip',
+    'mntns-compat-mode',
+    'cgroup-root /initless/i2',
+    'lazy-pages',
+  ])
+})
+
+test("writeRestoreConfig: replaces a checkpoint's config with the restore's, readable by root only", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'criu-conf-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const criu = createCriu({ run: () => Promise.reject(new Error('no command expected')) })
+  const fresh = join(dir, 'fresh.conf')
+  await criu.writeRestoreConfig(fresh, { lazy: false, cgroupRoot: '/initless/i1' })
+  assert.equal(
+    await readFile(fresh, 'utf8'),
+    criuRestoreConfigText({ lazy: false, cgroupRoot: '/initless/i1' }),
+  )
+  assert.equal((await stat(fresh)).mode & 0o777, 0o600)
+  // The sandbox's file holds the checkpoint's config until a restore rewrites it.
+  const file = join(dir, 'criu.conf')
+  await writeFile(file, criuDumpConfigText(), { mode: 0o600 })
+  await criu.writeRestoreConfig(file, { lazy: true, cgroupRoot: '/initless/i2' })
+  assert.equal(
+    await readFile(file, 'utf8'),
+    criuRestoreConfigText({ lazy: true, cgroupRoot: '/initless/i2' }),
+  )
 })
 
 describe('restore through the sandbox helper', () => {

@@ -34,7 +34,7 @@ export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
 }
 
 /**
- * The CRIU config file runc hands to CRIU (annotation `org.criu.config`) for a dump or a restore.
+ * The CRIU config file runc hands to CRIU (annotation `org.criu.config`) for a checkpoint.
  *
  * `network-lock skip`: by default CRIU locks the container's network with iptables during a dump
  * and unlocks it at the end of every restore (two iptables-restore runs to lock, two plus a shell
@@ -42,10 +42,26 @@ export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
  * method recorded at dump, so it must be set for the dump. Nothing needs the lock: a bake dumps a
  * process no client is connected to, and a restore lands in a brand-new namespace no one can reach
  * until the executor reports it ready.
- * `lazy-pages` only for a lazy restore (never for a dump).
  */
-export function criuConfigText(opts: { lazy: boolean }): string {
-  const lines = ['network-lock skip']
+export function criuDumpConfigText(): string {
+  return 'network-lock skip\n'
+}
+
+/**
+ * The CRIU config file of a `runc restore` (the fallback path: criuRestoreArgs is the direct one),
+ * which CRIU reads after runc's RPC options and lets override them:
+ * - `mntns-compat-mode`: the old mount engine, as the direct path uses. CRIU's default mount-v2
+ *   engine copies the sharing of the masked paths' `/dev/null` binds with
+ *   `move_mount(MOVE_MOUNT_SET_GROUP)` from a file, which fails (`EINVAL`) where the host's `/dev`
+ *   is a shared mount (every systemd host). Restores only: in a dump's config it fails the dump.
+ * - `cgroup-root <cgroupRoot>`: the restored tasks go to the sandbox's cgroup, where runc set the
+ *   limits and device rules. runc 1.1 names the cgroup to CRIU only on cgroup v1; on v2 CRIU
+ *   would recreate the checkpointed container's cgroup and put every restore of a snapshot there,
+ *   without limits. On v1 runc names the same path per controller.
+ * - `lazy-pages` only for a lazy restore.
+ */
+export function criuRestoreConfigText(opts: { lazy: boolean; cgroupRoot: string }): string {
+  const lines = ['network-lock skip', 'mntns-compat-mode', `cgroup-root ${opts.cgroupRoot}`]
   if (opts.lazy) lines.push('lazy-pages')
   return `${lines.join('\n')}\n`
 }
@@ -152,8 +168,8 @@ export interface Criu {
    * listening in `workDir` first.
    */
   restore(req: CriuRestoreRequest): Promise<number>
-  /** Write the CRIU config file runc passes to restores (lazy or eager). */
-  writeRestoreConfig(path: string, opts: { lazy: boolean }): Promise<void>
+  /** Write the CRIU config file runc passes to a restore (criuRestoreConfigText). */
+  writeRestoreConfig(path: string, opts: { lazy: boolean; cgroupRoot: string }): Promise<void>
   /**
    * Start `criu lazy-pages` for one restore and resolve once its socket exists, i.e. once
    * `runc restore` may connect. One daemon serves exactly one restore.
@@ -185,6 +201,112 @@ interface CriuProcess {
   readonly exited: Promise<number | null>
 }
 
+/** Run `criu restore` through the helper; resolves with its run time, rejects like run() would. */
+async function restoreViaHelper(
+  h: SandboxHelper,
+  bin: string,
+  req: CriuRestoreRequest,
+  args: string[],
+): Promise<number> {
+  const started = performance.now()
+  const timeoutMs = req.timeoutMs ?? 30_000
+  const proc = await h.spawn({
+    argv: [bin, ...args],
+    output: req.outputPath,
+    fd3: req.netnsPath,
+    // Its own session, as node's detached spawn gave it: the restored tasks start in it.
+    mode: 'session',
+    keepAlive: true,
+  })
+  let timedOut = false
+  const timer = setTimeout(() => {
+    timedOut = true
+    killGroup(proc.pid)
+  }, timeoutMs)
+  const exit = await proc.exited
+  clearTimeout(timer)
+  if (timedOut)
+    throw new InitlessError('ERR_COMMAND_TIMEOUT', `${bin} restore: timed out after ${timeoutMs} ms`, {
+      details: { cmd: bin, args },
+    })
+  if (exit.code !== 0)
+    throw new InitlessError(
+      'ERR_COMMAND_FAILED',
+      `${bin} restore: exit ${exit.signal ? `on signal ${exit.signal}` : (exit.code ?? 'unknown (sandbox helper died)')}`,
+      { details: { cmd: bin, args, code: exit.code } },
+    )
+  return performance.now() - started
+}
+
+/**
+ * Start a lazy-pages daemon, in its own session either way: it must outlive an executor restart,
+ * or the pages it still owes a restored process would be lost.
+ */
+async function launchLazyPages(
+  bin: string,
+  helper: SandboxHelper | undefined,
+  args: string[],
+  workDir: string,
+): Promise<CriuProcess> {
+  const output = join(workDir, 'lazy-pages.out')
+  if (helper) {
+    const proc = await helper.spawn({ argv: [bin, ...args], output, mode: 'session', keepAlive: false })
+    return { pid: proc.pid, exited: proc.exited.then((e) => e.code) }
+  }
+  const log = await open(output, 'a')
+  const child = spawn(bin, args, { detached: true, stdio: ['ignore', log.fd, log.fd] })
+  await log.close()
+  child.unref()
+  const exited = new Promise<number | null>((resolve) => {
+    child.on('exit', (code) => resolve(code))
+    child.on('error', () => resolve(null))
+  })
+  if (child.pid === undefined) {
+    await exited
+    throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
+  }
+  return { pid: child.pid, exited }
+}
+
+/** Wait until a lazy-pages daemon listens on its socket; the socket appears within a few ms. */
+async function waitListening(child: CriuProcess, workDir: string, timeoutMs: number): Promise<void> {
+  const socket = join(workDir, 'lazy-pages.socket')
+  const deadline = Date.now() + timeoutMs
+  let gone = false
+  void child.exited.then(() => (gone = true))
+  // Poll tightly: this is on the cold-start path.
+  for (;;) {
+    if (
+      await access(socket).then(
+        () => true,
+        () => false,
+      )
+    )
+      return
+    if (gone)
+      throw new InitlessError(
+        'ERR_RESTORE_FAILED',
+        `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`,
+      )
+    if (Date.now() > deadline) {
+      killLazyPages(child)
+      throw new InitlessError('ERR_RESTORE_FAILED', `criu lazy-pages did not listen within ${timeoutMs} ms`)
+    }
+    await new Promise((r) => setTimeout(r, 1))
+  }
+}
+
+/** The snapshot's inherited descriptors (DESCRIPTORS_FILE): a list of strings, else corrupt. */
+async function readDescriptors(imagesDir: string): Promise<string[]> {
+  const descriptors = JSON.parse(await readFile(join(imagesDir, DESCRIPTORS_FILE), 'utf8')) as unknown
+  if (!Array.isArray(descriptors) || !descriptors.every((d) => typeof d === 'string'))
+    throw new InitlessError(
+      'ERR_SNAPSHOT_CORRUPT',
+      `${imagesDir}/${DESCRIPTORS_FILE} is not a list of strings`,
+    )
+  return descriptors
+}
+
 /**
  * CRIU's restores and lazy-pages daemons are started by the sandbox helper when there is one
  * (node's spawn stops the event loop for 12-20 ms per process here), else by node.
@@ -196,61 +318,6 @@ export function createCriu(deps: {
 }): Criu {
   const bin = deps.bin ?? 'criu'
   const { helper } = deps
-
-  /** Run `criu restore` through the helper; resolves with its run time, rejects like run() would. */
-  const restoreViaHelper = async (h: SandboxHelper, req: CriuRestoreRequest, args: string[]) => {
-    const started = performance.now()
-    const timeoutMs = req.timeoutMs ?? 30_000
-    const proc = await h.spawn({
-      argv: [bin, ...args],
-      output: req.outputPath,
-      fd3: req.netnsPath,
-      // Its own session, as node's detached spawn gave it: the restored tasks start in it.
-      mode: 'session',
-      keepAlive: true,
-    })
-    let timedOut = false
-    const timer = setTimeout(() => {
-      timedOut = true
-      killGroup(proc.pid)
-    }, timeoutMs)
-    const exit = await proc.exited
-    clearTimeout(timer)
-    if (timedOut)
-      throw new InitlessError('ERR_COMMAND_TIMEOUT', `${bin} restore: timed out after ${timeoutMs} ms`, {
-        details: { cmd: bin, args },
-      })
-    if (exit.code !== 0)
-      throw new InitlessError(
-        'ERR_COMMAND_FAILED',
-        `${bin} restore: exit ${exit.signal ? `on signal ${exit.signal}` : (exit.code ?? 'unknown (sandbox helper died)')}`,
-        { details: { cmd: bin, args, code: exit.code } },
-      )
-    return performance.now() - started
-  }
-
-  // In its own session either way: the daemon must outlive an executor restart, or the pages it
-  // still owes a restored process would be lost.
-  const launchLazyPages = async (args: string[], workDir: string): Promise<CriuProcess> => {
-    const output = join(workDir, 'lazy-pages.out')
-    if (helper) {
-      const proc = await helper.spawn({ argv: [bin, ...args], output, mode: 'session', keepAlive: false })
-      return { pid: proc.pid, exited: proc.exited.then((e) => e.code) }
-    }
-    const log = await open(output, 'a')
-    const child = spawn(bin, args, { detached: true, stdio: ['ignore', log.fd, log.fd] })
-    await log.close()
-    child.unref()
-    const exited = new Promise<number | null>((resolve) => {
-      child.on('exit', (code) => resolve(code))
-      child.on('error', () => resolve(null))
-    })
-    if (child.pid === undefined) {
-      await exited
-      throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
-    }
-    return { pid: child.pid, exited }
-  }
 
   return {
     async version() {
@@ -265,16 +332,10 @@ export function createCriu(deps: {
     },
 
     async restore(req) {
-      const descriptors = JSON.parse(await readFile(join(req.imagesDir, DESCRIPTORS_FILE), 'utf8')) as unknown
-      if (!Array.isArray(descriptors) || !descriptors.every((d) => typeof d === 'string'))
-        throw new InitlessError(
-          'ERR_SNAPSHOT_CORRUPT',
-          `${req.imagesDir}/${DESCRIPTORS_FILE} is not a list of strings`,
-        )
-      const args = criuRestoreArgs(req, descriptors)
+      const args = criuRestoreArgs(req, await readDescriptors(req.imagesDir))
       if (helper) {
         try {
-          return await restoreViaHelper(helper, req, args)
+          return await restoreViaHelper(helper, bin, req, args)
         } catch (err) {
           return await failWithLogs(err, [join(req.workDir, 'restore.log')])
         }
@@ -295,52 +356,13 @@ export function createCriu(deps: {
     },
 
     async writeRestoreConfig(path, opts) {
-      await writeFile(path, criuConfigText(opts), { mode: 0o600 })
+      await writeFile(path, criuRestoreConfigText(opts), { mode: 0o600 })
     },
 
     async startLazyPages(imagesDir, workDir, opts = {}) {
-      const timeoutMs = opts.timeoutMs ?? 10_000
-      const child = await launchLazyPages(
-        [
-          'lazy-pages',
-          '--images-dir',
-          imagesDir,
-          '--work-dir',
-          workDir,
-          '-o',
-          'lazy-pages.log',
-          opts.verbose ? '-v4' : '-v2',
-        ],
-        workDir,
-      )
-      const { exited } = child
-      const socket = join(workDir, 'lazy-pages.socket')
-      const deadline = Date.now() + timeoutMs
-      let gone = false
-      void exited.then(() => (gone = true))
-      // The socket appears within a few ms; poll tightly, this is on the cold-start path.
-      for (;;) {
-        if (
-          await access(socket).then(
-            () => true,
-            () => false,
-          )
-        )
-          break
-        if (gone)
-          throw new InitlessError(
-            'ERR_RESTORE_FAILED',
-            `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`,
-          )
-        if (Date.now() > deadline) {
-          killLazyPages(child)
-          throw new InitlessError(
-            'ERR_RESTORE_FAILED',
-            `criu lazy-pages did not listen within ${timeoutMs} ms`,
-          )
-        }
-        await new Promise((r) => setTimeout(r, 1))
-      }
+      const args = ['lazy-pages', '--images-dir', imagesDir, '--work-dir', workDir, '-o', 'lazy-pages.log']
+      const child = await launchLazyPages(bin, helper, [...args, opts.verbose ? '-v4' : '-v2'], workDir)
+      await waitListening(child, workDir, opts.timeoutMs ?? 10_000)
       return child
     },
   }

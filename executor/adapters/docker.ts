@@ -107,39 +107,136 @@ function engineError(what: string, err: unknown): InitlessError {
 /** Label of the short-lived containers rootfs exports create; its value is the host id. */
 export const EXPORT_LABEL = 'initless.export'
 
-export function createDockerEngine(
-  options: Docker.DockerOptions,
-  /** Labels this host's export containers, so a reconcile after a crash finds the ones left. */
-  owner: { hostId?: string } = {},
-): DockerEngine {
-  const docker = new Docker(options)
-
-  async function addressOf(id: string): Promise<string> {
-    const info = await docker.getContainer(id).inspect()
-    const nets = Object.values(info.NetworkSettings.Networks ?? {})
-    const ip = nets.find((n) => n.IPAddress)?.IPAddress
-    if (!ip) throw new InitlessError('ERR_SANDBOX_SETUP_FAILED', `container ${id} has no IP address`)
-    return ip
+/** Run a build; resolves with the image id its stream reported, if it did. */
+async function buildImage(
+  docker: Docker,
+  contextTar: Parameters<DockerEngine['build']>[0],
+  opts: Parameters<DockerEngine['build']>[1],
+): Promise<string | undefined> {
+  let stream: NodeJS.ReadableStream
+  try {
+    stream = await docker.buildImage(contextTar, {
+      t: opts.tag,
+      dockerfile: opts.dockerfile,
+      buildargs: opts.buildArgs,
+      rm: true,
+      forcerm: true,
+    })
+  } catch (err) {
+    throw new InitlessError(
+      'ERR_IMAGE_BUILD_FAILED',
+      `docker build ${opts.tag}: ${err instanceof Error ? err.message : String(err)}`,
+      { cause: err },
+    )
   }
+  const lines: string[] = []
+  let imageId: string | undefined
+  await new Promise<void>((resolve, reject) => {
+    docker.modem.followProgress(
+      stream,
+      (err: Error | null) => (err ? reject(err) : resolve()),
+      (event: { stream?: string; error?: string; aux?: { ID?: string } }) => {
+        if (event.aux?.ID) imageId = event.aux.ID
+        const text = event.error ?? event.stream
+        if (!text) return
+        for (const line of text.split('\n')) {
+          if (!line.trim()) continue
+          lines.push(line)
+          if (lines.length > 200) lines.shift()
+          opts.onProgress?.({ line })
+        }
+        if (event.error) reject(new Error(event.error))
+      },
+    )
+  }).catch((err: unknown) => {
+    const msg = err instanceof Error ? err.message : String(err)
+    throw new InitlessError(
+      'ERR_IMAGE_BUILD_FAILED',
+      `docker build ${opts.tag} failed: ${msg}\n${lines.slice(-15).join('\n')}`,
+      {
+        details: { lastLines: lines.slice(-15) },
+      },
+    )
+  })
+  return imageId
+}
 
-  function hostConfig(l: ContainerLaunch): Docker.HostConfig {
-    return {
-      Memory: l.memoryBytes,
-      MemorySwap: l.memoryBytes,
-      NanoCpus: Math.round(l.cpus * 1e9),
-      PidsLimit: l.pids,
-      SecurityOpt: [
-        'no-new-privileges',
-        ...(l.seccomp === undefined
-          ? []
-          : [`seccomp=${l.seccomp === 'unconfined' ? 'unconfined' : JSON.stringify(l.seccomp)}`]),
-      ],
-      // Never publish ports: the gateway reaches the container at its own bridge address.
-      NetworkMode: 'bridge',
-    }
+function imageConfigOf(i: Docker.ImageInspectInfo): ImageConfig {
+  return {
+    id: i.Id,
+    env: i.Config.Env ?? [],
+    cmd: i.Config.Cmd ?? [],
+    entrypoint:
+      (i.Config.Entrypoint as string[] | string | null | undefined) === null ||
+      i.Config.Entrypoint === undefined
+        ? []
+        : ([] as string[]).concat(i.Config.Entrypoint),
+    workdir: i.Config.WorkingDir || '/',
+    user: i.Config.User ?? '',
+    sizeBytes: i.Size,
+    created: i.Created,
   }
+}
 
-  const engine: DockerEngine = {
+/** Unpack a tar stream into `dir` with owners and modes as they are in it. */
+function untar(tarStream: NodeJS.ReadableStream, dir: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const tar = spawn('tar', ['-x', '-p', '--numeric-owner', '-C', dir], {
+      stdio: ['pipe', 'ignore', 'pipe'],
+    })
+    let stderr = ''
+    tar.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    tar.on('error', reject)
+    tar.on('close', (code) =>
+      code === 0 ? resolve() : reject(new Error(`tar exited ${code}: ${stderr.trim()}`)),
+    )
+    tarStream.on('error', reject)
+    tarStream.pipe(tar.stdin)
+  })
+}
+
+/** The container's address on Docker's default bridge. */
+async function addressOf(docker: Docker, id: string): Promise<string> {
+  const info = await docker.getContainer(id).inspect()
+  const nets = Object.values(info.NetworkSettings.Networks ?? {})
+  const ip = nets.find((n) => n.IPAddress)?.IPAddress
+  if (!ip) throw new InitlessError('ERR_SANDBOX_SETUP_FAILED', `container ${id} has no IP address`)
+  return ip
+}
+
+function hostConfig(l: ContainerLaunch): Docker.HostConfig {
+  return {
+    Memory: l.memoryBytes,
+    MemorySwap: l.memoryBytes,
+    NanoCpus: Math.round(l.cpus * 1e9),
+    PidsLimit: l.pids,
+    SecurityOpt: [
+      'no-new-privileges',
+      ...(l.seccomp === undefined
+        ? []
+        : [`seccomp=${l.seccomp === 'unconfined' ? 'unconfined' : JSON.stringify(l.seccomp)}`]),
+    ],
+    // Never publish ports: the gateway reaches the container at its own bridge address.
+    NetworkMode: 'bridge',
+  }
+}
+
+/** Without a tty, Docker multiplexes stdout/stderr with 8-byte frame headers. */
+function demuxLogs(buf: Buffer): string {
+  const out: Buffer[] = []
+  for (let i = 0; i + 8 <= buf.length;) {
+    const len = buf.readUInt32BE(i + 4)
+    out.push(buf.subarray(i + 8, i + 8 + len))
+    i += 8 + len
+  }
+  return Buffer.concat(out).toString('utf8')
+}
+
+type ImageCalls = Pick<DockerEngine, 'info' | 'build' | 'inspectImage' | 'tagImage' | 'exportRootfs'>
+
+/** The engine and its images. */
+function imageCalls(docker: Docker, owner: { hostId?: string }): ImageCalls {
+  const calls: ImageCalls = {
     async info() {
       const [info, version] = await Promise.all([
         docker.info() as Promise<{
@@ -158,74 +255,15 @@ export function createDockerEngine(
     },
 
     async build(contextTar, opts) {
-      let stream: NodeJS.ReadableStream
-      try {
-        stream = await docker.buildImage(contextTar, {
-          t: opts.tag,
-          dockerfile: opts.dockerfile,
-          buildargs: opts.buildArgs,
-          rm: true,
-          forcerm: true,
-        })
-      } catch (err) {
-        throw new InitlessError(
-          'ERR_IMAGE_BUILD_FAILED',
-          `docker build ${opts.tag}: ${err instanceof Error ? err.message : String(err)}`,
-          { cause: err },
-        )
-      }
-      const lines: string[] = []
-      let imageId: string | undefined
-      await new Promise<void>((resolve, reject) => {
-        docker.modem.followProgress(
-          stream,
-          (err: Error | null) => (err ? reject(err) : resolve()),
-          (event: { stream?: string; error?: string; aux?: { ID?: string } }) => {
-            if (event.aux?.ID) imageId = event.aux.ID
-            const text = event.error ?? event.stream
-            if (!text) return
-            for (const line of text.split('\n')) {
-              if (!line.trim()) continue
-              lines.push(line)
-              if (lines.length > 200) lines.shift()
-              opts.onProgress?.({ line })
-            }
-            if (event.error) reject(new Error(event.error))
-          },
-        )
-      }).catch((err: unknown) => {
-        const msg = err instanceof Error ? err.message : String(err)
-        throw new InitlessError(
-          'ERR_IMAGE_BUILD_FAILED',
-          `docker build ${opts.tag} failed: ${msg}\n${lines.slice(-15).join('\n')}`,
-          {
-            details: { lastLines: lines.slice(-15) },
-          },
-        )
-      })
-      const image = imageId ?? (await engine.inspectImage(opts.tag))?.id
-      if (!image)
-        throw new InitlessError('ERR_IMAGE_BUILD_FAILED', `docker build ${opts.tag} produced no image`)
-      return image
+      const image = await buildImage(docker, contextTar, opts)
+      const id = image ?? (await calls.inspectImage(opts.tag))?.id
+      if (!id) throw new InitlessError('ERR_IMAGE_BUILD_FAILED', `docker build ${opts.tag} produced no image`)
+      return id
     },
 
     async inspectImage(ref) {
       try {
-        const i = await docker.getImage(ref).inspect()
-        return {
-          id: i.Id,
-          env: i.Config.Env ?? [],
-          cmd: i.Config.Cmd ?? [],
-          entrypoint:
-            (i.Config.Entrypoint as string[] | string | null | undefined) === null ||
-            i.Config.Entrypoint === undefined
-              ? []
-              : ([] as string[]).concat(i.Config.Entrypoint),
-          workdir: i.Config.WorkingDir || '/',
-          user: i.Config.User ?? '',
-          sizeBytes: i.Size,
-          created: i.Created,
-        }
+        return imageConfigOf(await docker.getImage(ref).inspect())
       } catch (err) {
         if (statusOf(err) === 404) return undefined
         throw engineError(`inspect image ${ref}`, err)
@@ -243,27 +281,50 @@ export function createDockerEngine(
         Labels: { [EXPORT_LABEL]: owner.hostId ?? '1' },
       })
       try {
-        const tarStream = await container.export()
-        await new Promise<void>((resolve, reject) => {
-          const tar = spawn('tar', ['-x', '-p', '--numeric-owner', '-C', dir], {
-            stdio: ['pipe', 'ignore', 'pipe'],
-          })
-          let stderr = ''
-          tar.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-          tar.on('error', reject)
-          tar.on('close', (code) =>
-            code === 0 ? resolve() : reject(new Error(`tar exited ${code}: ${stderr.trim()}`)),
-          )
-          tarStream.on('error', reject)
-          tarStream.pipe(tar.stdin)
-        })
+        await untar(await container.export(), dir)
       } catch (err) {
         throw engineError(`export ${imageId}`, err)
       } finally {
         await container.remove({ force: true }).catch(() => undefined)
       }
     },
+  }
+  return calls
+}
 
+type CheckpointCalls = Pick<DockerEngine, 'checkpointContainer' | 'startFromCheckpoint'>
+
+/** Docker's checkpoint API (experimental). */
+function checkpointCalls(docker: Docker): CheckpointCalls {
+  return {
+    async checkpointContainer(id, checkpoint) {
+      try {
+        await (
+          docker.getContainer(id) as unknown as { createCheckpoint(o: object): Promise<unknown> }
+        ).createCheckpoint({ CheckpointID: checkpoint, Exit: true })
+      } catch (err) {
+        throw engineError(`checkpoint ${id}`, err)
+      }
+    },
+
+    async startFromCheckpoint(id, checkpoint) {
+      try {
+        // `checkpoint` is a query parameter. dockerode sends start options as the JSON body too,
+        // which Docker >= API 1.24 refuses (HTTP 400): an empty `_body` keeps the request bodiless.
+        await docker.getContainer(id).start({ _query: { checkpoint }, _body: {} } as object)
+      } catch (err) {
+        if (statusOf(err) !== 304) throw engineError(`start ${id} from checkpoint ${checkpoint}`, err)
+      }
+      return { ip: await addressOf(docker, id) }
+    },
+  }
+}
+
+type ContainerCalls = Omit<DockerEngine, keyof ImageCalls | keyof CheckpointCalls>
+
+/** Containers: create, start, stop, signal, remove, list, logs. */
+function containerCalls(docker: Docker): ContainerCalls {
+  const calls: ContainerCalls = {
     async createContainer(l) {
       const c = await docker.createContainer({
         name: l.name,
@@ -282,16 +343,16 @@ export function createDockerEngine(
       } catch (err) {
         if (statusOf(err) !== 304) throw engineError(`start ${id}`, err)
       }
-      return { ip: await addressOf(id) }
+      return { ip: await addressOf(docker, id) }
     },
 
     async runContainer(l) {
-      const id = await engine.createContainer(l)
+      const id = await calls.createContainer(l)
       try {
-        const { ip } = await engine.startContainer(id)
+        const { ip } = await calls.startContainer(id)
         return { id, ip }
       } catch (err) {
-        await engine.removeContainer(id)
+        await calls.removeContainer(id)
         throw err
       }
     },
@@ -305,17 +366,9 @@ export function createDockerEngine(
     },
 
     async containerLogs(id, tailLines) {
-      const buf = await docker
-        .getContainer(id)
-        .logs({ stdout: true, stderr: true, tail: tailLines, follow: false })
-      // Without a tty, Docker multiplexes stdout/stderr with 8-byte frame headers.
-      const out: Buffer[] = []
-      for (let i = 0; i + 8 <= buf.length;) {
-        const len = buf.readUInt32BE(i + 4)
-        out.push(buf.subarray(i + 8, i + 8 + len))
-        i += 8 + len
-      }
-      return Buffer.concat(out).toString('utf8')
+      return demuxLogs(
+        await docker.getContainer(id).logs({ stdout: true, stderr: true, tail: tailLines, follow: false }),
+      )
     },
 
     async listContainers(label) {
@@ -352,27 +405,15 @@ export function createDockerEngine(
         throw engineError(`kill --signal ${signal} ${id}`, err)
       }
     },
-
-    async checkpointContainer(id, checkpoint) {
-      try {
-        await (
-          docker.getContainer(id) as unknown as { createCheckpoint(o: object): Promise<unknown> }
-        ).createCheckpoint({ CheckpointID: checkpoint, Exit: true })
-      } catch (err) {
-        throw engineError(`checkpoint ${id}`, err)
-      }
-    },
-
-    async startFromCheckpoint(id, checkpoint) {
-      try {
-        // `checkpoint` is a query parameter. dockerode sends start options as the JSON body too,
-        // which Docker >= API 1.24 refuses (HTTP 400): an empty `_body` keeps the request bodiless.
-        await docker.getContainer(id).start({ _query: { checkpoint }, _body: {} } as object)
-      } catch (err) {
-        if (statusOf(err) !== 304) throw engineError(`start ${id} from checkpoint ${checkpoint}`, err)
-      }
-      return { ip: await addressOf(id) }
-    },
   }
-  return engine
+  return calls
+}
+
+export function createDockerEngine(
+  options: Docker.DockerOptions,
+  /** Labels this host's export containers, so a reconcile after a crash finds the ones left. */
+  owner: { hostId?: string } = {},
+): DockerEngine {
+  const docker = new Docker(options)
+  return { ...imageCalls(docker, owner), ...containerCalls(docker), ...checkpointCalls(docker) }
 }

@@ -4,41 +4,13 @@
  * process. On this VM class a process start costs 5-20 ms; the three `ip`/`mount` runs of a sandbox
  * were 60-85 ms of a cold start without the pre-started pool.
  *
- * provision.sh compiles the helper into a directory named after the SHA-256 of its source, so an
- * executor only ever uses a helper built from the source it ships with (`installedHelperPath`). A
- * host without it (not provisioned by this version) falls back to iproute2 and mount(8).
+ * scripts/build-native.sh builds and installs it (native.ts: `installedHelperPath`); a host
+ * without it falls back to iproute2 and mount(8).
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { createHash } from 'node:crypto'
-import { readFileSync, statSync } from 'node:fs'
-import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
 import { isProcessAlive } from './process.ts'
-
-/** The helper's C source; its hash names the install directory. */
-export const HELPER_SOURCE = new URL('../native/sandbox-helper.c', import.meta.url)
-
-/** Where provision.sh installs helpers (one directory per source hash). */
-export const HELPER_INSTALL_ROOT = '/usr/local/lib/initless'
-
-export const HELPER_BINARY = 'initless-sandbox-helper'
-
-/** The install path of a helper built from this executor's source (whether or not it exists). */
-export function helperPathFor(source: Buffer | string, root = HELPER_INSTALL_ROOT): string {
-  const hash = createHash('sha256').update(source).digest('hex').slice(0, 12)
-  return join(root, `sandbox-helper-${hash}`, HELPER_BINARY)
-}
-
-/** The installed helper built from this source, or undefined when this host has none. */
-export function installedHelperPath(root = HELPER_INSTALL_ROOT): string | undefined {
-  const path = helperPathFor(readFileSync(HELPER_SOURCE), root)
-  try {
-    return statSync(path).isFile() ? path : undefined
-  } catch {
-    return undefined
-  }
-}
 
 /** One operation of the helper's protocol (see the C source) with its arguments. */
 export type HelperRequest =
@@ -127,43 +99,90 @@ interface Running {
 const LOST_CHILD_POLL_MS = 20
 
 /**
+ * The requests a helper process has not answered yet, and the processes it spawned that have not
+ * exited: matches each answer line to its request by tag.
+ */
+function createRequestTable() {
+  const pending = new Map<string, Pending>()
+  const running = new Map<string, Running>()
+  return {
+    add(tag: string, p: Pending) {
+      pending.set(tag, p)
+    },
+    /** Something still needs the helper: an answer, or the exit of a process kept alive for. */
+    isBusy(): boolean {
+      if (pending.size > 0) return true
+      for (const r of running.values()) if (r.keepAlive) return true
+      return false
+    },
+    /** One answer line: `<tag>\t(ok|pid|err|exit)\t...`. */
+    answer(line: string) {
+      const [tag = '', status = '', ...rest] = line.split('\t')
+      if (status === 'exit') {
+        const r = running.get(tag)
+        if (!r) return
+        running.delete(tag)
+        const [code = '', signal = ''] = rest
+        r.resolve({ code: code === '-1' ? null : Number(code), signal: Number(signal) || null })
+        return
+      }
+      const p = pending.get(tag)
+      if (!p) return
+      pending.delete(tag)
+      clearTimeout(p.timer)
+      if (status === 'err') {
+        const [errno, ...message] = rest
+        p.reject(
+          new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${message.join(' ')}`, {
+            details: { ...p.details, errno: Number(errno) },
+          }),
+        )
+      } else {
+        if (status === 'pid' && p.onExit) running.set(tag, { ...p.onExit, pid: Number(rest[0]) })
+        p.resolve(rest)
+      }
+    },
+    /**
+     * The helper is gone: every request fails; its spawned processes live on (init adopts them),
+     * their exits are noticed by polling and reported with an unknown status.
+     */
+    failAll(why: string) {
+      for (const [tag, p] of pending) {
+        pending.delete(tag)
+        clearTimeout(p.timer)
+        p.reject(
+          new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${why}`, { details: p.details }),
+        )
+      }
+      for (const [tag, r] of running) {
+        running.delete(tag)
+        const poll = setInterval(() => {
+          if (isProcessAlive(r.pid)) return
+          clearInterval(poll)
+          r.resolve({ code: null, signal: null })
+        }, LOST_CHILD_POLL_MS)
+        if (!r.keepAlive) poll.unref()
+      }
+    },
+  }
+}
+
+/**
  * A client of one helper process, started at the first request and again after it died. Requests
  * are answered in order; a request not answered within `timeoutMs` kills the process (every pending
- * request fails with it). If the helper dies, its spawned processes live on (init adopts them);
- * their exits are then noticed by polling and reported with an unknown status.
+ * request fails with it).
  */
 export function createSandboxHelper(opts: { path: string; timeoutMs?: number }): SandboxHelper {
   const timeoutMs = opts.timeoutMs ?? 30_000
   let child: ChildProcessWithoutNullStreams | undefined
   let nextTag = 1
-  const pending = new Map<string, Pending>()
-  const running = new Map<string, Running>()
+  const table = createRequestTable()
   let stderr = ''
-
-  const failAll = (why: string) => {
-    for (const [tag, p] of pending) {
-      pending.delete(tag)
-      clearTimeout(p.timer)
-      p.reject(
-        new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${why}`, { details: p.details }),
-      )
-    }
-    for (const [tag, r] of running) {
-      running.delete(tag)
-      const poll = setInterval(() => {
-        if (isProcessAlive(r.pid)) return
-        clearInterval(poll)
-        r.resolve({ code: null, signal: null })
-      }, LOST_CHILD_POLL_MS)
-      if (!r.keepAlive) poll.unref()
-    }
-  }
 
   // Idle, the helper must not keep the executor (or a test) alive; busy, it must.
   const updateRef = () => {
     if (!child) return
-    let busy = pending.size > 0
-    if (!busy) for (const r of running.values()) if ((busy = r.keepAlive)) break
+    const busy = table.isBusy()
     // The process and its two readable pipes each hold the event loop (stdin, idle, does not).
     const handles = [child, child.stdout, child.stderr] as unknown as ({
       ref?(): void
@@ -175,34 +194,6 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     }
   }
 
-  const onLine = (line: string) => {
-    const [tag = '', status = '', ...rest] = line.split('\t')
-    if (status === 'exit') {
-      const r = running.get(tag)
-      if (!r) return
-      running.delete(tag)
-      const [code = '', signal = ''] = rest
-      r.resolve({ code: code === '-1' ? null : Number(code), signal: Number(signal) || null })
-      return updateRef()
-    }
-    const p = pending.get(tag)
-    if (!p) return
-    pending.delete(tag)
-    clearTimeout(p.timer)
-    if (status === 'err') {
-      const [errno, ...message] = rest
-      p.reject(
-        new InitlessError('ERR_COMMAND_FAILED', `sandbox helper ${p.what}: ${message.join(' ')}`, {
-          details: { ...p.details, errno: Number(errno) },
-        }),
-      )
-    } else {
-      if (status === 'pid' && p.onExit) running.set(tag, { ...p.onExit, pid: Number(rest[0]) })
-      p.resolve(rest)
-    }
-    updateRef()
-  }
-
   const start = (): ChildProcessWithoutNullStreams => {
     const proc = spawn(opts.path, [], { stdio: ['pipe', 'pipe', 'pipe'] })
     stderr = ''
@@ -210,11 +201,14 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
       stderr = (stderr + d).slice(-2000)
     })
     proc.stdin.on('error', () => {}) // EPIPE when it died: reported by 'exit'
-    createInterface({ input: proc.stdout }).on('line', onLine)
+    createInterface({ input: proc.stdout }).on('line', (line) => {
+      table.answer(line)
+      updateRef()
+    })
     const gone = (why: string) => {
       if (child !== proc) return
       child = undefined
-      failAll(why)
+      table.failAll(why)
     }
     proc.on('error', (err) => gone(errorMessage(err)))
     proc.on('exit', (code, signal) =>
@@ -229,13 +223,10 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     details: Record<string, unknown>,
     onExit?: Omit<Running, 'pid'>,
   ) => {
-    for (const f of fields) {
-      if (/[\t\n]/.test(f)) {
-        return Promise.reject(
-          new InitlessError('ERR_INTERNAL', `sandbox helper ${what}: an argument contains a tab or newline`),
-        )
-      }
-    }
+    if (fields.some((f) => /[\t\n]/.test(f)))
+      return Promise.reject(
+        new InitlessError('ERR_INTERNAL', `sandbox helper ${what}: an argument contains a tab or newline`),
+      )
     child ??= start()
     const proc = child
     const tag = String(nextTag++)
@@ -244,16 +235,9 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
         // A stuck kernel call: end the process; every request it held fails.
         proc.kill('SIGKILL')
         if (child === proc) child = undefined
-        failAll(`no answer within ${timeoutMs} ms`)
+        table.failAll(`no answer within ${timeoutMs} ms`)
       }, timeoutMs)
-      pending.set(tag, {
-        what,
-        details,
-        resolve,
-        reject,
-        timer,
-        ...(onExit ? { onExit } : {}),
-      })
+      table.add(tag, { what, details, resolve, reject, timer, ...(onExit ? { onExit } : {}) })
       updateRef()
       proc.stdin.write(`${[tag, ...fields].join('\t')}\n`)
     })
@@ -281,7 +265,7 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
     close() {
       const proc = child
       child = undefined
-      failAll('helper closed')
+      table.failAll('helper closed')
       proc?.stdin?.end()
     },
   }

@@ -17,8 +17,9 @@
  * Every request gets one answer line: `<tag> ok` (spawn: `<tag> pid <pid>`) or
  * `<tag> err <errno> <message>`. Requests are served in order, one at a time. A spawned process
  * gets /dev/null as stdin, <output> (opened for appending, created 0600) as stdout and stderr, <fd3>
- * opened read-only as fd 3 unless `-`, its own process group or session, and the helper's
- * environment; when it exits the helper writes `<tag> exit <code> <signal>` (code -1 if killed).
+ * opened read-only as fd 3 unless `-`, its own process group or session, the helper's
+ * environment, and transparent huge pages disabled (below); when it exits the helper writes
+ * `<tag> exit <code> <signal>` (code -1 if killed).
  * Spawning here, with posix_spawn from a small process, blocks nothing: node's spawn() stops the
  * executor's event loop for 12-20 ms per process on this VM class (fork of a large process).
  * The process exits at end of input (its children live on), or if it could not return to the
@@ -37,7 +38,16 @@
  * (open for reading), w (open for writing) and m (mknod). The helper keeps no reference to the
  * program: the cgroup holds it, and removing the cgroup releases it.
  *
- * Build: cc -O2 -Wall -Wextra -o initless-sandbox-helper sandbox-helper.c (scripts/provision.sh).
+ * The helper runs with transparent huge pages disabled (PR_SET_THP_DISABLE), which every process it
+ * spawns inherits across fork and exec: what it spawns is CRIU. A lazy restore premaps each private
+ * area, writes the pages it restores eagerly into it and registers the rest with userfaultfd. Where
+ * THP is `always` (Debian's kernels), writing one page into a 2 MiB-aligned stretch of the premapped
+ * area faults in a whole zero-filled huge page: the lazy pages in that stretch are then present, no
+ * fault ever reaches the lazy-pages daemon, and the restored process reads zeros where its memory
+ * was (Node.js segfaults at once). CRIU's restorer gives the restored tasks their own checkpointed
+ * setting back before they resume.
+ *
+ * Build: the Makefile beside it, driven by scripts/build-native.sh (provisioning, the image build).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -62,6 +72,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -730,6 +741,8 @@ static int serve(char *line) {
 }
 
 int main(void) {
+  /* See the top of this file. Not fatal: only lazy restores on hosts with THP `always` need it. */
+  if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0) perror("sandbox-helper: PR_SET_THP_DISABLE");
   host_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   host_nl = nl_open();
   host_sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);

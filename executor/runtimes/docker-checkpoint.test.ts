@@ -1,28 +1,139 @@
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { test } from 'node:test'
-import { removeContainerdCopies } from './docker-checkpoint.ts'
+import { after, before, describe, test } from 'node:test'
+import { InitlessError } from '../../shared/errors.ts'
+import { createSilentLogger } from '../../shared/logger.ts'
+import { createFakeDocker, type FakeDocker } from '../adapters/docker-fake.ts'
+import type { DockerEngine } from '../adapters/docker.ts'
+import { createCopySweeper } from './containerd-copies.ts'
+import {
+  createDockerCheckpointRuntime,
+  DOCKER_CHECKPOINT_LABEL,
+  type DockerCheckpointRuntime,
+} from './docker-checkpoint.ts'
+import { FAKE_IMAGE, startFakeFunction, type FakeFunction } from './function-fake.ts'
+import type { StartedInstance } from './runtimes.ts'
 
-test("removeContainerdCopies: containerd's copies written since the given time or stale, nothing else", async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'initless-ctrd-'))
-  try {
-    const now = Date.now()
-    const make = async (name: string, agoMs: number) => {
-      await mkdir(join(dir, name))
-      await writeFile(join(dir, name, 'pages-1.img'), 'x')
-      const t = (now - agoMs) / 1000
-      await utimes(join(dir, name), t, t)
-    }
-    await make('ctrd-checkpoint111', 1_000) // left by a call made since `since`
-    await make('ctrd-checkpoint222', 60_000) // older than `since`: maybe another restore's, running
-    await make('ctrd-checkpoint333', 20 * 60_000) // stale: no restore takes that long
-    await make('other-dir', 1_000)
-    await writeFile(join(dir, 'ctrd-checkpoint-file'), 'not a dir')
-    assert.equal(await removeContainerdCopies(now - 10_000, dir), 2)
-    assert.deepEqual((await readdir(dir)).sort(), ['ctrd-checkpoint-file', 'ctrd-checkpoint222', 'other-dir'])
-  } finally {
-    await rm(dir, { recursive: true, force: true })
+let fn: FakeFunction
+before(async () => (fn = await startFakeFunction()))
+after(() => fn.close())
+
+function runtimeOn(fail?: (method: keyof DockerEngine, arg: unknown) => Error | undefined) {
+  const docker = createFakeDocker({ fail, logs: 'last words' })
+  const sweeps: number[] = []
+  const copies = createCopySweeper({
+    logger: createSilentLogger(),
+    remove: async (since) => (sweeps.push(since), 0),
+  })
+  const runtime = createDockerCheckpointRuntime({
+    docker: docker.docker,
+    logger: createSilentLogger(),
+    settleMs: 0,
+    copies,
+  })
+  return { docker, runtime, sweeps }
+}
+
+let n = 0
+function start(runtime: DockerCheckpointRuntime, readiness = '2s'): Promise<StartedInstance> {
+  return runtime.start({
+    instanceId: `d${++n}`,
+    fn: fn.def({ readinessTimeout: readiness }),
+    image: FAKE_IMAGE,
+    hostLabel: 'h1',
+    prepare: () => Promise.reject(new Error('no sandbox')),
+  })
+}
+
+const templates = (d: FakeDocker) =>
+  [...d.containers.values()].filter((c) => c.launch.labels[DOCKER_CHECKPOINT_LABEL] === '1')
+const count = (d: FakeDocker, method: keyof DockerEngine) => d.calls.filter((c) => c.method === method).length
+
+describe('docker checkpoint runtime over a fake Docker engine', () => {
+  const cases: {
+    name: string
+    fail?: (method: keyof DockerEngine, arg: unknown) => Error | undefined
+    /** What happens between the first instance's stop and the second start. */
+    between?: (d: FakeDocker) => void
+    code?: string
+    /** Template containers created over the two starts. */
+    creates?: number
+  }[] = [
+    { name: 'a template is prepared once and restored again after a stop', creates: 1 },
+    {
+      name: 'a vanished template is made again',
+      between: (d) => d.containers.clear(),
+      creates: 2,
+    },
+    {
+      name: 'preparing the template fails its checkpoint: the container goes',
+      fail: (m) => (m === 'checkpointContainer' ? new Error('criu dump failed') : undefined),
+      code: 'ERR_BAKE_CHECKPOINT_FAILED',
+    },
+  ]
+  for (const c of cases) {
+    test(c.name, async () => {
+      const on = runtimeOn(c.fail)
+      const docker = on.docker
+      if (c.code) {
+        await assert.rejects(start(on.runtime), (err: InitlessError) => err.code === c.code)
+        assert.deepEqual(templates(docker), [], 'nothing left')
+        return
+      }
+      const first = await start(on.runtime)
+      assert.equal(first.runtime, 'docker')
+      assert.equal(first.ip, '127.0.0.1')
+      // One instance per function: its checkpoint lives in one container.
+      await assert.rejects(start(on.runtime), (err: InitlessError) => {
+        assert.equal(err.code, 'ERR_RESTORE_FAILED')
+        assert.match(err.message, /one instance per function/)
+        return true
+      })
+      await on.runtime.stop(first)
+      assert.equal(templates(docker).length, 1, 'a stop keeps the template')
+      assert.equal(templates(docker)[0]!.running, false)
+      c.between?.(docker)
+      const second = await start(on.runtime)
+      assert.equal(count(docker, 'createContainer'), c.creates)
+      await on.runtime.stop(second)
+      assert.ok(on.sweeps.length >= 1, "containerd's copies are swept after stops")
+      await on.runtime.discard()
+      assert.deepEqual(templates(docker), [])
+    })
   }
+
+  test('a template that does not restore is removed, and the next start makes a new one', async () => {
+    let failRestore = true
+    const on = runtimeOn((m) =>
+      m === 'startFromCheckpoint' && failRestore
+        ? new InitlessError('ERR_COMMAND_FAILED', 'restore failed')
+        : undefined,
+    )
+    await assert.rejects(start(on.runtime), (err: InitlessError) => {
+      assert.equal(err.code, 'ERR_RESTORE_FAILED')
+      assert.match(err.message, /docker restore failed.*\n?.*last words/s)
+      return true
+    })
+    assert.deepEqual(templates(on.docker), [])
+    failRestore = false
+    const inst = await start(on.runtime)
+    assert.equal(count(on.docker, 'createContainer'), 2)
+    await on.runtime.stop(inst)
+    await on.runtime.discard()
+  })
+
+  test('a restored template that never gets ready is removed: ERR_RESTORE_FAILED', async () => {
+    const on = runtimeOn()
+    const first = await start(on.runtime, '500ms')
+    await on.runtime.stop(first)
+    fn.setReady(false)
+    try {
+      await assert.rejects(
+        start(on.runtime, '500ms'),
+        (err: InitlessError) => err.code === 'ERR_RESTORE_FAILED',
+      )
+    } finally {
+      fn.setReady(true)
+    }
+    assert.deepEqual(templates(on.docker), [])
+  })
 })

@@ -3,61 +3,46 @@
  * `docker start --checkpoint`), kept as the reference the benchmarks compare runc + CRIU against.
  * Never chosen by a restore policy; only a job that asks for runtime `docker` gets it.
  *
- * Docker 20.10 refuses `--checkpoint-dir` on start ("custom checkpointdir is not supported"), so a
- * checkpoint can only be restored into the container it was taken from. Each function therefore
- * gets ONE template container, `initless-ckpt-<fn>-<image short id>`, prepared lazily on first use:
- * created like the boot runtime's container, started, probed for readiness, warmed up as bake.ts
- * does, and checkpointed with `Exit: true`. A restore starts that container from its checkpoint; a
- * stop is `docker stop` without removal, so the checkpoint can be restored again. Consequence: one
- * docker-runtime instance per function at a time. Nothing is stored outside Docker: templates are
- * labelled with the host (reconcile removes them after a crash) and rebuilt on demand.
- *
- * containerd 1.6 (Debian 12's) leaves a full copy of the checkpoint in its temp dir
- * (`/tmp/ctrd-checkpoint*`) after every checkpoint and every restore: ~1 GB per flask-table cold
- * start, 60 GB over two days of benchmarks before the disk filled. This runtime removes the copies
- * its own calls left (see `removeContainerdCopies`).
+ * A checkpoint restores only into the container it was taken from (docker-template.ts): a restore
+ * starts the function's template container from its checkpoint, and a stop is `docker stop`
+ * without removal, so the checkpoint can be restored again. Consequence: one docker-runtime
+ * instance per function at a time. Nothing is stored outside Docker.
  */
-import { readdir, rm, stat } from 'node:fs/promises'
-import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { InitlessError, errorMessage, isInitlessError, type ErrorCode } from '../../shared/errors.ts'
-import type { FunctionDef } from '../../shared/functions.ts'
-import { manifestHash } from '../../shared/manifest.ts'
-import type { DockerEngine, ImageConfig } from '../adapters/docker.ts'
+import { InitlessError, errorMessage } from '../../shared/errors.ts'
 import { waitReady } from '../adapters/probe.ts'
-import { warmUp } from '../snapshots/warmup.ts'
+import { createCopySweeper, type CopySweeper } from './containerd-copies.ts'
+import {
+  checkpointTemplate,
+  DOCKER_CHECKPOINT_LABEL,
+  DOCKER_CHECKPOINT_NAME,
+  templateKey,
+  watchRunning,
+  type DockerCheckpointEngine,
+  type Template,
+  type TemplateDeps,
+} from './docker-template.ts'
 import type { Runtime, StartRequest, StartedInstance } from './runtimes.ts'
 
-/** Label on every template container (value `1`). */
-export const DOCKER_CHECKPOINT_LABEL = 'initless.docker-checkpoint'
-/** The checkpoint's name inside its container. */
-export const DOCKER_CHECKPOINT_NAME = 'initless'
-export const TEMPLATE_PREFIX = 'initless-ckpt-'
+export { CONTAINERD_TMP, removeContainerdCopies } from './containerd-copies.ts'
+export {
+  DOCKER_CHECKPOINT_LABEL,
+  DOCKER_CHECKPOINT_NAME,
+  TEMPLATE_PREFIX,
+  templateName,
+  type DockerCheckpointEngine,
+} from './docker-template.ts'
 
 /** Restore probing: the socket is usually there at once (as for the runc runtimes). */
 const RESTORE_PROBE_INTERVAL_MS = 1
-/** How often a starting container is checked for having exited (dockerd inspect calls). */
-const LIVENESS_POLL_MS = 200
-
-export type DockerCheckpointEngine = Pick<
-  DockerEngine,
-  | 'createContainer'
-  | 'startContainer'
-  | 'checkpointContainer'
-  | 'startFromCheckpoint'
-  | 'stopContainer'
-  | 'signalContainer'
-  | 'removeContainer'
-  | 'containerRunning'
-  | 'containerLogs'
-  | 'listContainers'
->
 
 export interface DockerCheckpointDeps {
   readonly docker: DockerCheckpointEngine
   readonly logger: Logger
   /** Pause after warm-up so runtimes finish deferred work before the dump (bake.ts's settle). */
   readonly settleMs?: number
+  /** containerd's checkpoint copies (default: removed from its temp dir). */
+  readonly copies?: CopySweeper
 }
 
 export interface DockerCheckpointRuntime extends Runtime {
@@ -67,207 +52,100 @@ export interface DockerCheckpointRuntime extends Runtime {
   discard(fn?: string): Promise<void>
 }
 
-interface Template {
-  /** Image id + manifest hash: the inputs the checkpoint was taken from. */
-  readonly key: string
-  readonly name: string
-  readonly containerId: string
-  readonly hostLabel: string
+/** Per function, the template its checkpoint lives in, prepared on first use. */
+function createTemplates(deps: TemplateDeps, log: Logger) {
+  const templates = new Map<string, Template>()
+  const remove = async (fn: string): Promise<void> => {
+    const t = templates.get(fn)
+    if (!t) return
+    templates.delete(fn)
+    await deps.docker.removeContainer(t.containerId)
+    log.info({ fn, container: t.name }, 'docker checkpoint template removed')
+  }
+  return {
+    get: (fn: string) => templates.get(fn),
+    names: () => [...templates.keys()],
+    remove,
+    forget: (fn: string) => void templates.delete(fn),
+    async for(req: StartRequest): Promise<Template> {
+      const key = templateKey(req.fn, req.image)
+      const cached = templates.get(req.fn.name)
+      if (cached?.key === key) return cached
+      // Another image or manifest: the old checkpoint can never be restored again.
+      await remove(req.fn.name)
+      const t = await checkpointTemplate(deps, req.fn, req.image, req.hostLabel, log)
+      templates.set(req.fn.name, t)
+      return t
+    },
+    async exists(containerId: string): Promise<boolean> {
+      const list = await deps.docker.listContainers(`${DOCKER_CHECKPOINT_LABEL}=1`)
+      return list.some((c) => c.id === containerId)
+    },
+  }
 }
 
-/** Where containerd (started without TMPDIR) makes its checkpoint copies. */
-export const CONTAINERD_TMP = '/tmp'
-const CONTAINERD_COPY_PREFIX = 'ctrd-checkpoint'
-/** A copy this old is no restore's any more (flask-table's takes ~30 s): left by a crash. */
-const CONTAINERD_COPY_STALE_MS = 10 * 60_000
+type Templates = ReturnType<typeof createTemplates>
+
+/** What the runtime's steps share. */
+interface Ctx {
+  readonly docker: DockerCheckpointEngine
+  readonly copies: CopySweeper
+  readonly templates: Templates
+  readonly log: Logger
+}
 
 /**
- * Remove containerd's leftover checkpoint copies: those last written from `sinceMs` (epoch ms) on,
- * i.e. by the calls this runtime made since then (call it when none of its calls is running), and
- * any older than ten minutes. Returns how many it removed.
+ * Start the template from its checkpoint; a template that vanished is made again once. `held`
+ * names the template in use as soon as there is one (a failure after that is the template's).
  */
-export async function removeContainerdCopies(sinceMs: number, dir = CONTAINERD_TMP): Promise<number> {
-  let removed = 0
-  const now = Date.now()
-  for (const name of await readdir(dir).catch(() => [] as string[])) {
-    if (!name.startsWith(CONTAINERD_COPY_PREFIX)) continue
-    const path = join(dir, name)
-    const st = await stat(path).catch(() => undefined)
-    if (!st?.isDirectory()) continue
-    if (st.mtimeMs < sinceMs && now - st.mtimeMs < CONTAINERD_COPY_STALE_MS) continue
-    await rm(path, { recursive: true, force: true })
-    removed++
+async function restoreTemplate(
+  ctx: Ctx,
+  req: StartRequest,
+  held: { template?: Template },
+): Promise<{ ip: string; t0: number }> {
+  const start = async () => {
+    const template = (held.template = await ctx.templates.for(req))
+    const t0 = performance.now()
+    const { ip } = await ctx.copies.tracked(() =>
+      ctx.docker.startFromCheckpoint(template.containerId, DOCKER_CHECKPOINT_NAME),
+    )
+    return { ip, t0 }
   }
-  return removed
+  try {
+    return await start()
+  } catch (err) {
+    if (!held.template || (await ctx.templates.exists(held.template.containerId))) throw err
+    // Removed by hand, or by reconcile of a restarted executor: make a new one and restore that.
+    ctx.log.warn(
+      { fn: req.fn.name, container: held.template.name },
+      'docker checkpoint template vanished; recreating',
+    )
+    ctx.templates.forget(req.fn.name)
+    return start()
+  }
 }
 
-/** `initless-ckpt-<fn>-<first 12 hex digits of the image id>`. */
-export function templateName(fn: string, imageId: string): string {
-  return `${TEMPLATE_PREFIX}${fn}-${imageId.replace(/^sha256:/, '').slice(0, 12)}`
+/** A template that does not restore is not tried again (as a broken snapshot). */
+async function failedRestore(ctx: Ctx, fn: string, template: Template, err: unknown): Promise<never> {
+  const logs = await ctx.docker.containerLogs(template.containerId, 15).catch(() => '')
+  await ctx.templates.remove(fn).catch(() => undefined)
+  await ctx.copies.sweep()
+  throw new InitlessError(
+    'ERR_RESTORE_FAILED',
+    `${fn}: docker restore failed: ${errorMessage(err)}${logs.trim() ? `\n${logs.trim()}` : ''}`,
+    { cause: err },
+  )
 }
 
 /** Create the `docker` runtime (one template container and one live instance per function). */
 export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): DockerCheckpointRuntime {
   const log = deps.logger.child({ module: 'docker-checkpoint' })
-  const docker = deps.docker
-  const templates = new Map<string, Template>()
+  const { docker } = deps
+  const copies = deps.copies ?? createCopySweeper({ logger: log })
+  const templates = createTemplates({ docker, copies, settleMs: deps.settleMs }, log)
+  const ctx: Ctx = { docker, copies, templates, log }
   /** fn -> id of the instance holding (or starting from) its template. */
   const busy = new Map<string, string>()
-  /** Checkpoint and restore calls running, and when the earliest unswept one began. */
-  let calls = 0
-  let unsweptSince: number | undefined
-
-  /** Run a Docker checkpoint or restore call, remembering that it may leave a containerd copy. */
-  async function tracked<T>(call: () => Promise<T>): Promise<T> {
-    unsweptSince ??= Date.now()
-    calls++
-    try {
-      return await call()
-    } finally {
-      calls--
-    }
-  }
-
-  /**
-   * Remove the copies containerd left for the calls made since the last sweep, once none runs. Called
-   * when an instance stops, not after the restore: the benchmark times this runtime's restores.
-   */
-  async function sweepCopies(): Promise<void> {
-    if (calls > 0 || unsweptSince === undefined) return
-    const since = unsweptSince
-    unsweptSince = undefined
-    const n = await removeContainerdCopies(since).catch((err: unknown) => {
-      log.warn({ err: errorMessage(err) }, "removing containerd's checkpoint copies failed")
-      return 0
-    })
-    if (n) log.debug({ removed: n }, "removed containerd's checkpoint copies")
-  }
-
-  /** Polls dockerd in the background: waitReady's `isAlive` is synchronous. */
-  function watchRunning(id: string): { isAlive: () => boolean; stop: () => void } {
-    let alive = true
-    const timer = setInterval(() => {
-      void docker.containerRunning(id).then(
-        (running) => {
-          if (!running) alive = false
-        },
-        () => undefined,
-      )
-    }, LIVENESS_POLL_MS)
-    timer.unref()
-    return { isAlive: () => alive, stop: () => clearInterval(timer) }
-  }
-
-  async function failWith(code: ErrorCode, fn: string, id: string, err: unknown): Promise<never> {
-    const output = (await docker.containerLogs(id, 15).catch(() => '')).trim()
-    throw new InitlessError(
-      code,
-      `${fn}: docker checkpoint: ${errorMessage(err)}${output ? `\n--- last output of ${fn}:\n${output}` : ''}`,
-      { cause: err, details: { fn, output } },
-    )
-  }
-
-  async function removeTemplate(fn: string): Promise<void> {
-    const t = templates.get(fn)
-    if (!t) return
-    templates.delete(fn)
-    await docker.removeContainer(t.containerId)
-    log.info({ fn, container: t.name }, 'docker checkpoint template removed')
-  }
-
-  /** Boot, warm up and checkpoint a new template container. */
-  async function prepare(fn: FunctionDef, image: ImageConfig, hostLabel: string): Promise<Template> {
-    const m = fn.manifest
-    const started = performance.now()
-    const name = templateName(fn.name, image.id)
-    // Leftovers of this host (a previous process without reconcile, an older image) go; a template
-    // of another executor sharing this Docker engine is not ours to remove.
-    for (const c of await docker.listContainers(`${DOCKER_CHECKPOINT_LABEL}=1`)) {
-      const mine = c.labels['initless.host'] === hostLabel
-      if (c.name === name && !mine)
-        throw new InitlessError(
-          'ERR_RESTORE_FAILED',
-          `${fn.name}: docker runtime: container ${name} belongs to host ${c.labels['initless.host'] ?? '?'}`,
-        )
-      if (mine && c.labels['initless.fn'] === fn.name) await docker.removeContainer(c.id)
-    }
-    const id = await docker.createContainer({
-      name,
-      image: image.id,
-      ...(m.command ? { cmd: m.command } : {}),
-      env: Object.entries(m.env).map(([k, v]) => `${k}=${v}`),
-      memoryBytes: m.resources.memory,
-      cpus: m.resources.cpus,
-      pids: m.resources.pids,
-      labels: {
-        'initless.fn': fn.name,
-        'initless.host': hostLabel,
-        [DOCKER_CHECKPOINT_LABEL]: '1',
-        'initless.image': image.id,
-      },
-    })
-    const watch = watchRunning(id)
-    try {
-      const { ip } = await docker.startContainer(id)
-      await waitReady(ip, m.port, {
-        path: m.readiness.path,
-        expect: m.readiness.expect,
-        timeoutMs: m.readiness.timeout,
-        intervalMs: m.readiness.interval,
-        isAlive: watch.isAlive,
-      }).catch((err: unknown) => failWith('ERR_BAKE_NOT_READY', fn.name, id, err))
-      const warmupRequests = await warmUp(fn.manifest, ip, watch.isAlive).catch((err: unknown) =>
-        failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, err),
-      )
-      // The same preparation as a snapshot's bake (bake.ts), so the two paths restore the same state.
-      const signal = m.restore.checkpointSignal
-      if (signal)
-        await docker
-          .signalContainer(id, signal)
-          .catch((err: unknown) => failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, err))
-      await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))
-      if (!(await docker.containerRunning(id)))
-        await failWith('ERR_BAKE_WARMUP_FAILED', fn.name, id, new Error('the process exited after warm-up'))
-      watch.stop()
-      // Exit: true — the container stops; its checkpoint stays with it.
-      await tracked(() => docker.checkpointContainer(id, DOCKER_CHECKPOINT_NAME)).catch((err: unknown) =>
-        failWith('ERR_BAKE_CHECKPOINT_FAILED', fn.name, id, err),
-      )
-      log.info(
-        { fn: fn.name, container: name, warmupRequests, ms: Math.round(performance.now() - started) },
-        'docker checkpoint prepared',
-      )
-      return { key: `${image.id}/${manifestHash(m)}`, name, containerId: id, hostLabel }
-    } catch (err) {
-      await docker.removeContainer(id).catch(() => undefined)
-      if (isInitlessError(err)) throw err
-      throw new InitlessError(
-        'ERR_BAKE_CHECKPOINT_FAILED',
-        `${fn.name}: docker checkpoint: ${errorMessage(err)}`,
-        {
-          cause: err,
-        },
-      )
-    } finally {
-      watch.stop()
-    }
-  }
-
-  async function templateFor(req: StartRequest): Promise<Template> {
-    const key = `${req.image.id}/${manifestHash(req.fn.manifest)}`
-    const cached = templates.get(req.fn.name)
-    if (cached?.key === key) return cached
-    // Another image or manifest: the old checkpoint can never be restored again.
-    await removeTemplate(req.fn.name)
-    const t = await prepare(req.fn, req.image, req.hostLabel)
-    templates.set(req.fn.name, t)
-    return t
-  }
-
-  async function exists(containerId: string): Promise<boolean> {
-    const list = await docker.listContainers(`${DOCKER_CHECKPOINT_LABEL}=1`)
-    return list.some((c) => c.id === containerId)
-  }
 
   return {
     kind: 'docker',
@@ -287,31 +165,14 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
         )
       }
       busy.set(fn, req.instanceId)
-      let template: Template | undefined
+      const held: { template?: Template } = {}
       try {
-        template = await templateFor(req)
-        let t0 = performance.now()
-        let ip: string
-        try {
-          ;({ ip } = await tracked(() =>
-            docker.startFromCheckpoint(template!.containerId, DOCKER_CHECKPOINT_NAME),
-          ))
-        } catch (err) {
-          if (await exists(template.containerId)) throw err
-          // The template vanished (removed by hand, by reconcile of a restarted executor): make a
-          // new one and restore that.
-          log.warn({ fn, container: template.name }, 'docker checkpoint template vanished; recreating')
-          templates.delete(fn)
-          template = await templateFor(req)
-          t0 = performance.now()
-          ;({ ip } = await tracked(() =>
-            docker.startFromCheckpoint(template!.containerId, DOCKER_CHECKPOINT_NAME),
-          ))
-        }
+        const restored = await restoreTemplate(ctx, req, held)
+        const template = held.template!
         const t1 = performance.now()
-        const watch = watchRunning(template.containerId)
+        const watch = watchRunning(docker, template.containerId)
         try {
-          await waitReady(ip, m.port, {
+          await waitReady(restored.ip, m.port, {
             path: m.readiness.path,
             expect: m.readiness.expect,
             timeoutMs: Math.min(m.readiness.timeout, 30_000),
@@ -326,27 +187,19 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
           id: req.instanceId,
           fn,
           runtime: 'docker',
-          ip,
+          ip: restored.ip,
           port: m.port,
           containerId: template.containerId,
           pooled: false,
-          phases: { sandboxMs: 0, restoreMs: t1 - t0, readyMs: t2 - t1 },
+          phases: { sandboxMs: 0, restoreMs: t1 - restored.t0, readyMs: t2 - t1 },
           snapshotBytes: 0,
         }
       } catch (err) {
         busy.delete(fn)
+        const template = held.template
         // Preparation errors carry their own code (ERR_BAKE_*) and left nothing behind.
         if (!template || templates.get(fn) !== template) throw err
-        // A template that does not restore is not tried again (as a broken snapshot): the next
-        // start prepares a fresh one.
-        const logs = await docker.containerLogs(template.containerId, 15).catch(() => '')
-        await removeTemplate(fn).catch(() => undefined)
-        await sweepCopies()
-        throw new InitlessError(
-          'ERR_RESTORE_FAILED',
-          `${fn}: docker restore failed: ${errorMessage(err)}${logs.trim() ? `\n${logs.trim()}` : ''}`,
-          { cause: err },
-        )
+        return failedRestore(ctx, fn, template, err)
       }
     },
 
@@ -359,21 +212,21 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
           { fn: inst.fn, id: inst.id, err: errorMessage(err) },
           'docker stop failed; removing template',
         )
-        if (templates.get(inst.fn)?.containerId === inst.containerId) await removeTemplate(inst.fn)
+        if (templates.get(inst.fn)?.containerId === inst.containerId) await templates.remove(inst.fn)
         else if (inst.containerId) await docker.removeContainer(inst.containerId)
       } finally {
         if (busy.get(inst.fn) === inst.id) busy.delete(inst.fn)
-        await sweepCopies()
+        await copies.sweep()
       }
     },
 
     async discard(fn) {
-      for (const name of [...templates.keys()]) {
+      for (const name of templates.names()) {
         if (fn !== undefined && name !== fn) continue
-        await removeTemplate(name)
+        await templates.remove(name)
         busy.delete(name)
       }
-      await sweepCopies()
+      await copies.sweep()
     },
   }
 }

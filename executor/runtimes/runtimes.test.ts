@@ -1,8 +1,14 @@
 import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'node:test'
 import type { RuntimeKind } from '../../shared/contracts.ts'
 import type { RestorePolicy } from '../../shared/manifest.ts'
-import { chooseRuntime } from './runtimes.ts'
+import type { Criu } from '../adapters/criu.ts'
+import type { Runc } from '../adapters/runc.ts'
+import type { Sandbox, SandboxManager } from '../sandbox/sandbox.ts'
+import { chooseRuntime, restoreIntoSandbox } from './runtimes.ts'
 
 const MiB = 1024 * 1024
 const THRESHOLD = 64 * MiB
@@ -33,5 +39,72 @@ const cases: Array<[RestorePolicy, number | undefined, number, RuntimeKind]> = [
 for (const [policy, bytes, threshold, expected] of cases) {
   test(`policy ${policy}, snapshot ${bytes ?? 'none'}, threshold ${threshold} -> ${expected}`, () => {
     assert.equal(chooseRuntime(policy, bytes, threshold), expected)
+  })
+}
+
+/** restoreIntoSandbox's adapters, recording what they are asked to do (eager restores only). */
+function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: SandboxManager } {
+  const unexpected = (what: string) => () => Promise.reject(new Error(`unexpected ${what}`))
+  return {
+    runc: {
+      run: unexpected('runc run'),
+      checkpoint: unexpected('runc checkpoint'),
+      restore: async (id) => void calls.push(`runc restore ${id}`),
+      kill: unexpected('runc kill'),
+      delete: unexpected('runc delete'),
+      state: unexpected('runc state'),
+      list: unexpected('runc list'),
+    },
+    criu: {
+      version: unexpected('criu version'),
+      restore: async (req) => {
+        calls.push(`criu restore --cgroup-root ${req.cgroupRoot}`)
+        return 1
+      },
+      writeRestoreConfig: async (path, opts) =>
+        void calls.push(`config ${path} lazy=${opts.lazy} cgroup-root=${opts.cgroupRoot}`),
+      startLazyPages: unexpected('criu lazy-pages'),
+    },
+    sandboxes: {
+      prepare: unexpected('prepare'),
+      restorePath: unexpected('restorePath'),
+      workDir: unexpected('workDir'),
+      limitCpu: async (sb) => void calls.push(`limit cpu ${sb.id}`),
+      destroy: unexpected('destroy'),
+    },
+  }
+}
+
+for (const direct of [false, true]) {
+  test(`restoreIntoSandbox: ${direct ? 'criu restore' : 'runc restore'} puts the process in the sandbox's cgroup`, async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'restore-into-'))
+    t.after(() => rm(dir, { recursive: true, force: true }))
+    const sb: Sandbox = {
+      id: 'fn-1',
+      fn: 'fn',
+      dir,
+      bundle: join(dir, 'bundle'),
+      rootfs: join(dir, 'bundle', 'rootfs'),
+      criuWorkDir: dir,
+      criuConfig: join(dir, 'criu.conf'),
+      logFile: join(dir, 'output.log'),
+      pidFile: join(dir, 'pid'),
+      netns: { name: 'initless-fn-1', path: '/var/run/netns/initless-fn-1', ip: '10.0.0.2' },
+      lowers: [],
+      cpus: 0.5,
+      ...(direct ? { direct: { externalMounts: [] } } : {}),
+    }
+    const calls: string[] = []
+    await restoreIntoSandbox(recordingDeps(calls), sb, join(dir, 'images'), false)
+    assert.deepEqual(
+      calls,
+      direct
+        ? ['criu restore --cgroup-root /initless/fn-1', 'limit cpu fn-1']
+        : [
+            `config ${sb.criuConfig} lazy=false cgroup-root=/initless/fn-1`,
+            'runc restore fn-1',
+            'limit cpu fn-1',
+          ],
+    )
   })
 }

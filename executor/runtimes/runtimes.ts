@@ -65,7 +65,10 @@ export interface Runtime {
 }
 
 /** Kill a pooled sandbox's daemon (if any) and release the sandbox. */
-export async function discardPooled(sandboxes: SandboxManager, pooled: PooledSandbox): Promise<void> {
+export async function discardPooled(
+  sandboxes: Pick<SandboxManager, 'destroy'>,
+  pooled: PooledSandbox,
+): Promise<void> {
   killLazyPages(pooled.lazyDaemon)
   await sandboxes.destroy(pooled.sandbox)
 }
@@ -94,7 +97,7 @@ export async function restoreIntoSandbox(
 ): Promise<SandboxRestore> {
   const usable = started && isProcessAlive(started.pid) ? started : undefined
   if (!lazy) killLazyPages(usable)
-  if (!sb.direct) await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy })
+  if (!sb.direct) await deps.criu.writeRestoreConfig(sb.criuConfig, { lazy, cgroupRoot: cgroupPath(sb.id) })
   const daemon = lazy ? (usable ?? (await deps.criu.startLazyPages(imagesDir, sb.criuWorkDir))) : undefined
   try {
     let criuMs: number | undefined

@@ -7,10 +7,9 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { errorMessage } from '../../shared/errors.ts'
+import { errorMessage, InitlessError } from '../../shared/errors.ts'
 import type { Criu } from '../adapters/criu.ts'
-import type { CommandRunner } from '../adapters/exec.ts'
+import { NATIVE_DIR } from '../adapters/native.ts'
 import { isProcessAlive, readPidFile } from '../adapters/process.ts'
 import { httpOnce, waitReady } from '../adapters/probe.ts'
 import type { Runc } from '../adapters/runc.ts'
@@ -27,29 +26,25 @@ export interface SelfTestStep {
 }
 
 export interface SelfTestDeps {
-  readonly run: CommandRunner
   readonly runc: Runc
   readonly criu: Criu
   readonly sandboxes: SandboxManager
-  /** Scratch space for the probe binary, its rootfs and the checkpoint. */
+  /** Scratch space for the probe's rootfs and the checkpoint. */
   readonly workDir: string
+  /** The static probe server (native.ts installedProbeServer); undefined: not installed. */
+  readonly probeServer: string | undefined
   readonly port?: number
 }
 
-const SOURCE = fileURLToPath(new URL('../native/probe-server.c', import.meta.url))
-/**
- * The probe compiled ahead (the image's build stage puts it beside this module, so the final image
- * needs no compiler). Without it the probe is compiled here from SOURCE.
- */
-const PREBUILT = fileURLToPath(new URL('../native/probe-server', import.meta.url))
-
-/** The static probe in a one-file rootfs, cached by the hash of the binary or of its source. */
+/** The static probe in a one-file rootfs, cached by the hash of the binary. */
 async function prepareProbeRootfs(deps: SelfTestDeps): Promise<string> {
-  const prebuilt = await readFile(PREBUILT).catch(() => undefined)
-  const hash = createHash('sha256')
-    .update(prebuilt ?? (await readFile(SOURCE)))
-    .digest('hex')
-    .slice(0, 16)
+  if (!deps.probeServer)
+    throw new InitlessError(
+      'ERR_CONFIG_INVALID',
+      `no probe server installed in ${NATIVE_DIR}: run scripts/build-native.sh (scripts/provision.sh runs it)`,
+    )
+  const binary = await readFile(deps.probeServer)
+  const hash = createHash('sha256').update(binary).digest('hex').slice(0, 16)
   const rootfs = join(deps.workDir, `probe-rootfs-${hash}`)
   if (
     await stat(join(rootfs, 'probe-server')).then(
@@ -61,11 +56,8 @@ async function prepareProbeRootfs(deps: SelfTestDeps): Promise<string> {
   const tmp = `${rootfs}.tmp-${process.pid}`
   await rm(tmp, { recursive: true, force: true })
   for (const d of ['proc', 'dev', 'sys', 'etc', 'tmp']) await mkdir(join(tmp, d), { recursive: true })
-  if (prebuilt) await copyFile(PREBUILT, join(tmp, 'probe-server'))
-  else
-    await deps.run('gcc', ['-O2', '-static', '-o', join(tmp, 'probe-server'), SOURCE], {
-      timeoutMs: 120_000,
-    })
+  await copyFile(deps.probeServer, join(tmp, 'probe-server'))
+  await chmod(join(tmp, 'probe-server'), 0o755)
   await chmod(join(tmp, 'tmp'), 0o1777)
   await writeFile(join(tmp, 'etc', 'hosts'), '127.0.0.1 localhost\n')
   await rm(rootfs, { recursive: true, force: true })

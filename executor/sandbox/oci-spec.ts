@@ -33,7 +33,7 @@ export interface OciSpecInput {
   readonly pids: number
   /**
    * CRIU configuration file runc hands to CRIU (`org.criu.config`) on checkpoint and on restore
-   * (criu.ts criuConfigText: what a dump gets, and `lazy-pages` only in a lazy restore's).
+   * (criu.ts: criuDumpConfigText for a checkpoint, criuRestoreConfigText for a restore).
    */
   readonly criuConfig?: string
   /** `linux.seccomp`: the filter runc installs before it executes the process. Unset: none. */

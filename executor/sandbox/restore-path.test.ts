@@ -2,7 +2,13 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { InitlessError } from '../../shared/errors.ts'
 import { ALLOWED_DEVICES, type CgroupLayout } from '../adapters/cgroups.ts'
-import { formatRestorePath, probeRestorePath, type RestorePath } from './restore-path.ts'
+import {
+  formatRestorePath,
+  lazyRestoreHazard,
+  parseThpMode,
+  probeRestorePath,
+  type RestorePath,
+} from './restore-path.ts'
 import type { HelperRequest } from '../adapters/sandbox-helper.ts'
 import { fakeSandboxHelper } from '../adapters/sandbox-helper-fake.ts'
 
@@ -84,4 +90,30 @@ test('probeRestorePath: direct on v1, and on v2 when the kernel takes the device
       c.name,
     )
   }
+})
+
+test('parseThpMode: the bracketed mode of the kernel setting', () => {
+  assert.equal(parseThpMode('[always] madvise never\n'), 'always')
+  assert.equal(parseThpMode('always [madvise] never\n'), 'madvise')
+  assert.equal(parseThpMode('always madvise [never]\n'), 'never')
+  assert.equal(parseThpMode(''), undefined)
+})
+
+test('lazyRestoreHazard: only THP always with CRIU not spawned by the sandbox helper', () => {
+  const runc = { direct: false }
+  const direct = { direct: true }
+  for (const mode of ['madvise', 'never', undefined]) {
+    assert.equal(lazyRestoreHazard(runc, false, mode), undefined, String(mode))
+    assert.equal(lazyRestoreHazard(direct, false, mode), undefined, String(mode))
+  }
+  assert.equal(lazyRestoreHazard(direct, true, 'always'), undefined)
+  assert.match(
+    lazyRestoreHazard(runc, true, 'always') ?? '',
+    /'always' and runc restore: lazy restores .* crash/,
+  )
+  assert.match(lazyRestoreHazard(runc, false, 'always') ?? '', /runc restore/)
+  assert.match(
+    lazyRestoreHazard(direct, false, 'always') ?? '',
+    /criu restore is started without the sandbox helper/,
+  )
 })

@@ -4,6 +4,7 @@
  * give the sandbox's cgroup what runc would: on cgroup v1 file writes; on cgroup v2 also the device
  * rules, an eBPF program only the sandbox helper can load and attach. docs/cgroup-v2.md.
  */
+import { readFile } from 'node:fs/promises'
 import { errorMessage, isInitlessError } from '../../shared/errors.ts'
 import { ALLOWED_DEVICES, type CgroupLayout } from '../adapters/cgroups.ts'
 import type { SandboxHelper } from '../adapters/sandbox-helper.ts'
@@ -52,4 +53,34 @@ export async function probeRestorePath(opts: {
 /** `direct (cgroup v1)`, `runc restore (cgroup v2, sandbox helper off)`... */
 export function formatRestorePath(path: RestorePath): string {
   return `${path.direct ? 'direct' : 'runc restore'} (${path.reason})`
+}
+
+/** Where the kernel says whether anonymous memory gets transparent huge pages. */
+export const THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+/** The selected mode of a THP setting text (`always [madvise] never` -> `madvise`). */
+export function parseThpMode(text: string): string | undefined {
+  return /\[(\w+)\]/.exec(text)?.[1]
+}
+
+/** This host's THP mode; undefined without THP (a kernel built without it). */
+export async function readThpMode(file = THP_SETTING): Promise<string | undefined> {
+  return readFile(file, 'utf8').then(parseThpMode, () => undefined)
+}
+
+/**
+ * Why lazy restores fail on this host, if they do. Where THP is `always`, CRIU writing the eagerly
+ * restored pages of an area faults in zero-filled huge pages over its lazy pages, and the restored
+ * process reads zeros (docs/cgroup-v2-vm.md, finding 5). The sandbox helper spawns CRIU with THP
+ * disabled, but only direct restores are spawned by it: `runc restore` and, without a helper,
+ * `criu restore` are started by node, which cannot set the flag.
+ */
+export function lazyRestoreHazard(
+  path: Pick<RestorePath, 'direct'>,
+  helper: boolean,
+  thpMode: string | undefined,
+): string | undefined {
+  if (thpMode !== 'always' || (path.direct && helper)) return undefined
+  const by = path.direct ? 'criu restore is started without the sandbox helper' : 'runc restore'
+  return `transparent huge pages are 'always' and ${by}: lazy restores read zeros where their lazy pages were and crash`
 }

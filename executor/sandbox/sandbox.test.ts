@@ -17,7 +17,8 @@ import { formatRestorePath } from './restore-path.ts'
 import { createRunc } from '../adapters/runc.ts'
 import type { HelperRequest, SandboxHelper } from '../adapters/sandbox-helper.ts'
 import { fakeSandboxHelper } from '../adapters/sandbox-helper-fake.ts'
-import { createSandboxManager, type SandboxRequest } from './sandbox.ts'
+import { sandboxRequest } from './sandbox-fake.ts'
+import { createSandboxManager } from './sandbox.ts'
 
 const network: NetworkManager = {
   ensureBridge: async () => {},
@@ -65,19 +66,6 @@ function managerOn(dir: string, layout: CgroupLayout, helper: SandboxHelper | un
 /** The probe, and the cgroup made through the helper, as every v2 prepare with a helper starts. */
 const CHECK: HelperRequest = { op: 'device-filter-check', args: [...ALLOWED_DEVICES] }
 const MKDIR_V2: HelperRequest = { op: 'mkdir', args: ['<root>/initless/sb1'] }
-
-function request(id: string, forRestore: boolean): SandboxRequest {
-  return {
-    id,
-    fn: 'hello',
-    lowers: ['/snapshots/hello/upper', '/images/hello/rootfs'],
-    process: { args: ['node', 'server.js'], env: [], cwd: '/', uid: 0, gid: 0 },
-    memoryBytes: 128 * 1024 * 1024,
-    cpus: 0.5,
-    pids: 64,
-    forRestore,
-  }
-}
 
 test('prepare: direct restores where the cgroup gets what runc would set, runc restore elsewhere', async () => {
   const cases: {
@@ -175,7 +163,7 @@ test('prepare: direct restores where the cgroup gets what runc would set, runc r
       const layout = await c.layout(dir)
       const fake = c.helper ? fakeSandboxHelper(c.helper) : undefined
       const { sandboxes, calls } = managerOn(dir, layout, fake?.helper)
-      const sb = await sandboxes.prepare(request('sb1', c.forRestore))
+      const sb = await sandboxes.prepare(sandboxRequest('sb1', c.forRestore))
       assert.equal(sb.direct !== undefined, c.direct, c.name)
       if (sb.direct) {
         // CRIU maps the container's bind mounts, the cgroup one among them, to their sources.

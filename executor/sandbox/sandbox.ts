@@ -26,7 +26,7 @@ import {
   setCpuLimit,
   type CgroupLayout,
 } from '../adapters/cgroups.ts'
-import { criuConfigText, type ExternalMount } from '../adapters/criu.ts'
+import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
 import type { IpAllocator, NamespaceHandle, NetworkManager } from '../adapters/network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import { probeRestorePath, type RestorePath } from './restore-path.ts'
@@ -144,23 +144,138 @@ export function netnsName(id: string): string {
   return `${NETNS_PREFIX}${id}`
 }
 
-export function createSandboxManager(deps: {
-  stateDir: string
-  network: NetworkManager
-  ips: IpAllocator
-  mounter: Mounter
-  runc: Runc
+export interface SandboxManagerDeps {
+  readonly stateDir: string
+  readonly network: Pick<NetworkManager, 'ensureBridge' | 'create' | 'destroy'>
+  readonly ips: Pick<IpAllocator, 'allocate' | 'release'>
+  readonly mounter: Pick<Mounter, 'mountOverlay' | 'unmount' | 'list'>
+  readonly runc: Pick<Runc, 'delete'>
   /**
    * Creates the sandbox cgroup and writes its limits in one request each (else node's fs); on
    * cgroup v2 attaches the device filter, without which restores go through runc.
    */
-  helper?: SandboxHelper | undefined
+  readonly helper?: SandboxHelper | undefined
   /** Why there is no helper (`sandbox helper off`), for restorePath's reason. */
-  withoutHelper?: string
+  readonly withoutHelper?: string
   /** The host's cgroup layout (default: from /proc/self/mountinfo; tests pass a fake root). */
-  readLayout?: () => Promise<CgroupLayout>
-}): SandboxManager {
-  const { network, ips, mounter, runc, helper } = deps
+  readonly readLayout?: () => Promise<CgroupLayout>
+}
+
+/** Promise.all that waits for every promise, then rejects with the first failure if any. */
+async function allSettled<T extends readonly unknown[]>(promises: {
+  [K in keyof T]: Promise<T[K]>
+}): Promise<T> {
+  const results = await Promise.allSettled(promises)
+  const failed = results.find((r) => r.status === 'rejected')
+  if (failed) throw failed.reason
+  return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T
+}
+
+/** Where one sandbox's parts live (all under its dir). */
+interface SandboxPaths {
+  readonly dir: string
+  readonly bundle: string
+  readonly rootfs: string
+  readonly criuWorkDir: string
+  readonly criuConfig: string
+}
+
+function sandboxPaths(dir: string): SandboxPaths {
+  const bundle = join(dir, 'bundle')
+  return {
+    dir,
+    bundle,
+    rootfs: join(bundle, 'rootfs'),
+    criuWorkDir: join(dir, 'criu'),
+    criuConfig: join(dir, 'criu.conf'),
+  }
+}
+
+/** The runc bundle's config.json and the sandbox's record, from its request and its parts. */
+function describeSandbox(
+  req: SandboxRequest,
+  at: SandboxPaths,
+  host: {
+    ns: NamespaceHandle
+    cgroups: CgroupLayout
+    cgroupSkeleton: string
+    emptyDir: string
+    direct: boolean
+  },
+): { spec: Record<string, unknown>; sandbox: Sandbox } {
+  const spec = buildOciSpec({
+    hostname: req.fn,
+    rootfs: at.rootfs,
+    args: req.process.args,
+    env: req.process.env,
+    cwd: req.process.cwd,
+    uid: req.process.uid,
+    gid: req.process.gid,
+    netnsPath: host.ns.path,
+    emptyDir: host.emptyDir,
+    cgroupsPath: cgroupPath(req.id),
+    cgroupMounts: containerCgroupMounts(host.cgroups, cgroupPath(req.id), host.cgroupSkeleton),
+    memoryBytes: req.memoryBytes,
+    pids: req.pids,
+    // A restore gets its CPU limit afterwards (limitCpu): CRIU's work is not the function's.
+    criuConfig: at.criuConfig,
+    ...(req.forRestore ? {} : { cpus: req.cpus }),
+    ...(req.seccomp ? { seccomp: req.seccomp } : {}),
+  })
+  const sandbox: Sandbox = {
+    id: req.id,
+    fn: req.fn,
+    ...at,
+    logFile: join(at.dir, 'output.log'),
+    pidFile: join(at.dir, 'pid'),
+    netns: host.ns,
+    lowers: req.lowers,
+    cpus: req.cpus,
+    ...(host.direct ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
+  }
+  return { spec, sandbox }
+}
+
+/**
+ * Stop whatever runs in the sandbox and release all it holds, every step whatever the others do.
+ * Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
+ */
+async function destroySandbox(
+  deps: Pick<SandboxManagerDeps, 'runc' | 'mounter' | 'network' | 'ips'> & {
+    layout: () => Promise<CgroupLayout>
+  },
+  sb: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct'>,
+  opts?: { keepUpperAt?: string },
+): Promise<void> {
+  const { runc, mounter, network } = deps
+  const errors: unknown[] = []
+  const attempt = async (step: () => Promise<unknown>) => {
+    try {
+      await step()
+    } catch (err) {
+      errors.push(err)
+    }
+  }
+  // A sandbox CRIU restored into directly never held a runc container: its cgroup holds it.
+  if (!sb.direct) await attempt(() => runc.delete(sb.id))
+  await attempt(async () => destroyCgroup(await deps.layout(), cgroupPath(sb.id)))
+  await attempt(() => mounter.unmount(sb.rootfs))
+  // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
+  await attempt(async () => {
+    for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
+  })
+  await attempt(() => network.destroy(sb.netns.name))
+  const keep = opts?.keepUpperAt
+  if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
+  await attempt(() => rm(sb.dir, { recursive: true, force: true }))
+  deps.ips.release(sb.netns.ip)
+  if (errors.length)
+    throw new AggregateError(errors, `destroying sandbox ${sb.id} left ${errors.length} problem(s)`)
+}
+
+/** Create the sandbox manager of one state dir. */
+export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
+  const { network, ips, mounter, helper } = deps
   const ensureBridge = once(() => network.ensureBridge())
 
   const emptyDir = join(deps.stateDir, 'empty')
@@ -183,6 +298,9 @@ export function createSandboxManager(deps: {
     await prepareCgroupParent(layout, SANDBOX_CGROUP_PARENT)
     return layout
   })
+  const destroy: SandboxManager['destroy'] = (sb, opts) =>
+    destroySandbox({ ...deps, layout: cgroupLayout }, sb, opts)
+
   return {
     restorePath,
 
@@ -190,25 +308,24 @@ export function createSandboxManager(deps: {
       await ensureBridge()
       const cgroups = await ensureDirs()
       const direct = req.forRestore && (await restorePath()).direct
-      const dir = sandboxDir(req.id)
-      const bundle = join(dir, 'bundle')
-      const rootfs = join(bundle, 'rootfs')
-      const criuWorkDir = join(dir, 'criu')
+      const at = sandboxPaths(sandboxDir(req.id))
       const ip = ips.allocate()
       const nsName = netnsName(req.id)
       let netns: NamespaceHandle | undefined
       try {
-        await mkdir(dir, { recursive: true, mode: 0o700 })
-        await mkdir(criuWorkDir, { recursive: true })
+        await mkdir(at.dir, { recursive: true, mode: 0o700 })
+        await mkdir(at.criuWorkDir, { recursive: true })
         // Namespace, rootfs and cgroup are independent: set them up side by side (without the
-        // sandbox helper the first two run commands while the cgroup is written).
-        const [ns] = await Promise.all([
+        // sandbox helper the first two run commands while the cgroup is written). All three settle
+        // before a failure is handled: a release running beside a step still at work would miss
+        // what that step makes after it.
+        const [ns] = await allSettled<[NamespaceHandle, void, void]>([
           network.create(nsName, ip),
           mounter.mountOverlay({
             lowers: req.lowers,
-            upper: join(dir, 'upper'),
-            work: join(dir, 'work'),
-            target: rootfs,
+            upper: join(at.dir, 'upper'),
+            work: join(at.dir, 'work'),
+            target: at.rootfs,
           }),
           (async () => {
             // Created ahead: the container's /sys/fs/cgroup binds its directories.
@@ -220,50 +337,27 @@ export function createSandboxManager(deps: {
           })(),
         ])
         netns = ns
-        const criuConfig = join(dir, 'criu.conf')
-        const spec = buildOciSpec({
-          hostname: req.fn,
-          rootfs,
-          args: req.process.args,
-          env: req.process.env,
-          cwd: req.process.cwd,
-          uid: req.process.uid,
-          gid: req.process.gid,
-          netnsPath: ns.path,
+        const { spec, sandbox } = describeSandbox(req, at, {
+          ns,
+          cgroups,
+          cgroupSkeleton,
           emptyDir,
-          cgroupsPath: cgroupPath(req.id),
-          cgroupMounts: containerCgroupMounts(cgroups, cgroupPath(req.id), cgroupSkeleton),
-          memoryBytes: req.memoryBytes,
-          pids: req.pids,
-          // A restore gets its CPU limit afterwards (limitCpu): CRIU's work is not the function's.
-          criuConfig,
-          ...(req.forRestore ? {} : { cpus: req.cpus }),
-          ...(req.seccomp ? { seccomp: req.seccomp } : {}),
+          direct: !!direct,
         })
-        const sandbox: Sandbox = {
-          id: req.id,
-          fn: req.fn,
-          dir,
-          bundle,
-          rootfs,
-          criuWorkDir,
-          criuConfig,
-          logFile: join(dir, 'output.log'),
-          pidFile: join(dir, 'pid'),
-          netns: ns,
-          lowers: req.lowers,
-          cpus: req.cpus,
-          ...(direct ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
-        }
         await Promise.all([
-          writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
+          writeFile(join(at.bundle, 'config.json'), JSON.stringify(spec)),
           // What a checkpoint of this sandbox needs; a restore rewrites it (restoreIntoSandbox).
-          writeFile(criuConfig, criuConfigText({ lazy: false }), { mode: 0o600 }),
-          writeFile(join(dir, 'sandbox.json'), JSON.stringify(sandbox)),
+          writeFile(at.criuConfig, criuDumpConfigText(), { mode: 0o600 }),
+          writeFile(join(at.dir, 'sandbox.json'), JSON.stringify(sandbox)),
         ])
         return sandbox
       } catch (err) {
-        await this.destroy({ id: req.id, dir, rootfs, netns: netns ?? { name: nsName, path: '', ip } })
+        await destroy({
+          id: req.id,
+          dir: at.dir,
+          rootfs: at.rootfs,
+          netns: netns ?? { name: nsName, path: '', ip },
+        })
         throw err
       }
     },
@@ -278,31 +372,6 @@ export function createSandboxManager(deps: {
       await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
     },
 
-    async destroy(sb, opts) {
-      const errors: unknown[] = []
-      const attempt = async (step: () => Promise<unknown>) => {
-        try {
-          await step()
-        } catch (err) {
-          errors.push(err)
-        }
-      }
-      // Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
-      // A sandbox CRIU restored into directly never held a runc container: its cgroup holds it.
-      if (!sb.direct) await attempt(() => runc.delete(sb.id))
-      await attempt(async () => destroyCgroup(await cgroupLayout(), cgroupPath(sb.id)))
-      await attempt(() => mounter.unmount(sb.rootfs))
-      // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
-      await attempt(async () => {
-        for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
-      })
-      await attempt(() => network.destroy(sb.netns.name))
-      const keep = opts?.keepUpperAt
-      if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
-      await attempt(() => rm(sb.dir, { recursive: true, force: true }))
-      ips.release(sb.netns.ip)
-      if (errors.length)
-        throw new AggregateError(errors, `destroying sandbox ${sb.id} left ${errors.length} problem(s)`)
-    },
+    destroy,
   }
 }

@@ -115,54 +115,100 @@ export interface BakerDeps {
   readonly prefetch?: boolean
 }
 
+async function failWith(code: ErrorCode, sb: Sandbox, fn: string, err: unknown): Promise<never> {
+  const output = tail(await readFile(sb.logFile, 'utf8').catch(() => ''), 15)
+  throw new InitlessError(
+    code,
+    `${fn}: ${errorMessage(err)}${output ? `\n--- last output of ${fn}:\n${output}` : '\n(the function printed nothing)'}`,
+    { cause: err, details: { fn, output } },
+  )
+}
+
+/**
+ * Boot the function in its sandbox, wait until it is ready, warm it up, let it settle and
+ * checkpoint it into `imagesDir`. Returns how many warm-up requests it answered.
+ */
+async function bootAndCheckpoint(
+  deps: Pick<BakerDeps, 'runc' | 'settleMs'>,
+  sandbox: Sandbox,
+  fn: FunctionDef,
+  imagesDir: string,
+  progress: (msg: string) => void,
+): Promise<number> {
+  const m = fn.manifest
+  const fail = (code: ErrorCode) => (err: unknown) => failWith(code, sandbox, fn.name, err)
+  progress('booting')
+  await deps.runc.run(sandbox.id, {
+    bundle: sandbox.bundle,
+    outputFile: sandbox.logFile,
+    pidFile: sandbox.pidFile,
+  })
+  const pid = await readPidFile(sandbox.pidFile)
+  const isAlive = () => isProcessAlive(pid)
+  const readyMs = await waitReady(sandbox.netns.ip, m.port, {
+    path: m.readiness.path,
+    expect: m.readiness.expect,
+    timeoutMs: m.readiness.timeout,
+    intervalMs: m.readiness.interval,
+    isAlive,
+  }).catch(fail('ERR_BAKE_NOT_READY'))
+  progress(`ready after ${Math.round(readyMs)} ms; warming up`)
+  const warmupRequests = await warmUp(m, sandbox.netns.ip, isAlive).catch(fail('ERR_BAKE_WARMUP_FAILED'))
+  const signal = m.restore.checkpointSignal
+  if (signal) {
+    try {
+      process.kill(pid, signal)
+    } catch (err) {
+      await fail('ERR_BAKE_WARMUP_FAILED')(err)
+    }
+    progress(`sent ${signal} before the checkpoint`)
+  }
+  await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))
+  if (!isAlive()) await fail('ERR_BAKE_WARMUP_FAILED')(new Error('the process exited after warm-up'))
+  progress(`${warmupRequests} warm-up requests done; checkpointing`)
+  await deps.runc
+    .checkpoint(sandbox.id, { imagePath: imagesDir, workPath: sandbox.criuWorkDir })
+    .catch(fail('ERR_BAKE_CHECKPOINT_FAILED'))
+  return warmupRequests
+}
+
+/**
+ * Working-set prefetch (working-set.ts). A profile that fails costs only the prefetch: the
+ * snapshot is kept as dumped (and a snapshot that does not restore is caught on first use).
+ */
+async function profile(
+  deps: BakerDeps,
+  log: Logger,
+  fn: FunctionDef,
+  image: ImageConfig,
+  rootfs: string,
+  pending: { imagesDir: string; upperDir: string },
+  progress: (msg: string) => void,
+): Promise<number | undefined> {
+  const t0 = performance.now()
+  progress('profiling the working set (lazy restores + warm-up)')
+  try {
+    const pages = await profileWorkingSet(deps, {
+      fn,
+      process: processSpecFor(image, fn.manifest),
+      rootfs,
+      ...pending,
+    })
+    progress(
+      `working set: ${pages} pages (${formatBytes(pages * 4096)}) restore eagerly, in ${Math.round(performance.now() - t0)} ms`,
+    )
+    return pages
+  } catch (err) {
+    log.warn(
+      { fn: fn.name, err: errorMessage(err) },
+      'working-set profiling failed; snapshot kept without it',
+    )
+    return undefined
+  }
+}
+
 export function createBaker(deps: BakerDeps): Baker {
   const log = deps.logger.child({ module: 'bake' })
-
-  async function outputTail(sb: Sandbox): Promise<string> {
-    return tail(await readFile(sb.logFile, 'utf8').catch(() => ''), 15)
-  }
-
-  async function failWith(code: ErrorCode, sb: Sandbox, fn: string, err: unknown): Promise<never> {
-    const output = await outputTail(sb)
-    throw new InitlessError(
-      code,
-      `${fn}: ${errorMessage(err)}${output ? `\n--- last output of ${fn}:\n${output}` : '\n(the function printed nothing)'}`,
-      { cause: err, details: { fn, output } },
-    )
-  }
-
-  /**
-   * Working-set prefetch (working-set.ts). A profile that fails costs only the prefetch: the
-   * snapshot is kept as dumped (and a snapshot that does not restore is caught on first use).
-   */
-  async function profile(
-    fn: FunctionDef,
-    image: ImageConfig,
-    rootfs: string,
-    pending: { imagesDir: string; upperDir: string },
-    progress: (msg: string) => void,
-  ): Promise<number | undefined> {
-    const t0 = performance.now()
-    progress('profiling the working set (lazy restores + warm-up)')
-    try {
-      const pages = await profileWorkingSet(deps, {
-        fn,
-        process: processSpecFor(image, fn.manifest),
-        rootfs,
-        ...pending,
-      })
-      progress(
-        `working set: ${pages} pages (${formatBytes(pages * 4096)}) restore eagerly, in ${Math.round(performance.now() - t0)} ms`,
-      )
-      return pages
-    } catch (err) {
-      log.warn(
-        { fn: fn.name, err: errorMessage(err) },
-        'working-set profiling failed; snapshot kept without it',
-      )
-      return undefined
-    }
-  }
 
   return {
     async identity(fn, image) {
@@ -199,53 +245,13 @@ export function createBaker(deps: BakerDeps): Baker {
           forRestore: false,
           ...(seccomp.profile ? { seccomp: seccomp.profile } : {}),
         })
-        const sandbox = sb
-        progress('booting')
-        await deps.runc.run(sandbox.id, {
-          bundle: sandbox.bundle,
-          outputFile: sandbox.logFile,
-          pidFile: sandbox.pidFile,
-        })
-        const pid = await readPidFile(sandbox.pidFile)
-        const isAlive = () => isProcessAlive(pid)
-        const readyMs = await waitReady(sandbox.netns.ip, m.port, {
-          path: m.readiness.path,
-          expect: m.readiness.expect,
-          timeoutMs: m.readiness.timeout,
-          intervalMs: m.readiness.interval,
-          isAlive,
-        }).catch((err: unknown) => failWith('ERR_BAKE_NOT_READY', sandbox, fn.name, err))
-        progress(`ready after ${Math.round(readyMs)} ms; warming up`)
-        const warmupRequests = await warmUp(fn.manifest, sandbox.netns.ip, isAlive).catch((err: unknown) =>
-          failWith('ERR_BAKE_WARMUP_FAILED', sandbox, fn.name, err),
-        )
-        const signal = m.restore.checkpointSignal
-        if (signal) {
-          try {
-            process.kill(pid, signal)
-          } catch (err) {
-            await failWith('ERR_BAKE_WARMUP_FAILED', sandbox, fn.name, err)
-          }
-          progress(`sent ${signal} before the checkpoint`)
-        }
-        await new Promise((r) => setTimeout(r, deps.settleMs ?? 600))
-        if (!isAlive())
-          await failWith(
-            'ERR_BAKE_WARMUP_FAILED',
-            sandbox,
-            fn.name,
-            new Error('the process exited after warm-up'),
-          )
-        progress(`${warmupRequests} warm-up requests done; checkpointing`)
-        await deps.runc
-          .checkpoint(sandbox.id, { imagePath: pending.imagesDir, workPath: sandbox.criuWorkDir })
-          .catch((err: unknown) => failWith('ERR_BAKE_CHECKPOINT_FAILED', sandbox, fn.name, err))
+        const warmupRequests = await bootAndCheckpoint(deps, sb, fn, pending.imagesDir, progress)
         // The namespace must go (CRIU leaves its network lock in it); the files the function wrote
         // stay with the snapshot, as the top layer every restore mounts.
-        await deps.sandboxes.destroy(sandbox, { keepUpperAt: pending.upperDir })
+        await deps.sandboxes.destroy(sb, { keepUpperAt: pending.upperDir })
         sb = undefined
         const workingSetPages =
-          identity.prefetch > 0 ? await profile(fn, image, rootfs, pending, progress) : undefined
+          identity.prefetch > 0 ? await profile(deps, log, fn, image, rootfs, pending, progress) : undefined
         const snapshot = await pending.commit({
           ...identity,
           bakeMs: performance.now() - started,

@@ -8,9 +8,9 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { InitlessError } from '../../shared/errors.ts'
 import { canonicalJson } from '../../shared/manifest.ts'
-import { checksumProblems, checksumSnapshot, type SnapshotChecksums } from './snapshot-checksums.ts'
+import { checksumSnapshot, type SnapshotChecksums } from './snapshot-checksums.ts'
+import { createSnapshotVerifier, stampOf, type ImageStamps } from './snapshot-verifier.ts'
 
 export interface SnapshotIdentity {
   readonly fn: string
@@ -111,82 +111,96 @@ export async function directorySize(dir: string): Promise<number> {
   return total
 }
 
-/** What identifies one image file's inode and its last change: any write changes it. */
-function stampOf(s: { size: number; ino: number; mtimeMs: number; ctimeMs: number }): string {
-  return `${s.size}:${s.ino}:${s.mtimeMs}:${s.ctimeMs}`
+function snapshotAt(meta: SnapshotMeta, dir: string): Snapshot {
+  return { meta, dir, imagesDir: join(dir, 'images'), upperDir: join(dir, 'upper') }
 }
 
-function corrupt(snapshot: Snapshot, problems: string[]): InitlessError {
-  return new InitlessError(
-    'ERR_SNAPSHOT_CORRUPT',
-    `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
-    { details: { fn: snapshot.meta.fn, key: snapshot.meta.key, problems } },
-  )
+/** The snapshot in `dir`, or undefined when it is broken, incomplete or unreadable. */
+async function load(dir: string): Promise<Snapshot | undefined> {
+  if (await exists(join(dir, 'broken'))) return undefined
+  try {
+    return snapshotAt(JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as SnapshotMeta, dir)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A snapshot being written in `dir` (a temporary name in `fnDir`): commit makes it root's only,
+ * records its files' sizes and checksums in its meta, retires every older snapshot of the function
+ * (only one is ever current) and renames it into place. `committed` learns the image files' stamps
+ * its checksums were taken at.
+ */
+function pendingSnapshot(
+  fnDir: string,
+  dir: string,
+  key: string,
+  committed: (snapshot: Snapshot, stamps: ImageStamps) => void,
+): PendingSnapshot {
+  return {
+    dir,
+    imagesDir: join(dir, 'images'),
+    upperDir: join(dir, 'upper'),
+    async commit(partial) {
+      const sizeBytes = await directorySize(dir)
+      const files: Record<string, number> = {}
+      const stamps: ImageStamps = new Map()
+      // Process memory, secrets included: only root reads a snapshot. The layer keeps the
+      // modes the function's files had (they are its filesystem) below the 0700 directory.
+      await chmod(dir, 0o700)
+      await chmod(join(dir, 'images'), 0o700)
+      for (const name of await readdir(join(dir, 'images'))) {
+        await chmod(join(dir, 'images', name), 0o600)
+        const st = await stat(join(dir, 'images', name))
+        files[name] = st.size
+        stamps.set(name, stampOf(st))
+      }
+      const checksums = await checksumSnapshot(dir)
+      const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
+      await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
+      const final = join(fnDir, key)
+      for (const name of await readdir(fnDir)) {
+        if (!name.startsWith('.'))
+          await rename(join(fnDir, name), join(fnDir, `.retired-${name}-${Date.now()}`))
+      }
+      await rename(dir, final)
+      const snapshot = snapshotAt(meta, final)
+      committed(snapshot, stamps)
+      return snapshot
+    },
+    async discard() {
+      await rm(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Retired snapshots, and temporary ones abandoned for ABANDONED_MS, that nothing uses any more. */
+async function collectUnused(root: string, isInUse: (dir: string) => boolean): Promise<string[]> {
+  const removed: string[] = []
+  for (const fn of await readdir(root).catch(() => [] as string[])) {
+    for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
+      const dir = join(root, fn, name)
+      const retired = name.startsWith('.retired-')
+      const abandoned =
+        name.startsWith('.tmp-') &&
+        Date.now() -
+          (await stat(dir).then(
+            (s) => s.mtimeMs,
+            () => Date.now(),
+          )) >
+          ABANDONED_MS
+      if ((retired || abandoned) && !isInUse(dir)) {
+        await rm(dir, { recursive: true, force: true })
+        removed.push(dir)
+      }
+    }
+  }
+  return removed
 }
 
 export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
   const root = join(deps.stateDir, 'snapshots')
-  /**
-   * Snapshots whose checksums matched in this process (or that it baked), by directory and bake
-   * time, with the image files' stamps at that moment; and the checks under way.
-   */
-  const verified = new Map<string, Map<string, string>>()
-  const checking = new Map<string, Promise<void>>()
-  const identityOf = (s: Snapshot) => `${s.dir}\0${s.meta.createdAt}`
-
-  /** The image files' sizes against meta.files, and their stamps. */
-  async function statImages(
-    snapshot: Snapshot,
-  ): Promise<{ problems: string[]; stamps: Map<string, string> }> {
-    const problems: string[] = []
-    const stamps = new Map<string, string>()
-    await Promise.all(
-      Object.entries(snapshot.meta.files ?? {}).map(async ([name, size]) => {
-        const st = await stat(join(snapshot.imagesDir, name)).catch(() => undefined)
-        if (!st) problems.push(`${name} is missing`)
-        else if (st.size !== size) problems.push(`${name} has ${st.size} bytes, expected ${size}`)
-        else stamps.set(name, stampOf(st))
-      }),
-    )
-    return { problems, stamps }
-  }
-
-  function sameStamps(a: Map<string, string>, b: Map<string, string>): boolean {
-    if (a.size !== b.size) return false
-    for (const [k, v] of a) if (b.get(k) !== v) return false
-    return true
-  }
-
-  /** Hash every file against meta.checksums; one check per snapshot at a time. */
-  function checkContents(snapshot: Snapshot): Promise<void> {
-    const id = identityOf(snapshot)
-    let running = checking.get(id)
-    if (!running) {
-      running = (async () => {
-        const expected = snapshot.meta.checksums
-        // Stamps taken before the reads: a write while hashing shows at the next restore.
-        const { problems, stamps } = await statImages(snapshot)
-        if (!problems.length && expected) problems.push(...(await checksumProblems(snapshot.dir, expected)))
-        if (problems.length) {
-          verified.delete(id)
-          throw corrupt(snapshot, problems)
-        }
-        verified.set(id, stamps)
-      })().finally(() => checking.delete(id))
-      checking.set(id, running)
-    }
-    return running
-  }
-
-  async function load(dir: string): Promise<Snapshot | undefined> {
-    if (await exists(join(dir, 'broken'))) return undefined
-    try {
-      const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as SnapshotMeta
-      return { meta, dir, imagesDir: join(dir, 'images'), upperDir: join(dir, 'upper') }
-    } catch {
-      return undefined
-    }
-  }
+  const verifier = createSnapshotVerifier()
 
   const store: SnapshotStore = {
     snapshotKey(id) {
@@ -220,49 +234,7 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       const key = store.snapshotKey(id)
       const dir = join(fnDir, `.tmp-${key}-${randomBytes(4).toString('hex')}`)
       await mkdir(join(dir, 'images'), { recursive: true, mode: 0o700 })
-      const pending: PendingSnapshot = {
-        dir,
-        imagesDir: join(dir, 'images'),
-        upperDir: join(dir, 'upper'),
-        async commit(partial) {
-          const sizeBytes = await directorySize(dir)
-          const files: Record<string, number> = {}
-          const stamps = new Map<string, string>()
-          // Process memory, secrets included: only root reads a snapshot. The layer keeps the
-          // modes the function's files had (they are its filesystem) below the 0700 directory.
-          await chmod(dir, 0o700)
-          await chmod(join(dir, 'images'), 0o700)
-          for (const name of await readdir(join(dir, 'images'))) {
-            await chmod(join(dir, 'images', name), 0o600)
-            const st = await stat(join(dir, 'images', name))
-            files[name] = st.size
-            stamps.set(name, stampOf(st))
-          }
-          const checksums = await checksumSnapshot(dir)
-          const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
-          await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
-          const final = join(fnDir, key)
-          // Retire every older snapshot of the function: only one is ever current.
-          for (const name of await readdir(fnDir)) {
-            if (!name.startsWith('.'))
-              await rename(join(fnDir, name), join(fnDir, `.retired-${name}-${Date.now()}`))
-          }
-          await rename(dir, final)
-          const snapshot = {
-            meta,
-            dir: final,
-            imagesDir: join(final, 'images'),
-            upperDir: join(final, 'upper'),
-          }
-          // Its checksums were just taken from these very files.
-          verified.set(identityOf(snapshot), stamps)
-          return snapshot
-        },
-        async discard() {
-          await rm(dir, { recursive: true, force: true })
-        },
-      }
-      return pending
+      return pendingSnapshot(fnDir, dir, key, (snapshot, stamps) => verifier.trust(snapshot, stamps))
     },
 
     async usable(snapshot) {
@@ -276,46 +248,14 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       )
     },
 
-    async verify(snapshot) {
-      const { problems, stamps } = await statImages(snapshot)
-      if (problems.length) throw corrupt(snapshot, problems)
-      const known = verified.get(identityOf(snapshot))
-      if (known && sameStamps(known, stamps)) return
-      await checkContents(snapshot)
-    },
-
-    async scrub(snapshot) {
-      // A check already under way is as fresh as one started now.
-      verified.delete(identityOf(snapshot))
-      await checkContents(snapshot)
-    },
+    verify: (snapshot) => verifier.verify(snapshot),
+    scrub: (snapshot) => verifier.scrub(snapshot),
 
     async remove(fn) {
       await rm(join(root, fn), { recursive: true, force: true })
     },
 
-    async collect(isInUse) {
-      const removed: string[] = []
-      for (const fn of await readdir(root).catch(() => [] as string[])) {
-        for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
-          const dir = join(root, fn, name)
-          const retired = name.startsWith('.retired-')
-          const abandoned =
-            name.startsWith('.tmp-') &&
-            Date.now() -
-              (await stat(dir).then(
-                (s) => s.mtimeMs,
-                () => Date.now(),
-              )) >
-              ABANDONED_MS
-          if ((retired || abandoned) && !isInUse(dir)) {
-            await rm(dir, { recursive: true, force: true })
-            removed.push(dir)
-          }
-        }
-      }
-      return removed
-    },
+    collect: (isInUse) => collectUnused(root, isInUse),
   }
   return store
 }

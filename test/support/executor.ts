@@ -1,6 +1,6 @@
 /**
  * An executor started in-process with startExecutor (executor/start.ts, the same wiring as the
- * executor process) on a test host's adapters, with a unique queue name, registry prefix and host
+ * executor process) on a test host's state dir, with a unique queue name, registry prefix and host
  * id per test, plus the restore client the gateway uses (shared/restore-client.ts) to reserve an
  * instance, enqueue its restore and await it. Its reaper runs only when a test ticks it.
  */
@@ -51,7 +51,6 @@ export async function createTestExecutor(
   const logger = createSilentLogger()
   const executor = await startExecutor(config, {
     logger,
-    host: th.host,
     redis: createRedis(REDIS_URL, { name: 'initless-test-executor' }),
     functions,
   })
