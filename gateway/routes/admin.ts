@@ -4,6 +4,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { Hono, type MiddlewareHandler } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
 import { z } from 'zod'
 import { RUNTIME_KINDS, type RegistryEvent } from '../../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
@@ -24,6 +25,9 @@ const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).str
 const runtimeBody = z
   .object({ runtime: z.enum(RUNTIME_KINDS).optional(), noPool: z.boolean().optional() })
   .strict()
+
+/** Largest admin request body, bytes. */
+export const ADMIN_MAX_BODY = 64 * 1024
 
 const digest = (s: string) => createHash('sha256').update(s).digest()
 
@@ -63,6 +67,19 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
   }
 
   app.use('*', adminAuth(adminToken))
+  // Admin bodies are a few bytes of JSON: a larger one is refused before it is read whole.
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: ADMIN_MAX_BODY,
+      onError: () => {
+        throw new InitlessError(
+          'ERR_GATEWAY_BODY_TOO_LARGE',
+          `admin request bodies are limited to ${ADMIN_MAX_BODY} bytes`,
+        )
+      },
+    }),
+  )
 
   app.get('/functions', (c) => {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
