@@ -18,7 +18,10 @@ type Answer = Partial<RunResult> | Error
 
 /** What a healthy host's runc and CRIU print. */
 const HEALTHY: Record<string, Answer> = {
-  [`${RUNC} --version`]: { stdout: 'runc version 1.1.12\ncommit: v1.1.12-0-g51d5e946\nspec: 1.0.2-dev\n' },
+  [`${RUNC} --version`]: {
+    stdout:
+      'runc version 1.1.12\ncommit: v1.1.12-0-g51d5e946\nspec: 1.0.2-dev\ngo: go1.19.8\nlibseccomp: 2.5.4\n',
+  },
   [`${CRIU} --version`]: { stdout: 'Version: 4.2.1\nGitID: v4.2.1\n' },
   [`${CRIU} check`]: { stdout: 'Looks good.\n' },
   [`${CRIU} check --feature uffd-noncoop`]: { stdout: 'uffd-noncoop is supported\n' },
@@ -112,7 +115,7 @@ function byName(results: readonly CheckResult[], name: string): CheckResult {
 }
 
 /** Checks that read the host's own /proc and disk rather than deps. */
-const HOST_CHECKS = ['kernel features', 'disk']
+const HOST_CHECKS = ['kernel features', 'disk', 'seccomp']
 
 describe('runDoctor', () => {
   test('a healthy host: every check passes, the restore probe runs once', async () => {
@@ -125,6 +128,7 @@ describe('runDoctor', () => {
         'docker engine',
         'docker experimental',
         'runc',
+        'seccomp',
         'criu version',
         'criu check',
         'lazy pages',
@@ -137,6 +141,13 @@ describe('runDoctor', () => {
         'restore probe',
       ],
     )
+    // seccomp reads this host's /proc; runc's libseccomp comes from the answer above.
+    const seccomp = byName(results, 'seccomp')
+    if (seccomp.ok)
+      assert.match(
+        seccomp.detail,
+        /^kernel filters, runc with libseccomp 2\.5\.4; default profile allows \d+ calls$/,
+      )
     const details = Object.fromEntries(
       results.filter((r) => !HOST_CHECKS.includes(r.name)).map((r) => [r.name, [r.ok, r.detail, r.fix]]),
     )
@@ -420,6 +431,19 @@ describe('runDoctor', () => {
       },
     )
     assert.equal(h.counts.selfTest, 0)
+  })
+
+  test('a runc built without libseccomp fails the seccomp check with its fix', async () => {
+    const h = harness({
+      answers: { [`${RUNC} --version`]: { stdout: 'runc version 1.1.12\nspec: 1.0.2-dev\n' } },
+    })
+    const r = byName(await runDoctor(h.deps), 'seccomp')
+    assert.equal(r.ok, false)
+    assert.match(
+      r.detail,
+      /was built without libseccomp: it cannot install a filter|the kernel has no seccomp/,
+    )
+    assert.match(r.fix ?? '', /CONFIG_SECCOMP_FILTER and runc built with libseccomp/)
   })
 
   const prerequisites: Array<[string, Record<string, Answer>, string, RegExp]> = [

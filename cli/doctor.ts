@@ -10,6 +10,7 @@ import type { CommandRunner } from '../executor/adapters/exec.ts'
 import type { PolicyStatus } from '../executor/adapters/firewall.ts'
 import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
+import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/seccomp-profile.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
 
@@ -61,6 +62,9 @@ type Check = { name: string; fix: string; run: () => Promise<string> }
 export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   let info: Promise<EngineInfo> | undefined
   const dockerInfo = () => (info ??= deps.dockerInfo())
+  let runcOut: ReturnType<CommandRunner> | undefined
+  /** `runc --version`, run once for the runc and seccomp checks. */
+  const runcVersion = () => (runcOut ??= deps.run(deps.runcBin, ['--version'], { timeoutMs: 10_000 }))
   const checks: Check[] = [
     {
       name: 'node',
@@ -97,11 +101,27 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
       name: 'runc',
       fix: `install runc >= 1.1: ${PROVISION}`,
       run: async () => {
-        const out = await deps.run(deps.runcBin, ['--version'], { timeoutMs: 10_000 })
+        const out = await runcVersion()
         const v = /runc version (\d+\.\d+\.\d+)/.exec(out.stdout)?.[1]
         if (!v) throw new Error(`cannot read the runc version from: ${out.stdout.trim()}`)
         if (compareVersions(v, '1.1.0') < 0) throw new Error(`runc ${v} is older than 1.1`)
         return `runc ${v}`
+      },
+    },
+    {
+      name: 'seccomp',
+      fix: `instances need a kernel with CONFIG_SECCOMP_FILTER and runc built with libseccomp (Debian's is): ${PROVISION}`,
+      run: async () => {
+        const status = await readFile('/proc/self/status', 'utf8')
+        if (!/^Seccomp:/m.test(status))
+          throw new Error('the kernel has no seccomp (no Seccomp: line in /proc/self/status)')
+        const actions = await readFile('/proc/sys/kernel/seccomp/actions_avail', 'utf8').catch(() => '')
+        if (!/\berrno\b/.test(actions))
+          throw new Error('the kernel has no seccomp filters (CONFIG_SECCOMP_FILTER)')
+        const out = await runcVersion()
+        const lib = /libseccomp:\s*(\S+)/.exec(out.stdout)?.[1]
+        if (!lib) throw new Error(`${deps.runcBin} was built without libseccomp: it cannot install a filter`)
+        return `kernel filters, runc with libseccomp ${lib}; default profile allows ${allowedCallCount(DEFAULT_SECCOMP_PROFILE)} calls`
       },
     },
     {

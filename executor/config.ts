@@ -72,6 +72,13 @@ export const executorEnvSchema = commonEnvSchema.extend({
   INITLESS_RESTORE_CONCURRENCY: envInt(availableParallelism(), 1, 64),
   /** How often dead and idle instances are looked for. */
   INITLESS_REAP_INTERVAL: envDuration('1s'),
+  /**
+   * How often every current snapshot's checksums are checked again (snapshot-checksums.ts); 0: never.
+   * A scrub reads every snapshot whole (flask-table: 1.2 GB, ~0.7 s).
+   */
+  INITLESS_SNAPSHOT_SCRUB_INTERVAL: envDuration('24h').refine((ms) => ms <= 7 * 24 * 3_600_000, {
+    message: 'expected at most 168h',
+  }),
   /** The doctor fails below this much free disk in the state dir. */
   INITLESS_MIN_FREE_DISK: envBytes('5Gi'),
   /** Shutdown deadline: in-flight restores past it are handed back to the queue. */

@@ -89,6 +89,14 @@ async function collectSnapshots(store: Pick<SnapshotStore, 'collect'>, logger: L
     .catch((err: unknown) => logger.warn({ err: errorMessage(err) }, 'snapshot collection failed'))
 }
 
+/** Check every current snapshot's checksums; a corrupt one is marked broken and re-baked. */
+async function scrubSnapshots(instances: Pick<InstanceManager, 'scrub'>, logger: Logger): Promise<void> {
+  await instances
+    .scrub()
+    .then((results) => logger.info({ results }, 'snapshots scrubbed'))
+    .catch((err: unknown) => logger.warn({ err: errorMessage(err) }, 'snapshot scrub failed'))
+}
+
 /**
  * Build, bake and pre-start pools in the background: restores that arrive first wait for the same
  * preparation (it is shared per function), they never start a second one.
@@ -306,6 +314,9 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     setInterval(() => void heartbeat.beat(), HEARTBEAT_INTERVAL_MS),
     every(config.INITLESS_REAP_INTERVAL, tick),
     every(SNAPSHOT_COLLECT_MS, () => collectSnapshots(store, logger)),
+    ...(config.INITLESS_SNAPSHOT_SCRUB_INTERVAL > 0
+      ? [every(config.INITLESS_SNAPSHOT_SCRUB_INTERVAL, () => scrubSnapshots(instances, logger))]
+      : []),
   ]
   const subscription = await registry.subscribe({
     onEvent: functionEventHandler({ functions, instances, builder, baker, logger }),

@@ -18,6 +18,21 @@ export const gatewayEnvSchema = commonEnvSchema.extend({
   INITLESS_MAX_BODY: envBytes('10Mi').describe(
     'Largest request body proxied to a function, in bytes (units accepted). Default 10Mi = 10485760 bytes.',
   ),
+  INITLESS_MAX_HEADER_SIZE: envBytes('16Ki').describe(
+    'Largest request line plus headers, in bytes (units accepted); 431 beyond. Default 16Ki = 16384 bytes.',
+  ),
+  INITLESS_HEADERS_TIMEOUT: envDuration('10s').describe(
+    "A request's headers must arrive within this from its first byte (slowloris), in ms; 408 after. " +
+      'Default 10s = 10000 ms.',
+  ),
+  INITLESS_REQUEST_TIMEOUT: envDuration('120s').describe(
+    'A request must arrive whole, body included, within this, in ms (at least the headers timeout); ' +
+      '408 after. Default 120s = 120000 ms.',
+  ),
+  INITLESS_MAX_CONNECTIONS_PER_CLIENT: envInt(256, 0, 1_000_000).describe(
+    'Connections one source address may hold open at once (count; 0: no cap); 429 beyond. Behind a ' +
+      'proxy every client shares its address: raise it or set 0. Default 256.',
+  ),
   INITLESS_ADMIN_TOKEN: z
     .string()
     .min(16, 'expected at least 16 characters')

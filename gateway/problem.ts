@@ -20,8 +20,15 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-/** Render `err` as a problem response, logging it at a level that matches its status. */
-export function problemResponse(err: unknown, requestId: string, log: RequestLog): Response {
+/** A rendered problem answer: what both a Response and a raw socket write are made of. */
+export interface RenderedProblem {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: string
+}
+
+/** Render `err` (ERR_INTERNAL without its message when it is not one of ours). */
+export function renderProblem(err: unknown, requestId: string): RenderedProblem {
   const known = isInitlessError(err) ? err : undefined
   const code: ErrorCode = known?.code ?? 'ERR_INTERNAL'
   const spec = ERRORS[code]
@@ -35,15 +42,22 @@ export function problemResponse(err: unknown, requestId: string, log: RequestLog
     // RFC 9457 extension members an error chose to show (a failed deploy's step and output).
     ...(isPlainObject(known?.details.problem) ? known.details.problem : {}),
   }
-  if (!known) log.error({ err }, 'unhandled error')
-  else if (spec.status >= 500)
-    log.warn({ code, detail: known.message, details: known.details }, 'request failed')
-  else log.info({ code, detail: known.message }, 'request refused')
-
-  const headers = new Headers({ 'content-type': PROBLEM_CONTENT_TYPE, 'x-request-id': requestId })
+  const headers: Record<string, string> = { 'content-type': PROBLEM_CONTENT_TYPE, 'x-request-id': requestId }
   const retryAfter = known?.details.retryAfterS
-  if (typeof retryAfter === 'number') headers.set('retry-after', String(retryAfter))
-  else if (spec.status === 503) headers.set('retry-after', '1')
-  if (spec.status === 401) headers.set('www-authenticate', 'Bearer realm="initless-admin"')
-  return new Response(JSON.stringify(problem), { status: spec.status, headers })
+  if (typeof retryAfter === 'number') headers['retry-after'] = String(retryAfter)
+  else if (spec.status === 503) headers['retry-after'] = '1'
+  if (spec.status === 401) headers['www-authenticate'] = 'Bearer realm="initless-admin"'
+  return { status: spec.status, headers, body: JSON.stringify(problem) }
+}
+
+/** Render `err` as a problem response, logging it at a level that matches its status. */
+export function problemResponse(err: unknown, requestId: string, log: RequestLog): Response {
+  const known = isInitlessError(err) ? err : undefined
+  const status = known ? ERRORS[known.code].status : 500
+  if (!known) log.error({ err }, 'unhandled error')
+  else if (status >= 500)
+    log.warn({ code: known.code, detail: known.message, details: known.details }, 'request failed')
+  else log.info({ code: known.code, detail: known.message }, 'request refused')
+  const rendered = renderProblem(err, requestId)
+  return new Response(rendered.body, { status: rendered.status, headers: rendered.headers })
 }

@@ -11,6 +11,7 @@ import type { Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createShutdown, type ShutdownResult } from '../shared/shutdown.ts'
 import { createGateway } from './app.ts'
+import { createClientGuard, guardedServerOptions } from './client-guard.ts'
 import type { BullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { createStaticCatalog, createWatchedCatalog, type FunctionCatalog } from './catalog.ts'
 import { createBullmqDeployQueue } from '../shared/bullmq-deploy-queue.ts'
@@ -154,7 +155,16 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     },
   })
 
-  const server = createServer(listener)
+  const guardOptions = {
+    headersTimeoutMs: config.INITLESS_HEADERS_TIMEOUT,
+    // Node refuses a request timeout shorter than the headers timeout.
+    requestTimeoutMs: Math.max(config.INITLESS_REQUEST_TIMEOUT, config.INITLESS_HEADERS_TIMEOUT),
+    maxHeaderBytes: config.INITLESS_MAX_HEADER_SIZE,
+    maxConnectionsPerClient: config.INITLESS_MAX_CONNECTIONS_PER_CLIENT,
+  }
+  const guard = createClientGuard(guardOptions, logger)
+  const server = createServer(guardedServerOptions(guardOptions), guard.wrap(listener))
+  guard.install(server)
   const address = await new Promise<AddressInfo>((resolve, reject) => {
     server.once('error', reject)
     server.listen(config.INITLESS_GATEWAY_PORT, config.INITLESS_GATEWAY_HOST, () => {

@@ -217,3 +217,78 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     },
   }
 }
+
+export interface RawAnswer {
+  readonly status: number
+  readonly headers: Record<string, string>
+  readonly body: string
+  /** The connection ended with a reset (ECONNRESET) rather than a close. */
+  readonly reset: boolean
+}
+
+/**
+ * Send `data` over a fresh TCP connection (from `localAddress`, e.g. 127.0.0.2, to count as
+ * another client) and read until the server closes; parse the first HTTP answer. Writes wait for
+ * the socket to drain, as a client still sending would.
+ */
+export async function rawExchange(
+  port: number,
+  data: string | Buffer | readonly (string | Buffer)[],
+  opts: {
+    localAddress?: string
+    timeoutMs?: number
+    /** Pause between the parts of `data`. */
+    holdMs?: number
+    /** Read nothing until everything is sent (as curl does): a reset then loses the answer. */
+    readAfterSend?: boolean
+  } = {},
+): Promise<RawAnswer> {
+  const { connect } = await import('node:net')
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let reset = false
+    const socket = connect({
+      port,
+      host: '127.0.0.1',
+      ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
+    })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(
+        new Error(
+          `no close within ${opts.timeoutMs ?? 10_000} ms; got ${Buffer.concat(chunks).toString().slice(0, 200)}`,
+        ),
+      )
+    }, opts.timeoutMs ?? 10_000)
+    socket.on('data', (c: Buffer) => chunks.push(c))
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNRESET' || err.code === 'EPIPE') reset = true
+      else reject(err)
+    })
+    socket.on('close', () => {
+      clearTimeout(timer)
+      const text = Buffer.concat(chunks).toString('latin1')
+      const head = text.indexOf('\r\n\r\n')
+      const lines = (head < 0 ? text : text.slice(0, head)).split('\r\n')
+      const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0] ?? '')?.[1] ?? 0)
+      const headers: Record<string, string> = {}
+      for (const l of lines.slice(1)) {
+        const i = l.indexOf(':')
+        if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim()
+      }
+      resolve({ status, headers, body: head < 0 ? '' : text.slice(head + 4), reset })
+    })
+    if (opts.readAfterSend) socket.pause()
+    socket.once('connect', () => {
+      void (async () => {
+        for (const part of typeof data === 'string' || Buffer.isBuffer(data) ? [data] : data) {
+          if (socket.destroyed) return
+          if (!socket.write(part)) await new Promise((r) => socket.once('drain', r))
+          if (opts.holdMs) await new Promise((r) => setTimeout(r, opts.holdMs))
+        }
+      })()
+        .catch(() => undefined)
+        .finally(() => socket.resume())
+    })
+  })
+}

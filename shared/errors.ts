@@ -56,6 +56,11 @@ export const ERRORS = {
   ERR_GATEWAY_UNAUTHORIZED: { status: 401, title: 'Unauthorized', retryable: false },
   ERR_GATEWAY_NOT_FOUND: { status: 404, title: 'Not found', retryable: false },
   ERR_GATEWAY_BAD_REQUEST: { status: 400, title: 'Bad request', retryable: false },
+  ERR_GATEWAY_METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed', retryable: false },
+  ERR_GATEWAY_REQUEST_TIMEOUT: { status: 408, title: 'Request timeout', retryable: false },
+  ERR_GATEWAY_EXPECTATION_FAILED: { status: 417, title: 'Expectation failed', retryable: false },
+  ERR_GATEWAY_HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large', retryable: false },
+  ERR_GATEWAY_TOO_MANY_CONNECTIONS: { status: 429, title: 'Too many connections', retryable: true },
   // 499 (nginx's "client closed request"): logged and counted, never seen by the gone client.
   ERR_GATEWAY_CLIENT_CLOSED: { status: 499, title: 'Client closed request', retryable: false },
   // Asynchronous invocations

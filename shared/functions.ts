@@ -6,6 +6,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { InitlessError } from './errors.ts'
 import { FUNCTION_NAME_RE, MANIFEST_FILE, parseManifest, type Manifest } from './manifest.ts'
+import { isSeccompFile, readSeccompProfile } from './seccomp.ts'
 
 export interface FunctionDef {
   readonly name: string
@@ -68,7 +69,11 @@ export async function loadFunctionDefs(functionsDir: string): Promise<FunctionSe
       continue
     }
     try {
-      functions.push({ name, dir, manifestFile: file, manifest: parseManifest(text, file, name) })
+      const manifest = parseManifest(text, file, name)
+      // A profile file is checked now, so a bad one is reported before anything is built.
+      if (isSeccompFile(manifest.security.seccomp))
+        await readSeccompProfile(dir, manifest.security.seccomp, file)
+      functions.push({ name, dir, manifestFile: file, manifest })
     } catch (err) {
       if (err instanceof InitlessError) problems.push({ name, file, error: err })
       else throw err

@@ -43,6 +43,7 @@ describe('parseManifest: defaults', () => {
           queueLimit: 1000,
         },
         restore: { policy: 'auto' },
+        security: { seccomp: 'default' },
         async: {
           concurrency: 8,
           retries: 3,

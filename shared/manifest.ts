@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto'
 import { parse as parseYaml, YAMLParseError } from 'yaml'
 import { z } from 'zod'
 import { InitlessError } from './errors.ts'
+import { seccompSetting } from './seccomp.ts'
 import { parseBytes, parseDurationMs } from './units.ts'
 
 export const MANIFEST_FILE = 'function.yaml'
@@ -135,6 +136,16 @@ export const manifestSchema = z
          * to drop what a restore should not start with (collect garbage, close pooled connections).
          */
         checkpointSignal: z.enum(CHECKPOINT_SIGNALS).optional(),
+      })
+      .strict()
+      .default({}),
+    security: z
+      .object({
+        /**
+         * The system-call filter: `default` (executor/sandbox/seccomp-profile.ts), `unconfined`, or a
+         * profile file in the function's folder (shared/seccomp.ts).
+         */
+        seccomp: seccompSetting.default('default'),
       })
       .strict()
       .default({}),

@@ -216,6 +216,10 @@ describe('initless CLI commands', () => {
       '1',
       '--warmup',
       '1',
+      // CI machines are busy (this suite runs stacks of its own): measure anyway, marked as such.
+      '--allow-busy',
+      '--quiet-wait',
+      '0',
       '--out',
       out,
     ])
@@ -224,8 +228,11 @@ describe('initless CLI commands', () => {
       command: string
       coldStart: { function: string; runtime: string; n: number; p50Ms: number; ratioToBoot: number }[]
       warm: { target: string; connections: number; rps: number }[]
+      quiet: { comparable: boolean; load1m: number; maxLoad: number; busy: string[] }
     }
     assert.match(latest.command, /bench/)
+    assert.equal(latest.quiet.maxLoad, 0.5)
+    assert.equal(latest.quiet.comparable, latest.quiet.load1m <= 0.5 && latest.quiet.busy.length === 0)
     assert.deepEqual(
       latest.coldStart.map((r) => [r.function, r.runtime.split(' ')[0], r.n]),
       [

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, readdir, readFile, rm, truncate } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat, truncate } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -15,6 +15,7 @@ import { httpOnce } from '../executor/adapters/probe.ts'
 import { cgroupPath } from '../executor/sandbox/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createTestExecutor, type TestExecutor } from './support/executor.ts'
+import { flipMiddleByte } from './support/files.ts'
 import { createTestHost, type TestHost } from './support/host.ts'
 import { isCI, requireServices } from './support/integration.ts'
 import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './support/leaks.ts'
@@ -278,6 +279,73 @@ describe('executor: restore worker, registry, reaper', () => {
     await ex.instances.stop(result.instanceId, 'test')
     const again = await ex.restore('py-ok')
     assert.equal(again.runtime, 'eager', 'the re-baked snapshot restores again')
+    await ex.instances.stop(again.instanceId, 'test')
+  })
+
+  test('a byte flipped mid pages file (same size) is caught before restore, served by boot, re-baked', async (t) => {
+    if (!requireServices(t) || !ex || !th) return
+    const fn = functions.find((f) => f.name === 'py-ok')!
+    const { snapshot } = await ex.instances.prepare(fn)
+    assert.ok(snapshot)
+    const pagesName = (await readdir(snapshot.imagesDir)).find((n) => n.startsWith('pages-'))!
+    const pages = join(snapshot.imagesDir, pagesName)
+    const sizeBefore = (await stat(pages)).size
+    await flipMiddleByte(pages)
+    assert.equal((await stat(pages)).size, sizeBefore)
+    const result = await ex.restore('py-ok')
+    assert.equal(result.runtime, 'boot', 'fell back to a plain boot')
+    const res = await httpOnce(result.address.host, result.address.port, '/')
+    assert.equal(res.body, 'hello 0\n')
+    // The checksum check refused it, not a failed CRIU restore: its reason says so.
+    const fnDir = join(th.config.INITLESS_STATE_DIR, 'snapshots', 'py-ok')
+    const reasons = async () => {
+      const found: string[] = []
+      for (const name of await readdir(fnDir))
+        found.push(await readFile(join(fnDir, name, 'broken'), 'utf8').catch(() => ''))
+      return found.join('\n')
+    }
+    assert.match(
+      await reasons(),
+      new RegExp(`images/${pagesName.replace('.', '\\.')}: sha256 checksum mismatch`),
+    )
+    const rebaked = await waitFor(
+      'a new snapshot',
+      async () => {
+        const p = await ex!.instances.prepare(fn)
+        return p.snapshot && p.snapshot.meta.createdAt !== snapshot.meta.createdAt ? p : undefined
+      },
+      60_000,
+    )
+    assert.ok(await th.host.store.usable(rebaked.snapshot!))
+    await ex.instances.stop(result.instanceId, 'test')
+    const again = await ex.restore('py-ok')
+    assert.equal(again.runtime, 'eager', 'the re-baked snapshot restores again')
+    await ex.instances.stop(again.instanceId, 'test')
+  })
+
+  test('the scrub re-reads every current snapshot; a corrupt one is marked broken and re-baked', async (t) => {
+    if (!requireServices(t) || !ex) return
+    const fn = functions.find((f) => f.name === 'py-ok')!
+    const { snapshot } = await ex.instances.prepare(fn)
+    const clean = await ex.instances.scrub()
+    assert.ok(clean.length && clean.every((r) => r.ok), JSON.stringify(clean))
+    assert.ok(clean.some((r) => r.fn === 'py-ok'))
+    const pages = (await readdir(snapshot!.imagesDir)).find((n) => n.startsWith('pages-'))!
+    await flipMiddleByte(join(snapshot!.imagesDir, pages))
+    const found = await ex.instances.scrub()
+    const bad = found.find((r) => r.fn === 'py-ok')!
+    assert.equal(bad.ok, false)
+    assert.match(bad.problem ?? '', /sha256 checksum mismatch/)
+    await waitFor(
+      'a new snapshot',
+      async () => {
+        const p = await ex!.instances.prepare(fn)
+        return p.snapshot && p.snapshot.meta.createdAt !== snapshot!.meta.createdAt ? p : undefined
+      },
+      60_000,
+    )
+    const again = await ex.restore('py-ok')
+    assert.equal(again.runtime, 'eager', 'the re-baked snapshot restores')
     await ex.instances.stop(again.instanceId, 'test')
   })
 

@@ -175,6 +175,8 @@ export async function startGateway(
     readonly redisUrl?: string
     readonly maxBodyBytes?: number
     readonly refreshIntervalMs?: number
+    /** More gateway settings (INITLESS_*), over the harness's. */
+    readonly env?: Readonly<Record<string, string>>
   } = {},
 ): Promise<RunningGateway> {
   const url = opts.redisUrl ?? REDIS_URL
@@ -189,6 +191,7 @@ export async function startGateway(
     INITLESS_REGISTRY_REFRESH: `${opts.refreshIntervalMs ?? 500}ms`,
     // Tests close with requests possibly in flight: cut them off at once.
     INITLESS_SHUTDOWN_TIMEOUT: '1s',
+    ...opts.env,
   })
   const redis = createRedis(url, { name: 'test-gateway' })
   const agents = createUpstreamAgents()

@@ -88,6 +88,28 @@ const probeFromHost = (host: string, port: number) =>
     )
   })
 
+/** A TCP listener on PORT in namespace `ns` (a process the test started); resolves once it listens. */
+async function listenIn(ns: string): Promise<ChildProcess> {
+  const child = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      'python3',
+      '-c',
+      `import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${PORT})); s.listen(64); print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.close()`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  )
+  await new Promise((resolve) => child.stdout?.once('data', resolve))
+  return child
+}
+
 describe('network policy', () => {
   let stack: E2eStack | undefined
   let functionsDir = ''
@@ -135,23 +157,7 @@ describe('network policy', () => {
     ])
       sh('ip', ['-n', OUTSIDE_NS, ...cmd])
     sh('ip', ['route', 'add', `${LINK_LOCAL_IP}/32`, 'dev', OUTSIDE_VETH])
-    outsideServer = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        OUTSIDE_NS,
-        'python3',
-        '-c',
-        `import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", ${PORT})); s.listen(64); print("listening", flush=True)
-while True:
-    c, _ = s.accept(); c.close()`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    )
-    await new Promise((resolve) => outsideServer?.stdout?.once('data', resolve))
+    outsideServer = await listenIn(OUTSIDE_NS)
     // A service of the host's own, on every address.
     hostService = createServer((c) => c.end())
     await new Promise<void>((resolve) => hostService?.listen(0, '0.0.0.0', resolve))
@@ -296,23 +302,7 @@ describe('network policy in a namespace of its own', () => {
       sh('ip', ['-n', P, ...cmd])
     // "Another host's instance subnet", routed as peers.ts routes it.
     ipH('route', 'add', '10.60.0.0/16', 'via', '10.9.0.2', 'proto', '213', 'realm', '213')
-    server = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        P,
-        'python3',
-        '-c',
-        `import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", ${PORT})); s.listen(64); print("listening", flush=True)
-while True:
-    c, _ = s.accept(); c.close()`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    )
-    await new Promise((resolve) => server?.stdout?.once('data', resolve))
+    server = await listenIn(P)
     // A rule of someone else's in H, in a built-in chain, marked like ours.
     const theirs = ['FORWARD', '-s', '10.61.0.9/32', '-m', 'comment', '--comment', 'initless', '-j', 'ACCEPT']
     await inH('iptables', ['-w', '-A', ...theirs])

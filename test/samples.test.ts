@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { httpOnce } from '../executor/adapters/probe.ts'
+import { readSeccompMode } from '../executor/sandbox/seccomp.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { requireServices, isCI } from './support/integration.ts'
 import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './support/leaks.ts'
@@ -71,6 +72,8 @@ describe('sample functions: build, bake from scratch, restore eagerly and lazily
             `${name} ${kind} answered ${res.body.slice(0, 200)}`,
           )
           assert.equal(inst.runtime, kind)
+          // The filter installed at bake came back with the process on both restore paths.
+          if (kind !== 'boot') assert.equal(await readSeccompMode(inst.pid!), 2, `${name} ${kind}: Seccomp`)
         } finally {
           await th.stop(inst)
         }

@@ -41,6 +41,11 @@ export interface ContainerLaunch {
   readonly cpus: number
   readonly pids: number
   readonly labels: Record<string, string>
+  /**
+   * The system-call filter: a profile (JSON Docker's `--security-opt seccomp=` takes), `unconfined`,
+   * or unset for Docker's own default profile.
+   */
+  readonly seccomp?: object | 'unconfined'
 }
 
 export interface DockerEngine {
@@ -209,7 +214,12 @@ function hostConfig(l: ContainerLaunch): Docker.HostConfig {
     MemorySwap: l.memoryBytes,
     NanoCpus: Math.round(l.cpus * 1e9),
     PidsLimit: l.pids,
-    SecurityOpt: ['no-new-privileges'],
+    SecurityOpt: [
+      'no-new-privileges',
+      ...(l.seccomp === undefined
+        ? []
+        : [`seccomp=${l.seccomp === 'unconfined' ? 'unconfined' : JSON.stringify(l.seccomp)}`]),
+    ],
     // Never publish ports: the gateway reaches the container at its own bridge address.
     NetworkMode: 'bridge',
   }

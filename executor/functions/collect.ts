@@ -12,7 +12,7 @@ import type { SnapshotStore } from '../snapshots/snapshot-store.ts'
 import type { FunctionSource } from './function-source.ts'
 
 export interface CollectDeps {
-  readonly source: Pick<FunctionSource, 'removeContexts'>
+  readonly source: Pick<FunctionSource, 'materialize' | 'removeContexts'>
   readonly registry: Pick<InstanceRegistry, 'forget'>
   readonly store: Pick<SnapshotStore, 'retire' | 'remove' | 'snapshotKey'>
   readonly docker: Pick<DockerEngine, 'imageRefs' | 'removeImage'>
@@ -30,7 +30,8 @@ export async function collectVersions(deps: CollectDeps, fn: string, record: Fun
   for (const v of record.versions) {
     if (!v.image) continue
     keepTags.add(v.image.tag)
-    const def = { name: fn, dir: '', manifestFile: '', manifest: v.manifest, version: v.version }
+    // The version's own folder: a seccomp profile file in it is part of the snapshot's identity.
+    const def = await deps.source.materialize(fn, v)
     const identity = await deps.baker.identity(def, { id: v.image.id } as ImageConfig)
     keepKeys.add(deps.store.snapshotKey(identity))
   }

@@ -98,6 +98,7 @@ async function setup() {
           kernel: 'k',
           layout: 1,
           prefetch: 0,
+          seccomp: 's',
         }),
     },
     logger: createSilentLogger(),

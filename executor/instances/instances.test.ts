@@ -41,6 +41,8 @@ interface World {
   readonly def: FunctionDef
   readonly bakes: number[]
   readonly broken: string[]
+  /** Make the snapshot with this key fail its checksums from now on. */
+  corrupt(key: string): void
   start(opts?: Partial<RestoreJobData>): ReturnType<InstanceManager['start']>
   /** Serve `def` from now on (a live change of its manifest, as the function registry makes). */
   redefine(def: FunctionDef): void
@@ -52,6 +54,10 @@ interface WorldOptions {
   readonly poolSize?: number
   readonly failRestore?: boolean
   readonly failPrepare?: boolean
+  /** The first snapshot's checksums do not match (restores and scrubs find it corrupt). */
+  readonly corrupt?: boolean
+  /** The first bake finds its snapshot on disk instead of making it. */
+  readonly found?: boolean
 }
 
 let nextId = 1
@@ -77,7 +83,15 @@ function world(o: WorldOptions = {}): World {
   const bakes: number[] = []
   const broken: string[] = []
   let snapshot: Snapshot = fakeSnapshot(def.name, o.snapshotBytes ?? MiB)
-  const restore = { runc: runc.runc, criu: criu.criu, sandboxes: sandboxes.sandboxes, verify: async () => {} }
+  const corrupted = new Set<string>(o.corrupt ? ['k1'] : [])
+  const verify = async (s: Snapshot) => {
+    if (corrupted.has(s.meta.key))
+      throw new InitlessError(
+        'ERR_SNAPSHOT_CORRUPT',
+        `snapshot ${s.meta.key} is corrupt: pages-1.img mismatch`,
+      )
+  }
+  const restore = { runc: runc.runc, criu: criu.criu, sandboxes: sandboxes.sandboxes, verify }
   const manager = createInstanceManager({
     hostId: HOST,
     stateDir: root,
@@ -89,12 +103,14 @@ function world(o: WorldOptions = {}): World {
       async bake() {
         bakes.push(Date.now())
         if (bakes.length > 1) snapshot = fakeSnapshot(def.name, snapshot.meta.sizeBytes, `k${bakes.length}`)
-        return { snapshot, baked: true }
+        return { snapshot, baked: !(o.found && bakes.length === 1) }
       },
     },
     store: {
       usable: async (s) => !broken.includes(s.meta.key),
       markBroken: async (s) => void broken.push(s.meta.key),
+      verify,
+      scrub: verify,
     },
     docker: docker.docker,
     sandboxes: sandboxes.sandboxes,
@@ -115,6 +131,7 @@ function world(o: WorldOptions = {}): World {
     bakes,
     broken,
     redefine: (d) => void (current = d),
+    corrupt: (key) => void corrupted.add(key),
     async start(job = {}) {
       const instanceId = `i${nextId++}`
       assert.ok(await registry.reserve(def.name, 5, instanceId, HOST))
@@ -155,6 +172,12 @@ const startCases: StartCase[] = [
   {
     name: 'sandbox prepare fails: boot serves, snapshot marked broken',
     world: { failPrepare: true, snapshotBytes: 100 * MiB },
+    runtime: 'boot',
+    fellBack: true,
+  },
+  {
+    name: 'corrupt snapshot: boot serves, snapshot marked broken and baked again',
+    world: { corrupt: true, snapshotBytes: 100 * MiB },
     runtime: 'boot',
     fellBack: true,
   },
@@ -307,5 +330,57 @@ describe('instance manager: pools, stops and withdrawn reservations', () => {
       }),
       (err: InitlessError) => err.code === 'ERR_FUNCTION_NOT_FOUND',
     )
+  })
+})
+
+async function eventually(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 10))
+  assert.ok(check(), what)
+}
+
+describe('instance manager: corrupt snapshots', () => {
+  test('a corrupt snapshot found on disk is marked broken and baked again before any start', async () => {
+    const w = world({ corrupt: true, found: true })
+    const prep = await w.manager.prepare(w.def)
+    assert.equal(prep.snapshot?.meta.key, 'k1')
+    await eventually(() => w.bakes.length === 2, 'baked again')
+    assert.deepEqual(w.broken, ['k1'])
+    const result = await w.start()
+    assert.equal(result.runtime, 'eager', 'the new snapshot restores')
+    assert.deepEqual(w.broken, ['k1'])
+    await w.manager.stopAll('test over')
+  })
+
+  test('an intact snapshot found on disk is used as is', async () => {
+    const w = world({ found: true })
+    await w.manager.prepare(w.def)
+    await new Promise((r) => setTimeout(r, 50))
+    assert.equal(w.bakes.length, 1, 'not baked again')
+    assert.deepEqual(w.broken, [])
+    const result = await w.start()
+    assert.equal(result.runtime, 'eager')
+    await w.manager.stopAll('test over')
+  })
+
+  test('the scrub marks a snapshot that went corrupt broken; the re-bake is scrubbed next', async () => {
+    const w = world()
+    await w.manager.prepare(w.def)
+    assert.deepEqual(
+      (await w.manager.scrub()).map((r) => [r.fn, r.ok]),
+      [[w.def.name, true]],
+    )
+    w.corrupt('k1')
+    const [found] = await w.manager.scrub()
+    assert.equal(found?.ok, false)
+    assert.match(found?.problem ?? '', /corrupt/)
+    assert.deepEqual(w.broken, ['k1'])
+    await eventually(() => w.bakes.length === 2, 'baked again')
+    // Wait for the re-bake's preparation to become the current one.
+    await w.manager.prepare(w.def)
+    assert.deepEqual(
+      (await w.manager.scrub()).map((r) => [r.fn, r.ok]),
+      [[w.def.name, true]],
+    )
+    assert.deepEqual(w.broken, ['k1'])
   })
 })

@@ -20,6 +20,7 @@ import { sandboxLimits, type Sandbox, type SandboxManager } from '../sandbox/san
 import type { Snapshot, SnapshotStore } from '../snapshots/snapshot-store.ts'
 import { createSandboxPools, type SandboxPools } from './pools.ts'
 import { createPreparations, type Prepared } from './preparations.ts'
+import { createSnapshotHealth, type ScrubResult } from './snapshot-health.ts'
 
 export interface InstanceManagerDeps {
   readonly hostId: string
@@ -29,7 +30,7 @@ export interface InstanceManagerDeps {
   readonly registry: Pick<InstanceRegistry, 'markReady' | 'remove'>
   readonly builder: Pick<ImageBuilder, 'build'>
   readonly baker: Pick<Baker, 'bake'>
-  readonly store: Pick<SnapshotStore, 'usable' | 'markBroken'>
+  readonly store: Pick<SnapshotStore, 'usable' | 'markBroken' | 'verify' | 'scrub'>
   readonly docker: Pick<DockerEngine, 'exportRootfs' | 'removeContainer' | 'containerRunning'>
   readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy'>
   /** `docker` (Docker's checkpoint API) serves only jobs that ask for it; without it they fail. */
@@ -57,6 +58,11 @@ export interface InstanceManager {
   fillPools(): Promise<void>
   /** Stop everything (shutdown). */
   stopAll(reason: string): Promise<void>
+  /**
+   * Check every current snapshot's checksums now (the scheduled scrub), one at a time; a corrupt
+   * one is marked broken and re-baked. Resolves with what was found.
+   */
+  scrub(): Promise<ScrubResult[]>
   poolSize(fn: string): number
 }
 
@@ -174,8 +180,12 @@ async function isDead(
 export function createInstanceManager(deps: InstanceManagerDeps): InstanceManager {
   const log = deps.logger.child({ module: 'instances' })
   const live = new Map<string, StartedInstance>()
-  const preparations = createPreparations(deps)
+  const preparations = createPreparations({
+    ...deps,
+    found: (fn, snapshot) => health.checkFound(fn, snapshot),
+  })
   const prepare = (fn: FunctionDef) => preparations.prepare(fn)
+  const health = createSnapshotHealth({ ...deps, preparations, logger: log })
   const pools = createSandboxPools({
     sandboxes: deps.sandboxes,
     runtimes: deps.runtimes,
@@ -194,17 +204,12 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       return await startWith(deps, pools, kind, job, fn, prep)
     } catch (err) {
       if (kind === 'boot' || job.runtime !== undefined || !prep.snapshot) throw err
-      // A snapshot that does not restore is never tried again: mark it, re-bake in the background,
-      // and serve this request by booting.
+      // Served by booting; the snapshot is re-baked in the background.
       log.error(
         { fn: fn.name, id: job.instanceId, err: errorMessage(err) },
         'restore failed; falling back to boot',
       )
-      await deps.store.markBroken(prep.snapshot, errorMessage(err))
-      preparations.forget(fn.name)
-      void prepare(fn).catch((e: unknown) =>
-        log.error({ fn: fn.name, err: errorMessage(e) }, 're-bake failed'),
-      )
+      await health.failed(fn, prep.snapshot, err)
       return startWith(deps, pools, 'boot', job, fn, { image: prep.image, snapshot: undefined })
     }
   }
@@ -286,6 +291,8 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     },
 
     poolSize: (fn) => pools.size(fn),
+
+    scrub: () => health.scrub(),
 
     async stopAll(reason) {
       await Promise.all([...live.keys()].map((id) => manager.stop(id, reason).catch(() => undefined)))

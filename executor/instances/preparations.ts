@@ -18,6 +18,8 @@ export interface PreparationsDeps {
   readonly builder: Pick<ImageBuilder, 'build'>
   readonly baker: Pick<Baker, 'bake'>
   readonly store: Pick<SnapshotStore, 'usable'>
+  /** A snapshot the bake found on disk rather than made (its checksums are not known good yet). */
+  readonly found?: (fn: FunctionDef, snapshot: Snapshot) => void
 }
 
 export interface Preparations {
@@ -28,8 +30,10 @@ export interface Preparations {
    * prepare again off the cold-start path), else a fresh one.
    */
   current(fn: FunctionDef): Promise<{ prep: Prepared; recheck: boolean }>
-  /** Forget the last preparation (its snapshot turned out broken). */
-  forget(fn: string): void
+  /** The last preparation's snapshot. */
+  snapshot(fn: string): Snapshot | undefined
+  /** Forget the last preparation when its snapshot is `snapshot` (it turned out broken). */
+  forget(fn: string, snapshot: Snapshot): void
 }
 
 /** Create the preparation cache of one instance manager. */
@@ -37,22 +41,30 @@ export function createPreparations(deps: PreparationsDeps): Preparations {
   const running = new Map<string, Promise<Prepared>>()
   const last = new Map<string, { def: FunctionDef; prep: Prepared }>()
 
-  async function build(fn: FunctionDef): Promise<Prepared> {
+  async function build(fn: FunctionDef): Promise<{ prep: Prepared; found: boolean }> {
     const built = await deps.builder.build(fn)
-    if (fn.manifest.restore.policy === 'boot') return { image: built.image, snapshot: undefined }
-    const { snapshot } = await deps.baker.bake(fn, built.image)
-    return { image: built.image, snapshot }
+    if (fn.manifest.restore.policy === 'boot')
+      return { prep: { image: built.image, snapshot: undefined }, found: false }
+    const { snapshot, baked } = await deps.baker.bake(fn, built.image)
+    return { prep: { image: built.image, snapshot }, found: !baked }
   }
 
   function prepare(fn: FunctionDef): Promise<Prepared> {
     let p = running.get(fn.dir)
     if (!p) {
-      p = build(fn)
-        .then((prep) => {
-          last.set(fn.name, { def: fn, prep })
-          return prep
+      const made = build(fn)
+        .then((r) => {
+          last.set(fn.name, { def: fn, prep: r.prep })
+          return r
         })
         .finally(() => running.delete(fn.dir))
+      // Once this preparation is the last one: what `found` does about it (forget, prepare again)
+      // then acts on it rather than on one still running.
+      void made.then(
+        ({ prep, found }) => found && prep.snapshot && deps.found?.(fn, prep.snapshot),
+        () => undefined,
+      )
+      p = made.then((r) => r.prep)
       running.set(fn.dir, p)
     }
     return p
@@ -69,6 +81,10 @@ export function createPreparations(deps: PreparationsDeps): Preparations {
         return { prep: kept.prep, recheck: true }
       return { prep: await prepare(fn), recheck: false }
     },
-    forget: (fn) => void last.delete(fn),
+    snapshot: (fn) => last.get(fn)?.prep.snapshot,
+    forget(fn, snapshot) {
+      const current = last.get(fn)?.prep.snapshot
+      if (current?.dir === snapshot.dir && current.meta.createdAt === snapshot.meta.createdAt) last.delete(fn)
+    },
   }
 }

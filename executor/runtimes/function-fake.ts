@@ -70,6 +70,7 @@ export function fakeSnapshot(fn: string, sizeBytes: number, key = 'k1'): Snapsho
       kernel: '6.18',
       layout: 3,
       prefetch: 0,
+      seccomp: 'unconfined',
       sizeBytes,
       bakeMs: 1,
       warmupRequests: 0,

@@ -16,6 +16,7 @@ import { waitReady } from '../adapters/probe.ts'
 import type { Runc } from '../adapters/runc.ts'
 import { cgroupPath, type Sandbox, type SandboxManager } from '../sandbox/sandbox.ts'
 import type { Snapshot } from '../snapshots/snapshot-store.ts'
+import { resolveSeccomp } from '../sandbox/seccomp.ts'
 
 export interface StartRequest {
   readonly instanceId: string
@@ -258,6 +259,8 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
       const m = req.fn.manifest
       const t0 = performance.now()
       const env = Object.entries(m.env).map(([k, v]) => `${k}=${v}`)
+      // The same filter a restored instance has (the checkpoint's), not Docker's default.
+      const { profile } = await resolveSeccomp(req.fn)
       const { id, ip } = await deps.docker.runContainer({
         name: `initless-${req.instanceId}`,
         image: req.image.id,
@@ -266,6 +269,7 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
         memoryBytes: m.resources.memory,
         cpus: m.resources.cpus,
         pids: m.resources.pids,
+        seccomp: profile ?? 'unconfined',
         labels: {
           'initless.instance': req.instanceId,
           'initless.fn': req.fn.name,

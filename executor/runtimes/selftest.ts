@@ -15,6 +15,8 @@ import { httpOnce, waitReady } from '../adapters/probe.ts'
 import type { Runc } from '../adapters/runc.ts'
 import { restoreIntoSandbox } from './runtimes.ts'
 import type { Sandbox, SandboxManager } from '../sandbox/sandbox.ts'
+import { readSeccompMode } from '../sandbox/seccomp.ts'
+import { DEFAULT_SECCOMP_PROFILE } from '../sandbox/seccomp-profile.ts'
 
 export interface SelfTestStep {
   readonly name: string
@@ -122,6 +124,10 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
     const res = await httpOnce(sb.netns.ip, port, '/')
     // The checkpoint was taken after one request, readiness made the second: this is the third.
     if (!res.body.includes('requests=3')) throw new Error(`restored state is wrong: ${res.body.trim()}`)
+    // The filter runc installed at the bake came back with the process.
+    const seccomp = await readSeccompMode(await readPidFile(sb.pidFile))
+    if (seccomp !== 2)
+      throw new Error(`the restored process has Seccomp: ${seccomp ?? 'unknown'}, not 2 (filter)`)
     if (mode === 'lazy') {
       const log = await readFile(join(sb.criuWorkDir, 'restore.log'), 'utf8').catch(() => '')
       if (!/Lazy restore skips \d+ pages/.test(log))
@@ -143,6 +149,7 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
         process: processSpec,
         ...limits,
         forRestore: false,
+        seccomp: DEFAULT_SECCOMP_PROFILE,
       })
       live.push(sb)
       await deps.runc.run(sb.id, { bundle: sb.bundle, pidFile: sb.pidFile, outputFile: sb.logFile })
@@ -160,11 +167,14 @@ export async function runRestoreSelfTest(deps: SelfTestDeps): Promise<SelfTestSt
     const lowers = [join(snapshotDir, 'upper'), rootfs]
     await step('eager restore answers', async () => {
       await restoreAndProbe('eager', lowers)
-      return { value: undefined, detail: 'state preserved' }
+      return { value: undefined, detail: 'state and seccomp filter preserved' }
     })
     await step('lazy restore answers', async () => {
       await restoreAndProbe('lazy', lowers)
-      return { value: undefined, detail: 'state preserved, pages served by criu lazy-pages' }
+      return {
+        value: undefined,
+        detail: 'state and seccomp filter preserved, pages served by criu lazy-pages',
+      }
     })
   } catch {
     // Recorded in steps; cleanup below runs either way.

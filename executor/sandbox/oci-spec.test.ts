@@ -207,3 +207,15 @@ test('criuExternalMounts: every bind under its destination, and /dev/null for th
   const unmasked = { ...spec, linux: { ...(spec.linux as object), maskedPaths: [] } }
   assert.ok(!criuExternalMounts(unmasked).some((m) => m.key === '/dev/null'))
 })
+
+describe('buildOciSpec: seccomp', () => {
+  test('the profile given goes to linux.seccomp as it is; none without one', () => {
+    const profile = {
+      defaultAction: 'SCMP_ACT_ERRNO' as const,
+      syscalls: [{ names: ['read'], action: 'SCMP_ACT_ALLOW' as const }],
+    }
+    const linux = (spec: Record<string, unknown>) => spec.linux as { seccomp?: unknown }
+    assert.deepEqual(linux(buildOciSpec({ ...input, seccomp: profile })).seccomp, profile)
+    assert.equal(linux(buildOciSpec(input)).seccomp, undefined)
+  })
+})

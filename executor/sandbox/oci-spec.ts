@@ -1,8 +1,10 @@
 /**
  * OCI runtime config (config.json) for a function's container under runc: the image's process
  * settings, a network namespace joined by path, cgroup limits from the manifest, Docker's default
- * capability set, no host mounts and no new privileges.
+ * capability set, the function's system-call filter (seccomp-profile.ts), no host mounts and no new
+ * privileges.
  */
+import type { SeccompProfileFile } from '../../shared/seccomp.ts'
 
 export interface OciSpecInput {
   readonly hostname: string
@@ -34,6 +36,8 @@ export interface OciSpecInput {
    * (criu.ts: criuDumpConfigText for a checkpoint, criuRestoreConfigText for a restore).
    */
   readonly criuConfig?: string
+  /** `linux.seccomp`: the filter runc installs before it executes the process. Unset: none. */
+  readonly seccomp?: SeccompProfileFile
 }
 
 /**
@@ -116,6 +120,7 @@ export function buildOciSpec(input: OciSpecInput): Record<string, unknown> {
     ],
     annotations: input.criuConfig ? { 'org.criu.config': input.criuConfig } : {},
     linux: {
+      ...(input.seccomp ? { seccomp: input.seccomp } : {}),
       cgroupsPath: input.cgroupsPath,
       resources: {
         devices: [{ allow: false, access: 'rwm' }],

@@ -13,6 +13,7 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Egress, Manifest } from '../../shared/manifest.ts'
+import type { SeccompProfileFile } from '../../shared/seccomp.ts'
 import {
   applySandboxLimits,
   containerCgroupMounts,
@@ -56,6 +57,11 @@ export interface SandboxRequest {
   readonly forRestore: boolean
   /** The function's network.egress (default allow): it names the instance's veth (firewall.ts). */
   readonly egress?: Egress
+  /**
+   * The system-call filter runc installs when it runs the process (a bake; a restore gets the
+   * filter dumped with the process from CRIU). Unset: none.
+   */
+  readonly seccomp?: SeccompProfileFile
 }
 
 export interface Sandbox {
@@ -217,6 +223,7 @@ function describeSandbox(
     // A restore gets its CPU limit afterwards (limitCpu): CRIU's work is not the function's.
     criuConfig: at.criuConfig,
     ...(req.forRestore ? {} : { cpus: req.cpus }),
+    ...(req.seccomp ? { seccomp: req.seccomp } : {}),
   })
   const sandbox: Sandbox = {
     id: req.id,

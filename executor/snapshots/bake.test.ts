@@ -5,6 +5,8 @@ import type { FunctionDef } from '../../shared/functions.ts'
 import { manifestHash, parseManifest } from '../../shared/manifest.ts'
 import { bakedManifest } from '../../shared/versions.ts'
 import { processSpecFor, snapshotIdentity } from './bake.ts'
+import { seccompId } from '../sandbox/seccomp.ts'
+import { DEFAULT_SECCOMP_PROFILE } from '../sandbox/seccomp-profile.ts'
 import { WORKING_SET_VERSION } from './working-set.ts'
 import { SANDBOX_LAYOUT_VERSION } from '../sandbox/oci-spec.ts'
 import type { ImageConfig } from '../adapters/docker.ts'
@@ -144,7 +146,20 @@ describe('snapshotIdentity', () => {
       kernel: '6.1.0-18-amd64',
       layout: SANDBOX_LAYOUT_VERSION,
       prefetch: WORKING_SET_VERSION,
+      seccomp: seccompId(DEFAULT_SECCOMP_PROFILE),
     })
+  })
+
+  test('follows the system-call filter: unconfined and the default profile differ', () => {
+    const a = snapshotIdentity(fn(), image(), versions)
+    const b = snapshotIdentity(fn('security:\n  seccomp: unconfined'), image(), versions)
+    assert.equal(b.seccomp, 'unconfined')
+    assert.match(a.seccomp, /^[0-9a-f]{16}$/)
+    // A profile file is hashed by the baker once read (seccomp.ts resolveSeccomp).
+    assert.equal(
+      snapshotIdentity(fn(), image(), versions, true, 'feedfacefeedface').seccomp,
+      'feedfacefeedface',
+    )
   })
 
   test('no working-set profile when prefetch is off or the policy never restores lazily', () => {

@@ -21,6 +21,7 @@ import { waitReady } from '../adapters/probe.ts'
 import { ensureImageRootfs } from '../adapters/rootfs.ts'
 import type { Runc } from '../adapters/runc.ts'
 import { sandboxLimits, type ProcessSpec, type Sandbox, type SandboxManager } from '../sandbox/sandbox.ts'
+import { builtinSeccomp, resolveSeccomp, seccompId } from '../sandbox/seccomp.ts'
 import type { Snapshot, SnapshotIdentity, SnapshotStore } from './snapshot-store.ts'
 import { warmUp } from './warmup.ts'
 import { profileWorkingSet, WORKING_SET_VERSION } from './working-set.ts'
@@ -62,6 +63,8 @@ export function snapshotIdentity(
   versions: HostVersions,
   /** Working-set prefetch enabled on this host (INITLESS_PREFETCH). */
   prefetch = true,
+  /** seccomp.ts seccompId of the function's filter (a profile file's must be resolved first). */
+  seccomp = seccompId(builtinSeccomp(fn.manifest.security.seccomp)),
 ): SnapshotIdentity {
   return {
     fn: fn.name,
@@ -71,6 +74,7 @@ export function snapshotIdentity(
     ...versions,
     layout: SANDBOX_LAYOUT_VERSION,
     prefetch: prefetch && profilesWorkingSet(fn.manifest) ? WORKING_SET_VERSION : 0,
+    seccomp,
   }
 }
 
@@ -210,12 +214,14 @@ export function createBaker(deps: BakerDeps): Baker {
 
   return {
     async identity(fn, image) {
-      return snapshotIdentity(fn, image, await deps.versions(), deps.prefetch !== false)
+      const { id } = await resolveSeccomp(fn)
+      return snapshotIdentity(fn, image, await deps.versions(), deps.prefetch !== false, id)
     },
 
     async bake(fn, image, opts = {}) {
       const versions = await deps.versions()
-      const identity = snapshotIdentity(fn, image, versions, deps.prefetch !== false)
+      const seccomp = await resolveSeccomp(fn)
+      const identity = snapshotIdentity(fn, image, versions, deps.prefetch !== false, seccomp.id)
       if (!opts.force) {
         const existing = await deps.store.find(identity)
         if (existing) return { snapshot: existing, baked: false }
@@ -239,6 +245,7 @@ export function createBaker(deps: BakerDeps): Baker {
           process: processSpecFor(image, m),
           ...sandboxLimits(m),
           forRestore: false,
+          ...(seccomp.profile ? { seccomp: seccomp.profile } : {}),
         })
         const warmupRequests = await bootAndCheckpoint(deps, sb, fn, pending.imagesDir, progress)
         // The namespace must go (CRIU leaves its network lock in it); the files the function wrote

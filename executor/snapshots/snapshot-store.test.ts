@@ -1,5 +1,17 @@
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import {
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  truncate,
+  utimes,
+  writeFile,
+} from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -11,6 +23,9 @@ import {
   type SnapshotIdentity,
   type SnapshotStore,
 } from './snapshot-store.ts'
+import { flipMiddleByte } from '../../test/support/files.ts'
+
+const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex')
 
 let tmp: string
 before(async () => {
@@ -35,6 +50,7 @@ const ID: SnapshotIdentity = {
   kernel: '6.1.0-18-amd64',
   layout: 2,
   prefetch: 1,
+  seccomp: '0123456789abcdef',
 }
 
 /** Fill a pending snapshot with 1000 bytes of images and 24 bytes of upper layer, then commit it. */
@@ -79,6 +95,13 @@ describe('snapshot store', () => {
       createdAt,
       port: 8080,
       files: { 'pages-1.img': 1000 },
+      checksums: {
+        algorithm: 'sha256',
+        files: {
+          'images/pages-1.img': { size: 1000, hash: sha256(Buffer.alloc(1000, 1)) },
+          'upper/tmp/cache': { size: 24, hash: sha256('x'.repeat(24)) },
+        },
+      },
     }
     const dir = join(root, 'hello', key)
     assert.deepEqual(snapshot, {
@@ -102,6 +125,7 @@ describe('snapshot store', () => {
     ['kernel', { kernel: '6.12.0' }],
     ['layout', { layout: 3 }],
     ['prefetch', { prefetch: 0 }],
+    ['seccomp', { seccomp: 'unconfined' }],
     ['fn', { fn: 'other' }],
   ]
   for (const [field, change] of changed) {
@@ -275,5 +299,69 @@ test('verify: a truncated or missing image file is ERR_SNAPSHOT_CORRUPT', async 
     assert.equal(err.code, 'ERR_SNAPSHOT_CORRUPT')
     assert.match(err.message, /core-1\.img is missing; pages-1\.img has 10 bytes, expected 1000/)
     return true
+  })
+})
+
+describe('snapshot checksums', () => {
+  const corruptWith = (re: RegExp) => (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ERR_SNAPSHOT_CORRUPT')
+    assert.match(err.message, re)
+    return true
+  }
+
+  test('commit leaves the snapshot 0700 and its images and meta.json 0600', async () => {
+    const { store } = freshStore()
+    const { snapshot } = await bake(store, ID)
+    assert.equal((await stat(snapshot.dir)).mode & 0o777, 0o700)
+    assert.equal((await stat(snapshot.imagesDir)).mode & 0o777, 0o700)
+    for (const name of await readdir(snapshot.imagesDir))
+      assert.equal((await stat(join(snapshot.imagesDir, name))).mode & 0o777, 0o600, name)
+    assert.equal((await stat(join(snapshot.dir, 'meta.json'))).mode & 0o777, 0o600)
+  })
+
+  test('a byte flipped mid-file (same size) fails the first verify of another store', async () => {
+    const { store, stateDir } = freshStore()
+    const { snapshot } = await bake(store, ID)
+    await flipMiddleByte(join(snapshot.imagesDir, 'pages-1.img'))
+    // Another process (an executor restarted) has not checked it yet.
+    const other = createSnapshotStore({ stateDir })
+    const found = (await other.find(ID))!
+    await assert.rejects(other.verify(found), corruptWith(/images\/pages-1\.img: sha256 checksum mismatch/))
+  })
+
+  test('a write to an image after the last check is caught, even with the times put back', async () => {
+    const { store } = freshStore()
+    const { snapshot } = await bake(store, ID)
+    await store.verify(snapshot)
+    const file = join(snapshot.imagesDir, 'pages-1.img')
+    const before = await stat(file)
+    await flipMiddleByte(file)
+    await utimes(file, before.atime, before.mtime)
+    await assert.rejects(store.verify(snapshot), corruptWith(/checksum mismatch/))
+  })
+
+  test('the layer is checked too: a changed, added or replaced file fails the scrub', async () => {
+    const { store } = freshStore()
+    const { snapshot } = await bake(store, ID)
+    await store.scrub(snapshot)
+    await writeFile(join(snapshot.upperDir, 'tmp', 'cache'), 'y'.repeat(24))
+    await assert.rejects(store.scrub(snapshot), corruptWith(/upper\/tmp\/cache: sha256 checksum mismatch/))
+    await writeFile(join(snapshot.upperDir, 'tmp', 'cache'), 'x'.repeat(24))
+    await store.scrub(snapshot)
+    await symlink('/etc/shadow', join(snapshot.upperDir, 'tmp', 'link'))
+    await assert.rejects(store.scrub(snapshot), corruptWith(/upper\/tmp\/link was added/))
+  })
+
+  test('once checked, verify only stats the images: a layer change waits for the scrub', async () => {
+    const { store, stateDir } = freshStore()
+    await bake(store, ID)
+    const other = createSnapshotStore({ stateDir })
+    const found = (await other.find(ID))!
+    await other.verify(found)
+    await writeFile(join(found.upperDir, 'tmp', 'cache'), 'z'.repeat(24))
+    await other.verify(found)
+    await assert.rejects(other.scrub(found), corruptWith(/upper\/tmp\/cache: sha256 checksum mismatch/))
+    // Found corrupt once, it is checked in full again at the next verify.
+    await assert.rejects(other.verify(found), corruptWith(/checksum mismatch/))
   })
 })

@@ -6,10 +6,11 @@
  * A snapshot appears only complete (written under a temporary name, renamed into place).
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { InitlessError } from '../../shared/errors.ts'
 import { canonicalJson } from '../../shared/manifest.ts'
+import { checksumSnapshot, type SnapshotChecksums } from './snapshot-checksums.ts'
+import { createSnapshotVerifier, stampOf, type ImageStamps } from './snapshot-verifier.ts'
 
 export interface SnapshotIdentity {
   readonly fn: string
@@ -21,6 +22,8 @@ export interface SnapshotIdentity {
   readonly layout: number
   /** WORKING_SET_VERSION of the working-set profile applied to its pagemaps (0: none). */
   readonly prefetch: number
+  /** The system-call filter dumped with the process (seccomp.ts seccompId). */
+  readonly seccomp: string
 }
 
 export interface SnapshotMeta extends SnapshotIdentity {
@@ -35,6 +38,8 @@ export interface SnapshotMeta extends SnapshotIdentity {
   readonly workingSetPages?: number
   /** Size of every CRIU image file: a truncated or replaced file is caught before a restore. */
   readonly files?: Readonly<Record<string, number>>
+  /** Checksum of every file of the snapshot (snapshot-checksums.ts). */
+  readonly checksums?: SnapshotChecksums
 }
 
 export interface Snapshot {
@@ -67,8 +72,16 @@ export interface SnapshotStore {
    * path) and not marked broken: a stat and a small read.
    */
   usable(snapshot: Snapshot): Promise<boolean>
-  /** Throws ERR_SNAPSHOT_CORRUPT when an image file is missing or its size changed (~1 ms). */
+  /**
+   * Throws ERR_SNAPSHOT_CORRUPT when the snapshot is not intact; called before every restore. An
+   * image file missing or of another size fails at once (a stat each, ~1 ms). The checksums of
+   * every file are checked the first time this store sees the snapshot (unless it baked it) and
+   * again whenever an image file's inode times changed since; the restores that arrive meanwhile
+   * wait for that one check.
+   */
   verify(snapshot: Snapshot): Promise<void>
+  /** Check every file's checksum now, whatever was checked before (the scrub); same errors. */
+  scrub(snapshot: Snapshot): Promise<void>
   remove(fn: string): Promise<void>
   /**
    * Retire the function's snapshots whose key is not in `keep` and that were made more than
@@ -119,10 +132,17 @@ async function load(dir: string): Promise<Snapshot | undefined> {
 }
 
 /**
- * A snapshot being written in `dir` (a temporary name in `fnDir`): commit writes its meta, retires
- * every older snapshot of the function (only one is ever current) and renames it into place.
+ * A snapshot being written in `dir` (a temporary name in `fnDir`): commit makes it root's only,
+ * records its files' sizes and checksums in its meta, retires every older snapshot of the function
+ * (only one is ever current) and renames it into place. `committed` learns the image files' stamps
+ * its checksums were taken at.
  */
-function pendingSnapshot(fnDir: string, dir: string, key: string): PendingSnapshot {
+function pendingSnapshot(
+  fnDir: string,
+  dir: string,
+  key: string,
+  committed: (snapshot: Snapshot, stamps: ImageStamps) => void,
+): PendingSnapshot {
   return {
     dir,
     imagesDir: join(dir, 'images'),
@@ -130,43 +150,32 @@ function pendingSnapshot(fnDir: string, dir: string, key: string): PendingSnapsh
     async commit(partial) {
       const sizeBytes = await directorySize(dir)
       const files: Record<string, number> = {}
-      for (const name of await readdir(join(dir, 'images')))
-        files[name] = (await stat(join(dir, 'images', name))).size
-      const meta: SnapshotMeta = { ...partial, key, sizeBytes, files }
+      const stamps: ImageStamps = new Map()
+      // Process memory, secrets included: only root reads a snapshot. The layer keeps the
+      // modes the function's files had (they are its filesystem) below the 0700 directory.
+      await chmod(dir, 0o700)
+      await chmod(join(dir, 'images'), 0o700)
+      for (const name of await readdir(join(dir, 'images'))) {
+        await chmod(join(dir, 'images', name), 0o600)
+        const st = await stat(join(dir, 'images', name))
+        files[name] = st.size
+        stamps.set(name, stampOf(st))
+      }
+      const checksums = await checksumSnapshot(dir)
+      const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
       await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
       const final = join(fnDir, key)
       // Snapshots of other inputs stay: kept versions of the function restore from them
       // (rollback). retire() removes what the function registry no longer keeps.
       if (await exists(final)) await rename(final, join(fnDir, `.retired-${key}-${Date.now()}`))
       await rename(dir, final)
-      return snapshotAt(meta, final)
+      const snapshot = snapshotAt(meta, final)
+      committed(snapshot, stamps)
+      return snapshot
     },
     async discard() {
       await rm(dir, { recursive: true, force: true })
     },
-  }
-}
-
-/** Compare a snapshot's image files with the sizes its meta recorded. */
-async function verifyFiles(snapshot: Snapshot): Promise<void> {
-  const expected = snapshot.meta.files
-  if (!expected) return
-  const problems: string[] = []
-  await Promise.all(
-    Object.entries(expected).map(async ([name, size]) => {
-      const actual = await stat(join(snapshot.imagesDir, name)).then(
-        (s) => s.size,
-        () => -1,
-      )
-      if (actual !== size)
-        problems.push(actual < 0 ? `${name} is missing` : `${name} has ${actual} bytes, expected ${size}`)
-    }),
-  )
-  if (problems.length) {
-    throw new InitlessError(
-      'ERR_SNAPSHOT_CORRUPT',
-      `snapshot ${snapshot.meta.fn}/${snapshot.meta.key} is corrupt: ${problems.sort().join('; ')}`,
-    )
   }
 }
 
@@ -196,12 +205,13 @@ async function collectUnused(root: string, isInUse: (dir: string) => boolean): P
 
 export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
   const root = join(deps.stateDir, 'snapshots')
+  const verifier = createSnapshotVerifier()
 
   const store: SnapshotStore = {
     snapshotKey(id) {
-      const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch } = id
+      const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp } = id
       return createHash('sha256')
-        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch }))
+        .update(canonicalJson({ fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp }))
         .digest('hex')
         .slice(0, 20)
     },
@@ -229,7 +239,7 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       const key = store.snapshotKey(id)
       const dir = join(fnDir, `.tmp-${key}-${randomBytes(4).toString('hex')}`)
       await mkdir(join(dir, 'images'), { recursive: true, mode: 0o700 })
-      return pendingSnapshot(fnDir, dir, key)
+      return pendingSnapshot(fnDir, dir, key, (snapshot, stamps) => verifier.trust(snapshot, stamps))
     },
 
     async usable(snapshot) {
@@ -243,7 +253,8 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
       )
     },
 
-    verify: verifyFiles,
+    verify: (snapshot) => verifier.verify(snapshot),
+    scrub: (snapshot) => verifier.scrub(snapshot),
 
     async retire(fn, keep, minAgeMs) {
       const fnDir = join(root, fn)

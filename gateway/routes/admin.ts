@@ -4,6 +4,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { Hono, type MiddlewareHandler } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
 import { z } from 'zod'
 import { RUNTIME_KINDS, type RegistryEvent } from '../../shared/contracts.ts'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
@@ -27,6 +28,11 @@ const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).str
 const runtimeBody = z
   .object({ runtime: z.enum(RUNTIME_KINDS).optional(), noPool: z.boolean().optional() })
   .strict()
+
+/** Largest admin request body, bytes. */
+export const ADMIN_MAX_BODY = 64 * 1024
+/** A deploy's upload: the one admin request with a body of its own limit. */
+const DEPLOY_PATH = /\/functions\/[^/]+$/
 
 const digest = (s: string) => createHash('sha256').update(s).digest()
 
@@ -66,6 +72,21 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
   }
 
   app.use('*', adminAuth(adminToken))
+  // Admin bodies are a few bytes of JSON: a larger one is refused before it is read whole. A
+  // deploy's build context (PUT /functions/<name>) is the exception: its route reads the upload
+  // with its own limit (INITLESS_MAX_CONTEXT).
+  const smallBodies: MiddlewareHandler<GatewayEnv> = bodyLimit({
+    maxSize: ADMIN_MAX_BODY,
+    onError: () => {
+      throw new InitlessError(
+        'ERR_GATEWAY_BODY_TOO_LARGE',
+        `admin request bodies are limited to ${ADMIN_MAX_BODY} bytes`,
+      )
+    },
+  })
+  const limitBody: MiddlewareHandler<GatewayEnv> = (c, next) =>
+    deps.lifecycle && c.req.method === 'PUT' && DEPLOY_PATH.test(c.req.path) ? next() : smallBodies(c, next)
+  app.use('*', limitBody)
   if (deps.lifecycle) app.route('/', createLifecycleRoutes(deps.lifecycle))
 
   app.get('/functions', (c) => {
