@@ -4,6 +4,7 @@ import { contextOf, createFakeDeployQueue } from '../shared/deploy-queue-fake.ts
 import { createFakeFunctionRegistry } from '../shared/function-registry-fake.ts'
 import { createDeploys } from './deploys.ts'
 import type { Problem } from './problem.ts'
+import { ADMIN_MAX_BODY } from './routes/admin.ts'
 import { createTestGateway, testManifest } from './test-support.ts'
 
 const TOKEN = 'a-test-token-of-some-length'
@@ -111,5 +112,19 @@ describe('admin lifecycle routes', () => {
     const noAuth = await put('hello', await contextOf({ 'function.yaml': 'port: 80\n' }), {})
     assert.equal(noAuth.status, 401)
     assert.deepEqual(await functions.list(), [])
+  })
+
+  test("a deploy's upload may pass the admin API's body limit; other admin bodies may not", async () => {
+    const { g, put } = await setup()
+    const big = await contextOf({ 'function.yaml': 'port: 80\n', 'blob.bin': 'x'.repeat(ADMIN_MAX_BODY * 2) })
+    assert.ok(big.length > ADMIN_MAX_BODY)
+    assert.equal((await put('hello', big)).status, 201)
+    const rollback = await g.app.request('/admin/functions/hello/rollback', {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ version: 'x'.repeat(ADMIN_MAX_BODY) }),
+    })
+    assert.equal(rollback.status, 413)
+    assert.equal((await problem(rollback)).code, 'ERR_GATEWAY_BODY_TOO_LARGE')
   })
 })
