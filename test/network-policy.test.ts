@@ -78,6 +78,17 @@ except OSError as e: print("unreachable" if e.errno in (errno.EHOSTUNREACH, errn
 }
 
 /** Connect from the host itself (the gateway's side). */
+/** Wait until eth0 in `ns` has a link-local IPv6 address that is no longer tentative. */
+async function linkLocalSettled(ns: string): Promise<void> {
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    const addrs = sh('ip', ['-n', ns, '-6', '-o', 'addr', 'show', 'dev', 'eth0'])
+    if (/inet6 fe80::/.test(addrs) && !/tentative/.test(addrs)) return
+    if (Date.now() > deadline) throw new Error(`${ns}: no settled link-local address: ${addrs}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
 const probeFromHost = (host: string, port: number) =>
   new Promise<Outcome>((resolve) => {
     const c = connect({ host, port, timeout: 1500 })
@@ -238,6 +249,9 @@ describe('network policy', () => {
       [allowNs, deny.address.host, deny.address.port, 'timeout'],
       [denyNs, allow.address.host, allow.address.port, 'timeout'],
     ]
+    // A namespace's link-local IPv6 address is tentative until duplicate address detection is done
+    // (about a second): until then a connection from it fails to bind, whatever the firewall does.
+    for (const ns of [allowNs, denyNs]) await linkLocalSettled(ns)
     const got = await Promise.all(expect.map(([ns, host, port]) => probeFrom(ns, host, port)))
     assert.deepEqual(
       got.map((o, i) => `${expect[i]?.[0] === allowNs ? 'allow' : 'deny'} -> ${expect[i]?.[1]}: ${o}`),
