@@ -221,6 +221,16 @@ describe('network policy', () => {
     ] as const)
       assert.equal(await probeFromHost(host, port), 'open', `host -> ${host}:${port}`)
 
+    // An instance's IPv6 link-local address is tentative until duplicate address detection ends
+    // (~1-2 s after its veth came up): until then a connection from it fails at bind, not at the
+    // policy. Wait for it, so that the IPv6 row below tests the rules.
+    for (const deadline = Date.now() + 10_000; ;) {
+      const addr = sh('ip', ['-n', allowNs, '-6', '-o', 'addr', 'show', 'dev', 'eth0'])
+      if (/inet6 fe80::/.test(addr) && !/tentative/.test(addr)) break
+      assert.ok(Date.now() < deadline, `eth0 in ${allowNs} never got a usable link-local address: ${addr}`)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+
     const expect: [string, string, number, Outcome][] = [
       // egress: allowed for one function only
       [allowNs, OUTSIDE_IP, PORT, 'open'],
