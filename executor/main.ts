@@ -5,12 +5,13 @@
 import { errorMessage } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
+import { closeOnSignals } from '../shared/shutdown.ts'
 import { loadExecutorConfig } from './config.ts'
 import { startExecutor } from './start.ts'
 
 const config = loadExecutorConfig(process.env)
 const logger = createLogger({ level: config.INITLESS_LOG_LEVEL, name: 'executor' })
-const executor = await startExecutor(config, {
+const executor = startExecutor(config, {
   logger,
   redis: createRedis(config.INITLESS_REDIS_URL, { name: 'initless-executor' }),
 }).catch((err: unknown) => {
@@ -18,9 +19,5 @@ const executor = await startExecutor(config, {
   process.exit(1)
 })
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    logger.info({ signal }, 'shutting down')
-    void executor.close().finally(() => process.exit(0))
-  })
-}
+// A shutdown that passed its deadline still exits 0: what it left, the next start reconciles.
+closeOnSignals(logger, executor, () => 0)
