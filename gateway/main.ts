@@ -6,6 +6,7 @@
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
+import { closeOnSignals } from '../shared/shutdown.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { loadGatewayConfig, type GatewayConfig } from './config.ts'
 import { createHttpProxyForwarder } from './http-proxy-forwarder.ts'
@@ -25,7 +26,7 @@ try {
 const logger = createLogger({ level: config.INITLESS_LOG_LEVEL, name: 'gateway' })
 const agents = createUpstreamAgents()
 const asyncRedisUrl = config.INITLESS_ASYNC_REDIS_URL ?? config.INITLESS_REDIS_URL
-const gateway = await startGateway(config, {
+const gateway = startGateway(config, {
   logger,
   redis: createRedis(config.INITLESS_REDIS_URL, { name: 'initless-gateway' }),
   queue: createBullmqRestoreQueue({
@@ -54,9 +55,4 @@ const gateway = await startGateway(config, {
   process.exit(1)
 })
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    logger.info({ signal }, 'shutting down')
-    void gateway.close().then(({ isClean }) => process.exit(isClean ? 0 : 1))
-  })
-}
+closeOnSignals(logger, gateway, ({ isClean }) => (isClean ? 0 : 1))

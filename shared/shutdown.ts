@@ -85,3 +85,26 @@ export function createShutdown(deps: {
     return running
   }
 }
+
+/**
+ * Close the process on SIGINT or SIGTERM, also when the signal arrives while it is still starting:
+ * the handlers are in place before start, and a signal during start waits for it, then closes.
+ * A service manager's stop during start-up must not leave sandboxes, rules or containers behind.
+ * Exits with `exitCode` of the shutdown's result, 1 when start failed (its caller reports that).
+ */
+export function closeOnSignals(
+  logger: Logger,
+  started: Promise<{ close(): Promise<ShutdownResult> }>,
+  exitCode: (result: ShutdownResult) => number,
+  exit: (code: number) => void = (code) => process.exit(code),
+): void {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      logger.info({ signal }, 'shutting down')
+      started.then(
+        (running) => running.close().then((result) => exit(exitCode(result))),
+        () => exit(1),
+      )
+    })
+  }
+}
