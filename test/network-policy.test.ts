@@ -175,7 +175,9 @@ describe('network policy', () => {
     ] as const) {
       await cp(join(FIXTURES, 'py-ok'), join(functionsDir, name), { recursive: true })
       const manifest = join(functionsDir, name, 'function.yaml')
-      const text = await readFile(manifest, 'utf8')
+      // py-ok idles out after 2 s; the probes below need the instances for longer than that.
+      const text = (await readFile(manifest, 'utf8')).replace('idleTimeout: 2s', 'idleTimeout: 5m')
+      assert.match(text, /idleTimeout: 5m/)
       await writeFile(manifest, egress ? `${text}network:\n  egress: ${egress}\n` : text)
     }
     stack = await startE2eStack({
