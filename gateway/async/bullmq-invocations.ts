@@ -135,14 +135,16 @@ export function createBullmqInvocations(deps: BullmqInvocationsDeps): BullmqInvo
   }
 
   const viewOf = async (
-    job: Job<InvocationData, FinishedInvocation>,
+    read: Job<InvocationData, FinishedInvocation>,
     state?: JobState | 'unknown',
   ): Promise<InvocationView> => {
-    const q = queue(job.data.fn)
-    const [current, logs] = await Promise.all([
-      state ?? job.getState(),
-      q.getJobLogs(job.id ?? '', 0, -1, true),
-    ])
+    const q = queue(read.data.fn)
+    const current = state ?? (await read.getState())
+    // A job read before it completed has no return value yet, while its state, read after, says
+    // completed. Completion is final: one re-read makes the state and the result agree.
+    const job =
+      current === 'completed' && read.returnvalue == null ? ((await q.getJob(read.id ?? '')) ?? read) : read
+    const logs = await q.getJobLogs(job.id ?? '', 0, -1, true)
     const { attempts, callback } = readLog(logs.logs)
     const finished = job.returnvalue as FinishedInvocation | null | undefined
     const d = job.data
