@@ -207,14 +207,13 @@ describe('network policy', () => {
     const allowNs = `${NETNS_PREFIX}${allow.id}`
     const denyNs = `${NETNS_PREFIX}${deny.id}`
     const bridgeIp = `10.237.${r}.1`
-    // IPv6 is checked where the host has it on the bridge; where it is off (a container's default,
-    // disable_ipv6=1), an instance has no IPv6 address at all and nothing is reachable over it.
+    // The host over IPv6 is checked where the bridge has IPv6; where it is off (a container's
+    // default, disable_ipv6=1) the host has no address on the bridge to reach over it.
     const ipv6 = readFileSync(`/proc/sys/net/ipv6/conf/${BRIDGE}/disable_ipv6`, 'utf8').trim() === '0'
     const bridgeIp6 = /inet6 (fe80::[0-9a-f:]+)\//.exec(
       sh('ip', ['-6', '-o', 'addr', 'show', 'dev', BRIDGE]),
     )?.[1]
     if (ipv6) assert.ok(bridgeIp6, 'the bridge has a link-local IPv6 address')
-    else assert.equal(sh('ip', ['-n', allowNs, '-6', '-o', 'addr', 'show']).trim(), '', 'no IPv6 address')
 
     // Controls: every target answers from the host, so a timeout below is the policy's doing.
     for (const [host, port] of [
