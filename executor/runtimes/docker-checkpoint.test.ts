@@ -17,7 +17,10 @@ let fn: FakeFunction
 before(async () => (fn = await startFakeFunction()))
 after(() => fn.close())
 
-function runtimeOn(fail?: (method: keyof DockerEngine, arg: unknown) => Error | undefined) {
+function runtimeOn(
+  fail?: (method: keyof DockerEngine, arg: unknown) => Error | undefined,
+  lingeringCheckpointWaitMs?: number,
+) {
   const docker = createFakeDocker({ fail, logs: 'last words' })
   const sweeps: number[] = []
   const copies = createCopySweeper({
@@ -29,6 +32,7 @@ function runtimeOn(fail?: (method: keyof DockerEngine, arg: unknown) => Error | 
     logger: createSilentLogger(),
     settleMs: 0,
     copies,
+    lingeringCheckpointWaitMs,
   })
   return { docker, runtime, sweeps }
 }
@@ -119,6 +123,38 @@ describe('docker checkpoint runtime over a fake Docker engine', () => {
     assert.equal(count(on.docker, 'createContainer'), 2)
     await on.runtime.stop(inst)
     await on.runtime.discard()
+  })
+
+  // moby#42900, as Docker 20.10 words it.
+  const lingering = () =>
+    new InitlessError(
+      'ERR_COMMAND_FAILED',
+      'docker: start c1 from checkpoint initless: (HTTP code 500) server error - failed to upload ' +
+        'checkpoint to containerd: commit failed: content sha256:2552e81a: already exists',
+    )
+
+  test("a start refused while containerd still holds the checkpoint's copy is tried again", async () => {
+    let refusals = 2
+    const on = runtimeOn((m) => (m === 'startFromCheckpoint' && refusals-- > 0 ? lingering() : undefined))
+    const inst = await start(on.runtime)
+    assert.equal(count(on.docker, 'startFromCheckpoint'), 3)
+    assert.equal(count(on.docker, 'createContainer'), 1, 'the template is kept, not re-made')
+    assert.ok(inst.phases.restoreMs < 50, 'the restore phase times the call that succeeded')
+    await on.runtime.stop(inst)
+    await on.runtime.discard()
+  })
+
+  test('a copy that is never collected fails the restore once the wait is over', async () => {
+    const on = runtimeOn((m) => (m === 'startFromCheckpoint' ? lingering() : undefined), 300)
+    const t0 = performance.now()
+    await assert.rejects(start(on.runtime), (err: InitlessError) => {
+      assert.equal(err.code, 'ERR_RESTORE_FAILED')
+      assert.match(err.message, /already exists/)
+      return true
+    })
+    assert.ok(performance.now() - t0 < 2_000, 'the wait is bounded')
+    assert.ok(count(on.docker, 'startFromCheckpoint') >= 3)
+    assert.deepEqual(templates(on.docker), [])
   })
 
   test('a restored template that never gets ready is removed: ERR_RESTORE_FAILED', async () => {

@@ -36,6 +36,47 @@ export {
 /** Restore probing: the socket is usually there at once (as for the runc runtimes). */
 const RESTORE_PROBE_INTERVAL_MS = 1
 
+/**
+ * moby#42900: `docker checkpoint create` leaves the checkpoint's tar in containerd's content store
+ * until containerd's next garbage collection (its interval grows with the average collection time:
+ * 0.5 s on a quiet host, seconds on a busy one), and a start from that checkpoint uploads a
+ * byte-identical tar (same digest), which containerd refuses with "already exists" until then.
+ * The refusal changes nothing, so the start is tried again until the blob is collected.
+ */
+const LINGERING_CHECKPOINT = /failed to upload checkpoint to containerd: .*already exists/
+const LINGERING_CHECKPOINT_WAIT_MS = 20_000
+const LINGERING_CHECKPOINT_RETRY_MS = [50, 100, 200, 400, 800, 1000]
+
+/** Start from a checkpoint, waiting out moby#42900; resolves with when the successful call began. */
+async function startPastLingeringBlob(
+  ctx: Ctx,
+  template: Template,
+  waitMs = LINGERING_CHECKPOINT_WAIT_MS,
+): Promise<{ ip: string; t0: number }> {
+  const began = performance.now()
+  for (let attempt = 0; ; attempt++) {
+    const t0 = performance.now()
+    try {
+      const { ip } = await ctx.copies.tracked(() =>
+        ctx.docker.startFromCheckpoint(template.containerId, DOCKER_CHECKPOINT_NAME),
+      )
+      if (attempt > 0) {
+        ctx.log.info(
+          { container: template.name, attempts: attempt + 1, waitedMs: Math.round(t0 - began) },
+          "docker restore waited for containerd to collect the checkpoint's copy (moby#42900)",
+        )
+      }
+      return { ip, t0 }
+    } catch (err) {
+      const elapsed = performance.now() - began
+      if (!LINGERING_CHECKPOINT.test(errorMessage(err)) || elapsed >= waitMs) throw err
+      const pause =
+        LINGERING_CHECKPOINT_RETRY_MS[Math.min(attempt, LINGERING_CHECKPOINT_RETRY_MS.length - 1)]!
+      await new Promise((r) => setTimeout(r, Math.min(pause, waitMs - elapsed)))
+    }
+  }
+}
+
 export interface DockerCheckpointDeps {
   readonly docker: DockerCheckpointEngine
   readonly logger: Logger
@@ -43,6 +84,8 @@ export interface DockerCheckpointDeps {
   readonly settleMs?: number
   /** containerd's checkpoint copies (default: removed from its temp dir). */
   readonly copies?: CopySweeper
+  /** How long a start waits out moby#42900 (default 20 s). */
+  readonly lingeringCheckpointWaitMs?: number
 }
 
 export interface DockerCheckpointRuntime extends Runtime {
@@ -92,6 +135,7 @@ interface Ctx {
   readonly copies: CopySweeper
   readonly templates: Templates
   readonly log: Logger
+  readonly lingeringWaitMs?: number
 }
 
 /**
@@ -105,11 +149,7 @@ async function restoreTemplate(
 ): Promise<{ ip: string; t0: number }> {
   const start = async () => {
     const template = (held.template = await ctx.templates.for(req))
-    const t0 = performance.now()
-    const { ip } = await ctx.copies.tracked(() =>
-      ctx.docker.startFromCheckpoint(template.containerId, DOCKER_CHECKPOINT_NAME),
-    )
-    return { ip, t0 }
+    return startPastLingeringBlob(ctx, template, ctx.lingeringWaitMs)
   }
   try {
     return await start()
@@ -143,7 +183,7 @@ export function createDockerCheckpointRuntime(deps: DockerCheckpointDeps): Docke
   const { docker } = deps
   const copies = deps.copies ?? createCopySweeper({ logger: log })
   const templates = createTemplates({ docker, copies, settleMs: deps.settleMs }, log)
-  const ctx: Ctx = { docker, copies, templates, log }
+  const ctx: Ctx = { docker, copies, templates, log, lingeringWaitMs: deps.lingeringCheckpointWaitMs }
   /** fn -> id of the instance holding (or starting from) its template. */
   const busy = new Map<string, string>()
 
