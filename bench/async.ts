@@ -20,6 +20,8 @@ import { parseArgs } from 'node:util'
 import { freePort, isolatedStack, startStack, type Stack } from '../cli/launcher.ts'
 import { packageRoot } from '../shared/package-root.ts'
 import { createRedis } from '../shared/redis.ts'
+import { benchEnvironment } from './env.ts'
+import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -27,6 +29,7 @@ const { values: args } = parseArgs({
     concurrency: { type: 'string', default: '50' },
     out: { type: 'string', default: join(import.meta.dirname, 'results') },
     'state-dir': { type: 'string', default: '/var/lib/initless-bench-async' },
+    ...QUIET_ARGS,
   },
 })
 const COUNT = Number(args.count)
@@ -109,6 +112,12 @@ async function runOnce(stack: Stack, fns: readonly string[], fsync: string): Pro
   }
 }
 
+// Before anything of the benchmark's own starts: its executor and gateway would count as busy.
+const quiet = await passQuietGate('bench/async', args)
+const env = {
+  ...benchEnvironment(['node --import tsx bench/async.ts', ...process.argv.slice(2)]),
+  quiet,
+}
 const redisPort = await freePort()
 const redisDir = await mkdtemp(join(tmpdir(), 'initless-bench-redis-'))
 const redis = spawn(
@@ -178,10 +187,7 @@ try {
   await rm(redisDir, { recursive: true, force: true })
 }
 const file = join(args.out, `async-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
-await writeFile(
-  file,
-  JSON.stringify({ at: new Date().toISOString(), count: COUNT, concurrency: CONCURRENCY, runs }, null, 2),
-)
+await writeFile(file, JSON.stringify({ env, count: COUNT, concurrency: CONCURRENCY, runs }, null, 2))
 console.log(`\n| appendfsync | functions | accepted/s | drained/s | 202 -> start of the first (ms) |`)
 console.log(`| --- | --- | --- | --- | --- |`)
 for (const r of runs)

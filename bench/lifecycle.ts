@@ -15,10 +15,14 @@ import { parseArgs } from 'node:util'
 import { deployFunction } from '../cli/deploy-client.ts'
 import { freePort, isolatedStack, startProcess, startStack } from '../cli/launcher.ts'
 import { packageRoot } from '../shared/package-root.ts'
+import { benchEnvironment } from './env.ts'
+import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 
 const FN = 'bench-life'
-const { values } = parseArgs({ options: { n: { type: 'string', default: '10' } } })
+const { values } = parseArgs({ options: { n: { type: 'string', default: '10' }, ...QUIET_ARGS } })
 const n = Number(values.n)
+// Before the benchmark's own stack starts: its executor and gateway would count as busy.
+const quiet = await passQuietGate('bench/lifecycle', values)
 const redisUrl = process.env.INITLESS_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
 const median = (xs: number[]) => {
@@ -104,7 +108,8 @@ try {
     await new Promise((r) => setTimeout(r, 1500))
   }
   const result = {
-    date: new Date().toISOString(),
+    ...benchEnvironment(['node --import tsx bench/lifecycle.ts', ...process.argv.slice(2)]),
+    quiet,
     n,
     rollbackMs: {
       p50: median(rows.map((r) => r.rollbackMs)),

@@ -39,7 +39,7 @@ export function classifyProcess(p: ProcessInfo): string | undefined {
   if (p.comm.startsWith('qemu-system')) return 'virtual machine'
   if (/(^|\/)(dist\/)?executor\/main\.(js|ts)\b/.test(p.cmdline)) return 'executor'
   if (/(^|\/)(dist\/)?gateway\/main\.(js|ts)\b/.test(p.cmdline)) return 'gateway'
-  if (/\bbench\/(run|restore)\.ts\b/.test(p.cmdline)) return 'benchmark'
+  if (/\bbench\/(run|restore|async|lifecycle|burst|slowloris)\.ts\b/.test(p.cmdline)) return 'benchmark'
   if (/\binitless(\.mjs)? (up|dev|bench)\b/.test(p.cmdline)) return 'initless up'
   if (/^\d+:[^:\n]*:\/(.*\/)?initless\/[^\n]+$/m.test(p.cgroup)) return 'function instance'
   return undefined
@@ -151,5 +151,49 @@ export async function awaitQuietMachine(o: QuietOptions): Promise<QuietVerdict> 
       announced = true
     }
     await sleep(o.pollMs ?? 5000)
+  }
+}
+
+/** The command-line options of the gate, for every benchmark's parseArgs. */
+export const QUIET_ARGS = {
+  'max-load': { type: 'string', default: '0.5' },
+  'quiet-wait': { type: 'string', default: '300' },
+  'allow-busy': { type: 'boolean', default: false },
+} as const
+
+export const QUIET_USAGE = `  --max-load <load>           1-minute load average a quiet machine has at most (default 0.5)
+  --quiet-wait <s>            how long to wait for a quiet machine before refusing (default 300)
+  --allow-busy                measure on a busy machine anyway; the result is marked not comparable`
+
+/**
+ * The gate as a benchmark's entry runs it, before it starts anything of its own: bad option values
+ * end the process with exit code 2, a machine still busy after --quiet-wait with exit code 3.
+ */
+export async function passQuietGate(
+  name: string,
+  values: { 'max-load'?: string; 'quiet-wait'?: string; 'allow-busy'?: boolean },
+  progress: (line: string) => void = (line) => console.error(line),
+): Promise<QuietVerdict> {
+  const maxLoad = Number(values['max-load'] ?? '0.5')
+  const waitS = Number(values['quiet-wait'] ?? '300')
+  if (!Number.isFinite(maxLoad) || maxLoad < 0) {
+    console.error(`${name}: --max-load must be a number >= 0, got '${values['max-load']}'`)
+    process.exit(2)
+  }
+  if (!Number.isInteger(waitS) || waitS < 0) {
+    console.error(`${name}: --quiet-wait must be a whole number >= 0, got '${values['quiet-wait']}'`)
+    process.exit(2)
+  }
+  try {
+    return await awaitQuietMachine({
+      maxLoad,
+      waitMs: waitS * 1000,
+      allowBusy: values['allow-busy'] ?? false,
+      progress,
+    })
+  } catch (err) {
+    if (!(err instanceof BusyMachineError)) throw err
+    console.error(`${name}: ${err.message}`)
+    process.exit(3)
   }
 }

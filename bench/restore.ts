@@ -25,6 +25,7 @@ import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
 import { benchEnvironment, medianOf, percentile, round } from './env.ts'
+import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 
 type Variant = 'boot' | 'eager' | 'lazy' | 'lazy+pool' | 'docker'
@@ -36,8 +37,11 @@ const { values: args } = parseArgs({
     runtimes: { type: 'string', default: 'boot,docker,eager,lazy,lazy+pool' },
     concurrent: { type: 'string', default: '5' },
     out: { type: 'string', default: join(import.meta.dirname, 'results') },
+    ...QUIET_ARGS,
   },
 })
+// Before the benchmark's own executor starts: its CRIU and instances would count as busy.
+const quiet = await passQuietGate('bench/restore', args)
 const N = Number(args.n)
 const variants = args.runtimes.split(',') as Variant[]
 const prefix = `bench-${randomBytes(4).toString('hex')}`
@@ -177,7 +181,10 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
 
 let failed: unknown
 try {
-  const env = benchEnvironment(['node', '--import', 'tsx', 'bench/restore.ts', ...process.argv.slice(2)])
+  const env = {
+    ...benchEnvironment(['node', '--import', 'tsx', 'bench/restore.ts', ...process.argv.slice(2)]),
+    quiet,
+  }
   const rows: ReturnType<typeof summarize>[] = []
   for (const fn of functions) {
     process.stderr.write(`[${fn.name}] preparing (build, bake)\n`)

@@ -22,7 +22,7 @@ import { runBurst } from './burst.ts'
 import { renderChart } from './chart.ts'
 import { coldRun, runColdStartMatrix, VARIANTS, type ColdStartRow, type Variant } from './cold-start.ts'
 import { benchEnvironment, percentile, round } from './env.ts'
-import { awaitQuietMachine, BusyMachineError, type QuietVerdict } from './quiet.ts'
+import { passQuietGate, QUIET_ARGS, QUIET_USAGE } from './quiet.ts'
 import { evaluateTargets, renderMarkdown, type BenchResult } from './report.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 import { startBenchStack, type BenchStack } from './stack.ts'
@@ -46,9 +46,7 @@ const USAGE = `Usage: node --import tsx bench/run.ts [options]   (or: npx initle
   --state-dir <dir>           the benchmark executor's state dir (default /var/lib/initless-bench)
   --prepare-timeout <s>       build + bake deadline at start (default 1800)
   --out <dir>                 results folder (default bench/results)
-  --max-load <load>           1-minute load average a quiet machine has at most (default 0.5)
-  --quiet-wait <s>            how long to wait for a quiet machine before refusing (default 300)
-  --allow-busy                measure on a busy machine anyway; the result is marked not comparable
+${QUIET_USAGE}
 
 Needs root, Docker, runc, CRIU, Redis and nginx (scripts/provision.sh). Run it on a quiet machine.
 `
@@ -71,9 +69,7 @@ const { values: args } = parseArgs({
     'state-dir': { type: 'string', default: '/var/lib/initless-bench' },
     'prepare-timeout': { type: 'string', default: '1800' },
     out: { type: 'string', default: join(import.meta.dirname, 'results') },
-    'max-load': { type: 'string', default: '0.5' },
-    'quiet-wait': { type: 'string', default: '300' },
-    'allow-busy': { type: 'boolean', default: false },
+    ...QUIET_ARGS,
     help: { type: 'boolean', short: 'h', default: false },
   },
 })
@@ -130,9 +126,6 @@ const settings = {
   stateDir: args['state-dir'],
 }
 const prepareTimeoutMs = count('prepare-timeout', args['prepare-timeout'], 1) * 1000
-const maxLoad = Number(args['max-load'])
-if (!Number.isFinite(maxLoad) || maxLoad < 0)
-  usage(`--max-load must be a number >= 0, got '${args['max-load']}'`)
 
 const command =
   process.env.INITLESS_BENCH_COMMAND ?? ['node --import tsx bench/run.ts', ...process.argv.slice(2)].join(' ')
@@ -159,19 +152,7 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
 }
 
 // Before anything of the benchmark's own starts: its executor and gateway would count as busy.
-let quiet: QuietVerdict
-try {
-  quiet = await awaitQuietMachine({
-    maxLoad,
-    waitMs: count('quiet-wait', args['quiet-wait'], 0) * 1000,
-    allowBusy: args['allow-busy'],
-    progress,
-  })
-} catch (err) {
-  if (!(err instanceof BusyMachineError)) throw err
-  console.error(`bench: ${err.message}`)
-  process.exit(3)
-}
+const quiet = await passQuietGate('bench', args, progress)
 const env = { ...benchEnvironment([command]), quiet }
 const sectionErrors: string[] = []
 let coldStart: ColdStartRow[] = []
