@@ -16,7 +16,8 @@ import type { Manifest } from '../shared/manifest.ts'
 import type { InstanceRegistry, RegistrySubscription } from '../shared/registry.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { restoreFailure, type RestoreOutcome, type RestoreQueue } from '../shared/restore-queue.ts'
-import { coveredWaiters, ewma, instancesToStart, pickInstance } from './scaling.ts'
+import { coveredWaiters, ewma, instancesToStart, pickInstance, type ReadyView } from './scaling.ts'
+import type { SlotQuota } from './slot-quota.ts'
 import {
   applyRecord,
   clientClosed,
@@ -103,6 +104,11 @@ export interface InstancePoolDeps {
   readonly touchIntervalMs?: number
   /** How long a refusing instance is ignored even if the registry still lists it, in ms. Default 30000. */
   readonly deadTtlMs?: number
+  /**
+   * The slots this process may fill when it is one worker of a multi-process gateway. Absent: all
+   * of every instance's `scaling.concurrency`.
+   */
+  readonly slots?: SlotQuota
 }
 
 /** How long a withdrawn reservation of ours waits for its job's failure to be reported (ms). */
@@ -143,11 +149,28 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   let stopOutcomes: (() => void) | undefined
   let timer: NodeJS.Timeout | undefined
   let closing: Promise<void> | undefined
+  const { slots } = deps
+
+  /**
+   * Ready instances with their load as this process may use them: slots held by other worker
+   * processes count as in flight, so an instance is full here once this process's slots are.
+   */
+  const slotViews = (s: FnState): ReadyView[] => {
+    const all = views(s)
+    if (!slots) return all
+    const { concurrency } = s.manifest.scaling
+    return all.map((v) => ({ ...v, inflight: v.inflight + concurrency - slots.held(s.fn, v.id) }))
+  }
+
+  /** Tell the slot ledger what this process's waiters still need (worker processes only). */
+  const demand = (s: FnState) =>
+    slots?.demand(s.fn, s.waiters.length, [...s.ready.keys()], s.manifest.scaling.concurrency)
 
   const lease = (s: FnState, id: string, startedAt: number, hasWaited: boolean): Lease => {
     const leasedAt = now()
     return createLease(s, id, { startedAt, hasWaited, now: leasedAt }, (isDead) => {
       if (s.retired.has(id)) reportInflight(s, id, -1)
+      slots?.released(s.fn, id, s.inflight.get(id) ?? 0)
       if (isDead) {
         log.warn({ fn: s.fn, instanceId: id }, 'instance refused connection')
         s.ready.delete(id)
@@ -190,18 +213,21 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   /** Hand free slots to waiters, oldest first. */
   const dispatch = (s: FnState) => {
     while (s.waiters.length) {
-      const pick = pickInstance(views(s), s.manifest.scaling.concurrency)
-      if (!pick) return
+      const pick = pickInstance(slotViews(s), s.manifest.scaling.concurrency)
+      if (!pick) break
       const w = s.waiters.shift()
       w?.settle({ lease: lease(s, pick.id, w.enqueuedAt, true) })
     }
+    demand(s)
   }
 
   const scale = (s: FnState, traceId?: string) => {
     // No waiters, no restores to start (instancesToStart): skip the work on every released lease.
     if (closing || !s.isLoaded || !s.waiters.length || now() < s.fullUntil) return
+    // A worker process starts instances only once the slots it lacks are known to be in use.
+    if (slots && s.ready.size && !slots.isShort(s.fn)) return
     const n = instancesToStart({
-      ready: views(s),
+      ready: slotViews(s),
       starting: s.starting.size,
       waiting: s.waiters.length,
       concurrency: s.manifest.scaling.concurrency,
@@ -267,7 +293,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     s.starting.delete(id)
     s.generation++
     const covered = coveredWaiters({
-      ready: views(s),
+      ready: slotViews(s),
       starting: s.starting.size,
       concurrency: s.manifest.scaling.concurrency,
     })
@@ -404,6 +430,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     for (const s of fns.values()) {
       if (!s.isLoaded) continue
       void saveEstimates(s)
+      slots?.prune(s.fn, (id) => !s.ready.has(id))
       refresh(s).catch((err) => log.warn({ fn: s.fn, err: errorMessage(err) }, 'registry refresh failed'))
       for (const [id, e] of s.starting) {
         if (e.goneAt !== undefined && now() - e.goneAt > GONE_GRACE_MS) {
@@ -419,12 +446,21 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   /** A lease without waiting, on a function already loaded, when no request is queued before us. */
   const tryLease = (s: FnState, startedAt: number): Lease | undefined => {
     if (s.waiters.length) return undefined
-    const pick = pickInstance(views(s), s.manifest.scaling.concurrency)
+    const pick = pickInstance(slotViews(s), s.manifest.scaling.concurrency)
     return pick && lease(s, pick.id, startedAt, false)
   }
 
   return {
     async start() {
+      slots?.attach(
+        (fn, id) => fns.get(fn)?.inflight.get(id) ?? 0,
+        (fn) => {
+          const s = fns.get(fn)
+          if (!s) return
+          dispatch(s)
+          scale(s)
+        },
+      )
       stopOutcomes = restores.onOutcome(onOutcome)
       subscription = await registry.subscribe({ onEvent, onResync: refreshAll })
       timer = setInterval(refreshAll, deps.refreshIntervalMs ?? 5000)
@@ -446,6 +482,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
         )
       }
       const waiting = waitForSlot(s, { startedAt, traceId: options.traceId, signal: options.signal })
+      demand(s)
       scale(s, options.traceId)
       return waiting
     },

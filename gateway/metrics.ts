@@ -2,7 +2,8 @@
  * Prometheus metrics of one gateway app, on a registry of its own (never prom-client's global
  * default, so two apps in one process — as in tests — do not collide).
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { ColdStartPhases } from '../shared/contracts.ts'
 import type { PoolStats } from './pool-state.ts'
 
@@ -10,6 +11,8 @@ export type StartKind = 'cold' | 'warm' | 'none'
 
 export interface GatewayMetrics {
   readonly registry: Registry
+  /** The `/metrics` text: this process's, or every worker's of a multi-process gateway. */
+  render(): Promise<string>
   /** One finished request to a function. `none`: it never got an instance. */
   invocation(fn: string, status: number, start: StartKind): void
   upstream(fn: string, ms: number): void
@@ -27,6 +30,8 @@ export function createGatewayMetrics(deps: {
   readonly processMetrics?: boolean
   /** The active version of every deployed function (the function registry), when followed. */
   readonly activeVersions?: () => readonly { readonly fn: string; readonly version: string }[]
+  /** Renders `/metrics` instead of this registry (a worker asks the primary for all workers'). */
+  readonly render?: () => Promise<string>
 }): GatewayMetrics {
   const registry = new Registry()
   if (deps.processMetrics) collectDefaultMetrics({ register: registry })
@@ -72,6 +77,8 @@ export function createGatewayMetrics(deps: {
     name: 'initless_gateway_instances',
     help: 'Instances as this gateway sees them, by state',
     labelNames: ['function', 'state'] as const,
+    // Every worker process of a gateway sees the same instances.
+    aggregator: 'max',
     registers: [registry],
     collect() {
       this.reset()
@@ -95,6 +102,7 @@ export function createGatewayMetrics(deps: {
     name: 'initless_gateway_scaling_estimate_seconds',
     help: 'Moving averages the scale-up rule uses: restore (enqueue to ready) and service (a request holding a slot)',
     labelNames: ['function', 'estimate'] as const,
+    aggregator: 'average',
     registers: [registry],
     collect() {
       this.reset()
@@ -114,6 +122,7 @@ export function createGatewayMetrics(deps: {
     name: 'initless_function_active_version_info',
     help: 'The active version of each deployed function (value 1), as this gateway follows the function registry',
     labelNames: ['function', 'version'] as const,
+    aggregator: 'max',
     registers: [registry],
     collect() {
       this.reset()
@@ -122,6 +131,7 @@ export function createGatewayMetrics(deps: {
   })
   return {
     registry,
+    render: deps.render ?? (() => registry.metrics()),
     lifecycle: (fn, outcome) => lifecycle.inc({ function: fn, outcome }),
     invocation: (fn, status, start) => invocations.inc({ function: fn, status: String(status), start }),
     upstream: (fn, ms) => upstream.observe({ function: fn }, ms / 1000),
@@ -130,4 +140,20 @@ export function createGatewayMetrics(deps: {
       for (const phase of PHASES) phases.observe({ function: fn, phase: phase.slice(0, -2) }, p[phase] / 1000)
     },
   }
+}
+
+/** One worker's metrics, as it sends them to the primary. */
+export type MetricsDump = MetricObjectWithValues<MetricValue<string>>[]
+
+/** This registry's metrics to send to the primary of a multi-process gateway. */
+export function dumpMetrics(metrics: GatewayMetrics): Promise<MetricsDump> {
+  return metrics.registry.getMetricsAsJSON()
+}
+
+/**
+ * The workers' metrics as one: counters and histograms summed, gauges as each declares (the
+ * process metrics summed; instances seen, versions: the maximum; learnt times: the average).
+ */
+export function aggregateMetrics(dumps: readonly MetricsDump[]): Promise<string> {
+  return AggregatorRegistry.aggregate([...dumps]).metrics()
 }

@@ -24,7 +24,8 @@ import type { Forwarder } from './forwarder.ts'
 import { createInstancePool, type InstancePool } from './instance-pool.ts'
 import type { BullmqInvocations } from './async/bullmq-invocations.ts'
 import { startAsyncRole } from './async/role.ts'
-import { createGatewayMetrics } from './metrics.ts'
+import { createGatewayMetrics, dumpMetrics } from './metrics.ts'
+import type { GatewayWorker } from './cluster/worker.ts'
 import { drainServer } from './shutdown.ts'
 
 export interface GatewayDeps {
@@ -50,6 +51,11 @@ export interface GatewayDeps {
     /** The store's Redis, for the workers' connections. */
     readonly redisUrl: string
   }
+  /**
+   * This process is one worker of a multi-process gateway (cluster/worker.ts): its slots of every
+   * instance come from the primary, and /metrics covers all workers. Absent: a gateway on its own.
+   */
+  readonly worker?: GatewayWorker
   /** The server failed after it started listening (the process should exit). */
   readonly onFatal?: (err: Error) => void
 }
@@ -64,7 +70,7 @@ export interface RunningGateway {
 
 /** Start the gateway; resolves once it listens. It owns the clients in `deps` from then on. */
 export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Promise<RunningGateway> {
-  const { logger, redis, queue, forwarder } = deps
+  const { logger, redis, queue, forwarder, worker } = deps
   // While Redis is down commands fail after two reconnect attempts instead of waiting (cold
   // requests get 503); ioredis keeps reconnecting forever.
   let isRedisDown = false
@@ -102,6 +108,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     refreshIntervalMs: config.INITLESS_REGISTRY_REFRESH,
     maxRestoreRetries: config.INITLESS_RESTORE_RETRIES,
     retryAfterMs: config.INITLESS_RETRY_AFTER,
+    ...(worker ? { slots: worker.slots } : {}),
   })
   logger.info({ redis: new URL(config.INITLESS_REDIS_URL).host }, 'waiting for redis')
   // Requests go to the active version from the moment this gateway hears of an activation.
@@ -116,7 +123,9 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     processMetrics: true,
     activeVersions: () =>
       (watcher?.list() ?? []).flatMap((r) => (r.active ? [{ fn: r.name, version: r.active }] : [])),
+    ...(worker ? { render: () => worker.renderMetrics() } : {}),
   })
+  worker?.serveMetrics(() => dumpMetrics(metrics))
   const asyncRole = deps.async && startAsyncRole(config, { ...deps.async, catalog, pool, logger, metrics })
   // Asynchronous invocations of functions deployed (or deleted) while this gateway runs.
   watcher?.onChange(({ fn, after }) => {
@@ -177,6 +186,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     deps.onFatal?.(err)
   })
   logger.info({ host: address.address, port: address.port }, 'gateway listening')
+  worker?.listening()
 
   // In-flight requests get most of the deadline; the rest closes clients that never hang up.
   const graceMs = Math.max(0, config.INITLESS_SHUTDOWN_TIMEOUT - 1000)

@@ -27,7 +27,7 @@ export function createHealthRoutes(deps: {
     return c.json({ status: 'ready', executors: fresh.map((e) => e.hostId) })
   })
   app.get('/metrics', async (c) => {
-    const body = await deps.metrics.registry.metrics()
+    const body = await deps.metrics.render()
     return c.body(body, 200, { 'content-type': deps.metrics.registry.contentType })
   })
   return app

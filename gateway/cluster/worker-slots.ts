@@ -1,0 +1,87 @@
+/**
+ * A gateway worker's side of the slot ledger (slot-ledger.ts): it holds the slots the primary
+ * granted, asks for more while requests wait, and gives slots back when recalled. Invariant: this
+ * process never has more requests in flight on an instance than the slots it holds — a slot is
+ * given back only while idle, and a grant is counted before it is used.
+ */
+import type { SlotQuota } from '../slot-quota.ts'
+import type { ToPrimary, ToWorker } from './slot-ledger.ts'
+
+export interface SlotChannel {
+  send(message: ToPrimary): void
+  onMessage(listener: (message: ToWorker) => void): void
+}
+
+export function createWorkerSlots(channel: SlotChannel): SlotQuota {
+  /** fn -> instance id -> slots held. */
+  const held = new Map<string, Map<string, number>>()
+  /** `fn/id` recalled: every slot goes back as soon as it is idle, until settled. */
+  const returning = new Set<string>()
+  /** The demand last sent per function, to send only changes. */
+  const lastWant = new Map<string, string>()
+  const short = new Set<string>()
+  let inflight: (fn: string, id: string) => number = () => 0
+  let onChange: (fn: string) => void = () => undefined
+
+  const heldOf = (fn: string, id: string) => held.get(fn)?.get(id) ?? 0
+  const setHeld = (fn: string, id: string, n: number) => {
+    let byId = held.get(fn)
+    if (!byId) held.set(fn, (byId = new Map<string, number>()))
+    if (n > 0) byId.set(id, n)
+    else byId.delete(id)
+    if (!byId.size) held.delete(fn)
+  }
+
+  /** Give back every idle slot of `id`; returns how many went. */
+  const giveIdle = (fn: string, id: string, t: 'give' | 'recalled'): number => {
+    const n = Math.max(0, heldOf(fn, id) - inflight(fn, id))
+    if (n > 0) setHeld(fn, id, heldOf(fn, id) - n)
+    if (n > 0 || t === 'recalled') channel.send({ t, fn, id, n })
+    return n
+  }
+
+  channel.onMessage((m) => {
+    if (m.t === 'grant') {
+      setHeld(m.fn, m.id, heldOf(m.fn, m.id) + m.n)
+      onChange(m.fn)
+    } else if (m.t === 'recall') {
+      returning.add(`${m.fn}/${m.id}`)
+      giveIdle(m.fn, m.id, 'recalled')
+    } else if (m.t === 'settle') {
+      returning.delete(`${m.fn}/${m.id}`)
+    } else if (m.t === 'short') {
+      short.add(m.fn)
+      onChange(m.fn)
+    }
+  })
+
+  return {
+    held: heldOf,
+
+    demand(fn, need, ids, concurrency) {
+      const key = need > 0 ? `${need} ${ids.join(',')}` : undefined
+      if (key === lastWant.get(fn)) return
+      short.delete(fn)
+      if (key === undefined) lastWant.delete(fn)
+      else lastWant.set(fn, key)
+      channel.send({ t: 'want', fn, need, ids, concurrency })
+    },
+
+    released(fn, id) {
+      if (returning.has(`${fn}/${id}`)) giveIdle(fn, id, 'give')
+    },
+
+    isShort: (fn) => short.has(fn),
+
+    prune(fn, isGone) {
+      for (const id of [...(held.get(fn)?.keys() ?? [])]) {
+        if (isGone(id) && inflight(fn, id) === 0) giveIdle(fn, id, 'give')
+      }
+    },
+
+    attach(read, changed) {
+      inflight = read
+      onChange = changed
+    },
+  }
+}
