@@ -128,8 +128,10 @@ export function startGatewayPrimary(deps: {
           resolve(false)
         }, deadlineMs)
         for (const w of workers) {
+          // A worker still starting has no requests to drain: SIGTERM ends it before its handlers.
+          const isServing = listening.has(w.id)
           w.once('exit', (code: number | null) => {
-            if (code !== 0) isClean = false
+            if (code !== 0 && isServing) isClean = false
             if (--left === 0) {
               clearTimeout(timer)
               resolve(isClean)
