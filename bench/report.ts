@@ -184,7 +184,7 @@ export function coldStartProfile(r: Omit<BenchResult, 'targets'>): string[] {
 /**
  * Where the warm path's CPU goes, per connection count, from the CPU each run used (bench/cpu.ts):
  * the profile of the slow phase a missed warm-path target asks for. A proxy near 1 CPU is bound
- * by its one thread (the gateway is one Node process, nginx runs the workers it is given); an
+ * by its one thread (each gateway process, each nginx worker, has one); an
  * instance throttled in most of its CPU periods bounds every path to it by its quota.
  */
 export function warmProfile(r: Pick<BenchResult, 'warm'>): string[] {
@@ -330,7 +330,7 @@ export function renderMarkdown(r: BenchResult): string {
     lines.push(
       '## Warm path',
       '',
-      `${s.function}, one instance (${s.instanceCpus ?? '?'} CPU quota); autocannon, ${Number(r.settings.warmRounds ?? 1)} rounds of ${String(r.settings.warmDurationS)} s per target after ${String(r.settings.warmupS)} s untimed, targets interleaved; nginx ${s.nginxVersion} with ${s.nginxWorkers} worker(s). Instances after the runs: ${s.instancesAfter}.`,
+      `${s.function}, one instance (${s.instanceCpus ?? '?'} CPU quota); autocannon, ${Number(r.settings.warmRounds ?? 1)} rounds of ${String(r.settings.warmDurationS)} s per target after ${String(r.settings.warmupS)} s untimed, targets interleaved; gateway with ${Number(r.settings.gatewayWorkers ?? 1)} process(es), nginx ${s.nginxVersion} with ${s.nginxWorkers} worker(s). Instances after the runs: ${s.instancesAfter}.`,
       '',
       '| connections | target | p50 ms | p99 ms | req/s | errors | proxy CPUs | proxy us/request | instance CPUs | instance throttled |',
       '|---|---|---|---|---|---|---|---|---|---|',
@@ -346,7 +346,7 @@ export function renderMarkdown(r: BenchResult): string {
         '## Where the warm-path CPU goes',
         '',
         "CPU used during the timed runs, from /proc and the instance's cgroup (bench/cpu.ts), averaged " +
-          'over the rounds. The gateway is one Node process: near 1 CPU it is the bottleneck. An instance ' +
+          'over the rounds. Each gateway process has one thread: near 1 CPU per process it is the bottleneck. An instance ' +
           'throttled in most of its periods is held to its CPU quota, which then bounds that path ' +
           "(bench/README.md, Profiles: the gateway's warm path).",
         '',

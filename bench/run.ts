@@ -41,7 +41,8 @@ const USAGE = `Usage: node --import tsx bench/run.ts [options]   (or: npx initle
   --warm-duration <s>         seconds per warm-path run (default 5)
   --warm-rounds <count>       runs per warm-path target, targets interleaved (default 3)
   --warmup <s>                untimed seconds before each warm-path run (default 2)
-  --nginx-workers <count>     nginx worker processes (default 1: the gateway is one process)
+  --gateway-workers <count>   gateway processes (INITLESS_GATEWAY_WORKERS, default 1)
+  --nginx-workers <count>     nginx worker processes (default: as many as gateway processes)
   --settle <ms>               pause before each cold request once nothing runs (default 500)
   --state-dir <dir>           the benchmark executor's state dir (default /var/lib/initless-bench)
   --prepare-timeout <s>       build + bake deadline at start (default 1800)
@@ -64,7 +65,8 @@ const { values: args } = parseArgs({
     'warm-duration': { type: 'string', default: '5' },
     'warm-rounds': { type: 'string', default: '3' },
     warmup: { type: 'string', default: '2' },
-    'nginx-workers': { type: 'string', default: '1' },
+    'gateway-workers': { type: 'string', default: '1' },
+    'nginx-workers': { type: 'string' },
     settle: { type: 'string', default: '500' },
     'state-dir': { type: 'string', default: '/var/lib/initless-bench' },
     'prepare-timeout': { type: 'string', default: '1800' },
@@ -121,7 +123,9 @@ const settings = {
   warmDurationS: count('warm-duration', args['warm-duration'], 1),
   warmRounds: count('warm-rounds', args['warm-rounds'], 1),
   warmupS: count('warmup', args.warmup, 1),
-  nginxWorkers: count('nginx-workers', args['nginx-workers'], 1),
+  gatewayWorkers: count('gateway-workers', args['gateway-workers'], 1),
+  // The same number of processes on both sides keeps the throughput comparison fair.
+  nginxWorkers: count('nginx-workers', args['nginx-workers'] ?? args['gateway-workers'], 1),
   settleMs: count('settle', args.settle, 0),
   stateDir: args['state-dir'],
 }
@@ -166,6 +170,7 @@ try {
     functions: allFns,
     ...(sections.has('warm') ? { warmFunction: warmFn } : {}),
     stateDir: settings.stateDir,
+    gatewayWorkers: settings.gatewayWorkers,
     redisUrl: process.env.INITLESS_REDIS_URL ?? 'redis://127.0.0.1:6379',
     prepareTimeoutMs,
     progress,

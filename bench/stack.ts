@@ -34,6 +34,8 @@ export interface BenchStackOptions {
   readonly warmFunction?: string
   /** State dir of the benchmark's executor (snapshots and unpacked images persist between runs). */
   readonly stateDir: string
+  /** Gateway processes (INITLESS_GATEWAY_WORKERS). Default 1. */
+  readonly gatewayWorkers?: number
   readonly redisUrl: string
   /** Building and baking on a fresh state dir takes minutes. */
   readonly prepareTimeoutMs: number
@@ -126,6 +128,7 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
       INITLESS_FUNCTIONS_DIR: functionsDir,
       // info: the benchmark reads 'instance ready' (pooled or not) and 'restore enqueued' records.
       INITLESS_LOG_LEVEL: 'info',
+      INITLESS_GATEWAY_WORKERS: String(opts.gatewayWorkers ?? 1),
     },
     adminToken: iso.adminToken,
     onLine: (name, line) => name === 'executor' && relay(line),
