@@ -17,7 +17,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createStaticCatalog } from '../gateway/catalog.ts'
 import { loadGatewayConfig } from '../gateway/config.ts'
-import { createHttpProxyForwarder } from '../gateway/http-proxy-forwarder.ts'
+import { createNodeForwarder } from '../gateway/node-forwarder.ts'
 import { startGateway } from '../gateway/start.ts'
 import { createUpstreamAgents } from '../gateway/upstream-agents.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
@@ -88,7 +88,7 @@ const gateway = await startGateway(config, {
   logger,
   redis,
   queue: createBullmqRestoreQueue({ redisUrl: REDIS_URL, logger, queueName: prefix }),
-  forwarder: createHttpProxyForwarder({ agents, logger }),
+  forwarder: createNodeForwarder({ agents, logger }),
   closeUpstream: () => agents.close(),
   catalog: createStaticCatalog([]),
 })

@@ -123,7 +123,7 @@ export function upstreamHeaders(
   extra: Readonly<Record<string, string>>,
 ): IncomingHttpHeaders {
   // Copied without the X-Forwarded-* rather than deleted after: `delete` turns the object into a
-  // slow dictionary for everything that reads it afterwards (http-proxy, node:http).
+  // slow dictionary for everything that reads it afterwards (node:http).
   const out = copyEndToEnd(incoming, FORWARDED) as IncomingHttpHeaders
   for (const k of Object.keys(extra)) out[k.toLowerCase()] = extra[k]
   return out

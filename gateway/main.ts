@@ -11,7 +11,7 @@ import { createRedis } from '../shared/redis.ts'
 import { closeOnSignals } from '../shared/shutdown.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { loadGatewayConfig, type GatewayConfig } from './config.ts'
-import { createHttpProxyForwarder } from './http-proxy-forwarder.ts'
+import { createNodeForwarder } from './node-forwarder.ts'
 import { createBullmqInvocations } from './async/bullmq-invocations.ts'
 import { startGatewayPrimary } from './cluster/primary.ts'
 import { createGatewayWorker, type IpcPort } from './cluster/worker.ts'
@@ -51,7 +51,7 @@ if (config.INITLESS_GATEWAY_WORKERS > 1 && cluster.isPrimary) {
       queueName: config.INITLESS_QUEUE_NAME,
       enqueueTimeoutMs: config.INITLESS_REDIS_TIMEOUT,
     }),
-    forwarder: createHttpProxyForwarder({ agents, logger }),
+    forwarder: createNodeForwarder({ agents, logger }),
     async: {
       invocations: createBullmqInvocations({
         redisUrl: asyncRedisUrl,

@@ -3,7 +3,7 @@ import { createServer, request, type IncomingHttpHeaders, type Server } from 'no
 import type { AddressInfo } from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { createSilentLogger } from '../shared/logger.ts'
-import { createHttpProxyForwarder } from './http-proxy-forwarder.ts'
+import { createNodeForwarder } from './node-forwarder.ts'
 import { isDirectTarget } from './node-listener.ts'
 import type { Problem } from './problem.ts'
 import { splitUrl } from './routes/invoke.ts'
@@ -113,7 +113,7 @@ describe('the node:http listener', () => {
     g = await createTestGateway({
       manifests: [testManifest('hello')],
       autoRestore: true,
-      forwarder: (agents) => createHttpProxyForwarder({ agents, logger }),
+      forwarder: (agents) => createNodeForwarder({ agents, logger }),
       options: { maxBodyBytes: 1000 },
     })
     server = createServer(g.listener)

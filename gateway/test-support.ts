@@ -153,7 +153,7 @@ export interface TestGatewayOptions {
   /** Restore every job as soon as it is enqueued. Default false. */
   readonly autoRestore?: boolean
   readonly registry?: FakeRegistry
-  /** Default: the web forwarder (app.request() has no Node request for http-proxy). */
+  /** Default: the web forwarder (app.request() has no Node request for the node forwarder). */
   readonly forwarder?: Forwarder | ((agents: UpstreamAgents) => Forwarder)
   readonly pool?: Partial<Omit<InstancePoolDeps, 'registry' | 'queue' | 'logger'>>
   readonly options?: Partial<GatewayAppDeps['options']>

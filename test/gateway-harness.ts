@@ -19,7 +19,7 @@ import { createRedis, deleteKeys, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { createStaticCatalog } from '../gateway/catalog.ts'
-import { createHttpProxyForwarder } from '../gateway/http-proxy-forwarder.ts'
+import { createNodeForwarder } from '../gateway/node-forwarder.ts'
 import { loadGatewayConfig } from '../gateway/config.ts'
 import type { InstancePool } from '../gateway/instance-pool.ts'
 import { startGateway as startGatewayProcess } from '../gateway/start.ts'
@@ -165,7 +165,7 @@ export interface RunningGateway {
 }
 
 /**
- * The gateway as gateway/main.ts starts it (startGateway: real Redis, real BullMQ, http-proxy, a
+ * The gateway as gateway/main.ts starts it (startGateway: real Redis, real BullMQ, the node:http forwarder, a
  * socket on 127.0.0.1:0), minus the signal handling, serving `manifests`.
  */
 export async function startGateway(
@@ -199,7 +199,7 @@ export async function startGateway(
     logger,
     redis,
     queue: createBullmqRestoreQueue({ redisUrl: url, logger, queueName: iso.queueName }),
-    forwarder: createHttpProxyForwarder({ agents, logger }),
+    forwarder: createNodeForwarder({ agents, logger }),
     closeUpstream: () => agents.close(),
     catalog: createStaticCatalog(manifests),
   })

@@ -1,5 +1,5 @@
 /**
- * The gateway end to end on real Redis and BullMQ, proxying with http-proxy over real sockets; a
+ * The gateway end to end on real Redis and BullMQ, proxying with the node:http forwarder over real sockets; a
  * stand-in executor consumes the restore queue and serves each instance from a real HTTP server.
  */
 import assert from 'node:assert/strict'
