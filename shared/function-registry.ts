@@ -284,7 +284,13 @@ export function createRedisFunctionRegistry(deps: RedisFunctionRegistryDeps): Fu
       return (await redis.getBuffer(k(keys.context(name, version)))) ?? undefined
     },
     async lock(name, holder, ttlMs) {
-      const current = await redis.eval(LOCK, 1, k(keys.changeLock(name)), holder, Math.max(1, Math.ceil(ttlMs)))
+      const current = await redis.eval(
+        LOCK,
+        1,
+        k(keys.changeLock(name)),
+        holder,
+        Math.max(1, Math.ceil(ttlMs)),
+      )
       // The holder may have released it between SET and GET: then nobody holds it, but it was not
       // taken either; the caller is told "busy" with an unknown holder and tries again later.
       return current === null ? undefined : typeof current === 'string' ? current : 'unknown'
