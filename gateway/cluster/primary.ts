@@ -20,10 +20,6 @@ export interface ClusterPort {
 }
 
 export interface GatewayPrimary {
-  /** Resolves once every worker listens. */
-  readonly ready: Promise<void>
-  /** Slots held per instance (`fn/id` -> worker id -> count). */
-  held(): Map<string, Map<number, number>>
   /** SIGTERM every worker (each drains) and wait for them; true when all exited 0. Idempotent. */
   close(deadlineMs: number): Promise<boolean>
 }
@@ -79,12 +75,10 @@ export function startGatewayPrimary(deps: {
       finishDump(m.req)
     } else if (m.t === 'listening') {
       listening.add(worker)
-      if (listening.size >= deps.workers) resolveReady()
     } else deliver(ledger.receive(worker, m))
   }
 
-  let resolveReady: () => void = () => undefined
-  const ready = new Promise<void>((resolve) => (resolveReady = resolve))
+  /** Workers serving (a worker still starting has nothing to drain at shutdown). */
   const listening = new Set<number>()
 
   const fork = () => {
@@ -114,8 +108,6 @@ export function startGatewayPrimary(deps: {
   for (let i = 0; i < deps.workers; i++) fork()
 
   return {
-    ready,
-    held: () => ledger.held(),
     close(deadlineMs) {
       closing ??= new Promise<boolean>((resolve) => {
         let isClean = true
