@@ -5,7 +5,7 @@
  *
  * Layout of one sandbox (all under <state>/instances/<id>, mode 0700):
  *   bundle/config.json   runc bundle; bundle/rootfs is the overlay mount point
- *   upper/ work/         overlay upper and work dirs
+ *   layer/upper/ work/   overlay upper and work dirs, on a tmpfs of the function's disk size
  *   criu/                CRIU work dir (restore.log, lazy-pages.socket)
  *   output.log           the function's stdout and stderr
  *   sandbox.json         what reconciliation needs after an executor crash
@@ -53,6 +53,11 @@ export interface SandboxRequest {
   readonly memoryBytes: number
   readonly cpus: number
   readonly pids: number
+  /**
+   * Size of the writable layer: `layer/` gets a tmpfs of this size holding the overlay's upper and
+   * work dirs (ENOSPC past it). Unset: the upper dir is a plain directory of the state dir.
+   */
+  readonly diskBytes?: number
   /** A restore's sandbox gets its CPU limit once CRIU is done (limitCpu), not from runc. */
   readonly forRestore: boolean
   /** The function's network.egress (default allow): it names the instance's veth (firewall.ts). */
@@ -130,9 +135,11 @@ function once<T>(make: () => Promise<T>, keep: (value: T) => boolean = () => tru
 }
 
 /** A function's resource limits, as a sandbox request takes them. */
-export function sandboxLimits(m: Manifest): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'egress'> {
-  const { memory, cpus, pids } = m.resources
-  return { memoryBytes: memory, cpus, pids, egress: m.network.egress }
+export function sandboxLimits(
+  m: Manifest,
+): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'diskBytes' | 'egress'> {
+  const { memory, cpus, pids, disk } = m.resources
+  return { memoryBytes: memory, cpus, pids, diskBytes: disk, egress: m.network.egress }
 }
 
 export function instancesDir(stateDir: string): string {
@@ -151,7 +158,7 @@ export interface SandboxManagerDeps {
   readonly stateDir: string
   readonly network: Pick<NetworkManager, 'ensureBridge' | 'create' | 'destroy'>
   readonly ips: Pick<IpAllocator, 'allocate' | 'release'>
-  readonly mounter: Pick<Mounter, 'mountOverlay' | 'unmount' | 'list'>
+  readonly mounter: Pick<Mounter, 'mountOverlay' | 'unmount' | 'list' | 'copyTree'>
   readonly runc: Pick<Runc, 'delete'>
   /**
    * Creates the sandbox cgroup and writes its limits in one request each (else node's fs); on
@@ -192,6 +199,33 @@ function sandboxPaths(dir: string): SandboxPaths {
     criuWorkDir: join(dir, 'criu'),
     criuConfig: join(dir, 'criu.conf'),
   }
+}
+
+/** The writable layer's mount point (a tmpfs when the sandbox has a disk size). */
+export function layerDir(sandboxDir: string): string {
+  return join(sandboxDir, 'layer')
+}
+
+/** The overlay's upper and work dirs: in the layer's tmpfs, or directly in the sandbox dir. */
+function overlayDirs(dir: string, sized: boolean): { upper: string; work: string } {
+  const base = sized ? layerDir(dir) : dir
+  return { upper: join(base, 'upper'), work: join(base, 'work') }
+}
+
+/**
+ * Move a sandbox's upper dir to `to`: a rename, or a copy (`cp -a`: whiteouts and overlay xattrs
+ * kept) when it lies on the layer's tmpfs.
+ */
+async function keepUpper(mounter: Pick<Mounter, 'copyTree'>, dir: string, to: string): Promise<void> {
+  const plain = join(dir, 'upper')
+  const ok = await rename(plain, to).then(
+    () => true,
+    (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err
+      return false
+    },
+  )
+  if (!ok) await mounter.copyTree(overlayDirs(dir, true).upper, to)
 }
 
 /** The runc bundle's config.json and the sandbox's record, from its request and its parts. */
@@ -263,13 +297,14 @@ async function destroySandbox(
   if (!sb.direct) await attempt(() => runc.delete(sb.id))
   await attempt(async () => destroyCgroup(await deps.layout(), cgroupPath(sb.id)))
   await attempt(() => mounter.unmount(sb.rootfs))
-  // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
+  // Before the layer's tmpfs is unmounted below: the upper dir may live there.
+  const keep = opts?.keepUpperAt
+  if (keep && !errors.length) await attempt(() => keepUpper(mounter, sb.dir, keep))
+  // The writable layer's tmpfs, and what a restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
   await attempt(async () => {
     for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
   })
   await attempt(() => network.destroy(sb.netns.name, sb.netns.veth))
-  const keep = opts?.keepUpperAt
-  if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
   await attempt(() => rm(sb.dir, { recursive: true, force: true }))
   deps.ips.release(sb.netns.ip)
   if (errors.length)
@@ -326,9 +361,11 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
           network.create(nsName, ip, req.egress),
           mounter.mountOverlay({
             lowers: req.lowers,
-            upper: join(at.dir, 'upper'),
-            work: join(at.dir, 'work'),
+            ...overlayDirs(at.dir, req.diskBytes !== undefined),
             target: at.rootfs,
+            ...(req.diskBytes !== undefined
+              ? { layer: { dir: layerDir(at.dir), sizeBytes: req.diskBytes } }
+              : {}),
           }),
           (async () => {
             // Created ahead: the container's /sys/fs/cgroup binds its directories.
