@@ -170,6 +170,10 @@ export const keys = {
   deployment: (fn: string) => `${KEY_PREFIX}:deployment:${fn}`,
   /** STRING: the build context (tar) of one version. */
   context: (fn: string, version: string) => `${KEY_PREFIX}:context:${fn}:${version}`,
+  /** STRING: JSON InstanceDeath of an instance that died or was recycled (expires). */
+  death: (id: string) => `${KEY_PREFIX}:death:${id}`,
+  /** HASH `<fn>\t<reason>` -> deaths counted since the key was created (all hosts). */
+  deaths: () => `${KEY_PREFIX}:deaths`,
 } as const
 
 export interface ExecutorHeartbeat {

@@ -10,7 +10,7 @@
  *   output.log           the function's stdout and stderr
  *   sandbox.json         what reconciliation needs after an executor crash
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { mkdir, rename, rm, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Egress, Manifest } from '../../shared/manifest.ts'
 import type { SeccompProfileFile } from '../../shared/seccomp.ts'
@@ -22,9 +22,11 @@ import {
   ensureCgroupSkeleton,
   prepareCgroupParent,
   readCgroupLayout,
+  readLimitEvents,
   SANDBOX_CGROUP_PARENT,
   setCpuLimit,
   type CgroupLayout,
+  type CgroupLimitEvents,
 } from '../adapters/cgroups.ts'
 import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
 import { vethName, type IpAllocator, type NamespaceHandle, type NetworkManager } from '../adapters/network.ts'
@@ -91,6 +93,14 @@ export interface Sandbox {
   readonly direct?: { readonly externalMounts: readonly ExternalMount[] }
 }
 
+/** Limits a sandbox hit: its cgroup's counters, and whether its writable layer is full. */
+export interface SandboxLimitEvents extends CgroupLimitEvents {
+  readonly diskFull: boolean
+}
+
+/** A writable layer with less than this free is full: no write the function tries fits any more. */
+export const DISK_FULL_BELOW_BYTES = 64 * 1024
+
 export interface SandboxManager {
   prepare(req: SandboxRequest): Promise<Sandbox>
   /**
@@ -105,6 +115,8 @@ export interface SandboxManager {
   workDir(id: string): Promise<string>
   /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
   limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
+  /** The limits the sandbox hit so far (read before destroy: its cgroup goes with it). */
+  limitEvents(sandbox: Pick<Sandbox, 'id' | 'dir'>): Promise<SandboxLimitEvents>
   /**
    * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
@@ -204,6 +216,15 @@ function sandboxPaths(dir: string): SandboxPaths {
 /** The writable layer's mount point (a tmpfs when the sandbox has a disk size). */
 export function layerDir(sandboxDir: string): string {
   return join(sandboxDir, 'layer')
+}
+
+/** Is the writable layer's tmpfs full? A sandbox without one (no disk size) never is. */
+async function layerFull(sandboxDir: string): Promise<boolean> {
+  const dir = layerDir(sandboxDir)
+  const [fs, parent] = await Promise.all([statfs(dir), statfs(sandboxDir)]).catch(() => [])
+  // The same file system as the sandbox dir: no tmpfs there (unsized, or already unmounted).
+  if (!fs || !parent || (fs.type === parent.type && fs.blocks === parent.blocks)) return false
+  return fs.bavail * fs.bsize < DISK_FULL_BELOW_BYTES
 }
 
 /** The overlay's upper and work dirs: in the layer's tmpfs, or directly in the sandbox dir. */
@@ -410,6 +431,14 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
 
     async limitCpu(sb) {
       await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
+    },
+
+    async limitEvents(sb) {
+      const [events, diskFull] = await Promise.all([
+        readLimitEvents(await cgroupLayout(), cgroupPath(sb.id)),
+        layerFull(sb.dir),
+      ])
+      return { ...events, diskFull }
     },
 
     destroy,
