@@ -8,6 +8,7 @@ import { createSilentLogger } from '../../shared/logger.ts'
 import { parseManifest } from '../../shared/manifest.ts'
 import { createFakeRegistry } from '../../shared/registry-fake.ts'
 import { createLifecycle } from './lifecycle.ts'
+import { FAKE_IMAGE } from '../adapters/docker-fake.ts'
 import type { FunctionSource } from './function-source.ts'
 import type { StartedInstance } from '../runtimes/runtimes.ts'
 import type { Sandbox } from '../sandbox/sandbox.ts'
@@ -43,6 +44,8 @@ async function setup() {
   })
   const live = new Map<string, StartedInstance>()
   const stopped: string[] = []
+  /** Versions this host was told to prepare (build or pull, bake). */
+  const prepared: string[] = []
   const active = new Map<string, FunctionDef>()
   const removedContexts: string[] = []
   const source: FunctionSource = {
@@ -78,6 +81,10 @@ async function setup() {
         if (rec) await registry.remove(rec.fn, id)
       },
       fillPools: () => Promise.resolve(),
+      prepare: (def) => {
+        prepared.push(def.version ?? '')
+        return Promise.resolve({ image: FAKE_IMAGE, snapshot: undefined })
+      },
     },
     store: {
       snapshotKey: (id: SnapshotIdentity) => `key-${id.imageId}`,
@@ -132,6 +139,7 @@ async function setup() {
     lifecycle,
     live,
     stopped,
+    prepared,
     active,
     images,
     retired,
@@ -154,6 +162,7 @@ describe('lifecycle', () => {
     await s.functions.putVersion('hello', version('bbb', 2))
     await s.functions.activate('hello', 'bbb')
     await until(() => s.active.get('hello')?.version === 'bbb', 'new definition')
+    assert.deepEqual(s.prepared, ['aaa', 'bbb'], 'each active version is baked here when it activates')
     await until(async () => (await s.registry.get('hello', 'i-old'))?.state === 'draining', 'draining')
     await new Promise((r) => setTimeout(r, 150))
     assert.deepEqual(s.stopped, [], 'not stopped while a request is in flight')
