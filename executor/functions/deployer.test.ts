@@ -8,7 +8,7 @@ import { parseManifest } from '../../shared/manifest.ts'
 import type { Baker } from '../snapshots/bake.ts'
 import type { ImageBuilder } from '../snapshots/build.ts'
 import { createDeployer, DeployStepError, versionsToDrop } from './deployer.ts'
-import type { ImageConfig } from '../adapters/docker.ts'
+import type { DockerEngine, ImageConfig } from '../adapters/docker.ts'
 import type { Snapshot } from '../snapshots/snapshot-store.ts'
 import { createImagePublisher, type ImagePublisher } from '../snapshots/publish.ts'
 import { createFakeDocker } from '../adapters/docker-fake.ts'
@@ -23,6 +23,8 @@ const pending = (id: string, createdAt: number): FunctionVersion => ({
   bakedOn: {},
 })
 const IMAGE = { id: 'sha256:img' } as ImageConfig
+const publisherOver = (docker: DockerEngine) =>
+  createImagePublisher({ docker, registry: '127.0.0.1:5000', logger: createSilentLogger() })
 
 function setup(
   opts: {
@@ -127,12 +129,7 @@ describe('deployer', () => {
 
   test('with an image registry the built image is pushed and its digest recorded', async () => {
     const { docker, calls: dockerCalls } = createFakeDocker()
-    const publisher = createImagePublisher({
-      docker,
-      registry: '127.0.0.1:5000',
-      logger: createSilentLogger(),
-    })
-    const { functions, deployer, calls } = setup({ publisher })
+    const { functions, deployer, calls } = setup({ publisher: publisherOver(docker) })
     await functions.putVersion('hello', pending('v1', 1))
     const r = await deployer.deploy({ fn: 'hello', version: 'v1', traceId: 't' })
     assert.deepEqual(calls, ['build v1', 'bake v1'])
@@ -152,12 +149,7 @@ describe('deployer', () => {
     const { docker } = createFakeDocker({
       fail: (method) => (failing && method === 'pushImage' ? new Error('connection refused') : undefined),
     })
-    const publisher = createImagePublisher({
-      docker,
-      registry: '127.0.0.1:5000',
-      logger: createSilentLogger(),
-    })
-    const { functions, deployer, calls } = setup({ publisher })
+    const { functions, deployer, calls } = setup({ publisher: publisherOver(docker) })
     await functions.putVersion('hello', pending('v1', 1))
     await deployer.deploy({ fn: 'hello', version: 'v1', traceId: 't' })
     failing = true
