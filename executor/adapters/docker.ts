@@ -69,7 +69,10 @@ export interface DockerEngine {
    * and fetches the layers it lacks.
    */
   pullImage(ref: string): Promise<void>
-  /** Every `repo:tag` reference of images in `repo`. */
+  /**
+   * Every `repo:tag` reference of images in `repo`, and every digest reference
+   * (`<registry>/<repo>@sha256:...`) an image got from a push to or a pull from a registry.
+   */
   imageRefs(repo: string): Promise<string[]>
   /** Untag `ref`, deleting the image once no tag and no container holds it. Missing: no error. */
   removeImage(ref: string): Promise<void>
@@ -345,8 +348,11 @@ function imageCalls(docker: Docker, owner: { hostId?: string }): ImageCalls {
     },
 
     async imageRefs(repo) {
-      const images = await docker.listImages({ filters: { reference: [repo] } })
-      return images.flatMap((i) => (i.RepoTags ?? []).filter((t) => t.startsWith(`${repo}:`)))
+      const images = await docker.listImages({ filters: { reference: [repo, `*/${repo}`] } })
+      return images.flatMap((i) => [
+        ...(i.RepoTags ?? []).filter((t) => t.startsWith(`${repo}:`)),
+        ...(i.RepoDigests ?? []).filter((d) => d.includes(`/${repo}@sha256:`)),
+      ])
     },
 
     async removeImage(ref) {

@@ -22,7 +22,11 @@ const version = (id: string, createdAt: number): FunctionVersion => ({
   state: 'ready',
   createdAt,
   contextBytes: 1,
-  image: { tag: `initless/fn-hello:${id}`, id: `sha256:${id}` },
+  image: {
+    tag: `initless/fn-hello:${id}`,
+    id: `sha256:${id}`,
+    digest: `127.0.0.1:5000/initless/fn-hello@sha256:${id.repeat(2)}`,
+  },
   bakedOn: {},
 })
 
@@ -65,7 +69,13 @@ async function setup() {
       return Promise.resolve([])
     },
   }
-  const images = new Set(['initless/fn-hello:aaa', 'initless/fn-hello:bbb', 'initless/fn-hello:old'])
+  const images = new Set([
+    'initless/fn-hello:aaa',
+    'initless/fn-hello:bbb',
+    'initless/fn-hello:old',
+    '127.0.0.1:5000/initless/fn-hello@sha256:aaaaaa',
+    '127.0.0.1:5000/initless/fn-hello@sha256:oldold',
+  ])
   const retired: string[][] = []
   const lifecycle = createLifecycle({
     hostId: 'h1',
@@ -174,7 +184,12 @@ describe('lifecycle', () => {
       'both kept versions keep their snapshots',
     )
     assert.ok(!s.images.has('initless/fn-hello:old'), 'an image of no kept version is removed')
+    assert.ok(
+      !s.images.has('127.0.0.1:5000/initless/fn-hello@sha256:oldold'),
+      'with its reference by digest (pulled from the image registry)',
+    )
     assert.ok(s.images.has('initless/fn-hello:aaa'))
+    assert.ok(s.images.has('127.0.0.1:5000/initless/fn-hello@sha256:aaaaaa'))
     await s.lifecycle.close()
     await s.watcher.close()
   })
