@@ -158,7 +158,21 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
   }
 
   const workers = new Map<string, Worker<InvocationData, FinishedInvocation>>()
+  /**
+   * async.concurrency caps a function's running attempts across every gateway: BullMQ's global
+   * concurrency (kept in the queue, checked by the script that hands a job to a worker) is the
+   * cluster-wide cap, each worker's own concurrency the local one. Idempotent, so every gateway
+   * sets it whenever it sees the manifest.
+   */
+  const capGlobally = (m: Manifest) =>
+    void deps.invocations
+      .queue(m.name)
+      .setGlobalConcurrency(m.async.concurrency)
+      .catch((err: unknown) =>
+        log.warn({ fn: m.name, err: errorMessage(err) }, 'async.concurrency not set on the queue'),
+      )
   const follow = (m: Manifest) => {
+    capGlobally(m)
     const existing = workers.get(m.name)
     if (existing) {
       // async.concurrency is a live field: a deploy may change it on a running function.
