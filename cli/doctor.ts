@@ -68,7 +68,13 @@ type Check = { name: string; fix: string; run: () => Promise<string> }
 
 /** `GET /v2/` of an OCI registry (plain HTTP, as provisioning serves it): its API version. */
 export async function probeImageRegistry(address: string): Promise<string> {
-  const res = await fetch(`http://${address}/v2/`, { signal: AbortSignal.timeout(3000) })
+  const res = await fetch(`http://${address}/v2/`, { signal: AbortSignal.timeout(3000) }).catch(
+    (err: unknown) => {
+      // fetch's own message is "fetch failed"; the reason (ECONNREFUSED, a timeout) is its cause.
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause
+      throw new Error(cause?.code ?? cause?.message ?? errorMessage(err))
+    },
+  )
   if (res.status !== 200 && res.status !== 401) throw new Error(`GET /v2/ answered ${res.status}`)
   return `registry API ${res.headers.get('docker-distribution-api-version') ?? 'unknown'}`
 }
