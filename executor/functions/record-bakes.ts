@@ -18,6 +18,12 @@ export function recordBakes(
   },
 ): Baker {
   const now = deps.now ?? Date.now
+  /**
+   * Bakes this process recorded (`fn\0version\0snapshotKey`): a bake that finds its snapshot on
+   * disk (every preparation after the first) records nothing again. Each record is an event every
+   * gateway and executor re-reads the function for.
+   */
+  const recorded = new Set<string>()
   return {
     ...baker,
     async bake(fn, image, opts) {
@@ -25,13 +31,18 @@ export function recordBakes(
       const version = fn.version
       if (version === undefined) return result
       const snapshotKey = result.snapshot.meta.key
-      const recorded = await deps.functions
+      const key = `${fn.name}\0${version}\0${snapshotKey}`
+      if (recorded.has(key)) return result
+      const isRecorded = await deps.functions
         .markBaked(fn.name, version, deps.hostId, { at: now(), snapshotKey })
         .catch((err: unknown) => {
           deps.logger.warn({ fn: fn.name, version, err: errorMessage(err) }, 'bake not recorded')
           return false
         })
-      if (recorded) deps.logger.info({ fn: fn.name, version, snapshotKey }, 'bake recorded')
+      if (isRecorded) {
+        recorded.add(key)
+        deps.logger.info({ fn: fn.name, version, snapshotKey }, 'bake recorded')
+      }
       return result
     },
   }
