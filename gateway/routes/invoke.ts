@@ -114,6 +114,7 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
                 isCold: lease.isCold,
                 waitedMs: lease.waitedMs,
                 phases: lease.phases,
+                isBooted: lease.isBooted,
                 upstreamMs,
               }),
               'x-request-id': requestId,
