@@ -11,7 +11,7 @@ import { createHostAdapters, createSandboxes, createSelfTest } from '../executor
 import { canonicalCidr } from '../shared/subnet.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
-import { formatDoctorReport, runDoctor } from './doctor.ts'
+import { formatDoctorReport, probeImageRegistry, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerLifecycleCommands } from './lifecycle-commands.ts'
@@ -77,6 +77,7 @@ program
           })
           return redisVersion(redis)
         },
+        imageRegistry: { address: config.INITLESS_IMAGE_REGISTRY, probe: probeImageRegistry },
         ...(opts.quick ? {} : { selfTest: createSelfTest(config, adapters, sandboxes) }),
       })
       print(results, formatDoctorReport(results))

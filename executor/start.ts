@@ -11,6 +11,7 @@ import { HEARTBEAT_INTERVAL_MS, type ExecutorHeartbeat } from '../shared/contrac
 import { errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { Redis } from '../shared/redis.ts'
+import { createRedisInstanceDeaths } from '../shared/instance-deaths.ts'
 import { createRedisRegistry, type InstanceRegistry, type RegistrySubscription } from '../shared/registry.ts'
 import { createShutdown, within, type ShutdownResult, type ShutdownStep } from '../shared/shutdown.ts'
 import { canonicalCidr } from '../shared/subnet.ts'
@@ -256,6 +257,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const units = { redis, store, docker: adapters.docker, builder, baker, logger }
   if (!deps.functions) follower = await createRegistryFollower(config, units).catch(release)
   const functions = (): readonly FunctionDef[] => deps.functions ?? follower?.source.functions() ?? []
+  const bakes = follower?.baker ?? baker
 
   // This host's heartbeat; the first one claims the subnet before any address is handed out from it.
   const subnet = canonicalCidr(config.INITLESS_SUBNET)
@@ -277,7 +279,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     functions,
     registry,
     builder,
-    baker,
+    baker: bakes,
     store,
     docker: adapters.docker,
     sandboxes,
@@ -301,6 +303,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const reaper = createReaper({
     instances,
     registry,
+    deaths: createRedisInstanceDeaths({ redis, prefix: config.INITLESS_KEY_PREFIX }),
     functions,
     now: Date.now,
     logger,
@@ -319,7 +322,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
       : []),
   ]
   const subscription = await registry.subscribe({
-    onEvent: functionEventHandler({ functions, instances, builder, baker, logger }),
+    onEvent: functionEventHandler({ functions, instances, builder, baker: bakes, logger }),
   })
 
   const prepared = prepareAll(instances, functions(), logger)

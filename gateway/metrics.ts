@@ -5,6 +5,7 @@
 import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { ColdStartPhases } from '../shared/contracts.ts'
+import type { DeathCount } from '../shared/instance-deaths.ts'
 import type { PoolStats } from './pool-state.ts'
 
 export type StartKind = 'cold' | 'warm' | 'none'
@@ -30,6 +31,8 @@ export function createGatewayMetrics(deps: {
   readonly processMetrics?: boolean
   /** The active version of every deployed function (the function registry), when followed. */
   readonly activeVersions?: () => readonly { readonly fn: string; readonly version: string }[]
+  /** Instance deaths by function and reason, all hosts together (shared/instance-deaths.ts). */
+  readonly deathCounts?: () => Promise<readonly DeathCount[]>
   /** Renders `/metrics` instead of this registry (a worker asks the primary for all workers'). */
   readonly render?: () => Promise<string>
 }): GatewayMetrics {
@@ -127,6 +130,19 @@ export function createGatewayMetrics(deps: {
     collect() {
       this.reset()
       for (const a of deps.activeVersions?.() ?? []) this.set({ function: a.fn, version: a.version }, 1)
+    },
+  })
+  new Gauge({
+    name: 'initless_instance_deaths_total',
+    help: 'Instances that died or were recycled, by reason (oom-killed, pids-limit, disk-full, request-timeout, exited), all hosts together, as recorded in Redis',
+    labelNames: ['function', 'reason'] as const,
+    // Every worker process of a gateway reads the same counts from Redis.
+    aggregator: 'max',
+    registers: [registry],
+    async collect() {
+      this.reset()
+      const counts = await deps.deathCounts?.().catch(() => [])
+      for (const c of counts ?? []) this.set({ function: c.fn, reason: c.reason }, c.count)
     },
   })
   return {

@@ -40,3 +40,25 @@ start_redis() {
       --appendonly yes --appendfsync always --save ''
   fi
 }
+
+# start_registry CONFIG: Debian's docker-registry (the CNCF Distribution registry) serving CONFIG.
+# Through systemd with a drop-in pointing the package's unit at CONFIG (the package's own config
+# listens on every interface); else in the background as the package's docker-registry user,
+# replacing one started here before (its configuration changed).
+start_registry() {
+  if has_systemd; then
+    local dropin=${INITLESS_SYSTEMD_DIR:-/etc/systemd/system}/docker-registry.service.d
+    mkdir -p "$dropin"
+    printf '[Service]\nExecStart=\nExecStart=/usr/bin/docker-registry serve %s\n' "$1" >"$dropin/initless.conf"
+    systemctl daemon-reload
+    systemctl enable docker-registry
+    systemctl restart docker-registry
+  else
+    local pidfile=${INITLESS_REGISTRY_PIDFILE:-/run/initless-registry.pid} old
+    old=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -n "$old" ] && kill "$old" 2>/dev/null; then wait_for 10 bash -c "! kill -0 $old"; fi
+    setsid nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups \
+      docker-registry serve "$1" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+  fi
+}

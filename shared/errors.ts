@@ -22,6 +22,8 @@ export const ERRORS = {
   ERR_FUNCTION_NAME_INVALID: { status: 404, title: 'Invalid function name', retryable: false },
   ERR_IMAGE_BUILD_FAILED: { status: 500, title: 'Image build failed', retryable: false },
   ERR_IMAGE_NOT_FOUND: { status: 500, title: 'Function image not built', retryable: false },
+  ERR_IMAGE_PUSH_FAILED: { status: 500, title: 'Image push to the registry failed', retryable: false },
+  ERR_IMAGE_PULL_FAILED: { status: 500, title: 'Image pull from the registry failed', retryable: false },
   // Deploys, versions and rollbacks (function registry)
   ERR_DEPLOY_CONTEXT_INVALID: { status: 400, title: 'Invalid build context', retryable: false },
   ERR_DEPLOY_FAILED: { status: 422, title: 'Deploy failed', retryable: false },
