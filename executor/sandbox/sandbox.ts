@@ -27,6 +27,7 @@ import {
   type CgroupLayout,
 } from '../adapters/cgroups.ts'
 import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
+import { cgroupUsage, freezeCgroup, thawCgroup, type CgroupUsage } from '../adapters/freezer.ts'
 import { vethName, type IpAllocator, type NamespaceHandle, type NetworkManager } from '../adapters/network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import { probeRestorePath, type RestorePath } from './restore-path.ts'
@@ -100,6 +101,10 @@ export interface SandboxManager {
   workDir(id: string): Promise<string>
   /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
   limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
+  /** Freeze (waiting until every task stopped) or thaw the sandbox's cgroup (standby instances). */
+  setFrozen(sandbox: Pick<Sandbox, 'id'>, isFrozen: boolean): Promise<void>
+  /** The memory the sandbox's cgroup holds and the CPU time its tasks used. */
+  usage(sandbox: Pick<Sandbox, 'id'>): Promise<CgroupUsage>
   /**
    * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
@@ -373,6 +378,15 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
 
     async limitCpu(sb) {
       await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
+    },
+
+    async setFrozen(sb, isFrozen) {
+      const layout = await cgroupLayout()
+      await (isFrozen ? freezeCgroup : thawCgroup)(layout, cgroupPath(sb.id))
+    },
+
+    async usage(sb) {
+      return cgroupUsage(await cgroupLayout(), cgroupPath(sb.id))
     },
 
     destroy,
