@@ -10,7 +10,7 @@ import {
   type ScalingEstimates,
 } from './contracts.ts'
 import { parseScalingEstimates, type InstanceRegistry, type RegistryListener } from './registry.ts'
-import { isClaimable } from './registry-standby.ts'
+import { isClaimable, standbyReservation } from './registry-standby.ts'
 import { subnetsOverlap } from './subnet.ts'
 
 export interface FakeRegistry extends InstanceRegistry {
@@ -106,14 +106,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
         (r) => r.state === 'frozen' && (limits.version === undefined || r.version === limits.version),
       ).length
       if (h.has(instanceId) || counted >= limits.maxInstances || frozen >= limits.standby) return false
-      h.set(instanceId, {
-        id: instanceId,
-        fn,
-        state: 'frozen',
-        hostId,
-        createdAt: now(),
-        ...(limits.version === undefined ? {} : { version: limits.version }),
-      })
+      h.set(instanceId, standbyReservation(fn, instanceId, hostId, now(), limits.version))
       fns.add(fn)
       publish({ type: 'instance', fn, id: instanceId, state: 'frozen' })
       return true

@@ -37,6 +37,17 @@ export interface StandbyRegistry {
   claimStandby(fn: string, id: string, version?: string): Promise<InstanceRecord | undefined>
 }
 
+/** A new standby reservation: frozen, no address until it is restored and frozen (markFrozen). */
+export function standbyReservation(
+  fn: string,
+  id: string,
+  hostId: string,
+  createdAt: number,
+  version?: string,
+): InstanceRecord {
+  return { id, fn, state: 'frozen', hostId, createdAt, ...(version === undefined ? {} : { version }) }
+}
+
 /** Is `r` a standby instance a gateway may claim (frozen, restored, of `version` when given)? */
 export function isClaimable(r: InstanceRecord, version?: string): boolean {
   return r.state === 'frozen' && r.address !== undefined && (version === undefined || r.version === version)

@@ -23,7 +23,13 @@ import {
   type ScalingEstimates,
 } from './contracts.ts'
 import { subscribeChannel } from './redis.ts'
-import { CLAIM_STANDBY, MARK_FROZEN, RESERVE_STANDBY, type StandbyRegistry } from './registry-standby.ts'
+import {
+  CLAIM_STANDBY,
+  MARK_FROZEN,
+  RESERVE_STANDBY,
+  standbyReservation,
+  type StandbyRegistry,
+} from './registry-standby.ts'
 import { subnetRange } from './subnet.ts'
 
 export interface RegistryListener {
@@ -357,14 +363,7 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
         [fn],
       ),
     reserveStandby(fn, limits, instanceId, hostId) {
-      const record: InstanceRecord = {
-        id: instanceId,
-        fn,
-        state: 'frozen',
-        hostId,
-        createdAt: now(),
-        ...(limits.version === undefined ? {} : { version: limits.version }),
-      }
+      const record = standbyReservation(fn, instanceId, hostId, now(), limits.version)
       return run(
         RESERVE_STANDBY,
         [k(keys.instances(fn)), k(keys.functions())],
