@@ -4,6 +4,7 @@ import { createSilentLogger } from '../shared/logger.ts'
 import { createFakeRegistry, type FakeRegistry } from '../shared/registry-fake.ts'
 import { createFakeRestoreQueue } from '../shared/restore-queue-fake.ts'
 import { createInstancePool, type InstancePool } from './instance-pool.ts'
+import { createGatewayMetrics } from './metrics.ts'
 import { TEST_PHASES, testManifest } from './test-support.ts'
 
 const ADDRESS = { host: '10.213.0.9', port: 8080 }
@@ -59,6 +60,9 @@ describe('instance pool: frozen standby instances', () => {
     const stats = pool.stats().find((s) => s.fn === 'st')
     assert.equal(stats?.frozen, 1)
     assert.equal(stats?.frozenMemoryBytes, 30 * MiB)
+    const metrics = await createGatewayMetrics({ stats: () => pool.stats() }).registry.metrics()
+    assert.match(metrics, /initless_gateway_instances\{function="st",state="frozen"\} 1/)
+    assert.match(metrics, new RegExp(`initless_gateway_standby_memory_bytes\\{function="st"\\} ${30 * MiB}`))
     lease.release()
   })
 

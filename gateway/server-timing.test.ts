@@ -22,3 +22,10 @@ test('cold: every phase, CRIU time right after the restore it is part of', () =>
     'cold, wait;dur=200, queue;dur=3, sandbox;dur=0, restore;dur=180, ready;dur=4, upstream;dur=5',
   )
 })
+
+test('thawed: the wait (claim and thaw) and the upstream, never restore phases', () => {
+  assert.equal(
+    serverTiming({ isCold: false, isThawed: true, waitedMs: 0.6, upstreamMs: 2.04 }),
+    'thawed, wait;dur=0.6, upstream;dur=2',
+  )
+})

@@ -103,7 +103,9 @@ describe('frozen standby', () => {
     assert.equal((await stack.instances(FN)).length, 1, 'no other instance')
 
     const mark = stack.executor.mark()
+    const t0 = performance.now()
     const res = await get()
+    t.diagnostic(`request served by the thawed standby in ${(performance.now() - t0).toFixed(1)} ms`)
     assert.equal(res.status, 200, res.text)
     assert.equal(res.tag, 'v1')
     assert.ok(res.timing.has('thawed'), `Server-Timing: ${[...res.timing.keys()].join(',')}`)
@@ -153,6 +155,10 @@ describe('frozen standby', () => {
     const scaled = await stack.admin('POST', `/functions/${FN}/scale`, { instances: 0 })
     assert.equal(scaled.status, 202)
     await stack.waitForInstances(FN, (l) => !l.some((r) => r.id === before.id), 30_000)
+    // The record goes first, then the sandbox: its cgroup follows within moments.
+    const deadline = Date.now() + 10_000
+    while (existsSync(join(CGROUP, 'freezer', 'initless', before.id)) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50))
     assert.ok(!existsSync(join(CGROUP, 'freezer', 'initless', before.id)), 'its cgroup is gone')
     // standby 1 keeps one while the function is deployed, as minInstances does after a scale to zero.
     await stack.waitForInstances(FN, (l) => frozenOf(l).length === 1, 60_000)
