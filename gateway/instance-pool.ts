@@ -390,8 +390,9 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     const s = fns.get(e.fn)
     if (!s?.isLoaded) return
     if (e.state === 'ready' || e.state === 'frozen') {
-      // The event carries the record (an older executor's does not: read it).
-      if (!e.record) return void check(s, e.id)
+      // The event carries the record (an older executor's does not: read it). A standby reservation
+      // carries none and is not claimable yet: its markFrozen event will.
+      if (!e.record) return e.state === 'ready' ? void check(s, e.id) : undefined
       apply(s, e.record)
     } else if (e.state === 'starting') {
       apply(s, { id: e.id, fn: e.fn, state: 'starting', hostId: '', createdAt: 0 })
