@@ -72,6 +72,7 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
       limitCpu: async (sb) => void calls.push(`limit cpu ${sb.id}`),
       setFrozen: unexpected('setFrozen'),
       usage: unexpected('usage'),
+      limitEvents: unexpected('limitEvents'),
       destroy: unexpected('destroy'),
     },
   }
