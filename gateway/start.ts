@@ -139,6 +139,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
             maxContextBytes: config.INITLESS_MAX_CONTEXT,
             onOutcome: (fn: string, outcome: string) => metrics.lifecycle(fn, outcome),
             seen: (fn: string) => watcher?.refreshOne(fn) ?? Promise.resolve(),
+            onDeleted: (fn: string) => access.revokeAll(fn),
             deploys: createDeploys({
               functions,
               queue: deployQueue,

@@ -69,6 +69,14 @@ export function createFakeApiKeyStore(options: { now?: () => number } = {}): Fak
       publish(fn)
       return true
     },
+    async revokeAll(fn) {
+      await check()
+      const n = byFn.get(fn)?.size ?? 0
+      if (!n) return 0
+      byFn.delete(fn)
+      publish(fn)
+      return n
+    },
     async subscribe(listener) {
       await check()
       listeners.add(listener)

@@ -79,6 +79,8 @@ export interface ApiKeyStore {
   functions(): Promise<string[]>
   /** Remove one key; false when `fn` has no key `id`. */
   revoke(fn: string, id: string): Promise<boolean>
+  /** Remove every key of `fn` (the function was deleted); how many there were. */
+  revokeAll(fn: string): Promise<number>
   subscribe(listener: ApiKeyEventListener): Promise<ChannelSubscription>
 }
 
@@ -126,6 +128,15 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`
+
+// KEYS as CREATE. ARGV: fn, channel, event.
+const REVOKE_ALL = `
+local n = redis.call('HLEN', KEYS[1])
+if n == 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n`
 
 /** The Redis-backed key store. The caller owns `redis`; a subscription owns a duplicate. */
 export function createRedisApiKeyStore(deps: {
@@ -187,6 +198,9 @@ export function createRedisApiKeyStore(deps: {
     async revoke(fn, id) {
       const ok = await redis.eval(REVOKE, 2, hashKey(fn), setKey, id, fn, channel, event(fn))
       return Number(ok) === 1
+    },
+    async revokeAll(fn) {
+      return Number(await redis.eval(REVOKE_ALL, 2, hashKey(fn), setKey, fn, channel, event(fn)))
     },
     subscribe: (listener) =>
       subscribeChannel(redis, channel, {

@@ -16,7 +16,7 @@ import { builtEntry } from '../cli/launcher.ts'
 import { createRedisRateLimiter } from '../gateway/access/rate-limiter.ts'
 import type { Problem } from '../gateway/problem.ts'
 import { rawExchange, testManifest, type Echo } from '../gateway/test-support.ts'
-import { API_KEY_RE } from '../shared/api-keys.ts'
+import { API_KEY_RE, createRedisApiKeyStore } from '../shared/api-keys.ts'
 import { createLogger } from '../shared/logger.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import {
@@ -184,6 +184,24 @@ describe('invocation keys and rate limits', { skip }, () => {
     const listed = JSON.parse(list.stdout) as { keys: { id: string }[] }
     assert.ok(!listed.keys.some((k) => k.id === id || k.id === other.id), 'revoked keys are not listed')
     assert.ok(!list.stdout.includes('hash'), list.stdout)
+  })
+
+  test("a deleted function's keys are all revoked (revokeAll, as the delete route calls it)", async () => {
+    const one = await createKey('open')
+    const two = await createKey('open')
+    const store = createRedisApiKeyStore({
+      redis,
+      logger: createLogger({ level: 'silent' }),
+      prefix: iso.prefix,
+    })
+    assert.equal((await store.list('open')).length, 2)
+    assert.equal(await store.revokeAll('open'), 2)
+    assert.equal(await store.revokeAll('open'), 0)
+    assert.deepEqual(await store.list('open'), [])
+    assert.ok(!(await store.functions()).includes('open'))
+    const listed = await cli(['--json', 'keys', 'list', 'open'])
+    assert.deepEqual((JSON.parse(listed.stdout) as { keys: unknown[] }).keys, [])
+    assert.notEqual(one.id, two.id)
   })
 
   test('a burst: 429 with Retry-After for the limited client, the other key is not limited', async () => {

@@ -13,6 +13,8 @@ import type { KeyRouteDeps } from '../routes/keys.ts'
 
 export interface Access {
   readonly deps: { readonly admission: Admission; readonly keys: Omit<KeyRouteDeps, 'catalog'> }
+  /** Revoke every key of a deleted function; this gateway applies it before resolving. */
+  revokeAll(fn: string): Promise<void>
   /** Subscribe and read every key; resolves once the first read is done. */
   start(): Promise<void>
   close(): Promise<void>
@@ -37,6 +39,11 @@ export function startAccess(
   })
   return {
     deps: { admission, keys: { store, cache } },
+    async revokeAll(fn) {
+      const revoked = await store.revokeAll(fn)
+      await cache.refreshOne(fn)
+      if (revoked) deps.logger.info({ fn, revoked }, 'keys of a deleted function revoked')
+    },
     start: () => cache.start(),
     close: () => cache.close(),
   }
