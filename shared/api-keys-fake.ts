@@ -3,9 +3,8 @@
  * the same cases against Redis), events delivered asynchronously like pub/sub.
  */
 import {
-  generateApiKey,
-  hashApiKey,
   MAX_KEYS_PER_FUNCTION,
+  newApiKey,
   sortKeys,
   tooManyKeys,
   type ApiKeyEventListener,
@@ -40,15 +39,8 @@ export function createFakeApiKeyStore(options: { now?: () => number } = {}): Fak
       await check()
       const keys = byFn.get(fn) ?? new Map<string, ApiKeyRecord>()
       if (keys.size >= MAX_KEYS_PER_FUNCTION) throw tooManyKeys(fn)
-      const { id, key } = generateApiKey()
-      const record: ApiKeyRecord = {
-        id,
-        fn,
-        createdAt: now(),
-        hash: hashApiKey(key).toString('hex'),
-        ...(opts.name ? { name: opts.name } : {}),
-      }
-      keys.set(id, record)
+      const { key, record } = newApiKey(fn, now(), opts.name)
+      keys.set(record.id, record)
       byFn.set(fn, keys)
       publish(fn)
       return { key, record }

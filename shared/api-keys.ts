@@ -58,6 +58,23 @@ export function generateApiKey(): { readonly id: string; readonly key: string } 
   return { id, key: `${API_KEY_PREFIX}${id}_${randomBytes(32).toString('base64url')}` }
 }
 
+/** A new key and the record the store keeps of it. */
+export function newApiKey(
+  fn: string,
+  createdAt: number,
+  name?: string,
+): { key: string; record: ApiKeyRecord } {
+  const { id, key } = generateApiKey()
+  const record: ApiKeyRecord = {
+    id,
+    fn,
+    createdAt,
+    hash: hashApiKey(key).toString('hex'),
+    ...(name ? { name } : {}),
+  }
+  return { key, record }
+}
+
 /** The id of a well-formed key; undefined for anything else. */
 export function apiKeyId(key: string): string | undefined {
   return API_KEY_RE.exec(key)?.[1]
@@ -168,20 +185,13 @@ export function createRedisApiKeyStore(deps: {
 
   return {
     async create(fn, opts = {}) {
-      const { id, key } = generateApiKey()
-      const record: ApiKeyRecord = {
-        id,
-        fn,
-        createdAt: now(),
-        hash: hashApiKey(key).toString('hex'),
-        ...(opts.name ? { name: opts.name } : {}),
-      }
+      const { key, record } = newApiKey(fn, now(), opts.name)
       const ok = await redis.eval(
         CREATE,
         2,
         hashKey(fn),
         setKey,
-        id,
+        record.id,
         JSON.stringify(record),
         fn,
         MAX_KEYS_PER_FUNCTION,

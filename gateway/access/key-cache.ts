@@ -7,6 +7,7 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { Logger } from 'pino'
 import { apiKeyId, hashApiKey, type ApiKeyStore } from '../../shared/api-keys.ts'
+import { createCoalescedReads } from '../../shared/coalesced-reads.ts'
 import { errorMessage } from '../../shared/errors.ts'
 import type { ChannelSubscription } from '../../shared/redis.ts'
 
@@ -36,7 +37,6 @@ export function createKeyCache(deps: {
   const hashes = new Map<string, Map<string, Buffer>>()
   /** Bumped per function whenever one of its reads is applied; a full read that raced it is dropped. */
   const generations = new Map<string, number>()
-  const reading = new Map<string, { again: boolean; done: Promise<void> }>()
   let subscription: ChannelSubscription | undefined
   let timer: NodeJS.Timeout | undefined
   let isClosed = false
@@ -47,30 +47,13 @@ export function createKeyCache(deps: {
     hashes.set(fn, new Map(records.map((r) => [r.id, Buffer.from(r.hash, 'hex')])))
   }
 
-  const readOne = (fn: string): Promise<void> => {
-    const running = reading.get(fn)
-    if (running) {
-      running.again = true
-      return running.done
-    }
-    const state = { again: false, done: Promise.resolve() }
-    reading.set(fn, state)
-    state.done = (async () => {
-      try {
-        do {
-          state.again = false
-          const records = await deps.store.list(fn)
-          if (isClosed) return
-          apply(fn, records)
-        } while (state.again)
-      } catch (err) {
-        log.warn({ fn, err: errorMessage(err) }, 'key read failed')
-      } finally {
-        reading.delete(fn)
-      }
-    })()
-    return state.done
-  }
+  const reads = createCoalescedReads(
+    async (fn) => {
+      const records = await deps.store.list(fn)
+      if (!isClosed) apply(fn, records)
+    },
+    (fn, err) => log.warn({ fn, err: errorMessage(err) }, 'key read failed'),
+  )
 
   const refresh = async () => {
     const started = new Map(generations)
@@ -78,7 +61,7 @@ export function createKeyCache(deps: {
     const lists = await Promise.all(fns.map(async (fn) => [fn, await deps.store.list(fn)] as const))
     if (isClosed) return
     const isUntouched = (fn: string) =>
-      (generations.get(fn) ?? 0) === (started.get(fn) ?? 0) && !reading.has(fn)
+      (generations.get(fn) ?? 0) === (started.get(fn) ?? 0) && !reads.isReading(fn)
     for (const [fn, records] of lists) if (isUntouched(fn)) apply(fn, records)
     const seen = new Set(fns)
     for (const fn of [...hashes.keys()]) if (!seen.has(fn) && isUntouched(fn)) apply(fn, [])
@@ -89,7 +72,7 @@ export function createKeyCache(deps: {
   return {
     async start() {
       subscription = await deps.store.subscribe({
-        onEvent: (fn) => void readOne(fn),
+        onEvent: (fn) => void reads.read(fn),
         onResync: refreshLogged,
       })
       await refresh()
@@ -104,7 +87,7 @@ export function createKeyCache(deps: {
       const isMatch = timingSafeEqual(hashApiKey(presented), expected ?? NO_HASH)
       return isMatch && expected ? id : undefined
     },
-    refreshOne: readOne,
+    refreshOne: reads.read,
     refresh,
     async close() {
       isClosed = true
