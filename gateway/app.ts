@@ -11,6 +11,7 @@ import type { Admission } from './access/admission.ts'
 import type { FunctionCatalog } from './catalog.ts'
 import type { Forwarder } from './forwarder.ts'
 import type { InstancePool } from './instance-pool.ts'
+import type { DeathReports } from './instance-deaths.ts'
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
 import { createGatewayListener } from './node-listener.ts'
 import { problemResponse } from './problem.ts'
@@ -31,6 +32,8 @@ export interface GatewayAppDeps {
   readonly registry: Pick<InstanceRegistry, 'executors' | 'listAll' | 'publish' | 'requestRebake'>
   readonly forwarder: Forwarder
   readonly logger: Logger
+  /** Reasons of instance deaths for ERR_INSTANCE_DIED, recycling past timeouts (instance-deaths.ts). */
+  readonly deaths?: DeathReports
   /** The admin API's deploy, versions, rollback and delete routes. */
   readonly lifecycle?: LifecycleRouteDeps
   /** Invocation keys and rate limits; absent: every function is open and unlimited. */
@@ -79,6 +82,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
     maxBodyBytes: deps.options.maxBodyBytes,
     trustProxy: deps.options.trustProxy,
     ...(deps.access ? { admission: deps.access.admission } : {}),
+    ...(deps.deaths ? { deaths: deps.deaths } : {}),
   })
   const app = new Hono<GatewayEnv>()
   app.use('*', requestContext(logger))

@@ -172,6 +172,10 @@ export const keys = {
   context: (fn: string, version: string) => `${KEY_PREFIX}:context:${fn}:${version}`,
   /** STRING with a TTL: who holds the function's change lock (a deploy or a rollback running). */
   changeLock: (fn: string) => `${KEY_PREFIX}:changelock:${fn}`,
+  /** STRING: JSON InstanceDeath of an instance that died or was recycled (expires). */
+  death: (id: string) => `${KEY_PREFIX}:death:${id}`,
+  /** HASH `<fn>\t<reason>` -> deaths counted since the key was created (all hosts). */
+  deaths: () => `${KEY_PREFIX}:deaths`,
 } as const
 
 export interface ExecutorHeartbeat {

@@ -21,6 +21,7 @@ import type { Snapshot, SnapshotStore } from '../snapshots/snapshot-store.ts'
 import { createSandboxPools, type SandboxPools } from './pools.ts'
 import { createPreparations, type Prepared } from './preparations.ts'
 import { createSnapshotHealth, type ScrubResult } from './snapshot-health.ts'
+import { endingOf, type Ending } from './death-reason.ts'
 
 export interface InstanceManagerDeps {
   readonly hostId: string
@@ -32,7 +33,7 @@ export interface InstanceManagerDeps {
   readonly baker: Pick<Baker, 'bake'>
   readonly store: Pick<SnapshotStore, 'usable' | 'markBroken' | 'verify' | 'scrub'>
   readonly docker: Pick<DockerEngine, 'exportRootfs' | 'removeContainer' | 'containerRunning'>
-  readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy'>
+  readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy' | 'limitEvents'>
   /** `docker` (Docker's checkpoint API) serves only jobs that ask for it; without it they fail. */
   readonly runtimes: InstanceRuntimes
   readonly logger: Logger
@@ -52,6 +53,11 @@ export interface InstanceManager {
   live(): readonly StartedInstance[]
   /** Instances whose process is gone (exited, OOM-killed). */
   dead(): Promise<StartedInstance[]>
+  /**
+   * Instances that died or hit a limit they must be recycled for, with the reason
+   * (death-reason.ts). Read before stop(): the counters go with the sandbox.
+   */
+  ended(): Promise<{ instance: StartedInstance; ending: Ending }[]>
   /** Image and snapshot for a function, building and baking when missing. */
   prepare(fn: FunctionDef): Promise<Prepared>
   /** Keep each function's pre-started pool at its manifest's size. */
@@ -282,6 +288,19 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       const dead: StartedInstance[] = []
       for (const inst of live.values()) if (await isDead(deps.docker, inst)) dead.push(inst)
       return dead
+    },
+
+    async ended() {
+      const ended = []
+      for (const inst of live.values()) {
+        const alive = !(await isDead(deps.docker, inst))
+        const events = inst.sandbox
+          ? await deps.sandboxes.limitEvents(inst.sandbox).catch(() => undefined)
+          : undefined
+        const ending = endingOf(alive, events)
+        if (ending) ended.push({ instance: inst, ending })
+      }
+      return ended
     },
 
     prepare,
