@@ -19,7 +19,8 @@ import { startDevLoop } from './dev-loop.ts'
 import { gatewayUrl } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
-function target(): AdminTarget {
+/** The running stack's admin API: INITLESS_GATEWAY_URL (or host/port) and INITLESS_ADMIN_TOKEN. */
+export function target(): AdminTarget {
   const token = process.env.INITLESS_ADMIN_TOKEN
   if (!token)
     throw new InitlessError(

@@ -260,6 +260,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const units = { redis, store, docker: adapters.docker, builder, baker, logger }
   if (!deps.functions) follower = await createRegistryFollower(config, units).catch(release)
   const functions = (): readonly FunctionDef[] => deps.functions ?? follower?.source.functions() ?? []
+  const bakes = follower?.baker ?? baker
 
   // This host's heartbeat; the first one claims the subnet before any address is handed out from it.
   const subnet = canonicalCidr(config.INITLESS_SUBNET)
@@ -281,7 +282,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     functions,
     registry,
     builder,
-    baker,
+    baker: bakes,
     store,
     docker: adapters.docker,
     sandboxes,
@@ -330,7 +331,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
       ? [every(config.INITLESS_SNAPSHOT_SCRUB_INTERVAL, () => scrubSnapshots(instances, logger))]
       : []),
   ]
-  const onFunctionEvent = functionEventHandler({ functions, instances, builder, baker, logger })
+  const onFunctionEvent = functionEventHandler({ functions, instances, builder, baker: bakes, logger })
   const subscription = await registry.subscribe({
     onEvent: (event) => {
       standby.onEvent(event)

@@ -1,5 +1,5 @@
 /** Per-function bookkeeping of the instance pool (see instance-pool.ts). */
-import type { ColdStartPhases, InstanceAddress, InstanceRecord } from '../shared/contracts.ts'
+import type { ColdStartPhases, InstanceAddress, InstanceRecord, RuntimeKind } from '../shared/contracts.ts'
 import { InitlessError } from '../shared/errors.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import type { ReadyView } from './scaling.ts'
@@ -13,6 +13,8 @@ export interface Lease {
   readonly isThawed: boolean
   /** The instance's cold-start phases, for cold requests. */
   readonly phases?: ColdStartPhases
+  /** A cold request's instance was booted, not restored from a snapshot. */
+  readonly isBooted?: boolean
   /** Time the request waited in the gateway for a slot, in ms. */
   readonly waitedMs: number
   release(): void
@@ -40,6 +42,8 @@ export interface ReadyEntry {
   /** Local epoch ms at which this gateway learnt the instance was ready. */
   readonly readyAt: number
   readonly phases?: ColdStartPhases
+  /** How it was started (its registry record's runtime). */
+  readonly runtime?: RuntimeKind
   /** The function version it runs (unset without the function registry). */
   readonly version?: string
   /** A standby instance thawed for requests (InstanceRecord.thawedAt): its phases are no cold start. */
@@ -251,6 +255,7 @@ export function createLease(
     isCold,
     isThawed,
     ...(isCold && entry.phases ? { phases: entry.phases } : {}),
+    ...(isCold && entry.runtime === 'boot' ? { isBooted: true } : {}),
     // A lease taken on the fast path never waited: with a millisecond clock, now - startedAt
     // could still read 1 when the clock ticked in between, and the response would claim a wait.
     waitedMs: at.hasWaited ? at.now - at.startedAt : 0,
@@ -286,6 +291,7 @@ export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean
       address: r.address,
       readyAt: now,
       ...(r.phases ? { phases: r.phases } : {}),
+      ...(r.runtime ? { runtime: r.runtime } : {}),
       ...(r.version ? { version: r.version } : {}),
       ...(r.thawedAt === undefined ? {} : { isThawed: true }),
     })
