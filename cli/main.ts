@@ -16,6 +16,7 @@ import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerLifecycleCommands } from './lifecycle-commands.ts'
 import { registerAsyncCommands } from './async-commands.ts'
+import { registerKeyCommands } from './keys-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
 import { registerServiceCommands } from './service/commands.ts'
@@ -110,6 +111,7 @@ registerLifecycleCommands(program, io)
 registerBenchCommand(program, io)
 registerServiceCommands(program, io)
 registerAsyncCommands(program, io)
+registerKeyCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean; verbose?: boolean }>()

@@ -102,7 +102,7 @@ export function createNodeForwarder(deps: { agents: UpstreamAgents; logger: Logg
         } catch (err) {
           return settleError(isInitlessError(err) ? err : upstreamError(err as Error, r.target))
         }
-        const headers = upstreamHeaders(incoming.headers, r.requestHeaders)
+        const headers = upstreamHeaders(incoming.headers, r.requestHeaders, r.dropHeaders)
         const method = incoming.method ?? 'GET'
         if (
           (method === 'DELETE' || method === 'OPTIONS') &&

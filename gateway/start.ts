@@ -29,6 +29,7 @@ import { startAsyncRole } from './async/role.ts'
 import { createGatewayMetrics, dumpMetrics } from './metrics.ts'
 import type { GatewayWorker } from './cluster/worker.ts'
 import { drainServer } from './shutdown.ts'
+import { startAccess } from './access/wiring.ts'
 
 export interface GatewayDeps {
   readonly logger: Logger
@@ -118,7 +119,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     if (after) pool.setVersion(fn, activeVersion(after)?.version)
     else pool.forget(fn)
   })
-  await Promise.all([pool.start(), queue.ready(), watcher?.start(), deployQueue?.ready()])
+  const access = startAccess(config, { redis, logger })
+  await Promise.all([pool.start(), queue.ready(), watcher?.start(), deployQueue?.ready(), access.start()])
   for (const r of watcher?.list() ?? []) pool.setVersion(r.name, r.active)
   const deaths = createRedisInstanceDeaths({ redis, prefix: config.INITLESS_KEY_PREFIX })
   const metrics = createGatewayMetrics({
@@ -151,6 +153,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
             maxContextBytes: config.INITLESS_MAX_CONTEXT,
             onOutcome: (fn: string, outcome: string) => metrics.lifecycle(fn, outcome),
             seen: (fn: string) => watcher?.refreshOne(fn) ?? Promise.resolve(),
+            onDeleted: (fn: string) => access.revokeAll(fn),
             deploys: createDeploys({
               functions,
               queue: deployQueue,
@@ -161,6 +164,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
         }
       : {}),
     metrics,
+    access: access.deps,
     ...(asyncRole ? { async: asyncRole.routes } : {}),
     options: {
       maxBodyBytes: config.INITLESS_MAX_BODY,
@@ -211,6 +215,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
       { name: 'proxy', run: () => (forwarder.close(), deps.closeUpstream?.()) },
       { name: 'restore queue', run: () => queue.close() },
       { name: 'function registry', run: () => Promise.all([watcher?.close(), deployQueue?.close()]) },
+      { name: 'key cache', run: () => access.close() },
       { name: 'async queues', run: () => deps.async?.invocations.close() },
       { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
     ],

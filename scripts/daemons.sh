@@ -30,14 +30,15 @@ start_docker() {
 }
 
 # start_redis PORT: Debian's redis-server.service serves port 6379 only (its /etc/redis/redis.conf);
-# any other port gets a Redis of initless's own, data in $STATE_DIR/redis. Its AOF is fsynced before
-# every reply: a 202 for an asynchronous invocation must survive a crash (docs/async.md).
+# any other port gets a Redis of initless's own, data in $STATE_DIR/redis. AOF with everysec: every
+# acknowledged write has reached the kernel (a killed redis-server loses nothing); `always` would put
+# an fsync into every registry write of a cold start (docs/async.md, durability).
 start_redis() {
   if has_systemd && [ "$1" = 6379 ]; then systemctl enable --now redis-server; else
     mkdir -p "$STATE_DIR/redis"
     redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
       --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$1.pid" \
-      --appendonly yes --appendfsync always --save ''
+      --appendonly yes --save ''
   fi
 }
 

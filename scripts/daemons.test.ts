@@ -60,7 +60,7 @@ describe('scripts/daemons.sh', () => {
 
   const ownRedis = (port: number) =>
     `redis-server [--port] [${port}] [--bind] [127.0.0.1] [--daemonize] [yes] [--dir] [${dir}/state/redis] ` +
-    `[--logfile] [${dir}/log/redis.log] [--pidfile] [/run/initless-redis-${port}.pid] [--appendonly] [yes] [--appendfsync] [always] [--save] []`
+    `[--logfile] [${dir}/log/redis.log] [--pidfile] [/run/initless-redis-${port}.pid] [--appendonly] [yes] [--save] []`
 
   test('with systemd: Docker and Redis on 6379 are enabled and started by systemctl', async () => {
     assert.deepEqual(await run('start_docker; start_redis 6379', { systemd: true }), [

@@ -27,6 +27,8 @@ export interface FakeSandboxes {
   live(): string[]
   /** Ids whose CPU limit was applied. */
   readonly limited: string[]
+  /** Ids whose cgroup is frozen now. */
+  readonly frozen: Set<string>
 }
 
 /**
@@ -45,6 +47,7 @@ export function createFakeSandboxes(opts: {
   const requests: SandboxRequest[] = []
   const destroyed: string[] = []
   const limited: string[] = []
+  const frozen = new Set<string>()
   const live = new Set<string>()
   const path: RestorePath = { direct: opts.direct ?? true, settled: true, reason: 'fake' }
   const sandboxes: SandboxManager = {
@@ -81,6 +84,13 @@ export function createFakeSandboxes(opts: {
     async limitCpu(sb) {
       limited.push(sb.id)
     },
+    async setFrozen(sb, isFrozen) {
+      if (isFrozen) frozen.add(sb.id)
+      else frozen.delete(sb.id)
+    },
+    async usage(sb) {
+      return { memoryBytes: live.has(sb.id) ? 20 * 1024 * 1024 : 0, cpuNs: 0 }
+    },
     async limitEvents(sb) {
       return opts.limitEvents?.(sb.id) ?? { oomKills: 0, pidsMax: 0, diskFull: false }
     },
@@ -92,5 +102,5 @@ export function createFakeSandboxes(opts: {
       await rm(sb.dir, { recursive: true, force: true })
     },
   }
-  return { sandboxes, requests, destroyed, limited, live: () => [...live] }
+  return { sandboxes, requests, destroyed, limited, frozen, live: () => [...live] }
 }

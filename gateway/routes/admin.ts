@@ -13,6 +13,7 @@ import type { FunctionCatalog } from '../catalog.ts'
 import type { InstancePool } from '../instance-pool.ts'
 import { noCapacity } from '../pool-state.ts'
 import type { GatewayEnv } from '../request-context.ts'
+import { createKeyRoutes, type KeyRouteDeps } from './keys.ts'
 import { createLifecycleRoutes, type LifecycleRouteDeps } from './lifecycle.ts'
 
 export interface AdminRouteDeps {
@@ -22,6 +23,8 @@ export interface AdminRouteDeps {
   readonly adminToken?: string | undefined
   /** Deploy, versions, rollback, delete (absent: a gateway without the function registry). */
   readonly lifecycle?: LifecycleRouteDeps
+  /** Invocation keys (absent: a gateway without a key store). */
+  readonly keys?: Omit<KeyRouteDeps, 'catalog'>
 }
 
 const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).strict()
@@ -88,6 +91,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     deps.lifecycle && c.req.method === 'PUT' && DEPLOY_PATH.test(c.req.path) ? next() : smallBodies(c, next)
   app.use('*', limitBody)
   if (deps.lifecycle) app.route('/', createLifecycleRoutes(deps.lifecycle))
+  if (deps.keys) app.route('/', createKeyRoutes({ ...deps.keys, catalog: deps.catalog }))
 
   app.get('/functions', (c) => {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
