@@ -18,6 +18,7 @@ import { createAsyncAdminRoutes, createAsyncRoutes, type AsyncRouteDeps } from '
 import { createAdminRoutes } from './routes/admin.ts'
 import { createHealthRoutes } from './routes/health.ts'
 import type { LifecycleRouteDeps } from './routes/lifecycle.ts'
+import type { SecretRouteDeps } from './routes/secrets.ts'
 import { createInvoke, createInvokeRoutes } from './routes/invoke.ts'
 
 export interface GatewayAppDeps {
@@ -31,6 +32,8 @@ export interface GatewayAppDeps {
   readonly logger: Logger
   /** The admin API's deploy, versions, rollback and delete routes. */
   readonly lifecycle?: LifecycleRouteDeps
+  /** The admin API's secret routes. */
+  readonly secrets?: SecretRouteDeps
   readonly options: {
     /** Largest request body proxied, in bytes. */
     readonly maxBodyBytes: number
@@ -100,6 +103,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
       registry: deps.registry,
       adminToken: deps.options.adminToken,
       ...(deps.lifecycle ? { lifecycle: deps.lifecycle } : {}),
+      ...(deps.secrets ? { secrets: deps.secrets } : {}),
     }),
   )
   app.route('/', createHealthRoutes({ registry: deps.registry, metrics, now: deps.now ?? Date.now }))

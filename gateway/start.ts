@@ -8,6 +8,8 @@ import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { errorMessage } from '../shared/errors.ts'
 import type { Redis } from '../shared/redis.ts'
+import { loadSecretSealer } from '../shared/secret-crypto.ts'
+import { createRedisSecretStore } from '../shared/secret-store.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createShutdown, type ShutdownResult } from '../shared/shutdown.ts'
 import { createGateway } from './app.ts'
@@ -65,6 +67,8 @@ export interface RunningGateway {
 /** Start the gateway; resolves once it listens. It owns the clients in `deps` from then on. */
 export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Promise<RunningGateway> {
   const { logger, redis, queue, forwarder } = deps
+  // First: a bad key file fails the start before anything is opened.
+  const sealer = await loadSecretSealer(config.INITLESS_SECRETS_KEY_FILE)
   // While Redis is down commands fail after two reconnect attempts instead of waiting (cold
   // requests get 503); ioredis keeps reconnecting forever.
   let isRedisDown = false
@@ -124,12 +128,14 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     if (manifest) asyncRole?.workers?.follow(manifest)
     else if (!after) asyncRole?.workers?.forget(fn)
   })
+  const secretStore = createRedisSecretStore({ redis, sealer, prefix: config.INITLESS_KEY_PREFIX })
   const { listener } = createGateway({
     catalog,
     pool,
     registry,
     forwarder,
     logger,
+    secrets: { store: secretStore, catalog, encrypted: sealer.encrypts },
     ...(functions && deployQueue
       ? {
           lifecycle: {
@@ -137,6 +143,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
             maxContextBytes: config.INITLESS_MAX_CONTEXT,
             onOutcome: (fn: string, outcome: string) => metrics.lifecycle(fn, outcome),
             seen: (fn: string) => watcher?.refreshOne(fn) ?? Promise.resolve(),
+            secrets: secretStore,
             deploys: createDeploys({
               functions,
               queue: deployQueue,

@@ -163,6 +163,7 @@ export interface TestGatewayOptions {
   /** The admin API's lifecycle routes (deploy, versions, rollback, delete). */
   readonly lifecycle?: LifecycleRouteDeps
   readonly async?: GatewayAppDeps['async']
+  readonly secrets?: GatewayAppDeps['secrets']
 }
 
 /** A gateway app on the fakes, proxying with the web forwarder to real echo servers. */
@@ -200,6 +201,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     ...(o.now ? { now: o.now } : {}),
     ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
     ...(o.async ? { async: o.async } : {}),
+    ...(o.secrets ? { secrets: o.secrets } : {}),
   })
   return {
     app,

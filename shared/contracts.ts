@@ -85,6 +85,11 @@ export interface ColdStartPhases {
    * runc, CRIU's own log). The rest is the executor's (and runc's) work around it.
    */
   readonly criuMs?: number
+  /**
+   * Reading the function's secrets from Redis and writing them for the instance (functions that
+   * declare secrets only): the read precedes sandboxMs, the writing is part of restoreMs.
+   */
+  readonly secretsMs?: number
   /** Restore returned -> the readiness probe answered. */
   readonly readyMs: number
 }
@@ -170,6 +175,10 @@ export const keys = {
   deployment: (fn: string) => `${KEY_PREFIX}:deployment:${fn}`,
   /** STRING: the build context (tar) of one version. */
   context: (fn: string, version: string) => `${KEY_PREFIX}:context:${fn}:${version}`,
+  /** HASH secret name -> JSON stored secret (secret-store.ts), per scope. */
+  secrets: (scope: string) => `${KEY_PREFIX}:secrets:${scope}`,
+  /** SET of scopes that hold secrets: lets a listing find every hash. */
+  secretScopes: () => `${KEY_PREFIX}:secret-scopes`,
 } as const
 
 export interface ExecutorHeartbeat {

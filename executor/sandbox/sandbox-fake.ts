@@ -27,6 +27,8 @@ export interface FakeSandboxes {
   live(): string[]
   /** Ids whose CPU limit was applied. */
   readonly limited: string[]
+  /** Secrets written per sandbox id (name -> value), as fillSecrets got them. */
+  readonly secrets: Map<string, Record<string, string>>
 }
 
 /**
@@ -43,6 +45,7 @@ export function createFakeSandboxes(opts: {
   const requests: SandboxRequest[] = []
   const destroyed: string[] = []
   const limited: string[] = []
+  const secrets = new Map<string, Record<string, string>>()
   const live = new Set<string>()
   const path: RestorePath = { direct: opts.direct ?? true, settled: true, reason: 'fake' }
   const sandboxes: SandboxManager = {
@@ -68,6 +71,7 @@ export function createFakeSandboxes(opts: {
         lowers: req.lowers,
         cpus: req.cpus,
         ...((opts.direct ?? true) ? { direct: { externalMounts: [] } } : {}),
+        ...(req.secrets && req.forRestore ? { secretsDir: join(dir, 'secrets') } : {}),
       }
       return sandbox
     },
@@ -75,6 +79,10 @@ export function createFakeSandboxes(opts: {
       const dir = join(opts.root, id, 'criu')
       await mkdir(dir, { recursive: true })
       return dir
+    },
+    async fillSecrets(sb, values) {
+      if (!sb.secretsDir) throw new Error(`sandbox ${sb.id} was prepared without secrets`)
+      secrets.set(sb.id, Object.fromEntries(values.map((v) => [v.name, v.value.toString()])))
     },
     async limitCpu(sb) {
       limited.push(sb.id)
@@ -87,5 +95,5 @@ export function createFakeSandboxes(opts: {
       await rm(sb.dir, { recursive: true, force: true })
     },
   }
-  return { sandboxes, requests, destroyed, limited, live: () => [...live] }
+  return { sandboxes, requests, destroyed, limited, secrets, live: () => [...live] }
 }

@@ -14,6 +14,7 @@ import type { InstancePool } from '../instance-pool.ts'
 import { noCapacity } from '../pool-state.ts'
 import type { GatewayEnv } from '../request-context.ts'
 import { createLifecycleRoutes, type LifecycleRouteDeps } from './lifecycle.ts'
+import { createSecretRoutes, type SecretRouteDeps } from './secrets.ts'
 
 export interface AdminRouteDeps {
   readonly catalog: FunctionCatalog
@@ -22,6 +23,8 @@ export interface AdminRouteDeps {
   readonly adminToken?: string | undefined
   /** Deploy, versions, rollback, delete (absent: a gateway without the function registry). */
   readonly lifecycle?: LifecycleRouteDeps
+  /** Secret values (absent: a gateway without a secret store; /admin/secrets is 404). */
+  readonly secrets?: SecretRouteDeps
 }
 
 const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).strict()
@@ -88,6 +91,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     deps.lifecycle && c.req.method === 'PUT' && DEPLOY_PATH.test(c.req.path) ? next() : smallBodies(c, next)
   app.use('*', limitBody)
   if (deps.lifecycle) app.route('/', createLifecycleRoutes(deps.lifecycle))
+  if (deps.secrets) app.route('/', createSecretRoutes(deps.secrets))
 
   app.get('/functions', (c) => {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))
