@@ -18,15 +18,18 @@ import { startDevLoop } from './dev-loop.ts'
 import { gatewayUrl } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
-function target(): AdminTarget {
+/** The gateway admin API the commands named by `what` call (from the environment). */
+export function adminTarget(what = 'the lifecycle commands'): AdminTarget {
   const token = process.env.INITLESS_ADMIN_TOKEN
   if (!token)
     throw new InitlessError(
       'ERR_CONFIG_INVALID',
-      'INITLESS_ADMIN_TOKEN is not set: the lifecycle commands use the gateway admin API',
+      `INITLESS_ADMIN_TOKEN is not set: ${what} use the gateway admin API`,
     )
   return { url: gatewayUrl(process.env), token }
 }
+
+const target = () => adminTarget()
 
 interface VersionsAnswer {
   readonly fn: string

@@ -16,21 +16,13 @@ import {
   type SecretInfo,
 } from '../shared/secrets.ts'
 import { formatAge } from '../shared/units.ts'
-import { adminCall, type AdminTarget } from './deploy-client.ts'
-import { gatewayUrl } from './launcher.ts'
+import { adminCall } from './deploy-client.ts'
+import { adminTarget } from './lifecycle-commands.ts'
 import type { CliIo } from './progress.ts'
 
 const EXIT_USAGE = 2
 
-function target(): AdminTarget {
-  const token = process.env.INITLESS_ADMIN_TOKEN
-  if (!token)
-    throw new InitlessError(
-      'ERR_CONFIG_INVALID',
-      'INITLESS_ADMIN_TOKEN is not set: the secrets commands use the gateway admin API',
-    )
-  return { url: gatewayUrl(process.env), token }
-}
+const target = () => adminTarget('the secrets commands')
 
 /** Read at most one byte more than a value may have, so a larger one fails without reading it all. */
 async function readLimited(stream: AsyncIterable<Buffer | string>): Promise<Buffer> {
