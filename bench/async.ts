@@ -1,6 +1,6 @@
 /**
  * Asynchronous invocations benchmark: `node --import tsx bench/async.ts [--count 1000]
- * [--concurrency 50] [--out bench/results]`.
+ * [--concurrency 50] [--rounds 3] [--out bench/results]` (and the quiet gate's options).
  *
  * Runs the real executor and gateway (cli/launcher.ts) on copies of the hello-node sample, with
  * the invocation queues on a redis-server of its own (AOF on, free port), and measures for
@@ -26,6 +26,7 @@ import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 const { values: args } = parseArgs({
   options: {
     count: { type: 'string', default: '1000' },
+    rounds: { type: 'string', default: '3' },
     concurrency: { type: 'string', default: '50' },
     out: { type: 'string', default: join(import.meta.dirname, 'results') },
     'state-dir': { type: 'string', default: '/var/lib/initless-bench-async' },
@@ -33,6 +34,7 @@ const { values: args } = parseArgs({
   },
 })
 const COUNT = Number(args.count)
+const ROUNDS = Number(args.rounds)
 const CONCURRENCY = Number(args.concurrency)
 const FUNCTIONS = ['async-1', 'async-2', 'async-3', 'async-4']
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -44,6 +46,7 @@ interface Run {
   readonly acceptPerS: number
   readonly drainPerS: number
   readonly firstStartMs: number
+  readonly round?: number
 }
 
 async function functionsDir(): Promise<string> {
@@ -171,12 +174,17 @@ try {
     },
     cleanup: { redisUrl: 'redis://127.0.0.1:6379', patterns: iso.redisKeys },
   })
-  for (const fsync of ['everysec', 'always']) {
-    await control.config('SET', 'appendfsync', fsync)
-    for (const n of [1, 4]) {
-      const r = await runOnce(stack, FUNCTIONS.slice(0, n), fsync)
-      console.log(JSON.stringify(r))
-      runs.push(r)
+  // Rounds alternate the order of the two settings, so that warming up (JIT, page cache, the
+  // first cold starts) does not land on one setting; the table shows each cell's median.
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = round % 2 ? ['always', 'everysec'] : ['everysec', 'always']
+    for (const fsync of order) {
+      await control.config('SET', 'appendfsync', fsync)
+      for (const n of [1, 4]) {
+        const r = { ...(await runOnce(stack, FUNCTIONS.slice(0, n), fsync)), round }
+        console.log(JSON.stringify(r))
+        runs.push(r)
+      }
     }
   }
 } finally {
@@ -188,8 +196,14 @@ try {
 }
 const file = join(args.out, `async-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
 await writeFile(file, JSON.stringify({ env, count: COUNT, concurrency: CONCURRENCY, runs }, null, 2))
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)] ?? NaN
 console.log(`\n| appendfsync | functions | accepted/s | drained/s | 202 -> start of the first (ms) |`)
 console.log(`| --- | --- | --- | --- | --- |`)
-for (const r of runs)
-  console.log(`| ${r.fsync} | ${r.functions} | ${r.acceptPerS} | ${r.drainPerS} | ${r.firstStartMs} |`)
+for (const fsync of ['everysec', 'always'])
+  for (const n of [1, 4]) {
+    const cell = runs.filter((r) => r.fsync === fsync && r.functions === n)
+    const m = (k: 'acceptPerS' | 'drainPerS' | 'firstStartMs') => median(cell.map((r) => r[k]))
+    console.log(`| ${fsync} | ${n} | ${m('acceptPerS')} | ${m('drainPerS')} | ${m('firstStartMs')} |`)
+  }
+console.log(`(medians of ${ROUNDS} rounds; load at start ${env.machine.loadAvg1m})`)
 console.log(`\nwritten to ${file}`)

@@ -11,13 +11,12 @@ import { lockStateDir } from '../executor/cluster/state-lock.ts'
 import { createBullmqRestoreQueue } from '../shared/bullmq-restore-queue.ts'
 import { EXECUTOR_FRESH_MS, HOST_GONE_MS } from '../shared/contracts.ts'
 import { InitlessError } from '../shared/errors.ts'
-import { selectFunctions } from '../shared/functions.ts'
+import { activeVersion, createRedisFunctionRegistry } from '../shared/function-registry.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatAge } from '../shared/units.ts'
-import { openHost } from './functions-commands.ts'
 import { gatewayUrl as launcherGatewayUrl, startStack } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
@@ -211,14 +210,27 @@ export function registerServeCommands(program: Command, io: CliIo): void {
           'ERR_CONFIG_INVALID',
           `instances must be a whole number from 0 to 1000, got '${n}'`,
         )
-      const ctx = await openHost()
-      const [fn] = selectFunctions(ctx.set, [fnName])
       const config = loadExecutorConfig(process.env)
       const { redis, registry } = openRegistry(config)
       try {
+        // The running stack's function registry, not a folder: a function deployed from elsewhere
+        // scales too, with the active version's maxInstances.
+        const deployed = createRedisFunctionRegistry({
+          redis,
+          logger: createSilentLogger(),
+          prefix: config.INITLESS_KEY_PREFIX,
+        })
+        const fn = activeVersion(await deployed.get(fnName))
+        if (!fn) {
+          const known = (await deployed.list()).filter((r) => r.active).map((r) => r.name)
+          throw new InitlessError(
+            'ERR_FUNCTION_NOT_FOUND',
+            `no deployed function '${fnName}' (deployed: ${known.join(', ') || 'none'})`,
+          )
+        }
         if (count === 0) {
-          await registry.publish({ type: 'function', fn: fn!.name, action: 'scale-to-zero' })
-          io.print({ fn: fn!.name, action: 'scale-to-zero' }, `${fn!.name}: scale to zero requested`)
+          await registry.publish({ type: 'function', fn: fnName, action: 'scale-to-zero' })
+          io.print({ fn: fnName, action: 'scale-to-zero' }, `${fnName}: scale to zero requested`)
           return
         }
         const queue = createBullmqRestoreQueue({
@@ -231,8 +243,8 @@ export function registerServeCommands(program: Command, io: CliIo): void {
         try {
           for (let i = 0; i < count; i++) {
             const id = await restores.start({
-              fn: fn!.name,
-              maxInstances: fn!.manifest.scaling.maxInstances,
+              fn: fnName,
+              maxInstances: fn.manifest.scaling.maxInstances,
               reason: 'prewarm',
             })
             if (!id) break
@@ -242,8 +254,8 @@ export function registerServeCommands(program: Command, io: CliIo): void {
           await queue.close()
         }
         io.print(
-          { fn: fn!.name, prewarming: started },
-          `${fn!.name}: pre-warming ${started.length} instance(s)${started.length < count ? ` (maxInstances ${fn!.manifest.scaling.maxInstances} reached)` : ''}`,
+          { fn: fnName, prewarming: started },
+          `${fnName}: pre-warming ${started.length} instance(s)${started.length < count ? ` (maxInstances ${fn.manifest.scaling.maxInstances} reached)` : ''}`,
         )
       } finally {
         redis.disconnect()

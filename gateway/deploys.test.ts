@@ -6,7 +6,9 @@ import { isInitlessError } from '../shared/errors.ts'
 import { createFakeFunctionRegistry } from '../shared/function-registry-fake.ts'
 import { createDeploys } from './deploys.ts'
 
-function setup(opts: { fail?: (job: DeployJobData) => boolean } = {}) {
+function setup(
+  opts: { fail?: (job: DeployJobData) => boolean; hold?: (job: DeployJobData) => Promise<void> } = {},
+) {
   const functions = createFakeFunctionRegistry()
   const queue = createFakeDeployQueue(functions, opts)
   let clock = 1000
@@ -116,5 +118,33 @@ describe('deploys', () => {
     assert.equal(await deploys.remove('hello'), false)
     assert.equal(await functions.get('hello'), undefined)
     assert.deepEqual(functions.contextKeys(), [])
+  })
+  test('one change of a function at a time: a second deploy or a rollback meanwhile is a 409', async () => {
+    let release!: () => void
+    const held = new Promise<void>((r) => (release = r))
+    let holding = false
+    const { deploys, functions } = setup({
+      hold: (job) => (holding && job.fn === 'hello' ? held : Promise.resolve()),
+    })
+    const v1 = await deploys.deploy('hello', await contextOf(V1))
+    holding = true
+    const slow = deploys.deploy('hello', await contextOf({ ...V1, 'app.js': 'v2' }))
+    const refused = (err: unknown) =>
+      isInitlessError(err, 'ERR_CHANGE_IN_PROGRESS') &&
+      /another change is running: a deploy, since/.test(err.message) &&
+      !/\[/.test(err.message) &&
+      err.details.retryAfterS === 5
+    await assert.rejects(deploys.deploy('hello', await contextOf({ ...V1, 'app.js': 'v3' })), refused)
+    await assert.rejects(deploys.rollback('hello', v1.version), refused)
+    // Another function is not held up.
+    assert.equal((await deploys.deploy('other', await contextOf(V1))).status, 'deployed')
+    release()
+    const v2 = await slow
+    assert.equal((await functions.get('hello'))?.active, v2.version)
+    // Released: the next change runs, and so does one after a failure.
+    assert.equal((await deploys.rollback('hello')).version, v1.version)
+    holding = false
+    await assert.rejects(deploys.deploy('hello', Buffer.from('garbage')))
+    assert.equal((await deploys.rollback('hello', v2.version)).version, v2.version)
   })
 })

@@ -30,12 +30,13 @@ start_docker() {
 }
 
 # start_redis PORT: Debian's redis-server.service serves port 6379 only (its /etc/redis/redis.conf);
-# any other port gets a Redis of initless's own, data in $STATE_DIR/redis.
+# any other port gets a Redis of initless's own, data in $STATE_DIR/redis. Its AOF is fsynced before
+# every reply: a 202 for an asynchronous invocation must survive a crash (docs/async.md).
 start_redis() {
   if has_systemd && [ "$1" = 6379 ]; then systemctl enable --now redis-server; else
     mkdir -p "$STATE_DIR/redis"
     redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
       --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$1.pid" \
-      --appendonly yes --save ''
+      --appendonly yes --appendfsync always --save ''
   fi
 }

@@ -248,6 +248,17 @@ else
     fail "Redis did not answer on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)" "read $LOG_DIR/redis.log"
   done_step "started on port $REDIS_PORT"
 fi
+# Accepted asynchronous invocations live in this Redis: a 202 needs the AOF fsynced before the reply
+# (docs/async.md). Set on the running server, and written to its config file where it has one
+# (Debian's redis-server.service), so a Redis started earlier or by systemd gets it too.
+if [ "$(redis-cli -p "$REDIS_PORT" config get appendonly | tail -1)/$(redis-cli -p "$REDIS_PORT" config get appendfsync | tail -1)" != yes/always ]; then
+  redis-cli -p "$REDIS_PORT" config set appendonly yes >/dev/null &&
+    redis-cli -p "$REDIS_PORT" config set appendfsync always >/dev/null ||
+    fail "could not switch Redis on port $REDIS_PORT to appendonly yes + appendfsync always" \
+      "set them in its configuration (docs/async.md, durability)"
+  redis-cli -p "$REDIS_PORT" config rewrite >/dev/null 2>&1 || true
+  echo "    AOF on, fsynced before every reply (appendfsync always)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 if [ "$BUILD_BASE_IMAGE" = 1 ]; then

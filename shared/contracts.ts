@@ -175,6 +175,8 @@ export const keys = {
   deployment: (fn: string) => `${KEY_PREFIX}:deployment:${fn}`,
   /** STRING: the build context (tar) of one version. */
   context: (fn: string, version: string) => `${KEY_PREFIX}:context:${fn}:${version}`,
+  /** STRING with a TTL: who holds the function's change lock (a deploy or a rollback running). */
+  changeLock: (fn: string) => `${KEY_PREFIX}:changelock:${fn}`,
   /** HASH secret name -> JSON stored secret (secret-store.ts), per scope. */
   secrets: (scope: string) => `${KEY_PREFIX}:secrets:${scope}`,
   /** SET of scopes that hold secrets: lets a listing find every hash. */

@@ -18,13 +18,18 @@ export interface FakeDeployQueue extends DeployQueue {
 
 export function createFakeDeployQueue(
   functions: Pick<FunctionRegistry, 'get' | 'context' | 'putVersion' | 'activate'>,
-  opts: { readonly fail?: (job: DeployJobData) => boolean } = {},
+  opts: {
+    readonly fail?: (job: DeployJobData) => boolean
+    /** Awaited before the job does anything: holds a deploy open. */
+    readonly hold?: (job: DeployJobData) => Promise<void>
+  } = {},
 ): FakeDeployQueue {
   const jobs: DeployJobData[] = []
   return {
     jobs,
     async deploy(job) {
       jobs.push(job)
+      await opts.hold?.(job)
       const v = (await functions.get(job.fn))?.versions.find((x) => x.version === job.version)
       if (!v || !(await functions.context(job.fn, job.version)))
         throw new InitlessError(

@@ -26,6 +26,11 @@ export const ERRORS = {
   ERR_DEPLOY_CONTEXT_INVALID: { status: 400, title: 'Invalid build context', retryable: false },
   ERR_DEPLOY_FAILED: { status: 422, title: 'Deploy failed', retryable: false },
   ERR_VERSION_NOT_FOUND: { status: 404, title: 'Function version not found', retryable: false },
+  ERR_CHANGE_IN_PROGRESS: {
+    status: 409,
+    title: 'Another change of the function is running',
+    retryable: true,
+  },
   // Snapshots
   ERR_SNAPSHOT_NOT_FOUND: { status: 503, title: 'No valid snapshot', retryable: false },
   ERR_SNAPSHOT_CORRUPT: { status: 503, title: 'Snapshot is corrupt', retryable: false },

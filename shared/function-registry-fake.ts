@@ -31,6 +31,7 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
   const contexts = new Map<string, Buffer>()
   const listeners = new Set<FunctionEventListener>()
   const events: FunctionEvent[] = []
+  const locks = new Map<string, { holder: string; until: number }>()
   let isAvailable = true
   const check = () => {
     if (!isAvailable) return Promise.reject(new Error('fake function registry unavailable'))
@@ -120,6 +121,17 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
       await check()
       const c = contexts.get(`${name}:${version}`)
       return c && Buffer.from(c)
+    },
+    async lock(name, holder, ttlMs) {
+      await check()
+      const held = locks.get(name)
+      if (held && held.until > now()) return held.holder
+      locks.set(name, { holder, until: now() + ttlMs })
+      return undefined
+    },
+    async unlock(name, holder) {
+      await check()
+      if (locks.get(name)?.holder === holder) locks.delete(name)
     },
     async subscribe(listener) {
       await check()

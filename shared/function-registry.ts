@@ -98,6 +98,14 @@ export interface FunctionRegistry {
   remove(name: string): Promise<boolean>
   saveContext(name: string, version: string, tar: Buffer): Promise<void>
   context(name: string, version: string): Promise<Buffer | undefined>
+  /**
+   * Take the function's change lock for `ttlMs` (deploys and rollbacks of one function run one at
+   * a time, across gateways; the TTL frees it when its holder died). Resolves undefined when taken,
+   * or with the description of the holder that has it.
+   */
+  lock(name: string, holder: string, ttlMs: number): Promise<string | undefined>
+  /** Release the lock if `holder` still has it (after its TTL someone else may). */
+  unlock(name: string, holder: string): Promise<void>
   subscribe(listener: FunctionEventListener): Promise<RegistrySubscription>
 }
 
@@ -178,6 +186,16 @@ redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`
+
+// KEYS[1] the lock. ARGV: holder, ttl ms. Returns nil when taken, else the current holder.
+const LOCK = `
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
+return redis.call('GET', KEYS[1])`
+
+// KEYS[1] the lock. ARGV: holder.
+const UNLOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`
 
 export interface RedisFunctionRegistryDeps {
   readonly redis: Redis
@@ -264,6 +282,21 @@ export function createRedisFunctionRegistry(deps: RedisFunctionRegistryDeps): Fu
     },
     async context(name, version) {
       return (await redis.getBuffer(k(keys.context(name, version)))) ?? undefined
+    },
+    async lock(name, holder, ttlMs) {
+      const current = await redis.eval(
+        LOCK,
+        1,
+        k(keys.changeLock(name)),
+        holder,
+        Math.max(1, Math.ceil(ttlMs)),
+      )
+      // The holder may have released it between SET and GET: then nobody holds it, but it was not
+      // taken either; the caller is told "busy" with an unknown holder and tries again later.
+      return current === null ? undefined : typeof current === 'string' ? current : 'unknown'
+    },
+    async unlock(name, holder) {
+      await redis.eval(UNLOCK, 1, k(keys.changeLock(name)), holder)
     },
     subscribe: (listener) =>
       subscribeChannel(redis, channel, {

@@ -186,6 +186,11 @@ describe('initless CLI commands', () => {
     assert.equal(prewarm.prewarming.length, 2)
     // Bad usage exits 2.
     assert.match((await cli(['scale', 'hello-node', 'many'], 2)).stderr, /instances must be a whole number/)
+    // Scaled by the function registry's record, not a folder: an unknown name says what is deployed.
+    assert.match(
+      (await cli(['scale', 'no-such-fn', '0'], 1)).stderr,
+      /no deployed function 'no-such-fn' \(deployed: hello-node\)/,
+    )
 
     const exited = new Promise<number | null>((r) => up!.once('exit', (code) => r(code)))
     up.kill('SIGINT')

@@ -21,6 +21,7 @@ import { createFirewall, policyChainNames } from '../executor/adapters/firewall.
 import { NETNS_PREFIX } from '../executor/sandbox/sandbox.ts'
 import { requireServices } from './support/integration.ts'
 import { startE2eStack, type E2eStack } from './support/e2e.ts'
+import { tcpListenerIn } from './support/netns.ts'
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
 const r = 1 + ((randomBytes(1)[0] ?? 0) % 250)
@@ -89,28 +90,6 @@ const probeFromHost = (host: string, port: number) =>
     )
   })
 
-/** A TCP listener on PORT in namespace `ns` (a process the test started); resolves once it listens. */
-async function listenIn(ns: string): Promise<ChildProcess> {
-  const child = spawn(
-    'ip',
-    [
-      'netns',
-      'exec',
-      ns,
-      'python3',
-      '-c',
-      `import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", ${PORT})); s.listen(64); print("listening", flush=True)
-while True:
-    c, _ = s.accept(); c.close()`,
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  )
-  await new Promise((resolve) => child.stdout?.once('data', resolve))
-  return child
-}
-
 describe('network policy', () => {
   let stack: E2eStack | undefined
   let functionsDir = ''
@@ -158,7 +137,7 @@ describe('network policy', () => {
     ])
       sh('ip', ['-n', OUTSIDE_NS, ...cmd])
     sh('ip', ['route', 'add', `${LINK_LOCAL_IP}/32`, 'dev', OUTSIDE_VETH])
-    outsideServer = await listenIn(OUTSIDE_NS)
+    outsideServer = await tcpListenerIn(OUTSIDE_NS, PORT)
     // A service of the host's own, on every address.
     hostService = createServer((c) => c.end())
     await new Promise<void>((resolve) => hostService?.listen(0, '0.0.0.0', resolve))
@@ -320,7 +299,7 @@ describe('network policy in a namespace of its own', () => {
       sh('ip', ['-n', P, ...cmd])
     // "Another host's instance subnet", routed as peers.ts routes it.
     ipH('route', 'add', '10.60.0.0/16', 'via', '10.9.0.2', 'proto', '213', 'realm', '213')
-    server = await listenIn(P)
+    server = await tcpListenerIn(P, PORT)
     // A rule of someone else's in H, in a built-in chain, marked like ours.
     const theirs = ['FORWARD', '-s', '10.61.0.9/32', '-m', 'comment', '--comment', 'initless', '-j', 'ACCEPT']
     await inH('iptables', ['-w', '-A', ...theirs])

@@ -14,32 +14,10 @@ import { createHostAdapters } from '../executor/wiring.ts'
 import { gatewayIp, macFor, vethName } from '../executor/adapters/network.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { requireServices } from './support/integration.ts'
+import { tcpListenerIn } from './support/netns.ts'
 
 const config = loadExecutorConfig(process.env)
 const PORT = 9099
-
-/** A TCP server inside the namespace that answers "ok" and exits. */
-function serveOnce(ns: string): Promise<void> {
-  const child = spawn(
-    'ip',
-    [
-      'netns',
-      'exec',
-      ns,
-      'python3',
-      '-c',
-      `import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", ${PORT})); s.listen(1); print("listening", flush=True)
-c, _ = s.accept(); c.sendall(b"ok"); c.close()`,
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  )
-  return new Promise((resolve, reject) => {
-    child.stdout.once('data', () => resolve())
-    child.once('exit', (code) => reject(new Error(`server in ${ns} exited with ${code}`)))
-  })
-}
 
 /** Connect and read the answer, giving up after `ms`. */
 function answer(ip: string, ms: number): Promise<string> {
@@ -93,7 +71,7 @@ test('an address handed to a new namespace right after its previous one is gone 
           new RegExp(`lladdr ${macFor(ip)}`),
           'the previous entry is still cached',
         )
-      await serveOnce(ns.name)
+      await tcpListenerIn(ns.name, PORT, { once: true })
       // Well under the 5 s before the kernel would even re-check a stale ARP entry.
       assert.equal(await answer(ip, 2_000), 'ok', name)
       // The host reached it at the MAC derived from its address (checked while it exists: the

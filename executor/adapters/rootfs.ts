@@ -71,6 +71,46 @@ export function imageRootfsDir(stateDir: string, imageId: string): string {
 }
 
 /**
+ * The resolv.conf instances get: the host's, less what an instance cannot reach. Loopback
+ * nameservers (a local caching resolver, systemd-resolved's 127.0.0.53) answer only in the host's
+ * own network namespace, so they are left out, as Docker does; search and options lines stay.
+ * With no nameserver left, instances get no resolver (said in the file).
+ */
+export function instanceResolvConf(host: string): string {
+  const kept: string[] = []
+  let dropped = 0
+  for (const raw of host.split('\n')) {
+    const line = raw.trim()
+    if (!line || line.startsWith('#') || line.startsWith(';')) continue
+    const [key, value = ''] = line.split(/\s+/)
+    if (key === 'nameserver' && (/^127\./.test(value) || value === '::1' || value === '0.0.0.0')) {
+      dropped++
+      continue
+    }
+    if (['nameserver', 'search', 'domain', 'options', 'sortlist'].includes(key!)) kept.push(line)
+  }
+  const head = "# written by initless from the host's resolv.conf (loopback nameservers left out)\n"
+  const none = kept.some((l) => l.startsWith('nameserver '))
+    ? ''
+    : `# no nameserver reachable from instances${dropped ? ' (the host names only loopback ones)' : ''}\n`
+  return head + none + kept.map((l) => `${l}\n`).join('')
+}
+
+/**
+ * The host's resolver configuration. systemd-resolved's /etc/resolv.conf names only its stub at
+ * 127.0.0.53; the upstream servers it uses are in /run/systemd/resolve/resolv.conf, which is what
+ * Docker gives containers on such hosts, and so does initless.
+ */
+export async function readHostResolvConf(
+  path = '/etc/resolv.conf',
+  resolvedUpstream = '/run/systemd/resolve/resolv.conf',
+): Promise<string> {
+  const text = await readFile(path, 'utf8').catch(() => '')
+  if (!/^\s*nameserver\s+127\.0\.0\.53\s*$/m.test(text)) return text
+  return readFile(resolvedUpstream, 'utf8').catch(() => text)
+}
+
+/**
  * Unpack an image's filesystem once. `exportTo` streams the image's files as a tar into the given
  * directory (dockerode adapter). A half-written unpack never counts: it is written beside the final
  * directory and renamed into place only when complete.
@@ -79,6 +119,7 @@ export async function ensureImageRootfs(
   stateDir: string,
   imageId: string,
   exportTo: (imageId: string, dir: string) => Promise<void>,
+  hostResolvConf = '/etc/resolv.conf',
 ): Promise<string> {
   const dir = imageRootfsDir(stateDir, imageId)
   const marker = join(dir, '..', 'complete')
@@ -100,7 +141,9 @@ export async function ensureImageRootfs(
       join(tmp, 'etc', 'hosts'),
       '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n',
     )
-    await writeFile(join(tmp, 'etc', 'resolv.conf'), '')
+    // Docker bind-mounts resolv.conf at run time, so an exported image has an empty one.
+    const host = await readHostResolvConf(hostResolvConf)
+    await writeFile(join(tmp, 'etc', 'resolv.conf'), instanceResolvConf(host))
     await rm(dir, { recursive: true, force: true })
     await rename(tmp, dir)
     await writeFile(marker, new Date().toISOString())

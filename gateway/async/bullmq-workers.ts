@@ -8,7 +8,7 @@
  * the job back within `lockMs + stalledIntervalMs` and it runs again (at-least-once: the function
  * may see an X-Invocation-Id twice). A job handed back more than `maxStalled` times ends dead.
  */
-import { Job, Queue, UnrecoverableError, Worker } from 'bullmq'
+import { Job, Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq'
 import type { Logger } from 'pino'
 import { errorMessage } from '../../shared/errors.ts'
 import type { Manifest } from '../../shared/manifest.ts'
@@ -71,30 +71,26 @@ export interface AsyncWorkers {
   close(force?: boolean): Promise<void>
 }
 
-/** Start consuming every function's queue and the callback queue. */
-export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
-  const log = deps.logger.child({ module: 'async-worker' })
-  const now = deps.now ?? Date.now
-  const connection = asyncConnection(deps.redisUrl)
-  const callbacks = new Queue<CallbackJobData>(CALLBACK_QUEUE, {
-    connection: asyncConnection(deps.redisUrl, { enableOfflineQueue: false }),
-    prefix: deps.prefix,
-  })
-  callbacks.on('error', (err) => log.debug({ err: err.message }, 'callback queue connection error'))
-  const settings = {
-    connection,
-    prefix: deps.prefix,
-    lockDuration: deps.lockMs,
-    stalledInterval: deps.stalledIntervalMs,
-    maxStalledCount: deps.maxStalled,
-  }
+type InvocationJob = Job<InvocationData, FinishedInvocation>
 
-  const appendLog = (job: Job<InvocationData, FinishedInvocation>, entry: LogEntry) =>
-    job.log(JSON.stringify(entry))
+/** What the pieces of the worker role share. */
+interface WorkerCtx {
+  readonly deps: AsyncWorkersDeps
+  readonly log: Logger
+  readonly now: () => number
+}
+
+/**
+ * Run one attempt of an invocation job: its attempt log, the outcome BullMQ acts on (a throw is a
+ * retry or the end), and the callback of a finished invocation.
+ */
+function createJobRunner(ctx: WorkerCtx, callbacks: Queue<CallbackJobData>) {
+  const { deps, log, now } = ctx
+  const appendLog = (job: InvocationJob, entry: LogEntry) => job.log(JSON.stringify(entry))
 
   /** The finished invocation as its callback carries it (the log read back, with this end). */
   const payloadOf = async (
-    job: Job<InvocationData, FinishedInvocation>,
+    job: InvocationJob,
     state: 'succeeded' | 'failed' | 'dead',
     result: InvocationResult | undefined,
   ): Promise<CallbackPayload> => {
@@ -114,7 +110,7 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
     }
   }
 
-  const runJob = async (job: Job<InvocationData, FinishedInvocation>): Promise<FinishedInvocation> => {
+  const runJob = async (job: InvocationJob): Promise<FinishedInvocation> => {
     const d = job.data
     const attempt = job.attemptsMade + 1
     await appendLog(job, { e: 'start', at: now(), attempt })
@@ -156,28 +152,12 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
     if (next === 'dead' && !isLast) throw new UnrecoverableError(reason)
     throw new Error(reason)
   }
+  return runJob
+}
 
-  const workers = new Map<string, Worker<InvocationData, FinishedInvocation>>()
-  const follow = (m: Manifest) => {
-    const existing = workers.get(m.name)
-    if (existing) {
-      // async.concurrency is a live field: a deploy may change it on a running function.
-      existing.concurrency = m.async.concurrency
-      return
-    }
-    const w = new Worker<InvocationData, FinishedInvocation>(invocationQueueName(m.name), runJob, {
-      ...settings,
-      concurrency: m.async.concurrency,
-    })
-    w.on('error', (err) => log.debug({ fn: m.name, err: err.message }, 'async worker connection error'))
-    w.on('failed', (job, err) => {
-      if (job && job.finishedOn)
-        log.warn({ fn: m.name, invocationId: job.id, reason: err.message }, 'invocation dead')
-    })
-    workers.set(m.name, w)
-  }
-  for (const m of deps.functions) follow(m)
-
+/** The callback queue's worker: delivers, and records each delivery in the invocation's log. */
+function startCallbackWorker(ctx: WorkerCtx, settings: WorkerOptions): Worker<CallbackJobData> {
+  const { deps, log, now } = ctx
   const addInvocationLog = (fn: string, id: string, entry: LogEntry) =>
     Job.addJobLog(deps.invocations.queue(fn), id, JSON.stringify(entry)).catch((err: unknown) =>
       log.debug({ fn, invocationId: id, err: errorMessage(err) }, 'callback state not recorded'),
@@ -209,6 +189,65 @@ export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
       error: err.message,
     })
   })
+  return callbackWorker
+}
+
+/** Start consuming every function's queue and the callback queue. */
+export function startAsyncWorkers(deps: AsyncWorkersDeps): AsyncWorkers {
+  const log = deps.logger.child({ module: 'async-worker' })
+  const ctx: WorkerCtx = { deps, log, now: deps.now ?? Date.now }
+  const connection = asyncConnection(deps.redisUrl)
+  const callbacks = new Queue<CallbackJobData>(CALLBACK_QUEUE, {
+    connection: asyncConnection(deps.redisUrl, { enableOfflineQueue: false }),
+    prefix: deps.prefix,
+  })
+  callbacks.on('error', (err) => log.debug({ err: err.message }, 'callback queue connection error'))
+  const settings: WorkerOptions = {
+    connection,
+    prefix: deps.prefix,
+    lockDuration: deps.lockMs,
+    stalledInterval: deps.stalledIntervalMs,
+    maxStalledCount: deps.maxStalled,
+  }
+
+  const runJob = createJobRunner(ctx, callbacks)
+
+  const workers = new Map<string, Worker<InvocationData, FinishedInvocation>>()
+  /**
+   * async.concurrency caps a function's running attempts across every gateway: BullMQ's global
+   * concurrency (kept in the queue, checked by the script that hands a job to a worker) is the
+   * cluster-wide cap, each worker's own concurrency the local one. Idempotent, so every gateway
+   * sets it whenever it sees the manifest.
+   */
+  const capGlobally = (m: Manifest) =>
+    void deps.invocations
+      .queue(m.name)
+      .setGlobalConcurrency(m.async.concurrency)
+      .catch((err: unknown) =>
+        log.warn({ fn: m.name, err: errorMessage(err) }, 'async.concurrency not set on the queue'),
+      )
+  const follow = (m: Manifest) => {
+    capGlobally(m)
+    const existing = workers.get(m.name)
+    if (existing) {
+      // async.concurrency is a live field: a deploy may change it on a running function.
+      existing.concurrency = m.async.concurrency
+      return
+    }
+    const w = new Worker<InvocationData, FinishedInvocation>(invocationQueueName(m.name), runJob, {
+      ...settings,
+      concurrency: m.async.concurrency,
+    })
+    w.on('error', (err) => log.debug({ fn: m.name, err: err.message }, 'async worker connection error'))
+    w.on('failed', (job, err) => {
+      if (job && job.finishedOn)
+        log.warn({ fn: m.name, invocationId: job.id, reason: err.message }, 'invocation dead')
+    })
+    workers.set(m.name, w)
+  }
+  for (const m of deps.functions) follow(m)
+
+  const callbackWorker = startCallbackWorker(ctx, settings)
 
   let closing: Promise<void> | undefined
   return {
