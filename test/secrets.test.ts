@@ -57,8 +57,7 @@ describe('secrets: set, mounted at restore, rotated without a re-bake, leaked no
     })
   const get = async (path: string) => stack!.request('GET', `/fn/${FN}${path}`)
   const putSecret = (path: string, body: string) =>
-    fetch(`${stack!.url}/admin/secrets/${path}`, {
-      method: 'PUT',
+    stack!.request('PUT', `/admin/secrets/${path}`, {
       headers: { authorization: `Bearer ${stack!.adminToken}` },
       body,
     })
