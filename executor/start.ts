@@ -11,6 +11,7 @@ import { HEARTBEAT_INTERVAL_MS, type ExecutorHeartbeat } from '../shared/contrac
 import { errorMessage } from '../shared/errors.ts'
 import type { FunctionDef } from '../shared/functions.ts'
 import type { Redis } from '../shared/redis.ts'
+import { createRedisInstanceDeaths } from '../shared/instance-deaths.ts'
 import { createRedisRegistry, type InstanceRegistry, type RegistrySubscription } from '../shared/registry.ts'
 import { createShutdown, within, type ShutdownResult, type ShutdownStep } from '../shared/shutdown.ts'
 import { canonicalCidr } from '../shared/subnet.ts'
@@ -316,6 +317,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const reaper = createReaper({
     instances,
     registry,
+    deaths: createRedisInstanceDeaths({ redis, prefix: config.INITLESS_KEY_PREFIX }),
     functions,
     now: Date.now,
     logger,

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict'
 import { after, describe, test } from 'node:test'
 import { gunzipSync } from 'node:zlib'
+import { createFakeInstanceDeaths } from '../shared/instance-deaths-fake.ts'
 import type { Forwarder } from './forwarder.ts'
+import { createFakeRegistry } from '../shared/registry-fake.ts'
+import { createDeathReports } from './instance-deaths.ts'
+import { createGatewayMetrics } from './metrics.ts'
 import type { Problem } from './problem.ts'
 import { createTestGateway, testManifest, type Echo, type TestGateway } from './test-support.ts'
 
@@ -171,6 +175,62 @@ describe('dead instances', async () => {
     const post = await g.app.request('/fn/fragile/p', { method: 'POST', body: 'payload' })
     await problem(post, 502, 'ERR_GATEWAY_UPSTREAM_FAILED')
     assert.equal(g.queue.jobs.length, 2)
+  })
+})
+
+describe('instance deaths', () => {
+  /** A gateway whose deaths store is a fake the test records deaths in, as the executor would. */
+  async function abused() {
+    const deaths = createFakeInstanceDeaths()
+    const registry = createFakeRegistry()
+    const g = await gateway({
+      manifests: [testManifest('abused', { maxInstances: 3, request: '300ms' })],
+      autoRestore: true,
+      registry,
+      deaths: createDeathReports({ deaths, registry, waitMs: 1000 }),
+    })
+    return { g, deaths, registry }
+  }
+
+  test('a connection broken by a dead instance answers ERR_INSTANCE_DIED with the recorded reason', async () => {
+    const { g, deaths } = await abused()
+    // The executor records the death a little after the connection broke.
+    const recorded = g.queue.waitForJobs(1).then(() =>
+      setTimeout(() => {
+        const id = g.queue.jobs[0]!.instanceId
+        void deaths.record({ id, fn: 'abused', reason: 'oom-killed', detail: 'memory limit', at: 1 })
+      }, 100),
+    )
+    const res = await g.app.request('/fn/abused/reset', { method: 'POST', body: 'x' })
+    await recorded
+    const body = (await problem(res, 502, 'ERR_INSTANCE_DIED')) as Problem & Record<string, unknown>
+    assert.equal(body['reason'], 'oom-killed')
+    assert.equal(body['instanceId'], g.queue.jobs[0]!.instanceId)
+    assert.match(String(body.detail), /memory limit/)
+  })
+
+  test('without a recorded death, the broken connection stays ERR_GATEWAY_UPSTREAM_FAILED', async () => {
+    const { g } = await abused()
+    const started = Date.now()
+    const res = await g.app.request('/fn/abused/reset', { method: 'POST', body: 'x' })
+    await problem(res, 502, 'ERR_GATEWAY_UPSTREAM_FAILED')
+    assert.ok(Date.now() - started >= 900, 'it waited for a report')
+  })
+
+  test('a request past timeouts.request is a 504 and recycles its instance', async () => {
+    const { g, deaths, registry } = await abused()
+    await problem(await g.app.request('/fn/abused/slow?ms=2000'), 504, 'ERR_GATEWAY_TIMEOUT')
+    const id = g.queue.jobs[0]!.instanceId
+    assert.deepEqual(
+      deaths.recorded.map((d) => [d.id, d.reason]),
+      [[id, 'request-timeout']],
+    )
+    assert.deepEqual(await registry.list('abused'), [], 'the instance left the registry')
+    const metrics = createGatewayMetrics({ stats: () => [], deathCounts: () => deaths.counts() })
+    assert.match(
+      await metrics.registry.metrics(),
+      /initless_instance_deaths_total\{function="abused",reason="request-timeout"\} 1/,
+    )
   })
 })
 

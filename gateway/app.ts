@@ -10,6 +10,7 @@ import type { InstanceRegistry } from '../shared/registry.ts'
 import type { FunctionCatalog } from './catalog.ts'
 import type { Forwarder } from './forwarder.ts'
 import type { InstancePool } from './instance-pool.ts'
+import type { DeathReports } from './instance-deaths.ts'
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
 import { createGatewayListener } from './node-listener.ts'
 import { problemResponse } from './problem.ts'
@@ -30,6 +31,8 @@ export interface GatewayAppDeps {
   readonly registry: Pick<InstanceRegistry, 'executors' | 'listAll' | 'publish' | 'requestRebake'>
   readonly forwarder: Forwarder
   readonly logger: Logger
+  /** Reasons of instance deaths for ERR_INSTANCE_DIED, recycling past timeouts (instance-deaths.ts). */
+  readonly deaths?: DeathReports
   /** The admin API's deploy, versions, rollback and delete routes. */
   readonly lifecycle?: LifecycleRouteDeps
   /** The admin API's secret routes. */
@@ -74,6 +77,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
     metrics,
     maxBodyBytes: deps.options.maxBodyBytes,
     trustProxy: deps.options.trustProxy,
+    ...(deps.deaths ? { deaths: deps.deaths } : {}),
   })
   const app = new Hono<GatewayEnv>()
   app.use('*', requestContext(logger))

@@ -4,6 +4,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { ColdStartPhases } from '../shared/contracts.ts'
+import type { DeathCount } from '../shared/instance-deaths.ts'
 import type { PoolStats } from './pool-state.ts'
 
 export type StartKind = 'cold' | 'warm' | 'none'
@@ -27,6 +28,8 @@ export function createGatewayMetrics(deps: {
   readonly processMetrics?: boolean
   /** The active version of every deployed function (the function registry), when followed. */
   readonly activeVersions?: () => readonly { readonly fn: string; readonly version: string }[]
+  /** Instance deaths by function and reason, all hosts together (shared/instance-deaths.ts). */
+  readonly deathCounts?: () => Promise<readonly DeathCount[]>
 }): GatewayMetrics {
   const registry = new Registry()
   if (deps.processMetrics) collectDefaultMetrics({ register: registry })
@@ -118,6 +121,17 @@ export function createGatewayMetrics(deps: {
     collect() {
       this.reset()
       for (const a of deps.activeVersions?.() ?? []) this.set({ function: a.fn, version: a.version }, 1)
+    },
+  })
+  new Gauge({
+    name: 'initless_instance_deaths_total',
+    help: 'Instances that died or were recycled, by reason (oom-killed, pids-limit, disk-full, request-timeout, exited), all hosts together, as recorded in Redis',
+    labelNames: ['function', 'reason'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset()
+      const counts = await deps.deathCounts?.().catch(() => [])
+      for (const c of counts ?? []) this.set({ function: c.fn, reason: c.reason }, c.count)
     },
   })
   return {

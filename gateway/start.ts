@@ -10,7 +10,9 @@ import { errorMessage } from '../shared/errors.ts'
 import type { Redis } from '../shared/redis.ts'
 import { loadSecretSealer } from '../shared/secret-crypto.ts'
 import { createRedisSecretStore } from '../shared/secret-store.ts'
+import { createRedisInstanceDeaths } from '../shared/instance-deaths.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
+import { createDeathReports } from './instance-deaths.ts'
 import { createShutdown, type ShutdownResult } from '../shared/shutdown.ts'
 import { createGateway } from './app.ts'
 import { createClientGuard, guardedServerOptions } from './client-guard.ts'
@@ -115,9 +117,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
   })
   await Promise.all([pool.start(), queue.ready(), watcher?.start(), deployQueue?.ready()])
   for (const r of watcher?.list() ?? []) pool.setVersion(r.name, r.active)
+  const deaths = createRedisInstanceDeaths({ redis, prefix: config.INITLESS_KEY_PREFIX })
   const metrics = createGatewayMetrics({
     stats: () => pool.stats(),
     processMetrics: true,
+    deathCounts: () => deaths.counts(),
     activeVersions: () =>
       (watcher?.list() ?? []).flatMap((r) => (r.active ? [{ fn: r.name, version: r.active }] : [])),
   })
@@ -134,6 +138,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     pool,
     registry,
     forwarder,
+    deaths: createDeathReports({ deaths, registry }),
     logger,
     secrets: { store: secretStore, catalog, encrypted: sealer.encrypts },
     ...(functions && deployQueue

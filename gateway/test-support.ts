@@ -65,7 +65,8 @@ export interface Echo {
 /**
  * A stand-in instance on 127.0.0.1:0. `/status/<n>` answers n with a custom body and headers,
  * `/slow?ms=n` answers after n ms, `/stream` sends three chunks apart in time, `/gzip` a gzipped
- * body, `/die` drops the connection mid-body; anything else echoes the request as JSON.
+ * body, `/die` drops the connection mid-body, `/reset` before any answer; anything else echoes the
+ * request as JSON.
  */
 export async function startEchoServer(label = 'echo'): Promise<EchoServer> {
   let count = 0
@@ -95,6 +96,7 @@ export async function startEchoServer(label = 'echo'): Promise<EchoServer> {
         setTimeout(() => res.socket?.destroy(), 20)
         return
       }
+      if (url.pathname === '/reset') return void req.socket.destroy()
       if (url.pathname === '/stream') {
         res.writeHead(200, { 'content-type': 'text/plain' })
         res.write('one\n')
@@ -164,6 +166,7 @@ export interface TestGatewayOptions {
   readonly lifecycle?: LifecycleRouteDeps
   readonly async?: GatewayAppDeps['async']
   readonly secrets?: GatewayAppDeps['secrets']
+  readonly deaths?: GatewayAppDeps['deaths']
 }
 
 /** A gateway app on the fakes, proxying with the web forwarder to real echo servers. */
@@ -202,6 +205,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
     ...(o.async ? { async: o.async } : {}),
     ...(o.secrets ? { secrets: o.secrets } : {}),
+    ...(o.deaths ? { deaths: o.deaths } : {}),
   })
   return {
     app,

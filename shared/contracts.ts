@@ -181,6 +181,10 @@ export const keys = {
   secrets: (scope: string) => `${KEY_PREFIX}:secrets:${scope}`,
   /** SET of scopes that hold secrets: lets a listing find every hash. */
   secretScopes: () => `${KEY_PREFIX}:secret-scopes`,
+  /** STRING: JSON InstanceDeath of an instance that died or was recycled (expires). */
+  death: (id: string) => `${KEY_PREFIX}:death:${id}`,
+  /** HASH `<fn>\t<reason>` -> deaths counted since the key was created (all hosts). */
+  deaths: () => `${KEY_PREFIX}:deaths`,
 } as const
 
 export interface ExecutorHeartbeat {

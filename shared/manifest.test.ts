@@ -33,7 +33,7 @@ describe('parseManifest: defaults', () => {
         build: { dockerfile: 'Dockerfile', args: {} },
         readiness: { path: '/', expect: '', timeout: 60_000, interval: 50 },
         warmup: [],
-        resources: { memory: 512 * MiB, cpus: 1, pids: 4096 },
+        resources: { memory: 512 * MiB, cpus: 1, pids: 4096, disk: 256 * MiB },
         scaling: {
           concurrency: 50,
           maxInstances: 5,

@@ -115,6 +115,11 @@ export const manifestSchema = z
         memory: bytes.default('512Mi'),
         cpus: z.number().positive().max(64).default(1),
         pids: z.number().int().min(16).max(1_000_000).default(4096),
+        /**
+         * Size limit of the instance's writable layer (the overlay's upper dir, a tmpfs of this size:
+         * docs/sandbox.md#writable-layer). Its pages count against `memory` too.
+         */
+        disk: bytes.default('256Mi'),
       })
       .strict()
       .default({}),

@@ -351,7 +351,10 @@ describe('e2e: real executor + real gateway, sample functions', () => {
     // The instance's process, as CRIU restored it (its pid file), running in the instance's rootfs.
     const pid = Number(await readFile(`${STATE_DIR}/instances/${victim.id}/pid`, 'utf8'))
     assert.ok(pid > 0)
-    assert.ok(rootMount(pid).includes(`upperdir=${STATE_DIR}/instances/${victim.id}/upper`), rootMount(pid))
+    assert.ok(
+      rootMount(pid).includes(`upperdir=${STATE_DIR}/instances/${victim.id}/layer/upper`),
+      rootMount(pid),
+    )
     const mark = stack.executor.mark()
     const killedAt = Date.now()
     process.kill(pid, 'SIGKILL')

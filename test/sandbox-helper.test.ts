@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { existsSync, readFileSync } from 'node:fs'
+import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -21,6 +21,14 @@ const config = loadExecutorConfig(process.env)
 const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' })
 const hasLink = (name: string) => ip('-o', 'link', 'show').includes(` ${name}@`)
 
+/** The mount options /proc/self/mountinfo lists for the mount point `target`. */
+function mountOptions(target: string): string {
+  const line = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[4] === target)
+  return line?.split(' ')[5] ?? ''
+}
+
 describe('sandbox helper', () => {
   let helper: SandboxHelper | undefined
   let dir = ''
@@ -31,9 +39,13 @@ describe('sandbox helper', () => {
     helper?.close()
     await rm(dir, { recursive: true, force: true })
   })
-  /** The helper provision.sh built from this source (a missing one fails here, in CI too). */
+  /**
+   * The helper provision.sh built from this source (a missing one fails here, in CI too), or the
+   * build INITLESS_SANDBOX_HELPER names (a path).
+   */
   const get = () => {
-    const path = sandboxHelperPath({ INITLESS_SANDBOX_HELPER: 'auto' })
+    const named = process.env.INITLESS_SANDBOX_HELPER
+    const path = sandboxHelperPath({ INITLESS_SANDBOX_HELPER: named?.startsWith('/') ? named : 'auto' })
     assert.ok(path, 'no sandbox helper built from this source: run scripts/provision.sh')
     return (helper ??= createSandboxHelper({ path }))
   }
@@ -134,6 +146,25 @@ describe('sandbox helper', () => {
       h.request({ op: 'mount-overlay', args: [target, `lowerdir=${join(dir, 'missing')}`] }),
       /mount overlay at/,
     )
+  })
+
+  test('mounts a sized tmpfs (nosuid, nodev): writes past its size fail with ENOSPC', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const target = join(dir, 'layer')
+    await mkdir(target)
+    await h.request({ op: 'mount-tmpfs', args: [target, 'size=1048576,mode=0700'] })
+    try {
+      const fs = await statfs(target)
+      assert.equal(fs.blocks * fs.bsize, 1024 * 1024)
+      const options = mountOptions(target)
+      assert.match(options, /nosuid/)
+      assert.match(options, /nodev/)
+      await assert.rejects(writeFile(join(target, 'big'), Buffer.alloc(2 * 1024 * 1024)), { code: 'ENOSPC' })
+    } finally {
+      await h.request({ op: 'umount', args: [target] })
+    }
+    assert.equal(existsSync(join(target, 'big')), false)
   })
 
   test('writes values in order, skips a missing optional file, fails on a missing required one', async (t) => {

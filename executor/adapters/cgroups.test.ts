@@ -13,8 +13,10 @@ import {
   deviceFilterRequest,
   enableV2Controllers,
   ensureCgroupSkeleton,
+  keyedCounter,
   parseCgroupLayout,
   prepareCgroupParent,
+  readLimitEvents,
   setCpuLimit,
   type CgroupLayout,
 } from './cgroups.ts'
@@ -332,4 +334,37 @@ test('applySandboxLimits: v1 writes only; v2 writes then the device filter, and 
   )
   const written: readonly string[] = onV1.requests[0]?.args ?? []
   assert.ok(written.includes('/sys/fs/cgroup/devices/initless/x/devices.deny'))
+})
+
+test('readLimitEvents: OOM kills and refused forks from v1 and v2 files; missing counts 0', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'initless-limit-events-'))
+  try {
+    const v1: CgroupLayout = { v2: false, root: dir, hierarchies: ['memory', 'pids', 'cpu,cpuacct'] }
+    await mkdir(join(dir, 'memory/initless/a'), { recursive: true })
+    await mkdir(join(dir, 'pids/initless/a'), { recursive: true })
+    await writeFile(
+      join(dir, 'memory/initless/a/memory.oom_control'),
+      'oom_kill_disable 0\nunder_oom 0\noom_kill 2\n',
+    )
+    await writeFile(join(dir, 'pids/initless/a/pids.events'), 'max 17\n')
+    assert.deepEqual(await readLimitEvents(v1, '/initless/a'), { oomKills: 2, pidsMax: 17 })
+    assert.deepEqual(await readLimitEvents(v1, '/initless/gone'), { oomKills: 0, pidsMax: 0 })
+
+    const v2: CgroupLayout = { v2: true, root: join(dir, 'v2'), hierarchies: [] }
+    await mkdir(join(dir, 'v2/initless/b'), { recursive: true })
+    await writeFile(
+      join(dir, 'v2/initless/b/memory.events'),
+      'low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n',
+    )
+    await writeFile(join(dir, 'v2/initless/b/pids.events'), 'max 0\n')
+    assert.deepEqual(await readLimitEvents(v2, '/initless/b'), { oomKills: 1, pidsMax: 0 })
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('keyedCounter reads one key, never a prefix of another', () => {
+  assert.equal(keyedCounter('oom 3\noom_kill 1\n', 'oom'), 3)
+  assert.equal(keyedCounter('oom_kill_disable 0\noom_kill 5', 'oom_kill'), 5)
+  assert.equal(keyedCounter('', 'max'), 0)
 })

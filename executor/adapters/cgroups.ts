@@ -396,3 +396,40 @@ export function instanceCgroupsIn(stateDir: string, parent = SANDBOX_CGROUP_PARE
     })
     .map(({ name }) => name)
 }
+
+/** Counters of limits a cgroup hit, as the kernel keeps them. */
+export interface CgroupLimitEvents {
+  /** Processes the memory cgroup's OOM killer killed. */
+  readonly oomKills: number
+  /** Forks and clones refused at the pids limit. */
+  readonly pidsMax: number
+}
+
+/** One counter of a `key value` per line file (memory.events, memory.oom_control, pids.events). */
+export function keyedCounter(text: string, key: string): number {
+  for (const line of text.split('\n')) {
+    const [k, v] = line.trim().split(/\s+/)
+    if (k === key) return Number(v) || 0
+  }
+  return 0
+}
+
+/**
+ * What limits the cgroup hit: v1 keeps the OOM kills in memory.oom_control (`oom_kill`, kernels
+ * >= 4.13), v2 in memory.events; both count refused forks in pids.events (`max`). A file missing
+ * (controller absent, cgroup gone) counts 0.
+ */
+export async function readLimitEvents(layout: CgroupLayout, relPath: string): Promise<CgroupLimitEvents> {
+  const read = async (controller: string, file: string) => {
+    try {
+      return await readFile(join(controllerDir(layout, controller, relPath), file), 'utf8')
+    } catch {
+      return ''
+    }
+  }
+  const [memory, pids] = await Promise.all([
+    read('memory', layout.v2 ? 'memory.events' : 'memory.oom_control'),
+    read('pids', 'pids.events'),
+  ])
+  return { oomKills: keyedCounter(memory, 'oom_kill'), pidsMax: keyedCounter(pids, 'max') }
+}

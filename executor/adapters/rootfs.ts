@@ -8,26 +8,42 @@ import { join } from 'node:path'
 import type { CommandRunner } from './exec.ts'
 import type { SandboxHelpers } from './sandbox-helper.ts'
 
+/**
+ * The writable layer's own filesystem: a tmpfs of `sizeBytes` mounted at `dir`, which holds the
+ * overlay's upper and work dirs, so what the function writes is bounded (ENOSPC past it).
+ */
+export interface WritableLayer {
+  readonly dir: string
+  readonly sizeBytes: number
+}
+
 export interface Mounter {
-  /** Mount an overlay at `target`; `lowers` are listed top-most first. */
+  /**
+   * Mount an overlay at `target`; `lowers` are listed top-most first. With `layer`, `upper` and
+   * `work` must lie in `layer.dir`, which gets a tmpfs of its size first.
+   */
   mountOverlay(opts: {
     lowers: readonly string[]
     upper: string
     work: string
     target: string
+    layer?: WritableLayer
   }): Promise<void>
   /** Mount a tmpfs at `target` with `options` (not on the cold-start path: mount(8)). */
   mountTmpfs(target: string, options: string): Promise<void>
   unmount(target: string): Promise<void>
   /** Mount points at or below `prefix` (reconciliation), deepest first. */
   list(prefix: string): Promise<string[]>
+  /** Copy a directory tree to `to` (created) with everything an overlay upper dir holds. */
+  copyTree(from: string, to: string): Promise<void>
 }
 
 /** Mounts through the sandbox helper's system calls when there is one, else mount(8)/umount(8). */
 export function createMounter(deps: { run: CommandRunner; helpers?: SandboxHelpers | undefined }): Mounter {
   const { helpers } = deps
   return {
-    async mountOverlay({ lowers, upper, work, target }) {
+    async mountOverlay({ lowers, upper, work, target, layer }) {
+      if (layer) await mountLayer(deps, layer)
       await Promise.all([
         mkdir(upper, { recursive: true }),
         mkdir(work, { recursive: true }),
@@ -53,6 +69,11 @@ export function createMounter(deps: { run: CommandRunner; helpers?: SandboxHelpe
       }
     },
 
+    async copyTree(from, to) {
+      // -a keeps whiteouts (device nodes), owners, modes and the overlay's trusted.* xattrs.
+      await deps.run('cp', ['-a', '-T', from, to], { timeoutMs: 600_000 })
+    },
+
     async list(prefix) {
       const mounts = await readFile('/proc/self/mountinfo', 'utf8')
       const points = mounts
@@ -63,6 +84,38 @@ export function createMounter(deps: { run: CommandRunner; helpers?: SandboxHelpe
       return [...new Set(points)].sort((a, b) => b.length - a.length)
     },
   }
+}
+
+/** tmpfs options of a writable layer: its size, private to root, never executable set-uid. */
+export function layerTmpfsOptions(sizeBytes: number): string {
+  return `size=${sizeBytes},mode=0700`
+}
+
+/** Is this a sandbox helper that predates an operation (an older installed build)? */
+function isUnknownOperation(err: unknown): boolean {
+  return err instanceof Error && /unknown operation/.test(err.message)
+}
+
+/**
+ * Mount the layer's tmpfs: through the sandbox helper (a system call, ~25 us), else mount(8)
+ * (a process start). An installed helper older than `mount-tmpfs` gets mount(8) too.
+ */
+async function mountLayer(
+  deps: { run: CommandRunner; helpers?: SandboxHelpers | undefined },
+  layer: WritableLayer,
+): Promise<void> {
+  await mkdir(layer.dir, { recursive: true, mode: 0o700 })
+  const options = layerTmpfsOptions(layer.sizeBytes)
+  if (deps.helpers) {
+    try {
+      return await deps.helpers.setup.request({ op: 'mount-tmpfs', args: [layer.dir, options] })
+    } catch (err) {
+      if (!isUnknownOperation(err)) throw err
+    }
+  }
+  await deps.run('mount', ['-t', 'tmpfs', '-o', `nosuid,nodev,${options}`, 'tmpfs', layer.dir], {
+    timeoutMs: 30_000,
+  })
 }
 
 /** Where an image's unpacked files live, keyed by the image id (content address). */

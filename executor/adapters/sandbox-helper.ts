@@ -20,6 +20,7 @@ export type HelperRequest =
     }
   | { op: 'netns-delete'; args: [nsFile: string, veth: string] }
   | { op: 'mount-overlay'; args: [target: string, options: string] }
+  | { op: 'mount-tmpfs'; args: [target: string, options: string] }
   | { op: 'umount'; args: [target: string] }
   | { op: 'mkdir'; args: string[] }
   /** Triples: file, value, `1` if a missing file is skipped else `0`. */

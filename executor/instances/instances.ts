@@ -25,6 +25,7 @@ import { parseImageUser } from '../sandbox/oci-spec.ts'
 import type { SecretFiles } from '../sandbox/secret-files.ts'
 import type { InstanceSecrets } from '../runtimes/runtimes.ts'
 import { declaredSecrets, formatSecretRef, type SecretStore } from '../../shared/secrets.ts'
+import { endingOf, type Ending } from './death-reason.ts'
 
 export interface InstanceManagerDeps {
   readonly hostId: string
@@ -36,7 +37,7 @@ export interface InstanceManagerDeps {
   readonly baker: Pick<Baker, 'bake'>
   readonly store: Pick<SnapshotStore, 'usable' | 'markBroken' | 'verify' | 'scrub'>
   readonly docker: Pick<DockerEngine, 'exportRootfs' | 'removeContainer' | 'containerRunning'>
-  readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy'>
+  readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy' | 'limitEvents'>
   /** `docker` (Docker's checkpoint API) serves only jobs that ask for it; without it they fail. */
   readonly runtimes: InstanceRuntimes
   readonly logger: Logger
@@ -66,6 +67,11 @@ export interface InstanceManager {
   live(): readonly StartedInstance[]
   /** Instances whose process is gone (exited, OOM-killed). */
   dead(): Promise<StartedInstance[]>
+  /**
+   * Instances that died or hit a limit they must be recycled for, with the reason
+   * (death-reason.ts). Read before stop(): the counters go with the sandbox.
+   */
+  ended(): Promise<{ instance: StartedInstance; ending: Ending }[]>
   /** Image and snapshot for a function, building and baking when missing. */
   prepare(fn: FunctionDef): Promise<Prepared>
   /** Keep each function's pre-started pool at its manifest's size. */
@@ -334,6 +340,19 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       const dead: StartedInstance[] = []
       for (const inst of live.values()) if (await isDead(deps.docker, inst)) dead.push(inst)
       return dead
+    },
+
+    async ended() {
+      const ended = []
+      for (const inst of live.values()) {
+        const alive = !(await isDead(deps.docker, inst))
+        const events = inst.sandbox
+          ? await deps.sandboxes.limitEvents(inst.sandbox).catch(() => undefined)
+          : undefined
+        const ending = endingOf(alive, events)
+        if (ending) ended.push({ instance: inst, ending })
+      }
+      return ended
     },
 
     prepare,

@@ -4,6 +4,7 @@ import { HOST_GONE_MS, type RestoreJobData, type RestoreJobResult } from '../../
 import type { FunctionDef } from '../../shared/functions.ts'
 import { createSilentLogger } from '../../shared/logger.ts'
 import { manifestSchema } from '../../shared/manifest.ts'
+import { createFakeInstanceDeaths } from '../../shared/instance-deaths-fake.ts'
 import { createFakeRegistry, type FakeRegistry } from '../../shared/registry-fake.ts'
 import type { InstanceManager } from './instances.ts'
 import { createReaper } from './reaper.ts'
@@ -19,7 +20,7 @@ const fnDef = (name: string, minInstances: number, maxInstances = 5): FunctionDe
 function fakeInstances(registry: FakeRegistry, hostId: string) {
   const started: RestoreJobData[] = []
   let failing = false
-  const manager: Pick<InstanceManager, 'start' | 'live' | 'dead' | 'stop'> = {
+  const manager: Pick<InstanceManager, 'start' | 'live' | 'ended' | 'stop'> = {
     async start(job) {
       started.push(job)
       await new Promise((r) => setTimeout(r, 5))
@@ -40,7 +41,7 @@ function fakeInstances(registry: FakeRegistry, hostId: string) {
       return result
     },
     live: () => [],
-    dead: () => Promise.resolve([]),
+    ended: () => Promise.resolve([]),
     stop: () => Promise.resolve(),
   }
   return {
@@ -126,7 +127,7 @@ function liveOn(registry: FakeRegistry, hostId: string, fns: FunctionDef[], ids:
   const stops: string[] = []
   const manager = {
     live: () => live.filter((i) => !stops.includes(i.id)),
-    dead: () => Promise.resolve([]),
+    ended: () => Promise.resolve([]),
     stop: (id: string) => {
       stops.push(id)
       return Promise.resolve()
@@ -165,6 +166,42 @@ describe('reaper: the registry as the record of what runs', () => {
     registry.setAvailable(false)
     live.push({ id: 'unknown', fn: 'f' } as StartedInstance)
     assert.deepEqual(await reaper.tick(), [])
+  })
+
+  test('an instance that died or hit a limit is stopped, its reason recorded first', async () => {
+    const registry = createFakeRegistry()
+    await ready(registry, 'f', 'bomb', 'h1')
+    const deaths = createFakeInstanceDeaths()
+    const stops: { id: string; why: string; recordedFirst: boolean }[] = []
+    const bomb = { id: 'bomb', fn: 'f' } as StartedInstance
+    const manager = {
+      live: () => [],
+      ended: () =>
+        Promise.resolve(
+          stops.length
+            ? []
+            : [{ instance: bomb, ending: { reason: 'pids-limit' as const, detail: 'forks' } }],
+        ),
+      stop: (id: string, why: string) => {
+        stops.push({ id, why, recordedFirst: deaths.recorded.some((d) => d.id === id) })
+        return Promise.resolve()
+      },
+    } as Partial<InstanceManager> as InstanceManager
+    const reaper = createReaper({
+      instances: manager,
+      registry,
+      deaths,
+      functions: () => [fnDef('f', 0)],
+      now: () => 42,
+      logger: createSilentLogger(),
+      hostId: 'h1',
+    })
+    assert.deepEqual(await reaper.tick(), [{ id: 'bomb', reason: 'dead' }])
+    assert.deepEqual(stops, [{ id: 'bomb', why: 'pids-limit', recordedFirst: true }])
+    assert.deepEqual(deaths.recorded, [
+      { id: 'bomb', fn: 'f', reason: 'pids-limit', detail: 'forks', at: 42 },
+    ])
+    assert.deepEqual(await deaths.counts(), [{ fn: 'f', reason: 'pids-limit', count: 1 }])
   })
 
   test('minInstances over several hosts: of two idle instances one is stopped, by its own host', async () => {

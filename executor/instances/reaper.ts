@@ -1,5 +1,6 @@
 /**
- * The reaper: every tick it removes dead instances (exited, OOM-killed: noticed within one tick),
+ * The reaper: every tick it removes dead instances (exited, OOM-killed) and recycles those that hit
+ * their pids or disk limit (death-reason.ts; noticed within one tick, the reason recorded),
  * stops instances idle past their function's idle timeout (scale to zero, down to minInstances)
  * or no longer in the registry, drops the records of hosts gone silent, and starts instances of
  * functions below their minInstances. (What a previous run left is reconcile.ts's.)
@@ -8,6 +9,7 @@ import type { Logger } from 'pino'
 import { HOST_GONE_MS } from '../../shared/contracts.ts'
 import { errorMessage } from '../../shared/errors.ts'
 import type { FunctionDef } from '../../shared/functions.ts'
+import type { InstanceDeaths } from '../../shared/instance-deaths.ts'
 import type { InstanceRegistry } from '../../shared/registry.ts'
 import { newInstanceId } from '../../shared/restore-client.ts'
 import type { StartedInstance } from '../runtimes/runtimes.ts'
@@ -17,7 +19,9 @@ import type { InstanceManager } from './instances.ts'
 export const STUCK_STARTING_MS = 10 * 60_000
 
 export interface ReaperDeps {
-  readonly instances: Pick<InstanceManager, 'start' | 'stop' | 'live' | 'dead'>
+  readonly instances: Pick<InstanceManager, 'start' | 'stop' | 'live' | 'ended'>
+  /** Where the reasons of ended instances are recorded for the gateways (ERR_INSTANCE_DIED, /metrics). */
+  readonly deaths?: Pick<InstanceDeaths, 'record'>
   readonly registry: Pick<
     InstanceRegistry,
     'executors' | 'listAll' | 'list' | 'remove' | 'reserve' | 'withdraw' | 'lastUse'
@@ -182,9 +186,14 @@ export function createReaper(deps: ReaperDeps): Reaper {
 
     async tick() {
       const stopped: Stopped = []
-      for (const inst of await deps.instances.dead()) {
-        log.warn({ fn: inst.fn, id: inst.id }, 'instance died')
-        await deps.instances.stop(inst.id, 'dead')
+      for (const { instance: inst, ending } of await deps.instances.ended()) {
+        const { reason, detail } = ending
+        log.warn({ fn: inst.fn, id: inst.id, reason, detail }, 'instance died')
+        // Recorded before the registry record goes: a gateway that sees it gone finds the reason.
+        await deps.deaths
+          ?.record({ id: inst.id, fn: inst.fn, reason, detail, at: deps.now() })
+          .catch((err: unknown) => log.warn({ id: inst.id, err: errorMessage(err) }, 'death not recorded'))
+        await deps.instances.stop(inst.id, reason)
         stopped.push({ id: inst.id, reason: 'dead' })
       }
       await withdrawStuck(deps, log)

@@ -7,6 +7,7 @@
  *   <tag> netns-create <nsfile> <veth> <mac> <ip>/<bits> <gateway> <bridge>
  *   <tag> netns-delete <nsfile> <veth>
  *   <tag> mount-overlay <target> <options>
+ *   <tag> mount-tmpfs <target> <options>      (nosuid, nodev; options such as size=, mode=)
  *   <tag> umount <target>
  *   <tag> mkdir <dir>...                       (an existing one is fine)
  *   <tag> write <file> <value> <optional>...   (triples; optional 1: a missing file is skipped)
@@ -378,6 +379,13 @@ static int mount_overlay(char **f, int n) {
   return 0;
 }
 
+/* The instance's writable layer: a tmpfs whose size= bounds what the function can write. */
+static int mount_tmpfs(char **f, int n) {
+  (void)n;
+  if (mount("tmpfs", f[0], "tmpfs", MS_NOSUID | MS_NODEV, f[1]) < 0) return fail(errno, "mount tmpfs at %s", f[0]);
+  return 0;
+}
+
 /* Unmount; detach lazily if busy. Not mounted (or missing) is fine: cleanup is idempotent. */
 static int do_umount(char **f, int n) {
   (void)n;
@@ -684,6 +692,7 @@ static const struct {
     {"netns-create", 6, netns_create},
     {"netns-delete", 2, netns_delete},
     {"mount-overlay", 2, mount_overlay},
+    {"mount-tmpfs", 2, mount_tmpfs},
     {"umount", 1, do_umount},
     {"mkdir", -1, do_mkdirs},
     {"write", -1, do_writes},

@@ -71,6 +71,7 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
       workDir: unexpected('workDir'),
       limitCpu: async (sb) => void calls.push(`limit cpu ${sb.id}`),
       fillSecrets: unexpected('fillSecrets'),
+      limitEvents: unexpected('limitEvents'),
       destroy: unexpected('destroy'),
     },
   }

@@ -2,7 +2,7 @@
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RestorePath } from './restore-path.ts'
-import type { Sandbox, SandboxManager, SandboxRequest } from './sandbox.ts'
+import type { Sandbox, SandboxLimitEvents, SandboxManager, SandboxRequest } from './sandbox.ts'
 
 /** A sandbox request as the tests make them: a small function restored or booted in it. */
 export function sandboxRequest(id: string, forRestore: boolean): SandboxRequest {
@@ -40,6 +40,8 @@ export function createFakeSandboxes(opts: {
   root: string
   ip?: string
   direct?: boolean
+  /** The limits a sandbox hit (default: none). */
+  limitEvents?: (id: string) => SandboxLimitEvents
   fail?: { prepare?: (req: SandboxRequest) => Error | undefined; destroy?: (id: string) => Error | undefined }
 }): FakeSandboxes {
   const requests: SandboxRequest[] = []
@@ -86,6 +88,9 @@ export function createFakeSandboxes(opts: {
     },
     async limitCpu(sb) {
       limited.push(sb.id)
+    },
+    async limitEvents(sb) {
+      return opts.limitEvents?.(sb.id) ?? { oomKills: 0, pidsMax: 0, diskFull: false }
     },
     async destroy(sb) {
       destroyed.push(sb.id)

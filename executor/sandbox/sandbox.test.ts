@@ -225,3 +225,43 @@ test('restorePath: probed once while the helper answers, again after it did not'
     await rm(dir, { recursive: true, force: true })
   }
 })
+
+test('a disk size puts the overlay on a tmpfs of that size; a bake copies its upper dir off it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'initless-sandbox-'))
+  try {
+    const { sandboxes, calls } = managerOn(dir, await fakeV1Root(dir), undefined)
+    const sb = await sandboxes.prepare({ ...sandboxRequest('sb1', false), diskBytes: 16 * 1024 * 1024 })
+    const layer = join(sb.dir, 'layer')
+    const mounts = calls.filter((c) => c.cmd === 'mount').map((c) => c.args.join(' '))
+    assert.deepEqual(mounts.length, 2)
+    assert.equal(mounts[0], `-t tmpfs -o nosuid,nodev,size=16777216,mode=0700 tmpfs ${layer}`)
+    assert.match(mounts[1] ?? '', new RegExp(`upperdir=${layer}/upper,workdir=${layer}/work,`))
+    // No tmpfs really mounted here (the fake runner): the layer shares the sandbox dir's file system.
+    assert.deepEqual(await sandboxes.limitEvents(sb), { oomKills: 0, pidsMax: 0, diskFull: false })
+    const keep = join(dir, 'kept-upper')
+    await sandboxes.destroy(sb, { keepUpperAt: keep })
+    const copies = calls.filter((c) => c.cmd === 'cp').map((c) => c.args)
+    assert.deepEqual(copies, [['-a', '-T', join(layer, 'upper'), keep]])
+    assert.equal(existsSync(sb.dir), false)
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('without a disk size the upper dir stays a directory of the sandbox, renamed for a bake', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'initless-sandbox-'))
+  try {
+    const { sandboxes, calls } = managerOn(dir, await fakeV1Root(dir), undefined)
+    const sb = await sandboxes.prepare(sandboxRequest('sb1', false))
+    assert.deepEqual(
+      calls.filter((c) => c.cmd === 'mount').map((c) => c.args[1]),
+      ['overlay'],
+    )
+    const keep = join(dir, 'kept-upper')
+    await sandboxes.destroy(sb, { keepUpperAt: keep })
+    assert.ok(existsSync(keep))
+    assert.equal(calls.filter((c) => c.cmd === 'cp').length, 0)
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})

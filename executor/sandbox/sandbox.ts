@@ -5,12 +5,12 @@
  *
  * Layout of one sandbox (all under <state>/instances/<id>, mode 0700):
  *   bundle/config.json   runc bundle; bundle/rootfs is the overlay mount point
- *   upper/ work/         overlay upper and work dirs
+ *   layer/upper/ work/   overlay upper and work dirs, on a tmpfs of the function's disk size
  *   criu/                CRIU work dir (restore.log, lazy-pages.socket)
  *   output.log           the function's stdout and stderr
  *   sandbox.json         what reconciliation needs after an executor crash
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { mkdir, rename, rm, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Egress, Manifest } from '../../shared/manifest.ts'
 import type { SeccompProfileFile } from '../../shared/seccomp.ts'
@@ -24,9 +24,11 @@ import {
   ensureCgroupSkeleton,
   prepareCgroupParent,
   readCgroupLayout,
+  readLimitEvents,
   SANDBOX_CGROUP_PARENT,
   setCpuLimit,
   type CgroupLayout,
+  type CgroupLimitEvents,
 } from '../adapters/cgroups.ts'
 import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
 import { vethName, type IpAllocator, type NamespaceHandle, type NetworkManager } from '../adapters/network.ts'
@@ -56,6 +58,11 @@ export interface SandboxRequest {
   readonly memoryBytes: number
   readonly cpus: number
   readonly pids: number
+  /**
+   * Size of the writable layer: `layer/` gets a tmpfs of this size holding the overlay's upper and
+   * work dirs (ENOSPC past it). Unset: the upper dir is a plain directory of the state dir.
+   */
+  readonly diskBytes?: number
   /** A restore's sandbox gets its CPU limit once CRIU is done (limitCpu), not from runc. */
   readonly forRestore: boolean
   /** The function's network.egress (default allow): it names the instance's veth (firewall.ts). */
@@ -97,6 +104,14 @@ export interface Sandbox {
   readonly secretsDir?: string
 }
 
+/** Limits a sandbox hit: its cgroup's counters, and whether its writable layer is full. */
+export interface SandboxLimitEvents extends CgroupLimitEvents {
+  readonly diskFull: boolean
+}
+
+/** A writable layer with less than this free is full: no write the function tries fits any more. */
+export const DISK_FULL_BELOW_BYTES = 64 * 1024
+
 export interface SandboxManager {
   prepare(req: SandboxRequest): Promise<Sandbox>
   /**
@@ -111,6 +126,8 @@ export interface SandboxManager {
   workDir(id: string): Promise<string>
   /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
   limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
+  /** The limits the sandbox hit so far (read before destroy: its cgroup goes with it). */
+  limitEvents(sandbox: Pick<Sandbox, 'id' | 'dir'>): Promise<SandboxLimitEvents>
   /**
    * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
@@ -155,12 +172,13 @@ function once<T>(make: () => Promise<T>, keep: (value: T) => boolean = () => tru
  */
 export function sandboxLimits(
   m: Manifest,
-): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'egress' | 'secrets'> {
-  const { memory, cpus, pids } = m.resources
+): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'diskBytes' | 'egress' | 'secrets'> {
+  const { memory, cpus, pids, disk } = m.resources
   return {
     memoryBytes: memory,
     cpus,
     pids,
+    diskBytes: disk,
     egress: m.network.egress,
     ...(m.secrets?.length ? { secrets: true } : {}),
   }
@@ -182,7 +200,7 @@ export interface SandboxManagerDeps {
   readonly stateDir: string
   readonly network: Pick<NetworkManager, 'ensureBridge' | 'create' | 'destroy'>
   readonly ips: Pick<IpAllocator, 'allocate' | 'release'>
-  readonly mounter: Pick<Mounter, 'mountOverlay' | 'unmount' | 'list'>
+  readonly mounter: Pick<Mounter, 'mountOverlay' | 'unmount' | 'list' | 'copyTree'>
   readonly runc: Pick<Runc, 'delete'>
   /**
    * Creates the sandbox cgroup and writes its limits in one request each (else node's fs); on
@@ -228,6 +246,42 @@ function sandboxPaths(dir: string): SandboxPaths {
     criuWorkDir: join(dir, 'criu'),
     criuConfig: join(dir, 'criu.conf'),
   }
+}
+
+/** The writable layer's mount point (a tmpfs when the sandbox has a disk size). */
+export function layerDir(sandboxDir: string): string {
+  return join(sandboxDir, 'layer')
+}
+
+/** Is the writable layer's tmpfs full? A sandbox without one (no disk size) never is. */
+async function layerFull(sandboxDir: string): Promise<boolean> {
+  const dir = layerDir(sandboxDir)
+  const [fs, parent] = await Promise.all([statfs(dir), statfs(sandboxDir)]).catch(() => [])
+  // The same file system as the sandbox dir: no tmpfs there (unsized, or already unmounted).
+  if (!fs || !parent || (fs.type === parent.type && fs.blocks === parent.blocks)) return false
+  return fs.bavail * fs.bsize < DISK_FULL_BELOW_BYTES
+}
+
+/** The overlay's upper and work dirs: in the layer's tmpfs, or directly in the sandbox dir. */
+function overlayDirs(dir: string, sized: boolean): { upper: string; work: string } {
+  const base = sized ? layerDir(dir) : dir
+  return { upper: join(base, 'upper'), work: join(base, 'work') }
+}
+
+/**
+ * Move a sandbox's upper dir to `to`: a rename, or a copy (`cp -a`: whiteouts and overlay xattrs
+ * kept) when it lies on the layer's tmpfs.
+ */
+async function keepUpper(mounter: Pick<Mounter, 'copyTree'>, dir: string, to: string): Promise<void> {
+  const plain = join(dir, 'upper')
+  const ok = await rename(plain, to).then(
+    () => true,
+    (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err
+      return false
+    },
+  )
+  if (!ok) await mounter.copyTree(overlayDirs(dir, true).upper, to)
 }
 
 /** The runc bundle's config.json and the sandbox's record, from its request and its parts. */
@@ -305,15 +359,16 @@ async function destroySandbox(
   if (!sb.direct) await attempt(() => runc.delete(sb.id))
   await attempt(async () => destroyCgroup(await deps.layout(), cgroupPath(sb.id)))
   await attempt(() => mounter.unmount(sb.rootfs))
-  // A restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
+  // Before the layer's tmpfs is unmounted below: the upper dir may live there.
+  const keep = opts?.keepUpperAt
+  if (keep && !errors.length) await attempt(() => keepUpper(mounter, sb.dir, keep))
+  // The writable layer's tmpfs, and what a restore that failed half-way can leave CRIU's own mounts (its cgroup yard) in the work dir.
   await attempt(async () => {
     for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
   })
   await attempt(() => network.destroy(sb.netns.name, sb.netns.veth))
   const { secrets } = deps
   if (sb.secretsDir && secrets) await attempt(() => secrets.remove(sb.id))
-  const keep = opts?.keepUpperAt
-  if (keep && !errors.length) await attempt(() => rename(join(sb.dir, 'upper'), keep))
   await attempt(() => rm(sb.dir, { recursive: true, force: true }))
   deps.ips.release(sb.netns.ip)
   if (errors.length)
@@ -372,9 +427,11 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
           network.create(nsName, ip, req.egress),
           mounter.mountOverlay({
             lowers: req.lowers,
-            upper: join(at.dir, 'upper'),
-            work: join(at.dir, 'work'),
+            ...overlayDirs(at.dir, req.diskBytes !== undefined),
             target: at.rootfs,
+            ...(req.diskBytes !== undefined
+              ? { layer: { dir: layerDir(at.dir), sizeBytes: req.diskBytes } }
+              : {}),
           }),
           (async () => {
             // Created ahead: the container's /sys/fs/cgroup binds its directories.
@@ -430,6 +487,14 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
 
     async limitCpu(sb) {
       await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
+    },
+
+    async limitEvents(sb) {
+      const [events, diskFull] = await Promise.all([
+        readLimitEvents(await cgroupLayout(), cgroupPath(sb.id)),
+        layerFull(sb.dir),
+      ])
+      return { ...events, diskFull }
     },
 
     destroy,

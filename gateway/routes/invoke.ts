@@ -9,6 +9,7 @@ import { InitlessError, isInitlessError } from '../../shared/errors.ts'
 import { FUNCTION_NAME_RE } from '../../shared/manifest.ts'
 import type { FunctionCatalog } from '../catalog.ts'
 import { bodyTooLarge, forwardedHeaders, hasBody, type Forwarder } from '../forwarder.ts'
+import type { DeathReports } from '../instance-deaths.ts'
 import type { InstancePool } from '../instance-pool.ts'
 import type { GatewayMetrics, StartKind } from '../metrics.ts'
 import { requestHeader, type GatewayEnv } from '../request-context.ts'
@@ -22,6 +23,8 @@ export interface InvokeRouteDeps {
   readonly metrics: GatewayMetrics
   readonly maxBodyBytes: number
   readonly trustProxy: boolean
+  /** Why instances died (ERR_INSTANCE_DIED), and recycling of those past timeouts.request. */
+  readonly deaths?: DeathReports
 }
 
 /** One request for `/fn/<name>/...`, as the hono route and the direct Node lane both see it. */
@@ -128,7 +131,8 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
           const isRefused = details.isRefused === true
           if (isRefused) lease.markDead()
           else lease.release()
-          if (details.isRetryable !== true || !isReplayable) throw err
+          if (details.isRetryable !== true || !isReplayable)
+            throw await explainFailure(deps.deaths, err, { fn: name, id: lease.instanceId, log })
           if (isRefused ? deadRetries++ > 0 : staleRetries++ > 0) throw err
           log.info({ instanceId: lease.instanceId, errno: details.errno }, 'retrying request')
         }
@@ -138,6 +142,34 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
       throw err
     }
   }
+}
+
+/**
+ * The error a request's final failure is answered with. The instance's connection broke: if its
+ * executor records a death (it checks every reap interval), ERR_INSTANCE_DIED with the reason.
+ * The function ran past timeouts.request: the 504 stands, and the instance is recycled (a spinning
+ * instance would hold its slot and its CPU quota).
+ */
+async function explainFailure(
+  deaths: DeathReports | undefined,
+  err: unknown,
+  at: { fn: string; id: string; log: RequestLog },
+): Promise<unknown> {
+  if (!deaths || !isInitlessError(err)) return err
+  if (err.code === 'ERR_GATEWAY_TIMEOUT' && err.details.target !== undefined) {
+    await deaths
+      .recycle(at.fn, at.id, err.message)
+      .then(() => at.log.warn({ instanceId: at.id }, 'instance recycled after a request timeout'))
+      .catch((e: unknown) => at.log.warn({ instanceId: at.id, err: String(e) }, 'recycle failed'))
+    return err
+  }
+  if (err.code !== 'ERR_GATEWAY_UPSTREAM_FAILED' || err.details.target === undefined) return err
+  const death = await deaths.reasonFor(at.id)
+  if (!death) return err
+  return new InitlessError('ERR_INSTANCE_DIED', `instance ${at.id} died: ${death.detail}`, {
+    cause: err,
+    details: { problem: { reason: death.reason, instanceId: at.id } },
+  })
 }
 
 /** Routes mounted at the app root (they own the /fn/ prefix). */
