@@ -345,6 +345,31 @@ describe('runDoctor', () => {
     assert.equal(node.fix, 'install Node.js >= 20.10.0')
   })
 
+  test('the image registry: required when INITLESS_IMAGE_REGISTRY names one, reported either way', async () => {
+    const answering = new Set(['127.0.0.1:5000'])
+    const probe = (address: string) =>
+      answering.has(address)
+        ? Promise.resolve('registry API registry/2.0')
+        : Promise.reject(new Error('ECONNREFUSED'))
+    const check = async (address: string) =>
+      byName(
+        await runDoctor({ ...harness({ selfTest: null }).deps, imageRegistry: { address, probe } }),
+        'image registry',
+      )
+    const set = await check('127.0.0.1:5000')
+    assert.equal(set.ok, true)
+    assert.match(set.detail, /^127\.0\.0\.1:5000 \(registry API registry\/2\.0\): deploys push/)
+    const down = await check('10.0.0.9:5000')
+    assert.equal(down.ok, false)
+    assert.match(down.detail, /INITLESS_IMAGE_REGISTRY 10\.0\.0\.9:5000 does not answer: ECONNREFUSED/)
+    assert.match(down.fix!, /provision\.sh/)
+    const unset = await check('')
+    assert.equal(unset.ok, true)
+    assert.match(unset.detail, /unset: images stay on the host that built them.*answers at 127\.0\.0\.1:5000/)
+    answering.clear()
+    assert.match((await check('')).detail, /none answers at 127\.0\.0\.1:5000/)
+  })
+
   test('Redis 6.0 is too old', async () => {
     const results = await runDoctor(harness({ redisVersion: async () => '6.0.16' }).deps)
     const redis = byName(results, 'redis')

@@ -48,6 +48,11 @@ export interface DoctorDeps {
   readonly thpMode: () => Promise<string | undefined>
   /** The instances' network policy as the kernel holds it (firewall.ts); omitted: not checked. */
   readonly networkPolicy?: { readonly bridge: string; readonly status: () => Promise<PolicyStatus> }
+  /**
+   * INITLESS_IMAGE_REGISTRY ('' when unset) and a probe of a registry's API root (`GET /v2/`):
+   * resolves with its API version, rejects when it does not answer.
+   */
+  readonly imageRegistry?: { readonly address: string; readonly probe: (address: string) => Promise<string> }
   /** The end-to-end restore probe; omitted with --quick. */
   readonly selfTest?: () => Promise<SelfTestStep[]>
 }
@@ -56,8 +61,44 @@ const PROVISION = 'run `bash scripts/provision.sh` as root (idempotent)'
 export const MIN_CRIU = '4.2.0'
 export const MIN_REDIS = '6.2.0'
 export const MIN_NODE = '20.10.0'
+/** Where scripts/provision.sh starts the OCI registry unless told otherwise. */
+export const PROVISIONED_REGISTRY = '127.0.0.1:5000'
 
 type Check = { name: string; fix: string; run: () => Promise<string> }
+
+/** `GET /v2/` of an OCI registry (plain HTTP, as provisioning serves it): its API version. */
+export async function probeImageRegistry(address: string): Promise<string> {
+  const res = await fetch(`http://${address}/v2/`, { signal: AbortSignal.timeout(3000) }).catch(
+    (err: unknown) => {
+      // fetch's own message is "fetch failed"; the reason (ECONNREFUSED, a timeout) is its cause.
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause
+      throw new Error(cause?.code ?? cause?.message ?? errorMessage(err))
+    },
+  )
+  if (res.status !== 200 && res.status !== 401) throw new Error(`GET /v2/ answered ${res.status}`)
+  return `registry API ${res.headers.get('docker-distribution-api-version') ?? 'unknown'}`
+}
+
+/** The OCI registry: required only when INITLESS_IMAGE_REGISTRY names one. */
+function imageRegistryCheck(reg: NonNullable<DoctorDeps['imageRegistry']>): Check {
+  return {
+    name: 'image registry',
+    fix: `start the registry at ${reg.address || PROVISIONED_REGISTRY} (${PROVISION}, INITLESS_REGISTRY_ADDRESS) or correct INITLESS_IMAGE_REGISTRY`,
+    run: async () => {
+      if (reg.address) {
+        const api = await reg.probe(reg.address).catch((err: unknown) => {
+          throw new Error(`INITLESS_IMAGE_REGISTRY ${reg.address} does not answer: ${errorMessage(err)}`)
+        })
+        return `${reg.address} (${api}): deploys push images there, every host pulls them by digest`
+      }
+      const local = await reg.probe(PROVISIONED_REGISTRY).then(
+        (api) => `a registry answers at ${PROVISIONED_REGISTRY} (${api})`,
+        () => `none answers at ${PROVISIONED_REGISTRY}`,
+      )
+      return `INITLESS_IMAGE_REGISTRY unset: images stay on the host that built them (one host); ${local}`
+    },
+  }
+}
 
 export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   let info: Promise<EngineInfo> | undefined
@@ -222,6 +263,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         return `Redis ${v}`
       },
     },
+    ...(deps.imageRegistry ? [imageRegistryCheck(deps.imageRegistry)] : []),
     {
       name: 'kernel features',
       fix: 'initless needs overlayfs, network namespaces, veth and the cgroup v1 memory/cpu/pids controllers (or cgroup v2)',

@@ -18,8 +18,11 @@ import { startDevLoop } from './dev-loop.ts'
 import { gatewayUrl } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
-/** The gateway admin API the commands named by `what` call (from the environment). */
-export function adminTarget(what = 'the lifecycle commands'): AdminTarget {
+/**
+ * The running stack's admin API: INITLESS_GATEWAY_URL (or host/port) and INITLESS_ADMIN_TOKEN;
+ * `what` names the commands in the error.
+ */
+export function target(what = 'the lifecycle commands'): AdminTarget {
   const token = process.env.INITLESS_ADMIN_TOKEN
   if (!token)
     throw new InitlessError(
@@ -28,8 +31,6 @@ export function adminTarget(what = 'the lifecycle commands'): AdminTarget {
     )
   return { url: gatewayUrl(process.env), token }
 }
-
-const target = () => adminTarget()
 
 interface VersionsAnswer {
   readonly fn: string

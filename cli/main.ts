@@ -11,12 +11,13 @@ import { createHostAdapters, createSandboxes, createSelfTest } from '../executor
 import { canonicalCidr } from '../shared/subnet.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
-import { formatDoctorReport, runDoctor } from './doctor.ts'
+import { formatDoctorReport, probeImageRegistry, runDoctor } from './doctor.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerLifecycleCommands } from './lifecycle-commands.ts'
 import { registerAsyncCommands } from './async-commands.ts'
 import { registerSecretsCommands } from './secrets-commands.ts'
+import { registerKeyCommands } from './keys-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
 import { registerServiceCommands } from './service/commands.ts'
@@ -78,6 +79,7 @@ program
           })
           return redisVersion(redis)
         },
+        imageRegistry: { address: config.INITLESS_IMAGE_REGISTRY, probe: probeImageRegistry },
         ...(opts.quick ? {} : { selfTest: createSelfTest(config, adapters, sandboxes) }),
       })
       print(results, formatDoctorReport(results))
@@ -111,6 +113,7 @@ registerBenchCommand(program, io)
 registerServiceCommands(program, io)
 registerAsyncCommands(program, io)
 registerSecretsCommands(program, io)
+registerKeyCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {
   return program.opts<{ json?: boolean; quiet?: boolean; verbose?: boolean }>()

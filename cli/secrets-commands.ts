@@ -17,7 +17,7 @@ import {
 } from '../shared/secrets.ts'
 import { formatAge } from '../shared/units.ts'
 import { adminCall } from './deploy-client.ts'
-import { adminTarget } from './lifecycle-commands.ts'
+import { target as adminTarget } from './lifecycle-commands.ts'
 import type { CliIo } from './progress.ts'
 
 const EXIT_USAGE = 2

@@ -93,6 +93,14 @@ export const executorEnvSchema = commonEnvSchema.extend({
    * in-flight count decides when it stops: above the gateways' INITLESS_REGISTRY_REFRESH.
    */
   INITLESS_DRAIN_GRACE: envDuration('6s'),
+  /**
+   * Several hosts: the OCI registry (`host:port`) deploys push function images to and every host
+   * pulls them from by digest. Empty: images are built on the host that needs them.
+   */
+  INITLESS_IMAGE_REGISTRY: z
+    .string()
+    .regex(/^$|^[a-z0-9.-]+(:[0-9]{1,5})?$/i, 'expected host:port (e.g. 127.0.0.1:5000) or empty')
+    .default(''),
 })
 
 export type ExecutorEnv = z.infer<typeof executorEnvSchema>

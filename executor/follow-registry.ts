@@ -16,6 +16,8 @@ import { createDeployer } from './functions/deployer.ts'
 import { createFunctionSource, type FunctionSource } from './functions/function-source.ts'
 import type { InstanceManager } from './instances/instances.ts'
 import { createLifecycle, type Lifecycle } from './functions/lifecycle.ts'
+import { recordBakes } from './functions/record-bakes.ts'
+import { createImagePublisher } from './snapshots/publish.ts'
 import type { Baker } from './snapshots/bake.ts'
 import type { ImageBuilder } from './snapshots/build.ts'
 import type { SnapshotStore } from './snapshots/snapshot-store.ts'
@@ -27,6 +29,8 @@ export interface RegistryFollower {
   readonly functions: FunctionRegistry
   readonly watcher: FunctionWatcher
   readonly source: FunctionSource
+  /** The host's baker, recording each bake of a registry version in the function registry. */
+  readonly baker: Baker
   /** Apply the registry's current state, then follow it and take deploy jobs. */
   start(instances: InstanceManager, registry: InstanceRegistry): Promise<Lifecycle>
   close(): Promise<void>
@@ -55,6 +59,7 @@ export async function createRegistryFollower(
     refreshIntervalMs: FUNCTIONS_REFRESH_MS,
   })
   const source = createFunctionSource({ stateDir: config.INITLESS_STATE_DIR, registry: functions })
+  const baker = recordBakes(deps.baker, { functions, hostId: config.hostId, logger })
   await watcher.start()
   let worker: DeployWorker | undefined
   let lifecycle: Lifecycle | undefined
@@ -62,6 +67,7 @@ export async function createRegistryFollower(
     functions,
     watcher,
     source,
+    baker,
     async start(instances, registry) {
       lifecycle = createLifecycle({
         hostId: config.hostId,
@@ -71,7 +77,7 @@ export async function createRegistryFollower(
         instances,
         store: deps.store,
         docker: deps.docker,
-        baker: deps.baker,
+        baker,
         logger,
         drainGraceMs: config.INITLESS_DRAIN_GRACE,
       })
@@ -81,7 +87,16 @@ export async function createRegistryFollower(
         functions,
         source,
         builder: deps.builder,
-        baker: deps.baker,
+        baker,
+        ...(config.INITLESS_IMAGE_REGISTRY
+          ? {
+              publisher: createImagePublisher({
+                docker: deps.docker,
+                registry: config.INITLESS_IMAGE_REGISTRY,
+                logger,
+              }),
+            }
+          : {}),
         keepVersions: config.INITLESS_KEEP_VERSIONS,
         logger,
       })

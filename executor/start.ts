@@ -269,6 +269,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   const units = { redis, store, docker: adapters.docker, builder, baker, logger }
   if (!deps.functions) follower = await createRegistryFollower(config, units).catch(release)
   const functions = (): readonly FunctionDef[] => deps.functions ?? follower?.source.functions() ?? []
+  const bakes = follower?.baker ?? baker
 
   // This host's heartbeat; the first one claims the subnet before any address is handed out from it.
   const subnet = canonicalCidr(config.INITLESS_SUBNET)
@@ -290,7 +291,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     functions,
     registry,
     builder,
-    baker,
+    baker: bakes,
     store,
     docker: adapters.docker,
     sandboxes,
@@ -336,7 +337,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
       : []),
   ]
   const subscription = await registry.subscribe({
-    onEvent: functionEventHandler({ functions, instances, builder, baker, logger }),
+    onEvent: functionEventHandler({ functions, instances, builder, baker: bakes, logger }),
   })
 
   const prepared = prepareAll(instances, functions(), logger)

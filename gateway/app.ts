@@ -7,6 +7,7 @@ import { Hono } from 'hono'
 import type { Logger } from 'pino'
 import { InitlessError } from '../shared/errors.ts'
 import type { InstanceRegistry } from '../shared/registry.ts'
+import type { Admission } from './access/admission.ts'
 import type { FunctionCatalog } from './catalog.ts'
 import type { Forwarder } from './forwarder.ts'
 import type { InstancePool } from './instance-pool.ts'
@@ -17,6 +18,7 @@ import { problemResponse } from './problem.ts'
 import { requestContext, type GatewayEnv } from './request-context.ts'
 import { createAsyncAdminRoutes, createAsyncRoutes, type AsyncRouteDeps } from './async/routes.ts'
 import { createAdminRoutes } from './routes/admin.ts'
+import type { KeyRouteDeps } from './routes/keys.ts'
 import { createHealthRoutes } from './routes/health.ts'
 import type { LifecycleRouteDeps } from './routes/lifecycle.ts'
 import type { SecretRouteDeps } from './routes/secrets.ts'
@@ -37,6 +39,11 @@ export interface GatewayAppDeps {
   readonly lifecycle?: LifecycleRouteDeps
   /** The admin API's secret routes. */
   readonly secrets?: SecretRouteDeps
+  /** Invocation keys and rate limits; absent: every function is open and unlimited. */
+  readonly access?: {
+    readonly admission: Admission
+    readonly keys: Omit<KeyRouteDeps, 'catalog'>
+  }
   readonly options: {
     /** Largest request body proxied, in bytes. */
     readonly maxBodyBytes: number
@@ -77,6 +84,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
     metrics,
     maxBodyBytes: deps.options.maxBodyBytes,
     trustProxy: deps.options.trustProxy,
+    ...(deps.access ? { admission: deps.access.admission } : {}),
     ...(deps.deaths ? { deaths: deps.deaths } : {}),
   })
   const app = new Hono<GatewayEnv>()
@@ -87,6 +95,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
       catalog: deps.catalog,
       maxBodyBytes: deps.options.maxBodyBytes,
       trustProxy: deps.options.trustProxy,
+      ...(deps.access ? { admission: deps.access.admission } : {}),
     }
     app.route('/', createAsyncRoutes(asyncDeps))
     app.route(
@@ -108,6 +117,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
       adminToken: deps.options.adminToken,
       ...(deps.lifecycle ? { lifecycle: deps.lifecycle } : {}),
       ...(deps.secrets ? { secrets: deps.secrets } : {}),
+      ...(deps.access ? { keys: deps.access.keys } : {}),
     }),
   )
   app.route('/', createHealthRoutes({ registry: deps.registry, metrics, now: deps.now ?? Date.now }))

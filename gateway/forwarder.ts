@@ -20,6 +20,8 @@ export interface ForwardRequest {
   readonly node?: { readonly incoming: IncomingMessage; readonly outgoing: ServerResponse }
   /** Headers to set on the upstream request (X-Forwarded-*, X-Request-Id), replacing any sent. */
   readonly requestHeaders: Readonly<Record<string, string>>
+  /** Request headers never passed on (the platform's invocation key, gateway/access/admission.ts). */
+  readonly dropHeaders?: ReadonlySet<string>
   /** Headers added to the response once the upstream answered (Server-Timing, X-Request-Id). */
   readonly responseHeaders: (upstreamMs: number) => Readonly<Record<string, string>>
   /** Body bytes allowed; a longer (chunked) body is cut off with 413. */
@@ -121,10 +123,14 @@ export function forwardedHeaders(input: ForwardedInput): Record<string, string> 
 export function upstreamHeaders(
   incoming: IncomingHttpHeaders,
   extra: Readonly<Record<string, string>>,
+  drop?: ReadonlySet<string>,
 ): IncomingHttpHeaders {
   // Copied without the X-Forwarded-* rather than deleted after: `delete` turns the object into a
   // slow dictionary for everything that reads it afterwards (http-proxy, node:http).
-  const out = copyEndToEnd(incoming, FORWARDED) as IncomingHttpHeaders
+  const out = copyEndToEnd(
+    incoming,
+    drop ? new Set([...FORWARDED, ...drop]) : FORWARDED,
+  ) as IncomingHttpHeaders
   for (const k of Object.keys(extra)) out[k.toLowerCase()] = extra[k]
   return out
 }

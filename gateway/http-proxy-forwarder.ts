@@ -149,7 +149,7 @@ export function createHttpProxyForwarder(deps: { agents: UpstreamAgents; logger:
           failure = isInitlessError(err) ? err : upstreamError(err, r.target)
           settleError(failure)
         })
-        incoming.headers = upstreamHeaders(incoming.headers, r.requestHeaders)
+        incoming.headers = upstreamHeaders(incoming.headers, r.requestHeaders, r.dropHeaders)
         proxy.web(
           incoming,
           outgoing,

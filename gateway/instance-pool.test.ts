@@ -139,6 +139,22 @@ describe('instance pool', () => {
     assert.equal(queue.jobs.length, 1)
   })
 
+  test('a cold request served by a booted instance is marked booted', async () => {
+    const { pool, queue, registry } = await setup()
+    const m = testManifest('booted')
+    const leasing = pool.acquire(m, { traceId: 'req-1' })
+    const [job] = await queue.waitForJobs(1)
+    assert.ok(job)
+    assert.equal(await registry.markReady(job.fn, job.instanceId, ADDRESS, 'boot', TEST_PHASES, 'h'), true)
+    queue.complete(job.instanceId)
+    const lease = await leasing
+    assert.equal(lease.isBooted, true)
+    lease.release()
+    const warm = await pool.acquire(m, { traceId: 'req-2' })
+    assert.equal(warm.isBooted, undefined, 'only the cold request says so')
+    warm.release()
+  })
+
   test('100 concurrent cold requests start exactly the instances they need', async () => {
     const { pool, queue, ready } = await setup()
     const m = testManifest('burst', { concurrency: 10, maxInstances: 20 })

@@ -10,14 +10,14 @@ import { createTestGateway, testManifest } from './test-support.ts'
 const TOKEN = 'a-test-token-of-some-length'
 const auth = { authorization: `Bearer ${TOKEN}` }
 
-async function setup(maxContextBytes = 1 << 20) {
+async function setup(maxContextBytes = 1 << 20, onDeleted?: (fn: string) => Promise<void>) {
   const functions = createFakeFunctionRegistry()
   const queue = createFakeDeployQueue(functions)
   const deploys = createDeploys({ functions, queue, maxContextBytes, deployTimeoutMs: 1000 })
   const g = await createTestGateway({
     manifests: [testManifest('alpha')],
     options: { adminToken: TOKEN },
-    lifecycle: { deploys, functions, maxContextBytes },
+    lifecycle: { deploys, functions, maxContextBytes, ...(onDeleted ? { onDeleted } : {}) },
   })
   after(() => g.close())
   const put = (name: string, body: Buffer, headers: Record<string, string> = auth) =>
@@ -89,6 +89,21 @@ describe('admin lifecycle routes', () => {
     assert.equal((await problem(again)).code, 'ERR_FUNCTION_NOT_FOUND')
     const gone = await g.app.request('/admin/functions/hello/versions', { headers: auth })
     assert.equal(gone.status, 404)
+  })
+
+  test("a delete calls onDeleted (the function's keys are revoked) before it answers", async () => {
+    const deleted: string[] = []
+    const { g, put } = await setup(1 << 20, async (fn) => {
+      await new Promise((r) => setTimeout(r, 10))
+      deleted.push(fn)
+    })
+    await put('hello', await contextOf({ 'function.yaml': 'port: 80\n', 'app.js': '1' }))
+    assert.deepEqual(deleted, [])
+    const del = await g.app.request('/admin/functions/hello', { method: 'DELETE', headers: auth })
+    assert.equal(del.status, 200)
+    assert.deepEqual(deleted, ['hello'])
+    await g.app.request('/admin/functions/hello', { method: 'DELETE', headers: auth })
+    assert.deepEqual(deleted, ['hello'], 'not for a function that does not exist')
   })
 
   test('bad input is refused with problem+json and stores nothing', async () => {

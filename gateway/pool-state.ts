@@ -1,5 +1,5 @@
 /** Per-function bookkeeping of the instance pool (see instance-pool.ts). */
-import type { ColdStartPhases, InstanceAddress, InstanceRecord } from '../shared/contracts.ts'
+import type { ColdStartPhases, InstanceAddress, InstanceRecord, RuntimeKind } from '../shared/contracts.ts'
 import { InitlessError } from '../shared/errors.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import type { ReadyView } from './scaling.ts'
@@ -11,6 +11,8 @@ export interface Lease {
   readonly isCold: boolean
   /** The instance's cold-start phases, for cold requests. */
   readonly phases?: ColdStartPhases
+  /** A cold request's instance was booted, not restored from a snapshot. */
+  readonly isBooted?: boolean
   /** Time the request waited in the gateway for a slot, in ms. */
   readonly waitedMs: number
   release(): void
@@ -35,6 +37,8 @@ export interface ReadyEntry {
   /** Local epoch ms at which this gateway learnt the instance was ready. */
   readonly readyAt: number
   readonly phases?: ColdStartPhases
+  /** How it was started (its registry record's runtime). */
+  readonly runtime?: RuntimeKind
   /** The function version it runs (unset without the function registry). */
   readonly version?: string
 }
@@ -228,6 +232,7 @@ export function createLease(
     address: entry.address,
     isCold,
     ...(isCold && entry.phases ? { phases: entry.phases } : {}),
+    ...(isCold && entry.runtime === 'boot' ? { isBooted: true } : {}),
     // A lease taken on the fast path never waited: with a millisecond clock, now - startedAt
     // could still read 1 when the clock ticked in between, and the response would claim a wait.
     waitedMs: at.hasWaited ? at.now - at.startedAt : 0,
@@ -253,6 +258,7 @@ export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean
       address: r.address,
       readyAt: now,
       ...(r.phases ? { phases: r.phases } : {}),
+      ...(r.runtime ? { runtime: r.runtime } : {}),
       ...(r.version ? { version: r.version } : {}),
     })
     return true

@@ -46,7 +46,10 @@ export function renderProblem(err: unknown, requestId: string): RenderedProblem 
   const retryAfter = known?.details.retryAfterS
   if (typeof retryAfter === 'number') headers['retry-after'] = String(retryAfter)
   else if (spec.status === 503) headers['retry-after'] = '1'
-  if (spec.status === 401) headers['www-authenticate'] = 'Bearer realm="initless-admin"'
+  // A function's key check names its own challenge (gateway/access/admission.ts).
+  const challenge = known?.details.wwwAuthenticate
+  if (typeof challenge === 'string') headers['www-authenticate'] = challenge
+  else if (spec.status === 401) headers['www-authenticate'] = 'Bearer realm="initless-admin"'
   return { status: spec.status, headers, body: JSON.stringify(problem) }
 }
 

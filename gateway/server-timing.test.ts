@@ -22,3 +22,15 @@ test('cold: every phase, CRIU time right after the restore it is part of', () =>
     'cold, wait;dur=200, queue;dur=3, sandbox;dur=0, restore;dur=180, ready;dur=4, upstream;dur=5',
   )
 })
+
+test('cold from a booted instance says boot (no snapshot restored it)', () => {
+  const phases = { queueMs: 3, sandboxMs: 0, restoreMs: 400, readyMs: 90 }
+  assert.equal(
+    serverTiming({ isCold: true, isBooted: true, waitedMs: 500, phases, upstreamMs: 5 }),
+    'cold, boot, wait;dur=500, queue;dur=3, sandbox;dur=0, restore;dur=400, ready;dur=90, upstream;dur=5',
+  )
+  assert.equal(
+    serverTiming({ isCold: false, isBooted: true, waitedMs: 0, upstreamMs: 2 }),
+    'warm, upstream;dur=2',
+  )
+})

@@ -7,6 +7,8 @@ export interface TimingInput {
   readonly waitedMs: number
   /** The instance's restore phases (cold requests). */
   readonly phases?: ColdStartPhases | undefined
+  /** The cold start booted the function (no snapshot of it on that host, or its restore failed). */
+  readonly isBooted?: boolean | undefined
   readonly upstreamMs: number
 }
 
@@ -15,10 +17,12 @@ const ms = (v: number) => (Math.round(v * 10) / 10).toString()
 /**
  * `warm, upstream;dur=1.2` for a request served by a running instance;
  * `cold, wait;dur=.., queue;dur=.., sandbox;dur=.., restore;dur=.., criu;dur=.., ready;dur=.., upstream;dur=..`
- * for one that waited for a restore (phases from the executor's result, recorded in the registry).
+ * for one that waited for a restore (phases from the executor's result, recorded in the registry);
+ * `cold, boot, ...` when that instance was booted instead (its `restore` is the container start).
  */
 export function serverTiming(t: TimingInput): string {
   const parts = [t.isCold ? 'cold' : 'warm']
+  if (t.isCold && t.isBooted) parts.push('boot')
   if (t.isCold || t.waitedMs >= 1) parts.push(`wait;dur=${ms(t.waitedMs)}`)
   if (t.isCold && t.phases) {
     parts.push(

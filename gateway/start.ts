@@ -30,6 +30,7 @@ import type { BullmqInvocations } from './async/bullmq-invocations.ts'
 import { startAsyncRole } from './async/role.ts'
 import { createGatewayMetrics } from './metrics.ts'
 import { drainServer } from './shutdown.ts'
+import { startAccess } from './access/wiring.ts'
 
 export interface GatewayDeps {
   readonly logger: Logger
@@ -115,7 +116,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     if (after) pool.setVersion(fn, activeVersion(after)?.version)
     else pool.forget(fn)
   })
-  await Promise.all([pool.start(), queue.ready(), watcher?.start(), deployQueue?.ready()])
+  const access = startAccess(config, { redis, logger })
+  await Promise.all([pool.start(), queue.ready(), watcher?.start(), deployQueue?.ready(), access.start()])
   for (const r of watcher?.list() ?? []) pool.setVersion(r.name, r.active)
   const deaths = createRedisInstanceDeaths({ redis, prefix: config.INITLESS_KEY_PREFIX })
   const metrics = createGatewayMetrics({
@@ -149,6 +151,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
             onOutcome: (fn: string, outcome: string) => metrics.lifecycle(fn, outcome),
             seen: (fn: string) => watcher?.refreshOne(fn) ?? Promise.resolve(),
             secrets: secretStore,
+            onDeleted: (fn: string) => access.revokeAll(fn),
             deploys: createDeploys({
               functions,
               queue: deployQueue,
@@ -159,6 +162,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
         }
       : {}),
     metrics,
+    access: access.deps,
     ...(asyncRole ? { async: asyncRole.routes } : {}),
     options: {
       maxBodyBytes: config.INITLESS_MAX_BODY,
@@ -208,6 +212,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
       { name: 'proxy', run: () => (forwarder.close(), deps.closeUpstream?.()) },
       { name: 'restore queue', run: () => queue.close() },
       { name: 'function registry', run: () => Promise.all([watcher?.close(), deployQueue?.close()]) },
+      { name: 'key cache', run: () => access.close() },
       { name: 'async queues', run: () => deps.async?.invocations.close() },
       { name: 'redis', run: () => redis.quit().catch(() => redis.disconnect()) },
     ],

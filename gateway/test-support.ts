@@ -28,6 +28,9 @@ export interface ManifestOptions {
   readonly start?: string
   /** timeouts.request, e.g. '2s'. */
   readonly request?: string
+  /** auth.type. Default none. */
+  readonly auth?: 'none' | 'key'
+  readonly rateLimit?: { readonly perFunction?: number; readonly perClient?: number; readonly burst?: number }
 }
 
 export function testManifest(name: string, o: ManifestOptions = {}): Manifest {
@@ -40,6 +43,8 @@ export function testManifest(name: string, o: ManifestOptions = {}): Manifest {
       queueLimit: o.queueLimit ?? 100,
     },
     timeouts: { start: o.start ?? '5s', request: o.request ?? '5s' },
+    ...(o.auth ? { auth: { type: o.auth } } : {}),
+    ...(o.rateLimit ? { rateLimit: o.rateLimit } : {}),
   })
 }
 
@@ -166,6 +171,8 @@ export interface TestGatewayOptions {
   readonly lifecycle?: LifecycleRouteDeps
   readonly async?: GatewayAppDeps['async']
   readonly secrets?: GatewayAppDeps['secrets']
+  /** Invocation keys and rate limits. */
+  readonly access?: GatewayAppDeps['access']
   readonly deaths?: GatewayAppDeps['deaths']
 }
 
@@ -205,6 +212,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
     ...(o.async ? { async: o.async } : {}),
     ...(o.secrets ? { secrets: o.secrets } : {}),
+    ...(o.access ? { access: o.access } : {}),
     ...(o.deaths ? { deaths: o.deaths } : {}),
   })
   return {

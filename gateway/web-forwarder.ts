@@ -38,7 +38,7 @@ export function createWebForwarder(deps: { agents: UpstreamAgents }): Forwarder 
           port: r.target.port,
           method: request.method,
           path: r.path,
-          headers: upstreamHeaders(incoming, r.requestHeaders),
+          headers: upstreamHeaders(incoming, r.requestHeaders, r.dropHeaders),
           agent: deps.agents.get(r.target),
         })
         const fail = (err: InitlessError) => {

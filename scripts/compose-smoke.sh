@@ -13,6 +13,7 @@
 # Environment (all optional):
 #   INITLESS_PORT                gateway port on 127.0.0.1          (default 18080: a dev gateway has 8080)
 #   INITLESS_COMPOSE_REDIS_PORT  Redis port on 127.0.0.1            (default 16380)
+#   INITLESS_COMPOSE_REGISTRY_PORT  OCI registry port on 127.0.0.1   (default 15001)
 #   INITLESS_COMPOSE_BRIDGE / INITLESS_COMPOSE_SUBNET                (default initless9, 10.219.0.0/16)
 #   INITLESS_BASE_IMAGE          base image of every build          (default initless/debian:bookworm)
 #   INITLESS_SMOKE_PROJECT       compose project name               (default initless-smoke)
@@ -25,6 +26,7 @@ cd "$(dirname "$0")/.."
 # Not compose.yaml's defaults: a compose deployment of initless may be running on this host.
 export INITLESS_PORT=${INITLESS_PORT:-18080}
 export INITLESS_COMPOSE_REDIS_PORT=${INITLESS_COMPOSE_REDIS_PORT:-16380}
+export INITLESS_COMPOSE_REGISTRY_PORT=${INITLESS_COMPOSE_REGISTRY_PORT:-15001}
 export INITLESS_COMPOSE_BRIDGE=${INITLESS_COMPOSE_BRIDGE:-initless9}
 export INITLESS_COMPOSE_SUBNET=${INITLESS_COMPOSE_SUBNET:-10.219.0.0/16}
 export INITLESS_COMPOSE_HOST_ID=${INITLESS_COMPOSE_HOST_ID:-compose-smoke}
@@ -97,8 +99,8 @@ docker image inspect "$INITLESS_BASE_IMAGE" >/dev/null 2>&1 ||
   [ "$INITLESS_BASE_IMAGE" != initless/debian:bookworm ] ||
   fail "base image $INITLESS_BASE_IMAGE is missing (scripts/provision.sh builds it)"
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$INITLESS_PORT" "$INITLESS_COMPOSE_REDIS_PORT"; do
-  port_busy "$port" && fail "127.0.0.1:$port is in use (set INITLESS_PORT / INITLESS_COMPOSE_REDIS_PORT)"
+for port in "$INITLESS_PORT" "$INITLESS_COMPOSE_REDIS_PORT" "$INITLESS_COMPOSE_REGISTRY_PORT"; do
+  port_busy "$port" && fail "127.0.0.1:$port is in use (set INITLESS_PORT / INITLESS_COMPOSE_REDIS_PORT / INITLESS_COMPOSE_REGISTRY_PORT)"
 done
 [ -z "$(compose ps -q 2>/dev/null)" ] || fail "compose project $PROJECT is already running"
 ip link show "$INITLESS_COMPOSE_BRIDGE" >/dev/null 2>&1 &&
@@ -205,7 +207,10 @@ curl -fsS --max-time 2 -H "authorization: Bearer $INITLESS_ADMIN_TOKEN" "$url/ad
   compose logs --no-color deploy >&2 || true
   fail "the deploy service did not deploy hello-node within 300 s"
 }
-done_step
+# The deploy pushed the image to compose's registry (INITLESS_IMAGE_REGISTRY).
+curl -fsS --max-time 5 "http://127.0.0.1:$INITLESS_COMPOSE_REGISTRY_PORT/v2/initless/fn-hello-node/tags/list" \
+  >"$WORK/tags.json" 2>/dev/null || fail "the registry holds no image of hello-node"
+done_step "pushed to the registry: $(cat "$WORK/tags.json")"
 
 step "cold request through the gateway"
 code=$(curl -sS -o "$WORK/body" -D "$WORK/headers" --max-time 60 \

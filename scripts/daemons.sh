@@ -30,13 +30,36 @@ start_docker() {
 }
 
 # start_redis PORT: Debian's redis-server.service serves port 6379 only (its /etc/redis/redis.conf);
-# any other port gets a Redis of initless's own, data in $STATE_DIR/redis. Its AOF is fsynced before
-# every reply: a 202 for an asynchronous invocation must survive a crash (docs/async.md).
+# any other port gets a Redis of initless's own, data in $STATE_DIR/redis. AOF with everysec: every
+# acknowledged write has reached the kernel (a killed redis-server loses nothing); `always` would put
+# an fsync into every registry write of a cold start (docs/async.md, durability).
 start_redis() {
   if has_systemd && [ "$1" = 6379 ]; then systemctl enable --now redis-server; else
     mkdir -p "$STATE_DIR/redis"
     redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
       --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$1.pid" \
-      --appendonly yes --appendfsync always --save ''
+      --appendonly yes --save ''
+  fi
+}
+
+# start_registry CONFIG: Debian's docker-registry (the CNCF Distribution registry) serving CONFIG.
+# Through systemd with a drop-in pointing the package's unit at CONFIG (the package's own config
+# listens on every interface); else in the background as the package's docker-registry user,
+# replacing one started here before (its configuration changed).
+start_registry() {
+  if has_systemd; then
+    local dropin=${INITLESS_SYSTEMD_DIR:-/etc/systemd/system}/docker-registry.service.d
+    mkdir -p "$dropin"
+    printf '[Service]\nExecStart=\nExecStart=/usr/bin/docker-registry serve %s\n' "$1" >"$dropin/initless.conf"
+    systemctl daemon-reload
+    systemctl enable docker-registry
+    systemctl restart docker-registry
+  else
+    local pidfile=${INITLESS_REGISTRY_PIDFILE:-/run/initless-registry.pid} old
+    old=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -n "$old" ] && kill "$old" 2>/dev/null; then wait_for 10 bash -c "! kill -0 $old"; fi
+    setsid nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups \
+      docker-registry serve "$1" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
   fi
 }

@@ -22,7 +22,7 @@ describe('scripts/daemons.sh', () => {
     dir = await mkdtemp(join(tmpdir(), 'initless-daemons-'))
     await mkdir(join(dir, 'bin'))
     await mkdir(join(dir, 'systemd-marker'))
-    for (const name of ['systemctl', 'dockerd', 'redis-server', 'pkill', 'pgrep']) {
+    for (const name of ['systemctl', 'dockerd', 'redis-server', 'pkill', 'pgrep', 'setpriv']) {
       const file = join(dir, 'bin', name)
       // Every argument in brackets: an empty one ('') shows. pgrep finds nothing (dockerd stopped);
       // dockerd takes a moment, so a caller that waited for it records itself after it.
@@ -51,6 +51,8 @@ describe('scripts/daemons.sh', () => {
         STATE_DIR: join(dir, 'state'),
         LOG_DIR: join(dir, 'log'),
         INITLESS_SYSTEMD_MARKER: join(dir, opts.systemd ? 'systemd-marker' : 'no-such-dir'),
+        INITLESS_SYSTEMD_DIR: join(dir, 'systemd'),
+        INITLESS_REGISTRY_PIDFILE: join(dir, 'registry.pid'),
       },
     })
     return (await readFile(calls(), 'utf8').catch(() => '')).trimEnd().split('\n').filter(Boolean)
@@ -88,6 +90,26 @@ describe('scripts/daemons.sh', () => {
       'pkill [-x] [dockerd]',
       'pgrep [-x] [dockerd]',
     ])
+  })
+
+  test('with systemd: the registry is the package unit, pointed at initless’s config by a drop-in', async () => {
+    assert.deepEqual(await run('start_registry /etc/initless/registry.yml', { systemd: true }), [
+      'systemctl [daemon-reload]',
+      'systemctl [enable] [docker-registry]',
+      'systemctl [restart] [docker-registry]',
+    ])
+    assert.equal(
+      await readFile(join(dir, 'systemd', 'docker-registry.service.d', 'initless.conf'), 'utf8'),
+      '[Service]\nExecStart=\nExecStart=/usr/bin/docker-registry serve /etc/initless/registry.yml\n',
+    )
+  })
+
+  test('without systemd: the registry runs in the background as docker-registry, logging to LOG_DIR', async () => {
+    assert.deepEqual(await run('start_registry /etc/initless/registry.yml', { systemd: false }), [
+      'setpriv [--reuid=docker-registry] [--regid=docker-registry] [--init-groups] [docker-registry] [serve] [/etc/initless/registry.yml]',
+    ])
+    assert.equal(await readFile(join(dir, 'log', 'registry.log'), 'utf8'), 'setpriv output\n')
+    assert.match(await readFile(join(dir, 'registry.pid'), 'utf8'), /^\d+\n$/)
   })
 
   test('provision.sh starts its daemons only through these functions', async () => {

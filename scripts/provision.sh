@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provision a Debian 12 host for initless: Node.js >= 20 (when the host has none), Docker engine
-# (experimental), runc, CRIU 4.2.1 built from Debian's source tarball, Redis, and the locally built
-# Debian base image. Idempotent: every step checks first and does nothing when its result is already
+# (experimental), runc, CRIU 4.2.1 built from Debian's source tarball, Redis, an OCI registry
+# (Debian's docker-registry), and the locally built Debian base image. Idempotent: every step checks first and does nothing when its result is already
 # there.
 #
 # Usage: sudo scripts/provision.sh [--no-base-image]
@@ -10,6 +10,8 @@
 #   INITLESS_LOG_DIR        logs of the daemons started here        (default /var/log/initless)
 #   INITLESS_BASE_IMAGE     tag of the local Debian base image      (default initless/debian:bookworm)
 #   INITLESS_REDIS_PORT     port of the Redis started here          (default 6379)
+#   INITLESS_REGISTRY_ADDRESS  address of the OCI registry started here (default 127.0.0.1:5000);
+#                           hosts share images through it with INITLESS_IMAGE_REGISTRY
 #   INITLESS_SKIP_APT_UPDATE=1  never run apt-get update (offline re-runs)
 set -Eeuo pipefail
 
@@ -17,11 +19,15 @@ STATE_DIR=${INITLESS_STATE_DIR:-/var/lib/initless}
 LOG_DIR=${INITLESS_LOG_DIR:-/var/log/initless}
 BASE_IMAGE=${INITLESS_BASE_IMAGE:-initless/debian:bookworm}
 REDIS_PORT=${INITLESS_REDIS_PORT:-6379}
+REGISTRY_ADDRESS=${INITLESS_REGISTRY_ADDRESS:-127.0.0.1:5000}
+# The package's storage dir, owned by its docker-registry user.
+REGISTRY_DATA=/var/lib/docker-registry
+REGISTRY_CONFIG=/etc/initless/registry.yml
 BUILD_BASE_IMAGE=1
 for arg in "$@"; do
   case "$arg" in
     --no-base-image) BUILD_BASE_IMAGE=0 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "provision: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +57,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 APT_PACKAGES=(
   docker.io runc containerd redis-server debootstrap iproute2 iptables kmod ca-certificates curl xz-utils
   nginx-light docker-compose
+  # the OCI registry several hosts share function images through
+  docker-registry
   # systemd-analyze: the tests verify the service units with systemd's own parser
   systemd
   # pgrep/pkill below (restarting dockerd); not in a minimal Debian
@@ -212,14 +220,20 @@ changed=$(node -e '
     const text = fs.readFileSync(file, "utf8").trim();
     try { cfg = text ? JSON.parse(text) : {}; } catch (e) { console.error("invalid JSON in " + file + ": " + e.message); process.exit(3); }
   }
-  if (cfg.experimental === true) { console.log("no"); process.exit(0); }
+  // The registry started below speaks plain HTTP: the engine allows that for loopback
+  // addresses only, any other one must be listed.
+  const registry = process.argv[1];
+  const insecure = cfg["insecure-registries"] ?? [];
+  const wantsListing = !/^(127\.|localhost(:|$))/.test(registry) && !insecure.includes(registry);
+  if (cfg.experimental === true && !wantsListing) { console.log("no"); process.exit(0); }
   cfg.experimental = true;
+  if (wantsListing) cfg["insecure-registries"] = [...insecure, registry];
   fs.writeFileSync(file, JSON.stringify(cfg, null, 2) + "\n");
   console.log("yes");
-') || fail "/etc/docker/daemon.json is not valid JSON" "fix or remove /etc/docker/daemon.json and re-run"
-done_step "$([ "$changed" = yes ] && echo 'experimental enabled' || echo 'experimental already on')"
+' "$REGISTRY_ADDRESS") || fail "/etc/docker/daemon.json is not valid JSON" "fix or remove /etc/docker/daemon.json and re-run"
+done_step "$([ "$changed" = yes ] && echo 'updated' || echo 'experimental already on')"
 
-# has_systemd, wait_for, restart_docker, start_docker, start_redis
+# has_systemd, wait_for, restart_docker, start_docker, start_redis, start_registry
 . "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 step "Docker engine"
@@ -248,16 +262,37 @@ else
     fail "Redis did not answer on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)" "read $LOG_DIR/redis.log"
   done_step "started on port $REDIS_PORT"
 fi
-# Accepted asynchronous invocations live in this Redis: a 202 needs the AOF fsynced before the reply
-# (docs/async.md). Set on the running server, and written to its config file where it has one
-# (Debian's redis-server.service), so a Redis started earlier or by systemd gets it too.
-if [ "$(redis-cli -p "$REDIS_PORT" config get appendonly | tail -1)/$(redis-cli -p "$REDIS_PORT" config get appendfsync | tail -1)" != yes/always ]; then
-  redis-cli -p "$REDIS_PORT" config set appendonly yes >/dev/null &&
-    redis-cli -p "$REDIS_PORT" config set appendfsync always >/dev/null ||
-    fail "could not switch Redis on port $REDIS_PORT to appendonly yes + appendfsync always" \
-      "set them in its configuration (docs/async.md, durability)"
-  redis-cli -p "$REDIS_PORT" config rewrite >/dev/null 2>&1 || true
-  echo "    AOF on, fsynced before every reply (appendfsync always)"
+
+# ---------------------------------------------------------------------------------------------
+step "OCI registry"
+registry_up() { curl -fsS -o /dev/null --max-time 2 "http://$REGISTRY_ADDRESS/v2/"; }
+mkdir -p /etc/initless "$REGISTRY_DATA"
+chown docker-registry:docker-registry "$REGISTRY_DATA"
+want_config="version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DATA
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDRESS
+health:
+  storagedriver:
+    enabled: true"
+registry_changed=no
+if [ "$(cat "$REGISTRY_CONFIG" 2>/dev/null)" != "$want_config" ]; then
+  printf '%s\n' "$want_config" >"$REGISTRY_CONFIG"
+  registry_changed=yes
+fi
+if [ "$registry_changed" = no ] && registry_up; then
+  done_step "answering on $REGISTRY_ADDRESS"
+else
+  start_registry "$REGISTRY_CONFIG"
+  wait_for 20 registry_up ||
+    fail "the OCI registry did not answer on $REGISTRY_ADDRESS (log: $LOG_DIR/registry.log)" "read $LOG_DIR/registry.log"
+  done_step "started on $REGISTRY_ADDRESS (INITLESS_IMAGE_REGISTRY=$REGISTRY_ADDRESS shares images between hosts)"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ export interface DeployJobResult {
   /** The executor that built and baked it. */
   readonly hostId: string
   readonly image: string
+  /** The image's reference by digest in INITLESS_IMAGE_REGISTRY, when it was pushed there. */
+  readonly digest?: string
   readonly built: boolean
   readonly baked: boolean
   readonly buildMs: number

@@ -22,6 +22,8 @@ export const ERRORS = {
   ERR_FUNCTION_NAME_INVALID: { status: 404, title: 'Invalid function name', retryable: false },
   ERR_IMAGE_BUILD_FAILED: { status: 500, title: 'Image build failed', retryable: false },
   ERR_IMAGE_NOT_FOUND: { status: 500, title: 'Function image not built', retryable: false },
+  ERR_IMAGE_PUSH_FAILED: { status: 500, title: 'Image push to the registry failed', retryable: false },
+  ERR_IMAGE_PULL_FAILED: { status: 500, title: 'Image pull from the registry failed', retryable: false },
   // Deploys, versions and rollbacks (function registry)
   ERR_DEPLOY_CONTEXT_INVALID: { status: 400, title: 'Invalid build context', retryable: false },
   ERR_DEPLOY_FAILED: { status: 422, title: 'Deploy failed', retryable: false },
@@ -68,6 +70,11 @@ export const ERRORS = {
   ERR_GATEWAY_TOO_MANY_CONNECTIONS: { status: 429, title: 'Too many connections', retryable: true },
   // 499 (nginx's "client closed request"): logged and counted, never seen by the gone client.
   ERR_GATEWAY_CLIENT_CLOSED: { status: 499, title: 'Client closed request', retryable: false },
+  // Invocation keys and rate limits (docs/security.md)
+  ERR_KEY_REQUIRED: { status: 401, title: 'Invocation key required', retryable: false },
+  ERR_KEY_INVALID: { status: 401, title: 'Invocation key not valid', retryable: false },
+  ERR_KEY_NOT_FOUND: { status: 404, title: 'Key not found', retryable: false },
+  ERR_RATE_LIMITED: { status: 429, title: 'Rate limit exceeded', retryable: true },
   // Asynchronous invocations
   ERR_ASYNC_QUEUE_FULL: { status: 503, title: 'Asynchronous queue full', retryable: true },
   ERR_ASYNC_UNAVAILABLE: { status: 503, title: 'Asynchronous queue unavailable', retryable: true },

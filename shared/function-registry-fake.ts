@@ -8,6 +8,7 @@ import type {
   FunctionRecord,
   FunctionRegistry,
   FunctionVersion,
+  HostBake,
 } from './function-registry.ts'
 
 export interface FakeFunctionRegistry extends FunctionRegistry {
@@ -23,6 +24,8 @@ interface Stored {
   active?: string
   activatedAt?: number
   versions: Map<string, FunctionVersion>
+  /** markBaked's records per version, kept apart from the version as Redis keeps them. */
+  bakes: Map<string, Record<string, HostBake>>
 }
 
 export function createFakeFunctionRegistry(options: { now?: () => number } = {}): FakeFunctionRegistry {
@@ -44,9 +47,9 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
   const snapshot = (name: string): FunctionRecord | undefined => {
     const s = fns.get(name)
     if (!s) return undefined
-    const versions = [...s.versions.values()].sort(
-      (a, b) => b.createdAt - a.createdAt || (a.version < b.version ? -1 : 1),
-    )
+    const versions = [...s.versions.values()]
+      .map((v) => ({ ...v, bakedOn: { ...v.bakedOn, ...s.bakes.get(v.version) } }))
+      .sort((a, b) => b.createdAt - a.createdAt || (a.version < b.version ? -1 : 1))
     // A copy through JSON, as Redis hands out: callers never share the stored objects.
     return JSON.parse(
       JSON.stringify({
@@ -80,7 +83,7 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
     async putVersion(name, version) {
       await check()
       let s = fns.get(name)
-      if (!s) fns.set(name, (s = { versions: new Map() }))
+      if (!s) fns.set(name, (s = { versions: new Map(), bakes: new Map() }))
       s.versions.set(version.version, JSON.parse(JSON.stringify(version)) as FunctionVersion)
       publish({ type: 'function-registry', fn: name, action: 'version', version: version.version })
     },
@@ -93,6 +96,17 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
       publish({ type: 'function-registry', fn: name, action: 'activated', version })
       return true
     },
+    async markBaked(name, version, host, bake) {
+      await check()
+      const s = fns.get(name)
+      if (!s?.versions.has(version)) return false
+      s.bakes.set(version, {
+        ...s.bakes.get(version),
+        [host]: { at: bake.at, snapshotKey: bake.snapshotKey },
+      })
+      publish({ type: 'function-registry', fn: name, action: 'version', version })
+      return true
+    },
     async removeVersions(name, versions) {
       await check()
       if (!versions.length) return
@@ -100,6 +114,7 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
       for (const v of versions) {
         if (v === s?.active) continue
         s?.versions.delete(v)
+        s?.bakes.delete(v)
         contexts.delete(`${name}:${v}`)
       }
       publish({ type: 'function-registry', fn: name, action: 'versions-removed' })

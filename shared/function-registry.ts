@@ -6,7 +6,8 @@
  * shared/function-watcher.ts (events plus a periodic re-read).
  *
  * Layout (contracts.ts `keys`): a HASH per function (`active`, `activatedAt`, `v:<version>` -> JSON
- * FunctionVersion), a SET of names, a STRING per version holding its build context (tar). Every
+ * FunctionVersion, `b:<version>:<host>` -> JSON bake of one host, merged into `bakedOn` when read:
+ * hosts record their bakes concurrently without rewriting the version), a SET of names, a STRING per version holding its build context (tar). Every
  * change is PUBLISHed on FUNCTION_EVENTS_CHANNEL by the same Lua script or MULTI that makes it, so
  * a subscriber never sees an event before the change is readable.
  */
@@ -21,7 +22,7 @@ export const VERSION_STATES = ['pending', 'ready', 'failed'] as const
 export type VersionState = (typeof VERSION_STATES)[number]
 
 /** The steps of a deploy, as a failure names them. */
-export const DEPLOY_STEPS = ['upload', 'manifest', 'build', 'bake', 'activate'] as const
+export const DEPLOY_STEPS = ['upload', 'manifest', 'build', 'publish', 'bake', 'activate'] as const
 export type DeployStep = (typeof DEPLOY_STEPS)[number]
 
 export interface DeployFailure {
@@ -44,12 +45,21 @@ export interface FunctionVersion {
   readonly createdAt: number
   /** Bytes of the uploaded build context. */
   readonly contextBytes: number
-  /** The function image, once built. */
-  readonly image?: { readonly tag: string; readonly id: string }
+  /**
+   * The function image, once built. `digest`: where it was pushed (INITLESS_IMAGE_REGISTRY), as a
+   * pullable reference `<registry>/<repo>@sha256:...`; the other hosts pull exactly this.
+   */
+  readonly image?: { readonly tag: string; readonly id: string; readonly digest?: string }
   /** Hosts that baked it: host id -> snapshot key ('' for restore policy boot) and when. */
-  readonly bakedOn: Readonly<Record<string, { readonly at: number; readonly snapshotKey: string }>>
+  readonly bakedOn: Readonly<Record<string, HostBake>>
   /** Why the deploy of this version failed (state `failed`). */
   readonly failure?: DeployFailure
+}
+
+/** One host's bake of a version: its snapshot key ('' for restore policy boot) and when. */
+export interface HostBake {
+  readonly at: number
+  readonly snapshotKey: string
 }
 
 export interface FunctionRecord {
@@ -92,6 +102,11 @@ export interface FunctionRegistry {
    * that arrive after the event go to that version.
    */
   activate(name: string, version: string): Promise<boolean>
+  /**
+   * Record that `host` baked `version` (its snapshot is on that host), without rewriting the
+   * version: hosts bake concurrently. False when the version does not exist (any more).
+   */
+  markBaked(name: string, version: string, host: string, bake: HostBake): Promise<boolean>
   /** Drop versions and their build contexts; the active one is never dropped. */
   removeVersions(name: string, versions: readonly string[]): Promise<void>
   /** Delete the function: its versions, contexts and name. False when it did not exist. */
@@ -134,11 +149,28 @@ export function parseFunctionHash(
   onBad?: (field: string) => void,
 ): FunctionRecord | undefined {
   const versions: FunctionVersion[] = []
+  const bakes = new Map<string, Record<string, HostBake>>()
+  for (const [field, json] of Object.entries(hash)) {
+    if (!field.startsWith('b:')) continue
+    const sep = field.indexOf(':', 2)
+    try {
+      const bake = JSON.parse(json) as HostBake
+      if (sep < 0 || typeof bake.at !== 'number' || typeof bake.snapshotKey !== 'string') onBad?.(field)
+      else {
+        const version = field.slice(2, sep)
+        bakes.set(version, { ...bakes.get(version), [field.slice(sep + 1)]: bake })
+      }
+    } catch {
+      onBad?.(field)
+    }
+  }
   for (const [field, json] of Object.entries(hash)) {
     if (!field.startsWith('v:')) continue
     try {
       const v = JSON.parse(json) as FunctionVersion
-      if (typeof v.version === 'string' && typeof v.manifest === 'object') versions.push(v)
+      const baked = bakes.get(v.version)
+      if (typeof v.version === 'string' && typeof v.manifest === 'object')
+        versions.push(baked ? { ...v, bakedOn: { ...v.bakedOn, ...baked } } : v)
       else onBad?.(field)
     } catch {
       onBad?.(field)
@@ -164,12 +196,24 @@ redis.call('HSET', KEYS[1], 'active', ARGV[1], 'activatedAt', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`
 
+// KEYS[1] function hash. ARGV: version, host field, bake JSON, channel, event.
+const MARK_BAKED = `
+if redis.call('HEXISTS', KEYS[1], 'v:' .. ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1`
+
 // KEYS[1] function hash, KEYS[2..n] the versions' context keys. ARGV: channel, event, versions...
 const REMOVE_VERSIONS = `
 local active = redis.call('HGET', KEYS[1], 'active')
+local fields = redis.call('HKEYS', KEYS[1])
 for i = 3, #ARGV do
   if ARGV[i] ~= active then
     redis.call('HDEL', KEYS[1], 'v:' .. ARGV[i])
+    local bakes = 'b:' .. ARGV[i] .. ':'
+    for _, field in ipairs(fields) do
+      if string.sub(field, 1, #bakes) == bakes then redis.call('HDEL', KEYS[1], field) end
+    end
     redis.call('DEL', KEYS[i - 1])
   end
 end
@@ -249,6 +293,19 @@ export function createRedisFunctionRegistry(deps: RedisFunctionRegistryDeps): Fu
         now(),
         channel,
         event(name, 'activated', version),
+      )
+      return Number(ok) === 1
+    },
+    async markBaked(name, version, host, bake) {
+      const ok = await redis.eval(
+        MARK_BAKED,
+        1,
+        k(keys.deployment(name)),
+        version,
+        `b:${version}:${host}`,
+        JSON.stringify({ at: bake.at, snapshotKey: bake.snapshotKey }),
+        channel,
+        event(name, 'version', version),
       )
       return Number(ok) === 1
     },

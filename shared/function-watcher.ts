@@ -5,6 +5,7 @@
  * of each function whose record changed, with the record before and after.
  */
 import type { Logger } from 'pino'
+import { createCoalescedReads } from './coalesced-reads.ts'
 import { errorMessage } from './errors.ts'
 import {
   activeVersion,
@@ -50,8 +51,6 @@ export function createFunctionWatcher(deps: FunctionWatcherDeps): FunctionWatche
   /** Bumped per function whenever one of its reads is applied; a full read that raced it is dropped. */
   const generations = new Map<string, number>()
   const listeners = new Set<(change: FunctionChange) => void>()
-  /** Per function: a read in flight, and whether another event came meanwhile. */
-  const reading = new Map<string, { again: boolean; done: Promise<void> }>()
   let subscription: RegistrySubscription | undefined
   let timer: NodeJS.Timeout | undefined
   let isClosed = false
@@ -86,34 +85,15 @@ export function createFunctionWatcher(deps: FunctionWatcherDeps): FunctionWatche
     }
   }
 
-  /**
-   * Re-read one function; resolves once a read that started after this call is applied. Events
-   * that arrive during a read cause one more read after it (one, however many arrive).
-   */
-  const readOne = (fn: string): Promise<void> => {
-    const running = reading.get(fn)
-    if (running) {
-      running.again = true
-      return running.done
-    }
-    const state: { again: boolean; done: Promise<void> } = { again: false, done: Promise.resolve() }
-    reading.set(fn, state)
-    state.done = (async () => {
-      try {
-        do {
-          state.again = false
-          const record = await deps.registry.get(fn)
-          if (isClosed) return
-          apply(fn, record)
-        } while (state.again)
-      } catch (err) {
-        log.warn({ fn, err: errorMessage(err) }, 'function read failed')
-      } finally {
-        reading.delete(fn)
-      }
-    })()
-    return state.done
-  }
+  /** Re-read one function (events that arrive meanwhile cause one more read after it). */
+  const reads = createCoalescedReads(
+    async (fn) => {
+      const record = await deps.registry.get(fn)
+      if (!isClosed) apply(fn, record)
+    },
+    (fn, err) => log.warn({ fn, err: errorMessage(err) }, 'function read failed'),
+  )
+  const readOne = reads.read
 
   const refresh = async () => {
     const started = new Map(generations)
@@ -122,11 +102,11 @@ export function createFunctionWatcher(deps: FunctionWatcherDeps): FunctionWatche
     const seen = new Set<string>()
     for (const r of all) {
       seen.add(r.name)
-      if ((generations.get(r.name) ?? 0) === (started.get(r.name) ?? 0) && !reading.has(r.name))
+      if ((generations.get(r.name) ?? 0) === (started.get(r.name) ?? 0) && !reads.isReading(r.name))
         apply(r.name, r)
     }
     for (const fn of [...records.keys()]) {
-      if (!seen.has(fn) && (generations.get(fn) ?? 0) === (started.get(fn) ?? 0) && !reading.has(fn))
+      if (!seen.has(fn) && (generations.get(fn) ?? 0) === (started.get(fn) ?? 0) && !reads.isReading(fn))
         apply(fn, undefined)
     }
   }

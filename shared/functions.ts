@@ -16,6 +16,12 @@ export interface FunctionDef {
   readonly manifest: Manifest
   /** The function registry's version this definition is (unset for a folder read directly). */
   readonly version?: string
+  /**
+   * Its image, when it was published to INITLESS_IMAGE_REGISTRY: `ref`, a reference by digest
+   * (`<registry>/<repo>@sha256:...`) every host pulls instead of building, and `tag`, the content
+   * tag the deploying host gave it, which every host gives it too (retention removes by tag).
+   */
+  readonly image?: { readonly ref: string; readonly tag: string }
 }
 
 export interface FunctionProblem {

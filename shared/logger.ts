@@ -2,14 +2,22 @@ import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'p
 
 export type { Logger }
 
-/** Paths pino redacts wherever they appear in a logged object (headers of proxied requests). */
+/**
+ * Paths pino redacts wherever they appear in a logged object (headers of proxied requests). The
+ * invocation keys travel in Authorization and X-Api-Key (docs/security.md).
+ */
 export const REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers.cookie',
+  'req.headers["x-api-key"]',
   'res.headers["set-cookie"]',
   'headers.authorization',
   'headers.cookie',
+  'headers["x-api-key"]',
   '*.authorization',
+  '*["x-api-key"]',
+  'key',
+  '*.key',
 ]
 
 /**

@@ -54,9 +54,11 @@ describe('parseManifest: defaults', () => {
           queueLimit: 100_000,
         },
         network: { egress: 'allow' },
+        auth: { type: 'none' },
         timeouts: { start: 30_000, request: 60_000 },
       },
     )
+    assert.equal(m.rateLimit, undefined)
     assert.equal(m.command, undefined)
     assert.equal(m.workdir, undefined)
     assert.equal(m.description, undefined)
@@ -495,6 +497,12 @@ describe('manifestHash and canonicalJson', () => {
     assert.equal(manifestHash(parseManifest(yaml, FILE, 'hello')), base)
   })
 
+  test('ignores auth and rateLimit: the gateway enforces them, nothing is baked', () => {
+    const base = manifestHash(parseManifest(BASE, FILE, 'hello'))
+    const yaml = `${BASE}\nauth:\n  type: key\nrateLimit:\n  perClient: 5`
+    assert.equal(manifestHash(parseManifest(yaml, FILE, 'hello')), base)
+  })
+
   test('canonicalJson sorts keys recursively, keeps array order and drops undefined', () => {
     assert.equal(
       canonicalJson({ b: 1, a: { d: [{ z: 1, y: 'x' }, 3], c: null }, u: undefined }),
@@ -505,4 +513,37 @@ describe('manifestHash and canonicalJson', () => {
     assert.equal(canonicalJson('s"'), '"s\\""')
     assert.equal(canonicalJson(null), 'null')
   })
+})
+
+describe('parseManifest: auth and rateLimit', () => {
+  test('auth.type key and a rate limit are kept; burst is optional', () => {
+    const m = parseManifest(
+      'port: 80\nauth: { type: key }\nrateLimit: { perFunction: 100, perClient: 0.5 }\n',
+      FILE,
+      'hello',
+    )
+    assert.equal(m.auth.type, 'key')
+    assert.deepEqual({ ...m.rateLimit }, { perFunction: 100, perClient: 0.5 })
+  })
+
+  const cases: [string, string, string][] = [
+    ['auth: { type: password }', 'auth.type', 'Invalid enum value'],
+    ['auth: { type: key, header: x }', 'auth', "unknown field(s) 'header'"],
+    ['rateLimit: {}', 'rateLimit', 'expected perFunction, perClient or both'],
+    ['rateLimit: { burst: 5 }', 'rateLimit', 'expected perFunction, perClient or both'],
+    ['rateLimit: { perClient: 0 }', 'rateLimit.perClient', 'greater than or equal'],
+    ['rateLimit: { perClient: -1 }', 'rateLimit.perClient', 'greater than or equal'],
+    ['rateLimit: { perFunction: 2000000 }', 'rateLimit.perFunction', 'less than or equal'],
+    ['rateLimit: { perClient: 5, burst: 0 }', 'rateLimit.burst', 'greater than or equal'],
+    ['rateLimit: { perClient: 5, burst: 1.5 }', 'rateLimit.burst', 'integer'],
+    ["rateLimit: { perClient: '5' }", 'rateLimit.perClient', 'expected number'],
+  ]
+  for (const [yaml, field, message] of cases) {
+    test(`${yaml} is refused at ${field}`, () => {
+      const problems = problemsOf(() => parseManifest(`port: 80\n${yaml}\n`, FILE, 'hello'))
+      const p = problems.find((x) => x.field === field)
+      assert.ok(p, JSON.stringify(problems))
+      assert.match(p.message, new RegExp(message.replace(/[()]/g, '\\$&')))
+    })
+  }
 })

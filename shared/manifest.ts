@@ -56,6 +56,16 @@ const httpPath = z.string().regex(/^\/[^\s]*$/, 'expected a path starting with /
 export const EGRESS_POLICIES = ['allow', 'deny'] as const
 export type Egress = (typeof EGRESS_POLICIES)[number]
 
+/** Who may invoke a function (docs/security.md): anyone, or holders of one of its keys. */
+export const AUTH_TYPES = ['none', 'key'] as const
+export type AuthType = (typeof AUTH_TYPES)[number]
+
+/** Requests per second of a rate limit: at least one an hour, at most a million a second. */
+const rate = z
+  .number()
+  .min(1 / 3600)
+  .max(1_000_000)
+
 export const RESTORE_POLICIES = ['auto', 'lazy', 'eager', 'boot'] as const
 export type RestorePolicy = (typeof RESTORE_POLICIES)[number]
 
@@ -198,6 +208,27 @@ export const manifestSchema = z
       })
       .strict()
       .default({}),
+    auth: z
+      .object({
+        /** key: requests need one of the function's keys (`initless keys create`); none: open. */
+        type: z.enum(AUTH_TYPES).default('none'),
+      })
+      .strict()
+      .default({}),
+    /** Absent: no limit. Requests per second over all gateways (gateway/access/rate-limiter.ts). */
+    rateLimit: z
+      .object({
+        perFunction: rate.optional(),
+        /** Per key id when auth.type is key, else per source address. */
+        perClient: rate.optional(),
+        /** Requests a full bucket allows at once. Default: one second's worth (at least 1). */
+        burst: z.number().int().min(1).max(1_000_000).optional(),
+      })
+      .strict()
+      .refine((r) => r.perFunction !== undefined || r.perClient !== undefined, {
+        message: 'expected perFunction, perClient or both',
+      })
+      .optional(),
     timeouts: z
       .object({
         /** How long a request may wait for an instance (cold start included). */
@@ -294,12 +325,18 @@ function manifestError(file: string, problems: ManifestProblem[]): InitlessError
 
 /**
  * A stable hash of a validated manifest, or of its baked fields (shared/versions.ts): part of
- * every snapshot's identity. The `async` and `network` sections are left out: they govern the
- * gateway's queue and the host's firewall, not what is baked, and leaving them out keeps the hash
- * of a manifest without them what it was before they existed (no re-bake).
+ * every snapshot's identity. The `async`, `network`, `auth` and `rateLimit` sections are left out:
+ * they govern the gateway and the host's firewall, not what is baked, and leaving them out keeps
+ * the hash of a manifest without them what it was before they existed (no re-bake).
  */
 export function manifestHash(m: object): string {
-  const { async: _async, network: _network, ...baked } = m as { async?: unknown; network?: unknown }
+  const {
+    async: _async,
+    network: _network,
+    auth: _auth,
+    rateLimit: _rateLimit,
+    ...baked
+  } = m as { async?: unknown; network?: unknown; auth?: unknown; rateLimit?: unknown }
   return createHash('sha256').update(canonicalJson(baked)).digest('hex')
 }
 

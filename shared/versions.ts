@@ -1,7 +1,7 @@
 /**
  * Function versions: a version id is the content hash of the build context and of the manifest's
  * fields that go into the image or the snapshot. The live fields (scaling, timeouts, async,
- * network, description) are left out: changing them keeps the version, and deploying the change applies it
+ * network, auth, rateLimit, description) are left out: changing them keeps the version, and deploying the change applies it
  * to running gateways and executors without a build or a bake.
  */
 import { createHash } from 'node:crypto'
@@ -11,11 +11,28 @@ import { canonicalJson, MANIFEST_FILE, parseManifest, type Manifest } from './ma
 import { readTar, type TarEntry } from './tar.ts'
 
 /** Manifest fields that change neither image nor snapshot: applied live. */
-export const LIVE_FIELDS = ['description', 'scaling', 'timeouts', 'async', 'network'] as const
+export const LIVE_FIELDS = [
+  'description',
+  'scaling',
+  'timeouts',
+  'async',
+  'network',
+  'auth',
+  'rateLimit',
+] as const
 
 /** The manifest without its live fields: what a snapshot and an image depend on. */
 export function bakedManifest(m: Manifest): Omit<Manifest, (typeof LIVE_FIELDS)[number]> {
-  const { description: _d, scaling: _s, timeouts: _t, async: _a, network: _n, ...rest } = m
+  const {
+    description: _d,
+    scaling: _s,
+    timeouts: _t,
+    async: _a,
+    network: _n,
+    auth: _auth,
+    rateLimit: _rl,
+    ...rest
+  } = m
   return rest
 }
 

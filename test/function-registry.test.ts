@@ -118,6 +118,42 @@ for (const impl of impls) {
       assert.deepEqual(await keys(), [], 'nothing left')
     })
 
+    test('each host records its bake of a version beside the version; dropping the version drops them', async () => {
+      const { registry } = await impl.create()
+      assert.equal(
+        await registry.markBaked('hello', 'aaa', 'host-a', { at: 1, snapshotKey: 'k' }),
+        false,
+        'no such version',
+      )
+      await registry.putVersion(
+        'hello',
+        version('aaa', { bakedOn: { 'host-a': { at: 1, snapshotKey: 'ka' } } }),
+      )
+      await registry.putVersion('hello', version('bbb', { createdAt: 2000 }))
+      assert.equal(await registry.activate('hello', 'bbb'), true)
+      await Promise.all([
+        registry.markBaked('hello', 'aaa', 'host-b', { at: 2, snapshotKey: 'kb' }),
+        registry.markBaked('hello', 'aaa', 'host:c', { at: 3, snapshotKey: '' }),
+      ])
+      const baked = (await registry.get('hello'))?.versions.find((v) => v.version === 'aaa')?.bakedOn
+      assert.deepEqual(baked, {
+        'host-a': { at: 1, snapshotKey: 'ka' },
+        'host-b': { at: 2, snapshotKey: 'kb' },
+        'host:c': { at: 3, snapshotKey: '' },
+      })
+      // Rewriting the version (a live-field update) keeps the hosts' records.
+      await registry.putVersion('hello', version('aaa', { contextBytes: 11 }))
+      const again = (await registry.get('hello'))?.versions.find((v) => v.version === 'aaa')?.bakedOn
+      assert.deepEqual(Object.keys(again ?? {}).sort(), ['host-b', 'host:c'])
+      await registry.removeVersions('hello', ['aaa'])
+      await registry.putVersion('hello', version('aaa'))
+      assert.deepEqual(
+        (await registry.get('hello'))?.versions.find((v) => v.version === 'aaa')?.bakedOn,
+        {},
+        'the bakes of a dropped version went with it',
+      )
+    })
+
     test('the change lock: one holder at a time per function, released by its holder or its TTL', async () => {
       const { registry, keys } = await impl.create()
       assert.equal(await registry.lock('hello', 'deploy A', 60_000), undefined)

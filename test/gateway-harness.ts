@@ -13,7 +13,7 @@ import {
   type RestoreJobData,
   type RestoreJobResult,
 } from '../shared/contracts.ts'
-import { createSilentLogger } from '../shared/logger.ts'
+import { createSilentLogger, type Logger } from '../shared/logger.ts'
 import type { Manifest } from '../shared/manifest.ts'
 import { createRedis, deleteKeys, type Redis } from '../shared/redis.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
@@ -177,10 +177,12 @@ export async function startGateway(
     readonly refreshIntervalMs?: number
     /** More gateway settings (INITLESS_*), over the harness's. */
     readonly env?: Readonly<Record<string, string>>
+    /** The gateway's root logger (default: silent). */
+    readonly logger?: Logger
   } = {},
 ): Promise<RunningGateway> {
   const url = opts.redisUrl ?? REDIS_URL
-  const logger = createSilentLogger()
+  const logger = opts.logger ?? createSilentLogger()
   const config = loadGatewayConfig({
     INITLESS_REDIS_URL: url,
     INITLESS_KEY_PREFIX: iso.prefix,

@@ -2,10 +2,12 @@
  * Two hosts on one registry. Host B is a network namespace this test makes (its own bridge and
  * subnet, a link to the root namespace, Redis reached over that link); host A is the root namespace
  * with the gateway. B's instance is reachable from A's gateway only through the route A's
- * executor adds from B's heartbeat; a third executor claiming B's subnet is refused.
+ * executor adds from B's heartbeat; a third executor claiming B's subnet is refused. Both hosts
+ * use an OCI registry (Debian's docker-registry) of this test's own on a free 127.0.0.1 port: a
+ * deploy's image travels through it by digest.
  */
 import assert from 'node:assert/strict'
-import { execFile, execFileSync } from 'node:child_process'
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, connect, type Server, type Socket } from 'node:net'
@@ -22,6 +24,8 @@ import { agent, freePort, http, parseServerTiming, startProcess, type ManagedPro
 import { REDIS_URL, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
 import { registerFunctions } from './support/functions.ts'
+import { deployFunction } from '../cli/deploy-client.ts'
+import { createRedisFunctionRegistry } from '../shared/function-registry.ts'
 
 const ROOT = join(import.meta.dirname, '..')
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'functions')
@@ -68,6 +72,46 @@ async function until<T>(
     if (Date.now() > deadline) throw new Error(`${what}: still ${JSON.stringify(v)} after ${ms} ms`)
     await new Promise((r) => setTimeout(r, 200))
   }
+}
+
+/** Debian's docker-registry serving `dir` on 127.0.0.1:`port`; its access log goes to `dir`/log. */
+async function startImageRegistry(dir: string, port: number): Promise<ChildProcess> {
+  await writeFile(
+    join(dir, 'config.yml'),
+    `version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\n` +
+      `http:\n  addr: 127.0.0.1:${port}\n`,
+  )
+  const { openSync } = await import('node:fs')
+  const log = openSync(join(dir, 'log'), 'a')
+  const child = spawn('docker-registry', ['serve', join(dir, 'config.yml')], {
+    stdio: ['ignore', log, log],
+  })
+  await until(
+    'image registry answers',
+    () =>
+      fetch(`http://127.0.0.1:${port}/v2/`)
+        .then((r) => r.status)
+        .catch(() => 0),
+    (status) => status === 200,
+    10_000,
+  )
+  return child
+}
+
+/** Scale py-hosts to zero; resolves with the instance its minimum comes back as (one not `seen`). */
+async function restartMinimum(
+  reg: InstanceRegistry,
+  seen: ReadonlySet<string>,
+  round: number,
+): Promise<InstanceRecord> {
+  await reg.publish({ type: 'function', fn: 'py-hosts', action: 'scale-to-zero' })
+  const [next] = await until(
+    `round ${round}: a new instance`,
+    () => reg.list('py-hosts'),
+    (l) => l.length === 1 && l[0]!.state === 'ready' && !seen.has(l[0]!.id),
+    60_000,
+  )
+  return next!
 }
 
 interface Relay {
@@ -125,11 +169,16 @@ describe('several hosts', () => {
   let onB: InstanceRecord | undefined
   let port = 0
   let rules: string | undefined
+  let adminToken = ''
+  let imageRegistry: ChildProcess | undefined
+  let registryDir = ''
+  let registryAddress = ''
 
   const redis = createRedis(REDIS_URL, { name: 'initless-hosts-test', lazy: true })
 
   after(async () => {
     for (const p of procs.reverse()) await p.stop('SIGTERM', 60_000)
+    imageRegistry?.kill('SIGTERM')
     agent.destroy()
     await relay?.close()
     await deleteKeys(redis, [`${prefix}:*`, `bull:${queueName}:*`, `bull:${queueName}-deploy:*`]).catch(
@@ -143,7 +192,15 @@ describe('several hosts', () => {
       // not there
     }
     dropHostB()
-    for (const dir of [stateA, stateB, stateC, functionsDir].filter(Boolean))
+    // What the deploy pushed and pulled: the images stay only under their registry reference.
+    try {
+      const refs = sh('docker', ['images', '--digests', '--format', '{{.Repository}}@{{.Digest}}'])
+      for (const ref of refs.split('\n').filter((r) => registryAddress && r.startsWith(registryAddress)))
+        execFileSync('docker', ['rmi', ref], { stdio: 'ignore' })
+    } catch {
+      // nothing pulled
+    }
+    for (const dir of [stateA, stateB, stateC, functionsDir, registryDir].filter(Boolean))
       await rm(dir, { recursive: true, force: true })
   })
 
@@ -176,12 +233,18 @@ describe('several hosts', () => {
       ),
     )
     await registerFunctions(redis, prefix, functionsDir)
+    registryDir = await mkdtemp(join(tmpdir(), 'initless-oci-'))
+    const registryPort = await freePort()
+    registryAddress = `127.0.0.1:${registryPort}`
+    imageRegistry = await startImageRegistry(registryDir, registryPort)
     common = {
       INITLESS_QUEUE_NAME: queueName,
       INITLESS_KEY_PREFIX: prefix,
       INITLESS_FUNCTIONS_DIR: functionsDir,
       INITLESS_REAP_INTERVAL: '300ms',
       INITLESS_LOG_LEVEL: 'info',
+      // Host B's engine is the root namespace's dockerd: it reaches the registry here too.
+      INITLESS_IMAGE_REGISTRY: registryAddress,
     }
 
     // Host B first: its reaper starts the function's one instance there.
@@ -271,7 +334,7 @@ describe('several hosts', () => {
         ...common,
         INITLESS_GATEWAY_HOST: '127.0.0.1',
         INITLESS_GATEWAY_PORT: String(port),
-        INITLESS_ADMIN_TOKEN: randomBytes(24).toString('hex'),
+        INITLESS_ADMIN_TOKEN: (adminToken = randomBytes(24).toString('hex')),
         INITLESS_REDIS_URL: REDIS_URL,
       },
     })
@@ -388,19 +451,118 @@ describe('several hosts', () => {
     const servedBy = new Set<string>()
     let seen = new Set([onB.id, ...(await reg.list('py-hosts')).map((i) => i.id)])
     for (let round = 0; round < 4; round++) {
-      await reg.publish({ type: 'function', fn: 'py-hosts', action: 'scale-to-zero' })
-      const [next] = await until(
-        `round ${round}: a new instance`,
-        () => reg.list('py-hosts'),
-        (l) => l.length === 1 && l[0]!.state === 'ready' && !seen.has(l[0]!.id),
-        60_000,
-      )
-      seen = new Set([...seen, next!.id])
-      servedBy.add(next!.hostId)
+      const next = await restartMinimum(reg, seen, round)
+      seen = new Set([...seen, next.id])
+      servedBy.add(next.hostId)
       const again = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 10_000 })
-      assert.equal(again.status, 200, `round ${round} (${next!.hostId}): ${again.text}`)
+      assert.equal(again.status, 200, `round ${round} (${next.hostId}): ${again.text}`)
     }
     t.diagnostic(`instances started on ${[...servedBy].join(', ')}`)
+  })
+
+  test('a deploy travels through the image registry: host B, back, pulls it by digest and bakes before it serves', async (t) => {
+    if (!requireServices(t)) return
+    assert.ok(registry && a && b && gateway && port && relay, 'set up by the first test')
+    const [reg, link] = [registry, relay]
+    const byHost = new Map([
+      [`host-a-${tag}`, a],
+      [`host-b-${tag}`, b],
+    ])
+    const marks = new Map([...byHost].map(([h, p]) => [h, p.mark()]))
+    const dir = join(functionsDir, 'py-hosts')
+    const manifest = join(dir, 'function.yaml')
+    await writeFile(
+      manifest,
+      (await readFile(manifest, 'utf8')).replace('GREETING: hello', 'GREETING: pulled'),
+    )
+    // B is away during the deploy (well under HOST_GONE_MS): host A takes the deploy job, and B
+    // hears of the new version only when it is back, as a host that joins later does.
+    await link.cut()
+    let version = ''
+    let digest = ''
+    const functions = createRedisFunctionRegistry({ redis, logger: createSilentLogger(), prefix })
+    try {
+      const deployed = await deployFunction(
+        { url: `http://127.0.0.1:${port}`, token: adminToken },
+        { name: 'py-hosts', dir },
+      )
+      assert.equal(deployed.status, 'deployed')
+      version = deployed.version
+      digest =
+        (await functions.get('py-hosts'))?.versions.find((v) => v.version === version)?.image?.digest ?? ''
+      assert.match(
+        digest,
+        new RegExp(`^${registryAddress.replace(/\./g, '\\.')}/initless/fn-py-hosts@sha256:[0-9a-f]{64}$`),
+      )
+      // Host A ran the deploy (built, pushed), and took its own image by digest at the activation.
+      const markA = marks.get(`host-a-${tag}`)
+      assert.ok(
+        a.records(markA).some((r) => r.msg === 'deploy started' && r.version === version),
+        'host A ran the deploy',
+      )
+      await a.waitForLog((r) => r.msg === 'image pulled' && r.ref === digest, 60_000, markA)
+      // Host B's engine is this machine's too: the image leaves it, so that B's pull must fetch
+      // it from the registry as a host of its own would.
+      const id = sh('docker', ['image', 'inspect', '-f', '{{.Id}}', digest]).trim()
+      execFileSync('docker', ['rmi', '-f', id], { stdio: 'ignore' })
+      assert.throws(() => execFileSync('docker', ['image', 'inspect', digest], { stdio: 'ignore' }))
+    } finally {
+      await link.heal()
+    }
+    const [other, otherProc] = [`host-b-${tag}`, b]
+    await otherProc.waitForLog((r) => r.msg === 'image pulled' && r.ref === digest, 120_000, marks.get(other))
+    await otherProc.waitForLog(
+      (r) => r.msg === 'bake recorded' && r.version === version,
+      300_000,
+      marks.get(other),
+    )
+    assert.ok(
+      !otherProc.records(marks.get(other)).some((r) => r.msg === 'image build started'),
+      `${other} built nothing`,
+    )
+    const registryLog = await readFile(join(registryDir, 'log'), 'utf8')
+    assert.match(registryLog, /"PUT \/v2\/initless\/fn-py-hosts\/manifests\//, 'the deploy pushed the image')
+    assert.ok(
+      registryLog.includes(`"GET /v2/initless/fn-py-hosts/manifests/${digest.split('@')[1]}`),
+      "B's pull fetched the manifest by digest",
+    )
+    assert.match(registryLog, /"GET \/v2\/initless\/fn-py-hosts\/blobs\/sha256:/, "and the image's blobs")
+    assert.doesNotThrow(() => execFileSync('docker', ['image', 'inspect', digest], { stdio: 'ignore' }))
+    const bakedOn = await until(
+      'both hosts recorded their bake',
+      async () =>
+        Object.keys(
+          (await functions.get('py-hosts'))?.versions.find((v) => v.version === version)?.bakedOn ?? {},
+        ),
+      (hosts) => hosts.length === 2,
+      60_000,
+    )
+    assert.deepEqual(bakedOn.sort(), [...byHost.keys()].sort())
+
+    // The new version is served, by an instance on host B too: scaled to zero until the minimum
+    // comes back there.
+    const seen = new Set((await reg.list('py-hosts')).map((i) => i.id))
+    let servedOnB = false
+    for (let round = 0; round < 8 && !servedOnB; round++) {
+      const next = await restartMinimum(reg, seen, round)
+      seen.add(next.id)
+      assert.equal(next.version, version)
+      const res = await http(port, 'GET', '/fn/py-hosts/work', { timeoutMs: 10_000 })
+      assert.equal(res.status, 200, res.text)
+      assert.match(res.text, /^pulled /)
+      servedOnB = next.hostId === `host-b-${tag}`
+    }
+    assert.ok(servedOnB, 'an instance of the new version on host B served a request')
+    // No host had an instance of the new version before it had baked that version.
+    for (const [h, p] of byHost) {
+      const records = p.records(marks.get(h))
+      const baked = records.find((r) => r.msg === 'bake recorded' && r.version === version)
+      for (const r of records.filter((x) => x.msg === 'instance ready' && x.version === version))
+        assert.ok(
+          baked && Date.parse(String(r.time)) >= Date.parse(String(baked.time)),
+          `${h}: instance ${String(r.id)} ready before its bake was recorded`,
+        )
+    }
   })
 
   test('stopped: the forwarding rules go, the peer route stays; cut off from Redis, B still stops cleanly', async (t) => {

@@ -1,4 +1,5 @@
 /** An in-memory DockerEngine for unit tests (as shared/registry-fake.ts is for the registry). */
+import { createHash } from 'node:crypto'
 import type { ContainerLaunch, DockerEngine, ImageConfig } from './docker.ts'
 
 export interface FakeContainer {
@@ -78,6 +79,13 @@ export function createFakeDocker(
     async tagImage(id, repo, tag) {
       call('tagImage', id)
       tags.add(`${repo}:${tag}`)
+    },
+    async pushImage(repo, tag) {
+      call('pushImage', `${repo}:${tag}`)
+      return `sha256:${createHash('sha256').update(`${repo}:${tag}`).digest('hex')}`
+    },
+    async pullImage(ref) {
+      call('pullImage', ref)
     },
     async imageRefs(repo) {
       call('imageRefs', repo)

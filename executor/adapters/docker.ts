@@ -64,7 +64,17 @@ export interface DockerEngine {
   ): Promise<string>
   inspectImage(ref: string): Promise<ImageConfig | undefined>
   tagImage(id: string, repo: string, tag: string): Promise<void>
-  /** Every `repo:tag` reference of images in `repo`. */
+  /** Push `repo:tag` to the registry named in `repo`; resolves with its manifest digest (sha256:...). */
+  pushImage(repo: string, tag: string): Promise<string>
+  /**
+   * Pull `ref` (here `<registry>/<repo>@sha256:...`): the engine asks the registry for the manifest
+   * and fetches the layers it lacks.
+   */
+  pullImage(ref: string): Promise<void>
+  /**
+   * Every `repo:tag` reference of images in `repo`, and every digest reference
+   * (`<registry>/<repo>@sha256:...`) an image got from a push to or a pull from a registry.
+   */
   imageRefs(repo: string): Promise<string[]>
   /** Untag `ref`, deleting the image once no tag and no container holds it. Missing: no error. */
   removeImage(ref: string): Promise<void>
@@ -105,8 +115,12 @@ function statusOf(err: unknown): number | undefined {
   return typeof err === 'object' && err !== null ? (err as { statusCode?: number }).statusCode : undefined
 }
 
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
 function engineError(what: string, err: unknown): InitlessError {
-  const msg = err instanceof Error ? err.message : String(err)
+  const msg = errorText(err)
   return new InitlessError('ERR_COMMAND_FAILED', `docker: ${what}: ${msg}`, { cause: err })
 }
 
@@ -243,8 +257,37 @@ function demuxLogs(buf: Buffer): string {
 
 type ImageCalls = Pick<
   DockerEngine,
-  'info' | 'build' | 'inspectImage' | 'tagImage' | 'imageRefs' | 'removeImage' | 'exportRootfs'
+  | 'info'
+  | 'build'
+  | 'inspectImage'
+  | 'tagImage'
+  | 'pushImage'
+  | 'pullImage'
+  | 'imageRefs'
+  | 'removeImage'
+  | 'exportRootfs'
 >
+
+/**
+ * Follow a push or pull stream to its end: failures come inside the stream. Resolves with the
+ * digest the stream reported (a push's `aux.Digest`).
+ */
+function followTransfer(docker: Docker, stream: NodeJS.ReadableStream): Promise<string | undefined> {
+  let digest: string | undefined
+  return new Promise((resolve, reject) => {
+    docker.modem.followProgress(
+      stream,
+      (err: Error | null) => (err ? reject(err) : resolve(digest)),
+      (event: { error?: string; aux?: { Digest?: string } }) => {
+        if (event.aux?.Digest) digest = event.aux.Digest
+        if (event.error) reject(new Error(event.error))
+      },
+    )
+  })
+}
+
+/** The registry needs no credentials here; the engine still wants the header on a push. */
+const NO_AUTH = { authconfig: {} }
 
 /** The engine and its images. */
 function imageCalls(docker: Docker, owner: { hostId?: string }): ImageCalls {
@@ -286,9 +329,35 @@ function imageCalls(docker: Docker, owner: { hostId?: string }): ImageCalls {
       await docker.getImage(id).tag({ repo, tag })
     },
 
+    async pushImage(repo, tag) {
+      try {
+        const stream = await docker.getImage(`${repo}:${tag}`).push({ tag, ...NO_AUTH })
+        const digest = await followTransfer(docker, stream)
+        if (!digest) throw new Error('the registry reported no digest')
+        return digest
+      } catch (err) {
+        throw new InitlessError('ERR_IMAGE_PUSH_FAILED', `docker push ${repo}:${tag}: ${errorText(err)}`, {
+          cause: err,
+        })
+      }
+    },
+
+    async pullImage(ref) {
+      try {
+        await followTransfer(docker, await docker.pull(ref, NO_AUTH))
+      } catch (err) {
+        throw new InitlessError('ERR_IMAGE_PULL_FAILED', `docker pull ${ref}: ${errorText(err)}`, {
+          cause: err,
+        })
+      }
+    },
+
     async imageRefs(repo) {
-      const images = await docker.listImages({ filters: { reference: [repo] } })
-      return images.flatMap((i) => (i.RepoTags ?? []).filter((t) => t.startsWith(`${repo}:`)))
+      const images = await docker.listImages({ filters: { reference: [repo, `*/${repo}`] } })
+      return images.flatMap((i) => [
+        ...(i.RepoTags ?? []).filter((t) => t.startsWith(`${repo}:`)),
+        ...(i.RepoDigests ?? []).filter((d) => d.includes(`/${repo}@sha256:`)),
+      ])
     },
 
     async removeImage(ref) {

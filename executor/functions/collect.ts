@@ -30,6 +30,7 @@ export async function collectVersions(deps: CollectDeps, fn: string, record: Fun
   for (const v of record.versions) {
     if (!v.image) continue
     keepTags.add(v.image.tag)
+    if (v.image.digest) keepTags.add(v.image.digest)
     // The version's own folder: a seccomp profile file in it is part of the snapshot's identity.
     const def = await deps.source.materialize(fn, v)
     const identity = await deps.baker.identity(def, { id: v.image.id } as ImageConfig)

@@ -8,8 +8,10 @@ import { parseManifest } from '../../shared/manifest.ts'
 import type { Baker } from '../snapshots/bake.ts'
 import type { ImageBuilder } from '../snapshots/build.ts'
 import { createDeployer, DeployStepError, versionsToDrop } from './deployer.ts'
-import type { ImageConfig } from '../adapters/docker.ts'
+import type { DockerEngine, ImageConfig } from '../adapters/docker.ts'
 import type { Snapshot } from '../snapshots/snapshot-store.ts'
+import { createImagePublisher, type ImagePublisher } from '../snapshots/publish.ts'
+import { createFakeDocker } from '../adapters/docker-fake.ts'
 
 const MANIFEST = parseManifest('port: 8080\n', 'hello/function.yaml', 'hello')
 const pending = (id: string, createdAt: number): FunctionVersion => ({
@@ -21,8 +23,17 @@ const pending = (id: string, createdAt: number): FunctionVersion => ({
   bakedOn: {},
 })
 const IMAGE = { id: 'sha256:img' } as ImageConfig
+const publisherOver = (docker: DockerEngine) =>
+  createImagePublisher({ docker, registry: '127.0.0.1:5000', logger: createSilentLogger() })
 
-function setup(opts: { build?: () => Promise<void>; bake?: () => Promise<void>; keep?: number } = {}) {
+function setup(
+  opts: {
+    build?: () => Promise<void>
+    bake?: () => Promise<void>
+    keep?: number
+    publisher?: ImagePublisher
+  } = {},
+) {
   const functions = createFakeFunctionRegistry()
   const calls: string[] = []
   const builder: Pick<ImageBuilder, 'build'> = {
@@ -57,6 +68,7 @@ function setup(opts: { build?: () => Promise<void>; bake?: () => Promise<void>; 
     builder,
     baker,
     keepVersions: opts.keep ?? 2,
+    ...(opts.publisher ? { publisher: opts.publisher } : {}),
     logger: createSilentLogger(),
   })
   return { functions, deployer, calls }
@@ -114,6 +126,43 @@ describe('deployer', () => {
       assert.equal(record?.versions.find((v) => v.version === 'v2')?.failure?.step, step)
     })
   }
+
+  test('with an image registry the built image is pushed and its digest recorded', async () => {
+    const { docker, calls: dockerCalls } = createFakeDocker()
+    const { functions, deployer, calls } = setup({ publisher: publisherOver(docker) })
+    await functions.putVersion('hello', pending('v1', 1))
+    const r = await deployer.deploy({ fn: 'hello', version: 'v1', traceId: 't' })
+    assert.deepEqual(calls, ['build v1', 'bake v1'])
+    const pushed = dockerCalls.filter((c) => c.method === 'pushImage').map((c) => c.arg)
+    assert.deepEqual(pushed, ['127.0.0.1:5000/initless/fn-hello:v1'])
+    const digest = (await functions.get('hello'))?.versions[0]?.image?.digest
+    assert.match(digest ?? '', /^127\.0\.0\.1:5000\/initless\/fn-hello@sha256:[0-9a-f]{64}$/)
+    assert.equal(r.digest, digest)
+    assert.ok(
+      dockerCalls.some((c) => c.method === 'removeImage' && c.arg === '127.0.0.1:5000/initless/fn-hello:v1'),
+      'the registry tag is dropped again: only the content tag stays',
+    )
+  })
+
+  test('a failed push fails the deploy at step publish and leaves the active version', async () => {
+    let failing = false
+    const { docker } = createFakeDocker({
+      fail: (method) => (failing && method === 'pushImage' ? new Error('connection refused') : undefined),
+    })
+    const { functions, deployer, calls } = setup({ publisher: publisherOver(docker) })
+    await functions.putVersion('hello', pending('v1', 1))
+    await deployer.deploy({ fn: 'hello', version: 'v1', traceId: 't' })
+    failing = true
+    await functions.putVersion('hello', pending('v2', 2))
+    await assert.rejects(deployer.deploy({ fn: 'hello', version: 'v2', traceId: 't' }), (err: unknown) => {
+      assert.ok(err instanceof DeployStepError)
+      assert.equal(err.failure.step, 'publish')
+      assert.match(err.failure.message, /connection refused/)
+      return true
+    })
+    assert.deepEqual(calls, ['build v1', 'bake v1', 'build v2'], 'nothing baked after a failed push')
+    assert.equal((await functions.get('hello'))?.active, 'v1')
+  })
 
   test('versionsToDrop keeps the active one and the newest others', () => {
     const vs = ['e', 'd', 'c', 'b', 'a'].map((v, i) => ({ ...pending(v, 10 - i) }))

@@ -1,5 +1,6 @@
 /**
- * One deploy job: unpack the version's build context, build its image, bake its snapshot, record
+ * One deploy job: unpack the version's build context, build its image (and push it to the image
+ * registry when one is configured: the other hosts pull it by digest), bake its snapshot, record
  * both in the function registry, activate it, and drop versions beyond the retention setting. A
  * step that fails records the version as `failed` with the step, the error and the function's
  * last output lines; the active version is untouched and keeps serving.
@@ -15,6 +16,7 @@ import type {
 } from '../../shared/function-registry.ts'
 import type { Baker } from '../snapshots/bake.ts'
 import type { ImageBuilder } from '../snapshots/build.ts'
+import type { ImagePublisher } from '../snapshots/publish.ts'
 import type { FunctionSource } from './function-source.ts'
 
 export interface DeployerDeps {
@@ -23,6 +25,8 @@ export interface DeployerDeps {
   readonly source: Pick<FunctionSource, 'materialize'>
   readonly builder: Pick<ImageBuilder, 'build'>
   readonly baker: Pick<Baker, 'bake'>
+  /** Pushes the built image to INITLESS_IMAGE_REGISTRY; absent: images stay on the host that built them. */
+  readonly publisher?: ImagePublisher
   /** Versions kept per function, the active one included (INITLESS_KEEP_VERSIONS). */
   readonly keepVersions: number
   readonly logger: Logger
@@ -93,6 +97,10 @@ export function createDeployer(deps: DeployerDeps) {
       const built = await deps.builder
         .build(def, { onProgress: collect })
         .catch((err: unknown) => fail('build', err, lines.slice(-OUTPUT_LINES).join('\n')))
+      const publisher = deps.publisher
+      const digest = publisher
+        ? await publisher.publish(built).catch((err: unknown) => fail('publish', err))
+        : undefined
       let snapshotKey = ''
       let baked = false
       let bakeMs = 0
@@ -114,7 +122,7 @@ export function createDeployer(deps: DeployerDeps) {
       await deps.functions.putVersion(job.fn, {
         ...latest,
         state: 'ready',
-        image: { tag: built.tag, id: built.image.id },
+        image: { tag: built.tag, id: built.image.id, ...(digest ? { digest } : {}) },
         bakedOn: { ...latest.bakedOn, [deps.hostId]: { at: now(), snapshotKey } },
       })
       if (!(await deps.functions.activate(job.fn, job.version)))
@@ -130,6 +138,7 @@ export function createDeployer(deps: DeployerDeps) {
         version: job.version,
         hostId: deps.hostId,
         image: built.tag,
+        ...(digest ? { digest } : {}),
         built: built.built,
         baked,
         buildMs: Math.round(built.ms),

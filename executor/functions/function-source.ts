@@ -38,7 +38,14 @@ export function createFunctionSource(deps: {
 
   const defOf = (fn: string, v: FunctionVersion): FunctionDef => {
     const dir = join(root, fn, v.version)
-    return { name: fn, dir, manifestFile: join(dir, MANIFEST_FILE), manifest: v.manifest, version: v.version }
+    return {
+      name: fn,
+      dir,
+      manifestFile: join(dir, MANIFEST_FILE),
+      manifest: v.manifest,
+      version: v.version,
+      ...(v.image?.digest ? { image: { ref: v.image.digest, tag: v.image.tag } } : {}),
+    }
   }
 
   async function unpack(fn: string, version: string, dir: string): Promise<void> {

@@ -8,6 +8,7 @@ import { createSilentLogger } from '../../shared/logger.ts'
 import { parseManifest } from '../../shared/manifest.ts'
 import { createFakeRegistry } from '../../shared/registry-fake.ts'
 import { createLifecycle } from './lifecycle.ts'
+import { FAKE_IMAGE } from '../adapters/docker-fake.ts'
 import type { FunctionSource } from './function-source.ts'
 import type { StartedInstance } from '../runtimes/runtimes.ts'
 import type { Sandbox } from '../sandbox/sandbox.ts'
@@ -21,7 +22,11 @@ const version = (id: string, createdAt: number): FunctionVersion => ({
   state: 'ready',
   createdAt,
   contextBytes: 1,
-  image: { tag: `initless/fn-hello:${id}`, id: `sha256:${id}` },
+  image: {
+    tag: `initless/fn-hello:${id}`,
+    id: `sha256:${id}`,
+    digest: `127.0.0.1:5000/initless/fn-hello@sha256:${id.repeat(2)}`,
+  },
   bakedOn: {},
 })
 
@@ -43,6 +48,8 @@ async function setup() {
   })
   const live = new Map<string, StartedInstance>()
   const stopped: string[] = []
+  /** Versions this host was told to prepare (build or pull, bake). */
+  const prepared: string[] = []
   const active = new Map<string, FunctionDef>()
   const removedContexts: string[] = []
   const source: FunctionSource = {
@@ -62,7 +69,13 @@ async function setup() {
       return Promise.resolve([])
     },
   }
-  const images = new Set(['initless/fn-hello:aaa', 'initless/fn-hello:bbb', 'initless/fn-hello:old'])
+  const images = new Set([
+    'initless/fn-hello:aaa',
+    'initless/fn-hello:bbb',
+    'initless/fn-hello:old',
+    '127.0.0.1:5000/initless/fn-hello@sha256:aaaaaa',
+    '127.0.0.1:5000/initless/fn-hello@sha256:oldold',
+  ])
   const retired: string[][] = []
   const lifecycle = createLifecycle({
     hostId: 'h1',
@@ -78,6 +91,10 @@ async function setup() {
         if (rec) await registry.remove(rec.fn, id)
       },
       fillPools: () => Promise.resolve(),
+      prepare: (def) => {
+        prepared.push(def.version ?? '')
+        return Promise.resolve({ image: FAKE_IMAGE, snapshot: undefined })
+      },
     },
     store: {
       snapshotKey: (id: SnapshotIdentity) => `key-${id.imageId}`,
@@ -132,6 +149,7 @@ async function setup() {
     lifecycle,
     live,
     stopped,
+    prepared,
     active,
     images,
     retired,
@@ -154,6 +172,7 @@ describe('lifecycle', () => {
     await s.functions.putVersion('hello', version('bbb', 2))
     await s.functions.activate('hello', 'bbb')
     await until(() => s.active.get('hello')?.version === 'bbb', 'new definition')
+    assert.deepEqual(s.prepared, ['aaa', 'bbb'], 'each active version is baked here when it activates')
     await until(async () => (await s.registry.get('hello', 'i-old'))?.state === 'draining', 'draining')
     await new Promise((r) => setTimeout(r, 150))
     assert.deepEqual(s.stopped, [], 'not stopped while a request is in flight')
@@ -165,7 +184,12 @@ describe('lifecycle', () => {
       'both kept versions keep their snapshots',
     )
     assert.ok(!s.images.has('initless/fn-hello:old'), 'an image of no kept version is removed')
+    assert.ok(
+      !s.images.has('127.0.0.1:5000/initless/fn-hello@sha256:oldold'),
+      'with its reference by digest (pulled from the image registry)',
+    )
     assert.ok(s.images.has('initless/fn-hello:aaa'))
+    assert.ok(s.images.has('127.0.0.1:5000/initless/fn-hello@sha256:aaaaaa'))
     await s.lifecycle.close()
     await s.watcher.close()
   })

@@ -30,7 +30,7 @@ export interface LifecycleDeps {
   readonly watcher: Pick<FunctionWatcher, 'get' | 'list' | 'onChange'>
   readonly source: FunctionSource
   readonly registry: Pick<InstanceRegistry, 'list' | 'markDraining' | 'inflight' | 'forget'>
-  readonly instances: Pick<InstanceManager, 'stop' | 'live' | 'fillPools'>
+  readonly instances: Pick<InstanceManager, 'stop' | 'live' | 'fillPools' | 'prepare'>
   readonly store: Pick<SnapshotStore, 'retire' | 'remove' | 'snapshotKey'>
   readonly docker: Pick<DockerEngine, 'imageRefs' | 'removeImage'>
   readonly baker: Pick<Baker, 'identity'>
@@ -99,6 +99,8 @@ export function createLifecycle(deps: LifecycleDeps): Lifecycle {
   const collect = { ...deps, logger: log }
   /** Per function, the chain of sync steps: one at a time, in event order. */
   const chains = new Map<string, Promise<void>>()
+  /** The version each function's preparation was last started for on this host. */
+  const prepared = new Map<string, string>()
   let timer: NodeJS.Timeout | undefined
   let stopListening: (() => void) | undefined
   let isClosed = false
@@ -128,9 +130,22 @@ export function createLifecycle(deps: LifecycleDeps): Lifecycle {
       const record = deps.watcher.get(fn)
       const active = activeVersion(record)
       if (active) {
-        deps.source.setActive(fn, await deps.source.materialize(fn, active))
+        const def = await deps.source.materialize(fn, active)
+        deps.source.setActive(fn, def)
+        // Every host bakes the active version now (pulling its image by digest when it was
+        // published), not at its first restore; restores that come meanwhile wait for this bake.
+        if (prepared.get(fn) !== active.version) {
+          prepared.set(fn, active.version)
+          void deps.instances.prepare(def).catch((err: unknown) => {
+            if (prepared.get(fn) === active.version) prepared.delete(fn)
+            log.error({ fn, err: errorMessage(err) }, 'prepare failed')
+          })
+        }
         void deps.instances.fillPools()
-      } else deps.source.setActive(fn, undefined)
+      } else {
+        deps.source.setActive(fn, undefined)
+        prepared.delete(fn)
+      }
       await drainStale(deps, drainer, fn, record)
       if (!record) await removeFunction(fn)
       else await collectVersions(collect, fn, record)

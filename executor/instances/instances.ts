@@ -301,7 +301,14 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       throw new InitlessError('ERR_INSTANCE_DIED', `${fn.name}: reservation ${inst.id} was withdrawn`)
     }
     log.info(
-      { fn: fn.name, id: inst.id, runtime: inst.runtime, pooled: inst.pooled, ...phases },
+      {
+        fn: fn.name,
+        version: fn.version,
+        id: inst.id,
+        runtime: inst.runtime,
+        pooled: inst.pooled,
+        ...phases,
+      },
       'instance ready',
     )
     return jobResult(inst, deps.hostId, phases)

@@ -1,7 +1,9 @@
 /**
  * Function image builds. Images are tagged by content — the build context's files, the Dockerfile
  * name, the build arguments and the base image's id — so an unchanged function is never rebuilt and
- * a changed base image rebuilds everything on top of it.
+ * a changed base image rebuilds everything on top of it. A definition whose image was published to
+ * a registry (`FunctionDef.image`, a reference by digest) is pulled instead, once per process: the
+ * same bytes on every host, whatever each host's base image.
  */
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -28,6 +30,12 @@ export interface ImageBuilder {
 }
 
 export const IMAGE_REPO_PREFIX = 'initless/fn-'
+
+/** `repo:tag` into its two parts (a registry's `host:port/` prefix may hold a colon too). */
+export function splitTag(ref: string): [string, string] {
+  const at = ref.lastIndexOf(':')
+  return at > ref.lastIndexOf('/') ? [ref.slice(0, at), ref.slice(at + 1)] : [ref, 'latest']
+}
 
 /** Hash every file of a build context: relative path, mode and content (links by target). */
 export async function hashContext(dir: string): Promise<string> {
@@ -62,6 +70,34 @@ export function createImageBuilder(deps: {
   logger: Logger
 }): ImageBuilder {
   const log = deps.logger.child({ module: 'build' })
+  /** Digest references pulled by this process (a digest names immutable content). */
+  const pulled = new Map<string, Promise<void>>()
+
+  /** The published image of `fn` (FunctionDef.image), pulled from the registry by digest. */
+  async function pull(fn: FunctionDef, from: { ref: string; tag: string }): Promise<BuiltImage> {
+    const started = performance.now()
+    let p = pulled.get(from.ref)
+    if (!p) {
+      p = deps.docker.pullImage(from.ref).then(async () => {
+        const [repo, tag] = splitTag(from.tag)
+        await deps.docker.tagImage(from.ref, repo, tag)
+        const ms = Math.round(performance.now() - started)
+        log.info({ fn: fn.name, version: fn.version, ref: from.ref, tag: from.tag, ms }, 'image pulled')
+      })
+      p.catch(() => pulled.delete(from.ref))
+      pulled.set(from.ref, p)
+    }
+    await p
+    const image = await deps.docker.inspectImage(from.ref)
+    if (!image && pulled.get(from.ref) === p) {
+      // Removed since (retention, by hand): pull it again.
+      pulled.delete(from.ref)
+      return pull(fn, from)
+    }
+    if (!image)
+      throw new InitlessError('ERR_IMAGE_NOT_FOUND', `${from.ref} is not in the engine after its pull`)
+    return { fn: fn.name, tag: from.tag, image, built: false, ms: performance.now() - started }
+  }
 
   async function contentTag(fn: FunctionDef): Promise<{ tag: string; buildArgs: Record<string, string> }> {
     const base = await deps.docker.inspectImage(deps.baseImage)
@@ -81,11 +117,13 @@ export function createImageBuilder(deps: {
 
   return {
     async current(fn) {
+      if (fn.image) return { tag: fn.image.tag, image: await deps.docker.inspectImage(fn.image.ref) }
       const { tag } = await contentTag(fn)
       return { tag, image: await deps.docker.inspectImage(tag) }
     },
 
     async build(fn, opts = {}) {
+      if (fn.image) return pull(fn, fn.image)
       const started = performance.now()
       const { tag, buildArgs } = await contentTag(fn)
       if (!opts.force) {
@@ -101,7 +139,7 @@ export function createImageBuilder(deps: {
         buildArgs,
         ...(opts.onProgress ? { onProgress: (p: { line: string }) => opts.onProgress?.(p.line) } : {}),
       })
-      const [repo, version] = tag.split(':') as [string, string]
+      const [repo, version] = splitTag(tag)
       // `latest` follows the newest build, for humans and `docker run`.
       await deps.docker.tagImage(id, repo, 'latest')
       const image = await deps.docker.inspectImage(id)

@@ -7,6 +7,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { Hono, type Context } from 'hono'
 import { InitlessError } from '../../shared/errors.ts'
 import { FUNCTION_NAME_RE } from '../../shared/manifest.ts'
+import type { Admission, AdmissionRequest } from '../access/admission.ts'
 import type { FunctionCatalog } from '../catalog.ts'
 import { bodyTooLarge, forwardedHeaders, withoutHopByHop } from '../forwarder.ts'
 import { requestHeader, type GatewayEnv } from '../request-context.ts'
@@ -33,6 +34,8 @@ export interface AsyncRouteDeps {
   readonly maxBodyBytes: number
   readonly trustProxy: boolean
   readonly onAccepted?: (fn: string, isDuplicate: boolean) => void
+  /** Keys and rate limits (accepting is limited like a synchronous request; reading a result needs the key). */
+  readonly admission?: Admission
   readonly now?: () => number
 }
 
@@ -66,11 +69,12 @@ async function readBody(request: Request, max: number): Promise<Buffer> {
   return Buffer.concat(chunks)
 }
 
-function headersOf(c: Context<GatewayEnv>): Record<string, string> {
+function headersOf(c: Context<GatewayEnv>, drop?: ReadonlySet<string>): Record<string, string> {
   const incoming: IncomingHttpHeaders = c.env?.incoming?.headers ?? Object.fromEntries(c.req.raw.headers)
   const out: Record<string, string> = {}
   for (const [k, v] of Object.entries(withoutHopByHop(incoming))) {
-    if (v === undefined || ACCEPT_ONLY.has(k)) continue
+    // A platform key is never stored with the invocation nor sent to the function.
+    if (v === undefined || ACCEPT_ONLY.has(k) || drop?.has(k)) continue
     out[k] = Array.isArray(v) ? v.join(', ') : String(v)
   }
   return out
@@ -89,6 +93,11 @@ function knownInvocation(catalog: Pick<FunctionCatalog, 'get'>, id: string): str
   return id
 }
 
+const admissionRequest = (c: Context<GatewayEnv>): AdmissionRequest => ({
+  header: (name) => requestHeader(c, name),
+  remoteAddress: c.env?.incoming?.socket.remoteAddress,
+})
+
 /** Routes mounted at the app root: accepting and reading invocations. */
 export function createAsyncRoutes(deps: AsyncRouteDeps): Hono<GatewayEnv> {
   const now = deps.now ?? Date.now
@@ -106,6 +115,9 @@ export function createAsyncRoutes(deps: AsyncRouteDeps): Hono<GatewayEnv> {
       )
     const manifest = deps.catalog.get(name)
     if (!manifest) throw new InitlessError('ERR_FUNCTION_NOT_FOUND', `no function named ${name}`)
+    const admitted = deps.admission?.isGuarded(manifest)
+      ? await deps.admission.admit(manifest, admissionRequest(c))
+      : undefined
     const max = Math.min(manifest.async.maxBody, deps.maxBodyBytes)
     const length = requestHeader(c, 'content-length')
     if (length !== undefined && Number(length) > max) throw bodyTooLarge(max)
@@ -120,7 +132,7 @@ export function createAsyncRoutes(deps: AsyncRouteDeps): Hono<GatewayEnv> {
       )
     const body = await readBody(c.req.raw, max)
     const headers = {
-      ...headersOf(c),
+      ...headersOf(c, admitted?.dropHeaders),
       ...forwardedHeaders({
         forwardedFor: requestHeader(c, 'x-forwarded-for'),
         forwardedProto: requestHeader(c, 'x-forwarded-proto'),
@@ -168,6 +180,8 @@ export function createAsyncRoutes(deps: AsyncRouteDeps): Hono<GatewayEnv> {
 
   app.get('/invocations/:id', async (c) => {
     const id = knownInvocation(deps.catalog, c.req.param('id'))
+    const manifest = deps.catalog.get(functionOfId(id) ?? '')
+    if (manifest && deps.admission) deps.admission.authenticate(manifest, admissionRequest(c))
     const view = await deps.store.get(id)
     if (!view) throw notFound(id)
     return c.json(view)

@@ -13,6 +13,7 @@ import type { FunctionCatalog } from '../catalog.ts'
 import type { InstancePool } from '../instance-pool.ts'
 import { noCapacity } from '../pool-state.ts'
 import type { GatewayEnv } from '../request-context.ts'
+import { createKeyRoutes, type KeyRouteDeps } from './keys.ts'
 import { createLifecycleRoutes, type LifecycleRouteDeps } from './lifecycle.ts'
 import { createSecretRoutes, type SecretRouteDeps } from './secrets.ts'
 
@@ -25,6 +26,8 @@ export interface AdminRouteDeps {
   readonly lifecycle?: LifecycleRouteDeps
   /** Secret values (absent: a gateway without a secret store; /admin/secrets is 404). */
   readonly secrets?: SecretRouteDeps
+  /** Invocation keys (absent: a gateway without a key store). */
+  readonly keys?: Omit<KeyRouteDeps, 'catalog'>
 }
 
 const scaleBody = z.object({ instances: z.number().int().min(0).max(1000) }).strict()
@@ -92,6 +95,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
   app.use('*', limitBody)
   if (deps.lifecycle) app.route('/', createLifecycleRoutes(deps.lifecycle))
   if (deps.secrets) app.route('/', createSecretRoutes(deps.secrets))
+  if (deps.keys) app.route('/', createKeyRoutes({ ...deps.keys, catalog: deps.catalog }))
 
   app.get('/functions', (c) => {
     const stats = new Map(deps.pool.stats().map((s) => [s.fn, s]))

@@ -7,6 +7,7 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { Hono } from 'hono'
 import { InitlessError, isInitlessError } from '../../shared/errors.ts'
 import { FUNCTION_NAME_RE } from '../../shared/manifest.ts'
+import type { Admission } from '../access/admission.ts'
 import type { FunctionCatalog } from '../catalog.ts'
 import { bodyTooLarge, forwardedHeaders, hasBody, type Forwarder } from '../forwarder.ts'
 import type { DeathReports } from '../instance-deaths.ts'
@@ -23,6 +24,8 @@ export interface InvokeRouteDeps {
   readonly metrics: GatewayMetrics
   readonly maxBodyBytes: number
   readonly trustProxy: boolean
+  /** Keys and rate limits of the functions that have them; absent: every function is open. */
+  readonly admission?: Admission
   /** Why instances died (ERR_INSTANCE_DIED), and recycling of those past timeouts.request. */
   readonly deaths?: DeathReports
 }
@@ -87,6 +90,12 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
     }
     let start: StartKind = 'none'
     try {
+      const admitted = deps.admission?.isGuarded(manifest)
+        ? await deps.admission.admit(manifest, {
+            header,
+            remoteAddress: req.node?.incoming.socket.remoteAddress,
+          })
+        : undefined
       const length = header('content-length')
       if (length !== undefined && Number(length) > deps.maxBodyBytes) throw bodyTooLarge(deps.maxBodyBytes)
       // One retry for a dead instance, one for a keep-alive socket the instance had just closed;
@@ -109,11 +118,13 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
             ...(req.request ? { request: req.request } : {}),
             ...(req.node ? { node: req.node } : {}),
             requestHeaders,
+            ...(admitted?.dropHeaders ? { dropHeaders: admitted.dropHeaders } : {}),
             responseHeaders: (upstreamMs) => ({
               'server-timing': serverTiming({
                 isCold: lease.isCold,
                 waitedMs: lease.waitedMs,
                 phases: lease.phases,
+                isBooted: lease.isBooted,
                 upstreamMs,
               }),
               'x-request-id': requestId,
@@ -124,7 +135,10 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
           lease.release()
           deps.metrics.invocation(name, result.status, start)
           deps.metrics.upstream(name, result.upstreamMs)
-          log.debug({ instanceId: lease.instanceId, status: result.status, start }, 'request proxied')
+          log.debug(
+            { instanceId: lease.instanceId, status: result.status, start, keyId: admitted?.keyId },
+            'request proxied',
+          )
           return result.response
         } catch (err) {
           const details = isInitlessError(err) ? err.details : {}

@@ -25,6 +25,8 @@ export interface LifecycleRouteDeps {
    * request sent after the answer sees it (other gateways follow within their event delivery).
    */
   readonly seen?: (fn: string) => Promise<void>
+  /** Called once a function was deleted, before the answer (its invocation keys are revoked). */
+  readonly onDeleted?: (fn: string) => Promise<void>
   /** Which declared secrets have no value: a deploy's answer names them (`missingSecrets`). */
   readonly secrets?: Pick<SecretStore, 'missing'>
 }
@@ -170,6 +172,7 @@ export function createLifecycleRoutes(deps: LifecycleRouteDeps): Hono<GatewayEnv
     if (!(await deps.deploys.remove(name)))
       throw new InitlessError('ERR_FUNCTION_NOT_FOUND', `no function named ${name}`)
     await deps.seen?.(name)
+    await deps.onDeleted?.(name)
     deps.onOutcome?.(name, 'deleted')
     c.get('log').info({ fn: name }, 'function deleted')
     return c.json({ fn: name, deleted: true })
