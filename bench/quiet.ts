@@ -39,7 +39,8 @@ export function classifyProcess(p: ProcessInfo): string | undefined {
   if (p.comm.startsWith('qemu-system')) return 'virtual machine'
   if (/(^|\/)(dist\/)?executor\/main\.(js|ts)\b/.test(p.cmdline)) return 'executor'
   if (/(^|\/)(dist\/)?gateway\/main\.(js|ts)\b/.test(p.cmdline)) return 'gateway'
-  if (/\bbench\/(run|restore|async|lifecycle|burst|slowloris)\.ts\b/.test(p.cmdline)) return 'benchmark'
+  if (/\bbench\/(run|restore|async|lifecycle|burst|slowloris|standby)\.ts\b/.test(p.cmdline))
+    return 'benchmark'
   if (/\binitless(\.mjs)? (up|dev|bench)\b/.test(p.cmdline)) return 'initless up'
   if (/^\d+:[^:\n]*:\/(.*\/)?initless\/[^\n]+$/m.test(p.cgroup)) return 'function instance'
   return undefined

@@ -5,7 +5,8 @@
 import type { Command } from 'commander'
 import { InitlessError } from '../shared/errors.ts'
 import { loadFunctionDefs, selectFunctions } from '../shared/functions.ts'
-import { formatAge } from '../shared/units.ts'
+import type { InstanceRecord } from '../shared/contracts.ts'
+import { formatAge, formatBytes } from '../shared/units.ts'
 import {
   adminCall,
   deployFunction,
@@ -67,9 +68,27 @@ export function hasAdminTarget(): boolean {
 }
 
 /** `initless functions` against a running stack: the function registry's view. */
+/** Per function, its frozen standby instances (restored ones) and the memory they hold. */
+export function standbyOf(
+  instances: readonly InstanceRecord[],
+): Map<string, { count: number; bytes: number }> {
+  const out = new Map<string, { count: number; bytes: number }>()
+  for (const r of instances) {
+    if (r.state !== 'frozen' || !r.address) continue
+    const s = out.get(r.fn) ?? { count: 0, bytes: 0 }
+    out.set(r.fn, { count: s.count + 1, bytes: s.bytes + (r.memoryBytes ?? 0) })
+  }
+  return out
+}
+
 export async function printDeployments(io: CliIo): Promise<void> {
-  const r = await adminCall<DeploymentsAnswer>(target(), 'GET', '/deployments')
+  const [r, all] = await Promise.all([
+    adminCall<DeploymentsAnswer>(target(), 'GET', '/deployments'),
+    adminCall<{ instances: InstanceRecord[] }>(target(), 'GET', '/instances'),
+  ])
+  const standby = standbyOf(all.instances)
   const rows = r.deployments.map((d) => {
+    const frozen = standby.get(d.fn)
     const active = d.versions.find((v) => v.isActive)
     const pending = d.versions.some((v) => v.state === 'pending')
     return {
@@ -79,16 +98,23 @@ export async function printDeployments(io: CliIo): Promise<void> {
       hosts: active?.hosts.join(',') || '-',
       state: pending ? 'deploying' : active ? 'serving' : 'no active version',
       age: d.activatedAt === null ? '-' : formatAge(Date.now() - d.activatedAt),
+      standby: frozen ? `${frozen.count} ${formatBytes(frozen.bytes)}` : '-',
     }
   })
   const text = [
-    `${'NAME'.padEnd(18)} ${'ACTIVE'.padEnd(13)} ${'KEPT'.padEnd(5)} ${'STATE'.padEnd(17)} ${'ACTIVATED'.padEnd(9)} BAKED ON`,
+    `${'NAME'.padEnd(18)} ${'ACTIVE'.padEnd(13)} ${'KEPT'.padEnd(5)} ${'STATE'.padEnd(17)} ${'ACTIVATED'.padEnd(9)} ${'FROZEN'.padEnd(12)} BAKED ON`,
     ...rows.map(
       (x) =>
-        `${x.name.padEnd(18)} ${x.active.padEnd(13)} ${String(x.kept).padEnd(5)} ${x.state.padEnd(17)} ${x.age.padEnd(9)} ${x.hosts}`,
+        `${x.name.padEnd(18)} ${x.active.padEnd(13)} ${String(x.kept).padEnd(5)} ${x.state.padEnd(17)} ${x.age.padEnd(9)} ${x.standby.padEnd(12)} ${x.hosts}`,
     ),
   ].join('\n')
-  io.print(r.deployments, text)
+  io.print(
+    r.deployments.map((d) => {
+      const frozen = standby.get(d.fn)
+      return { ...d, frozen: frozen?.count ?? 0, frozenMemoryBytes: frozen?.bytes ?? 0 }
+    }),
+    text,
+  )
 }
 
 export function registerLifecycleCommands(program: Command, io: CliIo): void {

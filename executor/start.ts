@@ -25,6 +25,7 @@ import type { Lifecycle } from './functions/lifecycle.ts'
 import { functionEventHandler } from './instances/function-events.ts'
 import { createInstanceManager, type InstanceManager } from './instances/instances.ts'
 import { createReaper, type Reaper } from './instances/reaper.ts'
+import { createStandbyKeeper, type StandbyKeeper } from './instances/standby.ts'
 import { reconcile, removeHostContainers, snapshotUsage } from './instances/reconcile.ts'
 import { createRestoreWorker, type RestoreWorker } from './instances/worker.ts'
 import { formatRestorePath, lazyRestoreHazard, readThpMode } from './sandbox/restore-path.ts'
@@ -181,6 +182,7 @@ function shutdownSteps(p: {
   readonly timers: readonly NodeJS.Timeout[]
   readonly worker: Pick<RestoreWorker, 'close'>
   readonly reaper: Pick<Reaper, 'settled'>
+  readonly standby: Pick<StandbyKeeper, 'settled'>
   readonly instances: Pick<InstanceManager, 'stopAll'>
   readonly runtimes: Pick<Runtimes, 'docker'>
   readonly docker: Pick<DockerEngine, 'listContainers' | 'removeContainer'>
@@ -207,6 +209,7 @@ function shutdownSteps(p: {
       },
     },
     { name: 'min instances', run: () => p.reaper.settled() },
+    { name: 'standby instances', run: () => p.standby.settled() },
     // From here every step runs to its end whatever the deadline (nothing may be left running),
     // except those that wait for Redis, which get a few seconds.
     { name: 'instances', timeoutMs: Infinity, run: () => p.instances.stopAll('executor shutdown') },
@@ -325,8 +328,15 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     hostId,
     beatingSince: () => heartbeat.beatingSince(),
   })
-  const tick = () =>
-    reaper.tick().catch((err: unknown) => logger.error({ err: errorMessage(err) }, 'reaper tick failed'))
+  const standby = createStandbyKeeper({ instances, registry, functions, hostId, now: Date.now, logger })
+  const tick = async () => {
+    await reaper
+      .tick()
+      .catch((err: unknown) => logger.error({ err: errorMessage(err) }, 'reaper tick failed'))
+    await standby
+      .tick()
+      .catch((err: unknown) => logger.error({ err: errorMessage(err) }, 'standby tick failed'))
+  }
   const timers = [
     // Beats may overlap (a beat waiting for Redis must not hold the next one back).
     setInterval(() => void heartbeat.beat(), HEARTBEAT_INTERVAL_MS),
@@ -336,8 +346,12 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
       ? [every(config.INITLESS_SNAPSHOT_SCRUB_INTERVAL, () => scrubSnapshots(instances, logger))]
       : []),
   ]
+  const onFunctionEvent = functionEventHandler({ functions, instances, builder, baker: bakes, logger })
   const subscription = await registry.subscribe({
-    onEvent: functionEventHandler({ functions, instances, builder, baker: bakes, logger }),
+    onEvent: (event) => {
+      standby.onEvent(event)
+      onFunctionEvent(event)
+    },
   })
 
   const prepared = prepareAll(instances, functions(), logger)
@@ -354,6 +368,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     follower,
     worker,
     reaper,
+    standby,
     instances,
     runtimes,
     docker: adapters.docker,

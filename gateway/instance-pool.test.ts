@@ -177,7 +177,17 @@ describe('instance pool', () => {
     const m = testManifest('drain', { concurrency: 10, maxInstances: 20 })
     const job = await learnTimes(s, m, clock, { restoreMs: 200, serviceMs: 10 })
     assert.deepEqual(s.pool.stats(), [
-      { fn: 'drain', ready: 1, starting: 0, waiting: 0, inflight: 0, restoreMs: 200, serviceMs: 10 },
+      {
+        fn: 'drain',
+        ready: 1,
+        starting: 0,
+        waiting: 0,
+        inflight: 0,
+        frozen: 0,
+        frozenMemoryBytes: 0,
+        restoreMs: 200,
+        serviceMs: 10,
+      },
     ])
     // Fill the instance, then 100 more: by slots they need 10 instances; at 10 ms per request and
     // 10 at once the one instance answers them in 100 ms, before a new restore (200 ms) could.
@@ -447,7 +457,15 @@ describe('instance pool', () => {
     const first = await leasing
     assert.equal(pool.tryAcquire(m), undefined, 'the only slot is taken')
     const [{ restoreMs, ...stats } = { restoreMs: undefined }] = pool.stats()
-    assert.deepEqual(stats, { fn: 'sync', ready: 1, starting: 0, waiting: 0, inflight: 1 })
+    assert.deepEqual(stats, {
+      fn: 'sync',
+      ready: 1,
+      starting: 0,
+      waiting: 0,
+      inflight: 1,
+      frozen: 0,
+      frozenMemoryBytes: 0,
+    })
     assert.equal(typeof restoreMs, 'number', 'a restore was seen; no request has ended yet')
     first.release()
     const lease = pool.tryAcquire(m)
@@ -575,6 +593,7 @@ function pick(
 ): Pick<
   InstanceRegistry,
   | 'reserve'
+  | 'claimStandby'
   | 'withdraw'
   | 'get'
   | 'list'
@@ -585,6 +604,7 @@ function pick(
 > {
   return {
     addInflight: (...a) => r.addInflight(...a),
+    claimStandby: (...a) => r.claimStandby(...a),
     scalingEstimates: (...a) => r.scalingEstimates(...a),
     saveScalingEstimates: (...a) => r.saveScalingEstimates(...a),
     reserve: (...a) => r.reserve(...a),

@@ -79,6 +79,7 @@ export interface InstancePoolDeps {
   readonly registry: Pick<
     InstanceRegistry,
     | 'reserve'
+    | 'claimStandby'
     | 'withdraw'
     | 'get'
     | 'list'
@@ -197,9 +198,46 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     }
   }
 
+  /**
+   * Claim frozen standby instances for the waiters that neither the free slots nor the instances on
+   * their way cover. A claim counts as starting until the registry answers; the request is sent as
+   * soon as it is ready here, while its executor thaws it (the kernel queues the connection).
+   */
+  const claimStandby = (s: FnState) => {
+    const concurrency = s.manifest.scaling.concurrency
+    let uncovered =
+      s.waiters.length - coveredWaiters({ ready: views(s), starting: s.starting.size, concurrency })
+    for (const f of s.frozen.values()) {
+      if (uncovered <= 0) return
+      if (!isCurrentVersion(s, f)) continue
+      s.frozen.delete(f.id)
+      s.starting.set(f.id, { isPending: true })
+      s.generation++
+      uncovered -= concurrency
+      void claim(s, f.id)
+    }
+  }
+
+  const claim = async (s: FnState, id: string) => {
+    const record = await registry.claimStandby(s.fn, id, s.version).catch((err: unknown) => {
+      log.warn({ fn: s.fn, instanceId: id, err: errorMessage(err) }, 'standby claim failed')
+      return undefined
+    })
+    s.starting.delete(id)
+    s.generation++
+    if (record) {
+      log.info({ fn: s.fn, instanceId: id }, 'standby claimed')
+      apply(s, record)
+    }
+    dispatch(s)
+    scale(s)
+  }
+
   const scale = (s: FnState, traceId?: string) => {
     // No waiters, no restores to start (instancesToStart): skip the work on every released lease.
-    if (closing || !s.isLoaded || !s.waiters.length || now() < s.fullUntil) return
+    if (closing || !s.isLoaded || !s.waiters.length) return
+    if (s.frozen.size) claimStandby(s)
+    if (now() < s.fullUntil) return
     const n = instancesToStart({
       ready: views(s),
       starting: s.starting.size,
@@ -351,13 +389,15 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
     if (e.type !== 'instance') return
     const s = fns.get(e.fn)
     if (!s?.isLoaded) return
-    if (e.state === 'ready') {
-      // The event carries the record (an older executor's does not: read it).
-      if (!e.record) return void check(s, e.id)
+    if (e.state === 'ready' || e.state === 'frozen') {
+      // The event carries the record (an older executor's does not: read it). A standby reservation
+      // carries none and is not claimable yet: its markFrozen event will.
+      if (!e.record) return e.state === 'ready' ? void check(s, e.id) : undefined
       apply(s, e.record)
     } else if (e.state === 'starting') {
       apply(s, { id: e.id, fn: e.fn, state: 'starting', hostId: '', createdAt: 0 })
     } else {
+      s.frozen.delete(e.id)
       if (e.state === 'draining') retire(s, e.id)
       else s.ready.delete(e.id)
       const starting = s.starting.get(e.id)

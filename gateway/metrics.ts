@@ -7,7 +7,8 @@ import type { ColdStartPhases } from '../shared/contracts.ts'
 import type { DeathCount } from '../shared/instance-deaths.ts'
 import type { PoolStats } from './pool-state.ts'
 
-export type StartKind = 'cold' | 'warm' | 'none'
+/** How a request found its instance: restored for it, running, thawed from standby, or none. */
+export type StartKind = 'cold' | 'warm' | 'thawed' | 'none'
 
 export interface GatewayMetrics {
   readonly registry: Registry
@@ -81,7 +82,18 @@ export function createGatewayMetrics(deps: {
       for (const s of deps.stats()) {
         this.set({ function: s.fn, state: 'ready' }, s.ready)
         this.set({ function: s.fn, state: 'starting' }, s.starting)
+        this.set({ function: s.fn, state: 'frozen' }, s.frozen)
       }
+    },
+  })
+  new Gauge({
+    name: 'initless_gateway_standby_memory_bytes',
+    help: "Memory the function's frozen standby instances hold (their cgroups' when frozen)",
+    labelNames: ['function'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const s of deps.stats()) if (s.frozen) this.set({ function: s.fn }, s.frozenMemoryBytes)
     },
   })
   new Gauge({

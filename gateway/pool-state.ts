@@ -9,6 +9,8 @@ export interface Lease {
   readonly address: InstanceAddress
   /** The request waited for an instance that became ready meanwhile (a cold start). */
   readonly isCold: boolean
+  /** The request waited for a standby instance this gateway thawed meanwhile (never cold). */
+  readonly isThawed: boolean
   /** The instance's cold-start phases, for cold requests. */
   readonly phases?: ColdStartPhases
   /** A cold request's instance was booted, not restored from a snapshot. */
@@ -26,6 +28,9 @@ export interface PoolStats {
   readonly starting: number
   readonly waiting: number
   readonly inflight: number
+  /** Frozen standby instances of the active version, and the memory they hold (bytes). */
+  readonly frozen: number
+  readonly frozenMemoryBytes: number
   /** The learnt times the scaling rule uses (ms), once known (FnState.restoreMs, serviceMs). */
   readonly restoreMs?: number
   readonly serviceMs?: number
@@ -41,6 +46,15 @@ export interface ReadyEntry {
   readonly runtime?: RuntimeKind
   /** The function version it runs (unset without the function registry). */
   readonly version?: string
+  /** A standby instance thawed for requests (InstanceRecord.thawedAt): its phases are no cold start. */
+  readonly isThawed?: boolean
+}
+
+/** A frozen standby instance a request may claim. */
+export interface FrozenEntry {
+  readonly id: string
+  readonly version?: string
+  readonly memoryBytes: number
 }
 
 export interface StartingEntry {
@@ -65,6 +79,8 @@ export interface FnState {
   /** This gateway's requests in flight per instance; survives the instance leaving `ready`. */
   readonly inflight: Map<string, number>
   readonly starting: Map<string, StartingEntry>
+  /** Standby instances frozen in the registry (scaling.standby), claimable when requests wait. */
+  readonly frozen: Map<string, FrozenEntry>
   /** Instances that refused connections: ignored until the registry drops them or the ttl ends. */
   readonly dead: Map<string, number>
   readonly lastTouch: Map<string, number>
@@ -104,6 +120,7 @@ export function createFnState(manifest: Manifest): FnState {
     ready: new Map(),
     inflight: new Map(),
     starting: new Map(),
+    frozen: new Map(),
     dead: new Map(),
     lastTouch: new Map(),
     version: undefined,
@@ -149,12 +166,15 @@ export function views(s: FnState): ReadyView[] {
 export function statsOf(s: FnState): PoolStats {
   let inflight = 0
   for (const n of s.inflight.values()) inflight += n
+  const frozen = [...s.frozen.values()].filter((f) => isCurrentVersion(s, f))
   return {
     fn: s.fn,
     ready: s.ready.size,
     starting: s.starting.size,
     waiting: s.waiters.length,
     inflight,
+    frozen: frozen.length,
+    frozenMemoryBytes: frozen.reduce((sum, f) => sum + f.memoryBytes, 0),
     ...learntTimes(s),
   }
 }
@@ -216,8 +236,10 @@ export function createLease(
   const entry = s.ready.get(id)
   if (!entry) throw new InitlessError('ERR_INTERNAL', `instance ${id} is not ready`)
   s.inflight.set(id, (s.inflight.get(id) ?? 0) + 1)
-  // Cold: the request waited, and the instance became ready while it did.
-  const isCold = at.hasWaited && entry.readyAt >= at.startedAt
+  // Cold: the request waited, and the instance became ready while it did (thawed: not restored).
+  const isNew = at.hasWaited && entry.readyAt >= at.startedAt
+  const isThawed = isNew && entry.isThawed === true
+  const isCold = isNew && !isThawed
   let isDone = false
   const finish = (isDead: boolean) => {
     if (isDone) return
@@ -231,6 +253,7 @@ export function createLease(
     instanceId: id,
     address: entry.address,
     isCold,
+    isThawed,
     ...(isCold && entry.phases ? { phases: entry.phases } : {}),
     ...(isCold && entry.runtime === 'boot' ? { isBooted: true } : {}),
     // A lease taken on the fast path never waited: with a millisecond clock, now - startedAt
@@ -248,6 +271,16 @@ export function isCurrentVersion(s: Pick<FnState, 'version'>, r: { readonly vers
 
 /** Bring one instance's local state in line with its registry record. True: it just became ready. */
 export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean {
+  if (r.state === 'frozen') {
+    if (r.address)
+      s.frozen.set(r.id, {
+        id: r.id,
+        memoryBytes: r.memoryBytes ?? 0,
+        ...(r.version ? { version: r.version } : {}),
+      })
+    return false
+  }
+  s.frozen.delete(r.id)
   if (r.state === 'starting') {
     if (!s.ready.has(r.id) && !s.starting.has(r.id)) s.starting.set(r.id, { isPending: false })
   } else if (r.state === 'ready' && r.address && !s.dead.has(r.id)) {
@@ -260,6 +293,7 @@ export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean
       ...(r.phases ? { phases: r.phases } : {}),
       ...(r.runtime ? { runtime: r.runtime } : {}),
       ...(r.version ? { version: r.version } : {}),
+      ...(r.thawedAt === undefined ? {} : { isThawed: true }),
     })
     return true
   } else if (r.state === 'draining') {
@@ -275,6 +309,7 @@ export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean
  */
 export function forgetMissing(s: FnState, seen: ReadonlySet<string>, now: number): void {
   for (const id of s.ready.keys()) if (!seen.has(id)) s.ready.delete(id)
+  for (const id of s.frozen.keys()) if (!seen.has(id)) s.frozen.delete(id)
   for (const [id, e] of s.starting) {
     if (!seen.has(id) && !e.isPending && e.goneAt === undefined) s.starting.delete(id)
   }

@@ -23,6 +23,13 @@ test('cold: every phase, CRIU time right after the restore it is part of', () =>
   )
 })
 
+test('thawed: the wait (claim and thaw) and the upstream, never restore phases', () => {
+  assert.equal(
+    serverTiming({ isCold: false, isThawed: true, waitedMs: 0.6, upstreamMs: 2.04 }),
+    'thawed, wait;dur=0.6, upstream;dur=2',
+  )
+})
+
 test('cold from a booted instance says boot (no snapshot restored it)', () => {
   const phases = { queueMs: 3, sandboxMs: 0, restoreMs: 400, readyMs: 90 }
   assert.equal(

@@ -3,6 +3,8 @@ import type { ColdStartPhases } from '../shared/contracts.ts'
 
 export interface TimingInput {
   readonly isCold: boolean
+  /** Served by a standby instance thawed for it: `thawed`, never `cold`. */
+  readonly isThawed?: boolean
   /** Time the request waited in the gateway for a slot. */
   readonly waitedMs: number
   /** The instance's restore phases (cold requests). */
@@ -18,12 +20,13 @@ const ms = (v: number) => (Math.round(v * 10) / 10).toString()
  * `warm, upstream;dur=1.2` for a request served by a running instance;
  * `cold, wait;dur=.., queue;dur=.., sandbox;dur=.., restore;dur=.., criu;dur=.., ready;dur=.., upstream;dur=..`
  * for one that waited for a restore (phases from the executor's result, recorded in the registry);
+ * `thawed, wait;dur=.., upstream;dur=..` for one served by a standby instance thawed for it;
  * `cold, boot, ...` when that instance was booted instead (its `restore` is the container start).
  */
 export function serverTiming(t: TimingInput): string {
-  const parts = [t.isCold ? 'cold' : 'warm']
+  const parts = [t.isThawed ? 'thawed' : t.isCold ? 'cold' : 'warm']
   if (t.isCold && t.isBooted) parts.push('boot')
-  if (t.isCold || t.waitedMs >= 1) parts.push(`wait;dur=${ms(t.waitedMs)}`)
+  if (t.isCold || t.isThawed || t.waitedMs >= 1) parts.push(`wait;dur=${ms(t.waitedMs)}`)
   if (t.isCold && t.phases) {
     parts.push(
       `queue;dur=${ms(t.phases.queueMs)}`,

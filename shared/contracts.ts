@@ -10,7 +10,7 @@ export const RESTORE_QUEUE = 'initless-restore'
 export const RUNTIME_KINDS = ['lazy', 'eager', 'boot', 'docker'] as const
 export type RuntimeKind = (typeof RUNTIME_KINDS)[number]
 
-export type RestoreReason = 'demand' | 'prewarm' | 'min-instances' | 'bench'
+export type RestoreReason = 'demand' | 'prewarm' | 'min-instances' | 'standby' | 'bench'
 
 /**
  * How a restore runs, when not as the function's restore policy and pool decide (benchmarks,
@@ -112,7 +112,12 @@ export interface RestoreJobResult {
   readonly snapshotBytes: number
 }
 
-export const INSTANCE_STATES = ['starting', 'ready', 'draining'] as const
+/**
+ * `frozen`: a standby instance (`scaling.standby`), restored ahead of demand and held in the cgroup
+ * freezer; without an address it is still being restored. A gateway claims it (frozen -> ready, the
+ * event asks its executor to thaw it); until then it takes no requests.
+ */
+export const INSTANCE_STATES = ['starting', 'ready', 'draining', 'frozen'] as const
 export type InstanceState = (typeof INSTANCE_STATES)[number]
 
 /** One instance as the registry holds it. */
@@ -134,6 +139,11 @@ export interface InstanceRecord {
    * for functions served without the registry (static function lists in tests).
    */
   readonly version?: string
+  /** A standby instance: the cgroup's memory when it was frozen (bytes). */
+  readonly memoryBytes?: number
+  /** Epoch ms: when a standby instance was frozen, and when a gateway claimed (thawed) it. */
+  readonly frozenAt?: number
+  readonly thawedAt?: number
 }
 
 /** Events published on {@link EVENTS_CHANNEL} whenever the registry changes. */
@@ -143,7 +153,7 @@ export type RegistryEvent =
       readonly fn: string
       readonly id: string
       readonly state: InstanceState | 'gone'
-      /** `ready` events carry the record as written: subscribers need not read it back. */
+      /** `ready` and `frozen` events carry the record as written: subscribers need not read it back. */
       readonly record?: InstanceRecord
     }
   | { readonly type: 'function'; readonly fn: string; readonly action: 'scale-to-zero' | 'rebake' }

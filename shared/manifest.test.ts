@@ -40,6 +40,7 @@ describe('parseManifest: defaults', () => {
           minInstances: 0,
           idleTimeout: 5 * 60_000,
           poolSize: 0,
+          standby: 0,
           queueLimit: 1000,
         },
         restore: { policy: 'auto' },
@@ -386,6 +387,18 @@ describe('parseManifest: defects', () => {
       yaml: 'port: 8080\nscaling:\n  minInstances: 6\n  maxInstances: 2\n',
       field: 'scaling.minInstances',
       message: /^must not exceed scaling\.maxInstances \(2\)$/,
+    },
+    {
+      name: 'standby > maxInstances',
+      yaml: 'port: 8080\nscaling:\n  standby: 3\n  maxInstances: 2\n',
+      field: 'scaling.standby',
+      message: /^must not exceed scaling\.maxInstances \(2\)$/,
+    },
+    {
+      name: 'negative standby',
+      yaml: 'port: 8080\nscaling:\n  standby: -1\n',
+      field: 'scaling.standby',
+      message: /greater than or equal to 0/,
     },
   ]
 

@@ -140,6 +140,11 @@ export const manifestSchema = z
         minInstances: z.number().int().min(0).max(1000).default(0),
         idleTimeout: duration('duration').default('5m'),
         poolSize: z.number().int().min(0).max(100).default(0),
+        /**
+         * Instances restored ahead of demand and held frozen (cgroup freezer) while the function is
+         * deployed; a request thaws one and another is restored in its place.
+         */
+        standby: z.number().int().min(0).max(100).default(0),
         queueLimit: z.number().int().min(0).max(100_000).default(1000),
       })
       .strict()
@@ -241,6 +246,13 @@ export const manifestSchema = z
   })
   .strict()
   .superRefine((m, ctx) => {
+    if (m.scaling.standby > m.scaling.maxInstances) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['scaling', 'standby'],
+        message: `must not exceed scaling.maxInstances (${m.scaling.maxInstances})`,
+      })
+    }
     const files = new Set<string>()
     for (const [i, entry] of (m.secrets ?? []).entries()) {
       const { name } = parseSecretRef(m.name, entry)

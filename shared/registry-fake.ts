@@ -10,6 +10,7 @@ import {
   type ScalingEstimates,
 } from './contracts.ts'
 import { parseScalingEstimates, type InstanceRegistry, type RegistryListener } from './registry.ts'
+import { isClaimable, standbyReservation } from './registry-standby.ts'
 import { subnetsOverlap } from './subnet.ts'
 
 export interface FakeRegistry extends InstanceRegistry {
@@ -80,7 +81,7 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
       await Promise.resolve()
       check()
       const cur = instances.get(fn)?.get(id)
-      if (!cur || cur.state === 'draining') return false
+      if (!cur || cur.state === 'draining' || cur.state === 'frozen') return false
       const record: InstanceRecord = {
         ...cur,
         state: 'ready',
@@ -94,6 +95,50 @@ export function createFakeRegistry(options: { now?: () => number } = {}): FakeRe
       hash(fn).set(id, record)
       publish({ type: 'instance', fn, id, state: 'ready', record: structuredClone(record) })
       return true
+    },
+    async reserveStandby(fn, limits, instanceId, hostId) {
+      await Promise.resolve()
+      check()
+      const h = hash(fn)
+      const all = [...h.values()]
+      const counted = all.filter((r) => r.state !== 'draining').length
+      const frozen = all.filter(
+        (r) => r.state === 'frozen' && (limits.version === undefined || r.version === limits.version),
+      ).length
+      if (h.has(instanceId) || counted >= limits.maxInstances || frozen >= limits.standby) return false
+      h.set(instanceId, standbyReservation(fn, instanceId, hostId, now(), limits.version))
+      fns.add(fn)
+      publish({ type: 'instance', fn, id: instanceId, state: 'frozen' })
+      return true
+    },
+    async markFrozen(fn, id, info) {
+      await Promise.resolve()
+      check()
+      const cur = instances.get(fn)?.get(id)
+      if (cur?.state !== 'frozen' || cur.address) return false
+      const { address, runtime, phases, hostId, memoryBytes } = info
+      const record: InstanceRecord = {
+        ...cur,
+        address: { ...address },
+        runtime,
+        phases: { ...phases },
+        hostId,
+        memoryBytes,
+        frozenAt: now(),
+      }
+      hash(fn).set(id, record)
+      publish({ type: 'instance', fn, id, state: 'frozen', record: structuredClone(record) })
+      return true
+    },
+    async claimStandby(fn, id, version) {
+      await Promise.resolve()
+      check()
+      const cur = instances.get(fn)?.get(id)
+      if (!cur || !isClaimable(cur, version)) return undefined
+      const record: InstanceRecord = { ...cur, state: 'ready', readyAt: now(), thawedAt: now() }
+      hash(fn).set(id, record)
+      publish({ type: 'instance', fn, id, state: 'ready', record: structuredClone(record) })
+      return structuredClone(record)
     },
     async markDraining(fn, id) {
       await Promise.resolve()

@@ -23,6 +23,13 @@ import {
   type ScalingEstimates,
 } from './contracts.ts'
 import { subscribeChannel } from './redis.ts'
+import {
+  CLAIM_STANDBY,
+  MARK_FROZEN,
+  RESERVE_STANDBY,
+  standbyReservation,
+  type StandbyRegistry,
+} from './registry-standby.ts'
 import { subnetRange } from './subnet.ts'
 
 export interface RegistryListener {
@@ -35,7 +42,7 @@ export interface RegistrySubscription {
   close(): Promise<void>
 }
 
-export interface InstanceRegistry {
+export interface InstanceRegistry extends StandbyRegistry {
   /**
    * Atomically create a `starting` record for `instanceId` if `fn` has fewer than `maxInstances`
    * records that are not draining. False when the function is full or the id is taken.
@@ -122,14 +129,15 @@ export function parseScalingEstimates(json: string | null | undefined): ScalingE
   }
 }
 
+/** Does `r` describe the ready (or frozen, restored) instance the event `e` is about? */
 function isReadyRecord(r: unknown, e: Record<string, unknown>): r is InstanceRecord {
-  if (typeof r !== 'object' || r === null || e.state !== 'ready') return false
+  if (typeof r !== 'object' || r === null || (e.state !== 'ready' && e.state !== 'frozen')) return false
   const rec = r as Record<string, unknown>
   const address = rec.address as Record<string, unknown> | undefined
   return (
     rec.id === e.id &&
     rec.fn === e.fn &&
-    rec.state === 'ready' &&
+    rec.state === e.state &&
     typeof address?.host === 'string' &&
     typeof address.port === 'number'
   )
@@ -170,13 +178,14 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1`
 
 // KEYS[1] instances hash. ARGV: id, address JSON, runtime, phases JSON, hostId, readyAt, channel, fn.
-// Only a starting or ready record may become ready: a withdrawn or draining one may not come back.
+// Only a starting or ready record may become ready: a withdrawn or draining one may not come back,
+// and a standby one becomes ready only when a gateway claims it (CLAIM_STANDBY).
 // The event carries the record.
 const MARK_READY = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local r = cjson.decode(cur)
-if r.state == 'draining' then return 0 end
+if r.state == 'draining' or r.state == 'frozen' then return 0 end
 r.state = 'ready'
 r.address = cjson.decode(ARGV[2])
 r.runtime = ARGV[3]
@@ -353,6 +362,41 @@ export function createRedisRegistry(deps: RedisRegistryDeps): InstanceRegistry {
         ],
         [fn],
       ),
+    reserveStandby(fn, limits, instanceId, hostId) {
+      const record = standbyReservation(fn, instanceId, hostId, now(), limits.version)
+      return run(
+        RESERVE_STANDBY,
+        [k(keys.instances(fn)), k(keys.functions())],
+        [
+          instanceId,
+          limits.standby,
+          limits.maxInstances,
+          JSON.stringify(record),
+          fn,
+          channel,
+          instanceEvent(fn, instanceId, 'frozen'),
+          limits.version ?? '',
+        ],
+      )
+    },
+    markFrozen(fn, id, info) {
+      const { address, runtime, phases, hostId, memoryBytes } = info
+      const json = JSON.stringify({ address, runtime, phases, hostId, memoryBytes })
+      return run(MARK_FROZEN, [k(keys.instances(fn))], [id, json, now(), channel, fn])
+    },
+    async claimStandby(fn, id, version) {
+      const json = (await redis.eval(
+        CLAIM_STANDBY,
+        1,
+        k(keys.instances(fn)),
+        id,
+        now(),
+        channel,
+        fn,
+        version ?? '',
+      )) as string | null
+      return json ? parseRecords(fn, { [id]: json })[0] : undefined
+    },
     markDraining: (fn, id) =>
       run(MARK_DRAINING, [k(keys.instances(fn))], [id, channel, instanceEvent(fn, id, 'draining')]),
     withdraw: (fn, id) => removeWith(fn, id, true),

@@ -254,6 +254,61 @@ for (const impl of impls) {
       assert.deepEqual(await r.scalingEstimates('fn-g'), { restoreMs: 200, serviceMs: 12, at: 102 })
       assert.deepEqual(await r.scalingEstimates('fn-h'), { serviceMs: 3, at: 101 })
     })
+
+    test('standby: reserved up to standby and maxInstances, frozen, claimed once, of its version only', async () => {
+      const r = await impl.create()
+      const c = await collect(r)
+      const limits = { standby: 2, maxInstances: 3, version: 'v1' }
+      const reserved = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => r.reserveStandby('sb', limits, `s${i}`, 'h1')),
+      )
+      assert.equal(reserved.filter(Boolean).length, 2, 'atomic: standby caps the frozen records')
+      const ids = (await r.list('sb')).map((x) => x.id).sort()
+      assert.equal(
+        (await r.list('sb')).every((x) => x.state === 'frozen' && !x.address),
+        true,
+      )
+      // Not claimable while it is being restored, and a second markFrozen is refused.
+      assert.equal(await r.claimStandby('sb', ids[0]!), undefined)
+      const info = {
+        address: ADDR,
+        runtime: 'lazy' as const,
+        phases: PHASES,
+        hostId: 'h1',
+        memoryBytes: 12345678,
+      }
+      assert.equal(await r.markFrozen('sb', ids[0]!, info), true)
+      assert.equal(await r.markFrozen('sb', ids[0]!, info), false)
+      assert.equal(await r.markReady('sb', ids[0]!, ADDR, 'lazy', PHASES, 'h1'), false, 'only a claim thaws')
+      const frozen = await r.get('sb', ids[0]!)
+      assert.equal(frozen?.state, 'frozen')
+      assert.equal(frozen?.memoryBytes, 12345678)
+      assert.equal(frozen?.version, 'v1')
+      assert.equal(typeof frozen?.frozenAt, 'number')
+      // maxInstances counts frozen records: one more ordinary reservation fits, then none.
+      assert.equal(await r.reserve('sb', 3, 'x1'), true)
+      assert.equal(await r.reserve('sb', 3, 'x2'), false)
+      // A claim for another version fails; of the right one, once only, even when raced.
+      assert.equal(await r.claimStandby('sb', ids[0]!, 'v2'), undefined)
+      const claims = await Promise.all(Array.from({ length: 5 }, () => r.claimStandby('sb', ids[0]!, 'v1')))
+      const won = claims.filter((x) => x !== undefined)
+      assert.equal(won.length, 1)
+      assert.equal(won[0]?.state, 'ready')
+      assert.deepEqual(won[0]?.address, ADDR)
+      assert.equal(typeof won[0]?.thawedAt, 'number')
+      // The frozen event carries the record; the claim publishes `ready` with it.
+      const events = await c.until(5)
+      const mine = events.filter((e) => e.type === 'instance' && e.id === ids[0])
+      assert.deepEqual(
+        mine.map((e) => (e.type === 'instance' ? [e.state, e.record?.state] : [])),
+        [
+          ['frozen', undefined],
+          ['frozen', 'frozen'],
+          ['ready', 'ready'],
+        ],
+      )
+      await c.sub.close()
+    })
   })
 }
 

@@ -334,6 +334,13 @@ export async function destroyCgroup(layout: CgroupLayout, relPath: string): Prom
       }
     }
   }
+  // A frozen cgroup's tasks (a standby instance) act on the SIGKILL only once thawed: thawed after
+  // the kill, so none of them runs another instruction of its own. Missing file: no freezer.
+  const freezer = hierarchyWith(layout, 'freezer')
+  const thaw = layout.v2
+    ? { file: join(layout.root, relPath, 'cgroup.freeze'), value: '0' }
+    : freezer && { file: join(layout.root, freezer, relPath, 'freezer.state'), value: 'THAWED' }
+  if (thaw) await writeFile(thaw.file, thaw.value, { flag: 'r+' }).catch(() => undefined)
   for (const dir of dirs) {
     for (let attempt = 0; attempt < 20; attempt++) {
       const err = await rmdir(dir).then(

@@ -18,6 +18,7 @@ import { ensureImageRootfs } from '../adapters/rootfs.ts'
 import { chooseRuntime, type Runtime, type StartedInstance } from '../runtimes/runtimes.ts'
 import { sandboxLimits, type Sandbox, type SandboxManager } from '../sandbox/sandbox.ts'
 import type { Snapshot, SnapshotStore } from '../snapshots/snapshot-store.ts'
+import type { CgroupUsage } from '../adapters/freezer.ts'
 import { createSandboxPools, type SandboxPools } from './pools.ts'
 import { createPreparations, type Prepared } from './preparations.ts'
 import { createSnapshotHealth, type ScrubResult } from './snapshot-health.ts'
@@ -32,12 +33,12 @@ export interface InstanceManagerDeps {
   readonly stateDir: string
   readonly lazyThreshold: number
   readonly functions: () => readonly FunctionDef[]
-  readonly registry: Pick<InstanceRegistry, 'markReady' | 'remove'>
+  readonly registry: Pick<InstanceRegistry, 'markReady' | 'markFrozen' | 'remove'>
   readonly builder: Pick<ImageBuilder, 'build'>
   readonly baker: Pick<Baker, 'bake'>
   readonly store: Pick<SnapshotStore, 'usable' | 'markBroken' | 'verify' | 'scrub'>
   readonly docker: Pick<DockerEngine, 'exportRootfs' | 'removeContainer' | 'containerRunning'>
-  readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy' | 'limitEvents'>
+  readonly sandboxes: Pick<SandboxManager, 'prepare' | 'destroy' | 'limitEvents' | 'setFrozen' | 'usage'>
   /** `docker` (Docker's checkpoint API) serves only jobs that ask for it; without it they fail. */
   readonly runtimes: InstanceRuntimes
   readonly logger: Logger
@@ -84,6 +85,12 @@ export interface InstanceManager {
    */
   scrub(): Promise<ScrubResult[]>
   poolSize(fn: string): number
+  /** Ids of this host's standby instances still frozen. */
+  frozen(): readonly string[]
+  /** Thaw a frozen standby instance (a gateway claimed it). False when it is not one of them. */
+  thaw(id: string): Promise<boolean>
+  /** The memory an instance's cgroup holds and the CPU time it used; undefined without a sandbox. */
+  usage(id: string): Promise<CgroupUsage | undefined>
 }
 
 /**
@@ -281,6 +288,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     const inst = await startOrBoot(job, fn, prep)
     live.set(inst.id, inst)
     const phases = { queueMs: Math.max(0, pickedAt - job.enqueuedAt), ...inst.phases }
+    if (job.reason === 'standby') return freezeStandby(fn, inst, phases)
     const stillWanted = await deps.registry
       .markReady(
         fn.name,
@@ -314,6 +322,41 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     return jobResult(inst, deps.hostId, phases)
   }
 
+  /** Ids of standby instances frozen now (cleared when thawed or stopped). */
+  const frozen = new Set<string>()
+
+  /**
+   * A standby instance is ready: freeze its cgroup, then record it frozen with the memory it holds.
+   * Frozen before the record has its address: no gateway can claim it while it still runs.
+   */
+  async function freezeStandby(
+    fn: FunctionDef,
+    inst: StartedInstance,
+    phases: RestoreJobResult['phases'],
+  ): Promise<RestoreJobResult> {
+    const sandbox = inst.sandbox
+    try {
+      if (!sandbox)
+        throw new InitlessError('ERR_RESTORE_FAILED', `${inst.runtime} instances cannot be frozen`)
+      await deps.sandboxes.setFrozen(sandbox, true)
+      frozen.add(inst.id)
+      const { memoryBytes } = await deps.sandboxes.usage(sandbox)
+      const info = { address: { host: inst.ip, port: inst.port }, runtime: inst.runtime, phases }
+      const kept = await deps.registry.markFrozen(fn.name, inst.id, {
+        ...info,
+        hostId: deps.hostId,
+        memoryBytes,
+        ...(fn.version ? { version: fn.version } : {}),
+      })
+      if (!kept) throw new InitlessError('ERR_INSTANCE_DIED', `${fn.name}: standby ${inst.id} was withdrawn`)
+      log.info({ fn: fn.name, id: inst.id, runtime: inst.runtime, memoryBytes, ...phases }, 'standby frozen')
+      return jobResult(inst, deps.hostId, phases)
+    } catch (err) {
+      await manager.stop(inst.id, 'standby not kept')
+      throw err
+    }
+  }
+
   const manager: InstanceManager = {
     async start(job) {
       const pickedAt = Date.now()
@@ -334,6 +377,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
       const inst = live.get(id)
       if (!inst) return
       live.delete(id)
+      frozen.delete(id)
       log.info({ fn: inst.fn, id, reason }, 'instance stopped')
       await deps.registry
         .remove(inst.fn, id)
@@ -371,6 +415,20 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     poolSize: (fn) => pools.size(fn),
 
     scrub: () => health.scrub(),
+
+    frozen: () => [...frozen],
+
+    async thaw(id) {
+      const sandbox = live.get(id)?.sandbox
+      if (!frozen.delete(id) || !sandbox) return false
+      await deps.sandboxes.setFrozen(sandbox, false)
+      return true
+    },
+
+    async usage(id) {
+      const sandbox = live.get(id)?.sandbox
+      return sandbox && deps.sandboxes.usage(sandbox)
+    },
 
     async stopAll(reason) {
       await Promise.all([...live.keys()].map((id) => manager.stop(id, reason).catch(() => undefined)))

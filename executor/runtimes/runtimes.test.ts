@@ -71,6 +71,8 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
       workDir: unexpected('workDir'),
       limitCpu: async (sb) => void calls.push(`limit cpu ${sb.id}`),
       fillSecrets: unexpected('fillSecrets'),
+      setFrozen: unexpected('setFrozen'),
+      usage: unexpected('usage'),
       limitEvents: unexpected('limitEvents'),
       destroy: unexpected('destroy'),
     },

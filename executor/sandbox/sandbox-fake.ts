@@ -29,6 +29,8 @@ export interface FakeSandboxes {
   readonly limited: string[]
   /** Secrets written per sandbox id (name -> value), as fillSecrets got them. */
   readonly secrets: Map<string, Record<string, string>>
+  /** Ids whose cgroup is frozen now. */
+  readonly frozen: Set<string>
 }
 
 /**
@@ -48,6 +50,7 @@ export function createFakeSandboxes(opts: {
   const destroyed: string[] = []
   const limited: string[] = []
   const secrets = new Map<string, Record<string, string>>()
+  const frozen = new Set<string>()
   const live = new Set<string>()
   const path: RestorePath = { direct: opts.direct ?? true, settled: true, reason: 'fake' }
   const sandboxes: SandboxManager = {
@@ -89,6 +92,13 @@ export function createFakeSandboxes(opts: {
     async limitCpu(sb) {
       limited.push(sb.id)
     },
+    async setFrozen(sb, isFrozen) {
+      if (isFrozen) frozen.add(sb.id)
+      else frozen.delete(sb.id)
+    },
+    async usage(sb) {
+      return { memoryBytes: live.has(sb.id) ? 20 * 1024 * 1024 : 0, cpuNs: 0 }
+    },
     async limitEvents(sb) {
       return opts.limitEvents?.(sb.id) ?? { oomKills: 0, pidsMax: 0, diskFull: false }
     },
@@ -100,5 +110,5 @@ export function createFakeSandboxes(opts: {
       await rm(sb.dir, { recursive: true, force: true })
     },
   }
-  return { sandboxes, requests, destroyed, limited, secrets, live: () => [...live] }
+  return { sandboxes, requests, destroyed, limited, frozen, secrets, live: () => [...live] }
 }

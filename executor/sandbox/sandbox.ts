@@ -31,6 +31,7 @@ import {
   type CgroupLimitEvents,
 } from '../adapters/cgroups.ts'
 import { criuDumpConfigText, type ExternalMount } from '../adapters/criu.ts'
+import { cgroupUsage, freezeCgroup, thawCgroup, type CgroupUsage } from '../adapters/freezer.ts'
 import { vethName, type IpAllocator, type NamespaceHandle, type NetworkManager } from '../adapters/network.ts'
 import { buildOciSpec, criuExternalMounts } from './oci-spec.ts'
 import { probeRestorePath, type RestorePath } from './restore-path.ts'
@@ -126,6 +127,10 @@ export interface SandboxManager {
   workDir(id: string): Promise<string>
   /** Apply the CPU limit a restore's sandbox was prepared without (call once the restore is done). */
   limitCpu(sandbox: Pick<Sandbox, 'id' | 'cpus'>): Promise<void>
+  /** Freeze (waiting until every task stopped) or thaw the sandbox's cgroup (standby instances). */
+  setFrozen(sandbox: Pick<Sandbox, 'id'>, isFrozen: boolean): Promise<void>
+  /** The memory the sandbox's cgroup holds and the CPU time its tasks used. */
+  usage(sandbox: Pick<Sandbox, 'id'>): Promise<CgroupUsage>
   /** The limits the sandbox hit so far (read before destroy: its cgroup goes with it). */
   limitEvents(sandbox: Pick<Sandbox, 'id' | 'dir'>): Promise<SandboxLimitEvents>
   /**
@@ -487,6 +492,15 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
 
     async limitCpu(sb) {
       await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
+    },
+
+    async setFrozen(sb, isFrozen) {
+      const layout = await cgroupLayout()
+      await (isFrozen ? freezeCgroup : thawCgroup)(layout, cgroupPath(sb.id))
+    },
+
+    async usage(sb) {
+      return cgroupUsage(await cgroupLayout(), cgroupPath(sb.id))
     },
 
     async limitEvents(sb) {

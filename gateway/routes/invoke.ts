@@ -109,7 +109,7 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
         const lease =
           deps.pool.tryAcquire(manifest) ??
           (await deps.pool.acquire(manifest, { traceId: requestId, signal: (signal ??= req.signal()) }))
-        start = lease.isCold ? 'cold' : 'warm'
+        start = lease.isThawed ? 'thawed' : lease.isCold ? 'cold' : 'warm'
         deps.metrics.waited(name, start, lease.waitedMs)
         try {
           const result = await deps.forwarder.forward({
@@ -122,6 +122,7 @@ export function createInvoke(deps: InvokeRouteDeps): Invoke {
             responseHeaders: (upstreamMs) => ({
               'server-timing': serverTiming({
                 isCold: lease.isCold,
+                isThawed: lease.isThawed,
                 waitedMs: lease.waitedMs,
                 phases: lease.phases,
                 isBooted: lease.isBooted,
