@@ -46,7 +46,7 @@ export async function adminCall<T>(
   target: AdminTarget,
   method: string,
   path: string,
-  body?: { readonly json: unknown } | { readonly tar: Buffer },
+  body?: { readonly json: unknown } | { readonly tar: Buffer } | { readonly raw: Buffer },
   timeoutMs = 20 * 60_000,
 ): Promise<T> {
   const headers: Record<string, string> = { authorization: `Bearer ${target.token}` }
@@ -54,9 +54,12 @@ export async function adminCall<T>(
   if (body && 'json' in body) {
     headers['content-type'] = 'application/json'
     payload = JSON.stringify(body.json)
-  } else if (body) {
+  } else if (body && 'tar' in body) {
     headers['content-type'] = 'application/x-tar'
     payload = body.tar
+  } else if (body) {
+    headers['content-type'] = 'application/octet-stream'
+    payload = body.raw
   }
   const res = await fetch(`${target.url}/admin${path}`, {
     method,
@@ -84,7 +87,8 @@ export async function adminCall<T>(
   )
 }
 
-export type DeployAnswer = DeployResult
+/** A deploy's answer: the result, and the declared secrets that have no value yet. */
+export type DeployAnswer = DeployResult & { readonly missingSecrets?: readonly string[] }
 
 /** Upload one function folder and wait for its deploy. */
 export async function deployFunction(
@@ -105,7 +109,11 @@ export function describeDeploy(r: DeployAnswer): string {
         : r.status === 'activated'
           ? `kept version activated (was ${r.previous ?? 'none'})`
           : `deployed (was ${r.previous ?? 'none'})${r.built ? `  build ${(r.buildMs ?? 0) / 1000} s` : '  image up to date'}${r.baked ? `  bake ${(r.bakeMs ?? 0) / 1000} s` : ''}`
-  return `${r.fn.padEnd(18)} ${r.version}  ${what}  ${r.ms} ms`
+  const warnings = (r.missingSecrets ?? []).map(
+    (s) =>
+      `\n${' '.repeat(19)}warning: secret ${s} has no value: instances fail until \`initless secrets set ${s.replace('/', ' ')}\``,
+  )
+  return `${r.fn.padEnd(18)} ${r.version}  ${what}  ${r.ms} ms${warnings.join('')}`
 }
 
 /** A deploy failure as lines: the step, the cause and the function's last output. */

@@ -19,13 +19,16 @@ import { startDevLoop } from './dev-loop.ts'
 import { gatewayUrl } from './launcher.ts'
 import type { CliIo } from './progress.ts'
 
-/** The running stack's admin API: INITLESS_GATEWAY_URL (or host/port) and INITLESS_ADMIN_TOKEN. */
-export function target(): AdminTarget {
+/**
+ * The running stack's admin API: INITLESS_GATEWAY_URL (or host/port) and INITLESS_ADMIN_TOKEN;
+ * `what` names the commands in the error.
+ */
+export function target(what = 'the lifecycle commands'): AdminTarget {
   const token = process.env.INITLESS_ADMIN_TOKEN
   if (!token)
     throw new InitlessError(
       'ERR_CONFIG_INVALID',
-      'INITLESS_ADMIN_TOKEN is not set: the lifecycle commands use the gateway admin API',
+      `INITLESS_ADMIN_TOKEN is not set: ${what} use the gateway admin API`,
     )
   return { url: gatewayUrl(process.env), token }
 }

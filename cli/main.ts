@@ -16,6 +16,7 @@ import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerLifecycleCommands } from './lifecycle-commands.ts'
 import { registerAsyncCommands } from './async-commands.ts'
+import { registerSecretsCommands } from './secrets-commands.ts'
 import { registerKeyCommands } from './keys-commands.ts'
 import { registerBenchCommand } from './bench-command.ts'
 import { createProgress, type CliIo } from './progress.ts'
@@ -111,6 +112,7 @@ registerLifecycleCommands(program, io)
 registerBenchCommand(program, io)
 registerServiceCommands(program, io)
 registerAsyncCommands(program, io)
+registerSecretsCommands(program, io)
 registerKeyCommands(program, io)
 
 function globalOpts(): { json?: boolean; quiet?: boolean; verbose?: boolean } {

@@ -30,6 +30,9 @@ import { reconcile, removeHostContainers, snapshotUsage } from './instances/reco
 import { createRestoreWorker, type RestoreWorker } from './instances/worker.ts'
 import { formatRestorePath, lazyRestoreHazard, readThpMode } from './sandbox/restore-path.ts'
 import type { SandboxManager } from './sandbox/sandbox.ts'
+import { createSecretFiles, type SecretFiles } from './sandbox/secret-files.ts'
+import { loadSecretSealer } from '../shared/secret-crypto.ts'
+import { createRedisSecretStore } from '../shared/secret-store.ts'
 import type { SnapshotStore } from './snapshots/snapshot-store.ts'
 import { applyNetworkPolicy, type NetworkPolicy } from './sandbox/network-policy.ts'
 import {
@@ -189,6 +192,7 @@ function shutdownSteps(p: {
   readonly subscription: RegistrySubscription
   readonly redis: Redis
   readonly stateLock: StateDirLock
+  readonly secretFiles: Pick<SecretFiles, 'close'>
 }): ShutdownStep[] {
   return [
     { name: 'timers', run: () => p.timers.forEach((t) => clearInterval(t)) },
@@ -209,6 +213,8 @@ function shutdownSteps(p: {
     // From here every step runs to its end whatever the deadline (nothing may be left running),
     // except those that wait for Redis, which get a few seconds.
     { name: 'instances', timeoutMs: Infinity, run: () => p.instances.stopAll('executor shutdown') },
+    // Instances keep their own bind mounts of their directories; the host's view goes.
+    { name: 'secret files', timeoutMs: Infinity, run: () => p.secretFiles.close() },
     // Templates hold checkpoints in Docker's storage; reconcile would remove them at the next start.
     { name: 'docker templates', timeoutMs: Infinity, run: () => p.runtimes.docker.discard() },
     // A preparation still running (a bake) may be exporting an image: its container would
@@ -245,17 +251,23 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
 
   // The host's adapters, and the units over them.
   const adapters = createHostAdapters(config, logger)
-  const sandboxes = createSandboxes(config, adapters)
+  const secretFiles = createSecretFiles({ stateDir: config.INITLESS_STATE_DIR, mounter: adapters.mounter })
+  const sandboxes = createSandboxes(config, adapters, secretFiles)
   const store = createStore(config)
   const builder = createBuilder(config, adapters, logger)
   const baker = createHostBaker(config, adapters, sandboxes, store, logger)
-  const runtimes = createRuntimes(adapters, sandboxes, store, logger)
+  const runtimes = createRuntimes(adapters, sandboxes, store, logger, secretFiles)
   // A start that fails past this point leaves nothing behind.
   let follower: RegistryFollower | undefined
   const release = async (err: unknown): Promise<never> => {
     await follower?.close()
     await stateLock.release()
     throw err
+  }
+  const sealer = await loadSecretSealer(config.INITLESS_SECRETS_KEY_FILE).catch(release)
+  const secrets = {
+    store: createRedisSecretStore({ redis, sealer, prefix: config.INITLESS_KEY_PREFIX }),
+    files: secretFiles,
   }
   const units = { redis, store, docker: adapters.docker, builder, baker, logger }
   if (!deps.functions) follower = await createRegistryFollower(config, units).catch(release)
@@ -288,7 +300,10 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     sandboxes,
     runtimes,
     logger,
+    secrets,
   })
+  // A crashed run's secrets tmpfs (its instances are reconciled away below).
+  await secretFiles.close()
   await reconcile({ hostId, stateDir: config.INITLESS_STATE_DIR, ...adapters, registry, logger })
   // Before the first instance exists: no instance ever runs outside the policy.
   const policy = await applyNetworkPolicy({
@@ -340,7 +355,10 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
   })
 
   const prepared = prepareAll(instances, functions(), logger)
-  logger.info({ hostId, functions: functions().map((f) => f.name) }, 'executor started')
+  logger.info(
+    { hostId, functions: functions().map((f) => f.name), secretsEncrypted: sealer.encrypts },
+    'executor started',
+  )
   logRestorePath(sandboxes, adapters.helperPath !== undefined, logger)
 
   const steps = shutdownSteps({
@@ -359,6 +377,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     subscription,
     redis,
     stateLock,
+    secretFiles,
   })
   const shutdown = createShutdown({ logger, deadlineMs: config.INITLESS_SHUTDOWN_TIMEOUT, steps })
   let closing: Promise<ShutdownResult> | undefined

@@ -19,6 +19,7 @@ import { createDockerCheckpointRuntime, type DockerCheckpointRuntime } from './r
 import { createBootRuntime, createRuncRestoreRuntime, type Runtime } from './runtimes/runtimes.ts'
 import { runRestoreSelfTest, type SelfTestStep } from './runtimes/selftest.ts'
 import { createSandboxManager, type SandboxManager } from './sandbox/sandbox.ts'
+import type { SecretFiles } from './sandbox/secret-files.ts'
 import { createBaker, type Baker, type HostVersions } from './snapshots/bake.ts'
 import { createImageBuilder, type ImageBuilder } from './snapshots/build.ts'
 import { createSnapshotStore, type Snapshot, type SnapshotStore } from './snapshots/snapshot-store.ts'
@@ -85,8 +86,11 @@ export function createHostAdapters(config: ExecutorConfig, logger: Logger): Host
 export function createSandboxes(
   config: ExecutorConfig,
   a: Pick<HostAdapters, 'network' | 'ips' | 'mounter' | 'runc' | 'helpers'>,
+  /** The executor's secret files; without, restores mount an empty /run/secrets (CLI, doctor). */
+  secrets?: SecretFiles,
 ): SandboxManager {
   return createSandboxManager({
+    ...(secrets ? { secrets } : {}),
     stateDir: config.INITLESS_STATE_DIR,
     network: a.network,
     ips: a.ips,
@@ -141,12 +145,13 @@ export function createRuntimes(
   sandboxes: SandboxManager,
   store: Pick<SnapshotStore, 'verify'>,
   logger: Logger,
+  secrets?: SecretFiles,
 ): Runtimes {
   const restore = { runc: a.runc, criu: a.criu, sandboxes, verify: (s: Snapshot) => store.verify(s) }
   return {
     lazy: createRuncRestoreRuntime({ ...restore, lazy: true }),
     eager: createRuncRestoreRuntime({ ...restore, lazy: false }),
-    boot: createBootRuntime({ docker: a.docker }),
+    boot: createBootRuntime({ docker: a.docker, ...(secrets ? { secrets } : {}) }),
     docker: createDockerCheckpointRuntime({ docker: a.docker, logger }),
   }
 }

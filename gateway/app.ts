@@ -21,6 +21,7 @@ import { createAdminRoutes } from './routes/admin.ts'
 import type { KeyRouteDeps } from './routes/keys.ts'
 import { createHealthRoutes } from './routes/health.ts'
 import type { LifecycleRouteDeps } from './routes/lifecycle.ts'
+import type { SecretRouteDeps } from './routes/secrets.ts'
 import { createInvoke, createInvokeRoutes } from './routes/invoke.ts'
 
 export interface GatewayAppDeps {
@@ -36,6 +37,8 @@ export interface GatewayAppDeps {
   readonly deaths?: DeathReports
   /** The admin API's deploy, versions, rollback and delete routes. */
   readonly lifecycle?: LifecycleRouteDeps
+  /** The admin API's secret routes. */
+  readonly secrets?: SecretRouteDeps
   /** Invocation keys and rate limits; absent: every function is open and unlimited. */
   readonly access?: {
     readonly admission: Admission
@@ -113,6 +116,7 @@ export function createGateway(deps: GatewayAppDeps): Gateway {
       registry: deps.registry,
       adminToken: deps.options.adminToken,
       ...(deps.lifecycle ? { lifecycle: deps.lifecycle } : {}),
+      ...(deps.secrets ? { secrets: deps.secrets } : {}),
       ...(deps.access ? { keys: deps.access.keys } : {}),
     }),
   )

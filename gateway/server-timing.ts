@@ -33,6 +33,7 @@ export function serverTiming(t: TimingInput): string {
       `sandbox;dur=${ms(t.phases.sandboxMs)}`,
       `restore;dur=${ms(t.phases.restoreMs)}`,
       ...(t.phases.criuMs === undefined ? [] : [`criu;dur=${ms(t.phases.criuMs)}`]),
+      ...(t.phases.secretsMs === undefined ? [] : [`secrets;dur=${ms(t.phases.secretsMs)}`]),
       `ready;dur=${ms(t.phases.readyMs)}`,
     )
   }

@@ -8,6 +8,8 @@ import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { errorMessage } from '../shared/errors.ts'
 import type { Redis } from '../shared/redis.ts'
+import { loadSecretSealer } from '../shared/secret-crypto.ts'
+import { createRedisSecretStore } from '../shared/secret-store.ts'
 import { createRedisInstanceDeaths } from '../shared/instance-deaths.ts'
 import { createRedisRegistry, type InstanceRegistry } from '../shared/registry.ts'
 import { createDeathReports } from './instance-deaths.ts'
@@ -74,6 +76,8 @@ export interface RunningGateway {
 /** Start the gateway; resolves once it listens. It owns the clients in `deps` from then on. */
 export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Promise<RunningGateway> {
   const { logger, redis, queue, forwarder, worker } = deps
+  // First: a bad key file fails the start before anything is opened.
+  const sealer = await loadSecretSealer(config.INITLESS_SECRETS_KEY_FILE)
   // While Redis is down commands fail after two reconnect attempts instead of waiting (cold
   // requests get 503); ioredis keeps reconnecting forever.
   let isRedisDown = false
@@ -139,6 +143,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     if (manifest) asyncRole?.workers?.follow(manifest)
     else if (!after) asyncRole?.workers?.forget(fn)
   })
+  const secretStore = createRedisSecretStore({ redis, sealer, prefix: config.INITLESS_KEY_PREFIX })
   const { listener } = createGateway({
     catalog,
     pool,
@@ -146,6 +151,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
     forwarder,
     deaths: createDeathReports({ deaths, registry }),
     logger,
+    secrets: { store: secretStore, catalog, encrypted: sealer.encrypts },
     ...(functions && deployQueue
       ? {
           lifecycle: {
@@ -153,6 +159,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps): Pr
             maxContextBytes: config.INITLESS_MAX_CONTEXT,
             onOutcome: (fn: string, outcome: string) => metrics.lifecycle(fn, outcome),
             seen: (fn: string) => watcher?.refreshOne(fn) ?? Promise.resolve(),
+            secrets: secretStore,
             onDeleted: (fn: string) => access.revokeAll(fn),
             deploys: createDeploys({
               functions,

@@ -170,6 +170,7 @@ export interface TestGatewayOptions {
   /** The admin API's lifecycle routes (deploy, versions, rollback, delete). */
   readonly lifecycle?: LifecycleRouteDeps
   readonly async?: GatewayAppDeps['async']
+  readonly secrets?: GatewayAppDeps['secrets']
   /** Invocation keys and rate limits. */
   readonly access?: GatewayAppDeps['access']
   readonly deaths?: GatewayAppDeps['deaths']
@@ -210,6 +211,7 @@ export async function createTestGateway(o: TestGatewayOptions): Promise<TestGate
     ...(o.now ? { now: o.now } : {}),
     ...(o.lifecycle ? { lifecycle: o.lifecycle } : {}),
     ...(o.async ? { async: o.async } : {}),
+    ...(o.secrets ? { secrets: o.secrets } : {}),
     ...(o.access ? { access: o.access } : {}),
     ...(o.deaths ? { deaths: o.deaths } : {}),
   })

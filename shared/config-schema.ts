@@ -65,6 +65,11 @@ export const commonEnvSchema = z.object({
     .string()
     .regex(/^[A-Za-z0-9_:-]{1,64}$/, 'expected letters, digits, _ : and -')
     .default('initless'),
+  /**
+   * Key that seals secret values in Redis (shared/secret-crypto.ts): gateways encrypt with it,
+   * executors decrypt. Unset: values are stored unencrypted.
+   */
+  INITLESS_SECRETS_KEY_FILE: z.string().regex(/^\//, 'expected an absolute path').optional(),
 })
 
 /**

@@ -85,6 +85,11 @@ export interface ColdStartPhases {
    * runc, CRIU's own log). The rest is the executor's (and runc's) work around it.
    */
   readonly criuMs?: number
+  /**
+   * Reading the function's secrets from Redis and writing them for the instance (functions that
+   * declare secrets only): the read precedes sandboxMs, the writing is part of restoreMs.
+   */
+  readonly secretsMs?: number
   /** Restore returned -> the readiness probe answered. */
   readonly readyMs: number
 }
@@ -182,6 +187,10 @@ export const keys = {
   context: (fn: string, version: string) => `${KEY_PREFIX}:context:${fn}:${version}`,
   /** STRING with a TTL: who holds the function's change lock (a deploy or a rollback running). */
   changeLock: (fn: string) => `${KEY_PREFIX}:changelock:${fn}`,
+  /** HASH secret name -> JSON stored secret (secret-store.ts), per scope. */
+  secrets: (scope: string) => `${KEY_PREFIX}:secrets:${scope}`,
+  /** SET of scopes that hold secrets: lets a listing find every hash. */
+  secretScopes: () => `${KEY_PREFIX}:secret-scopes`,
   /** STRING: JSON InstanceDeath of an instance that died or was recycled (expires). */
   death: (id: string) => `${KEY_PREFIX}:death:${id}`,
   /** HASH `<fn>\t<reason>` -> deaths counted since the key was created (all hosts). */

@@ -85,6 +85,13 @@ export const ERRORS = {
     retryable: false,
   },
   ERR_INVOCATION_NOT_FOUND: { status: 404, title: 'Invocation not found', retryable: false },
+  // Secrets (docs/security.md#secrets)
+  ERR_SECRET_NAME_INVALID: { status: 400, title: 'Invalid secret scope or name', retryable: false },
+  ERR_SECRET_VALUE_INVALID: { status: 400, title: 'Invalid secret value', retryable: false },
+  ERR_SECRET_TOO_LARGE: { status: 413, title: 'Secret value too large', retryable: false },
+  ERR_SECRET_NOT_FOUND: { status: 404, title: 'Secret not found', retryable: false },
+  ERR_SECRET_MISSING: { status: 503, title: 'A declared secret has no value', retryable: false },
+  ERR_SECRET_KEY: { status: 500, title: 'Secret cannot be opened with this key', retryable: false },
   // Internal
   ERR_SHUTDOWN_TIMEOUT: { status: 500, title: 'Shutdown deadline passed', retryable: false },
   ERR_INTERNAL: { status: 500, title: 'Internal error', retryable: false },

@@ -7,6 +7,7 @@ import { parse as parseYaml, YAMLParseError } from 'yaml'
 import { z } from 'zod'
 import { InitlessError } from './errors.ts'
 import { seccompSetting } from './seccomp.ts'
+import { MAX_SECRETS_PER_FUNCTION, SECRET_REF_RE, parseSecretRef } from './secrets.ts'
 import { parseBytes, parseDurationMs } from './units.ts'
 
 export const MANIFEST_FILE = 'function.yaml'
@@ -169,6 +170,23 @@ export const manifestSchema = z
       })
       .strict()
       .default({}),
+    /**
+     * Secrets mounted as files under /run/secrets at restore (`name`: the function's own scope,
+     * `scope/name`: a shared one). Only whether the list is empty is baked (the mount); the values
+     * never are. An empty list is left out, so the manifest's hash is what it was without it.
+     */
+    secrets: z
+      .array(
+        z
+          .string()
+          .regex(
+            SECRET_REF_RE,
+            'expected a secret name (letters, digits, _ . -) or scope/name, as `initless secrets set` takes them',
+          ),
+      )
+      .max(MAX_SECRETS_PER_FUNCTION)
+      .optional()
+      .transform((list) => (list?.length ? list : undefined)),
     async: z
       .object({
         /** Asynchronous invocations one gateway runs at once (the rest wait in the queue). */
@@ -234,6 +252,17 @@ export const manifestSchema = z
         path: ['scaling', 'standby'],
         message: `must not exceed scaling.maxInstances (${m.scaling.maxInstances})`,
       })
+    }
+    const files = new Set<string>()
+    for (const [i, entry] of (m.secrets ?? []).entries()) {
+      const { name } = parseSecretRef(m.name, entry)
+      if (files.has(name))
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['secrets', i],
+          message: `a second secret named '${name}': each becomes /run/secrets/${name}`,
+        })
+      files.add(name)
     }
     if (m.scaling.minInstances > m.scaling.maxInstances) {
       ctx.addIssue({

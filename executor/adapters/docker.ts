@@ -46,6 +46,8 @@ export interface ContainerLaunch {
    * or unset for Docker's own default profile.
    */
   readonly seccomp?: object | 'unconfined'
+  /** Host directories bind-mounted into the container (the secrets directory, read-only). */
+  readonly binds?: readonly { readonly source: string; readonly target: string; readonly readOnly: boolean }[]
 }
 
 export interface DockerEngine {
@@ -236,6 +238,9 @@ function hostConfig(l: ContainerLaunch): Docker.HostConfig {
     ],
     // Never publish ports: the gateway reaches the container at its own bridge address.
     NetworkMode: 'bridge',
+    ...(l.binds?.length
+      ? { Binds: l.binds.map((b) => `${b.source}:${b.target}:${b.readOnly ? 'ro' : 'rw'}`) }
+      : {}),
   }
 }
 

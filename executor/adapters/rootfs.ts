@@ -29,6 +29,8 @@ export interface Mounter {
     target: string
     layer?: WritableLayer
   }): Promise<void>
+  /** Mount a tmpfs at `target` with `options` (not on the cold-start path: mount(8)). */
+  mountTmpfs(target: string, options: string): Promise<void>
   unmount(target: string): Promise<void>
   /** Mount points at or below `prefix` (reconciliation), deepest first. */
   list(prefix: string): Promise<string[]>
@@ -50,6 +52,12 @@ export function createMounter(deps: { run: CommandRunner; helpers?: SandboxHelpe
       const options = `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work},index=off`
       if (helpers) return helpers.setup.request({ op: 'mount-overlay', args: [target, options] })
       await deps.run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { timeoutMs: 30_000 })
+    },
+
+    async mountTmpfs(target, options) {
+      await deps.run('mount', ['-t', 'tmpfs', '-o', options, 'initless-secrets', target], {
+        timeoutMs: 30_000,
+      })
     },
 
     async unmount(target) {

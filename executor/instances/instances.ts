@@ -22,6 +22,10 @@ import type { CgroupUsage } from '../adapters/freezer.ts'
 import { createSandboxPools, type SandboxPools } from './pools.ts'
 import { createPreparations, type Prepared } from './preparations.ts'
 import { createSnapshotHealth, type ScrubResult } from './snapshot-health.ts'
+import { parseImageUser } from '../sandbox/oci-spec.ts'
+import type { SecretFiles } from '../sandbox/secret-files.ts'
+import type { InstanceSecrets } from '../runtimes/runtimes.ts'
+import { declaredSecrets, formatSecretRef, type SecretStore } from '../../shared/secrets.ts'
 import { endingOf, type Ending } from './death-reason.ts'
 
 export interface InstanceManagerDeps {
@@ -38,6 +42,16 @@ export interface InstanceManagerDeps {
   /** `docker` (Docker's checkpoint API) serves only jobs that ask for it; without it they fail. */
   readonly runtimes: InstanceRuntimes
   readonly logger: Logger
+  /**
+   * Secret values (read just before each start of a function that declares secrets) and the
+   * directories they are written to. Absent: a function that declares secrets is refused.
+   */
+  readonly secrets?: InstanceSecretDeps
+}
+
+export interface InstanceSecretDeps {
+  readonly store: Pick<SecretStore, 'read'>
+  readonly files: Pick<SecretFiles, 'remove'>
 }
 
 export type InstanceRuntimes = Readonly<Record<'lazy' | 'eager' | 'boot', Runtime>> & {
@@ -111,6 +125,7 @@ export async function releaseInstance(
     docker: Pick<DockerEngine, 'removeContainer'>
     sandboxes: Pick<SandboxManager, 'destroy'>
     runtimes: Pick<InstanceRuntimes, 'docker'>
+    secrets?: Pick<InstanceSecretDeps, 'files'>
   },
   inst: StartedInstance,
 ): Promise<void> {
@@ -119,6 +134,32 @@ export async function releaseInstance(
   killLazyPages(inst.lazyDaemon)
   if (inst.sandbox) await deps.sandboxes.destroy(inst.sandbox)
   if (inst.containerId) await deps.docker.removeContainer(inst.containerId)
+  // A boot's secrets directory (a sandbox's goes with the sandbox).
+  if (inst.runtime === 'boot') await deps.secrets?.files.remove(inst.id)
+}
+
+/**
+ * The secret values an instance of `fn` starts with, read now (so a value set a moment ago is the
+ * one it gets). Undefined for a function without secrets. A declared secret without a value fails
+ * the start with ERR_SECRET_MISSING (not retried, no fallback: the operator must set it).
+ */
+export async function readInstanceSecrets(
+  secrets: Pick<InstanceSecretDeps, 'store'> | undefined,
+  fn: FunctionDef,
+  image: ImageConfig,
+): Promise<InstanceSecrets | undefined> {
+  const refs = declaredSecrets(fn.name, fn.manifest.secrets)
+  if (!refs.length) return undefined
+  if (!secrets) throw new InitlessError('ERR_SECRET_MISSING', `${fn.name}: this executor has no secret store`)
+  const t0 = performance.now()
+  const { values, missing } = await secrets.store.read(refs)
+  if (missing.length)
+    throw new InitlessError(
+      'ERR_SECRET_MISSING',
+      `${fn.name}: no value for secret ${missing.map(formatSecretRef).join(', ')} (set it with initless secrets set)`,
+      { details: { fn: fn.name, missing: missing.map(formatSecretRef) } },
+    )
+  return { values, owner: parseImageUser(image.user), readMs: performance.now() - t0 }
 }
 
 /** Start an instance of `fn` with runtime `kind`: a pooled sandbox when one fits, else a new one. */
@@ -129,12 +170,21 @@ async function startWith(
   job: RestoreJobData,
   fn: FunctionDef,
   prep: Prepared,
+  secrets: InstanceSecrets | undefined,
 ): Promise<StartedInstance> {
-  const common = { instanceId: job.instanceId, fn, image: prep.image, hostLabel: deps.hostId }
+  const common = {
+    instanceId: job.instanceId,
+    fn,
+    image: prep.image,
+    hostLabel: deps.hostId,
+    ...(secrets ? { secrets } : {}),
+  }
   if (kind === 'docker') {
     const docker = deps.runtimes.docker
     if (!docker)
       throw new InitlessError('ERR_RESTORE_FAILED', 'the docker runtime is not served by this executor')
+    if (secrets)
+      throw new InitlessError('ERR_RESTORE_FAILED', `${fn.name}: the docker runtime mounts no secrets`)
     return docker.start({
       ...common,
       prepare: () => Promise.reject(new InitlessError('ERR_INTERNAL', 'the docker runtime uses no sandbox')),
@@ -213,8 +263,10 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     const kind =
       job.runtime ??
       chooseRuntime(fn.manifest.restore.policy, prep.snapshot?.meta.sizeBytes, deps.lazyThreshold)
+    // Before any restore: a missing value is the operator's to fix, not the snapshot's fault.
+    const secrets = await readInstanceSecrets(deps.secrets, fn, prep.image)
     try {
-      return await startWith(deps, pools, kind, job, fn, prep)
+      return await startWith(deps, pools, kind, job, fn, prep, secrets)
     } catch (err) {
       if (kind === 'boot' || job.runtime !== undefined || !prep.snapshot) throw err
       // Served by booting; the snapshot is re-baked in the background.
@@ -223,7 +275,7 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
         'restore failed; falling back to boot',
       )
       await health.failed(fn, prep.snapshot, err)
-      return startWith(deps, pools, 'boot', job, fn, { image: prep.image, snapshot: undefined })
+      return startWith(deps, pools, 'boot', job, fn, { image: prep.image, snapshot: undefined }, secrets)
     }
   }
 

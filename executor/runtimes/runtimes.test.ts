@@ -70,6 +70,7 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
       restorePath: unexpected('restorePath'),
       workDir: unexpected('workDir'),
       limitCpu: async (sb) => void calls.push(`limit cpu ${sb.id}`),
+      fillSecrets: unexpected('fillSecrets'),
       setFrozen: unexpected('setFrozen'),
       usage: unexpected('usage'),
       limitEvents: unexpected('limitEvents'),

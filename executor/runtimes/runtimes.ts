@@ -17,6 +17,8 @@ import type { Runc } from '../adapters/runc.ts'
 import { cgroupPath, type Sandbox, type SandboxManager } from '../sandbox/sandbox.ts'
 import type { Snapshot } from '../snapshots/snapshot-store.ts'
 import { resolveSeccomp } from '../sandbox/seccomp.ts'
+import type { SecretFiles, SecretOwner } from '../sandbox/secret-files.ts'
+import { SECRETS_MOUNT, type SecretValue } from '../../shared/secrets.ts'
 
 export interface StartRequest {
   readonly instanceId: string
@@ -29,6 +31,19 @@ export interface StartRequest {
   /** Sandbox settings for a fresh sandbox (when not pooled). */
   readonly prepare: () => Promise<Sandbox>
   readonly hostLabel: string
+  /**
+   * The function's secret values (read by the instance manager), written for the instance just
+   * before its restore or boot and bind-mounted at /run/secrets. Absent: no secrets, no mount.
+   */
+  readonly secrets?: InstanceSecrets
+}
+
+export interface InstanceSecrets {
+  readonly values: readonly SecretValue[]
+  /** The function's user, who owns the files. */
+  readonly owner: SecretOwner
+  /** How long reading them took (ms), reported with the phases. */
+  readonly readMs: number
 }
 
 export interface StartedInstance {
@@ -43,7 +58,13 @@ export interface StartedInstance {
   readonly containerId?: string
   readonly lazyDaemon?: LazyPagesDaemon
   readonly pooled: boolean
-  readonly phases: { readonly sandboxMs: number; readonly restoreMs: number; readonly readyMs: number }
+  readonly phases: {
+    readonly sandboxMs: number
+    readonly restoreMs: number
+    readonly readyMs: number
+    readonly criuMs?: number
+    readonly secretsMs?: number
+  }
   readonly snapshotBytes: number
 }
 
@@ -188,6 +209,12 @@ export function createRuncRestoreRuntime(deps: {
       const t1 = performance.now()
       let daemon = await daemonStarting
       try {
+        let secretsMs: number | undefined
+        if (req.secrets) {
+          const ts = performance.now()
+          await deps.sandboxes.fillSecrets(sb, req.secrets.values, req.secrets.owner)
+          secretsMs = req.secrets.readMs + (performance.now() - ts)
+        }
         await verified
         // Probe while runc is still finishing: CRIU resumes the process some 20-30 ms before runc
         // exits (it waits for CRIU to exit, writes its state and the pid file). Slowly until then,
@@ -234,6 +261,7 @@ export function createRuncRestoreRuntime(deps: {
             sandboxMs: t1 - t0,
             restoreMs: t2 - t1,
             ...(criuMs === undefined ? {} : { criuMs }),
+            ...(secretsMs === undefined ? {} : { secretsMs }),
             readyMs: Math.max(0, t3 - t2),
           },
           snapshotBytes: snapshot.meta.sizeBytes,
@@ -252,7 +280,14 @@ export function createRuncRestoreRuntime(deps: {
   }
 }
 
-export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
+/**
+ * `docker run`. Secrets are bind-mounted read-only at /run/secrets from the instance's directory
+ * on the executor's secrets tmpfs, written before the container starts; releaseInstance removes it.
+ */
+export function createBootRuntime(deps: {
+  docker: DockerEngine
+  secrets?: Pick<SecretFiles, 'fill' | 'remove'>
+}): Runtime {
   return {
     kind: 'boot',
     async start(req) {
@@ -261,7 +296,15 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
       const env = Object.entries(m.env).map(([k, v]) => `${k}=${v}`)
       // The same filter a restored instance has (the checkpoint's), not Docker's default.
       const { profile } = await resolveSeccomp(req.fn)
-      const { id, ip } = await deps.docker.runContainer({
+      const secrets = req.secrets
+      if (secrets && !deps.secrets)
+        throw new InitlessError(
+          'ERR_SANDBOX_SETUP_FAILED',
+          `${req.fn.name}: this executor cannot mount secrets`,
+        )
+      const secretsDir = secrets && (await deps.secrets?.fill(req.instanceId, secrets.values, secrets.owner))
+      const secretsMs = secrets ? secrets.readMs + (performance.now() - t0) : undefined
+      const running = deps.docker.runContainer({
         name: `initless-${req.instanceId}`,
         image: req.image.id,
         ...(m.command ? { cmd: m.command } : {}),
@@ -275,6 +318,11 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
           'initless.fn': req.fn.name,
           'initless.host': req.hostLabel,
         },
+        ...(secretsDir ? { binds: [{ source: secretsDir, target: SECRETS_MOUNT, readOnly: true }] } : {}),
+      })
+      const { id, ip } = await running.catch(async (err: unknown) => {
+        if (secretsDir) await deps.secrets?.remove(req.instanceId)
+        throw err
       })
       const t1 = performance.now()
       try {
@@ -288,6 +336,7 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
       } catch (err) {
         const logs = await deps.docker.containerLogs(id, 15).catch(() => '')
         await deps.docker.removeContainer(id).catch(() => undefined)
+        if (secretsDir) await deps.secrets?.remove(req.instanceId)
         throw new InitlessError(
           'ERR_INSTANCE_NOT_READY',
           `${req.fn.name}: boot failed: ${errorMessage(err)}${logs ? `\n${logs}` : ''}`,
@@ -303,7 +352,12 @@ export function createBootRuntime(deps: { docker: DockerEngine }): Runtime {
         port: m.port,
         containerId: id,
         pooled: false,
-        phases: { sandboxMs: 0, restoreMs: t1 - t0, readyMs: t2 - t1 },
+        phases: {
+          sandboxMs: 0,
+          restoreMs: t1 - t0,
+          readyMs: t2 - t1,
+          ...(secretsMs === undefined ? {} : { secretsMs }),
+        },
         snapshotBytes: 0,
       }
     },

@@ -5,6 +5,7 @@
  * privileges.
  */
 import type { SeccompProfileFile } from '../../shared/seccomp.ts'
+import { SECRETS_MOUNT } from '../../shared/secrets.ts'
 
 export interface OciSpecInput {
   readonly hostname: string
@@ -38,6 +39,12 @@ export interface OciSpecInput {
   readonly criuConfig?: string
   /** `linux.seccomp`: the filter runc installs before it executes the process. Unset: none. */
   readonly seccomp?: SeccompProfileFile
+  /**
+   * Bind-mounted read-only at /run/secrets when set (functions that declare secrets only): an
+   * empty directory at bake, the instance's secrets directory at restore. A bind mount is external
+   * to CRIU (its key is the destination), so every restore maps it to its own source.
+   */
+  readonly secretsSource?: string
 }
 
 /**
@@ -117,6 +124,16 @@ export function buildOciSpec(input: OciSpecInput): Record<string, unknown> {
         source: m.source,
         options: ['bind', 'ro', 'nosuid', 'noexec', 'nodev'],
       })),
+      ...(input.secretsSource
+        ? [
+            {
+              destination: SECRETS_MOUNT,
+              type: 'bind',
+              source: input.secretsSource,
+              options: ['bind', 'ro', 'nosuid', 'noexec', 'nodev'],
+            },
+          ]
+        : []),
     ],
     annotations: input.criuConfig ? { 'org.criu.config': input.criuConfig } : {},
     linux: {

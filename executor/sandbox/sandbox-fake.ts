@@ -27,6 +27,8 @@ export interface FakeSandboxes {
   live(): string[]
   /** Ids whose CPU limit was applied. */
   readonly limited: string[]
+  /** Secrets written per sandbox id (name -> value), as fillSecrets got them. */
+  readonly secrets: Map<string, Record<string, string>>
   /** Ids whose cgroup is frozen now. */
   readonly frozen: Set<string>
 }
@@ -47,6 +49,7 @@ export function createFakeSandboxes(opts: {
   const requests: SandboxRequest[] = []
   const destroyed: string[] = []
   const limited: string[] = []
+  const secrets = new Map<string, Record<string, string>>()
   const frozen = new Set<string>()
   const live = new Set<string>()
   const path: RestorePath = { direct: opts.direct ?? true, settled: true, reason: 'fake' }
@@ -73,6 +76,7 @@ export function createFakeSandboxes(opts: {
         lowers: req.lowers,
         cpus: req.cpus,
         ...((opts.direct ?? true) ? { direct: { externalMounts: [] } } : {}),
+        ...(req.secrets && req.forRestore ? { secretsDir: join(dir, 'secrets') } : {}),
       }
       return sandbox
     },
@@ -80,6 +84,10 @@ export function createFakeSandboxes(opts: {
       const dir = join(opts.root, id, 'criu')
       await mkdir(dir, { recursive: true })
       return dir
+    },
+    async fillSecrets(sb, values) {
+      if (!sb.secretsDir) throw new Error(`sandbox ${sb.id} was prepared without secrets`)
+      secrets.set(sb.id, Object.fromEntries(values.map((v) => [v.name, v.value.toString()])))
     },
     async limitCpu(sb) {
       limited.push(sb.id)
@@ -102,5 +110,5 @@ export function createFakeSandboxes(opts: {
       await rm(sb.dir, { recursive: true, force: true })
     },
   }
-  return { sandboxes, requests, destroyed, limited, frozen, live: () => [...live] }
+  return { sandboxes, requests, destroyed, limited, frozen, secrets, live: () => [...live] }
 }

@@ -14,6 +14,8 @@ import { mkdir, rename, rm, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Egress, Manifest } from '../../shared/manifest.ts'
 import type { SeccompProfileFile } from '../../shared/seccomp.ts'
+import type { SecretValue } from '../../shared/secrets.ts'
+import { InitlessError } from '../../shared/errors.ts'
 import {
   applySandboxLimits,
   containerCgroupMounts,
@@ -36,6 +38,7 @@ import { probeRestorePath, type RestorePath } from './restore-path.ts'
 import type { Mounter } from '../adapters/rootfs.ts'
 import type { SandboxHelper } from '../adapters/sandbox-helper.ts'
 import type { Runc } from '../adapters/runc.ts'
+import type { SecretFiles, SecretOwner } from './secret-files.ts'
 
 export const NETNS_PREFIX = 'initless-'
 
@@ -70,6 +73,12 @@ export interface SandboxRequest {
    * filter dumped with the process from CRIU). Unset: none.
    */
   readonly seccomp?: SeccompProfileFile
+  /**
+   * The function declares secrets: /run/secrets is a read-only bind mount, of an empty directory
+   * for a bake (no value is ever in a snapshot), of the instance's directory on the secrets tmpfs
+   * for a restore (secret-files.ts). Without secrets there is no such mount at all.
+   */
+  readonly secrets?: boolean
 }
 
 export interface Sandbox {
@@ -92,6 +101,8 @@ export interface Sandbox {
    * (SandboxManager.restorePath: cgroup v2 without the sandbox helper's eBPF device filter).
    */
   readonly direct?: { readonly externalMounts: readonly ExternalMount[] }
+  /** The directory bind-mounted at /run/secrets (a restore's sandbox of a function with secrets). */
+  readonly secretsDir?: string
 }
 
 /** Limits a sandbox hit: its cgroup's counters, and whether its writable layer is full. */
@@ -126,8 +137,17 @@ export interface SandboxManager {
    * Stop whatever runs in the sandbox and release all it holds. Idempotent; runs every step.
    * `keepUpperAt` moves the overlay's upper dir there first (a bake keeps it in its snapshot).
    */
+  /**
+   * Write the instance's secret values where its restore bind-mounts them (before the restore).
+   * Rejects for a sandbox prepared without secrets.
+   */
+  fillSecrets(
+    sandbox: Pick<Sandbox, 'id' | 'secretsDir'>,
+    values: readonly SecretValue[],
+    owner: SecretOwner,
+  ): Promise<void>
   destroy(
-    sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct'>,
+    sandbox: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct' | 'secretsDir'>,
     opts?: { keepUpperAt?: string },
   ): Promise<void>
 }
@@ -151,12 +171,22 @@ function once<T>(make: () => Promise<T>, keep: (value: T) => boolean = () => tru
     ))
 }
 
-/** A function's resource limits, as a sandbox request takes them. */
+/**
+ * What a sandbox request takes from the manifest: resource limits, egress, and whether the
+ * function has secrets (the /run/secrets mount, at bake and at every restore alike).
+ */
 export function sandboxLimits(
   m: Manifest,
-): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'diskBytes' | 'egress'> {
+): Pick<SandboxRequest, 'memoryBytes' | 'cpus' | 'pids' | 'diskBytes' | 'egress' | 'secrets'> {
   const { memory, cpus, pids, disk } = m.resources
-  return { memoryBytes: memory, cpus, pids, diskBytes: disk, egress: m.network.egress }
+  return {
+    memoryBytes: memory,
+    cpus,
+    pids,
+    diskBytes: disk,
+    egress: m.network.egress,
+    ...(m.secrets?.length ? { secrets: true } : {}),
+  }
 }
 
 export function instancesDir(stateDir: string): string {
@@ -186,6 +216,11 @@ export interface SandboxManagerDeps {
   readonly withoutHelper?: string
   /** The host's cgroup layout (default: from /proc/self/mountinfo; tests pass a fake root). */
   readonly readLayout?: () => Promise<CgroupLayout>
+  /**
+   * Where restores of functions with secrets find them. Without (the CLI's bakes): their
+   * /run/secrets is the empty directory, and fillSecrets rejects.
+   */
+  readonly secrets?: Pick<SecretFiles, 'dirFor' | 'prepare' | 'fill' | 'remove'>
 }
 
 /** Promise.all that waits for every promise, then rejects with the first failure if any. */
@@ -264,6 +299,10 @@ function describeSandbox(
     cgroupSkeleton: string
     emptyDir: string
     direct: boolean
+    /** Source of the /run/secrets bind: the instance's directory, or the empty one for a bake. */
+    secretsSource?: string
+    /** The instance's own directory, when it is the source (filled before the restore). */
+    secretsDir?: string
   },
 ): { spec: Record<string, unknown>; sandbox: Sandbox } {
   const spec = buildOciSpec({
@@ -284,6 +323,7 @@ function describeSandbox(
     criuConfig: at.criuConfig,
     ...(req.forRestore ? {} : { cpus: req.cpus }),
     ...(req.seccomp ? { seccomp: req.seccomp } : {}),
+    ...(host.secretsSource ? { secretsSource: host.secretsSource } : {}),
   })
   const sandbox: Sandbox = {
     id: req.id,
@@ -295,6 +335,7 @@ function describeSandbox(
     lowers: req.lowers,
     cpus: req.cpus,
     ...(host.direct ? { direct: { externalMounts: criuExternalMounts(spec) } } : {}),
+    ...(host.secretsDir ? { secretsDir: host.secretsDir } : {}),
   }
   return { spec, sandbox }
 }
@@ -304,10 +345,10 @@ function describeSandbox(
  * Order matters: the process must be gone before its rootfs is unmounted and its namespace freed.
  */
 async function destroySandbox(
-  deps: Pick<SandboxManagerDeps, 'runc' | 'mounter' | 'network' | 'ips'> & {
+  deps: Pick<SandboxManagerDeps, 'runc' | 'mounter' | 'network' | 'ips' | 'secrets'> & {
     layout: () => Promise<CgroupLayout>
   },
-  sb: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct'>,
+  sb: Pick<Sandbox, 'id' | 'dir' | 'rootfs' | 'netns' | 'direct' | 'secretsDir'>,
   opts?: { keepUpperAt?: string },
 ): Promise<void> {
   const { runc, mounter, network } = deps
@@ -331,6 +372,8 @@ async function destroySandbox(
     for (const m of await mounter.list(sb.dir)) await mounter.unmount(m)
   })
   await attempt(() => network.destroy(sb.netns.name, sb.netns.veth))
+  const { secrets } = deps
+  if (sb.secretsDir && secrets) await attempt(() => secrets.remove(sb.id))
   await attempt(() => rm(sb.dir, { recursive: true, force: true }))
   deps.ips.release(sb.netns.ip)
   if (errors.length)
@@ -373,6 +416,8 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
       const cgroups = await ensureDirs()
       const direct = req.forRestore && (await restorePath()).direct
       const at = sandboxPaths(sandboxDir(req.id))
+      // Without secret files (the CLI's bakes) a restore's /run/secrets is the empty directory too.
+      const secretFiles = req.secrets && req.forRestore ? deps.secrets : undefined
       const ip = ips.allocate()
       const nsName = netnsName(req.id)
       let netns: NamespaceHandle | undefined
@@ -400,6 +445,8 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
               const limits = { memoryBytes: req.memoryBytes, pids: req.pids }
               await applySandboxLimits(cgroups, cgroupPath(req.id), limits, helper)
             }
+            // The bind's source must exist before any restore maps it (working-set profiles too).
+            await secretFiles?.prepare(req.id)
           })(),
         ])
         netns = ns
@@ -409,6 +456,8 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
           cgroupSkeleton,
           emptyDir,
           direct: !!direct,
+          ...(req.secrets ? { secretsSource: secretFiles?.dirFor(req.id) ?? emptyDir } : {}),
+          ...(secretFiles ? { secretsDir: secretFiles.dirFor(req.id) } : {}),
         })
         await Promise.all([
           writeFile(join(at.bundle, 'config.json'), JSON.stringify(spec)),
@@ -423,6 +472,7 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
           dir: at.dir,
           rootfs: at.rootfs,
           netns: netns ?? { name: nsName, path: '', ip, veth: vethName(nsName, req.egress) },
+          ...(secretFiles ? { secretsDir: secretFiles.dirFor(req.id) } : {}),
         })
         throw err
       }
@@ -432,6 +482,12 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
       const dir = join(sandboxDir(id), 'criu')
       await mkdir(dir, { recursive: true, mode: 0o700 })
       return dir
+    },
+
+    async fillSecrets(sb, values, owner) {
+      if (!sb.secretsDir || !deps.secrets)
+        throw new InitlessError('ERR_SANDBOX_SETUP_FAILED', `sandbox ${sb.id} was prepared without secrets`)
+      await deps.secrets.fill(sb.id, values, owner)
     },
 
     async limitCpu(sb) {

@@ -15,6 +15,7 @@ import { noCapacity } from '../pool-state.ts'
 import type { GatewayEnv } from '../request-context.ts'
 import { createKeyRoutes, type KeyRouteDeps } from './keys.ts'
 import { createLifecycleRoutes, type LifecycleRouteDeps } from './lifecycle.ts'
+import { createSecretRoutes, type SecretRouteDeps } from './secrets.ts'
 
 export interface AdminRouteDeps {
   readonly catalog: FunctionCatalog
@@ -23,6 +24,8 @@ export interface AdminRouteDeps {
   readonly adminToken?: string | undefined
   /** Deploy, versions, rollback, delete (absent: a gateway without the function registry). */
   readonly lifecycle?: LifecycleRouteDeps
+  /** Secret values (absent: a gateway without a secret store; /admin/secrets is 404). */
+  readonly secrets?: SecretRouteDeps
   /** Invocation keys (absent: a gateway without a key store). */
   readonly keys?: Omit<KeyRouteDeps, 'catalog'>
 }
@@ -91,6 +94,7 @@ export function createAdminRoutes(deps: AdminRouteDeps): Hono<GatewayEnv> {
     deps.lifecycle && c.req.method === 'PUT' && DEPLOY_PATH.test(c.req.path) ? next() : smallBodies(c, next)
   app.use('*', limitBody)
   if (deps.lifecycle) app.route('/', createLifecycleRoutes(deps.lifecycle))
+  if (deps.secrets) app.route('/', createSecretRoutes(deps.secrets))
   if (deps.keys) app.route('/', createKeyRoutes({ ...deps.keys, catalog: deps.catalog }))
 
   app.get('/functions', (c) => {

@@ -12,6 +12,7 @@ import { FUNCTION_NAME_RE } from '../../shared/manifest.ts'
 import type { Deploys } from '../deploys.ts'
 import { bodyTooLarge } from '../forwarder.ts'
 import type { GatewayEnv } from '../request-context.ts'
+import { declaredSecrets, formatSecretRef, type SecretStore } from '../../shared/secrets.ts'
 
 export interface LifecycleRouteDeps {
   readonly deploys: Deploys
@@ -26,6 +27,23 @@ export interface LifecycleRouteDeps {
   readonly seen?: (fn: string) => Promise<void>
   /** Called once a function was deleted, before the answer (its invocation keys are revoked). */
   readonly onDeleted?: (fn: string) => Promise<void>
+  /** Which declared secrets have no value: a deploy's answer names them (`missingSecrets`). */
+  readonly secrets?: Pick<SecretStore, 'missing'>
+}
+
+/**
+ * The secrets the deployed version declares that have no value yet: its instances would fail with
+ * ERR_SECRET_MISSING until they are set. Empty when it cannot be told (the answer is a warning).
+ */
+async function missingSecrets(deps: LifecycleRouteDeps, fn: string, version: string): Promise<string[]> {
+  if (!deps.secrets) return []
+  try {
+    const manifest = (await deps.functions.get(fn))?.versions.find((v) => v.version === version)?.manifest
+    const refs = declaredSecrets(fn, manifest?.secrets)
+    return (await deps.secrets.missing(refs)).map(formatSecretRef)
+  } catch {
+    return []
+  }
 }
 
 const rollbackBody = z
@@ -79,8 +97,12 @@ export function createLifecycleRoutes(deps: LifecycleRouteDeps): Hono<GatewayEnv
     })
     await deps.seen?.(name)
     deps.onOutcome?.(name, result.status)
-    log.info({ ...result }, 'deploy done')
-    return c.json(result, result.status === 'deployed' ? 201 : 200)
+    const missing = await missingSecrets(deps, name, result.version)
+    log.info({ ...result, ...(missing.length ? { missingSecrets: missing } : {}) }, 'deploy done')
+    return c.json(
+      { ...result, ...(missing.length ? { missingSecrets: missing } : {}) },
+      result.status === 'deployed' ? 201 : 200,
+    )
   })
 
   // Every deployed function of the registry: active version, versions kept, hosts baked on.
