@@ -78,9 +78,13 @@ export function createDeploys(deps: DeploysDeps): Deploys {
       )
   }
 
-  const deploy = async (fn: string, context: Buffer, traceId: string): Promise<DeployResult> => {
-    const started = now()
-    const { manifest, version } = readContext(fn, context, deps.maxContextBytes)
+  const deploy = async (
+    fn: string,
+    context: Buffer,
+    traceId: string,
+    started: number,
+    { manifest, version }: ReturnType<typeof readContext>,
+  ): Promise<DeployResult> => {
     const record = await deps.functions.get(fn)
     const previous = record?.active ?? null
     const kept = record?.versions.find((v) => v.version === version)
@@ -144,8 +148,13 @@ export function createDeploys(deps: DeploysDeps): Deploys {
   }
 
   return {
-    deploy: (fn, context, traceId = randomUUID()) =>
-      exclusively(fn, 'a deploy', () => deploy(fn, context, traceId)),
+    deploy: async (fn, context, traceId = randomUUID()) => {
+      const started = now()
+      // Unpacking and validating an upload needs no lock: an invalid one is refused as such even
+      // while another change of the function runs, and never holds the lock up.
+      const read = readContext(fn, context, deps.maxContextBytes)
+      return exclusively(fn, 'a deploy', () => deploy(fn, context, traceId, started, read))
+    },
     rollback: (fn, version) =>
       exclusively(fn, version === undefined ? 'a rollback' : `a rollback to ${version}`, () =>
         rollback(fn, version),
