@@ -29,7 +29,7 @@ import { createLogger } from '../shared/logger.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
-import { benchEnvironment, medianOf, percentile, round } from './env.ts'
+import { benchEnvironment, medianOf, percentile, rcuNote, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 
@@ -281,7 +281,7 @@ try {
   await writeFile(join(args.out, 'restore-latest.json'), JSON.stringify(result, null, 2))
   const md = [
     `Restore benchmark, ${env.date}, \`${env.command}\``,
-    `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
+    `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}${rcuNote(env.machine)}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
     '',
     '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | of it CRIU | ready |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|',
