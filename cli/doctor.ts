@@ -11,6 +11,7 @@ import type { PolicyStatus } from '../executor/adapters/firewall.ts'
 import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/seccomp-profile.ts'
+import { RCU_EXPEDITED } from '../executor/sandbox/host-tuning.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
 
@@ -20,6 +21,8 @@ export interface CheckResult {
   readonly detail: string
   /** What to do about a failure. */
   readonly fix?: string
+  /** A passed check's advice: the host works, but would serve better with this changed. */
+  readonly warn?: string
   readonly ms: number
 }
 
@@ -46,6 +49,8 @@ export interface DoctorDeps {
   readonly restorePath: () => Promise<RestorePath>
   /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
   readonly thpMode: () => Promise<string | undefined>
+  /** /sys/kernel/rcu_expedited (host-tuning.ts); undefined: the kernel has no such switch. */
+  readonly rcuExpedited: () => Promise<boolean | undefined>
   /** The instances' network policy as the kernel holds it (firewall.ts); omitted: not checked. */
   readonly networkPolicy?: { readonly bridge: string; readonly status: () => Promise<PolicyStatus> }
   /**
@@ -64,7 +69,9 @@ export const MIN_NODE = '20.10.0'
 /** Where scripts/provision.sh starts the OCI registry unless told otherwise. */
 export const PROVISIONED_REGISTRY = '127.0.0.1:5000'
 
-type Check = { name: string; fix: string; run: () => Promise<string> }
+/** What a check found: its detail, and for a check that passes with advice, that advice. */
+type Found = string | { readonly detail: string; readonly warn: string }
+type Check = { name: string; fix: string; run: () => Promise<Found> }
 
 /** `GET /v2/` of an OCI registry (plain HTTP, as provisioning serves it): its API version. */
 export async function probeImageRegistry(address: string): Promise<string> {
@@ -279,6 +286,22 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
       },
     },
     {
+      name: 'rcu grace periods',
+      fix: `echo 1 > ${RCU_EXPEDITED}`,
+      run: async (): Promise<Found> => {
+        const expedited = await deps.rcuExpedited()
+        if (expedited === undefined) return `no ${RCU_EXPEDITED} on this kernel`
+        if (expedited)
+          return 'expedited: the cgroup moves and mount changes of a restore do not wait for the scheduler tick'
+        return {
+          detail: 'normal: every restore waits for RCU grace periods (cgroup v2 task moves, mount teardown)',
+          warn:
+            `echo 1 > ${RCU_EXPEDITED} takes ~15 ms off each restore here (an IPI per grace period to every CPU); ` +
+            'scripts/provision.sh sets it unless INITLESS_KERNEL_TUNING=0 (docs/sandbox.md, "Host tuning")',
+        }
+      },
+    },
+    {
       name: 'disk',
       fix: `free disk space under ${deps.stateDir} (snapshots hold whole process memories) or set INITLESS_STATE_DIR`,
       run: async () => {
@@ -297,8 +320,13 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   for (const check of checks) {
     const started = performance.now()
     try {
-      const detail = await check.run()
-      results.push({ name: check.name, ok: true, detail, ms: performance.now() - started })
+      const found = await check.run()
+      results.push({
+        name: check.name,
+        ok: true,
+        ...(typeof found === 'string' ? { detail: found } : found),
+        ms: performance.now() - started,
+      })
     } catch (err) {
       results.push({
         name: check.name,
@@ -364,8 +392,8 @@ function networkPolicyCheck(p: NonNullable<DoctorDeps['networkPolicy']>): Check 
 
 export function formatDoctorReport(results: readonly CheckResult[]): string {
   const lines = results.map((r) => {
-    const head = `${r.ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
-    if (r.ok) return head
+    const head = `${r.ok ? (r.warn ? 'warn' : 'ok  ') : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
+    if (r.ok) return r.warn ? `${head}\n       advice: ${r.warn}` : head
     const rest = r.detail
       .split('\n')
       .slice(1, 8)
@@ -373,6 +401,8 @@ export function formatDoctorReport(results: readonly CheckResult[]): string {
     return [head, ...rest, `       fix: ${r.fix ?? 'see above'}`].join('\n')
   })
   const failed = results.filter((r) => !r.ok).length
-  lines.push(failed ? `\n${failed} check(s) failed` : '\nall checks passed')
+  const warned = results.filter((r) => r.ok && r.warn).length
+  const advice = warned ? ` (${warned} with advice)` : ''
+  lines.push(failed ? `\n${failed} check(s) failed${advice}` : `\nall checks passed${advice}`)
   return lines.join('\n')
 }
