@@ -28,9 +28,18 @@ function killGroup(pid: number): void {
   }
 }
 
-/** Stop a lazy-pages daemon that is no longer wanted (its restore failed or ended); gone is fine. */
+/**
+ * Stop a lazy-pages daemon that is no longer wanted (its restore failed or ended); gone is fine.
+ * The daemon exits by itself once every page is pushed, so it may be reaped between the check and
+ * the kill: ESRCH then means it is gone, not that stopping its instance failed.
+ */
 export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
-  if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+  if (!daemon || !isProcessAlive(daemon.pid)) return
+  try {
+    process.kill(daemon.pid, 'SIGKILL')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err
+  }
 }
 
 /**
