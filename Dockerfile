@@ -133,7 +133,7 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=warn && rm -rf /root/.npm
 COPY tsconfig.json tsconfig.build.json ./
-COPY scripts/build.mjs scripts/build-native.sh ./scripts/
+COPY scripts/build.mjs scripts/prune-dist.mjs scripts/build-native.sh ./scripts/
 COPY shared ./shared
 COPY executor ./executor
 COPY gateway ./gateway
