@@ -267,7 +267,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "OCI registry"
-registry_up() { curl -fsS -o /dev/null --max-time 2 "http://$REGISTRY_ADDRESS/v2/"; }
+registry_up() { curl -fsS -o /dev/null --max-time 2 "http://$REGISTRY_ADDRESS/v2/" 2>/dev/null; }
 mkdir -p /etc/initless "$REGISTRY_DATA"
 chown docker-registry:docker-registry "$REGISTRY_DATA"
 want_config="version: 0.1
