@@ -42,6 +42,40 @@ start_redis() {
   fi
 }
 
+# The Redis of the asynchronous invocation queues (docs/async.md, durability): its AOF is fsynced
+# before every reply (appendfsync always), so a 202 survives a crash of redis-server, of the
+# operating system or of the power, as long as the disk honours fsync. A Redis of its own: the
+# registry's Redis stays on everysec (it writes several times per cold start).
+# On a systemd host it is an instance of Debian's redis-server@.service, which reads
+# /etc/redis/redis-<instance>.conf, runs as the redis user and restarts at boot.
+QUEUE_REDIS_INSTANCE=initless-queue
+
+# queue_redis_conf PORT DIR: the queue Redis's configuration file, on stdout. Under systemd the
+# template's PIDFile and the journal (logfile "") apply; without it the start passes its own.
+queue_redis_conf() {
+  printf '%s\n' \
+    '# Written by initless (scripts/provision.sh); rewritten on every provisioning run.' \
+    '# The Redis of the asynchronous invocation queues: docs/async.md, "Redis persistence".' \
+    "port $1" \
+    'bind 127.0.0.1' \
+    "dir $2" \
+    'appendonly yes' \
+    'appendfsync always' \
+    'save ""'
+  if has_systemd; then
+    printf '%s\n' "pidfile /run/redis-$QUEUE_REDIS_INSTANCE/redis-server.pid" 'logfile ""'
+  fi
+}
+
+# start_queue_redis CONF: start the queue Redis from its configuration file (systemd: CONF must be
+# /etc/redis/redis-$QUEUE_REDIS_INSTANCE.conf, the file the template reads).
+start_queue_redis() {
+  if has_systemd; then systemctl enable --now "redis-server@$QUEUE_REDIS_INSTANCE"; else
+    redis-server "$1" --daemonize yes --logfile "$LOG_DIR/queue-redis.log" \
+      --pidfile /run/initless-queue-redis.pid
+  fi
+}
+
 # start_registry CONFIG: Debian's docker-registry (the CNCF Distribution registry) serving CONFIG.
 # Through systemd with a drop-in pointing the package's unit at CONFIG (the package's own config
 # listens on every interface); else in the background as the package's docker-registry user,

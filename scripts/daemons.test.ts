@@ -112,6 +112,45 @@ describe('scripts/daemons.sh', () => {
     assert.match(await readFile(join(dir, 'registry.pid'), 'utf8'), /^\d+\n$/)
   })
 
+  test('with systemd: the queue Redis is an instance of Debian’s redis-server@.service', async () => {
+    assert.deepEqual(await run('start_queue_redis /etc/redis/redis-initless-queue.conf', { systemd: true }), [
+      'systemctl [enable] [--now] [redis-server@initless-queue]',
+    ])
+  })
+
+  test('without systemd: the queue Redis daemonizes from its config file, logging to LOG_DIR', async () => {
+    assert.deepEqual(await run('start_queue_redis /x/queue.conf', { systemd: false }), [
+      `redis-server [/x/queue.conf] [--daemonize] [yes] [--logfile] [${dir}/log/queue-redis.log] [--pidfile] [/run/initless-queue-redis.pid]`,
+    ])
+  })
+
+  test('the queue Redis’s config: AOF fsynced before every reply; under systemd the journal', async () => {
+    const conf = async (systemd: boolean) =>
+      (
+        await exec('bash', ['-c', `. ${DAEMONS}; queue_redis_conf 6381 /var/lib/redis/initless-queue`], {
+          env: {
+            PATH: process.env.PATH,
+            INITLESS_SYSTEMD_MARKER: join(dir, systemd ? 'systemd-marker' : 'no-such-dir'),
+          },
+        })
+      ).stdout
+    const common = [
+      'port 6381',
+      'bind 127.0.0.1',
+      'dir /var/lib/redis/initless-queue',
+      'appendonly yes',
+      'appendfsync always',
+      'save ""',
+    ]
+    const settings = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#'))
+    assert.deepEqual(settings(await conf(false)), common)
+    assert.deepEqual(settings(await conf(true)), [
+      ...common,
+      'pidfile /run/redis-initless-queue/redis-server.pid',
+      'logfile ""',
+    ])
+  })
+
   test('provision.sh starts its daemons only through these functions', async () => {
     const text = await readFile(PROVISION, 'utf8')
     assert.match(text, /^\. "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)\/daemons\.sh"$/m)
