@@ -13,12 +13,21 @@ import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/seccomp-profile.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
+import {
+  describeQueueRedis,
+  durableFix,
+  isDurable,
+  type QueueRedis,
+  type QueueRedisState,
+} from './queue-redis.ts'
 
 export interface CheckResult {
   readonly name: string
   readonly ok: boolean
+  /** Passed, but something should be changed (`fix` says what): the exit code stays 0. */
+  readonly warn?: boolean
   readonly detail: string
-  /** What to do about a failure. */
+  /** What to do about a failure or a warning. */
   readonly fix?: string
   readonly ms: number
 }
@@ -33,6 +42,8 @@ export interface DoctorDeps {
   readonly dockerInfo: () => Promise<EngineInfo>
   readonly redisVersion: () => Promise<string>
   readonly redisUrl: string
+  /** The Redis of the asynchronous invocation queues (cli/queue-redis.ts) and a probe of it. */
+  readonly queueRedis?: QueueRedis & { readonly probe: () => Promise<QueueRedisState> }
   /**
    * INITLESS_SANDBOX_HELPER, the helper binary it resolves to (undefined: none installed, or off)
    * and the build id installed with it (scripts/build-native.sh).
@@ -64,7 +75,15 @@ export const MIN_NODE = '20.10.0'
 /** Where scripts/provision.sh starts the OCI registry unless told otherwise. */
 export const PROVISIONED_REGISTRY = '127.0.0.1:5000'
 
-type Check = { name: string; fix: string; run: () => Promise<string> }
+type Check = { name: string; fix: string; run: () => Promise<string | Warning> }
+
+/** A check's outcome that passes with a warning. */
+class Warning {
+  constructor(
+    readonly detail: string,
+    readonly fix: string,
+  ) {}
+}
 
 /** `GET /v2/` of an OCI registry (plain HTTP, as provisioning serves it): its API version. */
 export async function probeImageRegistry(address: string): Promise<string> {
@@ -263,6 +282,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         return `Redis ${v}`
       },
     },
+    ...(deps.queueRedis ? [queueRedisCheck(deps.queueRedis)] : []),
     ...(deps.imageRegistry ? [imageRegistryCheck(deps.imageRegistry)] : []),
     {
       name: 'kernel features',
@@ -297,8 +317,13 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   for (const check of checks) {
     const started = performance.now()
     try {
-      const detail = await check.run()
-      results.push({ name: check.name, ok: true, detail, ms: performance.now() - started })
+      const outcome = await check.run()
+      const ms = performance.now() - started
+      results.push(
+        outcome instanceof Warning
+          ? { name: check.name, ok: true, warn: true, detail: outcome.detail, fix: outcome.fix, ms }
+          : { name: check.name, ok: true, detail: outcome, ms },
+      )
     } catch (err) {
       results.push({
         name: check.name,
@@ -342,6 +367,48 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
 }
 
 /**
+ * The queues' Redis: reachable and new enough (or asynchronous invocations cannot be accepted), and
+ * durable: a 202 is only as safe as its AOF. Not durable is a warning, since the gateway works.
+ */
+function queueRedisCheck(q: NonNullable<DoctorDeps['queueRedis']>): Check {
+  const where = describeQueueRedis(q)
+  return {
+    name: 'queue redis',
+    fix:
+      q.source === 'provisioned'
+        ? `${PROVISION}: it starts the queue Redis (appendfsync always), or set INITLESS_ASYNC_REDIS_URL`
+        : q.source === 'setting'
+          ? `start Redis >= ${MIN_REDIS} at ${q.url} or correct INITLESS_ASYNC_REDIS_URL`
+          : `start Redis >= ${MIN_REDIS} at ${q.url} or set INITLESS_REDIS_URL`,
+    run: async () => {
+      const state = await q.probe().catch((err: unknown) => {
+        throw new Error(`the queue Redis at ${where} does not answer: ${errorMessage(err)}`)
+      })
+      if (compareVersions(state.version, MIN_REDIS) < 0)
+        throw new Error(
+          `the queue Redis ${state.version} at ${q.url} is older than ${MIN_REDIS} (BullMQ needs it)`,
+        )
+      if (state.appendonly === undefined || state.appendfsync === undefined)
+        return new Warning(
+          `queues on ${where}: CONFIG GET is refused, so whether a 202 is on disk cannot be told`,
+          `make sure it runs with appendonly yes and appendfsync always (docs/async.md, "Redis persistence")`,
+        )
+      const policy = `appendonly ${state.appendonly}, appendfsync ${state.appendfsync}`
+      if (!isDurable(state))
+        return new Warning(
+          `queues on ${where}: ${policy}: ${
+            state.appendonly === 'yes'
+              ? 'an operating-system crash or power loss may lose the last second of 202s'
+              : 'no AOF: a restart of Redis loses every queued invocation'
+          }`,
+          durableFix(q),
+        )
+      return `Redis ${state.version} at ${where}: ${policy} (a 202 is on disk)`
+    },
+  }
+}
+
+/**
  * The executor sets the policy at start and removes it at shutdown: no rule at all is a host
  * without a running executor; some rules but not all is a policy tampered with (or Docker's
  * restart putting its FORWARD jump first), which the executor's next start repairs.
@@ -364,7 +431,8 @@ function networkPolicyCheck(p: NonNullable<DoctorDeps['networkPolicy']>): Check 
 
 export function formatDoctorReport(results: readonly CheckResult[]): string {
   const lines = results.map((r) => {
-    const head = `${r.ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
+    const head = `${r.warn ? 'warn' : r.ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
+    if (r.warn) return `${head}\n       fix: ${r.fix ?? 'see above'}`
     if (r.ok) return head
     const rest = r.detail
       .split('\n')
@@ -373,6 +441,8 @@ export function formatDoctorReport(results: readonly CheckResult[]): string {
     return [head, ...rest, `       fix: ${r.fix ?? 'see above'}`].join('\n')
   })
   const failed = results.filter((r) => !r.ok).length
-  lines.push(failed ? `\n${failed} check(s) failed` : '\nall checks passed')
+  const warned = results.filter((r) => r.warn).length
+  const warnings = warned ? `, ${warned} with a warning` : ''
+  lines.push(failed ? `\n${failed} check(s) failed${warnings}` : `\nall checks passed${warnings}`)
   return lines.join('\n')
 }
