@@ -13,6 +13,11 @@ wait_for() { # wait_for SECONDS CMD...
   done
 }
 
+# without_inherited_fds CMD...: run CMD with descriptors 3-9 closed. A daemon keeps what it inherits
+# for its whole life: run as `flock LOCK provision.sh`, provisioning hands the lock's descriptor to
+# its children, and a daemon started with it would hold that lock until it stops.
+without_inherited_fds() { "$@" 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; }
+
 # Make a running Docker engine read /etc/docker/daemon.json again: systemd restarts it; without
 # systemd it is stopped here and start_docker starts it.
 restart_docker() {
@@ -25,7 +30,7 @@ restart_docker() {
 # Enabled too, so that it is back after a reboot.
 start_docker() {
   if has_systemd; then systemctl enable --now docker; else
-    setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+    without_inherited_fds setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
   fi
 }
 
@@ -36,7 +41,7 @@ start_docker() {
 start_redis() {
   if has_systemd && [ "$1" = 6379 ]; then systemctl enable --now redis-server; else
     mkdir -p "$STATE_DIR/redis"
-    redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
+    without_inherited_fds redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
       --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$1.pid" \
       --appendonly yes --save ''
   fi
@@ -71,7 +76,7 @@ queue_redis_conf() {
 # /etc/redis/redis-$QUEUE_REDIS_INSTANCE.conf, the file the template reads).
 start_queue_redis() {
   if has_systemd; then systemctl enable --now "redis-server@$QUEUE_REDIS_INSTANCE"; else
-    redis-server "$1" --daemonize yes --logfile "$LOG_DIR/queue-redis.log" \
+    without_inherited_fds redis-server "$1" --daemonize yes --logfile "$LOG_DIR/queue-redis.log" \
       --pidfile /run/initless-queue-redis.pid
   fi
 }
@@ -92,7 +97,7 @@ start_registry() {
     local pidfile=${INITLESS_REGISTRY_PIDFILE:-/run/initless-registry.pid} old
     old=$(cat "$pidfile" 2>/dev/null || true)
     if [ -n "$old" ] && kill "$old" 2>/dev/null; then wait_for 10 bash -c "! kill -0 $old"; fi
-    setsid nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups \
+    without_inherited_fds setsid nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups \
       docker-registry serve "$1" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
   fi

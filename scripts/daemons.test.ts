@@ -30,6 +30,7 @@ describe('scripts/daemons.sh', () => {
         file,
         `#!/bin/bash\n${name === 'dockerd' ? 'sleep 0.3\n' : ''}` +
           `{ printf '%s' ${name}; for a in "$@"; do printf ' [%s]' "$a"; done; echo; } >>"$CALLS"\n` +
+          `if [ -e /proc/$$/fd/3 ]; then echo "${name} inherited fd 3" >>"$CALLS"; fi\n` +
           `echo "${name} output"\n${name === 'pgrep' ? 'exit 1\n' : ''}`,
       )
       await chmod(file, 0o755)
@@ -148,6 +149,23 @@ describe('scripts/daemons.sh', () => {
       ...common,
       'pidfile /run/redis-initless-queue/redis-server.pid',
       'logfile ""',
+    ])
+  })
+
+  test('a daemon never inherits the caller’s descriptors (flock’s lock on fd 3)', async () => {
+    const started = await run(
+      'exec 3</dev/null; start_docker; start_redis 6390; start_queue_redis /x.conf; start_registry /r.yml',
+      { systemd: false },
+    )
+    assert.equal(started.length, 4, started.join('\n'))
+    assert.deepEqual(
+      started.filter((l) => l.includes('inherited')),
+      [],
+    )
+    // The fakes do see a descriptor that is passed on: the check itself works.
+    assert.deepEqual(await run('exec 3</dev/null; redis-server x', { systemd: false }), [
+      'redis-server [x]',
+      'redis-server inherited fd 3',
     ])
   })
 
