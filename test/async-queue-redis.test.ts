@@ -8,7 +8,7 @@
  * queue Redis: durable as provisioned, a warning for one on everysec.
  */
 import assert from 'node:assert/strict'
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { cp, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -16,6 +16,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
+import { startCliUp, type CliUp } from './support/cli-up.ts'
 import { freePort } from './support/e2e.ts'
 import { REDIS_URL, requireServices } from './support/integration.ts'
 import { startQueueRedis, type TestRedis } from './support/queue-redis.ts'
@@ -61,8 +62,7 @@ describe('the default stack: queues on the queue Redis provisioning starts', () 
   let everysec: TestRedis | undefined
   let env: NodeJS.ProcessEnv = {}
   let port = 0
-  let up: ChildProcess | undefined
-  let upOutput = ''
+  let up: CliUp | undefined
 
   before(async () => {
     if (process.getuid?.() !== 0) return
@@ -88,7 +88,7 @@ describe('the default stack: queues on the queue Redis provisioning starts', () 
   })
   after(async () => {
     // Its own process group: a failed test must not leave the executor and gateway running.
-    if (up?.pid !== undefined && up.exitCode === null) process.kill(-up.pid, 'SIGKILL')
+    up?.killGroup()
     await queue?.kill()
     await everysec?.kill()
     if (env.INITLESS_KEY_PREFIX) {
@@ -104,27 +104,14 @@ describe('the default stack: queues on the queue Redis provisioning starts', () 
     if (!requireServices(t)) return
     queue = await startQueueRedis(redisDir)
     env.INITLESS_ASYNC_REDIS_PORT = String(queue.port)
-    up = spawn(process.execPath, [CLI, 'up'], {
-      env,
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    })
-    up.stdout?.on('data', (d: Buffer) => (upOutput += d.toString()))
-    up.stderr?.on('data', (d: Buffer) => (upOutput += d.toString()))
-    const deadline = Date.now() + 300_000
-    while (!/initless is up at /.test(upOutput)) {
-      assert.ok(up.exitCode === null, `initless up exited early:\n${upOutput.slice(-3000)}`)
-      assert.ok(Date.now() < deadline, `initless up never came up:\n${upOutput.slice(-3000)}`)
-      await new Promise((r) => setTimeout(r, 200))
-    }
+    up = await startCliUp(env)
     assert.match(
-      upOutput,
+      up.output(),
       new RegExp(
         `asynchronous invocations: queues on redis://127\\.0\\.0\\.1:${queue.port} \\(the queue Redis scripts/provision\\.sh starts\\), appendonly yes, appendfsync always`,
       ),
     )
-    assert.doesNotMatch(upOutput, /warning: a 202 is not fsynced/)
+    assert.doesNotMatch(up.output(), /warning: a 202 is not fsynced/)
 
     const url = `http://127.0.0.1:${port}`
     const res = await fetch(`${url}/async-function/hello-node/echo`, { method: 'POST', body: 'queued' })
@@ -151,9 +138,9 @@ describe('the default stack: queues on the queue Redis provisioning starts', () 
     assert.deepEqual(await keys(REDIS_URL, `${asyncPrefix}:*`), [])
     assert.notDeepEqual(await keys(REDIS_URL, `${keyPrefix}:*`), [])
 
-    const exited = new Promise<number | null>((r) => up!.once('exit', (code) => r(code)))
-    up.kill('SIGINT')
-    assert.equal(await exited, 0, upOutput.slice(-2000))
+    const exited = new Promise<number | null>((r) => up!.child.once('exit', (code) => r(code)))
+    up.child.kill('SIGINT')
+    assert.equal(await exited, 0, up.output().slice(-2000))
   })
 
   test('initless up stops at once, with the fix, when the queue Redis does not answer', async (t) => {
