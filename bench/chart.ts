@@ -5,6 +5,7 @@
 import { parse, View } from 'vega'
 import { compile, type TopLevelSpec } from 'vega-lite'
 import type { BenchResult } from './report.ts'
+import { rcuNote } from './env.ts'
 
 const RUNTIME_ORDER = ['boot', 'docker', 'eager', 'lazy', 'lazy+pool']
 const WARM_ORDER = ['direct', 'gateway', 'nginx']
@@ -101,7 +102,7 @@ export function chartSpec(r: BenchResult): TopLevelSpec {
   }
   const b = r.burst
   const subtitle = [
-    `${r.machine.cpu}, ${r.machine.cores} cores, kernel ${r.machine.kernel}; CRIU ${r.versions.criu}, runc ${r.versions.runc}, Docker ${r.versions.docker}, Node ${r.versions.node}`,
+    `${r.machine.cpu}, ${r.machine.cores} cores, kernel ${r.machine.kernel}${rcuNote(r.machine)}; CRIU ${r.versions.criu}, runc ${r.versions.runc}, Docker ${r.versions.docker}, Node ${r.versions.node}`,
     ...(b
       ? [
           `Burst from zero: ${b.requests} requests to ${b.function}, ${b.errors} errors, ${b.restores} restores, p50 ${b.p50Ms} ms, p99 ${b.p99Ms} ms`,

@@ -2,12 +2,22 @@
  * What every benchmark result records about where and how it was measured.
  */
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { cpus, release, totalmem } from 'node:os'
+import { RCU_EXPEDITED } from '../executor/sandbox/host-tuning.ts'
 
 export interface BenchEnvironment {
   readonly date: string
   readonly command: string
-  readonly machine: { cpu: string; cores: number; memoryGiB: number; kernel: string; loadAvg1m: number }
+  readonly machine: {
+    cpu: string
+    cores: number
+    memoryGiB: number
+    kernel: string
+    loadAvg1m: number
+    /** /sys/kernel/rcu_expedited (executor/sandbox/host-tuning.ts): restores differ by ~15 ms. */
+    rcuExpedited: boolean | null
+  }
   readonly versions: { criu: string; runc: string; docker: string; node: string }
 }
 
@@ -17,6 +27,20 @@ function version(cmd: string, args: string[], re: RegExp): string {
   } catch {
     return 'unavailable'
   }
+}
+
+function rcuExpedited(): boolean | null {
+  try {
+    return readFileSync(RCU_EXPEDITED, 'utf8').trim() !== '0'
+  } catch {
+    return null
+  }
+}
+
+/** ' (RCU grace periods expedited|normal)' after the kernel; '' where a result did not record it. */
+export function rcuNote(machine: { readonly rcuExpedited?: boolean | null }): string {
+  const e = machine.rcuExpedited
+  return e === undefined || e === null ? '' : ` (RCU grace periods ${e ? 'expedited' : 'normal'})`
 }
 
 export function benchEnvironment(argv: readonly string[]): BenchEnvironment {
@@ -30,6 +54,7 @@ export function benchEnvironment(argv: readonly string[]): BenchEnvironment {
       memoryGiB: Math.round(totalmem() / 2 ** 30),
       kernel: release(),
       loadAvg1m: load,
+      rcuExpedited: rcuExpedited(),
     },
     versions: {
       criu: version('criu', ['--version'], /Version:\s*(\S+)/),

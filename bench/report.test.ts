@@ -21,7 +21,7 @@ function result(over: Partial<Omit<BenchResult, 'targets'>> = {}): Omit<BenchRes
   return {
     date: '2026-01-01T00:00:00.000Z',
     command: 'node --import tsx bench/run.ts',
-    machine: { cpu: 'cpu', cores: 2, memoryGiB: 24, kernel: '6.18', loadAvg1m: 0.1 },
+    machine: { cpu: 'cpu', cores: 2, memoryGiB: 24, kernel: '6.18', loadAvg1m: 0.1, rcuExpedited: true },
     versions: { criu: '4.2.1', runc: '1.1.5', docker: '20.10', node: 'v20' },
     kind: 'test',
     settings: { warmDurationS: 5, warmupS: 2, warmRounds: 3 },
@@ -106,6 +106,8 @@ test('targets say met or missed, by how much, or not measured', () => {
   assert.deepEqual([tput.value, tput.met], [66.67, true])
   const md = renderMarkdown({ ...result(), targets })
   assert.doesNotMatch(md, /Where the burst's time goes/)
+  // The machine line says how the kernel ran RCU grace periods (restores differ by ~15 ms).
+  assert.match(md, /kernel 6\.18 \(RCU grace periods expedited\), load 0\.1 at start/)
   const profiled = renderMarkdown({
     ...result({
       burst: {

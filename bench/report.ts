@@ -7,7 +7,7 @@ import type { BurstResult } from './burst.ts'
 import type { ColdStartRow, Phase } from './cold-start.ts'
 import { PHASES } from './cold-start.ts'
 import type { BenchEnvironment } from './env.ts'
-import { round } from './env.ts'
+import { rcuNote, round } from './env.ts'
 import { describeBusy, type QuietVerdict } from './quiet.ts'
 import type { WarmResult } from './warm.ts'
 
@@ -257,7 +257,7 @@ export function renderMarkdown(r: BenchResult): string {
     '',
     `${r.date} — \`${r.command}\``,
     '',
-    `Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, kernel ${m.kernel}, load ${m.loadAvg1m} at start. ` +
+    `Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, kernel ${m.kernel}${rcuNote(m)}, load ${m.loadAvg1m} at start. ` +
       `CRIU ${v.criu}, runc ${v.runc}, Docker ${v.docker}, Node ${v.node}` +
       `${r.warmSetup ? `, nginx ${r.warmSetup.nginxVersion}` : ''}.`,
     '',

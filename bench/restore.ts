@@ -5,6 +5,11 @@
  * the machine's noise hits them alike; compare ratios within one run.
  *
  *   node --import tsx bench/restore.ts [--n 10] [--functions a,b] [--runtimes boot,eager,lazy,lazy+pool,docker]
+ *     [--concurrent 5] [--mixed 10] [--mixed-rounds 3]
+ *
+ * --concurrent: rounds of 3 simultaneous lazy restores of flask-table. --mixed: simultaneous lazy
+ * restores of the benchmarked functions in turn (0: none), each against its function's lazy p50
+ * alone from the same run; --mixed-rounds times.
  *
  * Writes bench/results/restore-<date>.json, restore-latest.json and restore-latest.md.
  */
@@ -24,7 +29,7 @@ import { createLogger } from '../shared/logger.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
-import { benchEnvironment, medianOf, percentile, round } from './env.ts'
+import { benchEnvironment, medianOf, percentile, rcuNote, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 
@@ -36,6 +41,8 @@ const { values: args } = parseArgs({
     functions: { type: 'string', default: 'flask-table,spring-greeting,hello-node,ts-compile' },
     runtimes: { type: 'string', default: 'boot,docker,eager,lazy,lazy+pool' },
     concurrent: { type: 'string', default: '5' },
+    mixed: { type: 'string', default: '10' },
+    'mixed-rounds': { type: 'string', default: '3' },
     out: { type: 'string', default: join(import.meta.dirname, 'results') },
     ...QUIET_ARGS,
   },
@@ -179,6 +186,43 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
   }
 }
 
+/**
+ * `--mixed` simultaneous lazy restores, the benchmarked functions in turn, `--mixed-rounds` times.
+ * A restore that fails is counted, not fatal: errors are part of the result.
+ */
+async function mixedRestores(alone: (fn: string) => number | undefined) {
+  const count = Number(args.mixed)
+  const rounds = Number(args['mixed-rounds'])
+  if (!(count > 0) || !variants.includes('lazy')) return undefined
+  const totals = new Map<string, number[]>(functions.map((f) => [f.name, []]))
+  const errors: string[] = []
+  for (let r = 0; r < rounds; r++) {
+    const picks = Array.from({ length: count }, (_, i) => functions[i % functions.length]!)
+    const settled = await Promise.allSettled(picks.map((fn) => restoreOnce(fn, 'lazy')))
+    settled.forEach((s, i) => {
+      if (s.status === 'fulfilled') totals.get(picks[i]!.name)!.push(s.value.totalMs)
+      else errors.push(`${picks[i]!.name}: ${errorMessage(s.reason)}`)
+    })
+    process.stderr.write(`[mixed] round ${r + 1}/${rounds}: ${errors.length} errors so far\n`)
+  }
+  const byFunction = [...totals].map(([fn, ms]) => {
+    const aloneP50Ms = alone(fn) ?? NaN
+    const p50Ms = round(percentile(ms, 50))
+    const maxMs = round(Math.max(...ms))
+    return {
+      function: fn,
+      n: ms.length,
+      aloneP50Ms,
+      p50Ms,
+      maxMs,
+      p50Ratio: round(p50Ms / aloneP50Ms, 2),
+      maxRatio: round(maxMs / aloneP50Ms, 2),
+      totalsMs: ms.map((t) => round(t)),
+    }
+  })
+  return { simultaneous: count, rounds, errors, byFunction }
+}
+
 let failed: unknown
 try {
   const env = {
@@ -211,6 +255,8 @@ try {
   }
   const concurrent = flask ? summarize('flask-table', 'lazy x3 concurrent', concurrentRuns, 0) : undefined
 
+  const lazyAlone = (fn: string) => rows.find((r) => r.function === fn && r.runtime === 'lazy')?.p50Ms
+  const mixed = await mixedRestores(lazyAlone)
   const bootOf = (fn: string) => rows.find((r) => r.function === fn && r.runtime === 'boot')?.p50Ms
   const result = {
     ...env,
@@ -219,7 +265,15 @@ try {
       ...r,
       ratioToBoot: bootOf(r.function) ? round(bootOf(r.function)! / r.p50Ms, 2) : null,
     })),
-    concurrentLazy: concurrent,
+    concurrentLazy: concurrent
+      ? {
+          ...concurrent,
+          ratioToAlone: lazyAlone('flask-table')
+            ? round(concurrent.p50Ms / lazyAlone('flask-table')!, 2)
+            : null,
+        }
+      : undefined,
+    mixed,
   }
   await mkdir(args.out, { recursive: true })
   const stamp = env.date.replace(/[:.]/g, '-')
@@ -227,7 +281,7 @@ try {
   await writeFile(join(args.out, 'restore-latest.json'), JSON.stringify(result, null, 2))
   const md = [
     `Restore benchmark, ${env.date}, \`${env.command}\``,
-    `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
+    `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}${rcuNote(env.machine)}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
     '',
     '| function | snapshot | runtime | n | p50 ms | p95 ms | boot / this | queue | sandbox | restore | of it CRIU | ready |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|',
@@ -242,6 +296,19 @@ try {
       : []),
     '',
     'Phases are medians of each phase on its own (they need not add up to the p50 total).',
+    ...(mixed
+      ? [
+          '',
+          `${mixed.simultaneous} simultaneous lazy restores of ${functions.map((f) => f.name).join(', ')} in turn, ${mixed.rounds} rounds (executor restore concurrency ${config.INITLESS_RESTORE_CONCURRENCY}): ${mixed.errors.length} errors; each restore against its function's lazy p50 alone:`,
+          '',
+          '| function | n | alone p50 ms | p50 ms | max ms | p50 / alone | max / alone |',
+          '|---|---|---|---|---|---|---|',
+          ...mixed.byFunction.map(
+            (m) =>
+              `| ${m.function} | ${m.n} | ${m.aloneP50Ms} | ${m.p50Ms} | ${m.maxMs} | ${m.p50Ratio}x | ${m.maxRatio}x |`,
+          ),
+        ]
+      : []),
   ].join('\n')
   await writeFile(join(args.out, 'restore-latest.md'), `${md}\n`)
   console.log(md)

@@ -129,6 +129,9 @@ export async function startBenchStack(opts: BenchStackOptions): Promise<BenchSta
       // info: the benchmark reads 'instance ready' (pooled or not) and 'restore enqueued' records.
       INITLESS_LOG_LEVEL: 'info',
       INITLESS_GATEWAY_WORKERS: String(opts.gatewayWorkers ?? 1),
+      // The benchmark is one client standing in for many: a burst's 1000 connections all come
+      // from 127.0.0.1, which the per-client cap (256) would answer with 429.
+      INITLESS_MAX_CONNECTIONS_PER_CLIENT: '0',
     },
     adminToken: iso.adminToken,
     onLine: (name, line) => name === 'executor' && relay(line),

@@ -58,6 +58,7 @@ function harness(
     sandboxHelper?: DoctorDeps['sandboxHelper']
     restorePath?: RestorePath
     thpMode?: string
+    rcuExpedited?: boolean | 'absent'
   } = {},
 ): Harness {
   const answers = { ...HEALTHY, ...over.answers }
@@ -96,6 +97,7 @@ function harness(
     sandboxHelper: over.sandboxHelper ?? { setting: 'auto', path: HELPER },
     restorePath: async () => over.restorePath ?? { direct: true, reason: 'cgroup v1', settled: true },
     thpMode: async () => over.thpMode ?? 'madvise',
+    rcuExpedited: async () => (over.rcuExpedited === 'absent' ? undefined : (over.rcuExpedited ?? true)),
     ...(selfTest
       ? {
           selfTest: () => {
@@ -137,6 +139,7 @@ describe('runDoctor', () => {
         'lazy restores',
         'redis',
         'kernel features',
+        'rcu grace periods',
         'disk',
         'restore probe',
       ],
@@ -163,6 +166,11 @@ describe('runDoctor', () => {
       'restore path': [true, 'direct (cgroup v1)', undefined],
       'lazy restores': [true, 'transparent huge pages madvise', undefined],
       redis: [true, 'Redis 7.0.15', undefined],
+      'rcu grace periods': [
+        true,
+        'expedited: the cgroup moves and mount changes of a restore do not wait for the scheduler tick',
+        undefined,
+      ],
       'restore probe': [true, 'checkpoint 120 ms; eager restore 81 ms; lazy restore 40 ms', undefined],
     })
     // The disk check passes with no minimum; kernel features depend on the host running the test.
@@ -257,6 +265,27 @@ describe('runDoctor', () => {
       if (!c.ok)
         assert.match(r.fix!, /echo madvise > \/sys\/kernel\/mm\/transparent_hugepage\/enabled.*eager/)
     }
+  })
+
+  test('rcu grace periods: normal passes with advice, expedited and absent pass plain', async () => {
+    const normal = byName(
+      await runDoctor(harness({ selfTest: null, rcuExpedited: false }).deps),
+      'rcu grace periods',
+    )
+    assert.equal(normal.ok, true)
+    assert.match(normal.detail, /^normal: every restore waits for RCU grace periods/)
+    assert.match(normal.warn!, /^echo 1 > \/sys\/kernel\/rcu_expedited .*INITLESS_KERNEL_TUNING=0/)
+    const expedited = byName(await runDoctor(harness({ selfTest: null }).deps), 'rcu grace periods')
+    assert.deepEqual([expedited.ok, expedited.warn], [true, undefined])
+    assert.match(expedited.detail, /^expedited/)
+    const absent = byName(
+      await runDoctor(harness({ selfTest: null, rcuExpedited: 'absent' }).deps),
+      'rcu grace periods',
+    )
+    assert.deepEqual(
+      [absent.ok, absent.warn, absent.detail],
+      [true, undefined, 'no /sys/kernel/rcu_expedited on this kernel'],
+    )
   })
 
   test('sandbox helper: missing fails with the provision fix; off passes without running one', async () => {
@@ -612,6 +641,23 @@ describe('formatDoctorReport', () => {
     ])
     assert.ok(!report.includes('fix:'))
     assert.ok(report.endsWith('\nall checks passed'))
+  })
+
+  test('a passed check with advice is a warn line with an advice: line, counted in the summary', () => {
+    const report = formatDoctorReport([
+      { name: 'node', ok: true, detail: 'Node.js 20.19.0', ms: 0 },
+      { name: 'rcu grace periods', ok: true, detail: 'normal', warn: 'echo 1 > it', ms: 0 },
+    ])
+    assert.equal(
+      report,
+      [
+        `ok   ${'node'.padEnd(20)} Node.js 20.19.0`,
+        `warn ${'rcu grace periods'.padEnd(20)} normal`,
+        '       advice: echo 1 > it',
+        '',
+        'all checks passed (1 with advice)',
+      ].join('\n'),
+    )
   })
 
   test('a real failing run prints fix: for each failure', async () => {

@@ -11,6 +11,7 @@ import type { PolicyStatus } from '../executor/adapters/firewall.ts'
 import { formatRestorePath, lazyRestoreHazard, type RestorePath } from '../executor/sandbox/restore-path.ts'
 import type { SelfTestStep } from '../executor/runtimes/selftest.ts'
 import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/seccomp-profile.ts'
+import { RCU_EXPEDITED } from '../executor/sandbox/host-tuning.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
 import {
@@ -24,11 +25,11 @@ import {
 export interface CheckResult {
   readonly name: string
   readonly ok: boolean
-  /** Passed, but something should be changed (`fix` says what): the exit code stays 0. */
-  readonly warn?: boolean
   readonly detail: string
-  /** What to do about a failure or a warning. */
+  /** What to do about a failure. */
   readonly fix?: string
+  /** A passed check's advice: the host works, but would serve better with this changed. */
+  readonly warn?: string
   readonly ms: number
 }
 
@@ -57,6 +58,8 @@ export interface DoctorDeps {
   readonly restorePath: () => Promise<RestorePath>
   /** The host's transparent huge pages mode (`always`, `madvise`, `never`; undefined: no THP). */
   readonly thpMode: () => Promise<string | undefined>
+  /** /sys/kernel/rcu_expedited (host-tuning.ts); undefined: the kernel has no such switch. */
+  readonly rcuExpedited: () => Promise<boolean | undefined>
   /** The instances' network policy as the kernel holds it (firewall.ts); omitted: not checked. */
   readonly networkPolicy?: { readonly bridge: string; readonly status: () => Promise<PolicyStatus> }
   /**
@@ -75,15 +78,9 @@ export const MIN_NODE = '20.10.0'
 /** Where scripts/provision.sh starts the OCI registry unless told otherwise. */
 export const PROVISIONED_REGISTRY = '127.0.0.1:5000'
 
-type Check = { name: string; fix: string; run: () => Promise<string | Warning> }
-
-/** A check's outcome that passes with a warning. */
-class Warning {
-  constructor(
-    readonly detail: string,
-    readonly fix: string,
-  ) {}
-}
+/** What a check found: its detail, and for a check that passes with advice, that advice. */
+type Found = string | { readonly detail: string; readonly warn: string }
+type Check = { name: string; fix: string; run: () => Promise<Found> }
 
 /** `GET /v2/` of an OCI registry (plain HTTP, as provisioning serves it): its API version. */
 export async function probeImageRegistry(address: string): Promise<string> {
@@ -299,6 +296,22 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
       },
     },
     {
+      name: 'rcu grace periods',
+      fix: `echo 1 > ${RCU_EXPEDITED}`,
+      run: async (): Promise<Found> => {
+        const expedited = await deps.rcuExpedited()
+        if (expedited === undefined) return `no ${RCU_EXPEDITED} on this kernel`
+        if (expedited)
+          return 'expedited: the cgroup moves and mount changes of a restore do not wait for the scheduler tick'
+        return {
+          detail: 'normal: every restore waits for RCU grace periods (cgroup v2 task moves, mount teardown)',
+          warn:
+            `echo 1 > ${RCU_EXPEDITED} takes ~15 ms off each restore here (an IPI per grace period to every CPU); ` +
+            'scripts/provision.sh sets it unless INITLESS_KERNEL_TUNING=0 (docs/sandbox.md, "Host tuning")',
+        }
+      },
+    },
+    {
       name: 'disk',
       fix: `free disk space under ${deps.stateDir} (snapshots hold whole process memories) or set INITLESS_STATE_DIR`,
       run: async () => {
@@ -317,13 +330,13 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   for (const check of checks) {
     const started = performance.now()
     try {
-      const outcome = await check.run()
-      const ms = performance.now() - started
-      results.push(
-        outcome instanceof Warning
-          ? { name: check.name, ok: true, warn: true, detail: outcome.detail, fix: outcome.fix, ms }
-          : { name: check.name, ok: true, detail: outcome, ms },
-      )
+      const found = await check.run()
+      results.push({
+        name: check.name,
+        ok: true,
+        ...(typeof found === 'string' ? { detail: found } : found),
+        ms: performance.now() - started,
+      })
     } catch (err) {
       results.push({
         name: check.name,
@@ -368,7 +381,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
 
 /**
  * The queues' Redis: reachable and new enough (or asynchronous invocations cannot be accepted), and
- * durable: a 202 is only as safe as its AOF. Not durable is a warning, since the gateway works.
+ * durable: a 202 is only as safe as its AOF. Not durable passes with advice: the gateway works.
  */
 function queueRedisCheck(q: NonNullable<DoctorDeps['queueRedis']>): Check {
   const where = describeQueueRedis(q)
@@ -380,7 +393,7 @@ function queueRedisCheck(q: NonNullable<DoctorDeps['queueRedis']>): Check {
         : q.source === 'setting'
           ? `start Redis >= ${MIN_REDIS} at ${q.url} or correct INITLESS_ASYNC_REDIS_URL`
           : `start Redis >= ${MIN_REDIS} at ${q.url} or set INITLESS_REDIS_URL`,
-    run: async () => {
+    run: async (): Promise<Found> => {
       const state = await q.probe().catch((err: unknown) => {
         throw new Error(`the queue Redis at ${where} does not answer: ${errorMessage(err)}`)
       })
@@ -389,20 +402,20 @@ function queueRedisCheck(q: NonNullable<DoctorDeps['queueRedis']>): Check {
           `the queue Redis ${state.version} at ${q.url} is older than ${MIN_REDIS} (BullMQ needs it)`,
         )
       if (state.appendonly === undefined || state.appendfsync === undefined)
-        return new Warning(
-          `queues on ${where}: CONFIG GET is refused, so whether a 202 is on disk cannot be told`,
-          `make sure it runs with appendonly yes and appendfsync always (docs/async.md, "Redis persistence")`,
-        )
+        return {
+          detail: `queues on ${where}: CONFIG GET is refused, so whether a 202 is on disk cannot be told`,
+          warn: 'make sure it runs with appendonly yes and appendfsync always (docs/async.md, "Redis persistence")',
+        }
       const policy = `appendonly ${state.appendonly}, appendfsync ${state.appendfsync}`
       if (!isDurable(state))
-        return new Warning(
-          `queues on ${where}: ${policy}: ${
+        return {
+          detail: `queues on ${where}: ${policy}: ${
             state.appendonly === 'yes'
               ? 'an operating-system crash or power loss may lose the last second of 202s'
               : 'no AOF: a restart of Redis loses every queued invocation'
           }`,
-          durableFix(q),
-        )
+          warn: durableFix(q),
+        }
       return `Redis ${state.version} at ${where}: ${policy} (a 202 is on disk)`
     },
   }
@@ -431,9 +444,8 @@ function networkPolicyCheck(p: NonNullable<DoctorDeps['networkPolicy']>): Check 
 
 export function formatDoctorReport(results: readonly CheckResult[]): string {
   const lines = results.map((r) => {
-    const head = `${r.warn ? 'warn' : r.ok ? 'ok  ' : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
-    if (r.warn) return `${head}\n       fix: ${r.fix ?? 'see above'}`
-    if (r.ok) return head
+    const head = `${r.ok ? (r.warn ? 'warn' : 'ok  ') : 'FAIL'} ${r.name.padEnd(20)} ${r.detail.split('\n')[0] ?? ''}`
+    if (r.ok) return r.warn ? `${head}\n       advice: ${r.warn}` : head
     const rest = r.detail
       .split('\n')
       .slice(1, 8)
@@ -441,8 +453,8 @@ export function formatDoctorReport(results: readonly CheckResult[]): string {
     return [head, ...rest, `       fix: ${r.fix ?? 'see above'}`].join('\n')
   })
   const failed = results.filter((r) => !r.ok).length
-  const warned = results.filter((r) => r.warn).length
-  const warnings = warned ? `, ${warned} with a warning` : ''
-  lines.push(failed ? `\n${failed} check(s) failed${warnings}` : `\nall checks passed${warnings}`)
+  const warned = results.filter((r) => r.ok && r.warn).length
+  const advice = warned ? ` (${warned} with advice)` : ''
+  lines.push(failed ? `\n${failed} check(s) failed${advice}` : `\nall checks passed${advice}`)
   return lines.join('\n')
 }

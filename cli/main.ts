@@ -7,6 +7,7 @@ import { loadExecutorConfig } from '../executor/config.ts'
 import { createFirewall } from '../executor/adapters/firewall.ts'
 import { nativeBuildId } from '../executor/adapters/native.ts'
 import { readThpMode } from '../executor/sandbox/restore-path.ts'
+import { readRcuExpedited } from '../executor/sandbox/host-tuning.ts'
 import { createHostAdapters, createSandboxes, createSelfTest } from '../executor/wiring.ts'
 import { canonicalCidr } from '../shared/subnet.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
@@ -67,6 +68,7 @@ program
         },
         restorePath: () => sandboxes.restorePath(),
         thpMode: () => readThpMode(),
+        rcuExpedited: () => readRcuExpedited(),
         dockerInfo: () => adapters.docker.info(),
         networkPolicy: {
           bridge: config.INITLESS_BRIDGE,

@@ -6,6 +6,7 @@
 import { spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
+import { pruneStaleOutputs } from './prune-dist.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
@@ -17,3 +18,5 @@ if (result.status !== 0) {
   console.error('build: tsc failed (errors above)')
   process.exit(result.status ?? 1)
 }
+const removed = pruneStaleOutputs(join(root, 'dist'), root)
+if (removed.length) console.log(`build: removed ${removed.length} file(s) of deleted sources from dist/`)

@@ -17,6 +17,8 @@
 #   INITLESS_REGISTRY_ADDRESS  address of the OCI registry started here (default 127.0.0.1:5000);
 #                           hosts share images through it with INITLESS_IMAGE_REGISTRY
 #   INITLESS_SKIP_APT_UPDATE=1  never run apt-get update (offline re-runs)
+#   INITLESS_KERNEL_TUNING=0    leave the kernel's settings alone (scripts/host-tuning.sh says
+#                           what would be set and why)
 set -Eeuo pipefail
 
 STATE_DIR=${INITLESS_STATE_DIR:-/var/lib/initless}
@@ -362,5 +364,10 @@ if [ "$BUILD_BASE_IMAGE" = 1 ]; then
     done_step "built"
   fi
 fi
+
+# ---------------------------------------------------------------------------------------------
+step "kernel tuning"
+. "$(dirname "${BASH_SOURCE[0]}")/host-tuning.sh"
+done_step "$(tune_kernel)"
 
 echo "provision: done"

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -20,6 +21,28 @@ import { requireServices } from './support/integration.ts'
 const config = loadExecutorConfig(process.env)
 const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' })
 const hasLink = (name: string) => ip('-o', 'link', 'show').includes(` ${name}@`)
+
+/** How long a connection to `ip`:`port` takes to be refused (rejects on any other outcome). */
+function refusedAfter(ip: string, port: number): Promise<number> {
+  const started = performance.now()
+  return new Promise((resolve, reject) => {
+    const sock = connect(port, ip)
+    const timer = setTimeout(() => {
+      sock.destroy()
+      reject(new Error(`${ip}:${port} did not answer within 5 s`))
+    }, 5_000)
+    sock.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer)
+      if (err.code === 'ECONNREFUSED') resolve(performance.now() - started)
+      else reject(err)
+    })
+    sock.on('connect', () => {
+      clearTimeout(timer)
+      sock.destroy()
+      reject(new Error(`${ip}:${port} accepted a connection`))
+    })
+  })
+}
 
 /** The mount options /proc/self/mountinfo lists for the mount point `target`. */
 function mountOptions(target: string): string {
@@ -43,12 +66,13 @@ describe('sandbox helper', () => {
    * The helper provision.sh built from this source (a missing one fails here, in CI too), or the
    * build INITLESS_SANDBOX_HELPER names (a path).
    */
-  const get = () => {
+  const helperPath = () => {
     const named = process.env.INITLESS_SANDBOX_HELPER
     const path = sandboxHelperPath({ INITLESS_SANDBOX_HELPER: named?.startsWith('/') ? named : 'auto' })
     assert.ok(path, 'no sandbox helper built from this source: run scripts/provision.sh')
-    return (helper ??= createSandboxHelper({ path }))
+    return path
   }
+  const get = () => (helper ??= createSandboxHelper({ path: helperPath() }))
 
   test('creates a namespace with eth0 addressed and routed, veth on the bridge; deletes it', async (t) => {
     if (!requireServices(t)) return
@@ -93,6 +117,52 @@ describe('sandbox helper', () => {
     assert.equal(hasLink(veth), false)
     // Deleting again is fine (cleanup is idempotent).
     await h.request({ op: 'netns-delete', args: [nsFile, veth] })
+  })
+
+  test('a new namespace passes frames as soon as it is made, while other veths come and go', async (t) => {
+    // eth0 going up takes effect on the bridge's end of the pair only once the kernel's link watch
+    // has run, which needs the RTNL lock that every veth deletion holds through an RCU grace
+    // period; a packet sent before is lost, the host's first ARP request retried only after 1 s.
+    // Each namespace is made while a second helper deletes the previous one; sysfs's brport/state
+    // and operstate, and a dump of the links, report the state without settling it.
+    if (!requireServices(t)) return
+    const h = get()
+    const churn = createSandboxHelper({ path: helperPath() })
+    const bridge = config.INITLESS_BRIDGE
+    const retransMs = Number(readFileSync(`/proc/sys/net/ipv4/neigh/${bridge}/retrans_time_ms`, 'utf8'))
+    const made: [nsFile: string, veth: string][] = []
+    try {
+      for (let i = 0; i < 8; i++) {
+        const addr = `10.213.254.${20 + i}`
+        const name = `initless-hlpnew${i}-${process.pid}`
+        const veth = `ilf${process.pid % 100000}x${i}`.slice(0, 15)
+        const nsFile = `${NETNS_DIR}/${name}`
+        // No cached entry: the first packet needs an ARP exchange through the new port.
+        ip('neigh', 'flush', 'to', addr, 'dev', bridge)
+        const previous = made.at(-1)
+        const deleting = previous ? churn.request({ op: 'netns-delete', args: previous }) : undefined
+        await h.request({
+          op: 'netns-create',
+          args: [nsFile, veth, macFor(addr), `${addr}/16`, '10.213.0.1', bridge],
+        })
+        made.push([nsFile, veth])
+        const sys = (file: string) => readFileSync(`/sys/class/net/${file}`, 'utf8').trim()
+        assert.equal(sys(`${veth}/brport/state`), '3', `${veth}: the bridge port is not forwarding yet`)
+        assert.equal(sys(`${veth}/operstate`), 'up', veth)
+        assert.equal(sys(`${bridge}/operstate`), 'up', bridge)
+        assert.match(ip('-n', name, '-o', 'link'), /eth0@\S+ .*state UP/)
+        // Nothing listens: the namespace's kernel refuses the connection, before any ARP retry.
+        const ms = await refusedAfter(addr, 9)
+        assert.ok(
+          ms < retransMs,
+          `${addr}: refused after ${ms.toFixed(0)} ms, an ARP retry is ${retransMs} ms`,
+        )
+        await deleting
+      }
+    } finally {
+      for (const args of made) await churn.request({ op: 'netns-delete', args })
+      churn.close()
+    }
   })
 
   test('a namespace that cannot be completed leaves nothing behind', async (t) => {

@@ -10,6 +10,7 @@ import {
   criuRestoreArgs,
   criuRestoreConfigText,
   DESCRIPTORS_FILE,
+  killLazyPages,
   type CriuRestoreRequest,
 } from './criu.ts'
 import type { CommandRunner } from './exec.ts'
@@ -70,6 +71,27 @@ function configLines(text: string): string[] {
   assert.ok(text.endsWith('\n'))
   return text.trimEnd().split('\n')
 }
+
+test('killLazyPages: a daemon reaped between the check and the kill is gone, not an error', (t) => {
+  // This process is alive, so the kill is attempted; the mocked kill answers as for a pid just reaped.
+  const daemon = { pid: process.pid, exited: new Promise<number | null>(() => undefined) }
+  const kill = t.mock.method(process, 'kill', () => {
+    throw Object.assign(new Error('kill ESRCH'), { code: 'ESRCH' })
+  })
+  assert.doesNotThrow(() => killLazyPages(daemon))
+  assert.deepEqual(kill.mock.calls[0]?.arguments, [process.pid, 'SIGKILL'])
+  // Any other failure is still one.
+  kill.mock.mockImplementation(() => {
+    throw Object.assign(new Error('kill EPERM'), { code: 'EPERM' })
+  })
+  assert.throws(() => killLazyPages(daemon), /EPERM/)
+  kill.mock.restore()
+  // No daemon, or one whose pid is no process: nothing is signalled.
+  const spy = t.mock.method(process, 'kill')
+  killLazyPages(undefined)
+  killLazyPages({ pid: 2 ** 22 + 1, exited: Promise.resolve(0) })
+  assert.equal(spy.mock.callCount(), 0)
+})
 
 test('criuDumpConfigText: no network lock, and nothing only restores may have', () => {
   assert.deepEqual(configLines(criuDumpConfigText()), ['network-lock skip'])

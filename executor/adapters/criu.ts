@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { InitlessError } from '../../shared/errors.ts'
 import { failWithLogs, type CommandRunner } from './exec.ts'
 import { openOutput } from './output.ts'
-import { isProcessAlive } from './process.ts'
+import { isProcessAlive, listensOnUnixSocket } from './process.ts'
 import type { SandboxHelper } from './sandbox-helper.ts'
 
 export interface LazyPagesDaemon {
@@ -18,6 +18,9 @@ export interface LazyPagesDaemon {
   /** Settles when the daemon exits: it does so by itself once every page has been pushed. */
   readonly exited: Promise<number | null>
 }
+
+/** The lazy-pages daemon's socket, bound relative to its work dir (CRIU's LAZY_PAGES_SOCK_NAME). */
+const LAZY_PAGES_SOCKET = 'lazy-pages.socket'
 
 /** SIGKILL a process group (a restore CRIU leads); gone is fine. */
 function killGroup(pid: number): void {
@@ -28,9 +31,18 @@ function killGroup(pid: number): void {
   }
 }
 
-/** Stop a lazy-pages daemon that is no longer wanted (its restore failed or ended); gone is fine. */
+/**
+ * Stop a lazy-pages daemon that is no longer wanted (its restore failed or ended); gone is fine.
+ * The daemon exits by itself once every page is pushed, so it may be reaped between the check and
+ * the kill: ESRCH then means it is gone, not that stopping its instance failed.
+ */
 export function killLazyPages(daemon: LazyPagesDaemon | undefined): void {
-  if (daemon && isProcessAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL')
+  if (!daemon || !isProcessAlive(daemon.pid)) return
+  try {
+    process.kill(daemon.pid, 'SIGKILL')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err
+  }
 }
 
 /**
@@ -268,19 +280,25 @@ async function launchLazyPages(
   return { pid: child.pid, exited }
 }
 
-/** Wait until a lazy-pages daemon listens on its socket; the socket appears within a few ms. */
+/**
+ * Wait until a lazy-pages daemon listens on its socket; the socket appears within a few ms. Its
+ * file appears at bind(), before listen(): a restore connecting in between fails ("connect to
+ * lazy-pages.socket failed"; seen in ~1 of 1,200 restores started ten at a time), so once the
+ * file is there the daemon's own socket table must show it listening.
+ */
 async function waitListening(child: CriuProcess, workDir: string, timeoutMs: number): Promise<void> {
-  const socket = join(workDir, 'lazy-pages.socket')
+  const socket = join(workDir, LAZY_PAGES_SOCKET)
   const deadline = Date.now() + timeoutMs
   let gone = false
   void child.exited.then(() => (gone = true))
   // Poll tightly: this is on the cold-start path.
   for (;;) {
     if (
-      await access(socket).then(
+      (await access(socket).then(
         () => true,
         () => false,
-      )
+      )) &&
+      (await listensOnUnixSocket(child.pid, LAZY_PAGES_SOCKET))
     )
       return
     if (gone)

@@ -103,7 +103,7 @@ describe('vethName', () => {
 const settings = { bridge: 'initless0', subnet: '10.213.0.0/16' }
 
 describe('createNetworkManager', () => {
-  test('create() issues two ip -batch calls: host side, then inside the namespace', async () => {
+  test('create() issues three ip -batch calls: host side, inside the namespace, links settled', async () => {
     const { run, calls } = fakeRunner()
     const net = createNetworkManager({ run, settings })
     const handle = await net.create('initless-abc', '10.213.0.7')
@@ -136,8 +136,14 @@ describe('createNetworkManager', () => {
             'addr add 10.213.0.7/16 dev eth0',
             'link set eth0 up',
             'route add default via 10.213.0.1',
+            'link show dev eth0',
           ].join('\n'),
         },
+      },
+      {
+        cmd: 'ip',
+        args: ['-batch', '-'],
+        options: { input: [`link show dev ${veth}`, 'link show dev initless0'].join('\n') },
       },
     ])
   })
@@ -153,6 +159,19 @@ describe('createNetworkManager', () => {
       args: ['netns', 'del', 'initless-x'],
       options: { okCodes: [0, 1, 255] },
     })
+  })
+
+  test('a failure settling the links deletes the namespace and rethrows', async () => {
+    const boom = new InitlessError('ERR_COMMAND_FAILED', 'ip -batch -: exit 1')
+    const { run, calls } = fakeRunner((_call, i) => (i === 2 ? boom : undefined))
+    const net = createNetworkManager({ run, settings })
+    await assert.rejects(net.create('initless-z', '10.213.0.9'), (err) => err === boom)
+    assert.deepEqual(calls.at(-1), {
+      cmd: 'ip',
+      args: ['netns', 'del', 'initless-z'],
+      options: { okCodes: [0, 1, 255] },
+    })
+    assert.equal(calls.length, 4)
   })
 
   test('a failure on the host side stops there', async () => {

@@ -11,6 +11,14 @@
  * `eth0`'s MAC is derived from its address (macFor), as Docker does: addresses are reused, and the
  * host's ARP cache keeps a freed address's MAC for 15-45 s. Two restores must never share a
  * namespace: both would bind the port and one would silently shadow the other.
+ * A new pair passes frames to the instance only once the kernel's link watch has handled eth0's
+ * going up: until then the host end's transmit queue (and, when no other port was up, the
+ * bridge's) drops everything, so the host's first ARP request for the instance is lost and retried
+ * only after 1 s. The link watch is a kernel worker behind the RTNL lock, which other link changes
+ * on the host hold for tens of ms at a time; asking for a link (RTM_GETLINK, `ip link show dev`)
+ * runs its pending work at once (Linux >= 6.8). A namespace is handed out only after that: the
+ * sandbox helper asks and, on older kernels, waits until the links are up; the iproute2 fallback
+ * asks once.
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
@@ -225,7 +233,12 @@ export function createNetworkManager(deps: {
             `addr add ${ip}/${bits} dev eth0`,
             'link set eth0 up',
             `route add default via ${gw}`,
+            'link show dev eth0',
           ].join('\n'),
+        })
+        // Asking for a link settles its carrier change (see the top): the port, then the bridge.
+        await run('ip', ['-batch', '-'], {
+          input: [`link show dev ${veth}`, `link show dev ${settings.bridge}`].join('\n'),
         })
       } catch (err) {
         await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })

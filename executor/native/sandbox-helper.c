@@ -29,7 +29,9 @@
  * netns-create does what `ip netns add` plus the executor's two `ip -batch` scripts did: a named
  * network namespace bound at <nsfile>, a veth pair whose inner end is eth0 (with <mac>) inside it and
  * whose outer end <veth> is up on <bridge>, and inside: lo up, <ip>/<bits> on eth0, eth0 up, a default
- * route via <gateway>. On failure nothing of it is left behind.
+ * route via <gateway>. It answers once the pair passes frames (links_settle: both ends and the
+ * bridge operationally up, the bridge port forwarding): the first packet to the instance is not lost.
+ * On failure nothing of it is left behind.
  *
  * device-filter gives a cgroup v2 cgroup what cgroup v1's devices.deny `a` followed by one
  * devices.allow per <rule> gives a v1 cgroup: a BPF_PROG_TYPE_CGROUP_DEVICE program that denies
@@ -57,6 +59,7 @@
 #include <limits.h>
 #include <linux/bpf.h>
 #include <linux/if.h>
+#include <linux/if_bridge.h>
 #include <linux/if_link.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -147,12 +150,15 @@ static void nl_nest_end(struct nlreq *r, struct rtattr *nest) {
   nest->rta_len = (unsigned short)(r->buf + r->hdr->nlmsg_len - (char *)nest);
 }
 
-/* Send and wait for the ack; returns 0 or a positive errno. */
-static int nl_talk(int fd, struct nlreq *r) {
+/* A handler of the kernel's answers to a request before its ack (a GET's reply). */
+typedef void (*nl_reply_fn)(const struct nlmsghdr *h, void *arg);
+
+/* Send and wait for the ack, passing other answers to `on_reply`; returns 0 or a positive errno. */
+static int nl_talk_reply(int fd, struct nlreq *r, nl_reply_fn on_reply, void *arg) {
   r->hdr->nlmsg_seq = ++nl_seq;
   struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
   if (sendto(fd, r->buf, r->hdr->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) return errno;
-  char reply[8192];
+  static char reply[32768]; /* a link's whole description (RTM_GETLINK) fits */
   for (;;) {
     ssize_t n = recv(fd, reply, sizeof reply, 0);
     if (n < 0) {
@@ -165,9 +171,12 @@ static int nl_talk(int fd, struct nlreq *r) {
         struct nlmsgerr *e = NLMSG_DATA(h);
         return -e->error;
       }
+      if (on_reply) on_reply(h, arg);
     }
   }
 }
+
+static int nl_talk(int fd, struct nlreq *r) { return nl_talk_reply(fd, r, NULL, NULL); }
 
 static int nl_open(void) {
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
@@ -208,6 +217,82 @@ static int link_delete(int nl, const char *name) {
 /* The executor's own network namespace, and netlink/ioctl sockets in it. */
 
 static int host_ns = -1, host_nl = -1, host_sock = -1;
+
+/*
+ * What the kernel does with a link's frames right now. The veth's host end comes up while eth0 is
+ * still down, without a carrier, and the kernel then leaves its transmit queue on the noop queueing
+ * discipline, which drops every frame. eth0 going up turns the carrier of both ends on, but the
+ * host end's queue is activated (and its operational state set) only when the kernel's link watch
+ * handles that change: until then every frame the bridge sends to the instance is dropped. The
+ * bridge's own carrier follows its ports' (off while none forwards, as after the last instance
+ * went), and its queue likewise waits for the link watch. The link watch runs in a kernel worker
+ * that needs the RTNL lock, which every link and namespace change on the host takes (deleting a
+ * veth holds it through an RCU grace period): a packet sent in between is lost, and the first one
+ * is the host's ARP request for the instance, retried only after 1 s (retrans_time_ms).
+ * RTM_GETLINK runs a link's pending link-watch work itself, under RTNL, before it answers (Linux >=
+ * 6.8); older kernels answer at once, and the state is asked again until the work has run.
+ */
+struct link_state {
+  int operstate;    /* IF_OPER_*, -1 if not reported */
+  int brport_state; /* BR_STATE_* of a bridge port, -1 if not one */
+};
+
+/* The attribute `type` in the `len` bytes at `a`, or NULL. */
+static const struct rtattr *rta_find(const struct rtattr *a, int len, unsigned short type) {
+  for (; RTA_OK(a, len); a = RTA_NEXT(a, len))
+    if ((a->rta_type & NLA_TYPE_MASK) == type) return a;
+  return NULL;
+}
+
+static void read_link_state(const struct nlmsghdr *h, void *arg) {
+  struct link_state *st = arg;
+  if (h->nlmsg_type != RTM_NEWLINK) return;
+  const struct ifinfomsg *ifi = NLMSG_DATA(h);
+  const struct rtattr *attrs = IFLA_RTA(ifi);
+  int len = (int)IFLA_PAYLOAD(h);
+  const struct rtattr *oper = rta_find(attrs, len, IFLA_OPERSTATE);
+  if (oper && RTA_PAYLOAD(oper) >= 1) st->operstate = *(const unsigned char *)RTA_DATA(oper);
+  const struct rtattr *info = rta_find(attrs, len, IFLA_LINKINFO);
+  const struct rtattr *slave = info ? rta_find(RTA_DATA(info), (int)RTA_PAYLOAD(info), IFLA_INFO_SLAVE_DATA) : NULL;
+  const struct rtattr *port = slave ? rta_find(RTA_DATA(slave), (int)RTA_PAYLOAD(slave), IFLA_BRPORT_STATE) : NULL;
+  if (port && RTA_PAYLOAD(port) >= 1) st->brport_state = *(const unsigned char *)RTA_DATA(port);
+}
+
+/* RTM_GETLINK of the link `index` (see above: it also settles the link's carrier change). */
+static int link_state(int nl, int index, struct link_state *st) {
+  struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC, .ifi_index = index};
+  struct nlreq r;
+  nl_init(&r, RTM_GETLINK, 0, &ifi, sizeof ifi);
+  st->operstate = st->brport_state = -1;
+  return nl_talk_reply(nl, &r, read_link_state, st);
+}
+
+/* How long a new veth pair may take to pass frames before netns-create gives up. */
+#define LINK_SETTLE_MS 2000
+
+/*
+ * Wait until eth0 (`eth0` in the namespace of `ns_nl`), its peer `veth` and the bridge pass frames:
+ * all three operationally up, the bridge port forwarding. In this order: the port's change is what
+ * turns the bridge's carrier on. On Linux >= 6.8 the first look settles all three.
+ */
+static int links_settle(int ns_nl, int eth0, int veth_index, const char *veth, int bridge_index) {
+  struct link_state in = {-1, -1}, out = {-1, -1}, br = {-1, -1};
+  for (int waited = 0;; waited++) {
+    int e = link_state(ns_nl, eth0, &in);
+    if (e) return fail(e, "read the state of eth0");
+    if ((e = link_state(host_nl, veth_index, &out))) return fail(e, "read the state of %s", veth);
+    if ((e = link_state(host_nl, bridge_index, &br))) return fail(e, "read the state of the bridge");
+    if (in.operstate == IF_OPER_UP && out.operstate == IF_OPER_UP && out.brport_state == BR_STATE_FORWARDING &&
+        br.operstate == IF_OPER_UP)
+      return 0;
+    if (waited >= LINK_SETTLE_MS) break;
+    usleep(1000);
+  }
+  return fail(ETIMEDOUT,
+              "eth0, %s and the bridge pass no frames after %d ms (operational states %d, %d and %d; "
+              "bridge port state %d)",
+              veth, LINK_SETTLE_MS, in.operstate, out.operstate, br.operstate, out.brport_state);
+}
 
 static int parse_mac(const char *s, unsigned char mac[6]) {
   unsigned int b[6];
@@ -345,6 +430,12 @@ static int netns_create(char **f, int n) {
       fail(e, "add a default route via %s", gws);
       goto undo;
     }
+    int veth_index = if_index(host_sock, veth);
+    if (veth_index < 0) {
+      fail(-veth_index, "find %s", veth);
+      goto undo;
+    }
+    if (links_settle(ns_nl, eth0, veth_index, veth, bridge_index) < 0) goto undo;
   }
   close(ns_fd);
   close(ns_nl);
