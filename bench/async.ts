@@ -7,6 +7,8 @@
  * `appendfsync everysec` and `always` (switched with CONFIG SET between runs), each with one and
  * with four functions, every function scaled to zero first:
  * - accept rate: `count` invocations POSTed `concurrency` at a time, 202s per second;
+ * - accept latency: p50 and p99 of each POST's time to its 202 (one AOF write and, with `always`,
+ *   its fsync; `concurrency` in flight);
  * - drain rate: invocations finished per second, from the first 202 to the last finish;
  * - 202 -> start: how long the first invocation of the backlog waited until it was sent to an
  *   instance (its cold start included).
@@ -38,12 +40,18 @@ const ROUNDS = Number(args.rounds)
 const CONCURRENCY = Number(args.concurrency)
 const FUNCTIONS = ['async-1', 'async-2', 'async-3', 'async-4']
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const round2 = (x: number) => Math.round(x * 100) / 100
+/** The nearest-rank percentile `q` (0-1) of `xs`. */
+const percentile = (xs: readonly number[], q: number) =>
+  [...xs].sort((a, b) => a - b)[Math.max(0, Math.ceil(q * xs.length) - 1)] ?? NaN
 
 interface Run {
   readonly fsync: string
   readonly functions: number
   readonly count: number
   readonly acceptPerS: number
+  readonly acceptP50Ms: number
+  readonly acceptP99Ms: number
   readonly drainPerS: number
   readonly firstStartMs: number
   readonly round?: number
@@ -61,10 +69,14 @@ async function functionsDir(): Promise<string> {
   return dir
 }
 
-async function post(url: string): Promise<{ id: string; acceptedAt: number }> {
+async function post(url: string): Promise<{ id: string; acceptedAt: number; ms: number }> {
   for (;;) {
+    const sent = performance.now()
     const res = await fetch(url, { method: 'POST' })
-    if (res.status === 202) return { id: ((await res.json()) as { id: string }).id, acceptedAt: Date.now() }
+    if (res.status === 202) {
+      const ms = performance.now() - sent
+      return { id: ((await res.json()) as { id: string }).id, acceptedAt: Date.now(), ms }
+    }
     await res.arrayBuffer()
     await delay(100)
   }
@@ -78,6 +90,7 @@ async function runOnce(stack: Stack, fns: readonly string[], fsync: string): Pro
   let next = 0
   let first: { id: string; acceptedAt: number } | undefined
   const ids: string[] = []
+  const latencies: number[] = []
   const started = Date.now()
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async () => {
@@ -87,6 +100,7 @@ async function runOnce(stack: Stack, fns: readonly string[], fsync: string): Pro
         const r = await post(`${stack.url}/async-function/${fn}/`)
         if (i === 0) first = r
         ids.push(r.id)
+        latencies.push(r.ms)
       }
     }),
   )
@@ -110,6 +124,8 @@ async function runOnce(stack: Stack, fns: readonly string[], fsync: string): Pro
     functions: fns.length,
     count: COUNT,
     acceptPerS: Math.round((COUNT / acceptMs) * 1000),
+    acceptP50Ms: round2(percentile(latencies, 0.5)),
+    acceptP99Ms: round2(percentile(latencies, 0.99)),
     drainPerS: Math.round((COUNT / (lastFinish - started)) * 1000),
     firstStartMs: (firstView.attempts[0]?.sentAt ?? NaN) - firstView.acceptedAt,
   }
@@ -197,13 +213,18 @@ try {
 const file = join(args.out, `async-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
 await writeFile(file, JSON.stringify({ env, count: COUNT, concurrency: CONCURRENCY, runs }, null, 2))
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)] ?? NaN
-console.log(`\n| appendfsync | functions | accepted/s | drained/s | 202 -> start of the first (ms) |`)
-console.log(`| --- | --- | --- | --- | --- |`)
+console.log(
+  `\n| appendfsync | functions | accepted/s | 202 p50 (ms) | 202 p99 (ms) | drained/s | 202 -> start of the first (ms) |`,
+)
+console.log(`| --- | --- | --- | --- | --- | --- | --- |`)
 for (const fsync of ['everysec', 'always'])
   for (const n of [1, 4]) {
     const cell = runs.filter((r) => r.fsync === fsync && r.functions === n)
-    const m = (k: 'acceptPerS' | 'drainPerS' | 'firstStartMs') => median(cell.map((r) => r[k]))
-    console.log(`| ${fsync} | ${n} | ${m('acceptPerS')} | ${m('drainPerS')} | ${m('firstStartMs')} |`)
+    const m = (k: 'acceptPerS' | 'acceptP50Ms' | 'acceptP99Ms' | 'drainPerS' | 'firstStartMs') =>
+      median(cell.map((r) => r[k]))
+    console.log(
+      `| ${fsync} | ${n} | ${m('acceptPerS')} | ${m('acceptP50Ms')} | ${m('acceptP99Ms')} | ${m('drainPerS')} | ${m('firstStartMs')} |`,
+    )
   }
 console.log(`(medians of ${ROUNDS} rounds; load at start ${env.machine.loadAvg1m})`)
 console.log(`\nwritten to ${file}`)

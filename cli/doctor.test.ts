@@ -675,3 +675,89 @@ describe('formatDoctorReport', () => {
     assert.ok(report.endsWith(`\n${failed.length} check(s) failed`))
   })
 })
+
+describe('the queue Redis check', () => {
+  const DURABLE = { version: '7.0.15', appendonly: 'yes', appendfsync: 'always' }
+  async function check(
+    queue: { url: string; source: 'setting' | 'provisioned' | 'registry' },
+    probe: () => Promise<{ version: string; appendonly?: string; appendfsync?: string }>,
+  ): Promise<CheckResult> {
+    const results = await runDoctor({ ...harness({ selfTest: null }).deps, queueRedis: { ...queue, probe } })
+    // After the registry's Redis, before the image registry.
+    assert.equal(results[results.findIndex((r) => r.name === 'redis') + 1]?.name, 'queue redis')
+    return byName(results, 'queue redis')
+  }
+  const provisioned = { url: 'redis://127.0.0.1:6381', source: 'provisioned' } as const
+
+  test('appendonly + always: passes without a warning', async () => {
+    const r = await check(provisioned, async () => DURABLE)
+    assert.equal(r.ok, true)
+    assert.equal(r.warn, undefined)
+    assert.equal(
+      r.detail,
+      'Redis 7.0.15 at redis://127.0.0.1:6381 (the queue Redis scripts/provision.sh starts): appendonly yes, appendfsync always (a 202 is on disk)',
+    )
+  })
+
+  test('everysec: a warning with the fix, not a failure', async () => {
+    const r = await check({ url: 'redis://127.0.0.1:6379', source: 'setting' }, async () => ({
+      ...DURABLE,
+      appendfsync: 'everysec',
+    }))
+    assert.equal(r.ok, true)
+    assert.equal(r.warn, true)
+    assert.match(
+      r.detail,
+      /appendonly yes, appendfsync everysec: an operating-system crash or power loss may lose/,
+    )
+    assert.match(r.fix!, /config set appendfsync always/)
+    const report = formatDoctorReport([r])
+    assert.match(
+      report,
+      /^warn queue redis {10}queues on redis:\/\/127\.0\.0\.1:6379 \(INITLESS_ASYNC_REDIS_URL\)/,
+    )
+    assert.match(report, /\n {7}fix: redis-cli -u redis:\/\/127\.0\.0\.1:6379 config set appendonly yes/)
+    assert.ok(report.endsWith('\nall checks passed, 1 with a warning'))
+  })
+
+  test('no AOF: a restart would lose the queues', async () => {
+    const r = await check(provisioned, async () => ({
+      ...DURABLE,
+      appendonly: 'no',
+      appendfsync: 'everysec',
+    }))
+    assert.equal(r.warn, true)
+    assert.match(r.detail, /appendonly no, .*no AOF: a restart of Redis loses every queued invocation/)
+    assert.match(r.fix!, /scripts\/provision\.sh/)
+  })
+
+  test('queues on the registry’s Redis: the fix is a Redis of their own', async () => {
+    const r = await check({ url: 'redis://10.0.0.5:6379', source: 'registry' }, async () => ({
+      ...DURABLE,
+      appendfsync: 'everysec',
+    }))
+    assert.equal(r.warn, true)
+    assert.match(r.fix!, /a Redis of their own .*INITLESS_ASYNC_REDIS_URL/)
+  })
+
+  test('CONFIG refused: a warning that it cannot tell', async () => {
+    const r = await check(provisioned, async () => ({ version: '7.0.15' }))
+    assert.equal(r.warn, true)
+    assert.match(r.detail, /CONFIG GET is refused/)
+  })
+
+  test('not answering or too old: a failure', async () => {
+    const down = await check(provisioned, async () => {
+      throw new Error('connect ECONNREFUSED 127.0.0.1:6381')
+    })
+    assert.equal(down.ok, false)
+    assert.match(
+      down.detail,
+      /^the queue Redis at redis:\/\/127\.0\.0\.1:6381 .* does not answer: connect ECONNREFUSED/,
+    )
+    assert.match(down.fix!, /provision\.sh.*INITLESS_ASYNC_REDIS_URL/)
+    const old = await check(provisioned, async () => ({ ...DURABLE, version: '6.0.16' }))
+    assert.equal(old.ok, false)
+    assert.match(old.detail, /6\.0\.16 .* is older than 6\.2\.0/)
+  })
+})

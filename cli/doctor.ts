@@ -14,6 +14,13 @@ import { allowedCallCount, DEFAULT_SECCOMP_PROFILE } from '../executor/sandbox/s
 import { RCU_EXPEDITED } from '../executor/sandbox/host-tuning.ts'
 import { errorMessage } from '../shared/errors.ts'
 import { formatBytes } from '../shared/units.ts'
+import {
+  describeQueueRedis,
+  durableFix,
+  isDurable,
+  type QueueRedis,
+  type QueueRedisState,
+} from './queue-redis.ts'
 
 export interface CheckResult {
   readonly name: string
@@ -36,6 +43,8 @@ export interface DoctorDeps {
   readonly dockerInfo: () => Promise<EngineInfo>
   readonly redisVersion: () => Promise<string>
   readonly redisUrl: string
+  /** The Redis of the asynchronous invocation queues (cli/queue-redis.ts) and a probe of it. */
+  readonly queueRedis?: QueueRedis & { readonly probe: () => Promise<QueueRedisState> }
   /**
    * INITLESS_SANDBOX_HELPER, the helper binary it resolves to (undefined: none installed, or off)
    * and the build id installed with it (scripts/build-native.sh).
@@ -270,6 +279,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         return `Redis ${v}`
       },
     },
+    ...(deps.queueRedis ? [queueRedisCheck(deps.queueRedis)] : []),
     ...(deps.imageRegistry ? [imageRegistryCheck(deps.imageRegistry)] : []),
     {
       name: 'kernel features',
@@ -367,6 +377,48 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     }
   }
   return results
+}
+
+/**
+ * The queues' Redis: reachable and new enough (or asynchronous invocations cannot be accepted), and
+ * durable: a 202 is only as safe as its AOF. Not durable passes with advice: the gateway works.
+ */
+function queueRedisCheck(q: NonNullable<DoctorDeps['queueRedis']>): Check {
+  const where = describeQueueRedis(q)
+  return {
+    name: 'queue redis',
+    fix:
+      q.source === 'provisioned'
+        ? `${PROVISION}: it starts the queue Redis (appendfsync always), or set INITLESS_ASYNC_REDIS_URL`
+        : q.source === 'setting'
+          ? `start Redis >= ${MIN_REDIS} at ${q.url} or correct INITLESS_ASYNC_REDIS_URL`
+          : `start Redis >= ${MIN_REDIS} at ${q.url} or set INITLESS_REDIS_URL`,
+    run: async (): Promise<Found> => {
+      const state = await q.probe().catch((err: unknown) => {
+        throw new Error(`the queue Redis at ${where} does not answer: ${errorMessage(err)}`)
+      })
+      if (compareVersions(state.version, MIN_REDIS) < 0)
+        throw new Error(
+          `the queue Redis ${state.version} at ${q.url} is older than ${MIN_REDIS} (BullMQ needs it)`,
+        )
+      if (state.appendonly === undefined || state.appendfsync === undefined)
+        return {
+          detail: `queues on ${where}: CONFIG GET is refused, so whether a 202 is on disk cannot be told`,
+          warn: 'make sure it runs with appendonly yes and appendfsync always (docs/async.md, "Redis persistence")',
+        }
+      const policy = `appendonly ${state.appendonly}, appendfsync ${state.appendfsync}`
+      if (!isDurable(state))
+        return {
+          detail: `queues on ${where}: ${policy}: ${
+            state.appendonly === 'yes'
+              ? 'an operating-system crash or power loss may lose the last second of 202s'
+              : 'no AOF: a restart of Redis loses every queued invocation'
+          }`,
+          warn: durableFix(q),
+        }
+      return `Redis ${state.version} at ${where}: ${policy} (a 202 is on disk)`
+    },
+  }
 }
 
 /**

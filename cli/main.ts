@@ -13,6 +13,8 @@ import { canonicalCidr } from '../shared/subnet.ts'
 import { errorMessage, isInitlessError } from '../shared/errors.ts'
 import { createRedis, redisVersion } from '../shared/redis.ts'
 import { formatDoctorReport, probeImageRegistry, runDoctor } from './doctor.ts'
+import { probeQueueRedis } from './queue-redis-probe.ts'
+import { queueRedis } from './queue-redis.ts'
 import { registerFunctionCommands } from './functions-commands.ts'
 import { registerServeCommands } from './serve-commands.ts'
 import { registerLifecycleCommands } from './lifecycle-commands.ts'
@@ -42,6 +44,7 @@ program
   .option('--quick', 'skip the end-to-end restore probe')
   .action(async (opts: { quick?: boolean }) => {
     const config = loadExecutorConfig(process.env)
+    const queue = queueRedis(process.env)
     const adapters = createHostAdapters(config, createLogger({ level: 'warn', name: 'initless-cli' }))
     const sandboxes = createSandboxes(config, adapters)
     const redis = createRedis(config.INITLESS_REDIS_URL, { lazy: true, name: 'initless-doctor' })
@@ -82,6 +85,7 @@ program
           return redisVersion(redis)
         },
         imageRegistry: { address: config.INITLESS_IMAGE_REGISTRY, probe: probeImageRegistry },
+        queueRedis: { ...queue, probe: () => probeQueueRedis(queue.url) },
         ...(opts.quick ? {} : { selfTest: createSelfTest(config, adapters, sandboxes) }),
       })
       print(results, formatDoctorReport(results))

@@ -18,6 +18,7 @@ import { createRedisRegistry } from '../shared/registry.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatAge } from '../shared/units.ts'
 import { gatewayUrl as launcherGatewayUrl, startStack } from './launcher.ts'
+import { checkQueueRedis } from './queue-redis-probe.ts'
 import type { CliIo } from './progress.ts'
 
 const gatewayUrl = () => launcherGatewayUrl(process.env)
@@ -32,6 +33,9 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       await (
         await lockStateDir(config.INITLESS_STATE_DIR, { hostId: `${config.hostId} (initless up)` })
       ).release()
+      // The invocation queues go to the provisioned queue Redis (appendfsync always) unless told.
+      const queue = await checkQueueRedis(process.env)
+      for (const line of queue.lines) io.progress(line)
       let stopping = false
       let stopStack: (() => Promise<unknown>) | undefined
       const stop = async (code: number) => {
@@ -48,7 +52,7 @@ export function registerServeCommands(program: Command, io: CliIo): void {
       const url = gatewayUrl()
       const stack = await startStack({
         url,
-        env: { INITLESS_ADMIN_TOKEN: adminToken },
+        env: { INITLESS_ADMIN_TOKEN: adminToken, ...queue.env },
         adminToken,
         keepOutput: false,
         onLine: (name, line) => io.progress(`[${name}] ${line}`),

@@ -81,7 +81,8 @@ export const gatewayEnvSchema = commonEnvSchema.extend({
     .url()
     .optional()
     .describe(
-      'Redis for asynchronous invocations (give it appendfsync always). Default: INITLESS_REDIS_URL.',
+      'Redis for asynchronous invocations (give it appendfsync always). Default: INITLESS_REDIS_URL; ' +
+        '`initless up`, `initless service install` and compose set the provisioned queue Redis.',
     ),
   INITLESS_ASYNC_PREFIX: z
     .string()

@@ -6,6 +6,8 @@
 #      executor's container flags
 #   3. executor + gateway up with only hello-node; wait for /readyz and for the bake
 #   4. one cold request through the gateway: must answer hello-node's JSON; prints Server-Timing
+#   4b. one asynchronous invocation: it completes, and its queue lives in queue-redis (appendfsync
+#      always), not in the registry's Redis
 #   5. docker-compose down -v, and removes what the executor left on the host (bridge, run dir)
 # Exit code 0 only when every step passed. Needs root, Docker, docker-compose and curl.
 #
@@ -13,6 +15,7 @@
 # Environment (all optional):
 #   INITLESS_PORT                gateway port on 127.0.0.1          (default 18080: a dev gateway has 8080)
 #   INITLESS_COMPOSE_REDIS_PORT  Redis port on 127.0.0.1            (default 16380)
+#   INITLESS_COMPOSE_QUEUE_REDIS_PORT  the queues' Redis port         (default 16382)
 #   INITLESS_COMPOSE_REGISTRY_PORT  OCI registry port on 127.0.0.1   (default 15001)
 #   INITLESS_COMPOSE_BRIDGE / INITLESS_COMPOSE_SUBNET                (default initless9, 10.219.0.0/16)
 #   INITLESS_BASE_IMAGE          base image of every build          (default initless/debian:bookworm)
@@ -26,6 +29,8 @@ cd "$(dirname "$0")/.."
 # Not compose.yaml's defaults: a compose deployment of initless may be running on this host.
 export INITLESS_PORT=${INITLESS_PORT:-18080}
 export INITLESS_COMPOSE_REDIS_PORT=${INITLESS_COMPOSE_REDIS_PORT:-16380}
+export INITLESS_COMPOSE_QUEUE_REDIS_PORT=${INITLESS_COMPOSE_QUEUE_REDIS_PORT:-16382}
+export INITLESS_ASYNC_REDIS_URL=redis://127.0.0.1:$INITLESS_COMPOSE_QUEUE_REDIS_PORT
 export INITLESS_COMPOSE_REGISTRY_PORT=${INITLESS_COMPOSE_REGISTRY_PORT:-15001}
 export INITLESS_COMPOSE_BRIDGE=${INITLESS_COMPOSE_BRIDGE:-initless9}
 export INITLESS_COMPOSE_SUBNET=${INITLESS_COMPOSE_SUBNET:-10.219.0.0/16}
@@ -99,8 +104,8 @@ docker image inspect "$INITLESS_BASE_IMAGE" >/dev/null 2>&1 ||
   [ "$INITLESS_BASE_IMAGE" != initless/debian:bookworm ] ||
   fail "base image $INITLESS_BASE_IMAGE is missing (scripts/provision.sh builds it)"
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$INITLESS_PORT" "$INITLESS_COMPOSE_REDIS_PORT" "$INITLESS_COMPOSE_REGISTRY_PORT"; do
-  port_busy "$port" && fail "127.0.0.1:$port is in use (set INITLESS_PORT / INITLESS_COMPOSE_REDIS_PORT / INITLESS_COMPOSE_REGISTRY_PORT)"
+for port in "$INITLESS_PORT" "$INITLESS_COMPOSE_REDIS_PORT" "$INITLESS_COMPOSE_QUEUE_REDIS_PORT" "$INITLESS_COMPOSE_REGISTRY_PORT"; do
+  port_busy "$port" && fail "127.0.0.1:$port is in use (set INITLESS_PORT / INITLESS_COMPOSE_REDIS_PORT / INITLESS_COMPOSE_QUEUE_REDIS_PORT / INITLESS_COMPOSE_REGISTRY_PORT)"
 done
 [ -z "$(compose ps -q 2>/dev/null)" ] || fail "compose project $PROJECT is already running"
 ip link show "$INITLESS_COMPOSE_BRIDGE" >/dev/null 2>&1 &&
@@ -143,15 +148,18 @@ docker run --rm --entrypoint sh "$INITLESS_IMAGE" -c '
 ' >"$WORK/contents.log" 2>&1 || { cat "$WORK/contents.log" >&2; fail "the image holds more than it should"; }
 done_step "no tsx, no TypeScript sources, no compiler"
 
-step "redis"
-compose up -d redis >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "redis did not start"; }
+step "redis and queue-redis"
+compose up -d redis queue-redis >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "redis did not start"; }
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$1")")" = healthy ]; }
 for _ in $(seq 1 60); do
-  [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q redis)")" = healthy ] && break
+  healthy redis && healthy queue-redis && break
   sleep 0.5
 done
-[ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q redis)")" = healthy ] ||
-  fail "redis is not healthy"
-done_step "127.0.0.1:$INITLESS_COMPOSE_REDIS_PORT"
+healthy redis || fail "redis is not healthy"
+healthy queue-redis || fail "queue-redis is not healthy"
+queue_fsync=$(compose exec -T queue-redis redis-cli -p "$INITLESS_COMPOSE_QUEUE_REDIS_PORT" config get appendfsync | tail -1 | tr -d '\r')
+[ "$queue_fsync" = always ] || fail "queue-redis runs appendfsync '$queue_fsync', not always"
+done_step "127.0.0.1:$INITLESS_COMPOSE_REDIS_PORT; queues on 127.0.0.1:$INITLESS_COMPOSE_QUEUE_REDIS_PORT (appendfsync $queue_fsync)"
 
 # The executor's container flags (compose.yaml), on a throwaway state volume; the run dir is the
 # executor's, so its IP leases are shared with the executor's and addresses never collide.
@@ -163,6 +171,7 @@ doctor_flags=(
   -v /var/run/docker.sock:/var/run/docker.sock -v /sys/fs/cgroup:/sys/fs/cgroup
   -v /srv/initless -v "$RUN_DIR:/run/initless" --tmpfs /run/netns
   -e INITLESS_STATE_DIR=/srv/initless -e "INITLESS_REDIS_URL=redis://127.0.0.1:$INITLESS_COMPOSE_REDIS_PORT"
+  -e "INITLESS_ASYNC_REDIS_URL=$INITLESS_ASYNC_REDIS_URL"
   -e "INITLESS_BRIDGE=$INITLESS_COMPOSE_BRIDGE" -e "INITLESS_SUBNET=$INITLESS_COMPOSE_SUBNET"
 )
 if ! docker run "${doctor_flags[@]}" "$INITLESS_IMAGE" doctor >"$WORK/doctor.log" 2>&1; then
@@ -225,3 +234,23 @@ grep -q '"message":"hello from node"' "$WORK/body" || fail "unexpected body: $(c
 warm=$(curl -sS -o /dev/null --max-time 10 -w '%{http_code} %{time_total}' "$url/fn/hello-node/") ||
   fail "the second request failed"
 done_step "warm request: HTTP ${warm% *} in ${warm#* } s"
+
+step "asynchronous invocation through queue-redis"
+accepted=$(curl -sS -o "$WORK/async.json" -D "$WORK/async-headers" --max-time 10 -w '%{http_code}' \
+  -X POST "$url/async-function/hello-node/") || fail "the asynchronous request failed"
+[ "$accepted" = 202 ] || fail "expected 202 for the asynchronous request, got $accepted: $(cat "$WORK/async.json")"
+id=$(grep -i '^x-invocation-id:' "$WORK/async-headers" | tr -d '\r' | cut -d' ' -f2)
+[ -n "$id" ] || fail "no X-Invocation-Id"
+state=
+for _ in $(seq 1 120); do
+  state=$(curl -sS --max-time 5 "$url/invocations/$id" | grep -o '"state":"[a-z]*"' | head -1 | cut -d'"' -f4)
+  [ "$state" = succeeded ] && break
+  sleep 0.5
+done
+[ "$state" = succeeded ] || fail "invocation $id is '$state', not succeeded, after 60 s"
+keys() { compose exec -T "$1" redis-cli -p "$2" --scan --pattern '{initless}:*' | tr -d '\r' | grep -c . || true; }
+in_queue=$(keys queue-redis "$INITLESS_COMPOSE_QUEUE_REDIS_PORT")
+in_registry=$(keys redis "$INITLESS_COMPOSE_REDIS_PORT")
+[ "$in_queue" -gt 0 ] || fail "no {initless} key in queue-redis"
+[ "$in_registry" = 0 ] || fail "$in_registry {initless} keys in the registry's Redis"
+done_step "$id succeeded; {initless} keys: $in_queue in queue-redis, none in redis"

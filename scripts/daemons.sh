@@ -13,6 +13,11 @@ wait_for() { # wait_for SECONDS CMD...
   done
 }
 
+# without_inherited_fds CMD...: run CMD with descriptors 3-9 closed. A daemon keeps what it inherits
+# for its whole life: run as `flock LOCK provision.sh`, provisioning hands the lock's descriptor to
+# its children, and a daemon started with it would hold that lock until it stops.
+without_inherited_fds() { "$@" 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; }
+
 # Make a running Docker engine read /etc/docker/daemon.json again: systemd restarts it; without
 # systemd it is stopped here and start_docker starts it.
 restart_docker() {
@@ -25,7 +30,7 @@ restart_docker() {
 # Enabled too, so that it is back after a reboot.
 start_docker() {
   if has_systemd; then systemctl enable --now docker; else
-    setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+    without_inherited_fds setsid nohup dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
   fi
 }
 
@@ -36,9 +41,43 @@ start_docker() {
 start_redis() {
   if has_systemd && [ "$1" = 6379 ]; then systemctl enable --now redis-server; else
     mkdir -p "$STATE_DIR/redis"
-    redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
+    without_inherited_fds redis-server --port "$1" --bind 127.0.0.1 --daemonize yes --dir "$STATE_DIR/redis" \
       --logfile "$LOG_DIR/redis.log" --pidfile "/run/initless-redis-$1.pid" \
       --appendonly yes --save ''
+  fi
+}
+
+# The Redis of the asynchronous invocation queues (docs/async.md, durability): its AOF is fsynced
+# before every reply (appendfsync always), so a 202 survives a crash of redis-server, of the
+# operating system or of the power, as long as the disk honours fsync. A Redis of its own: the
+# registry's Redis stays on everysec (it writes several times per cold start).
+# On a systemd host it is an instance of Debian's redis-server@.service, which reads
+# /etc/redis/redis-<instance>.conf, runs as the redis user and restarts at boot.
+QUEUE_REDIS_INSTANCE=initless-queue
+
+# queue_redis_conf PORT DIR: the queue Redis's configuration file, on stdout. Under systemd the
+# template's PIDFile and the journal (logfile "") apply; without it the start passes its own.
+queue_redis_conf() {
+  printf '%s\n' \
+    '# Written by initless (scripts/provision.sh); rewritten on every provisioning run.' \
+    '# The Redis of the asynchronous invocation queues: docs/async.md, "Redis persistence".' \
+    "port $1" \
+    'bind 127.0.0.1' \
+    "dir $2" \
+    'appendonly yes' \
+    'appendfsync always' \
+    'save ""'
+  if has_systemd; then
+    printf '%s\n' "pidfile /run/redis-$QUEUE_REDIS_INSTANCE/redis-server.pid" 'logfile ""'
+  fi
+}
+
+# start_queue_redis CONF: start the queue Redis from its configuration file (systemd: CONF must be
+# /etc/redis/redis-$QUEUE_REDIS_INSTANCE.conf, the file the template reads).
+start_queue_redis() {
+  if has_systemd; then systemctl enable --now "redis-server@$QUEUE_REDIS_INSTANCE"; else
+    without_inherited_fds redis-server "$1" --daemonize yes --logfile "$LOG_DIR/queue-redis.log" \
+      --pidfile /run/initless-queue-redis.pid
   fi
 }
 
@@ -58,7 +97,7 @@ start_registry() {
     local pidfile=${INITLESS_REGISTRY_PIDFILE:-/run/initless-registry.pid} old
     old=$(cat "$pidfile" 2>/dev/null || true)
     if [ -n "$old" ] && kill "$old" 2>/dev/null; then wait_for 10 bash -c "! kill -0 $old"; fi
-    setsid nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups \
+    without_inherited_fds setsid nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups \
       docker-registry serve "$1" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
   fi

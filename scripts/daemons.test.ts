@@ -30,6 +30,7 @@ describe('scripts/daemons.sh', () => {
         file,
         `#!/bin/bash\n${name === 'dockerd' ? 'sleep 0.3\n' : ''}` +
           `{ printf '%s' ${name}; for a in "$@"; do printf ' [%s]' "$a"; done; echo; } >>"$CALLS"\n` +
+          `if [ -e /proc/$$/fd/3 ]; then echo "${name} inherited fd 3" >>"$CALLS"; fi\n` +
           `echo "${name} output"\n${name === 'pgrep' ? 'exit 1\n' : ''}`,
       )
       await chmod(file, 0o755)
@@ -110,6 +111,62 @@ describe('scripts/daemons.sh', () => {
     ])
     assert.equal(await readFile(join(dir, 'log', 'registry.log'), 'utf8'), 'setpriv output\n')
     assert.match(await readFile(join(dir, 'registry.pid'), 'utf8'), /^\d+\n$/)
+  })
+
+  test('with systemd: the queue Redis is an instance of Debian’s redis-server@.service', async () => {
+    assert.deepEqual(await run('start_queue_redis /etc/redis/redis-initless-queue.conf', { systemd: true }), [
+      'systemctl [enable] [--now] [redis-server@initless-queue]',
+    ])
+  })
+
+  test('without systemd: the queue Redis daemonizes from its config file, logging to LOG_DIR', async () => {
+    assert.deepEqual(await run('start_queue_redis /x/queue.conf', { systemd: false }), [
+      `redis-server [/x/queue.conf] [--daemonize] [yes] [--logfile] [${dir}/log/queue-redis.log] [--pidfile] [/run/initless-queue-redis.pid]`,
+    ])
+  })
+
+  test('the queue Redis’s config: AOF fsynced before every reply; under systemd the journal', async () => {
+    const conf = async (systemd: boolean) =>
+      (
+        await exec('bash', ['-c', `. ${DAEMONS}; queue_redis_conf 6381 /var/lib/redis/initless-queue`], {
+          env: {
+            PATH: process.env.PATH,
+            INITLESS_SYSTEMD_MARKER: join(dir, systemd ? 'systemd-marker' : 'no-such-dir'),
+          },
+        })
+      ).stdout
+    const common = [
+      'port 6381',
+      'bind 127.0.0.1',
+      'dir /var/lib/redis/initless-queue',
+      'appendonly yes',
+      'appendfsync always',
+      'save ""',
+    ]
+    const settings = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#'))
+    assert.deepEqual(settings(await conf(false)), common)
+    assert.deepEqual(settings(await conf(true)), [
+      ...common,
+      'pidfile /run/redis-initless-queue/redis-server.pid',
+      'logfile ""',
+    ])
+  })
+
+  test('a daemon never inherits the caller’s descriptors (flock’s lock on fd 3)', async () => {
+    const started = await run(
+      'exec 3</dev/null; start_docker; start_redis 6390; start_queue_redis /x.conf; start_registry /r.yml',
+      { systemd: false },
+    )
+    assert.equal(started.length, 4, started.join('\n'))
+    assert.deepEqual(
+      started.filter((l) => l.includes('inherited')),
+      [],
+    )
+    // The fakes do see a descriptor that is passed on: the check itself works.
+    assert.deepEqual(await run('exec 3</dev/null; redis-server x', { systemd: false }), [
+      'redis-server [x]',
+      'redis-server inherited fd 3',
+    ])
   })
 
   test('provision.sh starts its daemons only through these functions', async () => {

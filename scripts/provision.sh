@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provision a Debian 12 host for initless: Node.js >= 20 (when the host has none), Docker engine
-# (experimental), runc, CRIU 4.2.1 built from Debian's source tarball, Redis, an OCI registry
+# (experimental), runc, CRIU 4.2.1 built from Debian's source tarball, Redis (two: the registry's and
+# the queues'), an OCI registry
 # (Debian's docker-registry), and the locally built Debian base image. Idempotent: every step checks first and does nothing when its result is already
 # there.
 #
@@ -10,6 +11,9 @@
 #   INITLESS_LOG_DIR        logs of the daemons started here        (default /var/log/initless)
 #   INITLESS_BASE_IMAGE     tag of the local Debian base image      (default initless/debian:bookworm)
 #   INITLESS_REDIS_PORT     port of the Redis started here          (default 6379)
+#   INITLESS_ASYNC_REDIS_PORT  port of the queue Redis started here (default 6381): the Redis of
+#                           the asynchronous invocation queues, appendfsync always; `initless up`,
+#                           `initless service install` and `initless doctor` use it by default
 #   INITLESS_REGISTRY_ADDRESS  address of the OCI registry started here (default 127.0.0.1:5000);
 #                           hosts share images through it with INITLESS_IMAGE_REGISTRY
 #   INITLESS_SKIP_APT_UPDATE=1  never run apt-get update (offline re-runs)
@@ -21,6 +25,7 @@ STATE_DIR=${INITLESS_STATE_DIR:-/var/lib/initless}
 LOG_DIR=${INITLESS_LOG_DIR:-/var/log/initless}
 BASE_IMAGE=${INITLESS_BASE_IMAGE:-initless/debian:bookworm}
 REDIS_PORT=${INITLESS_REDIS_PORT:-6379}
+QUEUE_REDIS_PORT=${INITLESS_ASYNC_REDIS_PORT:-6381}
 REGISTRY_ADDRESS=${INITLESS_REGISTRY_ADDRESS:-127.0.0.1:5000}
 # The package's storage dir, owned by its docker-registry user.
 REGISTRY_DATA=/var/lib/docker-registry
@@ -235,7 +240,7 @@ changed=$(node -e '
 ' "$REGISTRY_ADDRESS") || fail "/etc/docker/daemon.json is not valid JSON" "fix or remove /etc/docker/daemon.json and re-run"
 done_step "$([ "$changed" = yes ] && echo 'updated' || echo 'experimental already on')"
 
-# has_systemd, wait_for, restart_docker, start_docker, start_redis, start_registry
+# has_systemd, wait_for, restart_docker, start_docker, start_redis, start_queue_redis, start_registry
 . "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 step "Docker engine"
@@ -264,6 +269,47 @@ else
     fail "Redis did not answer on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)" "read $LOG_DIR/redis.log"
   done_step "started on port $REDIS_PORT"
 fi
+
+# ---------------------------------------------------------------------------------------------
+step "queue Redis (asynchronous invocations, appendfsync always)"
+[ "$QUEUE_REDIS_PORT" != "$REDIS_PORT" ] ||
+  fail "the queue Redis and the registry's Redis would both listen on port $REDIS_PORT" \
+    "set INITLESS_ASYNC_REDIS_PORT to a free port (default 6381)"
+# Debian's redis-server@.service reads /etc/redis/redis-<instance>.conf and may write only below
+# /var/lib/redis; without systemd the data lives with initless's own.
+QUEUE_REDIS_CONF=/etc/redis/redis-$QUEUE_REDIS_INSTANCE.conf
+if has_systemd; then queue_dir=/var/lib/redis/$QUEUE_REDIS_INSTANCE; else queue_dir=$STATE_DIR/queue-redis; fi
+mkdir -p "$queue_dir" /etc/redis
+chmod 0750 "$queue_dir"
+if has_systemd; then chown redis:redis "$queue_dir"; fi
+want_queue_conf=$(queue_redis_conf "$QUEUE_REDIS_PORT" "$queue_dir")
+if [ "$(cat "$QUEUE_REDIS_CONF" 2>/dev/null)" != "$want_queue_conf" ]; then
+  printf '%s\n' "$want_queue_conf" >"$QUEUE_REDIS_CONF"
+  chown redis:redis "$QUEUE_REDIS_CONF"
+  chmod 0640 "$QUEUE_REDIS_CONF"
+fi
+queue_cli() { redis-cli -p "$QUEUE_REDIS_PORT" "$@"; }
+queue_policy() { echo "$(queue_cli config get appendonly | tail -1)/$(queue_cli config get appendfsync | tail -1)"; }
+if queue_cli ping 2>/dev/null | grep -q PONG; then
+  # Running already (this script started it, or someone else on this port): made durable in place;
+  # the configuration file says the same for its next start.
+  if [ "$(queue_policy)" != yes/always ]; then
+    queue_cli config set appendonly yes >/dev/null && queue_cli config set appendfsync always >/dev/null ||
+      fail "could not switch the Redis on port $QUEUE_REDIS_PORT to appendonly yes + appendfsync always" \
+        "stop what listens on port $QUEUE_REDIS_PORT, or set INITLESS_ASYNC_REDIS_PORT to a free port"
+  fi
+  queue_state="answering on port $QUEUE_REDIS_PORT"
+else
+  start_queue_redis "$QUEUE_REDIS_CONF"
+  wait_for 20 bash -c "redis-cli -p $QUEUE_REDIS_PORT ping | grep -q PONG" ||
+    fail "the queue Redis did not answer on 127.0.0.1:$QUEUE_REDIS_PORT" \
+      "read $(has_systemd && echo "journalctl -u redis-server@$QUEUE_REDIS_INSTANCE" || echo "$LOG_DIR/queue-redis.log")"
+  queue_state="started on port $QUEUE_REDIS_PORT"
+fi
+[ "$(queue_policy)" = yes/always ] ||
+  fail "the queue Redis on port $QUEUE_REDIS_PORT runs $(queue_policy) (appendonly/appendfsync), not yes/always" \
+    "check $QUEUE_REDIS_CONF, then re-run"
+done_step "$queue_state, appendonly yes, appendfsync always (INITLESS_ASYNC_REDIS_URL=redis://127.0.0.1:$QUEUE_REDIS_PORT)"
 
 # ---------------------------------------------------------------------------------------------
 step "OCI registry"

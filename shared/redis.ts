@@ -30,6 +30,24 @@ export async function redisVersion(client: Redis): Promise<string> {
   return m[1]
 }
 
+/**
+ * The AOF settings (`CONFIG GET appendonly`, `appendfsync`); undefined fields where CONFIG is
+ * refused (managed Redis services often rename or disable it).
+ */
+export async function redisPersistence(
+  client: Redis,
+): Promise<{ appendonly?: string; appendfsync?: string }> {
+  const get = async (key: string) => {
+    const reply = (await client.config('GET', key).catch(() => [])) as string[]
+    return reply[1]
+  }
+  const [appendonly, appendfsync] = await Promise.all([get('appendonly'), get('appendfsync')])
+  return {
+    ...(appendonly === undefined ? {} : { appendonly }),
+    ...(appendfsync === undefined ? {} : { appendfsync }),
+  }
+}
+
 /** Delete every key matching any of `patterns` (SCAN, never KEYS: safe on a shared Redis). */
 export async function deleteKeys(client: Redis, patterns: readonly string[]): Promise<void> {
   for (const pattern of patterns) {

@@ -4,72 +4,27 @@
  * invocations are being accepted, then a restart from its AOF. Every invocation answered 202 ends
  * succeeded or dead; none is lost; an invocation run twice is one the dead gateway was running,
  * and its attempt log shows the interrupted attempt. The queue's Redis is this test's own
- * redis-server on a free port (`appendfsync always`); the shared one on 6379 is never touched.
+ * redis-server on a free port, run from the configuration scripts/provision.sh gives the queue
+ * Redis (`appendfsync always`); the shared one on 6379 is never touched.
  */
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { createRedis } from '../shared/redis.ts'
+import { probeQueueRedis } from '../cli/queue-redis-probe.ts'
 import { asyncFunctionsDir, eachLimited, isFinished, waitInvocation, type View } from './support/async.ts'
-import { freePort, startE2eStack, startProcess, type E2eStack, type ManagedProcess } from './support/e2e.ts'
+import { startE2eStack, startProcess, type E2eStack, type ManagedProcess } from './support/e2e.ts'
 import { requireServices } from './support/integration.ts'
+import { startQueueRedis, type TestRedis } from './support/queue-redis.ts'
 
 const CONCURRENCY = 8
-
-function startRedis(port: number, dir: string): ChildProcess {
-  const child = spawn(
-    'redis-server',
-    [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--dir',
-      dir,
-      '--save',
-      '',
-      '--appendonly',
-      'yes',
-      '--appendfsync',
-      'always',
-    ],
-    { stdio: 'ignore' },
-  )
-  child.on('error', () => undefined)
-  return child
-}
-
-async function waitRedis(url: string): Promise<void> {
-  const client = createRedis(url, { name: 'test-async-ping' })
-  client.on('error', () => undefined)
-  try {
-    const deadline = Date.now() + 15_000
-    while ((await client.ping().catch(() => '')) !== 'PONG') {
-      if (Date.now() > deadline) throw new Error(`redis at ${url} did not start`)
-      await new Promise((r) => setTimeout(r, 50))
-    }
-  } finally {
-    client.disconnect()
-  }
-}
-
-async function kill(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = once(child, 'exit')
-  child.kill('SIGKILL')
-  await exited
-}
 
 describe('asynchronous invocations survive kill -9', () => {
   let stack: E2eStack | undefined
   let gateway2: ManagedProcess | undefined
-  let redis: ChildProcess | undefined
-  let redisPort = 0
+  let redis: TestRedis | undefined
   let redisDir = ''
   let functionsDir = ''
   const stateDir = `/var/lib/initless-test/async-dur-${randomBytes(4).toString('hex')}`
@@ -83,7 +38,7 @@ describe('asynchronous invocations survive kill -9', () => {
   after(async () => {
     await gateway2?.stop()
     await stack?.stop()
-    if (redis) await kill(redis)
+    await redis?.kill()
     await rm(stateDir, { recursive: true, force: true })
     for (const dir of [functionsDir, redisDir]) if (dir) await rm(dir, { recursive: true, force: true })
   })
@@ -105,14 +60,15 @@ describe('asynchronous invocations survive kill -9', () => {
 
   test('the stack starts with its own queue Redis', async (t) => {
     if (!requireServices(t)) return
-    redisPort = await freePort()
-    redis = startRedis(redisPort, redisDir)
-    await waitRedis(`redis://127.0.0.1:${redisPort}`)
+    redis = await startQueueRedis(redisDir)
+    // What makes the 202 durable beyond a process crash: provisioning's configuration holds it.
+    const state = await probeQueueRedis(redis.url)
+    assert.deepEqual([state.appendonly, state.appendfsync], ['yes', 'always'])
     stack = await startE2eStack({
       env: {
         INITLESS_FUNCTIONS_DIR: functionsDir,
         INITLESS_STATE_DIR: stateDir,
-        INITLESS_ASYNC_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        INITLESS_ASYNC_REDIS_URL: redis.url,
         INITLESS_ASYNC_LOCK: '3s',
         INITLESS_ASYNC_STALLED_INTERVAL: '1s',
         INITLESS_ASYNC_MAX_STALLED: '5',
@@ -173,10 +129,9 @@ describe('asynchronous invocations survive kill -9', () => {
     let refusedDuringOutage = 0
     const killed = (async () => {
       while (acceptedCount < 60) await new Promise((r) => setTimeout(r, 10))
-      await kill(redis!)
+      await redis!.kill()
       await new Promise((r) => setTimeout(r, 1500))
-      redis = startRedis(redisPort, redisDir)
-      await waitRedis(`redis://127.0.0.1:${redisPort}`)
+      await redis!.restart()
     })()
     const ids = await eachLimited(
       Array.from({ length: 200 }, () => randomUUID()),

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { cp, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { startCliUp, type CliUp } from './support/cli-up.ts'
 import { isCI, requireServices } from './support/integration.ts'
 import { hostResources, NO_LEAKS } from './support/leaks.ts'
 
@@ -27,8 +28,7 @@ describe('initless CLI commands', () => {
   const tag = randomBytes(4).toString('hex')
   let functionsDir = ''
   let env: NodeJS.ProcessEnv = {}
-  let up: ChildProcess | undefined
-  let upOutput = ''
+  let up: CliUp | undefined
 
   async function cli(
     args: string[],
@@ -71,7 +71,7 @@ describe('initless CLI commands', () => {
   })
   after(async () => {
     // Its own process group: a failed test must not leave the executor and gateway running.
-    if (up?.pid !== undefined && up.exitCode === null) process.kill(-up.pid, 'SIGKILL')
+    up?.killGroup()
     if (functionsDir) await rm(functionsDir, { recursive: true, force: true })
   })
 
@@ -108,20 +108,7 @@ describe('initless CLI commands', () => {
 
   test('up, invoke, logs, scale, then Ctrl-C stops everything', async (t) => {
     if (!requireServices(t)) return
-    up = spawn(process.execPath, [CLI, 'up'], {
-      env,
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    })
-    up.stdout?.on('data', (d: Buffer) => (upOutput += d.toString()))
-    up.stderr?.on('data', (d: Buffer) => (upOutput += d.toString()))
-    const deadline = Date.now() + 300_000
-    while (!/initless is up at /.test(upOutput)) {
-      assert.ok(up.exitCode === null, `initless up exited early:\n${upOutput.slice(-3000)}`)
-      assert.ok(Date.now() < deadline, `initless up never came up:\n${upOutput.slice(-3000)}`)
-      await new Promise((r) => setTimeout(r, 200))
-    }
+    up = await startCliUp(env)
 
     // A second `up` on the same state dir stops before building anything: the executor holds it.
     const second = await cli(['up'], 1)
@@ -131,7 +118,7 @@ describe('initless CLI commands', () => {
     )
     // `up` reports each function it deployed as one line: version, what happened, build and bake.
     const deployed = /^hello-node +[0-9a-f]{12} +(deployed \(was none\)|unchanged|kept version activated)/m
-    assert.match(upOutput, deployed)
+    assert.match(up.output(), deployed)
     assert.doesNotMatch(second.stderr + second.stdout, /^hello-node +[0-9a-f]{12}/m)
 
     const cold = JSON.parse((await cli(['--json', 'invoke', 'hello-node', '/'])).stdout) as {
@@ -192,9 +179,9 @@ describe('initless CLI commands', () => {
       /no deployed function 'no-such-fn' \(deployed: hello-node\)/,
     )
 
-    const exited = new Promise<number | null>((r) => up!.once('exit', (code) => r(code)))
-    up.kill('SIGINT')
-    assert.equal(await exited, 0, upOutput.slice(-2000))
+    const exited = new Promise<number | null>((r) => up!.child.once('exit', (code) => r(code)))
+    up.child.kill('SIGINT')
+    assert.equal(await exited, 0, up.output().slice(-2000))
     assert.deepEqual(
       hostResources({ runcRoot: '/run/initless/runc', stateDir: '/var/lib/initless' }),
       NO_LEAKS,

@@ -101,6 +101,7 @@ test('doctor: a healthy host passes every check, the restore probe included', as
     'restore path',
     'lazy restores',
     'redis',
+    'queue redis',
     'image registry',
     'kernel features',
     'disk',

@@ -2,7 +2,8 @@
  * The container deployment end to end: scripts/compose-smoke.sh builds the image (Dockerfile) and
  * the Redis image, checks the image holds only the compiled JavaScript (no tsx, no TypeScript
  * sources, no compiler), runs `initless doctor` inside a container with the executor's flags, brings up
- * compose.yaml with hello-node, sends a cold request through the gateway and tears everything down.
+ * compose.yaml with hello-node, sends a cold request and an asynchronous invocation (queued in the
+ * queues' own Redis) through the gateway and tears everything down.
  * A first build takes minutes (CRIU, Debian's npm); later runs reuse Docker's build cache.
  */
 import assert from 'node:assert/strict'
@@ -48,5 +49,10 @@ test('compose: the image builds without tsx or sources, doctor passes in a conta
   assert.match(output, /all checks passed/, 'initless doctor passed inside the container')
   assert.match(output, /"message":"hello from node"/, 'hello-node answered through the gateway')
   assert.match(output, /server-timing: cold\b/i, 'the first request was a cold start')
+  assert.match(
+    output,
+    /succeeded; \{initless\} keys: \d+ in queue-redis, none in redis/,
+    'an asynchronous invocation ran through the queues’ own Redis (appendfsync always)',
+  )
   assert.match(output, /compose-smoke: ok/)
 })

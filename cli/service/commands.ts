@@ -15,7 +15,7 @@ import {
   type UninstallResult,
 } from './install.ts'
 import { createSystemctl } from './systemctl.ts'
-import { EXECUTOR_UNIT, GATEWAY_UNIT, type RedisPlan } from './units.ts'
+import { EXECUTOR_UNIT, GATEWAY_UNIT, type QueueRedisPlan, type RedisPlan } from './units.ts'
 
 const DEFAULT_UNIT_DIR = '/etc/systemd/system'
 const DEFAULT_ENV_FILE = '/etc/initless/initless.env'
@@ -120,6 +120,18 @@ function describeRedis(redis: RedisPlan): string {
   }
 }
 
+function describeQueueRedis(queue: QueueRedisPlan, settings: Readonly<Record<string, string>>): string {
+  const url = settings.INITLESS_ASYNC_REDIS_URL
+  switch (queue.kind) {
+    case 'same':
+      return 'queue Redis: the registry’s (INITLESS_ASYNC_REDIS_URL unset): `initless doctor` says whether a 202 is fsynced there'
+    case 'system':
+      return `queue Redis: ${url ?? ''}; the gateway depends on ${queue.unit} (provision.sh enables it, appendfsync always)`
+    case 'external':
+      return `queue Redis: ${url ?? ''}, no dependency: ${queue.reason}`
+  }
+}
+
 const LOGS = `logs: journalctl -u ${EXECUTOR_UNIT} -u ${GATEWAY_UNIT} -f`
 
 export function formatInstall(r: InstallResult): string {
@@ -134,6 +146,7 @@ export function formatInstall(r: InstallResult): string {
       ...r.removed.map((name) => `# would remove ${name} (no longer needed)`),
       ...r.conflicts.map((path) => `# would refuse: ${path} exists and initless did not write it`),
       `# ${describeRedis(r.redis)}`,
+      `# ${describeQueueRedis(r.queueRedis, r.envFile.settings)}`,
       ...(r.withoutSystemd ? ['', r.withoutSystemd] : []),
     ].join('\n')
   return [
@@ -143,6 +156,7 @@ export function formatInstall(r: InstallResult): string {
       : `kept ${env.path} (--force rewrites it from this shell's INITLESS_* settings)`,
     ...r.removed.map((name) => `removed ${name} (no longer needed)`),
     describeRedis(r.redis),
+    describeQueueRedis(r.queueRedis, r.envFile.settings),
     `enabled${r.started ? ' and started' : ''}: ${r.enabled.join(' ')}`,
     ...(r.started
       ? []

@@ -95,16 +95,18 @@ function unquote(s: string): string | undefined {
   return double?.[1]!.replace(/\\(.)/g, (all, c: string) => ('"\\`$'.includes(c) ? c : all))
 }
 
-/** The settings with secrets hidden, for printing: the admin token, a password in the Redis URL. */
+/** The settings with secrets hidden, for printing: the admin token, a password in a Redis URL. */
 export function redactSettings(settings: Settings): Settings {
   const out = { ...settings }
   if (out.INITLESS_ADMIN_TOKEN) out.INITLESS_ADMIN_TOKEN = '<redacted>'
-  const url = out.INITLESS_REDIS_URL
-  if (url && URL.canParse(url)) {
-    const u = new URL(url)
-    if (u.password) {
-      u.password = 'redacted'
-      out.INITLESS_REDIS_URL = u.href
+  for (const key of ['INITLESS_REDIS_URL', 'INITLESS_ASYNC_REDIS_URL']) {
+    const url = out[key]
+    if (url && URL.canParse(url)) {
+      const u = new URL(url)
+      if (u.password) {
+        u.password = 'redacted'
+        out[key] = u.href
+      }
     }
   }
   return out

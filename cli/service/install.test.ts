@@ -96,6 +96,45 @@ describe('service install', () => {
     assert.deepEqual(result.redis, { kind: 'system', unit: 'redis-server.service' })
   })
 
+  test('the env file puts the queues on the provisioned queue Redis; the gateway depends on its unit', async () => {
+    const result = await installService(deps(createFakeServiceManager()), opts())
+    assert.match(await readFile(envFile, 'utf8'), /^INITLESS_ASYNC_REDIS_URL="redis:\/\/127\.0\.0\.1:6381"$/m)
+    assert.deepEqual(result.queueRedis, { kind: 'system', unit: 'redis-server@initless-queue.service' })
+    const wants = (name: string) => /^Wants=(.*)$/m.exec(name)?.[1]?.split(' ') ?? []
+    assert.ok(wants(await unit('initless-gateway.service')).includes('redis-server@initless-queue.service'))
+    assert.ok(!wants(await unit('initless-executor.service')).includes('redis-server@initless-queue.service'))
+    // Debian's template unit: depended on, never written.
+    assert.deepEqual(await files(), ['initless-executor.service', 'initless-gateway.service'])
+  })
+
+  test('provisioning’s port is followed; an operator’s queue Redis wins; a remote registry sets none', async () => {
+    const port = await installService(
+      deps(createFakeServiceManager(), { INITLESS_ASYNC_REDIS_PORT: '16381' }),
+      opts(),
+    )
+    assert.match(
+      await readFile(envFile, 'utf8'),
+      /^INITLESS_ASYNC_REDIS_URL="redis:\/\/127\.0\.0\.1:16381"$/m,
+    )
+    assert.doesNotMatch(await readFile(envFile, 'utf8'), /INITLESS_ASYNC_REDIS_PORT/)
+    assert.ok(!port.ignored.includes('INITLESS_ASYNC_REDIS_PORT'), 'read here, so not reported as ignored')
+
+    const own = await installService(
+      deps(createFakeServiceManager(), { INITLESS_ASYNC_REDIS_URL: 'redis://10.0.0.7:6379' }),
+      opts({ force: true }),
+    )
+    assert.match(await readFile(envFile, 'utf8'), /^INITLESS_ASYNC_REDIS_URL="redis:\/\/10\.0\.0\.7:6379"$/m)
+    assert.equal(own.queueRedis.kind, 'external')
+    assert.doesNotMatch(await unit('initless-gateway.service'), /initless-queue/)
+
+    const remote = await installService(
+      deps(createFakeServiceManager(), { INITLESS_REDIS_URL: 'redis://10.0.0.5:6379' }),
+      opts({ force: true }),
+    )
+    assert.doesNotMatch(await readFile(envFile, 'utf8'), /INITLESS_ASYNC_REDIS_URL/)
+    assert.deepEqual(remote.queueRedis, { kind: 'same' })
+  })
+
   test('--now starts them too', async () => {
     const manager = createFakeServiceManager()
     const result = await installService(deps(manager), opts({ now: true }))

@@ -8,12 +8,14 @@ import { access, mkdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/p
 import { dirname, join } from 'node:path'
 import { errorMessage, InitlessError } from '../../shared/errors.ts'
 import { parseEnvFile, pickSettings, redactSettings, renderEnvFile, type Settings } from './env-file.ts'
+import { queueRedis, queueRedisEnv } from '../queue-redis.ts'
 import type { ServiceManager } from './service-manager.ts'
 import {
   isManaged,
   MANAGED_UNITS,
   planService,
   renderUnits,
+  type QueueRedisPlan,
   type RedisPlan,
   type ServicePlan,
 } from './units.ts'
@@ -59,6 +61,7 @@ export interface InstallResult {
   /** INITLESS_* variables of the CLI's environment that no service process reads. */
   readonly ignored: readonly string[]
   readonly redis: RedisPlan
+  readonly queueRedis: QueueRedisPlan
   readonly enabled: readonly string[]
   readonly started: boolean
   /** Set for a dry run on a host without systemd: what install would say there. */
@@ -70,7 +73,7 @@ export async function installService(deps: ServiceDeps, opts: InstallOptions): P
   const keep = existing !== undefined && !opts.force
   const picked = keep
     ? { settings: parseEnvFile(existing, opts.envFile), ignored: [] }
-    : pickSettings(deps.env, deps.cwd)
+    : withQueueRedis(pickSettings(deps.env, deps.cwd), deps.env)
   // Rendered first: a value the file cannot hold is refused before anything else.
   const envText = keep ? undefined : renderEnvFile(picked.settings)
   const plan = planService({
@@ -117,6 +120,7 @@ export async function installService(deps: ServiceDeps, opts: InstallOptions): P
     },
     ignored: picked.ignored,
     redis: plan.redis,
+    queueRedis: plan.queueRedis,
     enabled: units.map((u) => u.name),
     started: opts.now && !opts.dryRun,
     ...(booted ? {} : { withoutSystemd: noSystemd(plan, 'install').message }),
@@ -153,6 +157,22 @@ export async function installService(deps: ServiceDeps, opts: InstallOptions): P
   await deps.manager.reload()
   await deps.manager.enable(result.enabled, { now: opts.now })
   return result
+}
+
+/**
+ * A new env file names the queue Redis the gateway should use as `initless up` would
+ * (cli/queue-redis.ts): the provisioned one while the registry's Redis is on this host. Explicit
+ * settings stay; INITLESS_ASYNC_REDIS_PORT (provisioning's) is read here, not written.
+ */
+function withQueueRedis(
+  picked: { settings: Settings; ignored: string[] },
+  env: Readonly<Record<string, string | undefined>>,
+): { settings: Settings; ignored: string[] } {
+  const queue = queueRedis({ ...picked.settings, INITLESS_ASYNC_REDIS_PORT: env.INITLESS_ASYNC_REDIS_PORT })
+  return {
+    settings: { ...picked.settings, ...queueRedisEnv(queue) },
+    ignored: picked.ignored.filter((k) => k !== 'INITLESS_ASYNC_REDIS_PORT'),
+  }
 }
 
 export interface UninstallOptions {

@@ -13,6 +13,7 @@ import {
   GATEWAY_STOP_MARGIN_S,
   isManaged,
   MANAGED_MARKER,
+  planQueueRedis,
   planRedis,
   planService,
   renderUnits,
@@ -199,6 +200,34 @@ describe('Redis', () => {
     const u = units({ INITLESS_REDIS_URL: 'redis://10.1.2.3:6379' })
     assert.equal(u.size, 2)
     assert.doesNotMatch(u.get('initless-gateway.service')!, /redis/)
+  })
+})
+
+describe('the queue Redis', () => {
+  const managed = { manageRedis: true }
+  const REGISTRY = 'redis://127.0.0.1:6379'
+  test('where it is decides what the gateway depends on', () => {
+    assert.deepEqual(planQueueRedis(undefined, REGISTRY, managed), { kind: 'same' })
+    assert.deepEqual(planQueueRedis(REGISTRY, REGISTRY, managed), { kind: 'same' })
+    assert.deepEqual(planQueueRedis('redis://127.0.0.1:6381', REGISTRY, managed), {
+      kind: 'system',
+      unit: 'redis-server@initless-queue.service',
+    })
+    assert.equal(planQueueRedis('redis://10.0.0.7:6379', REGISTRY, managed).kind, 'external')
+    assert.equal(planQueueRedis('redis://127.0.0.1:6381', REGISTRY, { manageRedis: false }).kind, 'external')
+  })
+
+  test('the gateway, not the executor, is ordered after provisioning’s queue Redis', () => {
+    const u = units({ INITLESS_ASYNC_REDIS_URL: 'redis://127.0.0.1:6381' })
+    assert.equal(
+      one(u.get('initless-gateway.service')!, 'After'),
+      'network-online.target initless-executor.service redis-server.service redis-server@initless-queue.service',
+    )
+    assert.equal(
+      one(u.get('initless-executor.service')!, 'After'),
+      'network-online.target docker.service redis-server.service',
+    )
+    assert.equal(u.size, 2)
   })
 })
 

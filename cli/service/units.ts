@@ -9,6 +9,7 @@ import { loadExecutorConfig } from '../../executor/config.ts'
 import { loadGatewayConfig } from '../../gateway/config.ts'
 import { configInvalid } from '../../shared/config-schema.ts'
 import { isInitlessError } from '../../shared/errors.ts'
+import { isLocalRedisUrl } from '../queue-redis.ts'
 import type { Settings } from './env-file.ts'
 import { processCommand } from './process-command.ts'
 
@@ -20,6 +21,11 @@ export const GATEWAY_UNIT = 'initless-gateway.service'
 export const OWN_REDIS_UNIT = 'initless-redis.service'
 /** Debian's unit, which provision.sh starts on a systemd host for Redis on port 6379. */
 export const SYSTEM_REDIS_UNIT = 'redis-server.service'
+/**
+ * The queue Redis provision.sh starts on a systemd host: an instance of Debian's template unit,
+ * reading /etc/redis/redis-initless-queue.conf (appendfsync always). Depended on, never written.
+ */
+export const QUEUE_REDIS_UNIT = 'redis-server@initless-queue.service'
 /** Every unit name initless may write, in the order systemd should stop them. */
 export const MANAGED_UNITS = [GATEWAY_UNIT, EXECUTOR_UNIT, OWN_REDIS_UNIT] as const
 
@@ -47,6 +53,14 @@ export type RedisPlan =
       readonly bin: string
     }
 
+export type QueueRedisPlan =
+  /** The queues share the registry's Redis (INITLESS_ASYNC_REDIS_URL unset or the same). */
+  | { readonly kind: 'same' }
+  /** provision.sh's queue Redis on this host: the gateway depends on its unit. */
+  | { readonly kind: 'system'; readonly unit: typeof QUEUE_REDIS_UNIT }
+  /** No dependency. */
+  | { readonly kind: 'external'; readonly reason: string }
+
 export interface ServicePlan {
   readonly root: string
   readonly envFile: string
@@ -57,6 +71,8 @@ export interface ServicePlan {
   /** INITLESS_GATEWAY_PORT: below 1024 the gateway needs CAP_NET_BIND_SERVICE. */
   readonly gatewayPort: number
   readonly redis: RedisPlan
+  /** The Redis of the asynchronous invocation queues (only the gateway uses it). */
+  readonly queueRedis: QueueRedisPlan
 }
 
 export interface PlanInput {
@@ -118,6 +134,7 @@ export function planService(input: PlanInput): ServicePlan {
     gatewayStopSec: Math.ceil(gateway.INITLESS_SHUTDOWN_TIMEOUT / 1000) + GATEWAY_STOP_MARGIN_S,
     gatewayPort: gateway.INITLESS_GATEWAY_PORT,
     redis: planRedis(executor.INITLESS_REDIS_URL, executor.INITLESS_STATE_DIR, input),
+    queueRedis: planQueueRedis(gateway.INITLESS_ASYNC_REDIS_URL, gateway.INITLESS_REDIS_URL, input),
   }
 }
 
@@ -137,15 +154,33 @@ export function planRedis(
   if (!opts.manageRedis) return { kind: 'external', reason: 'not managed here (--no-redis)' }
   const u = new URL(url)
   const port = Number(u.port || 6379)
-  const local =
-    u.hostname === 'localhost' || u.hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(u.hostname)
-  if (!local || u.protocol !== 'redis:')
+  if (!isLocalRedisUrl(url))
     return {
       kind: 'external',
       reason: `${u.protocol}//${u.host} is not a Redis provision.sh starts on this host`,
     }
   if (port === 6379) return { kind: 'system', unit: SYSTEM_REDIS_UNIT }
   return { kind: 'own', unit: OWN_REDIS_UNIT, port, dir: join(stateDir, 'redis'), bin: opts.redisServer }
+}
+
+/**
+ * What the gateway's queue Redis needs from systemd: a local one is the one provision.sh enabled as
+ * redis-server@initless-queue.service (it survives reboots through its unit, and the gateway is
+ * ordered after it); any other is looked after elsewhere.
+ */
+export function planQueueRedis(
+  url: string | undefined,
+  registryUrl: string,
+  opts: { readonly manageRedis: boolean },
+): QueueRedisPlan {
+  if (url === undefined || url === registryUrl) return { kind: 'same' }
+  if (!opts.manageRedis) return { kind: 'external', reason: 'not managed here (--no-redis)' }
+  if (!isLocalRedisUrl(url))
+    return {
+      kind: 'external',
+      reason: `${new URL(url).host} is not a Redis provision.sh starts on this host`,
+    }
+  return { kind: 'system', unit: QUEUE_REDIS_UNIT }
 }
 
 export interface UnitFile {
@@ -253,7 +288,8 @@ function executorUnit(plan: ServicePlan, redis: string[]): string {
 }
 
 function gatewayUnit(plan: ServicePlan, redis: string[]): string {
-  const deps = ['network-online.target', EXECUTOR_UNIT, ...redis]
+  const queue = plan.queueRedis.kind === 'system' ? [plan.queueRedis.unit] : []
+  const deps = ['network-online.target', EXECUTOR_UNIT, ...redis, ...queue]
   const caps = [
     'CAP_DAC_READ_SEARCH',
     ...(plan.gatewayPort > 0 && plan.gatewayPort < 1024 ? ['CAP_NET_BIND_SERVICE'] : []),
