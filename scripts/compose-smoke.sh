@@ -237,7 +237,8 @@ done_step "warm request: HTTP ${warm% *} in ${warm#* } s"
 
 step "asynchronous invocation through queue-redis"
 accepted=$(curl -sS -o "$WORK/async.json" -D "$WORK/async-headers" --max-time 10 -w '%{http_code}' \
-  -X POST "$url/async-function/hello-node/") || fail "the asynchronous request failed"
+  -X POST -H 'content-type: text/plain' --data-binary 'async through compose' \
+  "$url/async-function/hello-node/echo") || fail "the asynchronous request failed"
 [ "$accepted" = 202 ] || fail "expected 202 for the asynchronous request, got $accepted: $(cat "$WORK/async.json")"
 id=$(grep -i '^x-invocation-id:' "$WORK/async-headers" | tr -d '\r' | cut -d' ' -f2)
 [ -n "$id" ] || fail "no X-Invocation-Id"
@@ -247,7 +248,11 @@ for _ in $(seq 1 120); do
   [ "$state" = succeeded ] && break
   sleep 0.5
 done
-[ "$state" = succeeded ] || fail "invocation $id is '$state', not succeeded, after 60 s"
+[ "$state" = succeeded ] ||
+  fail "invocation $id is '$state', not succeeded, after 60 s: $(curl -sS --max-time 5 "$url/invocations/$id" | head -c 2000)"
+# The echo's body, base64 as the invocation record keeps it.
+curl -sS --max-time 5 "$url/invocations/$id" | grep -q '"body":"YXN5bmMgdGhyb3VnaCBjb21wb3Nl"' ||
+  fail "invocation $id succeeded without echoing the request body"
 keys() { compose exec -T "$1" redis-cli -p "$2" --scan --pattern '{initless}:*' | tr -d '\r' | grep -c . || true; }
 in_queue=$(keys queue-redis "$INITLESS_COMPOSE_QUEUE_REDIS_PORT")
 in_registry=$(keys redis "$INITLESS_COMPOSE_REDIS_PORT")
