@@ -448,6 +448,9 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
         s.dead.delete(e.id)
         s.fullUntil = 0
       }
+      // Slots of an instance no longer routed to go back now: the ledger counts free slots as
+      // capacity a waiting worker will get (slot-ledger.ts), so they must not linger.
+      slots?.prune(s.fn, (id) => id === e.id)
     }
     s.generation++
     dispatch(s)

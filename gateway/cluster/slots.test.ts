@@ -232,6 +232,21 @@ describe('instance pools of several workers sharing slots', () => {
     })
   }
 
+  test('the slots of an instance that went away are given back at once', async () => {
+    const c = cluster(2)
+    open.push(...c.pools)
+    await Promise.all(c.pools.map((p) => p.start()))
+    const m = testManifest('f', { concurrency: 4, maxInstances: 2, start: '10s' })
+    await c.registry.reserve('f', 2, 'i1')
+    await c.registry.markReady('f', 'i1', { host: '127.0.0.1', port: 1 }, 'lazy', TEST_PHASES, 'h')
+    const leases = await Promise.all(c.pools.map((p) => p.acquire(m, { traceId: 't' })))
+    for (const l of leases) l.release()
+    assert.ok(c.ledger.held().has('f/i1'))
+    await c.registry.remove('f', 'i1')
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r))
+    assert.equal(c.ledger.held().has('f/i1'), false)
+  })
+
   test("a crashed worker's slots go to the workers waiting for them", async () => {
     const c = cluster(2)
     open.push(...c.pools)
