@@ -12,6 +12,11 @@ import { createWorkerSlots } from './worker-slots.ts'
 const grants = (out: Outgoing[]) =>
   out.filter((o) => o.message.t === 'grant').map((o) => [o.worker, (o.message as { n: number }).n])
 const kinds = (out: Outgoing[]) => out.map((o) => `${o.worker}:${o.message.t}`)
+/** The ledger's `short` to worker `worker`. */
+const short = (worker: number, need: number, failures = 0): Outgoing => ({
+  worker,
+  message: { t: 'short', fn: 'f', need, failures },
+})
 const want = (need: number, ids = ['i1'], concurrency = 4) =>
   ({ t: 'want', fn: 'f', need, ids, concurrency }) as const
 
@@ -60,17 +65,11 @@ describe('slot ledger', () => {
   test('two workers short at once: one scaler hears the summed demand', () => {
     const l = createSlotLedger({ workers: 2 })
     // A burst from zero: no instance yet, both workers' requests wait.
-    assert.deepEqual(l.receive(1, want(3, [])), [
-      { worker: 1, message: { t: 'short', fn: 'f', need: 3, failures: 0 } },
-    ])
-    assert.deepEqual(l.receive(2, want(5, [])), [
-      { worker: 1, message: { t: 'short', fn: 'f', need: 8, failures: 0 } },
-    ])
+    assert.deepEqual(l.receive(1, want(3, [])), [short(1, 3)])
+    assert.deepEqual(l.receive(2, want(5, [])), [short(1, 8)])
     assert.equal(l.scaler('f'), 1)
     // Worker 2's demand grows: the scaler hears the new sum, worker 2 never hears short.
-    assert.deepEqual(l.receive(2, want(7, [])), [
-      { worker: 1, message: { t: 'short', fn: 'f', need: 10, failures: 0 } },
-    ])
+    assert.deepEqual(l.receive(2, want(7, [])), [short(1, 10)])
     // The scaler's own demand changes: it hears the sum again even though that did not change.
     assert.deepEqual(kinds(l.receive(1, want(3, []))), ['1:short'])
   })
@@ -80,16 +79,14 @@ describe('slot ledger', () => {
     l.receive(1, want(4, ['i1'], 4))
     // Worker 2 waits on i1 too: its demand counts once worker 1 answered the recall.
     assert.deepEqual(kinds(l.receive(2, want(2, ['i1'], 4))), ['1:recall'])
-    assert.deepEqual(l.receive(1, { t: 'recalled', fn: 'f', id: 'i1', n: 0 }), [
-      { worker: 2, message: { t: 'short', fn: 'f', need: 2, failures: 0 } },
-    ])
+    assert.deepEqual(l.receive(1, { t: 'recalled', fn: 'f', id: 'i1', n: 0 }), [short(2, 2)])
     // A new instance: worker 2 lists it and takes 2 of its slots; worker 1 has not seen it yet.
     const out = l.receive(1, want(3, ['i1'], 4))
-    assert.deepEqual(out, [{ worker: 2, message: { t: 'short', fn: 'f', need: 5, failures: 0 } }])
+    assert.deepEqual(out, [short(2, 5)])
     // i2's 2 free slots will serve worker 1 once it lists i2: 3 - 2 remain short.
     assert.deepEqual(l.receive(2, want(2, ['i1', 'i2'], 4)), [
       { worker: 2, message: { t: 'grant', fn: 'f', id: 'i2', n: 2 } },
-      { worker: 2, message: { t: 'short', fn: 'f', need: 1, failures: 0 } },
+      short(2, 1),
     ])
     assert.equal(l.scaler('f'), 2)
     assert.deepEqual(l.receive(1, want(3, ['i1'], 4)), [])
@@ -107,21 +104,15 @@ describe('slot ledger', () => {
     assert.deepEqual(l.receive(2, want(2, [])), [])
     assert.deepEqual(l.receive(1, want(2, [])), [])
     // Its next short counts the failure it reported: a short that crossed the report is void.
-    assert.deepEqual(l.receive(3, want(0, [])), [
-      { worker: 1, message: { t: 'short', fn: 'f', need: 4, failures: 1 } },
-    ])
+    assert.deepEqual(l.receive(3, want(0, [])), [short(1, 4, 1)])
   })
 
   test('demand that disappears: the scaler hears 0 and starts nothing', () => {
     const l = createSlotLedger({ workers: 2 })
     l.receive(1, want(2, []))
     l.receive(2, want(2, []))
-    assert.deepEqual(l.receive(2, want(0, [])), [
-      { worker: 1, message: { t: 'short', fn: 'f', need: 2, failures: 0 } },
-    ])
-    assert.deepEqual(l.receive(1, want(0, [])), [
-      { worker: 1, message: { t: 'short', fn: 'f', need: 0, failures: 0 } },
-    ])
+    assert.deepEqual(l.receive(2, want(0, [])), [short(1, 2)])
+    assert.deepEqual(l.receive(1, want(0, [])), [short(1, 0)])
   })
 
   test("a dead scaler's demand goes to the next wanting worker", () => {
@@ -130,7 +121,7 @@ describe('slot ledger', () => {
     l.receive(2, want(3, []))
     l.receive(3, want(1, []))
     // Worker 1's requests died with it: worker 2 now decides, for the demand that is left.
-    assert.deepEqual(l.workerGone(1), [{ worker: 2, message: { t: 'short', fn: 'f', need: 4, failures: 0 } }])
+    assert.deepEqual(l.workerGone(1), [short(2, 4)])
     assert.equal(l.scaler('f'), 2)
     // No worker wants any more: no scaler until one does.
     l.workerGone(2)
@@ -202,16 +193,26 @@ function cluster(workers: number) {
 const open: InstancePool[] = []
 after(() => Promise.all(open.map((p) => p.close())))
 
+/** cluster(), its pools started (and closed after the file). */
+async function startCluster(workers: number) {
+  const c = cluster(workers)
+  open.push(...c.pools)
+  await Promise.all(c.pools.map((p) => p.start()))
+  return c
+}
+
+/** Instance i1 of `f` reserved (up to `maxInstances`) and ready. */
+async function ready(registry: ReturnType<typeof createFakeRegistry>, maxInstances: number) {
+  assert.equal(await registry.reserve('f', maxInstances, 'i1'), true)
+  await registry.markReady('f', 'i1', { host: '127.0.0.1', port: 1 }, 'lazy', TEST_PHASES, 'h')
+}
+
 describe('instance pools of several workers sharing slots', () => {
   for (const concurrency of [1, 3]) {
     test(`an instance with concurrency ${concurrency} never has more requests at once`, async () => {
-      const c = cluster(3)
-      open.push(...c.pools)
-      await Promise.all(c.pools.map((p) => p.start()))
+      const c = await startCluster(3)
       const m = testManifest('f', { concurrency, maxInstances: 1, start: '10s' })
-      const reserved = await c.registry.reserve('f', 1, 'i1')
-      assert.equal(reserved, true)
-      await c.registry.markReady('f', 'i1', { host: '127.0.0.1', port: 1 }, 'lazy', TEST_PHASES, 'h')
+      await ready(c.registry, 1)
       let inflight = 0
       let most = 0
       let served = 0
@@ -233,12 +234,9 @@ describe('instance pools of several workers sharing slots', () => {
   }
 
   test('the slots of an instance that went away are given back at once', async () => {
-    const c = cluster(2)
-    open.push(...c.pools)
-    await Promise.all(c.pools.map((p) => p.start()))
+    const c = await startCluster(2)
     const m = testManifest('f', { concurrency: 4, maxInstances: 2, start: '10s' })
-    await c.registry.reserve('f', 2, 'i1')
-    await c.registry.markReady('f', 'i1', { host: '127.0.0.1', port: 1 }, 'lazy', TEST_PHASES, 'h')
+    await ready(c.registry, 2)
     const leases = await Promise.all(c.pools.map((p) => p.acquire(m, { traceId: 't' })))
     for (const l of leases) l.release()
     assert.ok(c.ledger.held().has('f/i1'))
@@ -248,12 +246,9 @@ describe('instance pools of several workers sharing slots', () => {
   })
 
   test("a crashed worker's slots go to the workers waiting for them", async () => {
-    const c = cluster(2)
-    open.push(...c.pools)
-    await Promise.all(c.pools.map((p) => p.start()))
+    const c = await startCluster(2)
     const m = testManifest('f', { concurrency: 1, maxInstances: 1, start: '10s' })
-    await c.registry.reserve('f', 1, 'i1')
-    await c.registry.markReady('f', 'i1', { host: '127.0.0.1', port: 1 }, 'lazy', TEST_PHASES, 'h')
+    await ready(c.registry, 1)
     const [a, b] = c.pools as [InstancePool, InstancePool]
     await a.acquire(m, { traceId: 't' }) // held forever: worker 1 dies with it in flight
     const waiting = b.acquire(m, { traceId: 't' })
@@ -319,18 +314,14 @@ describe('scale-up of several workers', () => {
       assert.equal(alone, Math.ceil(requests / concurrency))
 
       for (const workers of [2, 3]) {
-        const c = cluster(workers)
-        open.push(...c.pools)
-        await Promise.all(c.pools.map((p) => p.start()))
+        const c = await startCluster(workers)
         assert.equal(await burst(c.pools, c.registry, c.queue, m, requests), alone, `${workers} workers`)
       }
     })
   }
 
   test("a dead scaler's demand is started by another worker", async () => {
-    const c = cluster(2)
-    open.push(...c.pools)
-    await Promise.all(c.pools.map((p) => p.start()))
+    const c = await startCluster(2)
     const m = testManifest('f', { concurrency: 10, maxInstances: 5, start: '10s' })
     // Worker 1 wants first and so decides the scale-up, but hangs: it hears nothing any more.
     c.hang(1)
