@@ -128,13 +128,25 @@ async function restartMinimumOn(
   const pid = other.child.pid
   assert.ok(pid, 'the other host runs')
   for (let round = 0; round < 5; round++) {
-    const before = new Set((await reg.list('py-hosts')).map((i) => i.id))
+    // Scale to zero spares restores under way (the instance manager stops only live instances),
+    // and a host that has just baked may be restoring the minimum right now: start from a
+    // settled registry, or such an instance outlives the event and the round waits forever.
+    const settled = await until(
+      `round ${round}: no restore of py-hosts under way`,
+      () => reg.list('py-hosts'),
+      (l) => l.every((i) => i.state !== 'starting'),
+      60_000,
+    )
+    const before = new Set(settled.map((i) => i.id))
     await reg.publish({ type: 'function', fn: 'py-hosts', action: 'scale-to-zero' })
     // Polled fast: the window between the last instance going and a reaper's reserve is one
     // reap interval (300 ms).
     let left = await reg.list('py-hosts')
     for (const deadline = Date.now() + 60_000; left.some((i) => before.has(i.id));) {
-      if (Date.now() > deadline) assert.fail(`py-hosts not scaled to zero: ${JSON.stringify(left)}`)
+      if (Date.now() > deadline)
+        assert.fail(
+          `py-hosts not scaled to zero: ${JSON.stringify(left)}\n${proc.output().slice(-2000)}\n${other.output().slice(-2000)}`,
+        )
       await new Promise((r) => setTimeout(r, 10))
       left = await reg.list('py-hosts')
     }
