@@ -40,7 +40,7 @@ export type ToPrimary =
   | { readonly t: 'give'; readonly fn: string; readonly id: string; readonly n: number }
   /** The answer to a recall: `n` slots given back (0: all it holds are in use). */
   | { readonly t: 'recalled'; readonly fn: string; readonly id: string; readonly n: number }
-  /** The scaler's start failed: every other wanting worker charges it to its waiters. */
+  /** A start this worker made failed: the other wanting workers charge it to their waiters. */
   | { readonly t: 'start-failed'; readonly fn: string; readonly error: StartFailure }
 
 /** Primary -> worker. */
