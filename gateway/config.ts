@@ -17,7 +17,8 @@ export const gatewayEnvSchema = commonEnvSchema.extend({
   ),
   INITLESS_GATEWAY_WORKERS: envInt(1, 1, 64).describe(
     'Gateway processes serving the port (count; node:cluster workers under one primary that keeps ' +
-      "every instance's scaling.concurrency exact across them). Default 1.",
+      "every instance's scaling.concurrency exact across them and has one worker decide each " +
+      "function's scale-up, on their summed demand). Default 1.",
   ),
   INITLESS_MAX_BODY: envBytes('10Mi').describe(
     'Largest request body proxied to a function, in bytes (units accepted). Default 10Mi = 10485760 bytes.',

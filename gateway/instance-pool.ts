@@ -227,10 +227,9 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
    * their way cover. A claim counts as starting until the registry answers; the request is sent as
    * soon as it is ready here, while its executor thaws it (the kernel queues the connection).
    */
-  const claimStandby = (s: FnState) => {
+  const claimStandby = (s: FnState, waiting: number) => {
     const concurrency = s.manifest.scaling.concurrency
-    let uncovered =
-      s.waiters.length - coveredWaiters({ ready: slotViews(s), starting: s.starting.size, concurrency })
+    let uncovered = waiting - coveredWaiters({ ready: slotViews(s), starting: s.starting.size, concurrency })
     for (const f of s.frozen.values()) {
       if (uncovered <= 0) return
       if (!isCurrentVersion(s, f)) continue
@@ -258,16 +257,17 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   }
 
   const scale = (s: FnState, traceId?: string) => {
+    // A worker process scales only as the function's scaler, for the demand of all workers that
+    // lack slots in use (slot-ledger.ts): a demand split across workers is counted once.
+    const waiting = slots ? slots.shortfall(s.fn) : s.waiters.length
     // No waiters, no restores to start (instancesToStart): skip the work on every released lease.
-    if (closing || !s.isLoaded || !s.waiters.length) return
-    // A worker process starts instances only once the slots it lacks are known to be in use.
-    if (slots && s.ready.size && !slots.isShort(s.fn)) return
-    if (s.frozen.size) claimStandby(s)
+    if (closing || !s.isLoaded || !waiting) return
+    if (s.frozen.size) claimStandby(s, waiting)
     if (now() < s.fullUntil) return
     const n = instancesToStart({
       ready: slotViews(s),
       starting: s.starting.size,
-      waiting: s.waiters.length,
+      waiting,
       concurrency: s.manifest.scaling.concurrency,
       maxInstances: s.manifest.scaling.maxInstances,
       restoreMs: s.restoreMs,
@@ -330,15 +330,28 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
   const startFailed = (s: FnState, id: string, err: InitlessError) => {
     s.starting.delete(id)
     s.generation++
+    // A worker process started it for the waiters of every worker: theirs count it too.
+    slots?.startFailed(s.fn, err)
+    chargeFailure(s, err, s.starting.size)
+  }
+
+  /**
+   * The waiters that the ready instances and `starting` more do not cover count a failed start.
+   * Another process's failed start is charged against the ready ones only: which of the starts this
+   * process sees is the failed one, it cannot tell, and counting it would leave its waiters
+   * uncharged while the scaler retries for them.
+   */
+  const chargeFailure = (s: FnState, err: InitlessError, starting: number) => {
     const covered = coveredWaiters({
       ready: slotViews(s),
-      starting: s.starting.size,
+      starting,
       concurrency: s.manifest.scaling.concurrency,
     })
     for (const w of s.waiters.slice(covered)) {
       w.failures++
       if (!err.retryable || w.failures > maxRetries) s.removeWaiter(w)?.settle({ error: err })
     }
+    demand(s)
     scale(s)
   }
 
@@ -435,6 +448,9 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
         s.dead.delete(e.id)
         s.fullUntil = 0
       }
+      // Slots of an instance no longer routed to go back now: the ledger counts free slots as
+      // capacity a waiting worker will get (slot-ledger.ts), so they must not linger.
+      slots?.prune(s.fn, (id) => id === e.id)
     }
     s.generation++
     dispatch(s)
@@ -499,6 +515,10 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
           if (!s) return
           dispatch(s)
           scale(s)
+        },
+        (fn, err) => {
+          const s = fns.get(fn)
+          if (s) chargeFailure(s, err, 0)
         },
       )
       stopOutcomes = restores.onOutcome(onOutcome)

@@ -71,6 +71,8 @@ export interface ExecutorOptions {
   readonly restoreMs?: number | ((job: RestoreJobData) => number)
   /** Decide per job whether it fails, and how (reported as the executor's worker reports it). */
   readonly failWith?: (job: RestoreJobData) => RestoreFailure | undefined
+  /** The function version its instances run (the active one, for functions in the function registry). */
+  readonly version?: string
 }
 
 export interface FakeExecutor {
@@ -117,6 +119,7 @@ export function startFakeExecutor(
         'lazy',
         TEST_PHASES,
         hostId,
+        opts.version,
       )
       if (!isReady) {
         await server.close()

@@ -3,7 +3,8 @@
  * primary and its workers on one port, real Redis, a function in the function registry whose one
  * instance (a real HTTP server here, marked ready in the registry) takes one request at a time.
  * Checks that its scaling.concurrency holds across the workers, that a killed worker's slot is
- * released and the worker replaced, that /metrics adds up all workers, and a clean shutdown.
+ * released and the worker replaced, that /metrics adds up all workers, that a burst from zero
+ * split across them starts as many instances as one process would, and a clean shutdown.
  */
 import assert from 'node:assert/strict'
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
@@ -15,8 +16,9 @@ import { createRedisFunctionRegistry } from '../shared/function-registry.ts'
 import { createSilentLogger } from '../shared/logger.ts'
 import { createRedis } from '../shared/redis.ts'
 import { createRedisRegistry } from '../shared/registry.ts'
+import { instancesToStart } from '../gateway/scaling.ts'
 import { TEST_PHASES, testManifest } from '../gateway/test-support.ts'
-import { cleanUp, isolation, REDIS_URL, redisSkipReason } from './gateway-harness.ts'
+import { cleanUp, isolation, REDIS_URL, redisSkipReason, startFakeExecutor } from './gateway-harness.ts'
 
 const skip = await redisSkipReason()
 const WORKERS = 3
@@ -35,12 +37,18 @@ function childrenOf(pid: number): number[] {
     .map(Number)
 }
 
-/** The pid among `pids` that owns the TCP socket bound to 127.0.0.1:`port` (/proc/net/tcp). */
-function socketOwner(port: number, pids: readonly number[]): number | undefined {
-  const hex = port.toString(16).toUpperCase().padStart(4, '0')
+const hexPort = (port: number) => `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`
+
+/**
+ * The pid among `pids` that owns the TCP socket bound to 127.0.0.1:`port` (/proc/net/tcp), the
+ * one connected to 127.0.0.1:`peer` if given.
+ */
+function socketOwner(port: number, pids: readonly number[], peer?: number): number | undefined {
   const line = readFileSync('/proc/net/tcp', 'utf8')
     .split('\n')
-    .find((l) => l.trim().split(/\s+/)[1] === `0100007F:${hex}`)
+    .map((l) => l.trim().split(/\s+/))
+    .find((f) => f[1] === hexPort(port) && (peer === undefined || f[2] === hexPort(peer)))
+    ?.join(' ')
   const inode = line?.trim().split(/\s+/)[9]
   if (!inode) return undefined
   return pids.find((pid) => {
@@ -63,8 +71,11 @@ interface Answer {
   readonly body: string
 }
 
-/** GET on a fresh connection (so node:cluster hands each request to the next worker). */
-function get(url: string, timeoutMs = 10_000): Promise<Answer> {
+/**
+ * GET on a fresh connection (so node:cluster hands each request to the next worker); `connected`
+ * gets the connection's local port.
+ */
+function get(url: string, timeoutMs = 10_000, connected?: (port: number) => void): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = request(url, { agent: false, timeout: timeoutMs }, (res: IncomingMessage) => {
       let body = ''
@@ -75,6 +86,7 @@ function get(url: string, timeoutMs = 10_000): Promise<Answer> {
     })
     req.on('timeout', () => req.destroy(new Error('timeout')))
     req.on('error', reject)
+    req.on('socket', (socket) => socket.once('connect', () => connected?.(socket.localPort ?? 0)))
     req.end()
   })
 }
@@ -221,6 +233,105 @@ describe('multi-process gateway', { skip }, () => {
     assert.equal(now.length, WORKERS)
     assert.ok(!now.includes(owner))
   })
+
+  // Concurrency 50: one instance takes the burst. Concurrency 4: it needs five, which workers that
+  // each scale on their own part of it do not start.
+  for (const concurrency of [50, 4]) {
+    test(`a burst from zero split across the workers, concurrency ${concurrency}: what one process starts`, async () => {
+      const name = `burst${concurrency}`
+      const burst = testManifest(name, { concurrency, maxInstances: 10, start: '10s', request: '10s' })
+      const functions = createRedisFunctionRegistry({
+        redis,
+        logger: createSilentLogger(),
+        prefix: iso.prefix,
+      })
+      await functions.putVersion(name, {
+        version: 'v1',
+        manifest: burst,
+        state: 'ready',
+        createdAt: Date.now(),
+        contextBytes: 0,
+        bakedOn: {},
+      })
+      assert.equal(await functions.activate(name, 'v1'), true)
+      // Every worker reads the function first, on an instance that then goes away: each is ready to
+      // scale at once when the burst comes, as a gateway that served the function before is.
+      const registry = createRedisRegistry({ redis, logger: createSilentLogger(), prefix: iso.prefix })
+      const address = { host: '127.0.0.1', port: (instance.address() as AddressInfo).port }
+      assert.equal(await registry.reserve(name, 10, 'w1', 'test-host'), true)
+      assert.equal(
+        await registry.markReady(name, 'w1', address, 'lazy', TEST_PHASES, 'test-host', 'v1'),
+        true,
+      )
+      const first = peers.length
+      const workers = childrenOf(gateway.child.pid ?? 0)
+      const warmed = new Set<number | undefined>()
+      // A worker that replaced the killed one gets connections once it listens: a few rounds, each
+      // within the instance's concurrency (more would make the gateway start an instance now).
+      const batch = Math.min(concurrency, 2 * WORKERS)
+      for (const until = Date.now() + 5000; warmed.size < WORKERS && Date.now() < until;) {
+        const warm = await Promise.all(
+          Array.from({ length: batch }, (_, i) => get(`${base}/fn/${name}/w${i}`)),
+        )
+        assert.deepEqual(
+          warm.map((a) => a.status),
+          Array(batch).fill(200),
+        )
+        for (const p of peers.slice(first)) warmed.add(socketOwner(p, workers))
+        warmed.delete(undefined)
+      }
+      assert.equal(warmed.size, WORKERS, 'every worker served the function')
+      assert.deepEqual(
+        (await registry.list(name)).map((r) => r.id),
+        ['w1'],
+        'the warm-up started nothing',
+      )
+      assert.equal(await registry.remove(name, 'w1'), true)
+      await new Promise((r) => setTimeout(r, 300))
+      // Restores take long enough for the whole burst to arrive while the first is on its way.
+      const executor = startFakeExecutor(iso, { restoreMs: 800, version: 'v1' })
+      try {
+        const requests = 20
+        const clientPorts: number[] = []
+        const answers = Promise.all(
+          Array.from({ length: requests }, (_, i) =>
+            get(`${base}/fn/${name}/b${i}`, 10_000, (p) => clientPorts.push(p)),
+          ),
+        )
+        // While they wait: which worker holds each request's connection.
+        const connected = Date.now() + 5000
+        while (clientPorts.length < requests && Date.now() < connected)
+          await new Promise((r) => setTimeout(r, 10))
+        const port = Number(new URL(base).port)
+        const owners = new Set(clientPorts.map((p) => socketOwner(port, workers, p)))
+        owners.delete(undefined)
+        assert.ok(owners.size >= 2, `the burst reached ${owners.size} worker(s)`)
+
+        assert.deepEqual(
+          (await answers).filter((a) => a.status !== 200),
+          [],
+        )
+        // The scaling rule of one gateway process, for the whole burst at once.
+        const expected = instancesToStart({
+          ready: [],
+          starting: 0,
+          waiting: requests,
+          concurrency: burst.scaling.concurrency,
+          maxInstances: burst.scaling.maxInstances,
+        })
+        // Which worker enqueued each restore (pid), for the failure message.
+        const enqueued = gateway
+          .records()
+          .filter((r) => r.msg === 'restore enqueued' && r.fn === name)
+          .map((r) => r.pid)
+        assert.equal(expected, concurrency === 50 ? 1 : 5)
+        assert.equal(executor.jobs.filter((j) => j.fn === name).length, expected, `by ${String(enqueued)}`)
+        assert.equal((await registry.list(name)).length, expected)
+      } finally {
+        await executor.close()
+      }
+    })
+  }
 
   test('SIGTERM drains every worker and exits 0', async () => {
     const workers = childrenOf(gateway.child.pid ?? 0)

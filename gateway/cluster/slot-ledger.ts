@@ -7,10 +7,22 @@
  * Workers keep the slots they were granted while they use them. A worker that has requests waiting
  * asks for more (`want`); the ledger grants free slots, and when there are none it recalls the idle
  * ones of the other holders (`recall`): those give back what is idle at once and every further slot
- * as its request ends, until the ledger says the demand is met (`settle`). Once every recalled
- * holder has answered and demand is still unmet, the wanting worker hears `short`: the slots it
- * cannot get are in use, so its scaling rule may start instances. A worker that exits loses its
- * slots (its connections, and so its requests, died with it).
+ * as its request ends, until the ledger says the demand is met (`settle`). A worker's demand is
+ * short once every holder it recalled has answered and slots are still missing: those in use.
+ *
+ * Scale-up is decided once per function, on the demand of all workers: one worker per function is
+ * its scaler (the first that wanted slots, until it exits), and only it hears `short`, carrying
+ * the sum of every short demand. Its scaling rule (gateway/scaling.ts) starts instances for that
+ * sum against the instances it sees ready and starting, so workers that are short at once never
+ * both start for one demand, and a burst split across N workers starts what one process would.
+ * `short` is sent again whenever the sum changes (0: nothing to start) and after every change of
+ * the scaler's own demand (it drops the sum it heard until then). A worker that exits loses
+ * its slots (its connections, and so its requests, died with it); if it was a scaler, the
+ * function's next wanting worker becomes the scaler and hears the sum. A start that fails is
+ * relayed to the other wanting workers and the scaler (`start-failed`): their waiters count it as
+ * a single process's would, and the scaler hears the sum again only once every one of them (the
+ * sender too) has told its demand after that, so restores that keep failing end after the same
+ * retries as in one process.
  *
  * Pure: the caller delivers the messages returned (primary.ts over node:cluster's IPC).
  */
@@ -28,13 +40,33 @@ export type ToPrimary =
   | { readonly t: 'give'; readonly fn: string; readonly id: string; readonly n: number }
   /** The answer to a recall: `n` slots given back (0: all it holds are in use). */
   | { readonly t: 'recalled'; readonly fn: string; readonly id: string; readonly n: number }
+  /** A start this worker made failed: the other wanting workers charge it to their waiters. */
+  | { readonly t: 'start-failed'; readonly fn: string; readonly error: StartFailure }
 
 /** Primary -> worker. */
 export type ToWorker =
   | { readonly t: 'grant'; readonly fn: string; readonly id: string; readonly n: number }
   | { readonly t: 'recall'; readonly fn: string; readonly id: string }
   | { readonly t: 'settle'; readonly fn: string; readonly id: string }
-  | { readonly t: 'short'; readonly fn: string }
+  /**
+   * To the function's scaler only: `need` requests, summed over all workers, wait with no slot to
+   * be had; its scaling rule starts instances for them (0: none wait).
+   */
+  | {
+      readonly t: 'short'
+      readonly fn: string
+      readonly need: number
+      /** The worker's start failures the ledger had seen: an older `short` crossed one, and is void. */
+      readonly failures: number
+    }
+  | { readonly t: 'start-failed'; readonly fn: string; readonly error: StartFailure }
+
+/** A failed start as it crosses the IPC channel (an InitlessError's fields). */
+export interface StartFailure {
+  readonly code: string
+  readonly message: string
+  readonly details: Readonly<Record<string, unknown>>
+}
 
 export interface Outgoing {
   readonly worker: number
@@ -52,8 +84,13 @@ interface InstanceSlots {
 interface Want {
   need: number
   ids: readonly string[]
-  /** `short` was sent for this demand (sent again only after the demand changed). */
-  isShortSent: boolean
+}
+
+interface Scaler {
+  /** The worker that decides the function's scale-up. */
+  readonly worker: number
+  /** The short demand it last heard (-1: it forgot it). */
+  sent: number
 }
 
 export interface SlotLedger {
@@ -65,6 +102,8 @@ export interface SlotLedger {
   setWorkers(count: number): void
   /** Slots held per instance (`fn/id` -> worker -> count), for tests and diagnostics. */
   held(): Map<string, Map<number, number>>
+  /** The worker that decides `fn`'s scale-up, once one wanted slots. */
+  scaler(fn: string): number | undefined
 }
 
 const sum = (m: ReadonlyMap<number, number>): number => {
@@ -79,6 +118,12 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
   const fns = new Map<string, Map<string, InstanceSlots>>()
   /** fn -> worker -> unmet demand, in arrival order (served first come, first served). */
   const wants = new Map<string, Map<number, Want>>()
+  /** fn -> its scaler. */
+  const scalers = new Map<string, Scaler>()
+  /** Worker -> start failures it reported. */
+  const failuresFrom = new Map<number, number>()
+  /** fn -> workers whose demand after a failed start the scaler waits for. */
+  const answers = new Map<string, Set<number>>()
 
   const slotsOf = (fn: string, id: string, concurrency?: number): InstanceSlots => {
     let byId = fns.get(fn)
@@ -115,6 +160,7 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
       if (!byWorker.size) wants.delete(fn)
     }
     const demanded = new Set<string>()
+    let short = 0
     for (const [worker, want] of wants.get(fn) ?? []) {
       let isAnswered = true
       for (const id of want.ids) {
@@ -131,10 +177,7 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
           if (answered !== true) isAnswered = false
         }
       }
-      if (isAnswered && !want.isShortSent) {
-        want.isShortSent = true
-        out.push({ worker, message: { t: 'short', fn } })
-      }
+      if (isAnswered) short += want.need
     }
     // Recalls of instances nobody waits for any more end: their holders keep what they hold.
     for (const [id, s] of byId ?? []) {
@@ -145,6 +188,27 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
       if (!sum(s.held) && !s.recalled.size) byId?.delete(id)
     }
     if (byId && !byId.size) fns.delete(fn)
+    // Free slots left are on instances some short worker does not list yet (it has not seen them
+    // ready): its next want takes them, so they are no reason to start more.
+    let free = 0
+    for (const s of byId?.values() ?? []) free += Math.max(0, s.concurrency - sum(s.held))
+    tellScaler(fn, Math.max(0, short - free), out)
+  }
+
+  /** Send the function's scaler its short demand when that changed; choose one if there is none. */
+  const tellScaler = (fn: string, short: number, out: Outgoing[]) => {
+    let scaler = scalers.get(fn)
+    if (!scaler) {
+      const first = wants.get(fn)?.keys().next()
+      if (!first || first.done) return
+      scalers.set(fn, (scaler = { worker: first.value, sent: 0 }))
+    }
+    if (scaler.sent === short) return
+    if (answers.get(fn)?.size) return
+    answers.delete(fn)
+    scaler.sent = short
+    const failures = failuresFrom.get(scaler.worker) ?? 0
+    out.push({ worker: scaler.worker, message: { t: 'short', fn, need: short, failures } })
   }
 
   const giveBack = (worker: number, fn: string, id: string, n: number) => {
@@ -158,17 +222,32 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
   return {
     receive(worker, m) {
       const out: Outgoing[] = []
+      if (m.t === 'start-failed') {
+        failuresFrom.set(worker, (failuresFrom.get(worker) ?? 0) + 1)
+        const scaler = scalers.get(m.fn)
+        const told = new Set([...(wants.get(m.fn)?.keys() ?? []), ...(scaler ? [scaler.worker] : [])])
+        told.delete(worker)
+        for (const w of told)
+          out.push({ worker: w, message: { t: 'start-failed', fn: m.fn, error: m.error } })
+        // The scaler dropped the sum; it hears it again once every worker told its demand after
+        // charging the failure to its waiters (the sender included).
+        if (scaler) scaler.sent = -1
+        answers.set(m.fn, told.add(worker))
+        return out
+      }
       if (m.t === 'want') {
+        answers.get(m.fn)?.delete(worker)
         let byWorker = wants.get(m.fn)
         if (m.need <= 0) byWorker?.delete(worker)
         else {
           for (const id of m.ids) slotsOf(m.fn, id, m.concurrency)
           if (!byWorker) wants.set(m.fn, (byWorker = new Map<number, Want>()))
           // A new demand goes to the back of the queue; an updated one keeps its place.
-          const prev = byWorker.get(worker)
-          const isSame = prev && prev.need === m.need && prev.ids.join() === m.ids.join()
-          byWorker.set(worker, { need: m.need, ids: m.ids, isShortSent: isSame ? prev.isShortSent : false })
+          byWorker.set(worker, { need: m.need, ids: m.ids })
         }
+        // The scaler forgets the short demand when its own changes: it always hears the new one.
+        const scaler = scalers.get(m.fn)
+        if (scaler?.worker === worker) scaler.sent = -1
       } else {
         giveBack(worker, m.fn, m.id, m.n)
         const s = fns.get(m.fn)?.get(m.id)
@@ -181,8 +260,12 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
     workerGone(worker) {
       const out: Outgoing[] = []
       for (const byWorker of wants.values()) byWorker.delete(worker)
-      for (const [fn, byId] of [...fns]) {
-        for (const s of byId.values()) {
+      for (const waiting of answers.values()) waiting.delete(worker)
+      failuresFrom.delete(worker)
+      // Its functions get another scaler (the next wanting worker), which hears the whole demand.
+      for (const [fn, scaler] of scalers) if (scaler.worker === worker) scalers.delete(fn)
+      for (const fn of new Set([...fns.keys(), ...wants.keys()])) {
+        for (const s of fns.get(fn)?.values() ?? []) {
           s.held.delete(worker)
           s.recalled.delete(worker)
         }
@@ -194,6 +277,8 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
     setWorkers(count) {
       workers = Math.max(1, count)
     },
+
+    scaler: (fn) => scalers.get(fn)?.worker,
 
     held() {
       const out = new Map<string, Map<number, number>>()

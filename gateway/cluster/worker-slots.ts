@@ -4,8 +4,9 @@
  * process never has more requests in flight on an instance than the slots it holds — a slot is
  * given back only while idle, and a grant is counted before it is used.
  */
+import { ERRORS, InitlessError, type ErrorCode } from '../../shared/errors.ts'
 import type { SlotQuota } from '../slot-quota.ts'
-import type { ToPrimary, ToWorker } from './slot-ledger.ts'
+import type { StartFailure, ToPrimary, ToWorker } from './slot-ledger.ts'
 
 export interface SlotChannel {
   send(message: ToPrimary): void
@@ -19,9 +20,15 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
   const returning = new Set<string>()
   /** The demand last sent per function, to send only changes. */
   const lastWant = new Map<string, string>()
-  const short = new Set<string>()
+  /** fn -> the short demand of all workers, while this process is the function's scaler. */
+  const short = new Map<string, number>()
+  /** Functions whose next demand goes to the primary even if unchanged: it answers a failed start. */
+  const answering = new Set<string>()
+  /** Start failures this process reported. */
+  let failures = 0
   let inflight: (fn: string, id: string) => number = () => 0
   let onChange: (fn: string) => void = () => undefined
+  let onStartFailed: (fn: string, error: InitlessError) => void = () => undefined
 
   const heldOf = (fn: string, id: string) => held.get(fn)?.get(id) ?? 0
   const setHeld = (fn: string, id: string, n: number) => {
@@ -50,8 +57,16 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
     } else if (m.t === 'settle') {
       returning.delete(`${m.fn}/${m.id}`)
     } else if (m.t === 'short') {
-      short.add(m.fn)
+      if (m.failures < failures) return
+      if (m.need > 0) short.set(m.fn, m.need)
+      else short.delete(m.fn)
       onChange(m.fn)
+    } else if (m.t === 'start-failed') {
+      // The scaler waits for every worker's demand after the failure was charged to its waiters.
+      short.delete(m.fn)
+      answering.add(m.fn)
+      onStartFailed(m.fn, fromWire(m.error))
+      if (answering.delete(m.fn)) channel.send({ t: 'want', fn: m.fn, need: 0, ids: [], concurrency: 0 })
     }
   })
 
@@ -60,7 +75,8 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
 
     demand(fn, need, ids, concurrency) {
       const key = need > 0 ? `${need} ${ids.join(',')}` : undefined
-      if (key === lastWant.get(fn)) return
+      if (!answering.delete(fn) && key === lastWant.get(fn)) return
+      // Until the primary answers this demand, the sum it sent before may count it wrongly.
       short.delete(fn)
       if (key === undefined) lastWant.delete(fn)
       else lastWant.set(fn, key)
@@ -71,7 +87,7 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
       if (returning.has(`${fn}/${id}`)) giveIdle(fn, id, 'give')
     },
 
-    isShort: (fn) => short.has(fn),
+    shortfall: (fn) => short.get(fn) ?? 0,
 
     prune(fn, isGone) {
       for (const id of [...(held.get(fn)?.keys() ?? [])]) {
@@ -79,9 +95,28 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
       }
     },
 
-    attach(read, changed) {
+    startFailed(fn, error) {
+      // The pool charges its own waiters next and states its demand (answering the failure).
+      short.delete(fn)
+      answering.add(fn)
+      failures++
+      channel.send({
+        t: 'start-failed',
+        fn,
+        error: { code: error.code, message: error.message, details: error.details },
+      })
+    },
+
+    attach(read, changed, failed) {
       inflight = read
       onChange = changed
+      onStartFailed = failed
     },
   }
+}
+
+/** The failure as the scaler's pool saw it (an unknown code, from a newer process: a failed restore). */
+function fromWire(f: StartFailure): InitlessError {
+  const code = (f.code in ERRORS ? f.code : 'ERR_RESTORE_FAILED') as ErrorCode
+  return new InitlessError(code, f.message, { details: { ...f.details } })
 }
