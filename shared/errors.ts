@@ -128,6 +128,11 @@ export function isInitlessError(err: unknown, code?: ErrorCode): err is Initless
   return code === undefined || c === code
 }
 
+/** `code` when the catalogue has it, else `fallback`: for a code that crossed a process boundary. */
+export function cataloguedCode(code: string, fallback: ErrorCode): ErrorCode {
+  return code in ERRORS ? (code as ErrorCode) : fallback
+}
+
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }

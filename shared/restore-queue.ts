@@ -4,7 +4,7 @@
  * restore client (restore-client.ts); the BullMQ adapter is bullmq-restore-queue.ts.
  */
 import type { RestoreFailure, RestoreJobData, RestoreJobResult } from './contracts.ts'
-import { ERRORS, InitlessError, type ErrorCode } from './errors.ts'
+import { cataloguedCode, InitlessError } from './errors.ts'
 
 export type RestoreOutcome =
   | { readonly instanceId: string; readonly ok: true; readonly result: RestoreJobResult }
@@ -22,7 +22,7 @@ export interface RestoreQueue {
  * is ERR_RESTORE_FAILED (retryable).
  */
 export function restoreFailure(fn: string, instanceId: string, failure: RestoreFailure): InitlessError {
-  const code: ErrorCode = failure.code in ERRORS ? (failure.code as ErrorCode) : 'ERR_RESTORE_FAILED'
+  const code = cataloguedCode(failure.code, 'ERR_RESTORE_FAILED')
   return new InitlessError(code, `restore of ${fn} failed: ${failure.message || 'no reason given'}`, {
     details: { fn, instanceId },
   })

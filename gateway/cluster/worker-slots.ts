@@ -4,7 +4,7 @@
  * process never has more requests in flight on an instance than the slots it holds — a slot is
  * given back only while idle, and a grant is counted before it is used.
  */
-import { ERRORS, InitlessError, type ErrorCode } from '../../shared/errors.ts'
+import { cataloguedCode, InitlessError } from '../../shared/errors.ts'
 import type { SlotQuota } from '../slot-quota.ts'
 import type { StartFailure, ToPrimary, ToWorker } from './slot-ledger.ts'
 
@@ -117,6 +117,7 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
 
 /** The failure as the scaler's pool saw it (an unknown code, from a newer process: a failed restore). */
 function fromWire(f: StartFailure): InitlessError {
-  const code = (f.code in ERRORS ? f.code : 'ERR_RESTORE_FAILED') as ErrorCode
-  return new InitlessError(code, f.message, { details: { ...f.details } })
+  return new InitlessError(cataloguedCode(f.code, 'ERR_RESTORE_FAILED'), f.message, {
+    details: { ...f.details },
+  })
 }
