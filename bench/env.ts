@@ -2,9 +2,8 @@
  * What every benchmark result records about where and how it was measured.
  */
 import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
 import { cpus, release, totalmem } from 'node:os'
-import { RCU_EXPEDITED } from '../executor/sandbox/host-tuning.ts'
+import { readRcuExpedited } from '../executor/sandbox/host-tuning.ts'
 
 export interface BenchEnvironment {
   readonly date: string
@@ -29,14 +28,6 @@ function version(cmd: string, args: string[], re: RegExp): string {
   }
 }
 
-function rcuExpedited(): boolean | null {
-  try {
-    return readFileSync(RCU_EXPEDITED, 'utf8').trim() !== '0'
-  } catch {
-    return null
-  }
-}
-
 /** ' (RCU grace periods expedited|normal)' after the kernel; '' where a result did not record it. */
 export function rcuNote(machine: { readonly rcuExpedited?: boolean | null }): string {
   const e = machine.rcuExpedited
@@ -54,7 +45,7 @@ export function benchEnvironment(argv: readonly string[]): BenchEnvironment {
       memoryGiB: Math.round(totalmem() / 2 ** 30),
       kernel: release(),
       loadAvg1m: load,
-      rcuExpedited: rcuExpedited(),
+      rcuExpedited: readRcuExpedited() ?? null,
     },
     versions: {
       criu: version('criu', ['--version'], /Version:\s*(\S+)/),

@@ -68,7 +68,7 @@ program
         },
         restorePath: () => sandboxes.restorePath(),
         thpMode: () => readThpMode(),
-        rcuExpedited: () => readRcuExpedited(),
+        rcuExpedited: async () => readRcuExpedited(),
         dockerInfo: () => adapters.docker.info(),
         networkPolicy: {
           bridge: config.INITLESS_BRIDGE,

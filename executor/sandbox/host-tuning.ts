@@ -9,13 +9,18 @@
  * of an IPI to every CPU per grace period. Measured (bench/README.md, "RCU grace periods"):
  * hello-node's CRIU run p50 ~38 -> ~20 ms, its cold start through the gateway 60-62 -> 43-47 ms.
  */
-import { readFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
 
 export const RCU_EXPEDITED = '/sys/kernel/rcu_expedited'
 
-/** Whether the kernel expedites RCU grace periods; undefined when the kernel has no such switch. */
-export async function readRcuExpedited(file = RCU_EXPEDITED): Promise<boolean | undefined> {
-  const text = await readFile(file, 'utf8').catch(() => undefined)
-  if (text === undefined) return undefined
-  return text.trim() !== '0'
+/**
+ * Whether the kernel expedites RCU grace periods; undefined when the kernel has no such switch.
+ * Synchronous: a sysfs attribute, read at once (the benchmarks record it with their environment).
+ */
+export function readRcuExpedited(file = RCU_EXPEDITED): boolean | undefined {
+  try {
+    return readFileSync(file, 'utf8').trim() !== '0'
+  } catch {
+    return undefined
+  }
 }
