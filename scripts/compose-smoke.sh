@@ -242,16 +242,16 @@ accepted=$(curl -sS -o "$WORK/async.json" -D "$WORK/async-headers" --max-time 10
 [ "$accepted" = 202 ] || fail "expected 202 for the asynchronous request, got $accepted: $(cat "$WORK/async.json")"
 id=$(grep -i '^x-invocation-id:' "$WORK/async-headers" | tr -d '\r' | cut -d' ' -f2)
 [ -n "$id" ] || fail "no X-Invocation-Id"
-state=
+state= record=
 for _ in $(seq 1 120); do
-  state=$(curl -sS --max-time 5 "$url/invocations/$id" | grep -o '"state":"[a-z]*"' | head -1 | cut -d'"' -f4)
+  record=$(curl -sS --max-time 5 "$url/invocations/$id")
+  state=$(printf '%s' "$record" | grep -o '"state":"[a-z]*"' | head -1 | cut -d'"' -f4)
   [ "$state" = succeeded ] && break
   sleep 0.5
 done
-[ "$state" = succeeded ] ||
-  fail "invocation $id is '$state', not succeeded, after 60 s: $(curl -sS --max-time 5 "$url/invocations/$id" | head -c 2000)"
+[ "$state" = succeeded ] || fail "invocation $id is '$state', not succeeded, after 60 s: ${record:0:2000}"
 # The echo's body, base64 as the invocation record keeps it.
-curl -sS --max-time 5 "$url/invocations/$id" | grep -q '"body":"YXN5bmMgdGhyb3VnaCBjb21wb3Nl"' ||
+printf '%s' "$record" | grep -q '"body":"YXN5bmMgdGhyb3VnaCBjb21wb3Nl"' ||
   fail "invocation $id succeeded without echoing the request body"
 keys() { compose exec -T "$1" redis-cli -p "$2" --scan --pattern '{initless}:*' | tr -d '\r' | grep -c . || true; }
 in_queue=$(keys queue-redis "$INITLESS_COMPOSE_QUEUE_REDIS_PORT")
