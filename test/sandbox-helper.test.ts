@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
+import { createSocket } from 'node:dgram'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
@@ -42,6 +43,18 @@ function refusedAfter(ip: string, port: number): Promise<number> {
       reject(new Error(`${ip}:${port} accepted a connection`))
     })
   })
+}
+
+/** Send one UDP datagram to `ip`:`port` (nothing needs to receive it). */
+async function sendDatagram(ip: string, port: number): Promise<void> {
+  const sock = createSocket('udp4')
+  try {
+    await new Promise<void>((resolve, reject) =>
+      sock.send(Buffer.from('x'), port, ip, (err) => (err ? reject(err) : resolve())),
+    )
+  } finally {
+    sock.close()
+  }
 }
 
 /** The mount options /proc/self/mountinfo lists for the mount point `target`. */
@@ -162,6 +175,41 @@ describe('sandbox helper', () => {
     } finally {
       for (const args of made) await churn.request({ op: 'netns-delete', args })
       churn.close()
+    }
+  })
+
+  test('a reused address answers at once though the host was still resolving it', async (t) => {
+    // Traffic that outlived an address's previous holder (a FIN the host retransmits after the
+    // instance went) keeps the host's neighbour entry for it INCOMPLETE, three ARP requests one
+    // retrans time apart. A packet to such an entry waits for the next request, not for the
+    // instance: the first connection to a new namespace on that address waited up to 1 s.
+    if (!requireServices(t)) return
+    const h = get()
+    const bridge = config.INITLESS_BRIDGE
+    const retransMs = Number(readFileSync(`/proc/sys/net/ipv4/neigh/${bridge}/retrans_time_ms`, 'utf8'))
+    for (let i = 0; i < 3; i++) {
+      const addr = `10.213.254.${40 + i}`
+      const name = `initless-hlpreuse${i}-${process.pid}`
+      const veth = `ilr${process.pid % 100000}x${i}`.slice(0, 15)
+      const nsFile = `${NETNS_DIR}/${name}`
+      ip('neigh', 'flush', 'to', addr, 'dev', bridge)
+      // A datagram to the address while no namespace holds it: the host starts resolving it.
+      await sendDatagram(addr, 9)
+      assert.match(ip('neigh', 'show', 'to', addr, 'dev', bridge), /INCOMPLETE/)
+      await h.request({
+        op: 'netns-create',
+        args: [nsFile, veth, macFor(addr), `${addr}/16`, '10.213.0.1', bridge],
+      })
+      try {
+        const ms = await refusedAfter(addr, 9)
+        assert.ok(
+          ms < retransMs / 2,
+          `${addr}: refused after ${ms.toFixed(0)} ms, behind the host's next ARP request (${retransMs} ms)`,
+        )
+      } finally {
+        await h.request({ op: 'netns-delete', args: [nsFile, veth] })
+        ip('neigh', 'flush', 'to', addr, 'dev', bridge)
+      }
     }
   })
 

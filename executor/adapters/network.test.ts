@@ -143,7 +143,13 @@ describe('createNetworkManager', () => {
       {
         cmd: 'ip',
         args: ['-batch', '-'],
-        options: { input: [`link show dev ${veth}`, 'link show dev initless0'].join('\n') },
+        options: {
+          input: [
+            `link show dev ${veth}`,
+            'link show dev initless0',
+            'neigh flush to 10.213.0.7 dev initless0',
+          ].join('\n'),
+        },
       },
     ])
   })

@@ -19,6 +19,11 @@
  * runs its pending work at once (Linux >= 6.8). A namespace is handed out only after that: the
  * sandbox helper asks and, on older kernels, waits until the links are up; the iproute2 fallback
  * asks once.
+ * Then the host's neighbour entry for the address goes (RTM_DELNEIGH, `ip neigh flush`): traffic
+ * that outlived the address's previous holder (a FIN the host retransmits for a minute after the
+ * instance went) keeps that entry INCOMPLETE, ARP requests one second apart, and a packet to an
+ * INCOMPLETE entry waits for the next request: the new instance's first connection waited up to
+ * 1 s although it answered at once. Without an entry, the next packet's ARP request goes out at once.
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
@@ -237,8 +242,13 @@ export function createNetworkManager(deps: {
           ].join('\n'),
         })
         // Asking for a link settles its carrier change (see the top): the port, then the bridge.
+        // Then the host forgets the address's previous holder (see the top).
         await run('ip', ['-batch', '-'], {
-          input: [`link show dev ${veth}`, `link show dev ${settings.bridge}`].join('\n'),
+          input: [
+            `link show dev ${veth}`,
+            `link show dev ${settings.bridge}`,
+            `neigh flush to ${ip} dev ${settings.bridge}`,
+          ].join('\n'),
         })
       } catch (err) {
         await run('ip', ['netns', 'del', name], { okCodes: [0, 1, 255] })

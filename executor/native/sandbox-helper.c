@@ -30,7 +30,9 @@
  * network namespace bound at <nsfile>, a veth pair whose inner end is eth0 (with <mac>) inside it and
  * whose outer end <veth> is up on <bridge>, and inside: lo up, <ip>/<bits> on eth0, eth0 up, a default
  * route via <gateway>. It answers once the pair passes frames (links_settle: both ends and the
- * bridge operationally up, the bridge port forwarding): the first packet to the instance is not lost.
+ * bridge operationally up, the bridge port forwarding) and the host holds no neighbour entry for
+ * <ip> left from its previous holder (neigh_forget): the first packet to the instance is not lost
+ * and waits for no ARP retry.
  * On failure nothing of it is left behind.
  *
  * device-filter gives a cgroup v2 cgroup what cgroup v1's devices.deny `a` followed by one
@@ -61,6 +63,7 @@
 #include <linux/if.h>
 #include <linux/if_bridge.h>
 #include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sockios.h>
@@ -294,6 +297,24 @@ static int links_settle(int ns_nl, int eth0, int veth_index, const char *veth, i
               veth, LINK_SETTLE_MS, in.operstate, out.operstate, br.operstate, out.brport_state);
 }
 
+/*
+ * Forget what the host knows about `ip` on the bridge. Addresses are reused, and the host may still
+ * be resolving one for its previous holder: traffic that outlived it (a connection closed after the
+ * instance went, whose FIN the host retransmits for a minute) keeps its neighbour entry cycling
+ * through INCOMPLETE, three ARP requests one second apart. A packet to an INCOMPLETE entry only
+ * queues behind the next request: the new instance's first connection waited up to 1 s although it
+ * answered at once. Without an entry the next packet starts a resolution with an immediate request,
+ * which the instance answers. Called once its links pass frames; ENOENT (no entry) is the usual case.
+ */
+static int neigh_forget(int nl, int index, struct in_addr ip) {
+  struct ndmsg ndm = {.ndm_family = AF_INET, .ndm_ifindex = index};
+  struct nlreq r;
+  nl_init(&r, RTM_DELNEIGH, 0, &ndm, sizeof ndm);
+  nl_attr(&r, NDA_DST, &ip, sizeof ip);
+  int e = nl_talk(nl, &r);
+  return e == ENOENT ? 0 : e;
+}
+
 static int parse_mac(const char *s, unsigned char mac[6]) {
   unsigned int b[6];
   char end;
@@ -436,6 +457,10 @@ static int netns_create(char **f, int n) {
       goto undo;
     }
     if (links_settle(ns_nl, eth0, veth_index, veth, bridge_index) < 0) goto undo;
+    if ((e = neigh_forget(host_nl, bridge_index, ip))) {
+      fail(e, "forget the host's neighbour entry for %s", ipbuf);
+      goto undo;
+    }
   }
   close(ns_fd);
   close(ns_nl);
