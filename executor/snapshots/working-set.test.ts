@@ -12,6 +12,10 @@ import {
   markEager,
   parseFaults,
   PE_LAZY,
+  PROFILE_MAX_ROUNDS,
+  PROFILE_MIN_ROUNDS,
+  PROFILE_SETTLED_PAGES,
+  profileSettled,
   PE_PRESENT,
   type PagemapEntry,
 } from './working-set.ts'
@@ -131,4 +135,31 @@ test('applyWorkingSet rewrites only the pagemaps of processes with faults', asyn
   } finally {
     await rm(dir, { recursive: true, force: true })
   }
+})
+
+describe('profileSettled', () => {
+  const little = PROFILE_SETTLED_PAGES - 1
+  test('runs the minimum number of rounds even when the first ones add nothing', () => {
+    assert.equal(profileSettled([]), false)
+    assert.equal(profileSettled(Array<number>(PROFILE_MIN_ROUNDS - 1).fill(0)), false)
+    assert.equal(profileSettled(Array<number>(PROFILE_MIN_ROUNDS).fill(0)), true)
+  })
+
+  test('a round that adds little after one that added much does not end it', () => {
+    // ts-compile's rounds made 59, then 581, then 0 pages eager: one quiet round proves nothing.
+    const rounds = [59, 581, 0, 400, little]
+    assert.equal(profileSettled(rounds), false)
+    assert.equal(profileSettled([...rounds, 0]), true)
+  })
+
+  test('ends at the maximum even while rounds still add pages', () => {
+    assert.equal(profileSettled(Array<number>(PROFILE_MAX_ROUNDS - 1).fill(500)), false)
+    assert.equal(profileSettled(Array<number>(PROFILE_MAX_ROUNDS).fill(500)), true)
+  })
+
+  test('a round that adds exactly the threshold is not little', () => {
+    const base = Array<number>(PROFILE_MIN_ROUNDS - 2).fill(0)
+    assert.equal(profileSettled([...base, PROFILE_SETTLED_PAGES, little]), false)
+    assert.equal(profileSettled([...base, little, little]), true)
+  })
 })

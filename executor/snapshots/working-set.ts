@@ -5,8 +5,9 @@
  * serves a page when the process first touches it (a userfaultfd round trip: ~170 us each on this
  * machine class; flask-table's first request touched ~800 pages, ~140 ms). Most of those pages are
  * the same on every restore: the interpreter, the server's accept loop, the request path. So the
- * bake profiles them: it restores the fresh snapshot lazily once, sends the readiness probe and the
- * warm-up requests, and records the pages the daemon had to serve on demand (its `#PF` log lines).
+ * bake profiles them: it restores the fresh snapshot lazily, sends the readiness probe and one
+ * request of each warm-up step (a cold start's path), and records the pages the daemon had to serve
+ * on demand (its `#PF` log lines), over several rounds (PROFILE_MIN_ROUNDS, below, says why).
  * Those pages then lose CRIU's lazy flag (PE_LAZY) in the snapshot's pagemap images: every later
  * lazy restore reads them eagerly, in bulk, before the process resumes, and leaves only the rest
  * to the daemon. The page data itself does not move (pages-*.img keeps pagemap order), so the
@@ -29,7 +30,7 @@ import { sandboxLimits, type ProcessSpec, type SandboxManager } from '../sandbox
 import { warmUp } from './warmup.ts'
 
 /** Version of the profile and rewrite below: part of a snapshot's identity (a change re-bakes). */
-export const WORKING_SET_VERSION = 1
+export const WORKING_SET_VERSION = 2
 
 export const PAGE_SIZE = 4096n
 /** pagemap_entry flags (criu/include/pagemap.h). */
@@ -221,8 +222,32 @@ export async function applyWorkingSet(imagesDir: string, faults: Map<number, Set
   return total
 }
 
-/** How many profiling restores a bake runs: the second catches pages the first one's faster start reached first. */
-export const PROFILE_ROUNDS = 2
+/**
+ * How many profiling restores a bake runs. The daemon pushes every page in the background from the
+ * moment the process resumes, so which touched pages a round sees as faults depends on how far the
+ * push got first, and that differs from restore to restore: after two rounds, ts-compile's first
+ * request still faulted 143-950 pages, and spring-greeting's profile held 381-2294 pages from one
+ * bake to the next (bench/README.md, "The working-set profile races the push"). Each round records
+ * another part of the same working set; the profile ends once two rounds in a row add little.
+ */
+export const PROFILE_MIN_ROUNDS = 4
+export const PROFILE_MAX_ROUNDS = 10
+/** A round that makes fewer pages eager than this added little. */
+export const PROFILE_SETTLED_PAGES = 32
+
+/** Whether a profile whose rounds made these numbers of pages eager, in order, is done. */
+export function profileSettled(perRound: readonly number[]): boolean {
+  if (perRound.length >= PROFILE_MAX_ROUNDS) return true
+  if (perRound.length < PROFILE_MIN_ROUNDS) return false
+  return perRound.slice(-2).every((pages) => pages < PROFILE_SETTLED_PAGES)
+}
+
+export interface WorkingSetProfile {
+  /** Pages that turned eager over all rounds. */
+  readonly pages: number
+  /** Pages each round turned eager, in order. */
+  readonly perRound: readonly number[]
+}
 
 export interface ProfileDeps {
   readonly runc: Runc
@@ -243,12 +268,12 @@ export interface ProfileRequest {
 /**
  * Restore the snapshot lazily with a verbose lazy-pages daemon, send the readiness probe and the
  * warm-up requests, and make every page served on demand eager in the snapshot (see the top of
- * this file). Returns the number of pages that turned eager over all rounds.
+ * this file), round after round until profileSettled.
  */
-export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest): Promise<number> {
+export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest): Promise<WorkingSetProfile> {
   const m = req.fn.manifest
-  let total = 0
-  for (let round = 0; round < PROFILE_ROUNDS; round++) {
+  const perRound: number[] = []
+  while (!profileSettled(perRound)) {
     const sb = await deps.sandboxes.prepare({
       id: `ws-${req.fn.name}-${randomBytes(4).toString('hex')}`,
       fn: req.fn.name,
@@ -270,14 +295,18 @@ export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest):
         intervalMs: 1,
         isAlive,
       })
-      await warmUp(m, sb.netns.ip, isAlive)
+      // One request of each warm-up step: a cold start is the probe and its first request. The
+      // full warm-up touches far more (every page of it made eager costs the restore ~15 us,
+      // spring-greeting's 560 -> 2554 pages added ~30 ms to CRIU's run) for pages a first
+      // request never reaches.
+      await warmUp({ ...m, warmup: m.warmup.map((step) => ({ ...step, count: 1 })) }, sb.netns.ip, isAlive)
       // Every fault of the answered requests is in the log by now.
       const log = await readFile(join(sb.criuWorkDir, 'lazy-pages.log'), 'utf8')
-      total += await applyWorkingSet(req.imagesDir, parseFaults(log))
+      perRound.push(await applyWorkingSet(req.imagesDir, parseFaults(log)))
     } finally {
       killLazyPages(daemon)
       await deps.sandboxes.destroy(sb)
     }
   }
-  return total
+  return { pages: perRound.reduce((a, b) => a + b, 0), perRound }
 }
