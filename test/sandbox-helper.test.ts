@@ -182,7 +182,7 @@ describe('sandbox helper', () => {
     // Traffic that outlived an address's previous holder (a FIN the host retransmits after the
     // instance went) keeps the host's neighbour entry for it INCOMPLETE, three ARP requests one
     // retrans time apart. A packet to such an entry waits for the next request, not for the
-    // instance: the first connection to a new namespace on that address waited up to 1 s.
+    // instance: the first connection to a new namespace on that address would wait up to 1 s.
     if (!requireServices(t)) return
     const h = get()
     const bridge = config.INITLESS_BRIDGE

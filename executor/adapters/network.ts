@@ -20,10 +20,10 @@
  * sandbox helper asks and, on older kernels, waits until the links are up; the iproute2 fallback
  * asks once.
  * Then the host's neighbour entry for the address goes (RTM_DELNEIGH, `ip neigh flush`): traffic
- * that outlived the address's previous holder (a FIN the host retransmits for a minute after the
- * instance went) keeps that entry INCOMPLETE, ARP requests one second apart, and a packet to an
- * INCOMPLETE entry waits for the next request: the new instance's first connection waited up to
- * 1 s although it answered at once. Without an entry, the next packet's ARP request goes out at once.
+ * that outlived the address's previous holder (a FIN the host retransmits for tens of seconds after
+ * the instance went) keeps that entry INCOMPLETE, ARP requests one second apart, and a packet to an
+ * INCOMPLETE entry waits for the next request: a new instance's first connection would wait up
+ * to 1 s although it answers at once. Without an entry, the next packet's ARP request goes out at once.
  */
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'

@@ -300,10 +300,10 @@ static int links_settle(int ns_nl, int eth0, int veth_index, const char *veth, i
 /*
  * Forget what the host knows about `ip` on the bridge. Addresses are reused, and the host may still
  * be resolving one for its previous holder: traffic that outlived it (a connection closed after the
- * instance went, whose FIN the host retransmits for a minute) keeps its neighbour entry cycling
+ * instance went, whose FIN the host retransmits for tens of seconds) keeps its neighbour entry cycling
  * through INCOMPLETE, three ARP requests one second apart. A packet to an INCOMPLETE entry only
- * queues behind the next request: the new instance's first connection waited up to 1 s although it
- * answered at once. Without an entry the next packet starts a resolution with an immediate request,
+ * queues behind the next request: a new instance's first connection would wait up to 1 s although
+ * it answers at once. Without an entry the next packet starts a resolution with an immediate request,
  * which the instance answers. Called once its links pass frames; ENOENT (no entry) is the usual case.
  */
 static int neigh_forget(int nl, int index, struct in_addr ip) {
