@@ -226,7 +226,7 @@ export async function applyWorkingSet(imagesDir: string, faults: Map<number, Set
  * How many profiling restores a bake runs. The daemon pushes every page in the background from the
  * moment the process resumes, so which touched pages a round sees as faults depends on how far the
  * push got first, and that differs from restore to restore: after two rounds, ts-compile's first
- * request still faulted 143-950 pages, and spring-greeting's profile held 381-2294 pages from one
+ * request still faulted 143-950 pages, and spring-greeting's profile held 441-2055 pages from one
  * bake to the next (bench/README.md, "The working-set profile races the push"). Each round records
  * another part of the same working set; the profile ends once two rounds in a row add little.
  */
@@ -266,9 +266,9 @@ export interface ProfileRequest {
 }
 
 /**
- * Restore the snapshot lazily with a verbose lazy-pages daemon, send the readiness probe and the
- * warm-up requests, and make every page served on demand eager in the snapshot (see the top of
- * this file), round after round until profileSettled.
+ * Restore the snapshot lazily with a verbose lazy-pages daemon, send the readiness probe and one
+ * request of each warm-up step, and make every page served on demand eager in the snapshot (see
+ * the top of this file), round after round until profileSettled.
  */
 export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest): Promise<WorkingSetProfile> {
   const m = req.fn.manifest
@@ -296,7 +296,7 @@ export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest):
         isAlive,
       })
       // One request of each warm-up step: a cold start is the probe and its first request. The
-      // full warm-up touches far more (every page of it made eager costs the restore ~15 us,
+      // full warm-up touches far more (every page of it made eager costs the restore ~4-14 us,
       // spring-greeting's 560 -> 2554 pages added ~30 ms to CRIU's run) for pages a first
       // request never reaches.
       await warmUp({ ...m, warmup: m.warmup.map((step) => ({ ...step, count: 1 })) }, sb.netns.ip, isAlive)
