@@ -9,6 +9,14 @@
  * ones of the other holders (`recall`): those give back what is idle at once and every further slot
  * as its request ends, until the ledger says the demand is met (`settle`). A worker's demand is
  * short once every holder it recalled has answered and slots are still missing: those in use.
+ * Messages cross and lag, and a stale one must not make a demand short that slots meet, which would
+ * start an instance for nothing: a want counts the slots granted to the worker so far (`granted`),
+ * and what was granted after it was sent (the worker had not seen that yet) is taken off its need;
+ * an answer counts only for the recall it names (`seq`), as one that crossed a settle and a newer
+ * recall tells what was idle before; and a demand that had to recall other holders is confirmed
+ * by its worker before it counts (`confirm`): while the answers came, the worker's own requests
+ * may have ended and their slots served its waiters, and its wants saying so may still be queued
+ * (the channel keeps order, so its reply comes after them).
  *
  * Scale-up is decided once per function, on the demand of all workers: one worker per function is
  * its scaler (the first that wanted slots, until it exits), and only it hears `short`, carrying
@@ -33,21 +41,34 @@ export type ToPrimary =
       readonly t: 'want'
       readonly fn: string
       readonly need: number
+      /** The slots of `fn` granted to this worker so far, as it received them. */
+      readonly granted: number
+      /** Set when this want answers the ledger's `confirm` of that `seq`. */
+      readonly confirm?: number
       /** The function's ready instances and their concurrency. */
       readonly ids: readonly string[]
       readonly concurrency: number
     }
   | { readonly t: 'give'; readonly fn: string; readonly id: string; readonly n: number }
-  /** The answer to a recall: `n` slots given back (0: all it holds are in use). */
-  | { readonly t: 'recalled'; readonly fn: string; readonly id: string; readonly n: number }
+  /** The answer to recall `seq`: `n` slots given back (0: all it holds are in use). */
+  | {
+      readonly t: 'recalled'
+      readonly fn: string
+      readonly id: string
+      readonly n: number
+      readonly seq: number
+    }
   /** A start this worker made failed: the other wanting workers charge it to their waiters. */
   | { readonly t: 'start-failed'; readonly fn: string; readonly error: StartFailure }
 
 /** Primary -> worker. */
 export type ToWorker =
   | { readonly t: 'grant'; readonly fn: string; readonly id: string; readonly n: number }
-  | { readonly t: 'recall'; readonly fn: string; readonly id: string }
+  /** Give back the idle slots of `id`, and each further one as it becomes idle, until `settle`. */
+  | { readonly t: 'recall'; readonly fn: string; readonly id: string; readonly seq: number }
   | { readonly t: 'settle'; readonly fn: string; readonly id: string }
+  /** Send your demand of `fn` now (a `want` with `confirm`), even if unchanged. */
+  | { readonly t: 'confirm'; readonly fn: string; readonly seq: number }
   /**
    * To the function's scaler only: `need` requests, summed over all workers, wait with no slot to
    * be had; its scaling rule starts instances for them (0: none wait).
@@ -77,13 +98,17 @@ interface InstanceSlots {
   concurrency: number
   /** Worker id -> slots it holds. */
   readonly held: Map<number, number>
-  /** Holders asked to give back, and whether they have answered yet. */
-  readonly recalled: Map<number, boolean>
+  /** Holders asked to give back: the recall they were sent and whether they have answered it. */
+  readonly recalled: Map<number, { readonly seq: number; isAnswered: boolean }>
 }
 
 interface Want {
   need: number
   ids: readonly string[]
+  /** The confirm sent and not answered yet. */
+  confirm?: number
+  /** The worker told this demand after a confirm: it is no older than the recall answers. */
+  isConfirmed: boolean
 }
 
 interface Scaler {
@@ -124,6 +149,10 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
   const failuresFrom = new Map<number, number>()
   /** fn -> workers whose demand after a failed start the scaler waits for. */
   const answers = new Map<string, Set<number>>()
+  /** The last recall or confirm sent (its `seq`). */
+  let seq = 0
+  /** fn -> worker -> slots granted to it so far (the count its wants are sent against). */
+  const grantedTo = new Map<string, Map<number, number>>()
 
   const slotsOf = (fn: string, id: string, concurrency?: number): InstanceSlots => {
     let byId = fns.get(fn)
@@ -136,6 +165,9 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
 
   const grant = (out: Outgoing[], fn: string, id: string, s: InstanceSlots, worker: number, n: number) => {
     s.held.set(worker, (s.held.get(worker) ?? 0) + n)
+    let byWorker = grantedTo.get(fn)
+    if (!byWorker) grantedTo.set(fn, (byWorker = new Map<number, number>()))
+    byWorker.set(worker, (byWorker.get(worker) ?? 0) + n)
     out.push({ worker, message: { t: 'grant', fn, id, n } })
   }
 
@@ -163,21 +195,28 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
     let short = 0
     for (const [worker, want] of wants.get(fn) ?? []) {
       let isAnswered = true
+      let isContended = false
       for (const id of want.ids) {
         const s = byId?.get(id)
         if (!s) continue
         demanded.add(id)
         for (const [holder, n] of s.held) {
           if (holder === worker || n === 0) continue
-          const answered = s.recalled.get(holder)
-          if (answered === undefined) {
-            s.recalled.set(holder, false)
-            out.push({ worker: holder, message: { t: 'recall', fn, id } })
+          isContended = true
+          const recall = s.recalled.get(holder)
+          if (!recall) {
+            s.recalled.set(holder, { seq: ++seq, isAnswered: false })
+            out.push({ worker: holder, message: { t: 'recall', fn, id, seq } })
           }
-          if (answered !== true) isAnswered = false
+          if (!recall?.isAnswered) isAnswered = false
         }
       }
-      if (isAnswered) short += want.need
+      if (!isAnswered) continue
+      if (!isContended || want.isConfirmed) short += want.need
+      else if (want.confirm === undefined) {
+        want.confirm = ++seq
+        out.push({ worker, message: { t: 'confirm', fn, seq } })
+      }
     }
     // Recalls of instances nobody waits for any more end: their holders keep what they hold.
     for (const [id, s] of byId ?? []) {
@@ -236,14 +275,25 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
         return out
       }
       if (m.t === 'want') {
-        answers.get(m.fn)?.delete(worker)
+        // A confirm's reply may precede the worker's handling of a failed start: not its answer.
+        if (m.confirm === undefined) answers.get(m.fn)?.delete(worker)
         let byWorker = wants.get(m.fn)
-        if (m.need <= 0) byWorker?.delete(worker)
+        // Slots granted after the worker sent this are on their way to its waiters.
+        const need = m.need - ((grantedTo.get(m.fn)?.get(worker) ?? 0) - m.granted)
+        if (need <= 0) byWorker?.delete(worker)
         else {
           for (const id of m.ids) slotsOf(m.fn, id, m.concurrency)
           if (!byWorker) wants.set(m.fn, (byWorker = new Map<number, Want>()))
-          // A new demand goes to the back of the queue; an updated one keeps its place.
-          byWorker.set(worker, { need: m.need, ids: m.ids })
+          const was = byWorker.get(worker)
+          // A new demand goes to the back of the queue; an updated one keeps its place. A reply
+          // to a confirm is the worker's demand now, and so is every want it sends after that.
+          const isConfirmed = m.confirm !== undefined || (was?.isConfirmed ?? false)
+          byWorker.set(worker, {
+            need,
+            ids: m.ids,
+            isConfirmed,
+            ...(isConfirmed || was?.confirm === undefined ? {} : { confirm: was.confirm }),
+          })
         }
         // The scaler forgets the short demand when its own changes: it always hears the new one.
         const scaler = scalers.get(m.fn)
@@ -251,7 +301,8 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
       } else {
         giveBack(worker, m.fn, m.id, m.n)
         const s = fns.get(m.fn)?.get(m.id)
-        if (m.t === 'recalled' && s?.recalled.has(worker)) s.recalled.set(worker, true)
+        const recall = s?.recalled.get(worker)
+        if (m.t === 'recalled' && recall?.seq === m.seq) recall.isAnswered = true
       }
       serve(m.fn, out)
       return out
@@ -261,6 +312,7 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
       const out: Outgoing[] = []
       for (const byWorker of wants.values()) byWorker.delete(worker)
       for (const waiting of answers.values()) waiting.delete(worker)
+      for (const byWorker of grantedTo.values()) byWorker.delete(worker)
       failuresFrom.delete(worker)
       // Its functions get another scaler (the next wanting worker), which hears the whole demand.
       for (const [fn, scaler] of scalers) if (scaler.worker === worker) scalers.delete(fn)

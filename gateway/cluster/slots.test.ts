@@ -17,12 +17,47 @@ const short = (worker: number, need: number, failures = 0): Outgoing => ({
   worker,
   message: { t: 'short', fn: 'f', need, failures },
 })
-const want = (need: number, ids = ['i1'], concurrency = 4) =>
-  ({ t: 'want', fn: 'f', need, ids, concurrency }) as const
+/** A want of `f`; without `granted`, sent after every grant reached the worker (see `ledger`). */
+const want = (need: number, ids = ['i1'], concurrency = 4, granted?: number) =>
+  ({ t: 'want', fn: 'f', need, ids, concurrency, granted: granted ?? -1 }) as const
+
+/** A ledger whose wants with `granted` -1 count every slot granted to their worker so far. */
+function ledger(workers: number): SlotLedger {
+  const l = createSlotLedger({ workers })
+  const granted = new Map<number, number>()
+  const seen = (out: Outgoing[]) => {
+    for (const o of out)
+      if (o.message.t === 'grant') granted.set(o.worker, (granted.get(o.worker) ?? 0) + o.message.n)
+    return out
+  }
+  return {
+    ...l,
+    receive: (worker, m) =>
+      seen(
+        l.receive(
+          worker,
+          m.t === 'want' && m.granted === -1 ? { ...m, granted: granted.get(worker) ?? 0 } : m,
+        ),
+      ),
+    workerGone: (worker) => seen(l.workerGone(worker)),
+  }
+}
+/** Worker `worker`'s reply to the confirm it got in `out`: its demand now, `need`. */
+const confirmed = (out: Outgoing[], worker: number, need: number, ids = ['i1'], concurrency = 4) => {
+  const confirm = out.find((o) => o.worker === worker && o.message.t === 'confirm')?.message
+  assert.ok(confirm?.t === 'confirm', `no confirm to worker ${worker} in ${kinds(out).join(' ')}`)
+  return { ...want(need, ids, concurrency), confirm: confirm.seq }
+}
+/** Worker `worker`'s answer to the recall of i1 it got in `out`: `n` slots given back. */
+const answer = (out: Outgoing[], worker: number, n: number) => {
+  const recall = out.find((o) => o.worker === worker && o.message.t === 'recall')?.message
+  assert.ok(recall?.t === 'recall', `no recall to worker ${worker} in ${kinds(out).join(' ')}`)
+  return { t: 'recalled', fn: 'f', id: 'i1', n, seq: recall.seq } as const
+}
 
 describe('slot ledger', () => {
   test('grants free slots up to a fair share, never more than the concurrency', () => {
-    const l = createSlotLedger({ workers: 2 })
+    const l = ledger(2)
     assert.deepEqual(grants(l.receive(1, want(1))), [[1, 2]])
     assert.deepEqual(grants(l.receive(2, want(3))), [[2, 2]])
     assert.deepEqual(
@@ -35,12 +70,12 @@ describe('slot ledger', () => {
   })
 
   test('a worker short of slots recalls the idle ones of the others, then hears short', () => {
-    const l = createSlotLedger({ workers: 2 })
+    const l = ledger(2)
     l.receive(1, want(4))
     const out = l.receive(2, want(1))
     assert.deepEqual(kinds(out), ['1:recall'])
     // Worker 1 gives back one idle slot: it goes to worker 2, whose demand is met; recall ends.
-    const back = l.receive(1, { t: 'recalled', fn: 'f', id: 'i1', n: 1 })
+    const back = l.receive(1, answer(out, 1, 1))
     assert.deepEqual(grants(back), [[2, 1]])
     assert.deepEqual(kinds(back), ['2:grant', '1:settle'])
     assert.deepEqual(
@@ -53,17 +88,88 @@ describe('slot ledger', () => {
   })
 
   test('all slots in use elsewhere: short once every holder answered', () => {
-    const l = createSlotLedger({ workers: 3 })
+    const l = ledger(3)
     l.receive(1, want(2, ['i1'], 2))
     l.receive(3, want(0, ['i1'], 2))
-    assert.deepEqual(kinds(l.receive(2, want(1, ['i1'], 2))), ['1:recall'])
-    assert.deepEqual(kinds(l.receive(1, { t: 'recalled', fn: 'f', id: 'i1', n: 0 })), ['2:short'])
+    const recall = l.receive(2, want(1, ['i1'], 2))
+    assert.deepEqual(kinds(recall), ['1:recall'])
+    // Worker 2 confirms that it still waits: only then is it short.
+    const confirm = l.receive(1, answer(recall, 1, 0))
+    assert.deepEqual(kinds(confirm), ['2:confirm'])
+    assert.deepEqual(l.receive(2, confirmed(confirm, 2, 1, ['i1'], 2)), [short(2, 1)])
     // Later a request on worker 1 ends: the slot it gives back goes to worker 2.
     assert.deepEqual(grants(l.receive(1, { t: 'give', fn: 'f', id: 'i1', n: 1 })), [[2, 1]])
   })
 
+  test('an answer to an earlier recall does not answer the next one: no short for idle slots', () => {
+    const l = ledger(3)
+    l.receive(1, want(1))
+    l.receive(2, want(1))
+    // Worker 3 waits: both holders are recalled; worker 1's idle slot meets the demand, the recall
+    // ends, and worker 2's answer (both its slots were in use then) is still on its way.
+    const first = l.receive(3, want(1))
+    assert.deepEqual(kinds(first), ['1:recall', '2:recall'])
+    assert.deepEqual(kinds(l.receive(1, answer(first, 1, 1))), ['3:grant', '1:settle', '2:settle'])
+    // Worker 1 waits again: worker 2 (its requests ended meanwhile) and 3 are recalled.
+    const second = l.receive(1, want(1))
+    assert.deepEqual(kinds(second), ['2:recall', '3:recall'])
+    // Worker 2's old answer and worker 3's (its slot is in use) arrive: worker 2 has not answered
+    // the new recall, so nothing is short yet.
+    assert.deepEqual(l.receive(2, answer(first, 2, 0)), [])
+    assert.deepEqual(l.receive(3, answer(second, 3, 0)), [])
+    // Its answer gives back its two idle slots: worker 1 gets what it waits for, nobody starts.
+    const back = l.receive(2, answer(second, 2, 2))
+    assert.deepEqual(grants(back), [[1, 1]])
+    assert.ok(!kinds(back).some((k) => k.endsWith(':short')), kinds(back).join(' '))
+  })
+
+  test('a want sent before a grant arrived does not count the slots on their way', () => {
+    const l = ledger(3)
+    l.receive(3, want(1))
+    l.receive(3, want(0))
+    l.receive(4, want(1))
+    l.receive(4, want(0))
+    // Worker 2 has two requests waiting: it gets one slot from each holder's answer.
+    const recall = l.receive(2, want(2, ['i1'], 4, 0))
+    assert.deepEqual(grants(l.receive(4, answer(recall, 4, 1))), [[2, 1]])
+    assert.deepEqual(grants(l.receive(3, answer(recall, 3, 1))), [[2, 1]])
+    // The first grant served one waiter; its want of 1 crossed the second grant: no recall, and
+    // the scaler (worker 2, whose own demand changed) hears that nothing is short.
+    assert.equal(l.scaler('f'), 2)
+    assert.deepEqual(l.receive(2, want(1, ['i1'], 4, 1)), [short(2, 0)])
+    assert.deepEqual(l.receive(2, want(0, ['i1'], 4, 2)), [short(2, 0)])
+    // A later demand beyond what it got is its own again.
+    assert.deepEqual(kinds(l.receive(2, want(1, ['i1'], 4, 2))), ['3:recall', '4:recall', '2:short'])
+  })
+
+  test('a demand that ended while its recall was answered is not short: its worker confirms first', () => {
+    const l = ledger(2)
+    l.receive(1, want(1))
+    l.receive(1, want(0))
+    // Worker 2 has 3 requests and its 2 slots in use; its demand for a third reaches the ledger.
+    l.receive(2, want(1))
+    l.receive(2, want(0))
+    const recall = l.receive(2, want(1))
+    assert.deepEqual(kinds(recall), ['1:recall'])
+    // Worker 1's slots are in use by then. Its answer would make worker 2 short, but worker 2 is
+    // asked first: its own requests ended meanwhile and served its third, it needs nothing.
+    const confirm = l.receive(1, answer(recall, 1, 0))
+    assert.deepEqual(kinds(confirm), ['2:confirm'])
+    const ended = l.receive(2, want(0))
+    assert.deepEqual(kinds(ended), ['1:settle', '2:short'])
+    assert.deepEqual(ended.at(-1), short(2, 0))
+    assert.deepEqual(l.receive(2, confirmed(confirm, 2, 0)), [short(2, 0)])
+    // Still waiting at the confirm: short, and further wants count at once (no new confirm).
+    const again = l.receive(2, want(1))
+    assert.deepEqual(kinds(again), ['1:recall', '2:short'])
+    const confirm2 = l.receive(1, answer(again, 1, 0))
+    assert.deepEqual(kinds(confirm2), ['2:confirm'])
+    assert.deepEqual(l.receive(2, confirmed(confirm2, 2, 1)), [short(2, 1)])
+    assert.deepEqual(l.receive(2, want(2)), [short(2, 2)])
+  })
+
   test('two workers short at once: one scaler hears the summed demand', () => {
-    const l = createSlotLedger({ workers: 2 })
+    const l = ledger(2)
     // A burst from zero: no instance yet, both workers' requests wait.
     assert.deepEqual(l.receive(1, want(3, [])), [short(1, 3)])
     assert.deepEqual(l.receive(2, want(5, [])), [short(1, 8)])
@@ -75,11 +181,13 @@ describe('slot ledger', () => {
   })
 
   test('only demand whose slots are in use counts, less the free slots not yet listed', () => {
-    const l = createSlotLedger({ workers: 2 })
+    const l = ledger(2)
     l.receive(1, want(4, ['i1'], 4))
     // Worker 2 waits on i1 too: its demand counts once worker 1 answered the recall.
-    assert.deepEqual(kinds(l.receive(2, want(2, ['i1'], 4))), ['1:recall'])
-    assert.deepEqual(l.receive(1, { t: 'recalled', fn: 'f', id: 'i1', n: 0 }), [short(2, 2)])
+    const recall = l.receive(2, want(2, ['i1'], 4))
+    assert.deepEqual(kinds(recall), ['1:recall'])
+    const confirm = l.receive(1, answer(recall, 1, 0))
+    assert.deepEqual(l.receive(2, confirmed(confirm, 2, 2)), [short(2, 2)])
     // A new instance: worker 2 lists it and takes 2 of its slots; worker 1 has not seen it yet.
     const out = l.receive(1, want(3, ['i1'], 4))
     assert.deepEqual(out, [short(2, 5)])
@@ -93,7 +201,7 @@ describe('slot ledger', () => {
   })
 
   test('a failed start reaches every wanting worker; the scaler waits for their demand', () => {
-    const l = createSlotLedger({ workers: 3 })
+    const l = ledger(3)
     l.receive(1, want(2, []))
     l.receive(2, want(2, []))
     l.receive(3, want(1, []))
@@ -108,7 +216,7 @@ describe('slot ledger', () => {
   })
 
   test('demand that disappears: the scaler hears 0 and starts nothing', () => {
-    const l = createSlotLedger({ workers: 2 })
+    const l = ledger(2)
     l.receive(1, want(2, []))
     l.receive(2, want(2, []))
     assert.deepEqual(l.receive(2, want(0, [])), [short(1, 2)])
@@ -116,7 +224,7 @@ describe('slot ledger', () => {
   })
 
   test("a dead scaler's demand goes to the next wanting worker", () => {
-    const l = createSlotLedger({ workers: 3 })
+    const l = ledger(3)
     l.receive(1, want(2, []))
     l.receive(2, want(3, []))
     l.receive(3, want(1, []))
@@ -131,7 +239,7 @@ describe('slot ledger', () => {
   })
 
   test('a worker that exits frees its slots for the others', () => {
-    const l = createSlotLedger({ workers: 2 })
+    const l = ledger(2)
     l.receive(1, want(1, ['i1'], 1))
     assert.deepEqual(kinds(l.receive(2, want(1, ['i1'], 1))), ['1:recall'])
     assert.deepEqual(grants(l.workerGone(1)), [[2, 1]])
@@ -147,12 +255,25 @@ function countReservations(registry: ReturnType<typeof createFakeRegistry>): () 
   return () => reserved
 }
 
-/** Pools as worker processes would run them, their slots wired to one ledger through async "IPC". */
-function cluster(workers: number) {
+/**
+ * Pools as worker processes would run them, their slots wired to one ledger through async "IPC":
+ * each message a turn of the event loop later, or (`latencyMs`) a random time in [0, latencyMs)
+ * later, in order on each channel as node:cluster's are, so that messages cross as on a busy host.
+ */
+function cluster(workers: number, latencyMs = 0) {
   const ledger: SlotLedger = createSlotLedger({ workers })
   const listeners = new Map<number, (m: ToWorker) => void>()
+  /** Channel -> when its last message is delivered. */
+  const tails = new Map<string, Promise<void>>()
+  const later = (channel: string, deliver: () => void) => {
+    if (!latencyMs) return void setImmediate(deliver)
+    const tail = (tails.get(channel) ?? Promise.resolve())
+      .then(() => new Promise<void>((r) => setTimeout(r, Math.random() * latencyMs)))
+      .then(deliver)
+    tails.set(channel, tail)
+  }
   const toWorkers = (out: Outgoing[]) => {
-    for (const o of out) setImmediate(() => listeners.get(o.worker)?.(o.message))
+    for (const o of out) later(`to ${o.worker}`, () => listeners.get(o.worker)?.(o.message))
   }
   const registry = createFakeRegistry()
   const reservations = countReservations(registry)
@@ -160,7 +281,7 @@ function cluster(workers: number) {
   const pools: InstancePool[] = []
   for (let w = 1; w <= workers; w++) {
     const slots = createWorkerSlots({
-      send: (m) => setImmediate(() => toWorkers(ledger.receive(w, m))),
+      send: (m) => later(`from ${w}`, () => toWorkers(ledger.receive(w, m))),
       onMessage: (l) => listeners.set(w, l),
     })
     pools.push(
@@ -194,8 +315,8 @@ const open: InstancePool[] = []
 after(() => Promise.all(open.map((p) => p.close())))
 
 /** cluster(), its pools started (and closed after the file). */
-async function startCluster(workers: number) {
-  const c = cluster(workers)
+async function startCluster(workers: number, latencyMs = 0) {
+  const c = cluster(workers, latencyMs)
   open.push(...c.pools)
   await Promise.all(c.pools.map((p) => p.start()))
   return c
@@ -232,6 +353,26 @@ describe('instance pools of several workers sharing slots', () => {
       assert.ok(held <= concurrency, `held ${held}`)
     })
   }
+
+  test('requests within the concurrency never start an instance, however the messages cross', async () => {
+    const c = await startCluster(3, 3)
+    const m = testManifest('f', { concurrency: 4, maxInstances: 10, start: '10s' })
+    await ready(c.registry, 10)
+    // Rounds of at most `concurrency` requests on random workers, each round after the last ended:
+    // whatever slots move meanwhile, the instance always has room for every request.
+    for (let round = 0; round < 60; round++) {
+      const n = 1 + Math.floor(Math.random() * 4)
+      await Promise.all(
+        Array.from({ length: n }, async () => {
+          const pool = c.pools[Math.floor(Math.random() * 3)]!
+          const lease = await pool.acquire(m, { traceId: `r${round}` })
+          await new Promise((r) => setTimeout(r, Math.random() * 3))
+          lease.release()
+        }),
+      )
+    }
+    assert.equal(c.queue.jobs.length, 0, `restores started: ${c.queue.jobs.length}`)
+  })
 
   test('the slots of an instance that went away are given back at once', async () => {
     const c = await startCluster(2)

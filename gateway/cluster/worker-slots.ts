@@ -20,6 +20,10 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
   const returning = new Set<string>()
   /** The demand last sent per function, to send only changes. */
   const lastWant = new Map<string, string>()
+  /** fn -> slots granted so far (each want says how many it was sent after). */
+  const granted = new Map<string, number>()
+  /** fn -> the demand last told (absent: none), to send again when the ledger asks to confirm. */
+  const told = new Map<string, { need: number; ids: readonly string[]; concurrency: number }>()
   /** fn -> the short demand of all workers, while this process is the function's scaler. */
   const short = new Map<string, number>()
   /** Functions whose next demand goes to the primary even if unchanged: it answers a failed start. */
@@ -39,23 +43,40 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
     if (!byId.size) held.delete(fn)
   }
 
-  /** Give back every idle slot of `id`; returns how many went. */
-  const giveIdle = (fn: string, id: string, t: 'give' | 'recalled'): number => {
+  /** Give back every idle slot of `id`: answering recall `seq`, or (without) as they become idle. */
+  const giveIdle = (fn: string, id: string, seq?: number) => {
     const n = Math.max(0, heldOf(fn, id) - inflight(fn, id))
     if (n > 0) setHeld(fn, id, heldOf(fn, id) - n)
-    if (n > 0 || t === 'recalled') channel.send({ t, fn, id, n })
-    return n
+    if (seq !== undefined) channel.send({ t: 'recalled', fn, id, n, seq })
+    else if (n > 0) channel.send({ t: 'give', fn, id, n })
   }
+
+  const want = (fn: string, need: number, ids: readonly string[], concurrency: number, confirm?: number) =>
+    channel.send({
+      t: 'want',
+      fn,
+      need,
+      ids,
+      concurrency,
+      granted: granted.get(fn) ?? 0,
+      ...(confirm === undefined ? {} : { confirm }),
+    })
 
   channel.onMessage((m) => {
     if (m.t === 'grant') {
       setHeld(m.fn, m.id, heldOf(m.fn, m.id) + m.n)
+      granted.set(m.fn, (granted.get(m.fn) ?? 0) + m.n)
       onChange(m.fn)
+      // Recalled meanwhile: what the waiters did not take goes back now, not at the next release.
+      if (returning.has(`${m.fn}/${m.id}`)) giveIdle(m.fn, m.id)
     } else if (m.t === 'recall') {
       returning.add(`${m.fn}/${m.id}`)
-      giveIdle(m.fn, m.id, 'recalled')
+      giveIdle(m.fn, m.id, m.seq)
     } else if (m.t === 'settle') {
       returning.delete(`${m.fn}/${m.id}`)
+    } else if (m.t === 'confirm') {
+      const d = told.get(m.fn)
+      want(m.fn, d?.need ?? 0, d?.ids ?? [], d?.concurrency ?? 0, m.seq)
     } else if (m.t === 'short') {
       if (m.failures < failures) return
       if (m.need > 0) short.set(m.fn, m.need)
@@ -66,7 +87,7 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
       short.delete(m.fn)
       answering.add(m.fn)
       onStartFailed(m.fn, fromWire(m.error))
-      if (answering.delete(m.fn)) channel.send({ t: 'want', fn: m.fn, need: 0, ids: [], concurrency: 0 })
+      if (answering.delete(m.fn)) want(m.fn, 0, [], 0)
     }
   })
 
@@ -74,24 +95,26 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
     held: heldOf,
 
     demand(fn, need, ids, concurrency) {
-      const key = need > 0 ? `${need} ${ids.join(',')}` : undefined
+      const key = need > 0 ? `${need} ${granted.get(fn) ?? 0} ${ids.join(',')}` : undefined
       if (!answering.delete(fn) && key === lastWant.get(fn)) return
       // Until the primary answers this demand, the sum it sent before may count it wrongly.
       short.delete(fn)
       if (key === undefined) lastWant.delete(fn)
       else lastWant.set(fn, key)
-      channel.send({ t: 'want', fn, need, ids, concurrency })
+      if (need > 0) told.set(fn, { need, ids, concurrency })
+      else told.delete(fn)
+      want(fn, need, ids, concurrency)
     },
 
     released(fn, id) {
-      if (returning.has(`${fn}/${id}`)) giveIdle(fn, id, 'give')
+      if (returning.has(`${fn}/${id}`)) giveIdle(fn, id)
     },
 
     shortfall: (fn) => short.get(fn) ?? 0,
 
     prune(fn, isGone) {
       for (const id of [...(held.get(fn)?.keys() ?? [])]) {
-        if (isGone(id) && inflight(fn, id) === 0) giveIdle(fn, id, 'give')
+        if (isGone(id) && inflight(fn, id) === 0) giveIdle(fn, id)
       }
     },
 
