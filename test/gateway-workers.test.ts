@@ -121,6 +121,12 @@ describe('multi-process gateway', { skip }, () => {
     workerPids = childrenOf(gateway.child.pid ?? 0)
     return socketOwner(port, workerPids, instancePort())
   }
+  /** Which worker (pid) enqueued each restore of `fn`, for failure messages. */
+  const enqueuedBy = (fn: string) =>
+    gateway
+      .records()
+      .filter((r) => r.msg === 'restore enqueued' && r.fn === fn)
+      .map((r) => r.pid)
   /** Requests to /hold wait here until released. */
   const held: (() => void)[] = []
 
@@ -304,7 +310,7 @@ describe('multi-process gateway', { skip }, () => {
       assert.deepEqual(
         (await registry.list(name)).map((r) => r.id),
         ['w1'],
-        'the warm-up started nothing',
+        `the warm-up started nothing; enqueued by ${JSON.stringify(enqueuedBy(name))}`,
       )
       assert.equal(await registry.remove(name, 'w1'), true)
       await new Promise((r) => setTimeout(r, 300))
@@ -339,13 +345,12 @@ describe('multi-process gateway', { skip }, () => {
           concurrency: burst.scaling.concurrency,
           maxInstances: burst.scaling.maxInstances,
         })
-        // Which worker enqueued each restore (pid), for the failure message.
-        const enqueued = gateway
-          .records()
-          .filter((r) => r.msg === 'restore enqueued' && r.fn === name)
-          .map((r) => r.pid)
         assert.equal(expected, concurrency === 50 ? 1 : 5)
-        assert.equal(executor.jobs.filter((j) => j.fn === name).length, expected, `by ${String(enqueued)}`)
+        assert.equal(
+          executor.jobs.filter((j) => j.fn === name).length,
+          expected,
+          `by ${JSON.stringify(enqueuedBy(name))}`,
+        )
         assert.equal((await registry.list(name)).length, expected)
       } finally {
         await executor.close()
