@@ -42,6 +42,13 @@ function ledger(workers: number): SlotLedger {
     workerGone: (worker) => seen(l.workerGone(worker)),
   }
 }
+/** Each of `workers` in turn wanted a slot of i1 and was served: it holds its fair share. */
+const served = (l: SlotLedger, ...workers: number[]) => {
+  for (const w of workers) {
+    l.receive(w, want(1))
+    l.receive(w, want(0))
+  }
+}
 /** Worker `worker`'s reply to the confirm it got in `out`: its demand now, `need`. */
 const confirmed = (out: Outgoing[], worker: number, need: number, ids = ['i1'], concurrency = 4) => {
   const confirm = out.find((o) => o.worker === worker && o.message.t === 'confirm')?.message
@@ -125,10 +132,7 @@ describe('slot ledger', () => {
 
   test('a want sent before a grant arrived does not count the slots on their way', () => {
     const l = ledger(3)
-    l.receive(3, want(1))
-    l.receive(3, want(0))
-    l.receive(4, want(1))
-    l.receive(4, want(0))
+    served(l, 3, 4)
     // Worker 2 has two requests waiting: it gets one slot from each holder's answer.
     const recall = l.receive(2, want(2, ['i1'], 4, 0))
     assert.deepEqual(grants(l.receive(4, answer(recall, 4, 1))), [[2, 1]])
@@ -144,11 +148,8 @@ describe('slot ledger', () => {
 
   test('a demand that ended while its recall was answered is not short: its worker confirms first', () => {
     const l = ledger(2)
-    l.receive(1, want(1))
-    l.receive(1, want(0))
     // Worker 2 has 3 requests and its 2 slots in use; its demand for a third reaches the ledger.
-    l.receive(2, want(1))
-    l.receive(2, want(0))
+    served(l, 1, 2)
     const recall = l.receive(2, want(1))
     assert.deepEqual(kinds(recall), ['1:recall'])
     // Worker 1's slots are in use by then. Its answer would make worker 2 short, but worker 2 is
