@@ -190,14 +190,14 @@ async function profile(
   const t0 = performance.now()
   progress('profiling the working set (lazy restores + warm-up)')
   try {
-    const { pages, perRound } = await profileWorkingSet(deps, {
+    const { pages, perRound, gapPages } = await profileWorkingSet(deps, {
       fn,
       process: processSpecFor(image, fn.manifest),
       rootfs,
       ...pending,
     })
     progress(
-      `working set: ${pages} pages (${formatBytes(pages * 4096)}) restore eagerly, ${perRound.length} rounds (${perRound.join(' + ')}), in ${Math.round(performance.now() - t0)} ms`,
+      `working set: ${pages} pages (${formatBytes(pages * 4096)}) restore eagerly, ${perRound.length} rounds (${perRound.join(' + ')}) and ${gapPages} in gaps, in ${Math.round(performance.now() - t0)} ms`,
     )
     return pages
   } catch (err) {

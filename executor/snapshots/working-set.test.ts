@@ -4,11 +4,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import {
+  applyEagerGaps,
   applyWorkingSet,
   decodeCriuImage,
   decodePagemapEntry,
   encodeCriuImage,
   encodePagemapEntry,
+  fillEagerGaps,
   markEager,
   parseFaults,
   PE_LAZY,
@@ -91,6 +93,72 @@ describe('markEager', () => {
     const input = [entry(0x10n * P, 2n)]
     assert.deepEqual(markEager(input, new Set()), { entries: input, eagerPages: 0 })
   })
+})
+
+describe('fillEagerGaps', () => {
+  const entry = (vaddr: bigint, nrPages: bigint, flags = LAZY, inParent?: boolean): PagemapEntry => ({
+    vaddr,
+    nrPages,
+    flags,
+    ...(inParent ? { inParent } : {}),
+  })
+
+  test('a short lazy gap between eager neighbours turns eager; the three merge into one entry', () => {
+    const input = [
+      entry(0x10n * P, 1n),
+      entry(0x11n * P, 2n, PE_PRESENT),
+      entry(0x13n * P, 3n),
+      entry(0x16n * P, 1n, PE_PRESENT),
+      entry(0x17n * P, 5n),
+    ]
+    const { entries, eagerPages } = fillEagerGaps(input, 3)
+    assert.deepEqual(entries, [entry(0x10n * P, 1n), entry(0x11n * P, 6n, PE_PRESENT), entry(0x17n * P, 5n)])
+    assert.equal(eagerPages, 3)
+    // Page counts and order are unchanged: the page data in pages-*.img stays valid.
+    const pages = (es: PagemapEntry[]) => es.reduce((n, e) => n + e.nrPages, 0n)
+    assert.equal(pages(entries), pages(input))
+  })
+
+  test('gaps stay lazy when longer than the limit, at an edge, not adjoining, or of other flags', () => {
+    const input = [
+      entry(0x10n * P, 1n, PE_PRESENT),
+      entry(0x11n * P, 4n), // longer than 3
+      entry(0x15n * P, 1n, PE_PRESENT),
+      entry(0x16n * P, 1n),
+      entry(0x18n * P, 1n, PE_PRESENT), // 0x17 is missing: the gap does not adjoin it
+      entry(0x19n * P, 1n),
+      entry(0x1an * P, 1n, PE_PRESENT | 1), // in the parent image: not this gap's eager twin
+      entry(0x1bn * P, 2n), // at the end: no eager neighbour after it
+    ]
+    assert.deepEqual(fillEagerGaps(input, 3), { entries: input, eagerPages: 0 })
+  })
+
+  test('no gaps: the same entries', () => {
+    const input = [entry(0x10n * P, 2n), entry(0x20n * P, 1n, PE_PRESENT)]
+    assert.deepEqual(fillEagerGaps(input, 16), { entries: input, eagerPages: 0 })
+  })
+})
+
+test('applyEagerGaps rewrites every pagemap with a gap and leaves the others as they were', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'initless-ws-'))
+  try {
+    const gap = [
+      { vaddr: 0x10n * P, nrPages: 1n, flags: PE_PRESENT },
+      { vaddr: 0x11n * P, nrPages: 2n, flags: LAZY },
+      { vaddr: 0x13n * P, nrPages: 1n, flags: PE_PRESENT },
+    ]
+    const none = pagemapFile([{ vaddr: 0x40n * P, nrPages: 2n, flags: LAZY }])
+    await writeFile(join(dir, 'pagemap-1.img'), pagemapFile(gap))
+    await writeFile(join(dir, 'pagemap-7.img'), none)
+    await writeFile(join(dir, 'pages-1.img'), Buffer.alloc(16))
+    assert.equal(await applyEagerGaps(dir, 16), 2)
+    assert.deepEqual(readPagemap(await readFile(join(dir, 'pagemap-1.img'))), [
+      { vaddr: 0x10n * P, nrPages: 4n, flags: PE_PRESENT },
+    ])
+    assert.ok((await readFile(join(dir, 'pagemap-7.img'))).equals(none))
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 })
 
 test('parseFaults: demand faults per process, page aligned, background transfers ignored', () => {
