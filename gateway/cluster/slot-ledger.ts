@@ -106,7 +106,7 @@ interface Want {
   need: number
   ids: readonly string[]
   /** The confirm sent and not answered yet. */
-  confirm?: number
+  confirm: number | undefined
   /** The worker told this demand after a confirm: it is no older than the recall answers. */
   isConfirmed: boolean
 }
@@ -292,7 +292,7 @@ export function createSlotLedger(options: { workers: number }): SlotLedger {
             need,
             ids: m.ids,
             isConfirmed,
-            ...(isConfirmed || was?.confirm === undefined ? {} : { confirm: was.confirm }),
+            confirm: isConfirmed ? undefined : was?.confirm,
           })
         }
         // The scaler forgets the short demand when its own changes: it always hears the new one.

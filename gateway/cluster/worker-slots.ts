@@ -18,12 +18,13 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
   const held = new Map<string, Map<string, number>>()
   /** `fn/id` recalled: every slot goes back as soon as it is idle, until settled. */
   const returning = new Set<string>()
-  /** The demand last sent per function, to send only changes. */
-  const lastWant = new Map<string, string>()
   /** fn -> slots granted so far (each want says how many it was sent after). */
   const granted = new Map<string, number>()
-  /** fn -> the demand last told (absent: none), to send again when the ledger asks to confirm. */
-  const told = new Map<string, { need: number; ids: readonly string[]; concurrency: number }>()
+  /**
+   * fn -> the unmet demand last sent (absent: none): its `key` to send only changes, the rest to
+   * send it again when the ledger asks to confirm.
+   */
+  const told = new Map<string, { need: number; ids: readonly string[]; concurrency: number; key: string }>()
   /** fn -> the short demand of all workers, while this process is the function's scaler. */
   const short = new Map<string, number>()
   /** Functions whose next demand goes to the primary even if unchanged: it answers a failed start. */
@@ -96,13 +97,11 @@ export function createWorkerSlots(channel: SlotChannel): SlotQuota {
 
     demand(fn, need, ids, concurrency) {
       const key = need > 0 ? `${need} ${granted.get(fn) ?? 0} ${ids.join(',')}` : undefined
-      if (!answering.delete(fn) && key === lastWant.get(fn)) return
+      if (!answering.delete(fn) && key === told.get(fn)?.key) return
       // Until the primary answers this demand, the sum it sent before may count it wrongly.
       short.delete(fn)
-      if (key === undefined) lastWant.delete(fn)
-      else lastWant.set(fn, key)
-      if (need > 0) told.set(fn, { need, ids, concurrency })
-      else told.delete(fn)
+      if (key === undefined) told.delete(fn)
+      else told.set(fn, { need, ids, concurrency, key })
       want(fn, need, ids, concurrency)
     },
 
