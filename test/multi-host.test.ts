@@ -7,7 +7,7 @@
  * deploy's image travels through it by digest.
  */
 import assert from 'node:assert/strict'
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, connect, type Server, type Socket } from 'node:net'
@@ -570,9 +570,24 @@ describe('several hosts', () => {
       await a.waitForLog((r) => r.msg === 'image pulled' && r.ref === digest, 60_000, markA)
       // Host B's engine is this machine's too: the image leaves it, so that B's pull must fetch
       // it from the registry as a host of its own would.
+      // `rmi -f` only untags an image a container still uses (its config stays, and a pull by
+      // digest then fetches no blob): remove it until it is gone by ID, not just by reference.
       const id = sh('docker', ['image', 'inspect', '-f', '{{.Id}}', digest]).trim()
-      execFileSync('docker', ['rmi', '-f', id], { stdio: 'ignore' })
-      assert.throws(() => execFileSync('docker', ['image', 'inspect', digest], { stdio: 'ignore' }))
+      const isPresent = (ref: string) => {
+        try {
+          execFileSync('docker', ['image', 'inspect', ref], { stdio: 'ignore' })
+          return true
+        } catch {
+          return false
+        }
+      }
+      for (const until = Date.now() + 30_000; isPresent(id);) {
+        assert.ok(Date.now() < until, `image ${id} is still in the engine (a container uses it?)`)
+        // Refused while a running container uses the untagged image: try again.
+        spawnSync('docker', ['rmi', '-f', id], { stdio: 'ignore' })
+        if (isPresent(id)) await new Promise((r) => setTimeout(r, 200))
+      }
+      assert.equal(isPresent(digest), false)
     } finally {
       await link.heal()
     }
