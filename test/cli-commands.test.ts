@@ -214,6 +214,9 @@ describe('initless CLI commands', () => {
       '0',
       '--out',
       out,
+      // Its own snapshots and images: the default bench state dir is the operator's.
+      '--state-dir',
+      join(out, 'state'),
     ])
     const latest = JSON.parse(await readFile(join(out, 'latest.json'), 'utf8')) as {
       date: string

@@ -23,28 +23,36 @@ export interface CollectDeps {
 /** Snapshots younger than this are never retired: a bake just committed is not recorded yet (ms). */
 const RETIRE_MIN_AGE_MS = 10 * 60_000
 
-/** Remove snapshots, images and contexts of versions the record no longer keeps. */
+/**
+ * Remove snapshots, images and contexts of versions the record no longer keeps. While a deploy is
+ * under way its image may be built but not recorded yet, and its snapshot may be one already on
+ * disk (same inputs: its bake finds that one instead of baking again, e.g. every function after the
+ * registry was lost). So snapshots and images wait for the record's next change, once the deploy
+ * has recorded its own.
+ */
 export async function collectVersions(deps: CollectDeps, fn: string, record: FunctionRecord): Promise<void> {
-  const keepKeys = new Set<string>()
-  const keepTags = new Set<string>()
-  for (const v of record.versions) {
-    if (!v.image) continue
-    keepTags.add(v.image.tag)
-    if (v.image.digest) keepTags.add(v.image.digest)
-    // The version's own folder: a seccomp profile file in it is part of the snapshot's identity.
-    const def = await deps.source.materialize(fn, v)
-    const identity = await deps.baker.identity(def, { id: v.image.id } as ImageConfig)
-    keepKeys.add(deps.store.snapshotKey(identity))
-  }
-  const retired = await deps.store.retire(fn, keepKeys, RETIRE_MIN_AGE_MS)
-  const repo = `${IMAGE_REPO_PREFIX}${fn}`
-  const images: string[] = []
-  // While a deploy is under way its image may be built but not recorded yet.
   const isDeploying = record.versions.some((v) => v.state === 'pending')
-  for (const ref of isDeploying ? [] : await deps.docker.imageRefs(repo)) {
-    if (keepTags.has(ref) || ref === `${repo}:latest`) continue
-    await deps.docker.removeImage(ref)
-    images.push(ref)
+  const retired: string[] = []
+  const images: string[] = []
+  if (!isDeploying) {
+    const keepKeys = new Set<string>()
+    const keepTags = new Set<string>()
+    for (const v of record.versions) {
+      if (!v.image) continue
+      keepTags.add(v.image.tag)
+      if (v.image.digest) keepTags.add(v.image.digest)
+      // The version's own folder: a seccomp profile file in it is part of the snapshot's identity.
+      const def = await deps.source.materialize(fn, v)
+      const identity = await deps.baker.identity(def, { id: v.image.id } as ImageConfig)
+      keepKeys.add(deps.store.snapshotKey(identity))
+    }
+    retired.push(...(await deps.store.retire(fn, keepKeys, RETIRE_MIN_AGE_MS)))
+    const repo = `${IMAGE_REPO_PREFIX}${fn}`
+    for (const ref of await deps.docker.imageRefs(repo)) {
+      if (keepTags.has(ref) || ref === `${repo}:latest`) continue
+      await deps.docker.removeImage(ref)
+      images.push(ref)
+    }
   }
   const contexts = await deps.source.removeContexts(fn, new Set(record.versions.map((v) => v.version)))
   if (retired.length || images.length || contexts.length)

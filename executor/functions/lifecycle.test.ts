@@ -238,6 +238,29 @@ describe('lifecycle', () => {
     await s.watcher.close()
   })
 
+  test('while a deploy is pending nothing of the function is collected; afterwards the rest is', async () => {
+    const s = await setup()
+    // A registry that knows no version yet (a new one, or Redis lost): the first deploy's
+    // snapshot may already be on disk, and its bake should find it there.
+    const { image: _none, ...pending } = version('aaa', 1)
+    await s.functions.putVersion('hello', { ...pending, state: 'pending' })
+    await s.watcher.start()
+    await s.lifecycle.start()
+    await s.lifecycle.settled()
+    assert.deepEqual(s.retired, [], 'no snapshot retired while the deploy is pending')
+    assert.equal(s.images.size, 5, 'no image removed while the deploy is pending')
+
+    await s.functions.putVersion('hello', version('aaa', 1))
+    await s.functions.activate('hello', 'aaa')
+    await until(() => s.retired.length > 0, 'collected once the deploy is recorded')
+    await s.lifecycle.settled()
+    assert.deepEqual(s.retired.at(-1), ['key-sha256:aaa'], "the deployed version's snapshot is kept")
+    assert.ok(!s.images.has('initless/fn-hello:old'), 'an image of no kept version is removed')
+    assert.ok(s.images.has('initless/fn-hello:aaa'))
+    await s.lifecycle.close()
+    await s.watcher.close()
+  })
+
   test('an old-version instance that becomes ready late is swept; delete removes everything', async () => {
     const s = await setup()
     await s.functions.putVersion('hello', version('aaa', 1))
