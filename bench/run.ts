@@ -145,15 +145,22 @@ const cleanup = () =>
     }
   })())
 const aborted = new AbortController()
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(signal, () => {
-    aborted.abort(new Error(`${signal} received`))
-    console.error(`bench: ${signal}: stopping the gateway, the executor, their instances and nginx`)
-    void cleanup().finally(() =>
-      process.exit(128 + (signal === 'SIGINT' ? 2 : signal === 'SIGTERM' ? 15 : 1)),
-    )
-  })
+const stop = (why: string, exitCode: number) => {
+  if (aborted.signal.aborted) return
+  aborted.abort(new Error(`${why} received`))
+  console.error(`bench: ${why}: stopping the gateway, the executor, their instances and nginx`)
+  void cleanup().finally(() => process.exit(exitCode))
 }
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
+  process.on(signal, () => stop(signal, 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGTERM' ? 15 : 1)))
+// The reader of the progress lines went away (`| head`): writing to it throws EPIPE, which would
+// end the process and leave its stack running. Stop as on SIGPIPE instead; later writes to the
+// closed stream land in this same listener.
+for (const stream of [process.stdout, process.stderr])
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') stop('EPIPE', 128 + 13)
+    else throw err
+  })
 
 // Before anything of the benchmark's own starts: its executor and gateway would count as busy.
 const quiet = await passQuietGate('bench', args, progress)
