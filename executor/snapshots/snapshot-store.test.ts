@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import {
   mkdir,
@@ -138,6 +139,29 @@ describe('snapshot store', () => {
       assert.ok(await store.find(ID))
     })
   }
+
+  test(
+    'commit syncs a layer holding a fifo and a link without opening either',
+    { timeout: 10_000 },
+    async () => {
+      const { store } = freshStore()
+      const pending = await store.begin(ID)
+      await writeFile(join(pending.imagesDir, 'pages-1.img'), Buffer.alloc(10, 1))
+      await mkdir(join(pending.upperDir, 'run'), { recursive: true })
+      // Opening a fifo for reading blocks until a writer comes: a sync that opened it never ends.
+      execFileSync('mkfifo', [join(pending.upperDir, 'run', 'pipe')])
+      await symlink('/nowhere', join(pending.upperDir, 'run', 'dangling'))
+      const snapshot = await pending.commit({
+        ...ID,
+        bakeMs: 1,
+        warmupRequests: 1,
+        createdAt: Date.now(),
+        port: 8080,
+      })
+      assert.equal((await stat(join(snapshot.upperDir, 'run', 'pipe'))).isFIFO(), true)
+      assert.deepEqual(await store.find(ID), snapshot)
+    },
+  )
 
   test('snapshotKey is deterministic', () => {
     const { store } = freshStore()

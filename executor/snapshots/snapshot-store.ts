@@ -6,7 +6,7 @@
  * A snapshot appears only complete (written under a temporary name, renamed into place).
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { canonicalJson } from '../../shared/manifest.ts'
 import { checksumSnapshot, type SnapshotChecksums } from './snapshot-checksums.ts'
@@ -117,6 +117,30 @@ export async function directorySize(dir: string): Promise<number> {
   return total
 }
 
+/** fsync one regular file or directory (its entries). */
+async function syncPath(path: string): Promise<void> {
+  const fh = await open(path, 'r')
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
+ * fsync every regular file and directory below `dir` and `dir` itself. Links need only their
+ * directory's; device nodes, fifos and sockets of the layer hold no data (and opening a fifo would
+ * block).
+ */
+export async function syncTree(dir: string): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) await syncTree(path)
+    else if (entry.isFile()) await syncPath(path)
+  }
+  await syncPath(dir)
+}
+
 function snapshotAt(meta: SnapshotMeta, dir: string): Snapshot {
   return { meta, dir, imagesDir: join(dir, 'images'), upperDir: join(dir, 'upper') }
 }
@@ -164,11 +188,16 @@ function pendingSnapshot(
       const checksums = await checksumSnapshot(dir)
       const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
       await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
+      // On disk before it is in place: a snapshot that is found must survive a crash whole, and
+      // the kernel's own writeback of a fresh bake (up to 1 GB, dirty_expire_centisecs after
+      // it) stalls a restore that runs meanwhile (CRIU 149 ms against 33-59; bench/README.md).
+      await syncTree(dir)
       const final = join(fnDir, key)
       // Snapshots of other inputs stay: kept versions of the function restore from them
       // (rollback). retire() removes what the function registry no longer keeps.
       if (await exists(final)) await rename(final, join(fnDir, `.retired-${key}-${Date.now()}`))
       await rename(dir, final)
+      await syncPath(fnDir)
       const snapshot = snapshotAt(meta, final)
       committed(snapshot, stamps)
       return snapshot
