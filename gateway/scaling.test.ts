@@ -152,7 +152,13 @@ describe('instancesToStart', () => {
     {
       name: 'drain: between the two',
       input: { ...fast, ready: [], starting: 0, waiting: 200, serviceMs: 200 },
-      want: 3,
+      want: 2,
+    },
+    {
+      // A burst as measured: one instance drains it in ~160 ms, two restore times of 75 ms.
+      name: 'drain: fast restores, a queue two restore times long: still one',
+      input: { ...fast, ready: [], starting: 0, waiting: 200, restoreMs: 75, serviceMs: 40 },
+      want: 1,
     },
   ]
   for (const c of cases) test(c.name, () => assert.equal(instancesToStart(c.input), c.want))

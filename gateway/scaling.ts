@@ -53,13 +53,22 @@ export interface ScaleInput {
  * helps if the waiting requests would still be there, with work to spare, when it is ready. An
  * instance works through `concurrency / serviceMs` requests per ms (optimistic for a CPU-bound
  * function at low load; the service time a burst measures corrects it within a few answers). The
- * instances needed are those that drain the queue within two restore times, and the slots rule is
- * the upper bound. Two, not one: restores are CPU-bound and slow the instances already answering
- * (on 2 CPUs, three at once take 3x longer each), so an instance that would find only the tail of
- * the queue costs more than it takes off it. Measured (bench/README.md, "Burst"): 200 requests to
- * spring-greeting (concurrency 50), one instance answering them all had a p99 of 495-545 ms, one
- * restore at a time 596-788 ms, the slots rule's 4 restores 846-1405 ms.
+ * instances needed are those that drain the queue within DRAIN_RESTORE_TIMES restore times, and
+ * the slots rule is the upper bound. Several, not one: restores are CPU-bound and slow the
+ * instances already answering (on 2 CPUs, three at once take 3x longer each), so an instance that
+ * would find only the tail of the queue costs more than it takes off it. Measured (bench/README.md,
+ * "Burst"): 200 requests to spring-greeting (concurrency 50), one instance answering them all had a
+ * p99 of 495-545 ms, one restore at a time 596-788 ms, the slots rule's 4 restores 846-1405 ms.
  */
+/**
+ * The queue one more instance is worth starting for: longer to drain than this many restore times.
+ * A restore's wall time is not its cost: CRIU, the lazy-pages daemon's push and the new instance's
+ * first answers take CPU from the instances already answering. With restores at 65-100 ms, 2 made
+ * a burst of 200 to spring-greeting start 2-3 restores in 6 of 8 runs (p99 median 381 ms), 3 one
+ * in 7 of 8 (338 ms), alternated in one session (bench/README.md, "Burst: the drain horizon").
+ */
+export const DRAIN_RESTORE_TIMES = 3
+
 export function instancesToStart(input: ScaleInput): number {
   const active = input.ready.length + input.starting
   const room = Math.max(0, input.maxInstances - active)
@@ -71,7 +80,9 @@ export function instancesToStart(input: ScaleInput): number {
   const bySlots = Math.min(room, Math.ceil((demand - capacity) / input.concurrency))
   const { restoreMs, serviceMs } = input
   if (!restoreMs || !serviceMs) return bySlots
-  const drained = Math.ceil((input.waiting * serviceMs) / (input.concurrency * 2 * restoreMs))
+  const drained = Math.ceil(
+    (input.waiting * serviceMs) / (input.concurrency * DRAIN_RESTORE_TIMES * restoreMs),
+  )
   return Math.min(bySlots, Math.max(active === 0 ? 1 : 0, drained - active))
 }
 
