@@ -78,6 +78,7 @@ export async function createRegistryFollower(
         store: deps.store,
         docker: deps.docker,
         baker,
+        functions,
         logger,
         drainGraceMs: config.INITLESS_DRAIN_GRACE,
       })

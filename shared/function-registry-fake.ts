@@ -148,6 +148,11 @@ export function createFakeFunctionRegistry(options: { now?: () => number } = {})
       await check()
       if (locks.get(name)?.holder === holder) locks.delete(name)
     },
+    async changeHolder(name) {
+      await check()
+      const held = locks.get(name)
+      return held && held.until > now() ? held.holder : undefined
+    },
     async subscribe(listener) {
       await check()
       listeners.add(listener)

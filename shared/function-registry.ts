@@ -121,6 +121,8 @@ export interface FunctionRegistry {
   lock(name: string, holder: string, ttlMs: number): Promise<string | undefined>
   /** Release the lock if `holder` still has it (after its TTL someone else may). */
   unlock(name: string, holder: string): Promise<void>
+  /** Who holds the function's change lock now (a deploy or rollback under way), if anyone. */
+  changeHolder(name: string): Promise<string | undefined>
   subscribe(listener: FunctionEventListener): Promise<RegistrySubscription>
 }
 
@@ -354,6 +356,9 @@ export function createRedisFunctionRegistry(deps: RedisFunctionRegistryDeps): Fu
     },
     async unlock(name, holder) {
       await redis.eval(UNLOCK, 1, k(keys.changeLock(name)), holder)
+    },
+    async changeHolder(name) {
+      return (await redis.get(k(keys.changeLock(name)))) ?? undefined
     },
     subscribe: (listener) =>
       subscribeChannel(redis, channel, {

@@ -156,14 +156,18 @@ for (const impl of impls) {
 
     test('the change lock: one holder at a time per function, released by its holder or its TTL', async () => {
       const { registry, keys } = await impl.create()
+      assert.equal(await registry.changeHolder('hello'), undefined)
       assert.equal(await registry.lock('hello', 'deploy A', 60_000), undefined)
+      assert.equal(await registry.changeHolder('hello'), 'deploy A')
       assert.equal(await registry.lock('hello', 'deploy B', 60_000), 'deploy A')
       assert.equal(await registry.lock('other', 'deploy C', 60_000), undefined, 'per function')
       await registry.unlock('hello', 'deploy B')
       assert.equal(await registry.lock('hello', 'deploy B', 60_000), 'deploy A', 'only its holder frees it')
       await registry.unlock('hello', 'deploy A')
+      assert.equal(await registry.changeHolder('hello'), undefined, 'released')
       assert.equal(await registry.lock('hello', 'rollback', 50), undefined)
       await new Promise((r) => setTimeout(r, 120))
+      assert.equal(await registry.changeHolder('hello'), undefined, 'expired')
       assert.equal(await registry.lock('hello', 'deploy D', 60_000), undefined, 'a dead holder times out')
       await registry.unlock('hello', 'deploy D')
       await registry.unlock('other', 'deploy C')

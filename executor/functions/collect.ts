@@ -3,7 +3,8 @@
  * deleted: snapshots, images, unpacked build contexts and, after a delete, its instance keys.
  */
 import type { Logger } from 'pino'
-import type { FunctionRecord } from '../../shared/function-registry.ts'
+import { errorMessage } from '../../shared/errors.ts'
+import type { FunctionRecord, FunctionRegistry } from '../../shared/function-registry.ts'
 import type { InstanceRegistry } from '../../shared/registry.ts'
 import type { DockerEngine, ImageConfig } from '../adapters/docker.ts'
 import type { Baker } from '../snapshots/bake.ts'
@@ -17,6 +18,7 @@ export interface CollectDeps {
   readonly store: Pick<SnapshotStore, 'retire' | 'remove' | 'snapshotKey'>
   readonly docker: Pick<DockerEngine, 'imageRefs' | 'removeImage'>
   readonly baker: Pick<Baker, 'identity'>
+  readonly functions: Pick<FunctionRegistry, 'changeHolder'>
   readonly logger: Logger
 }
 
@@ -24,17 +26,35 @@ export interface CollectDeps {
 const RETIRE_MIN_AGE_MS = 10 * 60_000
 
 /**
+ * A deploy of `fn` is under way: a version is pending and the function's change lock, which the
+ * deploy holds until it has recorded its result, is taken. A pending version without the lock is
+ * one whose deploy died (its gateway or executor went away): it does not hold collection back.
+ * When Redis does not answer, the deploy is assumed to run (collecting later loses nothing).
+ */
+async function isDeploying(deps: CollectDeps, fn: string, record: FunctionRecord): Promise<boolean> {
+  if (!record.versions.some((v) => v.state === 'pending')) return false
+  return deps.functions.changeHolder(fn).then(
+    (holder) => holder !== undefined,
+    (err: unknown) => {
+      deps.logger.warn({ fn, err: errorMessage(err) }, 'change lock not readable; collection deferred')
+      return true
+    },
+  )
+}
+
+/**
  * Remove snapshots, images and contexts of versions the record no longer keeps. While a deploy is
  * under way its image may be built but not recorded yet, and its snapshot may be one already on
  * disk (same inputs: its bake finds that one instead of baking again, e.g. every function after the
- * registry was lost). So snapshots and images wait for the record's next change, once the deploy
- * has recorded its own.
+ * registry was lost). So snapshots and images wait until the deploy has recorded its own: the
+ * next sync of the function collects them (lifecycle.ts: its activation, or any change of the
+ * active version or of the number of versions).
  */
 export async function collectVersions(deps: CollectDeps, fn: string, record: FunctionRecord): Promise<void> {
-  const isDeploying = record.versions.some((v) => v.state === 'pending')
+  const deploying = await isDeploying(deps, fn, record)
   const retired: string[] = []
   const images: string[] = []
-  if (!isDeploying) {
+  if (!deploying) {
     const keepKeys = new Set<string>()
     const keepTags = new Set<string>()
     for (const v of record.versions) {

@@ -79,6 +79,7 @@ async function setup() {
   const retired: string[][] = []
   const lifecycle = createLifecycle({
     hostId: 'h1',
+    functions,
     watcher,
     source,
     registry,
@@ -238,18 +239,20 @@ describe('lifecycle', () => {
     await s.watcher.close()
   })
 
-  test('while a deploy is pending nothing of the function is collected; afterwards the rest is', async () => {
+  test('while a deploy is under way nothing of the function is collected; once it is done, the rest is', async () => {
     const s = await setup()
     // A registry that knows no version yet (a new one, or Redis lost): the first deploy's
     // snapshot may already be on disk, and its bake should find it there.
     const { image: _none, ...pending } = version('aaa', 1)
+    assert.equal(await s.functions.lock('hello', 'deploy of aaa', 60_000), undefined)
     await s.functions.putVersion('hello', { ...pending, state: 'pending' })
     await s.watcher.start()
     await s.lifecycle.start()
     await s.lifecycle.settled()
-    assert.deepEqual(s.retired, [], 'no snapshot retired while the deploy is pending')
-    assert.equal(s.images.size, 5, 'no image removed while the deploy is pending')
+    assert.deepEqual(s.retired, [], 'no snapshot retired while the deploy is under way')
+    assert.equal(s.images.size, 5, 'no image removed while the deploy is under way')
 
+    // The deploy records its version ready and activates it; the lock goes after.
     await s.functions.putVersion('hello', version('aaa', 1))
     await s.functions.activate('hello', 'aaa')
     await until(() => s.retired.length > 0, 'collected once the deploy is recorded')
@@ -257,6 +260,21 @@ describe('lifecycle', () => {
     assert.deepEqual(s.retired.at(-1), ['key-sha256:aaa'], "the deployed version's snapshot is kept")
     assert.ok(!s.images.has('initless/fn-hello:old'), 'an image of no kept version is removed')
     assert.ok(s.images.has('initless/fn-hello:aaa'))
+    await s.lifecycle.close()
+    await s.watcher.close()
+  })
+
+  test('a pending version whose deploy died (no change lock) does not hold collection back', async () => {
+    const s = await setup()
+    await s.functions.putVersion('hello', version('aaa', 1))
+    await s.functions.activate('hello', 'aaa')
+    const { image: _none, ...pending } = version('bbb', 2)
+    await s.functions.putVersion('hello', { ...pending, state: 'pending' })
+    await s.watcher.start()
+    await s.lifecycle.start()
+    await s.lifecycle.settled()
+    assert.deepEqual(s.retired.at(-1), ['key-sha256:aaa'])
+    assert.ok(!s.images.has('initless/fn-hello:old'))
     await s.lifecycle.close()
     await s.watcher.close()
   })

@@ -13,7 +13,7 @@
  */
 import type { Logger } from 'pino'
 import { errorMessage } from '../../shared/errors.ts'
-import { activeVersion, type FunctionRecord } from '../../shared/function-registry.ts'
+import { activeVersion, type FunctionRecord, type FunctionRegistry } from '../../shared/function-registry.ts'
 import type { FunctionChange, FunctionWatcher } from '../../shared/function-watcher.ts'
 import type { InstanceRegistry } from '../../shared/registry.ts'
 import type { Baker } from '../snapshots/bake.ts'
@@ -34,6 +34,8 @@ export interface LifecycleDeps {
   readonly store: Pick<SnapshotStore, 'retire' | 'remove' | 'snapshotKey'>
   readonly docker: Pick<DockerEngine, 'imageRefs' | 'removeImage'>
   readonly baker: Pick<Baker, 'identity'>
+  /** The function registry: whether a deploy holds a function's change lock. */
+  readonly functions: Pick<FunctionRegistry, 'changeHolder'>
   readonly logger: Logger
   /** How long gateways get to hear that an instance drains before its in-flight count is trusted (ms). */
   readonly drainGraceMs: number
@@ -147,8 +149,11 @@ export function createLifecycle(deps: LifecycleDeps): Lifecycle {
         prepared.delete(fn)
       }
       await drainStale(deps, drainer, fn, record)
-      if (!record) await removeFunction(fn)
-      else await collectVersions(collect, fn, record)
+      // The drain may have taken up to a request timeout: collect by the record as it is now
+      // (a deploy that started meanwhile must see its snapshot kept).
+      const current = deps.watcher.get(fn)
+      if (!current) await removeFunction(fn)
+      else await collectVersions(collect, fn, current)
     })
 
   const onChange = (change: FunctionChange) => {
