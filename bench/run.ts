@@ -153,14 +153,11 @@ const stop = (why: string, exitCode: number) => {
 }
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
   process.on(signal, () => stop(signal, 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGTERM' ? 15 : 1)))
-// The reader of the progress lines went away (`| head`): writing to it throws EPIPE, which would
-// end the process and leave its stack running. Stop as on SIGPIPE instead; later writes to the
-// closed stream land in this same listener.
+// Output that cannot be written (the reader went away: `| head`, a closed terminal) would end the
+// process with an uncaught error and leave its stack running. Stop through the cleanup instead,
+// as on SIGPIPE; later writes to the closed stream land in this same listener.
 for (const stream of [process.stdout, process.stderr])
-  stream.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') stop('EPIPE', 128 + 13)
-    else throw err
-  })
+  stream.on('error', (err: NodeJS.ErrnoException) => stop(err.code ?? 'output error', 128 + 13))
 
 // Before anything of the benchmark's own starts: its executor and gateway would count as busy.
 const quiet = await passQuietGate('bench', args, progress)
