@@ -44,6 +44,14 @@ export interface ScaleInput {
 }
 
 /**
+ * The queue one more instance is worth starting for: longer to drain than this many restore times.
+ * More than two because a restore's wall time understates its cost: CRIU, the lazy-pages daemon's
+ * push and the new instance's first answers take CPU from the instances already answering
+ * (bench/README.md, "Burst: the drain horizon").
+ */
+export const DRAIN_RESTORE_TIMES = 3
+
+/**
  * How many restores to start now.
  *
  * By slots: enough that ready + starting instances cover the demand (waiting + in flight), never
@@ -60,15 +68,6 @@ export interface ScaleInput {
  * "Burst"): 200 requests to spring-greeting (concurrency 50), one instance answering them all had a
  * p99 of 495-545 ms, one restore at a time 596-788 ms, the slots rule's 4 restores 846-1405 ms.
  */
-/**
- * The queue one more instance is worth starting for: longer to drain than this many restore times.
- * A restore's wall time is not its cost: CRIU, the lazy-pages daemon's push and the new instance's
- * first answers take CPU from the instances already answering. With restores at 65-100 ms, 2 made
- * a burst of 200 to spring-greeting start 2-3 restores in 6 of 8 runs (p99 median 381 ms), 3 one
- * in 7 of 8 (338 ms), alternated in one session (bench/README.md, "Burst: the drain horizon").
- */
-export const DRAIN_RESTORE_TIMES = 3
-
 export function instancesToStart(input: ScaleInput): number {
   const active = input.ready.length + input.starting
   const room = Math.max(0, input.maxInstances - active)

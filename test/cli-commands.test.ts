@@ -214,7 +214,7 @@ describe('initless CLI commands', () => {
       '0',
       '--out',
       out,
-      // Its own snapshots and images: the default bench state dir is the operator's.
+      // Its own snapshots and unpacked images: the default bench state dir is the operator's.
       '--state-dir',
       join(out, 'state'),
     ])

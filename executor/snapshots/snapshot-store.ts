@@ -189,8 +189,8 @@ function pendingSnapshot(
       const meta: SnapshotMeta = { ...partial, key, sizeBytes, files, checksums }
       await writeFile(join(dir, 'meta.json'), JSON.stringify(meta, null, 2), { mode: 0o600 })
       // On disk before it is in place: a snapshot that is found must survive a crash whole, and
-      // the kernel's own writeback of a fresh bake (up to 1 GB, dirty_expire_centisecs after
-      // it) stalls a restore that runs meanwhile (CRIU 149 ms against 33-59; bench/README.md).
+      // the kernel's own writeback of a fresh bake (up to 1 GB, dirty_expire_centisecs after it)
+      // stalls the restores that read it meanwhile (bench/README.md, "A fresh bake's writeback").
       await syncTree(dir)
       const final = join(fnDir, key)
       // Snapshots of other inputs stay: kept versions of the function restore from them
