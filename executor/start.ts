@@ -27,6 +27,7 @@ import { createInstanceManager, type InstanceManager } from './instances/instanc
 import { createReaper, type Reaper } from './instances/reaper.ts'
 import { createStandbyKeeper, type StandbyKeeper } from './instances/standby.ts'
 import { reconcile, removeHostContainers, snapshotUsage } from './instances/reconcile.ts'
+import { collectImageRootfs } from './adapters/rootfs.ts'
 import { createRestoreWorker, type RestoreWorker } from './instances/worker.ts'
 import { formatRestorePath, lazyRestoreHazard, readThpMode } from './sandbox/restore-path.ts'
 import type { SandboxManager } from './sandbox/sandbox.ts'
@@ -45,7 +46,7 @@ import {
   type Runtimes,
 } from './wiring.ts'
 
-/** Retired snapshots are collected this often (ms). */
+/** Retired snapshots and unneeded unpacked images are collected this often (ms). */
 const SNAPSHOT_COLLECT_MS = 30_000
 /** Redis steps of the shutdown get this long: with Redis out of reach they would wait for it. */
 const REDIS_CLOSE_MS = 5_000
@@ -76,22 +77,39 @@ export interface RunningExecutor {
   close(): Promise<ShutdownResult>
 }
 
-/** Run `task` every `ms`, never two at once (a slow one skips the ticks it overlaps). */
-function every(ms: number, task: () => Promise<unknown>): NodeJS.Timeout {
+/**
+ * Run `task` every `ms` (and at once with `immediately`), never two at once (a slow one skips the
+ * ticks it overlaps).
+ */
+function every(ms: number, task: () => Promise<unknown>, immediately = false): NodeJS.Timeout {
   let running = false
-  return setInterval(() => {
+  const tick = () => {
     if (running) return
     running = true
     void task().finally(() => (running = false))
-  }, ms)
+  }
+  if (immediately) tick()
+  return setInterval(tick, ms)
 }
 
-/** Remove retired snapshots no mount or lazy-pages daemon still uses. */
-async function collectSnapshots(store: Pick<SnapshotStore, 'collect'>, logger: Logger): Promise<void> {
-  await snapshotUsage()
-    .then((inUse) => store.collect(inUse))
-    .then((removed) => removed.length && logger.info({ removed }, 'retired snapshots removed'))
-    .catch((err: unknown) => logger.warn({ err: errorMessage(err) }, 'snapshot collection failed'))
+/**
+ * Remove retired snapshots no mount or lazy-pages daemon still uses, then the unpacked images no
+ * current snapshot needs (each 100 MB-1 GB; without this every new image stayed on disk).
+ */
+async function collectUnused(
+  store: Pick<SnapshotStore, 'collect' | 'imageIds'>,
+  stateDir: string,
+  logger: Logger,
+): Promise<void> {
+  try {
+    const inUse = await snapshotUsage()
+    const removed = await store.collect(inUse)
+    if (removed.length) logger.info({ removed }, 'retired snapshots removed')
+    const images = await collectImageRootfs(stateDir, await store.imageIds(), inUse)
+    if (images.length) logger.info({ images }, 'unpacked images no snapshot needs removed')
+  } catch (err) {
+    logger.warn({ err: errorMessage(err) }, 'snapshot collection failed')
+  }
 }
 
 /** Check every current snapshot's checksums; a corrupt one is marked broken and re-baked. */
@@ -341,7 +359,8 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     // Beats may overlap (a beat waiting for Redis must not hold the next one back).
     setInterval(() => void heartbeat.beat(), HEARTBEAT_INTERVAL_MS),
     every(config.INITLESS_REAP_INTERVAL, tick),
-    every(SNAPSHOT_COLLECT_MS, () => collectSnapshots(store, logger)),
+    // At once too: what a previous process left (it may have stopped before its first tick).
+    every(SNAPSHOT_COLLECT_MS, () => collectUnused(store, config.INITLESS_STATE_DIR, logger), true),
     ...(config.INITLESS_SNAPSHOT_SCRUB_INTERVAL > 0
       ? [every(config.INITLESS_SNAPSHOT_SCRUB_INTERVAL, () => scrubSnapshots(instances, logger))]
       : []),

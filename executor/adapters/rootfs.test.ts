@@ -1,9 +1,16 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { ensureImageRootfs, instanceResolvConf, readHostResolvConf } from './rootfs.ts'
+import {
+  collectImageRootfs,
+  ensureImageRootfs,
+  imageRootfsDir,
+  instanceResolvConf,
+  readHostResolvConf,
+  ROOTFS_IDLE_MS,
+} from './rootfs.ts'
 
 test("instances get the host's resolvers, less the loopback ones they cannot reach", () => {
   const conf = instanceResolvConf(
@@ -71,5 +78,54 @@ test("behind systemd-resolved's stub, the upstream servers it uses are read inst
     assert.equal(await readHostResolvConf(stub, upstream), 'nameserver 192.0.2.1\n')
   } finally {
     await rm(dir, { recursive: true, force: true })
+  }
+})
+
+test('unpacked images no snapshot needs, unused and idle, are collected; the rest stay', async () => {
+  const stateDir = await mkdtemp(join(tmpdir(), 'initless-rootfs-gc-'))
+  try {
+    const unpack = (id: string) =>
+      ensureImageRootfs(stateDir, `sha256:${id}`, (_id, dir) => writeFile(join(dir, 'app'), id), '/dev/null')
+    for (const id of ['kept', 'mounted', 'recent', 'idle']) await unpack(id)
+    const now = Date.now()
+    const long = new Date(now - ROOTFS_IDLE_MS - 60_000)
+    for (const id of ['kept', 'mounted', 'idle']) {
+      await utimes(join(stateDir, 'images', id, 'complete'), long, long)
+    }
+    // An unpack that never completed: old, and one still being written.
+    await mkdir(join(stateDir, 'images', 'broken', 'rootfs.tmp-1-1'), { recursive: true })
+    await utimes(join(stateDir, 'images', 'broken'), long, long)
+    await mkdir(join(stateDir, 'images', 'unpacking', 'rootfs.tmp-2-2'), { recursive: true })
+    // What a collection that stopped midway left.
+    await mkdir(join(stateDir, 'images', '.trash-gone-1'), { recursive: true })
+
+    const mountinfo = `overlay /x overlay rw lowerdir=${imageRootfsDir(stateDir, 'sha256:mounted')}`
+    const removed = await collectImageRootfs(
+      stateDir,
+      new Set(['sha256:kept']),
+      (dir) => mountinfo.includes(dir),
+      ROOTFS_IDLE_MS,
+      now,
+    )
+    assert.deepEqual(removed.sort(), ['sha256:broken', 'sha256:idle'])
+    assert.deepEqual((await readdir(join(stateDir, 'images'))).sort(), [
+      'kept',
+      'mounted',
+      'recent',
+      'unpacking',
+    ])
+
+    // A use of an unpacked image makes it recent again.
+    await unpack('kept')
+    await new Promise((r) => setTimeout(r, 50))
+    const touched = (await stat(join(stateDir, 'images', 'kept', 'complete'))).mtimeMs
+    assert.ok(touched > now - 60_000, 'the marker records the last use')
+    assert.deepEqual(
+      await collectImageRootfs(stateDir, new Set(), (dir) => mountinfo.includes(dir), ROOTFS_IDLE_MS, now),
+      [],
+      'no snapshot needs it any more, but it was just used',
+    )
+  } finally {
+    await rm(stateDir, { recursive: true, force: true })
   }
 })

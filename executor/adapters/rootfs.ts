@@ -3,7 +3,7 @@
  * sandbox mounts a copy-on-write overlay over it (plus, for restores, the snapshot's own layer:
  * the files the function wrote before its checkpoint, which a restored process expects to find).
  */
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { CommandRunner } from './exec.ts'
 import type { SandboxHelpers } from './sandbox-helper.ts'
@@ -181,8 +181,12 @@ export async function ensureImageRootfs(
       () => true,
       () => false,
     )
-  )
+  ) {
+    // The marker's mtime is the unpack's last use (collectImageRootfs); off the caller's path.
+    const now = new Date()
+    void utimes(marker, now, now).catch(() => undefined)
     return dir
+  }
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`
   await rm(tmp, { recursive: true, force: true })
   await mkdir(tmp, { recursive: true, mode: 0o755 })
@@ -205,4 +209,56 @@ export async function ensureImageRootfs(
     throw err
   }
   return dir
+}
+
+/** An unpacked image not used for this long, and needed by no snapshot, is deleted (ms). */
+export const ROOTFS_IDLE_MS = 3_600_000
+
+/**
+ * Delete the unpacked images no current snapshot restores over (`keep`: their image ids), that no
+ * mount uses (`isInUse`: an instance, a pooled sandbox or a bake holds its overlay) and that were
+ * last used over `idleMs` ago (a bake unpacks its image before it has a snapshot). An unpack that
+ * never completed counts from its directory's mtime. Each is renamed away before it is deleted, so
+ * a later ensureImageRootfs unpacks it afresh rather than finding it half gone. Returns the image
+ * ids removed.
+ */
+export async function collectImageRootfs(
+  stateDir: string,
+  keep: ReadonlySet<string>,
+  isInUse: (dir: string) => boolean,
+  idleMs = ROOTFS_IDLE_MS,
+  now = Date.now(),
+): Promise<string[]> {
+  const root = join(stateDir, 'images')
+  const removed: string[] = []
+  for (const name of await readdir(root).catch(() => [] as string[])) {
+    const dir = join(root, name)
+    if (name.startsWith('.trash-')) {
+      // Left by a collection that stopped midway.
+      await rm(dir, { recursive: true, force: true })
+      continue
+    }
+    const id = `sha256:${name}`
+    if (keep.has(id) || isInUse(dir)) continue
+    const used = await stat(join(dir, 'complete')).then(
+      (st) => st.mtimeMs,
+      () =>
+        stat(dir).then(
+          (st) => st.mtimeMs,
+          () => now,
+        ),
+    )
+    if (now - used < idleMs) continue
+    const trash = join(root, `.trash-${name}-${now}`)
+    if (
+      !(await rename(dir, trash).then(
+        () => true,
+        () => false,
+      ))
+    )
+      continue
+    await rm(trash, { recursive: true, force: true })
+    removed.push(id)
+  }
+  return removed
 }

@@ -163,6 +163,18 @@ describe('snapshot store', () => {
     },
   )
 
+  test('imageIds: the images of the current snapshots, not of retired or broken ones', async () => {
+    const { store } = freshStore()
+    assert.deepEqual(await store.imageIds(), new Set())
+    await bake(store, ID)
+    await bake(store, { ...ID, fn: 'other', imageId: 'sha256:2222' })
+    const { snapshot: broken } = await bake(store, { ...ID, fn: 'third', imageId: 'sha256:3333' })
+    await store.markBroken(broken, 'test')
+    assert.deepEqual(await store.imageIds(), new Set(['sha256:1111', 'sha256:2222']))
+    await store.retire('other', new Set(), 0)
+    assert.deepEqual(await store.imageIds(), new Set(['sha256:1111']))
+  })
+
   test('snapshotKey is deterministic', () => {
     const { store } = freshStore()
     assert.equal(store.snapshotKey({ ...ID }), store.snapshotKey(ID))

@@ -95,6 +95,8 @@ export interface SnapshotStore {
    * daemon may still read them.
    */
   collect(isInUse: (dir: string) => boolean): Promise<string[]>
+  /** The image ids the current snapshots restore over (their unpacked files must stay). */
+  imageIds(): Promise<Set<string>>
 }
 
 const ABANDONED_MS = 3_600_000
@@ -300,6 +302,18 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
 
     async remove(fn) {
       await rm(join(root, fn), { recursive: true, force: true })
+    },
+
+    async imageIds() {
+      const ids = new Set<string>()
+      for (const fn of await readdir(root).catch(() => [] as string[])) {
+        for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
+          if (name.startsWith('.')) continue
+          const snap = await load(join(root, fn, name))
+          if (snap) ids.add(snap.meta.imageId)
+        }
+      }
+      return ids
     },
 
     collect: (isInUse) => collectUnused(root, isInUse),
