@@ -213,7 +213,16 @@ describe('executor process: kill -9 and restart', () => {
     const exporting = await exportOf(env.INITLESS_HOST_ID!)
     after(() => exporting.remove({ force: true }).catch(() => undefined))
     await stop(second, 'SIGTERM')
-    assert.equal(await exists(exporting), false, 'the export container is removed at shutdown')
+    assert.equal(
+      await exists(exporting),
+      false,
+      // Its shutdown steps, to tell a step that failed from one that never ran.
+      `the export container is removed at shutdown; the executor's log ends:\n${logs[logs.length - 1]!.split(
+        '\n',
+      )
+        .slice(-25)
+        .join('\n')}`,
+    )
     assert.equal(await exists(theirs), true)
     assert.deepEqual(resources(), NO_LEAKS)
   })
