@@ -238,6 +238,15 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
   const root = join(deps.stateDir, 'snapshots')
   const verifier = createSnapshotVerifier()
 
+  /** The function's snapshots in place: neither retired, temporary nor broken. */
+  async function current(fn: string): Promise<Snapshot[]> {
+    const dir = join(root, fn)
+    const names = await readdir(dir).catch(() => [] as string[])
+    return (await Promise.all(names.filter((n) => !n.startsWith('.')).map((n) => load(join(dir, n))))).filter(
+      (s): s is Snapshot => s !== undefined,
+    )
+  }
+
   const store: SnapshotStore = {
     snapshotKey(id) {
       const { fn, manifestHash, imageId, criuVersion, kernel, layout, prefetch, seccomp } = id
@@ -255,11 +264,7 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
     },
 
     async latest(fn) {
-      const dir = join(root, fn)
-      const names = await readdir(dir).catch(() => [] as string[])
-      const snaps = (
-        await Promise.all(names.filter((n) => !n.startsWith('.')).map((n) => load(join(dir, n))))
-      ).filter((s): s is Snapshot => s !== undefined)
+      const snaps = await current(fn)
       return snaps.sort((a, b) => b.meta.createdAt - a.meta.createdAt)[0]
     },
 
@@ -306,13 +311,8 @@ export function createSnapshotStore(deps: { stateDir: string }): SnapshotStore {
 
     async imageIds() {
       const ids = new Set<string>()
-      for (const fn of await readdir(root).catch(() => [] as string[])) {
-        for (const name of await readdir(join(root, fn)).catch(() => [] as string[])) {
-          if (name.startsWith('.')) continue
-          const snap = await load(join(root, fn, name))
-          if (snap) ids.add(snap.meta.imageId)
-        }
-      }
+      for (const fn of await readdir(root).catch(() => [] as string[]))
+        for (const snap of await current(fn)) ids.add(snap.meta.imageId)
       return ids
     },
 
