@@ -10,6 +10,7 @@ import {
   instanceResolvConf,
   readHostResolvConf,
   ROOTFS_IDLE_MS,
+  touchImageRootfs,
 } from './rootfs.ts'
 
 test("instances get the host's resolvers, less the loopback ones they cannot reach", () => {
@@ -115,15 +116,14 @@ test('unpacked images no snapshot needs, unused and idle, are collected; the res
       'unpacking',
     ])
 
-    // A use of an unpacked image makes it recent again.
-    await unpack('kept')
-    await new Promise((r) => setTimeout(r, 50))
+    // A bake's mark makes it recent again.
+    await touchImageRootfs(stateDir, 'sha256:kept')
     const touched = (await stat(join(stateDir, 'images', 'kept', 'complete'))).mtimeMs
-    assert.ok(touched > now - 60_000, 'the marker records the last use')
+    assert.ok(touched > now - 60_000, 'the marker records the bake')
     assert.deepEqual(
       await collectImageRootfs(stateDir, new Set(), (dir) => mountinfo.includes(dir), ROOTFS_IDLE_MS, now),
       [],
-      'no snapshot needs it any more, but it was just used',
+      'no snapshot needs it any more, but a bake just marked it',
     )
   } finally {
     await rm(stateDir, { recursive: true, force: true })

@@ -181,12 +181,8 @@ export async function ensureImageRootfs(
       () => true,
       () => false,
     )
-  ) {
-    // The marker's mtime is the unpack's last use (collectImageRootfs); off the caller's path.
-    const now = new Date()
-    void utimes(marker, now, now).catch(() => undefined)
+  )
     return dir
-  }
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`
   await rm(tmp, { recursive: true, force: true })
   await mkdir(tmp, { recursive: true, mode: 0o755 })
@@ -211,14 +207,24 @@ export async function ensureImageRootfs(
   return dir
 }
 
-/** An unpacked image not used for this long, and needed by no snapshot, is deleted (ms). */
+/**
+ * Record that a bake uses the unpacked image now (its marker's mtime). Until the bake commits, no
+ * snapshot names the image, and between its mounts nothing holds it: collectImageRootfs leaves it
+ * alone for ROOTFS_IDLE_MS after this. Restores need no mark: their snapshot names the image.
+ */
+export async function touchImageRootfs(stateDir: string, imageId: string): Promise<void> {
+  const now = new Date()
+  await utimes(join(imageRootfsDir(stateDir, imageId), '..', 'complete'), now, now)
+}
+
+/** An unpacked image no snapshot needs and no bake marked for this long is deleted (ms). */
 export const ROOTFS_IDLE_MS = 3_600_000
 
 /**
  * Delete the unpacked images no current snapshot restores over (`keep`: their image ids), that no
  * mount uses (`isInUse`: an instance, a pooled sandbox or a bake holds its overlay) and that were
- * last used over `idleMs` ago (a bake unpacks its image before it has a snapshot). An unpack that
- * never completed counts from its directory's mtime. Each is renamed away before it is deleted, so
+ * unpacked or marked by a bake (touchImageRootfs) over `idleMs` ago. An unpack that never
+ * completed counts from its directory's mtime. Each is renamed away before it is deleted, so
  * a later ensureImageRootfs unpacks it afresh rather than finding it half gone. Returns the image
  * ids removed.
  */

@@ -18,7 +18,7 @@ import { tail } from '../adapters/exec.ts'
 import { parseImageUser, SANDBOX_LAYOUT_VERSION } from '../sandbox/oci-spec.ts'
 import { isProcessAlive, readPidFile } from '../adapters/process.ts'
 import { waitReady } from '../adapters/probe.ts'
-import { ensureImageRootfs } from '../adapters/rootfs.ts'
+import { ensureImageRootfs, touchImageRootfs } from '../adapters/rootfs.ts'
 import type { Runc } from '../adapters/runc.ts'
 import { sandboxLimits, type ProcessSpec, type Sandbox, type SandboxManager } from '../sandbox/sandbox.ts'
 import { builtinSeccomp, resolveSeccomp, seccompId } from '../sandbox/seccomp.ts'
@@ -234,6 +234,7 @@ export function createBaker(deps: BakerDeps): Baker {
       const rootfs = await ensureImageRootfs(deps.stateDir, image.id, (id, dir) =>
         deps.docker.exportRootfs(id, dir),
       )
+      await touchImageRootfs(deps.stateDir, image.id)
       const m = fn.manifest
       const pending = await deps.store.begin(identity)
       let sb: Sandbox | undefined
