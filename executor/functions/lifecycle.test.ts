@@ -30,6 +30,12 @@ const version = (id: string, createdAt: number): FunctionVersion => ({
   bakedOn: {},
 })
 
+/** A version whose deploy has not recorded an image yet. */
+const pendingVersion = (id: string, createdAt: number): FunctionVersion => {
+  const { image: _none, ...rest } = version(id, createdAt)
+  return { ...rest, state: 'pending' }
+}
+
 async function until(check: () => boolean | Promise<boolean>, what: string, ms = 3000) {
   const deadline = Date.now() + ms
   while (!(await check())) {
@@ -156,6 +162,10 @@ async function setup() {
     retired,
     removedContexts,
     instance,
+    async close() {
+      await lifecycle.close()
+      await watcher.close()
+    },
   }
 }
 
@@ -191,8 +201,7 @@ describe('lifecycle', () => {
     )
     assert.ok(s.images.has('initless/fn-hello:aaa'))
     assert.ok(s.images.has('127.0.0.1:5000/initless/fn-hello@sha256:aaaaaa'))
-    await s.lifecycle.close()
-    await s.watcher.close()
+    await s.close()
   })
 
   test('an instance that is never released is stopped after the request timeout', async () => {
@@ -208,8 +217,7 @@ describe('lifecycle', () => {
     await s.functions.activate('hello', 'bbb')
     await until(() => s.stopped.includes('i-stuck'), 'stopped at the deadline')
     assert.ok(Date.now() - t0 >= 400, 'waited for timeouts.request')
-    await s.lifecycle.close()
-    await s.watcher.close()
+    await s.close()
   })
 
   test('a live change of network.egress drains the instances made for the old policy only', async () => {
@@ -235,17 +243,15 @@ describe('lifecycle', () => {
     await s.instance('i-deny', 'aaa', 'ild00000002')
     await new Promise((r) => setTimeout(r, 100))
     assert.ok(!s.stopped.includes('i-deny'), 'an instance of the new egress stays')
-    await s.lifecycle.close()
-    await s.watcher.close()
+    await s.close()
   })
 
   test('while a deploy is under way nothing of the function is collected; once it is done, the rest is', async () => {
     const s = await setup()
     // A registry that knows no version yet (a new one, or Redis lost): the first deploy's
     // snapshot may already be on disk, and its bake should find it there.
-    const { image: _none, ...pending } = version('aaa', 1)
     assert.equal(await s.functions.lock('hello', 'deploy of aaa', 60_000), undefined)
-    await s.functions.putVersion('hello', { ...pending, state: 'pending' })
+    await s.functions.putVersion('hello', pendingVersion('aaa', 1))
     await s.watcher.start()
     await s.lifecycle.start()
     await s.lifecycle.settled()
@@ -260,23 +266,20 @@ describe('lifecycle', () => {
     assert.deepEqual(s.retired.at(-1), ['key-sha256:aaa'], "the deployed version's snapshot is kept")
     assert.ok(!s.images.has('initless/fn-hello:old'), 'an image of no kept version is removed')
     assert.ok(s.images.has('initless/fn-hello:aaa'))
-    await s.lifecycle.close()
-    await s.watcher.close()
+    await s.close()
   })
 
   test('a pending version whose deploy died (no change lock) does not hold collection back', async () => {
     const s = await setup()
     await s.functions.putVersion('hello', version('aaa', 1))
     await s.functions.activate('hello', 'aaa')
-    const { image: _none, ...pending } = version('bbb', 2)
-    await s.functions.putVersion('hello', { ...pending, state: 'pending' })
+    await s.functions.putVersion('hello', pendingVersion('bbb', 2))
     await s.watcher.start()
     await s.lifecycle.start()
     await s.lifecycle.settled()
     assert.deepEqual(s.retired.at(-1), ['key-sha256:aaa'])
     assert.ok(!s.images.has('initless/fn-hello:old'))
-    await s.lifecycle.close()
-    await s.watcher.close()
+    await s.close()
   })
 
   test('an old-version instance that becomes ready late is swept; delete removes everything', async () => {
@@ -296,7 +299,6 @@ describe('lifecycle', () => {
     assert.equal(s.images.size, 0, 'every image of the function removed')
     assert.ok(s.removedContexts.includes('hello:0'))
     assert.deepEqual(await s.registry.functions(), [], 'no instance keys left')
-    await s.lifecycle.close()
-    await s.watcher.close()
+    await s.close()
   })
 })
