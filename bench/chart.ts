@@ -100,14 +100,12 @@ export function chartSpec(r: BenchResult): TopLevelSpec {
       resolve: { scale: { y: 'independent' } },
     } as unknown as TopLevelSpec)
   }
-  const b = r.burst
   const subtitle = [
     `${r.machine.cpu}, ${r.machine.cores} cores, kernel ${r.machine.kernel}${rcuNote(r.machine)}; CRIU ${r.versions.criu}, runc ${r.versions.runc}, Docker ${r.versions.docker}, Node ${r.versions.node}`,
-    ...(b
-      ? [
-          `Burst from zero: ${b.requests} requests to ${b.function}, ${b.errors} errors, ${b.restores} restores, p50 ${b.p50Ms} ms, p99 ${b.p99Ms} ms`,
-        ]
-      : []),
+    ...r.bursts.map(
+      (b) =>
+        `Burst from zero: ${b.requests} requests to ${b.function}, ${b.errors} errors, ${b.restores} restores, p50 ${b.p50Ms} ms, p99 ${b.p99Ms} ms`,
+    ),
   ]
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',

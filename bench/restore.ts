@@ -31,6 +31,7 @@ import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
 import { benchEnvironment, medianOf, percentile, rcuNote, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS } from './quiet.ts'
+import { evaluateConcurrency, targetsTable } from './report.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 
 type Variant = 'boot' | 'eager' | 'lazy' | 'lazy+pool' | 'docker'
@@ -171,6 +172,7 @@ function summarize(fn: string, variant: string, runs: Run[], snapshotBytes: numb
     p50Ms: round(percentile(totals, 50)),
     p95Ms: round(percentile(totals, 95)),
     minMs: round(Math.min(...totals)),
+    maxMs: round(Math.max(...totals)),
     /** Every run's total, in run order (outliers show here, not in the percentiles). */
     totalsMs: totals.map((t) => round(t)),
     /** Every run's phases, in run order. */
@@ -275,10 +277,12 @@ try {
       : undefined,
     mixed,
   }
+  const targets = evaluateConcurrency({ ...result, aloneP50Ms: lazyAlone('flask-table') })
   await mkdir(args.out, { recursive: true })
   const stamp = env.date.replace(/[:.]/g, '-')
-  await writeFile(join(args.out, `restore-${stamp}.json`), JSON.stringify(result, null, 2))
-  await writeFile(join(args.out, 'restore-latest.json'), JSON.stringify(result, null, 2))
+  const json = JSON.stringify({ ...result, targets }, null, 2)
+  await writeFile(join(args.out, `restore-${stamp}.json`), json)
+  await writeFile(join(args.out, 'restore-latest.json'), json)
   const md = [
     `Restore benchmark, ${env.date}, \`${env.command}\``,
     `Machine: ${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.memoryGiB} GiB, kernel ${env.machine.kernel}${rcuNote(env.machine)}, load ${env.machine.loadAvg1m} at start. CRIU ${env.versions.criu}, runc ${env.versions.runc}, Docker ${env.versions.docker}, Node ${env.versions.node}.`,
@@ -309,6 +313,7 @@ try {
           ),
         ]
       : []),
+    ...(concurrent || mixed ? ['', ...targetsTable(targets)] : []),
   ].join('\n')
   await writeFile(join(args.out, 'restore-latest.md'), `${md}\n`)
   console.log(md)

@@ -23,7 +23,7 @@ import { renderChart } from './chart.ts'
 import { coldRun, runColdStartMatrix, VARIANTS, type ColdStartRow, type Variant } from './cold-start.ts'
 import { benchEnvironment, percentile, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS, QUIET_USAGE } from './quiet.ts'
-import { evaluateTargets, renderMarkdown, type BenchResult } from './report.ts'
+import { evaluateTargets, renderMarkdown, type BenchResult, type BurstRow } from './report.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
 import { startBenchStack, type BenchStack } from './stack.ts'
 import { runWarmPath, type WarmResult } from './warm.ts'
@@ -35,7 +35,7 @@ const USAGE = `Usage: node --import tsx bench/run.ts [options]   (or: npx initle
   --runtimes <a,b>            of ${VARIANTS.join(',')} (default: all)
   --only <a,b>                sections to run, of cold,burst,warm (default: all)
   --burst-fn <fn>             burst target (default spring-greeting)
-  --burst <count>             concurrent requests of the burst (default 200)
+  --burst <a,b>               concurrent requests of each burst, one burst per count (default 200,1000)
   --warm-fn <fn>              warm-path target (default hello-node)
   --warm-connections <a,b>    autocannon connections (default 1,64)
   --warm-duration <s>         seconds per warm-path run (default 5)
@@ -59,7 +59,7 @@ const { values: args } = parseArgs({
     runtimes: { type: 'string', default: VARIANTS.join(',') },
     only: { type: 'string', default: 'cold,burst,warm' },
     'burst-fn': { type: 'string', default: 'spring-greeting' },
-    burst: { type: 'string', default: '200' },
+    burst: { type: 'string', default: '200,1000' },
     'warm-fn': { type: 'string', default: 'hello-node' },
     'warm-connections': { type: 'string', default: '1,64' },
     'warm-duration': { type: 'string', default: '5' },
@@ -117,7 +117,7 @@ const settings = {
   runtimes: variants,
   sections: [...sections],
   burstFunction: burstFn,
-  burstRequests: count('burst', args.burst, 1),
+  burstRequests: list(args.burst).map((c) => count('burst', c, 1)),
   warmFunction: warmFn,
   warmConnections: list(args['warm-connections']).map((c) => count('warm-connections', c, 1)),
   warmDurationS: count('warm-duration', args['warm-duration'], 1),
@@ -164,7 +164,7 @@ const quiet = await passQuietGate('bench', args, progress)
 const env = { ...benchEnvironment([command]), quiet }
 const sectionErrors: string[] = []
 let coldStart: ColdStartRow[] = []
-let burst: BenchResult['burst'] = null
+const bursts: BurstRow[] = []
 let warm: WarmResult | null = null
 const policyRuntimes: Record<string, RuntimeKind> = {}
 let stack: BenchStack | undefined
@@ -222,16 +222,14 @@ try {
         single = round(percentile(runs, 50))
         basis = `single cold start p50 with ${variant} (3 runs before the burst)`
       }
-      const b = await runBurst(stack, {
-        fn: burstFn,
-        requests: settings.burstRequests,
-        settleMs: settings.settleMs,
-        progress,
-      })
-      burst = { ...b, singleColdP50Ms: single, singleColdBasis: basis }
-      progress(
-        `[burst ${burstFn}] ${b.errors} errors, ${b.restores} restores, p50 ${b.p50Ms} ms, p99 ${b.p99Ms} ms`,
-      )
+      // Each burst starts from zero (runBurst scales the function down and waits first).
+      for (const requests of settings.burstRequests) {
+        const b = await runBurst(stack, { fn: burstFn, requests, settleMs: settings.settleMs, progress })
+        bursts.push({ ...b, singleColdP50Ms: single, singleColdBasis: basis })
+        progress(
+          `[burst ${burstFn} x${requests}] ${b.errors} errors, ${b.restores} restores, p50 ${b.p50Ms} ms, p99 ${b.p99Ms} ms`,
+        )
+      }
     } catch (err) {
       sectionErrors.push(`burst: ${String(err)}`)
     }
@@ -272,7 +270,7 @@ const partial: Omit<BenchResult, 'targets'> = {
   settings,
   policyRuntimes,
   coldStart,
-  burst,
+  bursts,
   warm: warm ? warm.rows.map((w) => ({ function: warmFn, ...w })) : [],
   warmSetup: warm
     ? {

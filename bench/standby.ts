@@ -23,6 +23,7 @@ import type { InstanceRecord } from '../shared/contracts.ts'
 import { packageRoot } from '../shared/package-root.ts'
 import { benchEnvironment, percentile, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS } from './quiet.ts'
+import { judge, THAW_MAX_MS } from './report.ts'
 
 const FN = 'bench-standby'
 const CGROUP = '/sys/fs/cgroup'
@@ -146,16 +147,25 @@ try {
     cpuWhileFrozenNs: Math.max(...rows.map((r) => r.frozenCpuNs)),
     rows,
   }
+  const target = judge(
+    'frozen standby: thaw to first byte, p50',
+    `p50 of ${n} thawed requests`,
+    result.thawToFirstByteMs.p50,
+    '<=',
+    THAW_MAX_MS,
+    'ms',
+  )
   await mkdir(join(packageRoot(), 'bench', 'results'), { recursive: true })
   await writeFile(
     join(packageRoot(), 'bench', 'results', `standby-${result.date.replace(/[:.]/g, '-')}.json`),
-    `${JSON.stringify(result, null, 2)}\n`,
+    `${JSON.stringify({ ...result, targets: [target] }, null, 2)}\n`,
   )
   process.stdout.write(
     `standby (${result.function}, n=${n}${quiet.comparable ? '' : ', machine busy: not comparable'}): ` +
       `thaw to first byte p50 ${result.thawToFirstByteMs.p50} ms, p95 ${result.thawToFirstByteMs.p95} ms; ` +
       `warm p50 ${result.warmFirstByteMs.p50} ms; memory held ${result.memoryMiB.held} MiB ` +
-      `(${result.memoryMiB.atFreeze} MiB at freeze); CPU while frozen ${result.cpuWhileFrozenNs} ns\n`,
+      `(${result.memoryMiB.atFreeze} MiB at freeze); CPU while frozen ${result.cpuWhileFrozenNs} ns\n` +
+      `target <= ${THAW_MAX_MS} ms: ${target.met ? 'met' : 'MISSED'}, ${target.margin}\n`,
   )
 } finally {
   await stack.admin('DELETE', `/functions/${FN}`).catch(() => undefined)
