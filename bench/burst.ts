@@ -6,6 +6,7 @@
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
 import { parseServerTiming } from '../shared/server-timing.ts'
+import { machineCpuMeter, type MachineCpu } from './cpu.ts'
 import { percentile, round } from './env.ts'
 import { probe } from './probe.ts'
 import { SAMPLE_REQUESTS } from './samples.ts'
@@ -29,6 +30,8 @@ export interface BurstResult {
   readonly wallMs: number
   /** Where the answers' time went, from their Server-Timing (absent in older results). */
   readonly profile?: BurstProfile
+  /** The machine's CPU over the burst (absent in older results). */
+  readonly cpu?: MachineCpu
 }
 
 /** The gateway's wait for a slot and the instance's time to response headers, per answer. */
@@ -114,6 +117,7 @@ export async function runBurst(
   await delay(o.settleMs)
   o.progress(`[burst ${o.fn}] ${o.requests} concurrent requests from zero`)
   const mark = stack.gateway.mark()
+  const cpu = machineCpuMeter(stack.gateway.child.pid)
   const started = performance.now()
   const results = await Promise.all(
     Array.from({ length: o.requests }, () =>
@@ -127,6 +131,7 @@ export async function runBurst(
     ),
   )
   const wallMs = performance.now() - started
+  const cpuUsed = cpu()
   const answers = results.flatMap((r) => ('ttfbMs' in r ? [r] : []))
   const ok = answers.map((a) => a.ttfbMs)
   const errors = results.flatMap((r) => ('error' in r ? [r.error] : []))
@@ -150,5 +155,6 @@ export async function runBurst(
     maxMs: round(ok.length ? Math.max(...ok) : NaN),
     wallMs: round(wallMs),
     ...(answers.length ? { profile: burstProfile(answers)! } : {}),
+    cpu: cpuUsed,
   }
 }

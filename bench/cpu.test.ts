@@ -1,6 +1,14 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { cpuMeter, hasLocalAddress, listensOn, parseProcStat, processTreeCpuSeconds } from './cpu.ts'
+import {
+  cpuMeter,
+  hasLocalAddress,
+  listensOn,
+  machineCpuMeter,
+  parseMachineCpu,
+  parseProcStat,
+  processTreeCpuSeconds,
+} from './cpu.ts'
 
 test('parseProcStat reads the parent pid and user + system ticks after a comm with spaces and parentheses', () => {
   const stat =
@@ -57,4 +65,22 @@ test('processTreeCpuSeconds counts a process and its children; cpuMeter measures
   assert.ok(run.loadGeneratorS >= 0)
   assert.equal(run.instanceS, undefined)
   assert.equal(processTreeCpuSeconds(2 ** 22 + 1), 0)
+})
+
+test('parseMachineCpu: busy is everything but idle and iowait; guest time is not counted twice', () => {
+  const stat = 'cpu  100 20 30 500 50 5 5 10 40 0\ncpu0 50 10 15 250 25 2 3 5 20 0\nintr 1 2\n'
+  assert.deepEqual(parseMachineCpu(stat), { busyS: 1.7, totalS: 7.2 })
+  assert.throws(() => parseMachineCpu('intr 1 2\n'), /no aggregate cpu line/)
+})
+
+test('machineCpuMeter sees this process busy and the machine at least as busy', () => {
+  const stop = machineCpuMeter(undefined)
+  const until = performance.now() + 200
+  while (performance.now() < until) Math.sqrt(Math.random())
+  const c = stop()
+  assert.ok(c.wallS >= 0.2 && c.cpus >= 1, JSON.stringify(c))
+  assert.ok(c.loadGeneratorS >= 0.1, JSON.stringify(c))
+  // /proc/stat counts in ticks of 10 ms: allow one per CPU of rounding.
+  assert.ok(c.busyS + 0.01 * c.cpus >= c.loadGeneratorS, JSON.stringify(c))
+  assert.equal(c.gatewayS, 0)
 })

@@ -5,6 +5,7 @@
  * each timed run: no tracing, nothing added to the measured path.
  */
 import { readdirSync, readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import type { InstanceAddress } from '../shared/contracts.ts'
 import {
@@ -51,6 +52,54 @@ export function processTreeCpuSeconds(rootPid: number): number {
     todo.push(...(children.get(pid) ?? []))
   }
   return total
+}
+
+/** Busy and total CPU seconds of the whole machine, summed over its CPUs, from a `/proc/stat` text. */
+export function parseMachineCpu(procStat: string): { busyS: number; totalS: number } {
+  // cpu user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in
+  // user and nice, so the first eight add up to the total.
+  const line = procStat.split('\n').find((l) => l.startsWith('cpu '))
+  if (!line) throw new Error('no aggregate cpu line in /proc/stat')
+  const f = line.trim().split(/\s+/).slice(1, 9).map(Number)
+  const total = f.reduce((a, v) => a + v, 0)
+  const idle = (f[3] ?? 0) + (f[4] ?? 0)
+  return { busyS: (total - idle) / USER_HZ, totalS: total / USER_HZ }
+}
+
+/** Where a burst's CPU went: the machine, the gateway's process tree, this process. */
+export interface MachineCpu {
+  readonly cpus: number
+  readonly wallS: number
+  /** CPU seconds the machine was busy, every process and the kernel. */
+  readonly busyS: number
+  readonly gatewayS: number
+  /** This process: the load generator. */
+  readonly loadGeneratorS: number
+}
+
+/** Measure the whole machine over one run: `const stop = machineCpuMeter(gatewayPid)`, then `stop()`. */
+export function machineCpuMeter(gatewayPid: number | undefined): () => MachineCpu {
+  const mark = () => {
+    const usage = process.cpuUsage()
+    return {
+      at: performance.now(),
+      machine: parseMachineCpu(readFileSync('/proc/stat', 'utf8')),
+      gateway: gatewayPid === undefined ? 0 : processTreeCpuSeconds(gatewayPid),
+      self: (usage.user + usage.system) / 1e6,
+    }
+  }
+  const start = mark()
+  return () => {
+    const end = mark()
+    const r = (x: number) => Math.round(x * 1000) / 1000
+    return {
+      cpus: availableParallelism(),
+      wallS: r((end.at - start.at) / 1000),
+      busyS: r(end.machine.busyS - start.machine.busyS),
+      gatewayS: r(Math.max(0, end.gateway - start.gateway)),
+      loadGeneratorS: r(end.self - start.self),
+    }
+  }
 }
 
 /** A port as /proc/net/tcp writes it in a local address (`0800D50A:1F90`): 4 hex digits. */

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { withRatios, summarizeCold, type ColdRun } from './cold-start.ts'
 import {
+  burstCpuLines,
   coldStartProfile,
   evaluateConcurrency,
   evaluateTargets,
@@ -307,4 +308,28 @@ test('evaluateConcurrency judges 3 concurrent restores and mixed ones on the p50
   // Nothing run: not measured, never met.
   const none = evaluateConcurrency({})
   assert.ok(none.length > 0 && none.every((t) => t.met === null))
+})
+
+test('burstCpuLines: the CPU the burst took, and the floor it puts under its wall time', () => {
+  const b = {
+    function: 'spring-greeting',
+    requests: 1000,
+    errors: 0,
+    errorSamples: [],
+    restores: 5,
+    runtimes: { lazy: 5 },
+    p50Ms: 600,
+    p99Ms: 1100,
+    maxMs: 1200,
+    wallMs: 1250,
+    singleColdP50Ms: 90,
+    singleColdBasis: 'x',
+    cpu: { cpus: 2, wallS: 1.25, busyS: 2.4, gatewayS: 0.9, loadGeneratorS: 0.6 },
+  }
+  assert.deepEqual(burstCpuLines(b), [
+    "The machine's 2 CPUs were busy 96% of the burst's 1250 ms: 2.4 CPU-seconds (gateway 0.9, load generator 0.6, the rest 0.9: executor, CRIU, the instances, the kernel). That work alone, spread over all 2 CPUs, takes 1200 ms = 13.3x the single cold start.",
+  ])
+  const { cpu, ...older } = b
+  assert.ok(cpu)
+  assert.deepEqual(burstCpuLines(older), [])
 })

@@ -3,7 +3,7 @@
  * rendering of everything. Pure functions of the measured data.
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
-import type { BurstResult } from './burst.ts'
+import type { BurstProfile, BurstResult } from './burst.ts'
 import type { ColdStartRow, Phase } from './cold-start.ts'
 import { PHASES } from './cold-start.ts'
 import type { BenchEnvironment } from './env.ts'
@@ -339,6 +339,28 @@ export function warmProfile(r: Pick<BenchResult, 'warm'>): string[] {
 export function burstProfileLines(b: BurstRow): string[] {
   const p = b.profile
   if (!p) return []
+  return [...burstTimeLines(b, p), ...burstCpuLines(b)]
+}
+
+/**
+ * The burst's CPU against the machine's: the work every process and the kernel did over the burst,
+ * spread over all CPUs, is a floor under the wall time no scaling rule can go below.
+ */
+export function burstCpuLines(b: BurstRow): string[] {
+  const c = b.cpu
+  if (!c || !(c.wallS > 0)) return []
+  const rest = round(c.busyS - c.gatewayS - c.loadGeneratorS, 3)
+  const floorMs = round((c.busyS / c.cpus) * 1000, 0)
+  const ratio = b.singleColdP50Ms ? ` = ${round(floorMs / b.singleColdP50Ms, 1)}x the single cold start` : ''
+  return [
+    `The machine's ${c.cpus} CPUs were busy ${round((c.busyS / (c.wallS * c.cpus)) * 100, 0)}% of the burst's ` +
+      `${round(c.wallS * 1000, 0)} ms: ${c.busyS} CPU-seconds (gateway ${c.gatewayS}, load generator ` +
+      `${c.loadGeneratorS}, the rest ${rest}: executor, CRIU, the instances, the kernel). That work alone, ` +
+      `spread over all ${c.cpus} CPUs, takes ${floorMs} ms${ratio}.`,
+  ]
+}
+
+function burstTimeLines(b: BurstRow, p: BurstProfile): string[] {
   const rest = round(p.slowest.ttfbMs - p.slowest.waitMs - p.slowest.upstreamMs, 1)
   return [
     `The slowest 1% (${p.slowest.n} answer${p.slowest.n === 1 ? '' : 's'}): ${fmt(p.slowest.ttfbMs)} ms to first byte = ` +
