@@ -9,7 +9,8 @@
  *
  * --concurrent: rounds of 3 simultaneous lazy restores of flask-table. --mixed: simultaneous lazy
  * restores of the benchmarked functions in turn (0: none), each against its function's lazy p50
- * alone from the same run; --mixed-rounds times.
+ * alone from the same run; --mixed-rounds times. Both measure the machine's CPU from the enqueue to
+ * the last ready instance: the busy CPU-seconds spread over every CPU are a floor under the round.
  *
  * Writes bench/results/restore-<date>.json, restore-latest.json and restore-latest.md.
  */
@@ -29,6 +30,7 @@ import { createLogger } from '../shared/logger.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
+import { machineCpuMeter, type MachineCpu } from './cpu.ts'
 import { benchEnvironment, medianOf, percentile, rcuNote, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 import { evaluateConcurrency, targetsTable } from './report.ts'
@@ -92,7 +94,11 @@ interface Run {
   readonly phases: RestoreJobResult['phases']
 }
 
-async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
+/** One restore, timed from the enqueue to the ready instance; the instance is left running. */
+async function restoreOnly(
+  fn: FunctionDef,
+  variant: Variant,
+): Promise<{ run: Run; result: RestoreJobResult }> {
   const runtime: RuntimeKind = variant === 'lazy+pool' ? 'lazy' : variant
   if (variant === 'lazy+pool') await instances.fillPools()
   const started = performance.now()
@@ -110,7 +116,11 @@ async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
   if (variant === 'lazy+pool' && !result.pooled)
     throw new Error(`${fn.name}: the pooled run did not use the pool`)
   if (result.runtime !== runtime) throw new Error(`${fn.name}: asked for ${runtime}, got ${result.runtime}`)
-  // Correctness outside the timed part: the instance answers what the sample promises.
+  return { run: { totalMs, phases: result.phases }, result }
+}
+
+/** Outside the timed part: the instance answers what the sample promises; then it is stopped. */
+async function checkAndStop(fn: FunctionDef, variant: Variant, result: RestoreJobResult): Promise<void> {
   const req = SAMPLE_REQUESTS[fn.name]
   if (req) {
     const res = await httpOnce(result.address.host, result.address.port, req.path, {
@@ -129,7 +139,35 @@ async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
       )
   }
   await instances.stop(result.instanceId, 'bench')
-  return { totalMs, phases: result.phases }
+}
+
+async function restoreOnce(fn: FunctionDef, variant: Variant): Promise<Run> {
+  const { run, result } = await restoreOnly(fn, variant)
+  await checkAndStop(fn, variant, result)
+  return run
+}
+
+/**
+ * Simultaneous lazy restores of `picks`, the machine's CPU measured until the last is ready; then
+ * each instance is checked and stopped, so no round's teardown overlaps the restores measured.
+ */
+async function simultaneous(picks: readonly FunctionDef[]) {
+  const meter = machineCpuMeter(undefined)
+  const settled = await Promise.allSettled(picks.map((fn) => restoreOnly(fn, 'lazy')))
+  const cpu = meter()
+  const checked = await Promise.allSettled(
+    settled.map((s, i) =>
+      s.status === 'fulfilled' ? checkAndStop(picks[i]!, 'lazy', s.value.result) : Promise.resolve(),
+    ),
+  )
+  return {
+    cpu,
+    outcomes: settled.map((s, i): PromiseSettledResult<Run> => {
+      const c = checked[i]!
+      if (s.status === 'rejected') return s
+      return c.status === 'rejected' ? c : { status: 'fulfilled', value: s.value.run }
+    }),
+  }
 }
 
 /**
@@ -198,9 +236,12 @@ async function mixedRestores(alone: (fn: string) => number | undefined) {
   if (!(count > 0) || !variants.includes('lazy')) return undefined
   const totals = new Map<string, number[]>(functions.map((f) => [f.name, []]))
   const errors: string[] = []
+  const cpu: MachineCpu[] = []
   for (let r = 0; r < rounds; r++) {
     const picks = Array.from({ length: count }, (_, i) => functions[i % functions.length]!)
-    const settled = await Promise.allSettled(picks.map((fn) => restoreOnce(fn, 'lazy')))
+    const round = await simultaneous(picks)
+    const settled = round.outcomes
+    cpu.push(round.cpu)
     settled.forEach((s, i) => {
       if (s.status === 'fulfilled') totals.get(picks[i]!.name)!.push(s.value.totalMs)
       else errors.push(`${picks[i]!.name}: ${errorMessage(s.reason)}`)
@@ -222,7 +263,30 @@ async function mixedRestores(alone: (fn: string) => number | undefined) {
       totalsMs: ms.map((t) => round(t)),
     }
   })
-  return { simultaneous: count, rounds, errors, byFunction }
+  return { simultaneous: count, rounds, errors, byFunction, cpu: cpuFloor(cpu) }
+}
+
+/**
+ * The CPU floor of simultaneous restores: per round, the machine's busy CPU-seconds spread over all
+ * its CPUs is the least wall time the round could take; medians over the rounds.
+ */
+function cpuFloor(rounds: readonly MachineCpu[]) {
+  if (!rounds.length) return undefined
+  return {
+    rounds: rounds.length,
+    cpus: rounds[0]!.cpus,
+    wallMsP50: round(medianOf(rounds.map((c) => c.wallS * 1000))),
+    busyShareP50: round(medianOf(rounds.map((c) => c.busyS / (c.wallS * c.cpus))), 2),
+    floorMsP50: round(medianOf(rounds.map((c) => (c.busyS / c.cpus) * 1000))),
+  }
+}
+
+function describeFloor(f: NonNullable<ReturnType<typeof cpuFloor>>, aloneMs: number | undefined): string {
+  const x = aloneMs ? ` (${round(f.floorMsP50 / aloneMs, 2)}x flask-table alone)` : ''
+  return (
+    `per round (median of ${f.rounds}) the ${f.cpus} CPUs were busy ${round(f.busyShareP50 * 100, 0)}% of ` +
+    `its ${f.wallMsP50} ms; the CPU-seconds the machine spent, spread over all ${f.cpus} CPUs, take ${f.floorMsP50} ms${x}.`
+  )
 }
 
 let failed: unknown
@@ -249,10 +313,16 @@ try {
 
   // 3 concurrent lazy restores of the biggest snapshot, from one snapshot, each its own sandbox.
   const concurrentRuns: Run[] = []
+  const concurrentCpu: MachineCpu[] = []
   const flask = functions.find((f) => f.name === 'flask-table')
   if (flask && Number(args.concurrent) > 0) {
     for (let i = 0; i < Number(args.concurrent); i++) {
-      concurrentRuns.push(...(await Promise.all([1, 2, 3].map(() => restoreOnce(flask, 'lazy')))))
+      const round = await simultaneous([flask, flask, flask])
+      for (const o of round.outcomes) {
+        if (o.status === 'rejected') throw o.reason
+        concurrentRuns.push(o.value)
+      }
+      concurrentCpu.push(round.cpu)
     }
   }
   const concurrent = flask ? summarize('flask-table', 'lazy x3 concurrent', concurrentRuns, 0) : undefined
@@ -273,6 +343,7 @@ try {
           ratioToAlone: lazyAlone('flask-table')
             ? round(concurrent.p50Ms / lazyAlone('flask-table')!, 2)
             : null,
+          cpu: cpuFloor(concurrentCpu),
         }
       : undefined,
     mixed,
@@ -313,6 +384,13 @@ try {
           ),
         ]
       : []),
+    ...(result.concurrentLazy?.cpu || mixed?.cpu ? [''] : []),
+    ...(result.concurrentLazy?.cpu
+      ? [
+          `3 concurrent flask-table restores: ${describeFloor(result.concurrentLazy.cpu, lazyAlone('flask-table'))}`,
+        ]
+      : []),
+    ...(mixed?.cpu ? [`${mixed.simultaneous} mixed restores: ${describeFloor(mixed.cpu, undefined)}`] : []),
     ...(concurrent || mixed ? ['', ...targetsTable(targets)] : []),
   ].join('\n')
   await writeFile(join(args.out, 'restore-latest.md'), `${md}\n`)
