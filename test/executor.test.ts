@@ -12,6 +12,7 @@ import {
   readCgroupLayout,
 } from '../executor/adapters/cgroups.ts'
 import { httpOnce } from '../executor/adapters/probe.ts'
+import { RECHECK_DELAY_MS } from '../executor/instances/instances.ts'
 import { cgroupPath } from '../executor/sandbox/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createTestExecutor, type TestExecutor } from './support/executor.ts'
@@ -23,6 +24,15 @@ import { hostResources, leakedSince, NO_LEAKS, type HostResources } from './supp
 const samples = await loadFunctionDefs('functions')
 const execFileAsync = promisify(execFile)
 const fixtures = await loadFunctionDefs(join(import.meta.dirname, 'fixtures', 'functions'))
+
+/**
+ * The preparation of `fn` once every recheck an earlier start scheduled has run: a recheck landing
+ * after a test corrupted the snapshot would find the corruption before the path the test checks.
+ */
+async function settledPreparation(e: TestExecutor, fn: FunctionDef) {
+  await new Promise((r) => setTimeout(r, RECHECK_DELAY_MS + 100))
+  return e.instances.prepare(fn)
+}
 const pyOk = fixtures.functions.find((f) => f.name === 'py-ok')!
 // py-ok with a pre-started pool of one sandbox, restored lazily.
 const pyPool: FunctionDef = {
@@ -255,7 +265,7 @@ describe('executor: restore worker, registry, reaper', () => {
   test('a corrupted snapshot is marked broken, the request is served by booting, and it is re-baked', async (t) => {
     if (!requireServices(t) || !ex || !th) return
     const fn = functions.find((f) => f.name === 'py-ok')!
-    const { image, snapshot } = await ex.instances.prepare(fn)
+    const { image, snapshot } = await settledPreparation(ex, fn)
     assert.ok(snapshot)
     const pages = (await readdir(snapshot.imagesDir)).find((n) => n.startsWith('pages-'))!
     await truncate(join(snapshot.imagesDir, pages), 4096)
@@ -285,7 +295,7 @@ describe('executor: restore worker, registry, reaper', () => {
   test('a byte flipped mid pages file (same size) is caught before restore, served by boot, re-baked', async (t) => {
     if (!requireServices(t) || !ex || !th) return
     const fn = functions.find((f) => f.name === 'py-ok')!
-    const { snapshot } = await ex.instances.prepare(fn)
+    const { snapshot } = await settledPreparation(ex, fn)
     assert.ok(snapshot)
     const pagesName = (await readdir(snapshot.imagesDir)).find((n) => n.startsWith('pages-'))!
     const pages = join(snapshot.imagesDir, pagesName)
@@ -326,7 +336,7 @@ describe('executor: restore worker, registry, reaper', () => {
   test('the scrub re-reads every current snapshot; a corrupt one is marked broken and re-baked', async (t) => {
     if (!requireServices(t) || !ex) return
     const fn = functions.find((f) => f.name === 'py-ok')!
-    const { snapshot } = await ex.instances.prepare(fn)
+    const { snapshot } = await settledPreparation(ex, fn)
     const clean = await ex.instances.scrub()
     assert.ok(clean.length && clean.every((r) => r.ok), JSON.stringify(clean))
     assert.ok(clean.some((r) => r.fn === 'py-ok'))

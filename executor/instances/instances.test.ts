@@ -20,6 +20,8 @@ import { createInstanceManager, type InstanceManager } from './instances.ts'
 
 const MiB = 1024 * 1024
 const HOST = 'h1'
+/** The recheck after a start, shortened for these tests. */
+const RECHECK_DELAY_MS = 300
 
 let fn: FakeFunction
 let root: string
@@ -120,6 +122,7 @@ function world(o: WorldOptions = {}): World {
       boot: createBootRuntime({ docker: docker.docker }),
     },
     logger: createSilentLogger(),
+    recheckDelayMs: RECHECK_DELAY_MS,
   })
   return {
     manager,
@@ -382,5 +385,49 @@ describe('instance manager: corrupt snapshots', () => {
       [[w.def.name, true]],
     )
     assert.deepEqual(w.broken, ['k1'])
+  })
+})
+
+describe('instance manager: rechecking a function after its starts', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+  test('starts recheck their function once, after the delay, never while an instance comes up', async () => {
+    const w = world({ policy: 'eager' })
+    try {
+      await w.manager.prepare(w.def)
+      assert.equal(w.bakes.length, 1)
+      const [a, b] = await Promise.all([w.start(), w.start()])
+      assert.equal(a.runtime, 'eager')
+      assert.equal(b.runtime, 'eager')
+      await sleep(50)
+      assert.equal(w.bakes.length, 1, 'no recheck right after the starts')
+      await eventually(() => w.bakes.length === 2, 'rechecked after the delay')
+      await sleep(RECHECK_DELAY_MS + 200)
+      assert.equal(w.bakes.length, 2, 'two starts, one recheck')
+    } finally {
+      await w.manager.stopAll('test over')
+    }
+  })
+
+  test('no recheck for a function redefined since its start (its new definition is prepared anew)', async () => {
+    const w = world({ policy: 'eager' })
+    try {
+      await w.manager.prepare(w.def)
+      await w.start()
+      w.redefine({ ...w.def })
+      await sleep(RECHECK_DELAY_MS + 200)
+      assert.equal(w.bakes.length, 1)
+    } finally {
+      await w.manager.stopAll('test over')
+    }
+  })
+
+  test('a recheck still pending at shutdown never runs', async () => {
+    const w = world({ policy: 'eager' })
+    await w.manager.prepare(w.def)
+    await w.start()
+    await w.manager.stopAll('test over')
+    await sleep(RECHECK_DELAY_MS + 200)
+    assert.equal(w.bakes.length, 1)
   })
 })
