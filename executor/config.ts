@@ -79,6 +79,11 @@ export const executorEnvSchema = commonEnvSchema.extend({
   INITLESS_SNAPSHOT_SCRUB_INTERVAL: envDuration('24h').refine((ms) => ms <= 7 * 24 * 3_600_000, {
     message: 'expected at most 168h',
   }),
+  /**
+   * How long after a start the function's folder and image are checked again for edits (once per
+   * function however many started; 0: right after each start, beside the instance's first answer).
+   */
+  INITLESS_RECHECK_DELAY: envDuration('5s'),
   /** The doctor fails below this much free disk in the state dir. */
   INITLESS_MIN_FREE_DISK: envBytes('5Gi'),
   /** Shutdown deadline: in-flight restores past it are handed back to the queue. */

@@ -319,6 +319,7 @@ export async function startExecutor(config: ExecutorConfig, deps: ExecutorDeps):
     runtimes,
     logger,
     secrets,
+    recheckDelayMs: config.INITLESS_RECHECK_DELAY,
   })
   // A crashed run's secrets tmpfs (its instances are reconciled away below).
   await secretFiles.close()

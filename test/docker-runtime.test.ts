@@ -167,6 +167,7 @@ describe('docker runtime: Docker checkpoint API, one template container per func
       sandboxes: th.host.sandboxes,
       runtimes: th.runtimes,
       logger: createSilentLogger(),
+      recheckDelayMs: th.config.INITLESS_RECHECK_DELAY,
     })
     const job = (instanceId: string) => ({
       fn: managed.name,

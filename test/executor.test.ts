@@ -12,7 +12,6 @@ import {
   readCgroupLayout,
 } from '../executor/adapters/cgroups.ts'
 import { httpOnce } from '../executor/adapters/probe.ts'
-import { RECHECK_DELAY_MS } from '../executor/instances/instances.ts'
 import { cgroupPath } from '../executor/sandbox/sandbox.ts'
 import { loadFunctionDefs, type FunctionDef } from '../shared/functions.ts'
 import { createTestExecutor, type TestExecutor } from './support/executor.ts'
@@ -30,7 +29,7 @@ const fixtures = await loadFunctionDefs(join(import.meta.dirname, 'fixtures', 'f
  * after a test corrupted the snapshot would find the corruption before the path the test checks.
  */
 async function settledPreparation(e: TestExecutor, fn: FunctionDef) {
-  await new Promise((r) => setTimeout(r, RECHECK_DELAY_MS + 100))
+  await new Promise((r) => setTimeout(r, e.config.INITLESS_RECHECK_DELAY + 100))
   return e.instances.prepare(fn)
 }
 const pyOk = fixtures.functions.find((f) => f.name === 'py-ok')!

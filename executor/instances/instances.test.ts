@@ -409,7 +409,22 @@ describe('instance manager: rechecking a function after its starts', () => {
     }
   })
 
-  test('no recheck for a function redefined since its start (its new definition is prepared anew)', async () => {
+  test('a pending recheck prepares the definition started last', async () => {
+    const w = world({ policy: 'eager' })
+    try {
+      await w.manager.prepare(w.def)
+      await w.start() // a recheck of the first definition is pending
+      w.redefine({ ...w.def })
+      await w.start() // the new definition is prepared afresh: no recheck of its own
+      assert.equal(w.bakes.length, 2)
+      await w.start() // its recheck joins the pending one, now for the new definition
+      await eventually(() => w.bakes.length === 3, 'rechecked the definition started last')
+    } finally {
+      await w.manager.stopAll('test over')
+    }
+  })
+
+  test('no recheck for a definition replaced since its start', async () => {
     const w = world({ policy: 'eager' })
     try {
       await w.manager.prepare(w.def)
@@ -422,12 +437,14 @@ describe('instance manager: rechecking a function after its starts', () => {
     }
   })
 
-  test('a recheck still pending at shutdown never runs', async () => {
+  test('a recheck still pending at shutdown never runs, nor one a start after it would schedule', async () => {
     const w = world({ policy: 'eager' })
     await w.manager.prepare(w.def)
     await w.start()
     await w.manager.stopAll('test over')
+    await w.start() // as a start still running at shutdown ends
     await sleep(RECHECK_DELAY_MS + 200)
     assert.equal(w.bakes.length, 1)
+    await w.manager.stopAll('test over')
   })
 })

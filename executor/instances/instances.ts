@@ -47,8 +47,8 @@ export interface InstanceManagerDeps {
    * directories they are written to. Absent: a function that declares secrets is refused.
    */
   readonly secrets?: InstanceSecretDeps
-  /** After a start, how long until its function is checked for edits. Default RECHECK_DELAY_MS. */
-  readonly recheckDelayMs?: number
+  /** After a start, how long until its function is checked for edits (INITLESS_RECHECK_DELAY). */
+  readonly recheckDelayMs: number
 }
 
 export interface InstanceSecretDeps {
@@ -163,9 +163,6 @@ export async function readInstanceSecrets(
     )
   return { values, owner: parseImageUser(image.user), readMs: performance.now() - t0 }
 }
-
-/** How long after a start its function's files are checked for edits (see scheduleRecheck). */
-export const RECHECK_DELAY_MS = 5000
 
 /** Start an instance of `fn` with runtime `kind`: a pooled sandbox when one fits, else a new one. */
 async function startWith(
@@ -362,26 +359,32 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     }
   }
 
-  /** Functions whose recheck is due, by name: at most one pending per function. */
-  const rechecks = new Map<string, NodeJS.Timeout>()
+  /** Rechecks due, by function name: at most one pending each, for the last definition started. */
+  const rechecks = new Map<string, { timer: NodeJS.Timeout; fn: FunctionDef }>()
+  let isStopped = false
   /**
    * Prepare the function again (hash its folder, ask Docker, find its snapshot) to pick up edits of
-   * its files for the next start. Deferred: run at once it took CPU from the instance's first
+   * its files for a later start. Deferred: run at once it took CPU from the instance's first
    * answer, and a second later from the next start (bench/README.md, "The recheck after a start");
-   * coalesced, so a burst of starts costs one recheck, not one each. Only while `fn` is still the function's
-   * definition: a deleted or redeployed one is not the recheck's to prepare.
+   * coalesced, so a burst of starts costs one recheck, not one each. Only while the definition
+   * started last is still the function's: a deleted one is not the recheck's to prepare.
    */
   function scheduleRecheck(fn: FunctionDef): void {
-    if (rechecks.has(fn.name)) return
-    const timer = setTimeout(() => {
-      rechecks.delete(fn.name)
-      if (!deps.functions().includes(fn)) return
-      prepare(fn).catch((err: unknown) =>
-        log.error({ fn: fn.name, err: errorMessage(err) }, 'prepare failed'),
-      )
-    }, deps.recheckDelayMs ?? RECHECK_DELAY_MS)
-    timer.unref()
-    rechecks.set(fn.name, timer)
+    if (isStopped) return
+    const pending = rechecks.get(fn.name)
+    if (pending) return void (pending.fn = fn)
+    const entry = {
+      fn,
+      timer: setTimeout(() => {
+        rechecks.delete(fn.name)
+        if (isStopped || !deps.functions().includes(entry.fn)) return
+        prepare(entry.fn).catch((err: unknown) =>
+          log.error({ fn: fn.name, err: errorMessage(err) }, 'prepare failed'),
+        )
+      }, deps.recheckDelayMs),
+    }
+    entry.timer.unref()
+    rechecks.set(fn.name, entry)
   }
 
   const manager: InstanceManager = {
@@ -454,7 +457,9 @@ export function createInstanceManager(deps: InstanceManagerDeps): InstanceManage
     },
 
     async stopAll(reason) {
-      for (const timer of rechecks.values()) clearTimeout(timer)
+      // A start still running schedules no recheck from now on (its instance is about to go too).
+      isStopped = true
+      for (const { timer } of rechecks.values()) clearTimeout(timer)
       rechecks.clear()
       await Promise.all([...live.keys()].map((id) => manager.stop(id, reason).catch(() => undefined)))
       await pools.drain()

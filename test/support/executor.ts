@@ -5,7 +5,7 @@
  * instance, enqueue its restore and await it. Its reaper runs only when a test ticks it.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { loadExecutorConfig } from '../../executor/config.ts'
+import { loadExecutorConfig, type ExecutorConfig } from '../../executor/config.ts'
 import type { InstanceManager } from '../../executor/instances/instances.ts'
 import type { Reaper } from '../../executor/instances/reaper.ts'
 import { startExecutor } from '../../executor/start.ts'
@@ -20,6 +20,7 @@ import type { TestHost } from './host.ts'
 import { REDIS_URL } from './integration.ts'
 
 export interface TestExecutor {
+  readonly config: ExecutorConfig
   readonly queueName: string
   readonly prefix: string
   readonly registry: InstanceRegistry
@@ -45,6 +46,8 @@ export async function createTestExecutor(
     INITLESS_QUEUE_NAME: queueName,
     INITLESS_KEY_PREFIX: prefix,
     INITLESS_RESTORE_CONCURRENCY: '4',
+    // Short: a test that corrupts a snapshot first lets a recheck an earlier start scheduled land.
+    INITLESS_RECHECK_DELAY: '100ms',
     // The tests tick the reaper themselves.
     INITLESS_REAP_INTERVAL: '24h',
   })
@@ -60,6 +63,7 @@ export async function createTestExecutor(
   await queue.ready()
   const restores = createRestoreClient({ registry, queue })
   return {
+    config,
     queueName,
     prefix,
     registry,
