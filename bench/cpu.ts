@@ -5,7 +5,6 @@
  * each timed run: no tracing, nothing added to the measured path.
  */
 import { readdirSync, readFileSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import type { InstanceAddress } from '../shared/contracts.ts'
 import {
@@ -54,16 +53,25 @@ export function processTreeCpuSeconds(rootPid: number): number {
   return total
 }
 
-/** Busy and total CPU seconds of the whole machine, summed over its CPUs, from a `/proc/stat` text. */
-export function parseMachineCpu(procStat: string): { busyS: number; totalS: number } {
+/**
+ * Busy and total CPU seconds of the whole machine, summed over its CPUs, and how many CPUs it
+ * counts, from a `/proc/stat` text.
+ */
+export function parseMachineCpu(procStat: string): { busyS: number; totalS: number; cpus: number } {
   // cpu user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in
-  // user and nice, so the first eight add up to the total.
-  const line = procStat.split('\n').find((l) => l.startsWith('cpu '))
+  // user and nice, so the first eight add up to the total. Steal is time the hypervisor gave
+  // another guest: not this machine's work, so not busy.
+  const lines = procStat.split('\n')
+  const line = lines.find((l) => l.startsWith('cpu '))
   if (!line) throw new Error('no aggregate cpu line in /proc/stat')
   const f = line.trim().split(/\s+/).slice(1, 9).map(Number)
   const total = f.reduce((a, v) => a + v, 0)
-  const idle = (f[3] ?? 0) + (f[4] ?? 0)
-  return { busyS: (total - idle) / USER_HZ, totalS: total / USER_HZ }
+  const notBusy = (f[3] ?? 0) + (f[4] ?? 0) + (f[7] ?? 0)
+  return {
+    busyS: (total - notBusy) / USER_HZ,
+    totalS: total / USER_HZ,
+    cpus: lines.filter((l) => /^cpu\d+ /.test(l)).length,
+  }
 }
 
 /** Where a burst's CPU went: the machine, the gateway's process tree, this process. */
@@ -93,7 +101,7 @@ export function machineCpuMeter(gatewayPid: number | undefined): () => MachineCp
     const end = mark()
     const r = (x: number) => Math.round(x * 1000) / 1000
     return {
-      cpus: availableParallelism(),
+      cpus: end.machine.cpus,
       wallS: r((end.at - start.at) / 1000),
       busyS: r(end.machine.busyS - start.machine.busyS),
       gatewayS: r(Math.max(0, end.gateway - start.gateway)),

@@ -3,6 +3,7 @@ import { test } from 'node:test'
 import { withRatios, summarizeCold, type ColdRun } from './cold-start.ts'
 import {
   burstCpuLines,
+  burstProfileLines,
   coldStartProfile,
   evaluateConcurrency,
   evaluateTargets,
@@ -111,7 +112,7 @@ test('targets say met or missed, by how much, or not measured', () => {
   assert.deepEqual(verdict('flask-table cold start'), [45, true, 'met by 5 ms (10%)'])
   assert.deepEqual(verdict('flask-table cold start: tail'), [2, false, 'missed by 0.5x (33%)'])
   assert.deepEqual(verdict('flask-table cold start, with the pool'), [40, true, 'met by 10 ms (20%)'])
-  assert.deepEqual(verdict('flask-table cold start, with the pool: tail'), [1.25, true, 'met by 0.3x (17%)'])
+  assert.deepEqual(verdict('flask-table cold start, with the pool: tail'), [1.25, true, 'met by 0.25x (17%)'])
   assert.deepEqual(verdict('hello-node cold start'), [90, false, 'missed by 40 ms (80%)'])
   assert.equal(by('hello-node cold start: tail').met, true)
   assert.ok(!targets.some((t) => t.target.startsWith('hello-node cold start, with the pool')))
@@ -327,9 +328,34 @@ test('burstCpuLines: the CPU the burst took, and the floor it puts under its wal
     cpu: { cpus: 2, wallS: 1.25, busyS: 2.4, gatewayS: 0.9, loadGeneratorS: 0.6 },
   }
   assert.deepEqual(burstCpuLines(b), [
-    "The machine's 2 CPUs were busy 96% of the burst's 1250 ms: 2.4 CPU-seconds (gateway 0.9, load generator 0.6, the rest 0.9: executor, CRIU, the instances, the kernel). That work alone, spread over all 2 CPUs, takes 1200 ms = 13.3x the single cold start.",
+    "The machine's 2 CPUs were busy 96% of the burst's 1250 ms: 2.4 CPU-seconds (gateway 0.9, load generator 0.6, the rest 0.9: executor, CRIU, the instances, the kernel). That work alone, spread over all 2 CPUs, takes 1200 ms = 13.3x the single cold start; without the load generator's, which a real burst's clients do elsewhere, 900 ms = 10x the single cold start.",
   ])
   const { cpu, ...older } = b
   assert.ok(cpu)
   assert.deepEqual(burstCpuLines(older), [])
+})
+
+test('a burst size asked for but not measured is judged not measured; its CPU shows without a profile', () => {
+  const b = {
+    function: 'spring-greeting',
+    requests: 200,
+    errors: 200,
+    errorSamples: ['ECONNRESET'],
+    restores: 0,
+    runtimes: {},
+    p50Ms: NaN,
+    p99Ms: NaN,
+    maxMs: NaN,
+    wallMs: 900,
+    singleColdP50Ms: 90,
+    singleColdBasis: 'x',
+    cpu: { cpus: 2, wallS: 0.9, busyS: 0.5, gatewayS: 0.2, loadGeneratorS: 0.1 },
+  }
+  const targets = evaluateTargets(
+    result({ settings: { burstRequests: [200, 1000] }, coldStart: [], policyRuntimes: {}, bursts: [b] }),
+  )
+  const missing = targets.find((t) => t.target === 'burst of 1000 from zero: p99 vs a single cold start')
+  assert.deepEqual([missing?.met, missing?.basis], [null, 'burst failed or not run'])
+  assert.equal(targets.find((t) => t.target === 'burst of 200 from zero: errors')?.met, false)
+  assert.match(burstProfileLines(b).join('\n'), /busy 28% of the burst's 900 ms/)
 })

@@ -239,9 +239,9 @@ async function mixedRestores(alone: (fn: string) => number | undefined) {
   const cpu: MachineCpu[] = []
   for (let r = 0; r < rounds; r++) {
     const picks = Array.from({ length: count }, (_, i) => functions[i % functions.length]!)
-    const round = await simultaneous(picks)
-    const settled = round.outcomes
-    cpu.push(round.cpu)
+    const result = await simultaneous(picks)
+    const settled = result.outcomes
+    cpu.push(result.cpu)
     settled.forEach((s, i) => {
       if (s.status === 'fulfilled') totals.get(picks[i]!.name)!.push(s.value.totalMs)
       else errors.push(`${picks[i]!.name}: ${errorMessage(s.reason)}`)
@@ -272,12 +272,18 @@ async function mixedRestores(alone: (fn: string) => number | undefined) {
  */
 function cpuFloor(rounds: readonly MachineCpu[]) {
   if (!rounds.length) return undefined
+  const p50 = (f: (c: MachineCpu) => number) => percentile(rounds.map(f), 50)
   return {
     rounds: rounds.length,
     cpus: rounds[0]!.cpus,
-    wallMsP50: round(medianOf(rounds.map((c) => c.wallS * 1000))),
-    busyShareP50: round(medianOf(rounds.map((c) => c.busyS / (c.wallS * c.cpus))), 2),
-    floorMsP50: round(medianOf(rounds.map((c) => (c.busyS / c.cpus) * 1000))),
+    wallMsP50: round(p50((c) => c.wallS * 1000)),
+    busyShareP50: round(
+      p50((c) => c.busyS / (c.wallS * c.cpus)),
+      3,
+    ),
+    floorMsP50: round(p50((c) => (c.busyS / c.cpus) * 1000)),
+    /** Each round's reading, in order. */
+    readings: rounds,
   }
 }
 
@@ -317,12 +323,12 @@ try {
   const flask = functions.find((f) => f.name === 'flask-table')
   if (flask && Number(args.concurrent) > 0) {
     for (let i = 0; i < Number(args.concurrent); i++) {
-      const round = await simultaneous([flask, flask, flask])
-      for (const o of round.outcomes) {
+      const result = await simultaneous([flask, flask, flask])
+      for (const o of result.outcomes) {
         if (o.status === 'rejected') throw o.reason
         concurrentRuns.push(o.value)
       }
-      concurrentCpu.push(round.cpu)
+      concurrentCpu.push(result.cpu)
     }
   }
   const concurrent = flask ? summarize('flask-table', 'lazy x3 concurrent', concurrentRuns, 0) : undefined
