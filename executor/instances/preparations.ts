@@ -1,7 +1,7 @@
 /**
  * A function's preparation: its image, and its snapshot unless it always boots. Concurrent demand
- * for one function version (one folder) shares one build and bake; the last preparation is kept
- * for cold starts.
+ * for one function version (one name and folder) shares one build and bake; the last preparation
+ * is kept for cold starts.
  */
 import type { FunctionDef } from '../../shared/functions.ts'
 import type { ImageConfig } from '../adapters/docker.ts'
@@ -50,14 +50,17 @@ export function createPreparations(deps: PreparationsDeps): Preparations {
   }
 
   function prepare(fn: FunctionDef): Promise<Prepared> {
-    let p = running.get(fn.dir)
+    // By name and folder: two functions built from one folder (a variant with another manifest)
+    // have snapshots of their own, and sharing a preparation would hand one the other's.
+    const key = `${fn.name}\0${fn.dir}`
+    let p = running.get(key)
     if (!p) {
       const made = build(fn)
         .then((r) => {
           last.set(fn.name, { def: fn, prep: r.prep })
           return r
         })
-        .finally(() => running.delete(fn.dir))
+        .finally(() => running.delete(key))
       // Once this preparation is the last one: what `found` does about it (forget, prepare again)
       // then acts on it rather than on one still running.
       void made.then(
@@ -65,7 +68,7 @@ export function createPreparations(deps: PreparationsDeps): Preparations {
         () => undefined,
       )
       p = made.then((r) => r.prep)
-      running.set(fn.dir, p)
+      running.set(key, p)
     }
     return p
   }
