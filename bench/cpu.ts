@@ -85,29 +85,38 @@ export interface MachineCpu {
   readonly loadGeneratorS: number
 }
 
-/** Measure the whole machine over one run: `const stop = machineCpuMeter(gatewayPid)`, then `stop()`. */
+/**
+ * Measure the whole machine over one run: `const stop = machineCpuMeter(gatewayPid)`, then
+ * `stop()`. The gateway's tree and this process as cpuMeter measures a warm-path run, plus
+ * /proc/stat for everything else.
+ */
 export function machineCpuMeter(gatewayPid: number | undefined): () => MachineCpu {
-  const mark = () => {
-    const usage = process.cpuUsage()
-    return {
-      at: performance.now(),
-      machine: parseMachineCpu(readFileSync('/proc/stat', 'utf8')),
-      gateway: gatewayPid === undefined ? 0 : processTreeCpuSeconds(gatewayPid),
-      self: (usage.user + usage.system) / 1e6,
-    }
-  }
-  const start = mark()
+  const machine = () => parseMachineCpu(readFileSync('/proc/stat', 'utf8'))
+  const start = machine()
+  const run = cpuMeter(gatewayPid, undefined)
   return () => {
-    const end = mark()
-    const r = (x: number) => Math.round(x * 1000) / 1000
+    const r = run()
+    const end = machine()
+    const ms = (x: number) => Math.round(x * 1000) / 1000
     return {
-      cpus: end.machine.cpus,
-      wallS: r((end.at - start.at) / 1000),
-      busyS: r(end.machine.busyS - start.machine.busyS),
-      gatewayS: r(Math.max(0, end.gateway - start.gateway)),
-      loadGeneratorS: r(end.self - start.self),
+      cpus: end.cpus,
+      wallS: ms(r.seconds),
+      busyS: ms(end.busyS - start.busyS),
+      gatewayS: ms(r.proxyS ?? 0),
+      loadGeneratorS: ms(r.loadGeneratorS),
     }
   }
+}
+
+/**
+ * A reading's floor: the share of the CPUs' time it kept busy, and how long its busy CPU-seconds
+ * take spread over every CPU (ms), the least wall time that work allows.
+ */
+export function cpuFloorOf(c: Pick<MachineCpu, 'cpus' | 'wallS' | 'busyS'>): {
+  busyShare: number
+  floorMs: number
+} {
+  return { busyShare: c.busyS / (c.wallS * c.cpus), floorMs: (c.busyS / c.cpus) * 1000 }
 }
 
 /** A port as /proc/net/tcp writes it in a local address (`0800D50A:1F90`): 4 hex digits. */

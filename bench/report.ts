@@ -4,6 +4,7 @@
  */
 import type { RuntimeKind } from '../shared/contracts.ts'
 import type { BurstProfile, BurstResult } from './burst.ts'
+import { cpuFloorOf } from './cpu.ts'
 import type { ColdStartRow, Phase } from './cold-start.ts'
 import { PHASES } from './cold-start.ts'
 import type { BenchEnvironment } from './env.ts'
@@ -345,13 +346,13 @@ export function burstCpuLines(b: BurstRow): string[] {
   const c = b.cpu
   if (!c || !(c.wallS > 0)) return []
   const rest = round(c.busyS - c.gatewayS - c.loadGeneratorS, 3)
-  const floor = (cpuS: number) => round((cpuS / c.cpus) * 1000, 0)
   const x = (ms: number) =>
     b.singleColdP50Ms ? ` = ${round(ms / b.singleColdP50Ms, 1)}x the single cold start` : ''
-  const floorMs = floor(c.busyS)
-  const platformMs = floor(c.busyS - c.loadGeneratorS)
+  const { busyShare, floorMs: machineMs } = cpuFloorOf(c)
+  const floorMs = round(machineMs, 0)
+  const platformMs = round(cpuFloorOf({ ...c, busyS: c.busyS - c.loadGeneratorS }).floorMs, 0)
   return [
-    `The machine's ${c.cpus} CPUs were busy ${round((c.busyS / (c.wallS * c.cpus)) * 100, 0)}% of the burst's ` +
+    `The machine's ${c.cpus} CPUs were busy ${round(busyShare * 100, 0)}% of the burst's ` +
       `${round(c.wallS * 1000, 0)} ms: ${c.busyS} CPU-seconds (gateway ${c.gatewayS}, load generator ` +
       `${c.loadGeneratorS}, the rest ${rest}: executor, CRIU, the instances, the kernel). That work alone, ` +
       `spread over all ${c.cpus} CPUs, takes ${floorMs} ms${x(floorMs)}; without the load generator's, ` +

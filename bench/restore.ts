@@ -30,7 +30,7 @@ import { createLogger } from '../shared/logger.ts'
 import { createRedis, deleteKeys } from '../shared/redis.ts'
 import { createRestoreClient } from '../shared/restore-client.ts'
 import { formatBytes } from '../shared/units.ts'
-import { machineCpuMeter, type MachineCpu } from './cpu.ts'
+import { cpuFloorOf, machineCpuMeter, type MachineCpu } from './cpu.ts'
 import { benchEnvironment, medianOf, percentile, rcuNote, round } from './env.ts'
 import { passQuietGate, QUIET_ARGS } from './quiet.ts'
 import { evaluateConcurrency, targetsTable } from './report.ts'
@@ -278,10 +278,10 @@ function cpuFloor(rounds: readonly MachineCpu[]) {
     cpus: rounds[0]!.cpus,
     wallMsP50: round(p50((c) => c.wallS * 1000)),
     busyShareP50: round(
-      p50((c) => c.busyS / (c.wallS * c.cpus)),
+      p50((c) => cpuFloorOf(c).busyShare),
       3,
     ),
-    floorMsP50: round(p50((c) => (c.busyS / c.cpus) * 1000)),
+    floorMsP50: round(p50((c) => cpuFloorOf(c).floorMs)),
     /** Each round's reading, in order. */
     readings: rounds,
   }
