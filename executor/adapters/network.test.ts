@@ -215,7 +215,7 @@ describe('createNetworkManager', () => {
     )
   })
 
-  test('with the sandbox helper: create on the set-up helper, destroy on the teardown one, no commands', async () => {
+  test('with the sandbox helper: create on the namespace helper, destroy on the teardown one, no commands', async () => {
     const { run, calls } = fakeRunner()
     const seen: { lane: string; req: HelperRequest }[] = []
     const lane = (name: string): SandboxHelper => ({
@@ -224,7 +224,11 @@ describe('createNetworkManager', () => {
       processId: () => undefined,
       close: () => {},
     })
-    const helpers: SandboxHelpers = { setup: lane('setup'), teardown: lane('teardown') }
+    const helpers: SandboxHelpers = {
+      setup: lane('setup'),
+      namespaces: lane('namespaces'),
+      teardown: lane('teardown'),
+    }
     const net = createNetworkManager({ run, settings, helpers })
     const handle = await net.create('initless-abc', '10.213.0.7')
     const veth = vethName('initless-abc')
@@ -237,7 +241,7 @@ describe('createNetworkManager', () => {
     await net.destroy('initless-abc')
     assert.deepEqual(seen, [
       {
-        lane: 'setup',
+        lane: 'namespaces',
         req: {
           op: 'netns-create',
           args: [
@@ -266,7 +270,7 @@ describe('createNetworkManager', () => {
     const net = createNetworkManager({
       run: fakeRunner().run,
       settings,
-      helpers: { setup: lane, teardown: lane },
+      helpers: { setup: lane, namespaces: lane, teardown: lane },
     })
     const handle = await net.create('initless-d', '10.213.0.9', 'deny')
     const veth = vethName('initless-d', 'deny')

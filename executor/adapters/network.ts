@@ -216,7 +216,7 @@ export function createNetworkManager(deps: {
       const veth = vethName(name, egress)
       const path = `${NETNS_DIR}/${name}`
       if (helpers) {
-        await helpers.setup.request({
+        await helpers.namespaces.request({
           op: 'netns-create',
           args: [path, veth, macFor(ip), `${ip}/${bits}`, gw, settings.bridge],
         })
