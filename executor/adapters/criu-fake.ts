@@ -36,6 +36,7 @@ export function createFakeCriu(
       await writeFile(req.pidFile, `${process.pid}\n`)
       return 5
     },
+    descriptors: async () => [],
     async writeRestoreConfig(path, opts) {
       configs.push({ path, lazy: opts.lazy })
     },

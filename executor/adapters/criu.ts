@@ -124,6 +124,8 @@ export interface CriuRestoreRequest {
   readonly logLevel?: number
   /** A restore still running after this is killed (default 30 s). */
   readonly timeoutMs?: number
+  /** The checkpoint's descriptors as `descriptors()` read them ahead; read now if absent. */
+  readonly descriptors?: readonly string[]
 }
 
 /** runc records the checkpointed process's stdio in the image dir (`/dev/null`, `pipe:[ino]`...). */
@@ -180,6 +182,12 @@ export interface Criu {
    * listening in `workDir` first.
    */
   restore(req: CriuRestoreRequest): Promise<number>
+  /**
+   * The checkpoint's stdio record (DESCRIPTORS_FILE), which a restore's command line needs. A cold
+   * start reads it while its sandbox is prepared: read when CRIU is due, the file's open, stat,
+   * read and close waited ~1 ms in the thread pool, straight on the critical path.
+   */
+  descriptors(imagesDir: string): Promise<readonly string[]>
   /** Write the CRIU config file runc passes to a restore (criuRestoreConfigText). */
   writeRestoreConfig(path: string, opts: { lazy: boolean; cgroupRoot: string }): Promise<void>
   /**
@@ -350,7 +358,7 @@ export function createCriu(deps: {
     },
 
     async restore(req) {
-      const args = criuRestoreArgs(req, await readDescriptors(req.imagesDir))
+      const args = criuRestoreArgs(req, req.descriptors ?? (await readDescriptors(req.imagesDir)))
       if (helper) {
         try {
           return await restoreViaHelper(helper, bin, req, args)
@@ -372,6 +380,8 @@ export function createCriu(deps: {
         await Promise.all([netns.close(), out.close()])
       }
     },
+
+    descriptors: readDescriptors,
 
     async writeRestoreConfig(path, opts) {
       await writeFile(path, criuRestoreConfigText(opts), { mode: 0o600 })

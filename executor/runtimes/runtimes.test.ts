@@ -64,6 +64,7 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
       writeRestoreConfig: async (path, opts) =>
         void calls.push(`config ${path} lazy=${opts.lazy} cgroup-root=${opts.cgroupRoot}`),
       startLazyPages: unexpected('criu lazy-pages'),
+      descriptors: unexpected('criu descriptors'),
     },
     sandboxes: {
       prepare: unexpected('prepare'),

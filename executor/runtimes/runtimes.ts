@@ -114,7 +114,11 @@ export async function restoreIntoSandbox(
   lazy: boolean,
   /** A lazy-pages daemon the pool started ahead for this sandbox. */
   started?: LazyPagesDaemon,
-  opts: { criuLogLevel?: number } = {},
+  opts: {
+    criuLogLevel?: number
+    /** The checkpoint's descriptors, read ahead (Criu.descriptors); read at the restore if absent. */
+    descriptors?: Promise<readonly string[]>
+  } = {},
 ): Promise<SandboxRestore> {
   const usable = started && isProcessAlive(started.pid) ? started : undefined
   if (!lazy) killLazyPages(usable)
@@ -134,6 +138,7 @@ export async function restoreIntoSandbox(
         lazy,
         outputPath: sb.logFile,
         ...(opts.criuLogLevel === undefined ? {} : { logLevel: opts.criuLogLevel }),
+        ...(opts.descriptors ? { descriptors: await opts.descriptors } : {}),
       })
     } else {
       const out = await openOutput(sb.logFile)
@@ -188,8 +193,11 @@ export function createRuncRestoreRuntime(deps: {
         throw new InitlessError('ERR_SNAPSHOT_NOT_FOUND', `${req.fn.name}: no snapshot to restore`)
       const m = req.fn.manifest
       const t0 = performance.now()
-      // Without a pooled sandbox, the snapshot check and the lazy-pages daemon's start run while
-      // the sandbox is being prepared (they only need its CRIU work dir).
+      // Without a pooled sandbox, the lazy-pages daemon's start (it needs only the sandbox's CRIU
+      // work dir), the read of the checkpoint's descriptors and the snapshot check run while the
+      // sandbox is being prepared. Started in this order: the daemon (~4 ms to listen) and the
+      // sandbox are the critical path, and the snapshot check's stats would otherwise queue
+      // ahead of their first file operations in libuv's thread pool.
       const daemonStarting: Promise<LazyPagesDaemon | undefined> =
         !req.pooled && deps.lazy
           ? deps.sandboxes
@@ -197,11 +205,16 @@ export function createRuncRestoreRuntime(deps: {
               .then((dir) => deps.criu.startLazyPages(snapshot.imagesDir, dir))
               .catch(() => undefined) // restoreIntoSandbox starts one then; a real problem shows there
           : Promise.resolve(req.pooled?.lazyDaemon)
+      // An async function: a prepare() that throws at once rejects like one that fails later.
+      const preparing = (async () => req.pooled?.sandbox ?? req.prepare())()
+      preparing.catch(() => undefined) // awaited below
+      const descriptors = deps.criu.descriptors(snapshot.imagesDir)
+      descriptors.catch(() => undefined) // awaited by restoreIntoSandbox
       const verified = deps.verify(snapshot)
       verified.catch(() => undefined) // awaited below
       let sb: Sandbox
       try {
-        sb = req.pooled?.sandbox ?? (await req.prepare())
+        sb = await preparing
       } catch (err) {
         killLazyPages(await daemonStarting)
         throw err
@@ -223,15 +236,15 @@ export function createRuncRestoreRuntime(deps: {
         let restored = false
         let criuMs: number | undefined
         const aborted = new AbortController()
-        const restoring = restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, daemon).then(
-          async (r) => {
-            daemon = r.daemon
-            criuMs = r.criuMs
-            pid = await readPidFile(sb.pidFile)
-            restored = true
-            return performance.now()
-          },
-        )
+        const restoring = restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, daemon, {
+          descriptors,
+        }).then(async (r) => {
+          daemon = r.daemon
+          criuMs = r.criuMs
+          pid = await readPidFile(sb.pidFile)
+          restored = true
+          return performance.now()
+        })
         restoring.catch(() => aborted.abort())
         const probing = waitReady(sb.netns.ip, m.port, {
           path: m.readiness.path,

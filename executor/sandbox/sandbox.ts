@@ -10,6 +10,7 @@
  *   output.log           the function's stdout and stderr
  *   sandbox.json         what reconciliation needs after an executor crash
  */
+import { mkdirSync } from 'node:fs'
 import { mkdir, rename, rm, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Egress, Manifest } from '../../shared/manifest.ts'
@@ -480,7 +481,10 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
 
     async workDir(id) {
       const dir = join(sandboxDir(id), 'criu')
-      await mkdir(dir, { recursive: true, mode: 0o700 })
+      // Synchronously: this starts a cold start's critical path (the lazy-pages daemon waits for
+      // it), and an async mkdir -p queues each level behind the snapshot check's stats in libuv's
+      // thread pool (~1 ms here); the two mkdir calls take ~0.05 ms on the event loop.
+      mkdirSync(dir, { recursive: true, mode: 0o700 })
       return dir
     },
 
