@@ -325,6 +325,40 @@ describe('sandbox helper', () => {
     )
   })
 
+  test('a status pipe on fd 3 reports ready at its byte, unready when closed or exited without one', async (t) => {
+    if (!requireServices(t)) return
+    const h = get()
+    const out = join(dir, 'status.out')
+    const spawnWith = (script: string) =>
+      h.spawn({ argv: ['sh', '-c', script], output: out, status: true, mode: 'group', keepAlive: true })
+    // Ready while it still runs: the report does not wait for the exit.
+    const ready = await spawnWith('printf x >&3; exec 3>&-; sleep 30')
+    assert.equal(await ready.status, 'ready')
+    process.kill(ready.pid, 'SIGKILL')
+    assert.deepEqual(await ready.exited, { code: null, signal: 9 })
+    // Closed without a byte while it runs on, and exited without one.
+    const closed = await spawnWith('exec 3>&-; sleep 30')
+    assert.equal(await closed.status, 'unready')
+    process.kill(closed.pid, 'SIGKILL')
+    await closed.exited
+    const exited = await spawnWith('exit 3')
+    assert.equal(await exited.status, 'unready')
+    assert.deepEqual(await exited.exited, { code: 3, signal: null })
+    // A byte written right before exiting is reported as ready, before the exit.
+    const order: string[] = []
+    const quick = await spawnWith('printf x >&3')
+    await Promise.all([quick.status!.then((s) => order.push(s)), quick.exited.then(() => order.push('exit'))])
+    assert.deepEqual(order, ['ready', 'exit'])
+    // Without `status`, fd 3 is not a pipe: nothing is reported.
+    const plain = await h.spawn({ argv: ['true'], output: out, mode: 'group', keepAlive: true })
+    assert.equal(plain.status, undefined)
+    await plain.exited
+    await assert.rejects(
+      h.spawn({ argv: ['true'], output: out, fd3: out, status: true, mode: 'group', keepAlive: false }),
+      /either a file or the status pipe/,
+    )
+  })
+
   test('spawns processes with transparent huge pages disabled (CRIU lazy restores need it)', async (t) => {
     if (!requireServices(t)) return
     const thpLine = (status: string) => /^THP_enabled:\s*(\d)$/m.exec(status)?.[1]

@@ -14,7 +14,7 @@ import {
   type CriuRestoreRequest,
 } from './criu.ts'
 import type { CommandRunner } from './exec.ts'
-import type { ProcessExit, SandboxHelper, SpawnRequest } from './sandbox-helper.ts'
+import type { ProcessExit, SandboxHelper, SpawnRequest, SpawnStatus } from './sandbox-helper.ts'
 
 const req: CriuRestoreRequest = {
   imagesDir: '/state/snapshots/fn/k/images',
@@ -198,3 +198,110 @@ describe('restore through the sandbox helper', () => {
     await rm(dir, { recursive: true })
   })
 })
+
+describe('starting a lazy-pages daemon', () => {
+  const noRun: CommandRunner = () => Promise.reject(new Error('no command may run'))
+
+  /** A stand-in for `criu` (run without the helper): a shell script, given the daemon's args. */
+  async function fakeCriu(dir: string, script: string): Promise<string> {
+    const bin = join(dir, 'criu')
+    await writeFile(bin, `#!/bin/sh\n${script}\n`, { mode: 0o755 })
+    return bin
+  }
+
+  test('without the helper: it is asked for --status-fd 3 and listens once it writes there', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'initless-lazy-'))
+    try {
+      // Records its arguments, reports on fd 3, then runs on as a daemon does.
+      const bin = await fakeCriu(dir, `echo "$@" > ${dir}/args; printf x >&3; exec 3>&-; sleep 30`)
+      const daemon = await createCriu({ run: noRun, bin }).startLazyPages('/images', dir)
+      assert.equal(
+        (await readFile(join(dir, 'args'), 'utf8')).trim(),
+        `lazy-pages --images-dir /images --work-dir ${dir} -o lazy-pages.log -v2 --status-fd 3`,
+      )
+      assert.ok(isAlive(daemon.pid))
+      killLazyPages(daemon)
+      // Not `await daemon.exited`: the daemon's handle does not hold the event loop (it outlives
+      // the executor), and nothing else here does.
+      await waitFor(() => !isAlive(daemon.pid))
+    } finally {
+      await rm(dir, { recursive: true })
+    }
+  })
+
+  test('without the helper: one that exits or stays silent is an error, and a silent one is killed', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'initless-lazy-'))
+    try {
+      const exits = await fakeCriu(dir, 'exit 1')
+      await assert.rejects(
+        createCriu({ run: noRun, bin: exits }).startLazyPages('/images', dir),
+        (err: unknown) =>
+          isInitlessError(err) &&
+          err.code === 'ERR_RESTORE_FAILED' &&
+          err.message === `criu lazy-pages exited before listening (see ${dir}/lazy-pages.log)`,
+      )
+      const silent = await fakeCriu(dir, `echo $$ > ${dir}/pid; exec sleep 30`)
+      await assert.rejects(
+        createCriu({ run: noRun, bin: silent }).startLazyPages('/images', dir, { timeoutMs: 300 }),
+        /criu lazy-pages did not listen within 300 ms/,
+      )
+      const pid = Number(await readFile(join(dir, 'pid'), 'utf8'))
+      await waitFor(() => !isAlive(pid))
+    } finally {
+      await rm(dir, { recursive: true })
+    }
+  })
+
+  test('through the helper: its status report decides; only a lost report asks the socket', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'initless-lazy-'))
+    const spawned: SpawnRequest[] = []
+    const helperReporting = (status: SpawnStatus): SandboxHelper => ({
+      request: () => Promise.reject(new Error('not used')),
+      spawn: async (r) => {
+        spawned.push(r)
+        // A pid no process has (above pid_max): killing it is a no-op.
+        return {
+          pid: 2 ** 22 + 1,
+          exited: new Promise<ProcessExit>(() => {}),
+          status: Promise.resolve(status),
+        }
+      },
+      processId: () => undefined,
+      close: () => {},
+    })
+    try {
+      const criu = (status: SpawnStatus) =>
+        createCriu({ run: noRun, bin: '/x/criu', helper: helperReporting(status) })
+      const daemon = await criu('ready').startLazyPages('/images', dir)
+      assert.equal(daemon.pid, 2 ** 22 + 1)
+      assert.equal(spawned[0]!.status, true)
+      assert.equal(spawned[0]!.fd3, undefined)
+      assert.deepEqual(spawned[0]!.argv.slice(-2), ['--status-fd', '3'])
+      await assert.rejects(criu('unready').startLazyPages('/images', dir), /exited before listening/)
+      // The report was lost and nothing listens on the socket: the deadline decides.
+      await assert.rejects(
+        criu('unknown').startLazyPages('/images', dir, { timeoutMs: 50 }),
+        /did not listen within 50 ms/,
+      )
+    } finally {
+      await rm(dir, { recursive: true })
+    }
+  })
+})
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+async function waitFor(check: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}

@@ -7,11 +7,12 @@
 import { spawn } from 'node:child_process'
 import { access, open, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { Readable } from 'node:stream'
 import { InitlessError } from '../../shared/errors.ts'
 import { failWithLogs, type CommandRunner } from './exec.ts'
 import { openOutput } from './output.ts'
 import { isProcessAlive, listensOnUnixSocket } from './process.ts'
-import type { SandboxHelper } from './sandbox-helper.ts'
+import type { SandboxHelper, SpawnStatus } from './sandbox-helper.ts'
 
 export interface LazyPagesDaemon {
   readonly pid: number
@@ -216,11 +217,6 @@ export function compareVersions(a: string, b: string): number {
 }
 
 /** A started CRIU process: its pid and exit code (null when killed or unknown). */
-interface CriuProcess {
-  readonly pid: number
-  readonly exited: Promise<number | null>
-}
-
 /** Run `criu restore` through the helper; resolves with its run time, rejects like run() would. */
 async function restoreViaHelper(
   h: SandboxHelper,
@@ -258,23 +254,40 @@ async function restoreViaHelper(
   return performance.now() - started
 }
 
+/** A lazy-pages daemon just started, and its report of listening (or of failing to). */
+interface StartingDaemon {
+  readonly pid: number
+  readonly exited: Promise<number | null>
+  /** 'ready': it listens; 'unready': it exited first; 'unknown': ask its socket (waitListening). */
+  readonly status: Promise<SpawnStatus>
+}
+
+/** Where the daemon reports that it listens: CRIU writes one byte to `--status-fd` after listen(). */
+const STATUS_FD = 3
+
 /**
  * Start a lazy-pages daemon, in its own session either way: it must outlive an executor restart,
- * or the pages it still owes a restored process would be lost.
+ * or the pages it still owes a restored process would be lost. It reports on a pipe (fd 3) once it
+ * listens: exactly when a restore may connect, with no polling on the cold-start path.
  */
 async function launchLazyPages(
   bin: string,
   helper: SandboxHelper | undefined,
   args: string[],
   workDir: string,
-): Promise<CriuProcess> {
+): Promise<StartingDaemon> {
   const output = join(workDir, 'lazy-pages.out')
+  const argv = [bin, ...args, '--status-fd', String(STATUS_FD)] as const
   if (helper) {
-    const proc = await helper.spawn({ argv: [bin, ...args], output, mode: 'session', keepAlive: false })
-    return { pid: proc.pid, exited: proc.exited.then((e) => e.code) }
+    const proc = await helper.spawn({ argv, output, status: true, mode: 'session', keepAlive: false })
+    return {
+      pid: proc.pid,
+      exited: proc.exited.then((e) => e.code),
+      status: proc.status ?? Promise.resolve('unknown'),
+    }
   }
   const log = await open(output, 'a')
-  const child = spawn(bin, args, { detached: true, stdio: ['ignore', log.fd, log.fd] })
+  const child = spawn(bin, argv.slice(1), { detached: true, stdio: ['ignore', log.fd, log.fd, 'pipe'] })
   await log.close()
   child.unref()
   const exited = new Promise<number | null>((resolve) => {
@@ -285,22 +298,52 @@ async function launchLazyPages(
     await exited
     throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
   }
-  return { pid: child.pid, exited }
+  const pipe = child.stdio[STATUS_FD] as Readable
+  // Not to hold the executor's event loop: the daemon outlives any wait for it.
+  ;(pipe as Readable & { unref?(): void }).unref?.()
+  const status = new Promise<SpawnStatus>((resolve) => {
+    pipe.once('data', () => resolve('ready'))
+    pipe.once('close', () => resolve('unready')) // no effect once 'ready'
+    pipe.once('error', () => resolve('unready'))
+  })
+  void status.then(() => pipe.destroy())
+  return { pid: child.pid, exited, status }
 }
 
 /**
- * Wait until a lazy-pages daemon listens on its socket; the socket appears within a few ms. Its
- * file appears at bind(), before listen(): a restore connecting in between fails ("connect to
- * lazy-pages.socket failed"; seen in ~1 of 1,200 restores started ten at a time), so once the
- * file is there the daemon's own socket table must show it listening.
+ * Wait until a lazy-pages daemon listens on its socket. Its status report says so; only when the
+ * report was lost (the helper died) is its socket asked: its file appears at bind(), before
+ * listen(), and a restore connecting in between fails ("connect to lazy-pages.socket failed"), so
+ * then the daemon's own socket table must show it listening.
  */
-async function waitListening(child: CriuProcess, workDir: string, timeoutMs: number): Promise<void> {
-  const socket = join(workDir, LAZY_PAGES_SOCKET)
+async function waitListening(child: StartingDaemon, workDir: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), timeoutMs)))
+  const status = await Promise.race([child.status, late]).finally(() => clearTimeout(timer))
+  if (status === 'ready') return
+  if (status === 'unready') {
+    killLazyPages(child) // closed its pipe without a report: of no use, even if it runs on
+    throw exitedBeforeListening(workDir)
+  }
+  if (status === 'unknown' && (await pollListening(child, workDir, deadline))) return
+  killLazyPages(child)
+  throw new InitlessError('ERR_RESTORE_FAILED', `criu lazy-pages did not listen within ${timeoutMs} ms`)
+}
+
+function exitedBeforeListening(workDir: string): InitlessError {
+  return new InitlessError(
+    'ERR_RESTORE_FAILED',
+    `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`,
+  )
+}
+
+/** Whether the daemon listens on its socket before `deadline`; throws if it exits first. */
+async function pollListening(child: StartingDaemon, workDir: string, deadline: number): Promise<boolean> {
+  const socket = join(workDir, LAZY_PAGES_SOCKET)
   let gone = false
   void child.exited.then(() => (gone = true))
-  // Poll tightly: this is on the cold-start path.
-  for (;;) {
+  while (Date.now() <= deadline) {
     if (
       (await access(socket).then(
         () => true,
@@ -308,18 +351,11 @@ async function waitListening(child: CriuProcess, workDir: string, timeoutMs: num
       )) &&
       (await listensOnUnixSocket(child.pid, LAZY_PAGES_SOCKET))
     )
-      return
-    if (gone)
-      throw new InitlessError(
-        'ERR_RESTORE_FAILED',
-        `criu lazy-pages exited before listening (see ${workDir}/lazy-pages.log)`,
-      )
-    if (Date.now() > deadline) {
-      killLazyPages(child)
-      throw new InitlessError('ERR_RESTORE_FAILED', `criu lazy-pages did not listen within ${timeoutMs} ms`)
-    }
+      return true
+    if (gone) throw exitedBeforeListening(workDir)
     await new Promise((r) => setTimeout(r, 1))
   }
+  return false
 }
 
 /** The snapshot's inherited descriptors (DESCRIPTORS_FILE): a list of strings, else corrupt. */
@@ -391,7 +427,7 @@ export function createCriu(deps: {
       const args = ['lazy-pages', '--images-dir', imagesDir, '--work-dir', workDir, '-o', 'lazy-pages.log']
       const child = await launchLazyPages(bin, helper, [...args, opts.verbose ? '-v4' : '-v2'], workDir)
       await waitListening(child, workDir, opts.timeoutMs ?? 10_000)
-      return child
+      return { pid: child.pid, exited: child.exited }
     },
   }
 }

@@ -38,6 +38,11 @@ export interface SpawnRequest {
   readonly output: string
   /** A file opened read-only as the process's fd 3. */
   readonly fd3?: string
+  /**
+   * Instead of `fd3`: fd 3 is the write end of a pipe, and the process reports readiness by
+   * writing one byte to it (CRIU's `--status-fd 3`): see SpawnedProcess.status.
+   */
+  readonly status?: boolean
   /** Its own process group, or its own session (also a group): either way, kill it with -pid. */
   readonly mode: 'group' | 'session'
   /** Keep the executor's event loop alive until the process exits (as a node child would). */
@@ -50,9 +55,17 @@ export interface ProcessExit {
   readonly signal: number | null
 }
 
+/**
+ * What a process spawned with `status` reported: `ready` (it wrote its byte), `unready` (it closed
+ * the pipe or exited without), `unknown` (the helper died first: the process may still report).
+ */
+export type SpawnStatus = 'ready' | 'unready' | 'unknown'
+
 export interface SpawnedProcess {
   readonly pid: number
   readonly exited: Promise<ProcessExit>
+  /** Only when spawned with `status`. */
+  readonly status?: Promise<SpawnStatus>
 }
 
 export interface SandboxHelper {
@@ -102,6 +115,8 @@ interface Running {
   readonly pid: number
   readonly keepAlive: boolean
   readonly resolve: (exit: ProcessExit) => void
+  /** Its status report (a process spawned with `status`); settling it again does nothing. */
+  readonly onStatus?: (status: SpawnStatus) => void
 }
 
 const LOST_CHILD_POLL_MS = 20
@@ -123,13 +138,18 @@ function createRequestTable() {
       for (const r of running.values()) if (r.keepAlive) return true
       return false
     },
-    /** One answer line: `<tag>\t(ok|pid|err|exit)\t...`. */
+    /** One answer line: `<tag>\t(ok|pid|err|ready|unready|exit)\t...`. */
     answer(line: string) {
       const [tag = '', status = '', ...rest] = line.split('\t')
+      if (status === 'ready' || status === 'unready') {
+        running.get(tag)?.onStatus?.(status)
+        return
+      }
       if (status === 'exit') {
         const r = running.get(tag)
         if (!r) return
         running.delete(tag)
+        r.onStatus?.('unready') // the helper reports a status before the exit; this only settles it
         const [code = '', signal = ''] = rest
         r.resolve({ code: code === '-1' ? null : Number(code), signal: Number(signal) || null })
         return
@@ -164,6 +184,7 @@ function createRequestTable() {
       }
       for (const [tag, r] of running) {
         running.delete(tag)
+        r.onStatus?.('unknown')
         const poll = setInterval(() => {
           if (isProcessAlive(r.pid)) return
           clearInterval(poll)
@@ -256,16 +277,27 @@ export function createSandboxHelper(opts: { path: string; timeoutMs?: number }):
       await send(req.op, [req.op, ...req.args], { cmd: opts.path, op: req.op, args: req.args })
     },
     async spawn(req) {
-      const fields = ['spawn', req.mode, req.output, req.fd3 ?? '-', ...req.argv]
+      if (req.status && req.fd3 !== undefined)
+        throw new InitlessError(
+          'ERR_INTERNAL',
+          'sandbox helper spawn: fd 3 is either a file or the status pipe',
+        )
+      const fields = ['spawn', req.mode, req.output, req.status ? 'status' : (req.fd3 ?? '-'), ...req.argv]
       let resolveExit!: (exit: ProcessExit) => void
       const exited = new Promise<ProcessExit>((r) => (resolveExit = r))
+      let resolveStatus: ((status: SpawnStatus) => void) | undefined
+      const status = req.status ? new Promise<SpawnStatus>((r) => (resolveStatus = r)) : undefined
       const answer = await send(
         `spawn ${req.argv[0]}`,
         fields,
         { cmd: req.argv[0], args: req.argv.slice(1) },
-        { keepAlive: req.keepAlive, resolve: resolveExit },
+        {
+          keepAlive: req.keepAlive,
+          resolve: resolveExit,
+          ...(resolveStatus ? { onStatus: resolveStatus } : {}),
+        },
       )
-      return { pid: Number(answer[0]), exited }
+      return { pid: Number(answer[0]), exited, ...(status ? { status } : {}) }
     },
     processId() {
       return child?.pid

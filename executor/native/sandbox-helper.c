@@ -13,14 +13,16 @@
  *   <tag> write <file> <value> <optional>...   (triples; optional 1: a missing file is skipped)
  *   <tag> device-filter <cgroup dir> <rule>...  (attach a cgroup v2 device filter, see below)
  *   <tag> device-filter-check <rule>...         (build and load it only: is it available here?)
- *   <tag> spawn <group|session> <output> <fd3|-> <program> <args...>
+ *   <tag> spawn <group|session> <output> <fd3|-|status> <program> <args...>
  *   <tag> ping
  * Every request gets one answer line: `<tag> ok` (spawn: `<tag> pid <pid>`) or
  * `<tag> err <errno> <message>`. Requests are served in order, one at a time. A spawned process
  * gets /dev/null as stdin, <output> (opened for appending, created 0600) as stdout and stderr, <fd3>
  * opened read-only as fd 3 unless `-`, its own process group or session, the helper's
  * environment, and transparent huge pages disabled (below); when it exits the helper writes
- * `<tag> exit <code> <signal>` (code -1 if killed).
+ * `<tag> exit <code> <signal>` (code -1 if killed). With `status` for <fd3>, fd 3 is the write end
+ * of a pipe (CRIU's --status-fd): the helper writes `<tag> ready` when the process writes a byte
+ * to it, or `<tag> unready` when it closes the pipe (or exits) without one, before any exit line.
  * Spawning here, with posix_spawn from a small process, blocks nothing: node's spawn() stops the
  * executor's event loop for 12-20 ms per process on this VM class (fork of a large process).
  * The process exits at end of input (its children live on), or if it could not return to the
@@ -515,6 +517,8 @@ static int do_umount(char **f, int n) {
 
 struct child {
   pid_t pid;
+  /* The read end of its status pipe until the process reported on it; -1 without one. */
+  int status_fd;
   char tag[32];
 };
 static struct child *children;
@@ -532,7 +536,17 @@ static int do_spawn(const char *tag, char **f, int n, pid_t *pid) {
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, output, O_WRONLY | O_APPEND | O_CREAT, 0600);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  if (strcmp(fd3, "-")) posix_spawn_file_actions_addopen(&fa, 3, fd3, O_RDONLY, 0);
+  int status[2] = {-1, -1};
+  if (!strcmp(fd3, "status")) {
+    if (pipe2(status, O_CLOEXEC) < 0) {
+      posix_spawn_file_actions_destroy(&fa);
+      posix_spawnattr_destroy(&attr);
+      return fail(errno, "status pipe");
+    }
+    posix_spawn_file_actions_adddup2(&fa, status[1], 3); /* dup2 clears O_CLOEXEC on fd 3 */
+  } else if (strcmp(fd3, "-")) {
+    posix_spawn_file_actions_addopen(&fa, 3, fd3, O_RDONLY, 0);
+  }
   sigset_t none, all;
   sigemptyset(&none);
   sigfillset(&all);
@@ -551,6 +565,8 @@ static int do_spawn(const char *tag, char **f, int n, pid_t *pid) {
   int rc = posix_spawnp(pid, argv[0], &fa, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  if (status[1] >= 0) close(status[1]); /* the process holds the write end now */
+  if (rc && status[0] >= 0) close(status[0]);
   if (rc) {
     int has_fd3 = strcmp(fd3, "-") != 0;
     return fail(rc, "spawn %s (output %s%s%s)", argv[0], output, has_fd3 ? ", fd 3 " : "", has_fd3 ? fd3 : "");
@@ -564,9 +580,21 @@ static int do_spawn(const char *tag, char **f, int n, pid_t *pid) {
     }
   }
   children[nchildren].pid = *pid;
+  children[nchildren].status_fd = status[0];
   snprintf(children[nchildren].tag, sizeof children[nchildren].tag, "%s", tag);
   nchildren++;
   return 0;
+}
+
+/* Read child c's status pipe, which poll found readable or closed, and report what it held. */
+static void report_status(struct child *c) {
+  char byte;
+  ssize_t got;
+  do got = read(c->status_fd, &byte, 1);
+  while (got < 0 && errno == EINTR);
+  printf("%s\t%s\n", c->tag, got == 1 ? "ready" : "unready");
+  close(c->status_fd);
+  c->status_fd = -1;
 }
 
 static void reap(void) {
@@ -575,6 +603,8 @@ static void reap(void) {
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     for (size_t i = 0; i < nchildren; i++) {
       if (children[i].pid != pid) continue;
+      /* Its pipe's write end is closed with it: the byte, if any, is already there. */
+      if (children[i].status_fd >= 0) report_status(&children[i]);
       printf("%s\texit\t%d\t%d\n", children[i].tag, WIFEXITED(status) ? WEXITSTATUS(status) : -1,
              WIFSIGNALED(status) ? WTERMSIG(status) : 0);
       children[i] = children[--nchildren];
@@ -883,13 +913,31 @@ int main(void) {
   size_t cap = 1 << 16, len = 0;
   char *buf = malloc(cap);
   if (!buf) return 1;
+  struct pollfd *pfd = NULL;
+  size_t pfd_cap = 0;
   for (;;) {
-    struct pollfd pfd[2] = {{.fd = 0, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
-    if (poll(pfd, 2, -1) < 0) {
+    /* stdin, the signalfd, then every status pipe not yet reported on (children[i] at 2 + j). */
+    if (pfd_cap < nchildren + 2) {
+      pfd_cap = nchildren + 2 + 64;
+      if (!(pfd = realloc(pfd, pfd_cap * sizeof *pfd))) return 1;
+    }
+    size_t npfd = 2;
+    pfd[0] = (struct pollfd){.fd = 0, .events = POLLIN};
+    pfd[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
+    for (size_t i = 0; i < nchildren; i++)
+      if (children[i].status_fd >= 0) pfd[npfd++] = (struct pollfd){.fd = children[i].status_fd, .events = POLLIN};
+    if (poll(pfd, npfd, -1) < 0) {
       if (errno == EINTR) continue;
       perror("sandbox-helper: poll");
       return 1;
     }
+    /* Status before exits: a process that reported and then exited is reported in that order. */
+    for (size_t j = 2; j < npfd; j++) {
+      if (!pfd[j].revents) continue;
+      for (size_t i = 0; i < nchildren; i++)
+        if (children[i].status_fd == pfd[j].fd) report_status(&children[i]);
+    }
+    if (npfd > 2) fflush(stdout);
     if (pfd[1].revents) {
       struct signalfd_siginfo si;
       while (read(sfd, &si, sizeof si) > 0) {
