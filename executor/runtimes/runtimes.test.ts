@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -49,7 +49,10 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
     runc: {
       run: unexpected('runc run'),
       checkpoint: unexpected('runc checkpoint'),
-      restore: async (id) => void calls.push(`runc restore ${id}`),
+      restore: async (id, opts) => {
+        calls.push(`runc restore ${id}`)
+        await writeFile(opts.pidFile, '4242\n')
+      },
       kill: unexpected('runc kill'),
       delete: unexpected('runc delete'),
       state: unexpected('runc state'),
@@ -59,6 +62,7 @@ function recordingDeps(calls: string[]): { runc: Runc; criu: Criu; sandboxes: Sa
       version: unexpected('criu version'),
       restore: async (req) => {
         calls.push(`criu restore --cgroup-root ${req.cgroupRoot}`)
+        await writeFile(req.pidFile, '4242\n')
         return 1
       },
       writeRestoreConfig: async (path, opts) =>
@@ -100,7 +104,8 @@ for (const direct of [false, true]) {
       ...(direct ? { direct: { externalMounts: [] } } : {}),
     }
     const calls: string[] = []
-    await restoreIntoSandbox(recordingDeps(calls), sb, join(dir, 'images'), false)
+    const restored = await restoreIntoSandbox(recordingDeps(calls), sb, join(dir, 'images'), false)
+    assert.equal(restored.pid, 4242)
     assert.deepEqual(
       calls,
       direct

@@ -95,6 +95,8 @@ export async function discardPooled(
 }
 
 export interface SandboxRestore {
+  /** The restored process (the pid file CRIU or runc wrote). */
+  readonly pid: number
   /** The lazy-pages daemon serving the restored process (lazy restores): it exits once done. */
   readonly daemon?: LazyPagesDaemon
   /** How long CRIU ran, when the executor ran it itself. */
@@ -156,8 +158,9 @@ export async function restoreIntoSandbox(
         await out.close()
       }
     }
-    await deps.sandboxes.limitCpu(sb)
-    return { ...(daemon ? { daemon } : {}), ...(criuMs === undefined ? {} : { criuMs }) }
+    // Both on the way to the instance's readiness: side by side.
+    const [pid] = await Promise.all([readPidFile(sb.pidFile), deps.sandboxes.limitCpu(sb)])
+    return { pid, ...(daemon ? { daemon } : {}), ...(criuMs === undefined ? {} : { criuMs }) }
   } catch (err) {
     killLazyPages(daemon)
     throw err
@@ -238,10 +241,10 @@ export function createRuncRestoreRuntime(deps: {
         const aborted = new AbortController()
         const restoring = restoreIntoSandbox(deps, sb, snapshot.imagesDir, deps.lazy, daemon, {
           descriptors,
-        }).then(async (r) => {
+        }).then((r) => {
           daemon = r.daemon
           criuMs = r.criuMs
-          pid = await readPidFile(sb.pidFile)
+          pid = r.pid
           restored = true
           return performance.now()
         })

@@ -495,7 +495,7 @@ export function createSandboxManager(deps: SandboxManagerDeps): SandboxManager {
     },
 
     async limitCpu(sb) {
-      await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus)
+      await setCpuLimit(await cgroupLayout(), cgroupPath(sb.id), sb.cpus, helper)
     },
 
     async setFrozen(sb, isFrozen) {

@@ -24,7 +24,7 @@ import { join } from 'node:path'
 import type { FunctionDef } from '../../shared/functions.ts'
 import { killLazyPages, type Criu, type LazyPagesDaemon } from '../adapters/criu.ts'
 import { waitReady } from '../adapters/probe.ts'
-import { isProcessAlive, readPidFile } from '../adapters/process.ts'
+import { isProcessAlive } from '../adapters/process.ts'
 import type { Runc } from '../adapters/runc.ts'
 import { restoreIntoSandbox } from '../runtimes/runtimes.ts'
 import { sandboxLimits, type ProcessSpec, type SandboxManager } from '../sandbox/sandbox.ts'
@@ -349,8 +349,7 @@ export async function profileWorkingSet(deps: ProfileDeps, req: ProfileRequest):
     let daemon: LazyPagesDaemon | undefined
     try {
       daemon = await deps.criu.startLazyPages(req.imagesDir, sb.criuWorkDir, { verbose: true })
-      await restoreIntoSandbox(deps, sb, req.imagesDir, true, daemon)
-      const pid = await readPidFile(sb.pidFile)
+      const { pid } = await restoreIntoSandbox(deps, sb, req.imagesDir, true, daemon)
       const isAlive = () => isProcessAlive(pid)
       await waitReady(sb.netns.ip, m.port, {
         path: m.readiness.path,
