@@ -916,7 +916,7 @@ int main(void) {
   struct pollfd *pfd = NULL;
   size_t pfd_cap = 0;
   for (;;) {
-    /* stdin, the signalfd, then every status pipe not yet reported on (children[i] at 2 + j). */
+    /* stdin, the signalfd, then every status pipe not yet reported on. */
     if (pfd_cap < nchildren + 2) {
       pfd_cap = nchildren + 2 + 64;
       if (!(pfd = realloc(pfd, pfd_cap * sizeof *pfd))) return 1;
