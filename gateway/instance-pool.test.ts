@@ -338,6 +338,34 @@ describe('instance pool', () => {
     assert.equal(queue.jobs.length, 2)
   })
 
+  test('a withdrawn reservation seen by a full read before its event still waits for the failure', async () => {
+    const fake = createFakeRegistry()
+    // The withdrawal's event is late (a separate connection): the periodic full read sees it first.
+    const { pool, queue } = await setup({
+      fake,
+      maxRestoreRetries: 1,
+      refreshIntervalMs: 5,
+      registry: {
+        ...pick(fake),
+        subscribe: (l) =>
+          fake.subscribe({
+            ...l,
+            onEvent: (e) => (e.type === 'instance' && e.state === 'gone' ? undefined : l.onEvent(e)),
+          }),
+      },
+    })
+    const waiting = pool.acquire(testManifest('withdrawn-read'), { traceId: 'a' })
+    for (let i = 1; i <= 2; i++) {
+      const job = (await queue.waitForJobs(i))[i - 1]!
+      assert.equal(await fake.withdraw('withdrawn-read', job.instanceId), true)
+      await new Promise((r) => setTimeout(r, 40)) // several full reads
+      assert.equal(queue.jobs.length, i, 'no replacement before the failure is known')
+      queue.fail(job.instanceId, 'sandbox setup failed')
+    }
+    await assert.rejects(waiting, (err) => isInitlessError(err, 'ERR_RESTORE_FAILED'))
+    assert.equal(queue.jobs.length, 2)
+  })
+
   test('a restore that fails with a non-retryable code fails the waiters at once', async () => {
     const { pool, queue, registry } = await setup()
     const waiting = pool.acquire(testManifest('nosnap'), { traceId: 'a' })

@@ -395,7 +395,7 @@ export function createInstancePool(deps: InstancePoolDeps): InstancePool {
       s.serviceMs ??= shared.serviceMs
     }
     if (!isInitial && generation !== s.generation) return
-    forgetMissing(s, new Set(records.map((r) => r.id)), now())
+    forgetMissing(s, new Set(records.map((r) => r.id)), now(), (id) => ours.has(id))
     for (const r of records) apply(s, r)
     s.isLoaded = true
     dispatch(s)

@@ -305,13 +305,24 @@ export function applyRecord(s: FnState, r: InstanceRecord, now: number): boolean
 
 /**
  * After a full read: forget instances the registry no longer has (except reservations still in
- * flight), and dead marks that expired or whose instance is gone.
+ * flight), and dead marks that expired or whose instance is gone. A missing reservation of a
+ * restore this gateway started (`isOurs`) is treated as its vanishing event is (onEvent): counted
+ * until the job's outcome says why. The read and that event travel on different connections, so
+ * the read can come first; forgetting the reservation then started a replacement restore that no
+ * failure was charged for.
  */
-export function forgetMissing(s: FnState, seen: ReadonlySet<string>, now: number): void {
+export function forgetMissing(
+  s: FnState,
+  seen: ReadonlySet<string>,
+  now: number,
+  isOurs: (id: string) => boolean = () => false,
+): void {
   for (const id of s.ready.keys()) if (!seen.has(id)) s.ready.delete(id)
   for (const id of s.frozen.keys()) if (!seen.has(id)) s.frozen.delete(id)
   for (const [id, e] of s.starting) {
-    if (!seen.has(id) && !e.isPending && e.goneAt === undefined) s.starting.delete(id)
+    if (seen.has(id) || e.isPending || e.goneAt !== undefined) continue
+    if (isOurs(id)) e.goneAt = now
+    else s.starting.delete(id)
   }
   for (const [id, until] of s.dead) if (!seen.has(id) || until < now) s.dead.delete(id)
   for (const id of s.lastTouch.keys()) if (!seen.has(id)) s.lastTouch.delete(id)
