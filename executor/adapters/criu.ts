@@ -288,25 +288,27 @@ async function launchLazyPages(
   }
   const log = await open(output, 'a')
   const child = spawn(bin, argv.slice(1), { detached: true, stdio: ['ignore', log.fd, log.fd, 'pipe'] })
-  await log.close()
-  child.unref()
+  // Listen before any await: a daemon that exits at once (or its pipe's end) is not waited for.
   const exited = new Promise<number | null>((resolve) => {
     child.on('exit', (code) => resolve(code))
     child.on('error', () => resolve(null))
   })
-  if (child.pid === undefined) {
-    await exited
-    throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
-  }
-  const pipe = child.stdio[STATUS_FD] as Readable
-  // Not to hold the executor's event loop: the daemon outlives any wait for it.
-  ;(pipe as Readable & { unref?(): void }).unref?.()
+  const pipe = child.stdio[STATUS_FD] as Readable | null
   const status = new Promise<SpawnStatus>((resolve) => {
+    if (!pipe) return resolve('unready')
     pipe.once('data', () => resolve('ready'))
     pipe.once('close', () => resolve('unready')) // no effect once 'ready'
     pipe.once('error', () => resolve('unready'))
   })
-  void status.then(() => pipe.destroy())
+  void status.then(() => pipe?.destroy())
+  // Not to hold the executor's event loop: the daemon outlives any wait for it.
+  child.unref()
+  ;(pipe as (Readable & { unref?(): void }) | null)?.unref?.()
+  await log.close()
+  if (child.pid === undefined) {
+    await exited
+    throw new InitlessError('ERR_RESTORE_FAILED', 'criu lazy-pages did not start')
+  }
   return { pid: child.pid, exited, status }
 }
 
