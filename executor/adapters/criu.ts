@@ -6,8 +6,8 @@
  */
 import { spawn } from 'node:child_process'
 import { access, open, readFile, writeFile } from 'node:fs/promises'
+import type { Socket } from 'node:net'
 import { join } from 'node:path'
-import type { Readable } from 'node:stream'
 import { InitlessError } from '../../shared/errors.ts'
 import { failWithLogs, type CommandRunner } from './exec.ts'
 import { openOutput } from './output.ts'
@@ -293,7 +293,8 @@ async function launchLazyPages(
     child.on('exit', (code) => resolve(code))
     child.on('error', () => resolve(null))
   })
-  const pipe = child.stdio[STATUS_FD] as Readable | null
+  // A 'pipe' stdio entry is a net.Socket.
+  const pipe = child.stdio[STATUS_FD] as Socket | null
   const status = new Promise<SpawnStatus>((resolve) => {
     if (!pipe) return resolve('unready')
     pipe.once('data', () => resolve('ready'))
@@ -303,7 +304,7 @@ async function launchLazyPages(
   void status.then(() => pipe?.destroy())
   // Not to hold the executor's event loop: the daemon outlives any wait for it.
   child.unref()
-  ;(pipe as (Readable & { unref?(): void }) | null)?.unref?.()
+  pipe?.unref()
   await log.close()
   if (child.pid === undefined) {
     await exited
