@@ -315,7 +315,7 @@ export function forgetMissing(
   s: FnState,
   seen: ReadonlySet<string>,
   now: number,
-  isOurs: (id: string) => boolean = () => false,
+  isOurs: (id: string) => boolean,
 ): void {
   for (const id of s.ready.keys()) if (!seen.has(id)) s.ready.delete(id)
   for (const id of s.frozen.keys()) if (!seen.has(id)) s.frozen.delete(id)

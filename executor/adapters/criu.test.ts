@@ -14,6 +14,7 @@ import {
   type CriuRestoreRequest,
 } from './criu.ts'
 import type { CommandRunner } from './exec.ts'
+import { isProcessAlive } from './process.ts'
 import type { ProcessExit, SandboxHelper, SpawnRequest, SpawnStatus } from './sandbox-helper.ts'
 
 const req: CriuRestoreRequest = {
@@ -219,11 +220,11 @@ describe('starting a lazy-pages daemon', () => {
         (await readFile(join(dir, 'args'), 'utf8')).trim(),
         `lazy-pages --images-dir /images --work-dir ${dir} -o lazy-pages.log -v2 --status-fd 3`,
       )
-      assert.ok(isAlive(daemon.pid))
+      assert.ok(isProcessAlive(daemon.pid))
       killLazyPages(daemon)
       // Not `await daemon.exited`: the daemon's handle does not hold the event loop (it outlives
       // the executor), and nothing else here does.
-      await waitFor(() => !isAlive(daemon.pid))
+      await waitFor(() => !isProcessAlive(daemon.pid))
     } finally {
       await rm(dir, { recursive: true })
     }
@@ -246,7 +247,7 @@ describe('starting a lazy-pages daemon', () => {
         /criu lazy-pages did not listen within 300 ms/,
       )
       const pid = Number(await readFile(join(dir, 'pid'), 'utf8'))
-      await waitFor(() => !isAlive(pid))
+      await waitFor(() => !isProcessAlive(pid))
     } finally {
       await rm(dir, { recursive: true })
     }
@@ -288,15 +289,6 @@ describe('starting a lazy-pages daemon', () => {
     }
   })
 })
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 async function waitFor(check: () => boolean, timeoutMs = 2000): Promise<void> {
   const deadline = Date.now() + timeoutMs
